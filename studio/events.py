@@ -1,0 +1,69 @@
+"""Typed events streamed by every engine job (generators yield these), and the cancel flag.
+
+A job yields any number of Progress / Preview / AttentionMaps events and ends with exactly one
+Result (or raises a StudioError). Consumers (UI, CLI, tests) render what they need and ignore the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # steps done, 0..total
+    total: int
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Decoded x0 prediction of the current step (throttled)."""
+
+    step: int
+    images: list[Image.Image]
+
+
+@dataclass(frozen=True)
+class AttentionMaps:
+    """Cross-attention probability maps per prompt token, for the first image of the batch.
+
+    maps: (n_tokens, H, W) float32 in [0, 1], each map normalised by its own max, at the latent
+    resolution of `resolution` (or all resolutions upsampled to the largest when resolution is None).
+    tokens: the words the maps belong to, in prompt order (special tokens excluded).
+    """
+
+    step: int
+    tokens: list[str]
+    maps: np.ndarray
+    resolution: int | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    images: list[Image.Image]
+    settings: dict[str, Any]  # everything needed to reproduce: model, seed, sampler, steps, ...
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase and "total"
+    unet_evaluations: int = 0
+
+
+Event = Progress | Preview | AttentionMaps | Result
+
+
+class CancelToken:
+    """Set from any thread; the sampler checks it between steps and raises CancelledError."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
