@@ -1,0 +1,250 @@
+"""Settings embedded in PNG text chunks, so an image carries what is needed to make it again.
+
+Two chunks are written:
+- ``parameters``: the AUTOMATIC1111 text format, which other tools (A1111, Forge, SD.Next, civitai,
+  image viewers) read::
+
+      <prompt>
+      Negative prompt: <negative prompt>
+      Steps: 25, Sampler: DDIM, CFG scale: 5, Seed: 1, Size: 64x64, Model: shapes-sd, ...
+
+  Values containing ``,`` ``:`` or a newline are JSON-quoted (as A1111 does); the last line needs
+  at least three ``key: value`` pairs to be recognised as the parameter line.
+- ``STUDIO_CHUNK``: our own JSON, lossless (types kept), preferred when reading.
+
+Everything here is a pure function of its inputs; the UI only calls them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from studio.errors import InvalidInputError
+from studio.specs import GenerateSpec
+
+STUDIO_CHUNK = "diffusion-control-studio"
+A1111_CHUNK = "parameters"
+FORMAT_ID = "diffusion-control-studio/settings"
+FORMAT_VERSION = 1
+
+# Our scheduler names <-> the sampler names A1111 writes. Unlisted names pass through unchanged.
+A1111_SAMPLERS = {
+    "ddim": "DDIM",
+    "euler": "Euler",
+    "euler_ancestral": "Euler a",
+    "dpmpp_2m": "DPM++ 2M",
+}
+_SCHEDULER_FROM_SAMPLER = {v.lower(): k for k, v in A1111_SAMPLERS.items()}
+# A1111 >= 1.9 splits "DPM++ 2M Karras" into Sampler + "Schedule type"; older files put it in one name.
+_SCHEDULER_FROM_SAMPLER.update({"dpm++ 2m karras": "dpmpp_2m", "euler ancestral": "euler_ancestral"})
+
+# A1111 parameter-line keys we write/read, in the order we write them, and our setting names.
+_LINE_KEYS = (
+    ("Steps", "steps"),
+    ("Sampler", "scheduler"),
+    ("CFG scale", "guidance_scale"),
+    ("Seed", "seed"),
+    ("Size", "size"),
+    ("Model", "model"),
+    ("Batch size", "batch_size"),
+    ("Batch pos", "batch_index"),
+)
+
+# The parameter-line grammar, as in A1111's modules/infotext_utils.py (key: value or key: "quoted").
+_PARAM = re.compile(r'\s*(\w[\w \-/+]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+SPEC_FIELDS = tuple(f.name for f in fields(GenerateSpec))
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if "," in text or ":" in text or "\n" in text or text.startswith('"'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def _fmt_number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def format_parameters(settings: dict[str, Any], batch_index: int | None = None) -> str:
+    """The A1111 ``parameters`` text for one image made with `settings`."""
+    lines = [str(settings.get("prompt", ""))]
+    negative = settings.get("negative_prompt") or ""
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
+
+    values: dict[str, Any] = {
+        "steps": settings.get("steps"),
+        "scheduler": A1111_SAMPLERS.get(str(settings.get("scheduler")), settings.get("scheduler")),
+        "guidance_scale": settings.get("guidance_scale"),
+        "seed": settings.get("seed"),
+        "model": settings.get("model"),
+        "batch_size": settings.get("batch_size"),
+        "batch_index": batch_index,
+    }
+    if settings.get("width") is not None and settings.get("height") is not None:
+        values["size"] = f"{settings['width']}x{settings['height']}"
+    pairs = [f"{key}: {_quote(_fmt_number(values[name]))}" for key, name in _LINE_KEYS if values.get(name) is not None]
+    # Our scheduler name too, so a round trip through the A1111 line alone is exact.
+    if settings.get("scheduler") is not None:
+        pairs.append(f"Scheduler: {_quote(settings['scheduler'])}")
+    pairs.append("Version: diffusion-control-studio")
+    lines.append(", ".join(pairs))
+    return "\n".join(lines)
+
+
+def _number(text: str, kind: type) -> int | float | None:
+    try:
+        return kind(float(text)) if kind is int else kind(text)
+    except ValueError:
+        return None
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """Settings from an A1111 ``parameters`` text (ours or another tool's).
+
+    Returns our setting names where known (prompt, negative_prompt, steps, scheduler, guidance_scale,
+    seed, width, height, model, batch_size) and every other ``key: value`` of the line under ``extra``.
+    """
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM.findall(last)) < 3:  # no parameter line: everything is prompt text
+        lines.append(last)
+        last = ""
+
+    prompt: list[str] = []
+    negative: list[str] = []
+    in_negative = False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+
+    raw = {key.strip(): _unquote(value.strip()) for key, value in _PARAM.findall(last)}
+    settings: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
+    extra: dict[str, str] = {}
+    known = dict(_LINE_KEYS)
+    for key, value in raw.items():
+        name = known.get(key)
+        if name in ("steps", "seed", "batch_size", "batch_index"):
+            number = _number(value, int)
+            if number is not None:
+                settings[name] = number
+                continue
+        elif name == "guidance_scale":
+            number = _number(value, float)
+            if number is not None:
+                settings[name] = number
+                continue
+        elif name == "size":
+            match = _SIZE.match(value)
+            if match:
+                settings["width"], settings["height"] = int(match.group(1)), int(match.group(2))
+                continue
+        elif name == "scheduler":
+            settings["scheduler"] = _SCHEDULER_FROM_SAMPLER.get(value.lower(), value)
+            continue
+        elif name == "model":
+            settings["model"] = value
+            continue
+        extra[key] = value
+    if "Scheduler" in extra:  # ours, exact; A1111 >= 1.9 writes "Schedule type", not "Scheduler"
+        settings["scheduler"] = extra.pop("Scheduler")
+    if extra:
+        settings["extra"] = extra
+    return settings
+
+
+def png_text_chunks(settings: dict[str, Any], batch_index: int | None = None) -> dict[str, str]:
+    """The text chunks to store in a PNG made with `settings` (image `batch_index` of its batch)."""
+    ours = {"format": FORMAT_ID, "version": FORMAT_VERSION, "settings": settings}
+    if batch_index is not None:
+        ours["batch_index"] = batch_index
+    return {
+        A1111_CHUNK: format_parameters(settings, batch_index),
+        STUDIO_CHUNK: json.dumps(ours, ensure_ascii=False, default=str),
+    }
+
+
+def with_settings(image: Image.Image, settings: dict[str, Any], batch_index: int | None = None) -> Image.Image:
+    """A copy of `image` whose ``info`` holds the settings chunks.
+
+    Gradio writes ``info``'s text entries as PNG text chunks when it saves with format="png"
+    (gradio.processing_utils.get_pil_metadata), so gallery downloads keep the settings.
+    """
+    tagged = image.copy()
+    tagged.info.update(png_text_chunks(settings, batch_index))
+    return tagged
+
+
+def save_png(image: Image.Image, settings: dict[str, Any], path: str | Path, batch_index: int | None = None) -> Path:
+    info = PngImagePlugin.PngInfo()
+    for key, value in png_text_chunks(settings, batch_index).items():
+        # tEXt is latin-1 only; iTXt holds UTF-8 (our JSON, and prompts with other characters).
+        if key == STUDIO_CHUNK or not value.isascii():
+            info.add_itxt(key, value)
+        else:
+            info.add_text(key, value)
+    path = Path(path)
+    image.save(path, format="PNG", pnginfo=info)
+    return path
+
+
+def read_png_settings(source: str | Path | Image.Image) -> dict[str, Any]:
+    """Settings stored in a PNG: our JSON chunk when present, else the A1111 ``parameters`` text.
+
+    Raises InvalidInputError when the file is not an image or carries no settings.
+    """
+    if isinstance(source, Image.Image):
+        text = _text_chunks(source)
+    else:
+        try:
+            with Image.open(source) as image:
+                text = _text_chunks(image)
+        except (UnidentifiedImageError, OSError) as error:
+            raise InvalidInputError(f"{Path(source).name} is not an image we can read ({error}).") from error
+
+    if STUDIO_CHUNK in text:
+        try:
+            stored = json.loads(text[STUDIO_CHUNK])
+        except json.JSONDecodeError:
+            stored = None
+        if isinstance(stored, dict) and stored.get("format") == FORMAT_ID and isinstance(stored.get("settings"), dict):
+            return dict(stored["settings"])
+    if A1111_CHUNK in text:
+        return parse_parameters(text[A1111_CHUNK])
+    raise InvalidInputError(
+        "This image carries no generation settings. Load a PNG downloaded from this app "
+        "(or one with A1111 'parameters'); image editors and most uploads strip them."
+    )
+
+
+def _text_chunks(image: Image.Image) -> dict[str, str]:
+    chunks = dict(getattr(image, "text", {}) or {})  # PNG tEXt/iTXt/zTXt
+    chunks.update({k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)})
+    return chunks
+
+
+def spec_fields(settings: dict[str, Any]) -> dict[str, Any]:
+    """The GenerateSpec fields found in a settings dict (others such as model or timings dropped)."""
+    return {name: settings[name] for name in SPEC_FIELDS if name in settings}
