@@ -1,0 +1,363 @@
+"""Train the embedded shapes-world model: `python -m studio.shapes.train --out assets/models/shapes-sd`.
+
+Stages (each seeded, checkpointed in --work and resumed when re-run):
+  data       render the training set (images, per-cell labels, scenes for captions)
+  vae        AutoencoderKL on random 64x64 crops (fully convolutional, so 128x128 works after)
+  latents    encode every image once; the UNet never runs the VAE again
+  unet       text encoder + UNet, v-prediction, zero terminal SNR, min-SNR-style loss weight, EMA
+  decoder    decoder-only fine-tune on the frozen latents (sharper images; latents do not move)
+  classifier noisy-latent classifier (studio.shapes.classifier) for judging and classifier guidance
+  export     save a stock StableDiffusionPipeline folder (safetensors) + classifier/
+`--stage all` runs them in order; unet and decoder are independent and may run in parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from studio.shapes import classifier as latent_classifier
+from studio.shapes.architecture import Architecture, make_scheduler, make_text_encoder, make_unet, make_vae
+from studio.shapes.render import caption, render, sample_scene
+from studio.shapes.vocabulary import MAX_LENGTH, build_tokenizer
+
+STAGES = ("data", "vae", "latents", "unet", "decoder", "classifier", "export")
+
+
+def to_unit_range(images_uint8: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1], SD's VAE input convention."""
+    return torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Checkpoint:
+    """Resumable training state of one stage: modules, optimiser, step, RNG, loss log."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def save(self, step: int, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(
+            {"step": step, "modules": {k: m.state_dict() for k, m in modules.items()},
+             "optimizer": optimizer.state_dict(), "numpy_rng": rng.bit_generator.state,
+             "torch_rng": torch.get_rng_state()},
+            tmp,
+        )
+        tmp.replace(self.path)
+
+    def resume(self, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> int:
+        if not self.path.exists():
+            return 0
+        state = torch.load(self.path, weights_only=False)
+        for k, m in modules.items():
+            m.load_state_dict(state["modules"][k])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        return state["step"]
+
+
+class LossLog:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, **record) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train_loop(name: str, work: Path, steps: int, modules: dict, optimizer, peak_lr: float, warmup: int,
+               loss_fn, seed: int, checkpoint_every: int = 250, on_checkpoint=None) -> None:
+    """Shared loop of every stage: resume, step, log, checkpoint. loss_fn(rng) -> (loss, extras dict)."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    checkpoint, log = Checkpoint(work / f"{name}.ckpt"), LossLog(work / f"{name}.log.jsonl")
+    start = checkpoint.resume(modules, optimizer, rng)
+    if on_checkpoint and start:
+        on_checkpoint(start, resumed=True)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=name, mininterval=10)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, peak_lr, warmup)
+        loss, extras = loss_fn(rng)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+        optimizer.step()
+        if on_checkpoint:
+            on_checkpoint(step + 1)
+        if step % 25 == 0 or step + 1 == steps:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log.write(step=step, loss=loss.item(), lr=optimizer.param_groups[0]["lr"], time=time.time(), **extras)
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            checkpoint.save(step + 1, modules, optimizer, rng)
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def stage_data(args) -> None:
+    path = args.work / "data.npz"
+    if path.exists():
+        return
+    rng = np.random.default_rng(args.seed)
+    images, cells, scenes = [], [], []
+    for _ in tqdm(range(args.images), desc="data", mininterval=10):
+        rendering = render(sample_scene(rng))
+        images.append(rendering.image)
+        cells.append(latent_classifier.cell_labels(rendering))
+        scenes.append(rendering.scene)
+    np.savez(path, images=np.stack(images), **{k: np.stack([c[k] for c in cells]) for k in cells[0]})
+    (args.work / "scenes.json").write_text(json.dumps([scene_to_json(s) for s in scenes]))
+
+
+def scene_to_json(scene) -> dict:
+    return {"background": scene.background, "objects": [vars(o) for o in scene.objects]}
+
+
+def scene_from_json(d: dict):
+    from studio.shapes.render import Scene, ShapeObject
+
+    return Scene(d["background"], tuple(ShapeObject(**{**o, "center": tuple(o["center"])}) for o in d["objects"]))
+
+
+def load_data(args) -> dict[str, np.ndarray]:
+    return dict(np.load(args.work / "data.npz"))
+
+
+def stage_vae(args) -> None:
+    images = load_data(args)["images"]
+    vae = make_vae(args.arch).to(args.device)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    crop = 64
+
+    def loss_fn(rng):
+        idx = rng.integers(len(images), size=args.vae_batch)
+        y0, x0 = rng.integers(images.shape[1] - crop + 1, size=2)
+        x = to_unit_range(images[idx, y0 : y0 + crop, x0 : x0 + crop]).to(args.device)
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):  # CPU AMX: ~1.7x faster VAE steps
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample()).sample.float()
+        mse = F.mse_loss(recon, x)
+        loss = mse + 0.5 * F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        return loss, {"mse": mse.item()}
+
+    train_loop("vae", args.work, args.vae_steps, {"vae": vae}, optimizer, args.vae_lr, 100, loss_fn, args.seed + 1)
+    save_file({k: v.cpu() for k, v in vae.state_dict().items()}, args.work / "vae.safetensors")
+
+
+@torch.no_grad()
+def stage_latents(args) -> None:
+    path = args.work / "latents.safetensors"
+    if path.exists():
+        return
+    images = load_data(args)["images"]
+    vae = make_vae(args.arch)
+    vae.load_state_dict(load_file(args.work / "vae.safetensors"))
+    vae.to(args.device).eval()
+    means = [vae.encode(to_unit_range(images[i : i + 256]).to(args.device)).latent_dist.mean.cpu() for i in tqdm(range(0, len(images), 256), desc="latents")]
+    latents = torch.cat(means)
+    save_file({"latents": latents.contiguous(), "scaling_factor": (1 / latents.std()).reshape(1)}, path)
+
+
+def load_latents(args) -> tuple[torch.Tensor, float]:
+    stored = load_file(args.work / "latents.safetensors")
+    return stored["latents"], stored["scaling_factor"].item()
+
+
+class EMA:
+    """Exponential moving average of parameters with the usual warm-up of the decay."""
+
+    def __init__(self, modules: list[torch.nn.Module], decay: float):
+        self.modules, self.decay = modules, decay
+        self.shadow = [[p.detach().clone() for p in m.parameters()] for m in modules]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for module, shadow in zip(self.modules, self.shadow):
+            for s, p in zip(shadow, module.parameters()):
+                s.lerp_(p, 1 - decay)
+
+    def state_dicts(self) -> list[dict]:
+        out = []
+        for module, shadow in zip(self.modules, self.shadow):
+            names = [n for n, _ in module.named_parameters()]
+            state = dict(module.state_dict())
+            state.update({n: s.clone() for n, s in zip(names, shadow)})
+            out.append(state)
+        return out
+
+
+def stage_unet(args) -> None:
+    latents, scaling = load_latents(args)
+    latents = latents * scaling
+    scenes = [scene_from_json(d) for d in json.loads((args.work / "scenes.json").read_text())]
+    tokenizer = build_tokenizer()
+    text_encoder, unet = make_text_encoder(args.arch).to(args.device), make_unet(args.arch).to(args.device)
+    scheduler = make_scheduler()
+    alphas_cumprod = scheduler.alphas_cumprod.to(args.device)
+    params = list(text_encoder.parameters()) + list(unet.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=1e-2)
+    ema = EMA([text_encoder, unet], args.ema)
+    ema_path = args.work / "unet_ema.pt"
+
+    def on_checkpoint(step: int, resumed: bool = False) -> None:
+        if resumed:
+            if ema_path.exists():
+                for shadow, saved in zip(ema.shadow, torch.load(ema_path, map_location=args.device)):
+                    for s, v in zip(shadow, saved):
+                        s.copy_(v)
+            return
+        ema.update(step)
+        if step % 250 == 0 or step == args.unet_steps:
+            torch.save(ema.shadow, ema_path)
+
+    def loss_fn(rng):
+        idx = rng.integers(len(latents), size=args.unet_batch)
+        texts = ["" if rng.random() < args.empty_caption else caption(scenes[i], rng, keep=args.caption_keep) for i in idx]
+        ids = tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids.to(args.device)
+        x0 = latents[idx].to(args.device)
+        noise = torch.randn_like(x0)
+        t = torch.from_numpy(rng.integers(0, scheduler.config.num_train_timesteps, size=len(idx))).to(args.device)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v (Salimans & Ho 2022)
+        prediction = unet(x_t, t, text_encoder(ids).last_hidden_state).sample
+        # min-SNR-5 weighting in v-space: min(SNR, 5) / (SNR + 1)... expressed as min(SNR+1, 6)/(SNR+1)
+        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t]).clamp(min=1e-8)
+        weight = torch.minimum(snr + 1, torch.full_like(snr, 6.0)) / (snr + 1)
+        per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))
+        return (weight * per_sample).mean(), {}
+
+    train_loop("unet", args.work, args.unet_steps, {"text_encoder": text_encoder, "unet": unet}, optimizer,
+               args.unet_lr, 200, loss_fn, args.seed + 2, on_checkpoint=on_checkpoint)
+    text_state, unet_state = ({k: v.cpu() for k, v in s.items()} for s in ema.state_dicts())
+    save_file(text_state, args.work / "text_encoder.safetensors")
+    save_file(unet_state, args.work / "unet.safetensors")
+
+
+def stage_decoder(args) -> None:
+    """Fine-tune the decoder alone on the frozen latents (as SD's ft-MSE VAE did): sharper images,
+    and the latents the UNet learns from do not change."""
+    images = load_data(args)["images"]
+    latents, _ = load_latents(args)
+    vae = make_vae(args.arch)
+    vae.load_state_dict(load_file(args.work / "vae.safetensors"))
+    vae.to(args.device)
+    decoder_params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+    optimizer = torch.optim.AdamW(decoder_params, lr=args.decoder_lr, weight_decay=0.0)
+    crop = 8  # latent cells: 64x64 pixels
+
+    def loss_fn(rng):
+        idx = rng.integers(len(images), size=args.vae_batch)
+        y0, x0 = rng.integers(latents.shape[-1] - crop + 1, size=2)
+        z = latents[idx, :, y0 : y0 + crop, x0 : x0 + crop].to(args.device)
+        target = to_unit_range(images[idx, 8 * y0 : 8 * (y0 + crop), 8 * x0 : 8 * (x0 + crop)]).to(args.device)
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):
+            recon = vae.decode(z).sample.float()
+        mse = F.mse_loss(recon, target)
+        return mse + 0.5 * F.l1_loss(recon, target), {"mse": mse.item()}
+
+    train_loop("decoder", args.work, args.decoder_steps, {"vae": vae}, optimizer, args.decoder_lr, 50, loss_fn, args.seed + 3)
+    save_file({k: v.cpu() for k, v in vae.state_dict().items()}, args.work / "vae_finetuned.safetensors")
+
+
+def stage_classifier(args) -> None:
+    data = load_data(args)
+    latents, scaling = load_latents(args)
+    latents = latents * scaling
+    model = latent_classifier.LatentClassifier().to(args.device)
+    alphas_cumprod = make_scheduler().alphas_cumprod.to(args.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.classifier_lr, weight_decay=1e-2)
+    labels = {k: torch.from_numpy(data[k]).long().to(args.device) for k in latent_classifier.LABEL_KEYS}
+    latents = latents.to(args.device)
+
+    def loss_fn(rng):
+        idx = rng.integers(len(latents), size=args.classifier_batch)
+        t = torch.from_numpy(rng.integers(0, 1000, size=len(idx))).to(args.device)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * latents[idx] + (1 - a).sqrt() * torch.randn_like(latents[idx])
+        loss, accuracy = latent_classifier.loss(model(x_t, t), {k: v[idx] for k, v in labels.items()})
+        return loss, accuracy
+
+    train_loop("classifier", args.work, args.classifier_steps, {"classifier": model}, optimizer,
+               args.classifier_lr, 100, loss_fn, args.seed + 4)
+    save_file({k: v.cpu() for k, v in model.state_dict().items()}, args.work / "classifier.safetensors")
+
+
+def stage_export(args) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    _, scaling = load_latents(args)
+    vae, text_encoder, unet = make_vae(args.arch), make_text_encoder(args.arch), make_unet(args.arch)
+    vae_file = args.work / "vae_finetuned.safetensors"
+    vae.load_state_dict(load_file(vae_file if vae_file.exists() else args.work / "vae.safetensors"))
+    vae.register_to_config(scaling_factor=scaling)
+    text_encoder.load_state_dict(load_file(args.work / "text_encoder.safetensors"))
+    unet.load_state_dict(load_file(args.work / "unet.safetensors"))
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=build_tokenizer(), unet=unet, scheduler=make_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(args.out, safe_serialization=True)
+    latent_classifier.save(latent_classifier.load_weights(args.work / "classifier.safetensors"), args.out / "classifier")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=("all", *STAGES), default="all")
+    p.add_argument("--work", type=Path, default=Path("runs/shapes"), help="checkpoints and caches")
+    p.add_argument("--out", type=Path, default=Path("assets/models/shapes-sd"))
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=25_600)
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="disable bf16 autocast for VAE stages")
+    p.add_argument("--vae-steps", type=int, default=2_000)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--decoder-steps", type=int, default=4_000)
+    p.add_argument("--decoder-lr", type=float, default=5e-4)
+    p.add_argument("--unet-steps", type=int, default=4_000)
+    p.add_argument("--unet-batch", type=int, default=48)
+    p.add_argument("--unet-lr", type=float, default=1e-3)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--caption-keep", type=float, default=0.8, help="probability of keeping each attribute phrase")
+    p.add_argument("--empty-caption", type=float, default=0.1, help="probability of the empty (null) caption")
+    p.add_argument("--classifier-steps", type=int, default=1_500)
+    p.add_argument("--classifier-batch", type=int, default=128)
+    p.add_argument("--classifier-lr", type=float, default=2e-3)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.arch = Architecture()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    for stage in stages:
+        globals()[f"stage_{stage}"](args)
+
+
+if __name__ == "__main__":
+    main()
