@@ -1,0 +1,74 @@
+"""Diffusion Control Studio: the Gradio app. Layout and wiring only; the engine does the work.
+
+    python app.py                          # embedded model, best device, http://127.0.0.1:7860
+    python app.py --model /path/to/sd15    # a diffusers folder, a single .safetensors file or a hub id
+    python app.py --device cpu --port 7861 --share
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import gradio as gr
+
+from studio.ui import generate
+
+TITLE = "Diffusion Control Studio"
+QUEUE_MAX_SIZE = 16  # jobs waiting beyond this are refused with "queue full" instead of piling up
+MAX_FILE_SIZE = "20mb"  # uploads (settings PNGs) are small
+
+
+def build_app(engine: Any) -> gr.Blocks:
+    """The Blocks app for a loaded engine, queued (one model job at a time), not launched."""
+    # Cached uploads and outputs are deleted after an hour (checked hourly).
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(f"# {TITLE}\nText-to-image on a diffusion model you can watch and steer.", elem_id="header")
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                generate.build_generate_tab(engine)
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
+    return demo
+
+
+def launch_settings() -> dict[str, Any]:
+    """launch() keyword arguments every launch uses (app and tests): the security settings of
+    ../shared/notes/gradio6.md, and the tab's styling (Gradio 6 takes css/theme in launch)."""
+    return dict(
+        max_file_size=MAX_FILE_SIZE,
+        show_error=False,  # only gr.Error messages reach the browser, never tracebacks
+        ssr_mode=False,
+        css=generate.CSS,
+        theme=gr.themes.Soft(),
+        footer_links=["api", "gradio"],
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=TITLE)
+    parser.add_argument("--model", default=None, help="diffusers folder, .safetensors file or hub id (default: embedded model)")
+    parser.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: CUDA when available, else CPU")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for every interface)")
+    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from studio.engine import Engine  # loads torch; kept out of module import so tests can build fakes
+    from studio.errors import ModelLoadError
+
+    try:
+        engine = Engine(args.model, device=args.device)
+    except ModelLoadError as error:
+        raise SystemExit(f"error: {error}") from error
+    logging.getLogger("app").info("model %s on %s", engine.model_name, engine.device)
+    demo = build_app(engine)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_settings())
+
+
+if __name__ == "__main__":
+    main()
