@@ -1,0 +1,114 @@
+"""Judges of what a shapes-world image shows: a plain pixel check, and the noisy-latent classifier.
+
+Both return the same `Judgement`, so fidelity can be measured twice, independently: the pixel check
+knows only the palette and geometry; the classifier is learned. Every later measurement (guidance
+sweeps, edits, inversions) uses these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from studio.shapes.classifier import BACKGROUND_NAMES, COLOUR_NAMES, SHAPE_NAMES, LatentClassifier
+from studio.shapes.vocabulary import COLOURS, POSITIONS, SHAPES
+
+PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)  # (8, 3)
+PALETTE_NAMES = tuple(COLOURS)
+MIN_OBJECT_PIXELS = 80  # smaller blobs are noise, not objects (a small triangle covers ~450 px)
+MIN_OBJECT_CELLS = 3
+
+
+@dataclass(frozen=True)
+class JudgedObject:
+    colour: str
+    shape: str
+    position: str
+    mask: np.ndarray  # (H, W) bool at the judge's resolution
+
+
+@dataclass(frozen=True)
+class Judgement:
+    background: str
+    objects: tuple[JudgedObject, ...]  # largest first
+
+
+def nearest_position(cx: float, cy: float) -> str:
+    """Position word whose nominal centre is nearest to (cx, cy), given as fractions of the canvas."""
+    return min(POSITIONS, key=lambda p: (POSITIONS[p][0] - cx) ** 2 + (POSITIONS[p][1] - cy) ** 2)
+
+
+def _template(shape: str, box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    """Ideal filled shape inscribed in the square around a box, as drawn by the renderer."""
+    x, y, w, h = box
+    cx, cy, r = x + w / 2, y + h / 2, max(w, h) / 2
+    canvas = np.zeros(size, dtype=np.uint8)
+    if shape == "circle":
+        cv2.circle(canvas, (round(cx), round(cy)), round(r), 1, -1)
+    elif shape == "square":
+        cv2.rectangle(canvas, (round(cx - r), round(cy - r)), (round(cx + r) - 1, round(cy + r) - 1), 1, -1)
+    else:
+        points = np.array([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], dtype=np.int32)
+        cv2.fillPoly(canvas, [points], 1)
+    return canvas.astype(bool)
+
+
+def classify_shape(mask: np.ndarray) -> str:
+    """The shape whose ideal template overlaps the blob best (IoU)."""
+    box = cv2.boundingRect(mask.astype(np.uint8))
+
+    def iou(shape: str) -> float:
+        template = _template(shape, box, mask.shape)
+        return (template & mask).sum() / max(1, (template | mask).sum())
+
+    return max(SHAPES, key=iou)
+
+
+def judge_pixels(image: np.ndarray) -> Judgement:
+    """Judge an (H, W, 3) uint8 RGB image by colours and geometry alone."""
+    pixels = image.astype(np.float32)
+    distances = np.linalg.norm(pixels[:, :, None, :] - PALETTE[None, None], axis=-1)  # (H, W, 8)
+    nearest = distances.argmin(-1)
+    border = np.concatenate([nearest[:2].ravel(), nearest[-2:].ravel(), nearest[:, :2].ravel(), nearest[:, -2:].ravel()])
+    background = int(np.bincount(border, minlength=len(PALETTE)).argmax())
+    # object pixels: clearly away from the background colour; opening drops anti-aliased seams
+    foreground = (distances[..., background] > 80).astype(np.uint8)
+    foreground = cv2.morphologyEx(foreground, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(foreground, connectivity=8)
+    h, w = foreground.shape
+    objects = []
+    for i in sorted(range(1, count), key=lambda i: -stats[i, cv2.CC_STAT_AREA]):
+        if stats[i, cv2.CC_STAT_AREA] < MIN_OBJECT_PIXELS:
+            continue
+        mask = labels == i
+        colour = int(np.bincount(nearest[mask], minlength=len(PALETTE)).argmax())
+        cx, cy = centroids[i]
+        objects.append(JudgedObject(PALETTE_NAMES[colour], classify_shape(mask), nearest_position(cx / w, cy / h), mask))
+    return Judgement(PALETTE_NAMES[background], tuple(objects))
+
+
+@torch.no_grad()
+def judge_latents(classifier: LatentClassifier, latents: torch.Tensor, t: int = 0) -> list[Judgement]:
+    """Judge (B, 4, h, w) scaled latents with the noisy-latent classifier at timestep t."""
+    logits = classifier(latents.float(), torch.tensor([t], device=latents.device))
+    colours = logits["cell_colour"].argmax(1).cpu().numpy()
+    shapes = logits["cell_shape"].argmax(1).cpu().numpy()
+    backgrounds = logits["background"].argmax(1).cpu().numpy()
+    judgements = []
+    for colour_cells, shape_cells, background in zip(colours, shapes, backgrounds):
+        h, w = colour_cells.shape
+        count, labels, stats, centroids = cv2.connectedComponentsWithStats((colour_cells > 0).astype(np.uint8), connectivity=4)
+        objects = []
+        for i in sorted(range(1, count), key=lambda i: -stats[i, cv2.CC_STAT_AREA]):
+            if stats[i, cv2.CC_STAT_AREA] < MIN_OBJECT_CELLS:
+                continue
+            mask = labels == i
+            colour = np.bincount(colour_cells[mask], minlength=len(COLOUR_NAMES))[1:].argmax() + 1
+            shape = np.bincount(shape_cells[mask], minlength=len(SHAPE_NAMES))[1:].argmax() + 1
+            cx, cy = (centroids[i] + 0.5) / (w, h)
+            objects.append(JudgedObject(COLOUR_NAMES[colour], SHAPE_NAMES[shape], nearest_position(cx, cy), mask))
+        judgements.append(Judgement(BACKGROUND_NAMES[background], tuple(objects)))
+    return judgements
