@@ -18,7 +18,7 @@ class Architecture:
     vae_channels: tuple[int, ...] = (32, 64, 64, 64)  # 4 blocks = 3 down-samplings = 8x, like SD
     text_width: int = 128
     text_layers: int = 2
-    unet_channels: tuple[int, ...] = (64, 96, 128)  # cross-attention at 16x16 and 8x8
+    unet_channels: tuple[int, ...] = (32, 64, 128)  # cross-attention at 16x16 and 8x8
     unet_head_dim: int = 32
 
 

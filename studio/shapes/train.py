@@ -256,7 +256,9 @@ def stage_unet(args) -> None:
 
 def stage_decoder(args) -> None:
     """Fine-tune the decoder alone on the frozen latents (as SD's ft-MSE VAE did): sharper images,
-    and the latents the UNet learns from do not change."""
+    and the latents the UNet learns from do not change. Optional: --decoder-steps 0 skips it."""
+    if args.decoder_steps == 0:
+        return
     images = load_data(args)["images"]
     latents, _ = load_latents(args)
     vae = make_vae(args.arch)
@@ -331,12 +333,12 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=25_600)
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="disable bf16 autocast for VAE stages")
-    p.add_argument("--vae-steps", type=int, default=2_000)
-    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-steps", type=int, default=1_200)
+    p.add_argument("--vae-batch", type=int, default=24)
     p.add_argument("--vae-lr", type=float, default=1e-3)
-    p.add_argument("--decoder-steps", type=int, default=4_000)
+    p.add_argument("--decoder-steps", type=int, default=0, help="0 skips the stage")
     p.add_argument("--decoder-lr", type=float, default=5e-4)
-    p.add_argument("--unet-steps", type=int, default=4_000)
+    p.add_argument("--unet-steps", type=int, default=3_200)
     p.add_argument("--unet-batch", type=int, default=48)
     p.add_argument("--unet-lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.999)
