@@ -144,29 +144,37 @@ class GenerateTab:
     run: Any  # the /generate event (Dependency)
 
 
+@dataclass
+class _Job:
+    cancel: CancelToken
+    step: int = 0
+    total: int = 0
+
+
 class _Jobs:
-    """Cancel tokens of the running job per browser session, so Stop reaches the engine directly."""
+    """The running job per browser session, so Stop reaches the engine directly and can say where it stopped."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tokens: dict[str, CancelToken] = {}
+        self._jobs: dict[str, _Job] = {}
 
-    def start(self, session: str) -> CancelToken:
-        token = CancelToken()
+    def start(self, session: str, total: int) -> _Job:
+        job = _Job(CancelToken(), 0, total)
         with self._lock:
-            self._tokens[session] = token
-        return token
+            self._jobs[session] = job
+        return job
 
-    def finish(self, session: str, token: CancelToken) -> None:
+    def finish(self, session: str, job: _Job) -> None:
         with self._lock:
-            if self._tokens.get(session) is token:
-                del self._tokens[session]
+            if self._jobs.get(session) is job:
+                del self._jobs[session]
 
-    def cancel(self, session: str) -> None:
+    def cancel(self, session: str) -> _Job | None:
         with self._lock:
-            token = self._tokens.get(session)
-        if token is not None:
-            token.cancel()
+            job = self._jobs.get(session)
+        if job is not None:
+            job.cancel.cancel()
+        return job
 
 
 def build_generate_tab(engine: Any, output_dir: str | Path | None = None) -> GenerateTab:
@@ -284,18 +292,21 @@ def build_generate_tab(engine: Any, output_dir: str | Path | None = None) -> Gen
             raise gr.Error(str(error)) from error
 
         session = _session(request)
-        cancel = jobs.start(session)
+        job = jobs.start(session, spec.steps)
+        cancel = job.cancel
         events: Iterator | None = None
         started = time.monotonic()
         attention_state: dict | None = None
         current_image: np.ndarray | None = None
         step, total = 0, spec.steps
         try:
-            yield [], None, _progress_html(0, total, "Starting…"), None, None, None
+            # Earlier results stay until this run has new ones to show.
+            yield skip, skip, _progress_html(0, total, "Starting…"), skip, skip, skip
             events = engine.generate(spec, cancel)
             for event in events:
                 if isinstance(event, Progress):
                     step, total = event.step, event.total
+                    job.step, job.total = step, total  # for Stop's message
                     elapsed = time.monotonic() - started
                     text = f"Step {step} / {total} · {elapsed:.1f} s"
                     yield skip, skip, _progress_html(step, total, text), skip, skip, skip
@@ -314,17 +325,20 @@ def build_generate_tab(engine: Any, output_dir: str | Path | None = None) -> Gen
         except CancelledError as error:
             yield skip, skip, _progress_html(step, total, f"Stopped: {error}", "stopped"), skip, skip, skip
         except StudioError as error:
+            yield skip, skip, _progress_html(step, total, str(error), "failed"), skip, skip, skip
             raise gr.Error(str(error)) from error
         except Exception as error:  # a bug, not bad input: keep the app alive, keep details in the log
             log.exception("generate failed for %r", spec)
-            raise gr.Error(f"Generation failed unexpectedly ({type(error).__name__}); see the server log.") from error
+            message = f"Generation failed unexpectedly ({type(error).__name__}); see the server log."
+            yield skip, skip, _progress_html(step, total, message, "failed"), skip, skip, skip
+            raise gr.Error(message) from error
         finally:
             # Stop pressed (GeneratorExit at a yield), an error, or done: tell the engine and let it
             # unwind (its lock, its attention processors) before the next job.
             cancel.cancel()
             if events is not None and hasattr(events, "close"):
                 events.close()
-            jobs.finish(session, cancel)
+            jobs.finish(session, job)
 
     def _finish(result: Result, attention_state: dict | None, started: float) -> tuple:
         settings = dict(result.settings)
@@ -359,8 +373,11 @@ def build_generate_tab(engine: Any, output_dir: str | Path | None = None) -> Gen
             paths.append(str(png_settings.save_png(image, settings, folder / name, batch_index=index)))
         return paths
 
-    def stop_job(request: gr.Request) -> None:
-        jobs.cancel(_session(request))
+    def stop_job(request: gr.Request) -> Any:
+        job = jobs.cancel(_session(request))
+        if job is None:
+            return gr.skip()
+        return _progress_html(job.step, job.total, f"Stopped after step {job.step} of {job.total}.", "stopped")
 
     def read_settings(file: str | None) -> tuple:
         """Settings from a PNG made by this app (or one with A1111 'parameters'), for every form field.
@@ -428,7 +445,7 @@ def build_generate_tab(engine: Any, output_dir: str | Path | None = None) -> Gen
     # Stop: cancel the event (GeneratorExit at the handler's next yield) and set the engine's token so
     # it stops between steps even while no event is being yielded. Runs beside the job, not behind it.
     stop.click(
-        stop_job, None, None, cancels=[run], api_name="stop", api_visibility="undocumented",
+        stop_job, None, status, cancels=[run], api_name="stop", api_visibility="undocumented",
         concurrency_limit=None, concurrency_id="stop", show_progress="hidden",
     )
     attention_view = dict(
@@ -456,7 +473,8 @@ CSS = """
 .dcs-bar { height: 10px; border-radius: 5px; background: var(--neutral-200); overflow: hidden; }
 .dcs-fill { height: 100%; background: var(--color-accent); transition: width 0.2s; }
 .dcs-progress.done .dcs-fill { background: var(--color-green-500, #22c55e); }
-.dcs-progress.stopped .dcs-fill { background: var(--color-red-500, #ef4444); }
+.dcs-progress.stopped .dcs-fill, .dcs-progress.failed .dcs-fill { background: var(--color-red-500, #ef4444); }
+.dcs-progress.failed .dcs-text { color: var(--color-red-500, #ef4444); }
 .dcs-text { font-size: var(--text-sm); color: var(--body-text-color-subdued); margin-top: 4px; }
 /* small models make small images: scale them up without blurring */
 #preview img, #heatmap img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
