@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -177,10 +178,9 @@ class _Jobs:
         return job
 
 
-def build_generate_tab(engine: Any, output_dir: str | Path | None = None) -> GenerateTab:
+def build_generate_tab(engine: Any) -> GenerateTab:
     """Lay out the Generate tab inside the current gr.Blocks/gr.Tab and wire its events."""
     jobs = _Jobs()
-    downloads_root = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="dcs-downloads-"))
     native = int(engine.native_size)
     multiple = int(engine.size_multiple)
     size_low = _round_up(specs.SIZE.low, multiple)
@@ -299,6 +299,9 @@ def build_generate_tab(engine: Any, output_dir: str | Path | None = None) -> Gen
         attention_state: dict | None = None
         current_image: np.ndarray | None = None
         step, total = 0, spec.steps
+        # The PNG downloads are written here; Gradio copies returned files into its cache (cleaned by
+        # delete_cache) before the generator resumes, so the folder goes when the run ends.
+        run_folder = Path(tempfile.mkdtemp(prefix="dcs-run-"))
         try:
             # Earlier results stay until this run has new ones to show.
             yield skip, skip, _progress_html(0, total, "Starting…"), skip, skip, skip
@@ -321,7 +324,7 @@ def build_generate_tab(engine: Any, output_dir: str | Path | None = None) -> Gen
                     attention_state = {"step": event.step, "tokens": list(event.tokens), "maps": maps, "image": under}
                     yield skip, skip, skip, attention_state, skip, skip
                 elif isinstance(event, Result):
-                    yield _finish(event, attention_state, started)
+                    yield _finish(event, attention_state, started, run_folder)
         except CancelledError as error:
             yield skip, skip, _progress_html(step, total, f"Stopped: {error}", "stopped"), skip, skip, skip
         except StudioError as error:
@@ -339,11 +342,12 @@ def build_generate_tab(engine: Any, output_dir: str | Path | None = None) -> Gen
             if events is not None and hasattr(events, "close"):
                 events.close()
             jobs.finish(session, job)
+            shutil.rmtree(run_folder, ignore_errors=True)
 
-    def _finish(result: Result, attention_state: dict | None, started: float) -> tuple:
+    def _finish(result: Result, attention_state: dict | None, started: float, folder: Path) -> tuple:
         settings = dict(result.settings)
         tagged = [png_settings.with_settings(image, settings, index) for index, image in enumerate(result.images)]
-        files = _save_downloads(result.images, settings)
+        files = _save_downloads(result.images, settings, folder)
         first = np.asarray(result.images[0].convert("RGB"))
         if attention_state is not None:
             attention_state = {**attention_state, "image": first}
@@ -364,8 +368,7 @@ def build_generate_tab(engine: Any, output_dir: str | Path | None = None) -> Gen
             files,
         )
 
-    def _save_downloads(images: list[Image.Image], settings: dict) -> list[str]:
-        folder = Path(tempfile.mkdtemp(prefix="run-", dir=downloads_root))
+    def _save_downloads(images: list[Image.Image], settings: dict, folder: Path) -> list[str]:
         seed_value = settings.get("seed")
         paths = []
         for index, image in enumerate(images):
