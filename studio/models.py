@@ -1,0 +1,218 @@
+"""The only place that loads weights.
+
+A model source is one of: None (the embedded shapes model, or a tiny random pipeline until it
+exists), a local diffusers folder, a single `.safetensors`/`.ckpt` checkpoint, or a hub id (only
+where the network allows). Whatever the source, the result is a `LoadedModel`: the SD-format
+components resident on one device, plus the facts the engine needs (native size, size multiple,
+prediction type). Device policy: CUDA with fp16 where present, else CPU fp32.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
+
+from studio.errors import ModelLoadError
+from studio.shapes.vocabulary import MAX_LENGTH, build_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_MODEL_DIR = REPO_ROOT / "assets" / "models" / "shapes-sd"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, nothing path-like
+# Errors a loader raises for a source that is wrong rather than for a bug of ours.
+LOAD_FAILURES = (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError)
+# We generate, we do not classify: SD folders may list a safety checker we neither load nor run.
+_NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+
+@dataclass
+class LoadedModel:
+    """SD-format components resident on `device`; the engine never reloads them."""
+
+    name: str
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: PreTrainedTokenizerBase
+    scheduler_config: dict[str, Any]  # every sampler is built fresh from this per job
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def size_multiple(self) -> int:
+        """Pixels per latent cell: width and height must be multiples of it."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        return self.unet.config.sample_size * self.size_multiple
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+
+def choose_device(device: str | None, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+    """CUDA with fp16 where present, else CPU fp32; an explicit device or dtype wins."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("A CUDA device was requested but none is available; use --device cpu.")
+    if dtype is None:
+        dtype = torch.float16 if resolved.type == "cuda" else torch.float32
+    return resolved, dtype
+
+
+def tiny_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """A randomly initialised SD-format pipeline small enough for CPU tests (native size 128).
+
+    Same structure as SD 1.x where it matters to the engine: an 8x VAE, cross-attention at two
+    UNet resolutions (16x16 and 8x8 latents), a CLIP text encoder, and the shapes word-level
+    tokenizer; sampled as v-prediction with zero terminal SNR, like the embedded model.
+    """
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8, 16, 16),  # four blocks -> three downsamplings -> 8x
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=128,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def load_pipeline(source: str | None = None, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load `source` once and move its components to the device; raises ModelLoadError.
+
+    Weights load in their stored precision and are cast afterwards (only when the dtype differs), so
+    one code path serves every source and diffusers' `dtype`/`torch_dtype` rename does not matter.
+    """
+    resolved_device, resolved_dtype = choose_device(device, dtype)
+    pipeline, name = _open_source(source)
+    for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+        module.to(device=resolved_device)
+        if module.dtype != resolved_dtype:
+            module.to(dtype=resolved_dtype)
+        module.eval().requires_grad_(False)
+    return LoadedModel(
+        name=name,
+        unet=pipeline.unet,
+        vae=pipeline.vae,
+        text_encoder=pipeline.text_encoder,
+        tokenizer=pipeline.tokenizer,
+        scheduler_config=dict(pipeline.scheduler.config),
+        device=resolved_device,
+        dtype=resolved_dtype,
+    )
+
+
+def _open_source(source: str | None) -> tuple[StableDiffusionPipeline, str]:
+    if source is None:
+        if (EMBEDDED_MODEL_DIR / "model_index.json").is_file():
+            return _from_folder(EMBEDDED_MODEL_DIR), EMBEDDED_MODEL_DIR.name
+        return tiny_random_pipeline(), "tiny-random-sd"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _from_folder(path), path.name
+    if path.is_file():
+        if path.suffix not in SINGLE_FILE_SUFFIXES:
+            raise ModelLoadError(
+                f"{source} is a file but not a checkpoint: give a .safetensors or .ckpt file, or a diffusers folder."
+            )
+        return _from_single_file(path), path.stem
+    if HUB_ID.match(source):
+        return _from_hub(source), source
+    raise ModelLoadError(
+        f"Model path {source} does not exist. Give an existing diffusers folder, a .safetensors/.ckpt file, "
+        "or a hub id like 'owner/name'; leave it empty for the embedded model."
+    )
+
+
+def _from_folder(path: Path) -> StableDiffusionPipeline:
+    if not (path / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"{path} is not a diffusers model folder (it has no model_index.json). "
+            "Point at the folder that contains model_index.json, unet/, vae/, text_encoder/ and tokenizer/."
+        )
+    try:
+        return StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **_NO_SAFETY)
+    except LOAD_FAILURES as error:
+        raise ModelLoadError(f"Could not load the diffusers folder {path}: {error}") from error
+
+
+def _from_single_file(path: Path) -> StableDiffusionPipeline:
+    try:
+        return StableDiffusionPipeline.from_single_file(str(path), **_NO_SAFETY)
+    except LOAD_FAILURES as error:
+        # Single files carry no config; diffusers fetches one from the hub, which may be offline.
+        raise ModelLoadError(
+            f"Could not load the checkpoint {path}: {error}. Single-file checkpoints need network access to "
+            "fetch their configuration; offline, convert it to a diffusers folder and load that instead."
+        ) from error
+
+
+def _from_hub(model_id: str) -> StableDiffusionPipeline:
+    try:
+        return StableDiffusionPipeline.from_pretrained(model_id, **_NO_SAFETY)
+    except LOAD_FAILURES as error:
+        raise ModelLoadError(
+            f"Could not load {model_id!r} from the hub: {error}. Without network access, download the model "
+            "elsewhere and pass its local folder instead."
+        ) from error
+
