@@ -1,0 +1,100 @@
+"""Prompt -> token ids -> text embeddings, and the map between prompt words and token positions.
+
+Prompts are checked before any model work: words the tokenizer cannot represent (the shapes
+model's word-level tokenizer maps them to <|unk|>) raise UnknownWordError naming them, and prompts
+longer than the text encoder reads raise InvalidInputError -- never silently truncated.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from transformers import CLIPTextModel, PreTrainedTokenizerBase
+
+from studio.errors import InvalidInputError, UnknownWordError
+
+WORD = re.compile(r"\S+")
+PUNCTUATION = ".,;:!?\"'()[]{}"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A prompt as the text encoder reads it, padded to the tokenizer's max length."""
+
+    ids: list[int]  # (T,) with start, end and padding tokens
+    attention_mask: list[int]  # (T,) 1 for prompt tokens, 0 for padding
+    words: list[str]  # the prompt's words that produced tokens, in order
+    word_tokens: list[list[int]]  # for each word, its token positions in `ids`
+
+
+@dataclass(frozen=True)
+class Cond:
+    """One text condition for the denoiser; `weight` is for guiders that mix several conditions."""
+
+    embeddings: torch.Tensor  # (1, T, D) text encoder's last hidden state
+    tokens: Tokens
+    weight: float = 1.0
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.tokens.ids
+
+    @property
+    def words(self) -> list[str]:
+        return self.tokens.words
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, prompt: str, model_name: str = "this model") -> Tokens:
+    """Token ids for `prompt` padded like StableDiffusionPipeline does, with each word's positions."""
+    max_length = tokenizer.model_max_length
+    encoded = tokenizer(prompt, return_offsets_mapping=True, return_special_tokens_mask=True)
+    if len(encoded.input_ids) > max_length:
+        raise InvalidInputError(
+            f"The prompt is {len(encoded.input_ids)} tokens long but {model_name} reads at most {max_length} "
+            "(start and end tokens included): shorten it."
+        )
+    spans = [match.span() for match in WORD.finditer(prompt)]
+    word_tokens: dict[int, list[int]] = {}
+    unknown: list[str] = []
+    for position, (token_id, special, (start, _)) in enumerate(
+        zip(encoded.input_ids, encoded.special_tokens_mask, encoded.offset_mapping)
+    ):
+        if special:
+            continue
+        word_index = next((i for i, (lo, hi) in enumerate(spans) if lo <= start < hi), None)
+        if word_index is None:  # a token made from nothing in the prompt (none known); no word to show
+            continue
+        word_tokens.setdefault(word_index, []).append(position)
+        # CLIP's BPE never needs <unk> for text; a word-level vocabulary does for unseen words.
+        if tokenizer.unk_token_id is not None and token_id == tokenizer.unk_token_id:
+            unknown.append(_word_text(prompt, spans[word_index]))
+    if unknown:
+        raise UnknownWordError(list(dict.fromkeys(unknown)), model_name)
+    padded = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True)
+    ordered = sorted(word_tokens)
+    return Tokens(
+        ids=padded.input_ids,
+        attention_mask=padded.attention_mask,
+        words=[_word_text(prompt, spans[i]) for i in ordered],
+        word_tokens=[word_tokens[i] for i in ordered],
+    )
+
+
+def _word_text(prompt: str, span: tuple[int, int]) -> str:
+    text = prompt[span[0] : span[1]]
+    return text.strip(PUNCTUATION) or text
+
+
+@torch.no_grad()
+def encode(text_encoder: CLIPTextModel, tokens: Tokens, weight: float = 1.0) -> Cond:
+    """Embed tokens exactly as StableDiffusionPipeline.encode_prompt does (no clip skip, no LoRA)."""
+    device = text_encoder.device
+    ids = torch.tensor([tokens.ids], device=device)
+    # SD 1.x/2.x text encoders attend to padding; a few models ask for a mask in their config.
+    attention_mask = None
+    if getattr(text_encoder.config, "use_attention_mask", False):
+        attention_mask = torch.tensor([tokens.attention_mask], device=device)
+    embeddings = text_encoder(ids, attention_mask=attention_mask)[0]
+    return Cond(embeddings=embeddings.to(dtype=text_encoder.dtype), tokens=tokens, weight=weight)

@@ -1,0 +1,54 @@
+"""The UNet as a denoiser: all conditions and all images of a batch in ONE forward pass per step.
+
+Predictions stay in the model's own parameterisation (eps, v or x0, `prediction_type`): diffusers
+schedulers expect exactly that, and guidance is linear with weights summing to one, so it
+commutes with the conversions. `to_x0` / `to_eps` give the common form when a caller needs it
+(previews, inversion, editing). The denoiser knows nothing of guidance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from studio import schedule
+from studio.conditioning import Cond
+from studio.models import LoadedModel
+
+
+class Denoiser:
+    def __init__(self, model: LoadedModel, alphas_cumprod: Tensor):
+        self.unet = model.unet
+        self.prediction_type = model.prediction_type
+        self.alphas_cumprod = alphas_cumprod  # (num_train_timesteps,) of the scheduler in use
+        self.unet_evaluations = 0  # forward passes, one per predict()
+
+    @torch.no_grad()
+    def predict(self, x_t: Tensor, t: Tensor, conds: Sequence[Cond]) -> list[Tensor]:
+        """Model output for each condition; x_t (B, C, h, w) -> [ (B, C, h, w) ] * len(conds).
+
+        The batch is laid out condition-major, [cond0 x B, cond1 x B, ...], like
+        StableDiffusionPipeline's [uncond x B, text x B], so CFG is bit-identical to it.
+        """
+        batch = x_t.shape[0]
+        model_input = torch.cat([x_t] * len(conds))  # (N*B, C, h, w)
+        embeddings = torch.cat([c.embeddings.expand(batch, -1, -1) for c in conds])  # (N*B, T, D)
+        output = self.unet(model_input, t, encoder_hidden_states=embeddings, return_dict=False)[0]
+        self.unet_evaluations += 1
+        return list(output.chunk(len(conds)))
+
+    def batch_index(self, cond_position: int, image: int, batch: int) -> int:
+        """Where image `image` under conds[cond_position] sits in the UNet's batch (for attention capture)."""
+        return cond_position * batch + image
+
+    def alpha_bar(self, t: Tensor) -> Tensor:
+        # Some schedulers (Euler) keep float timesteps; the nearest trained one indexes alpha_bar.
+        return self.alphas_cumprod[int(torch.as_tensor(t).round().item())]
+
+    def to_x0(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        return schedule.to_x0(prediction, x_t, self.alpha_bar(t), self.prediction_type)
+
+    def to_eps(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        return schedule.to_eps(prediction, x_t, self.alpha_bar(t), self.prediction_type)

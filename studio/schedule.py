@@ -1,0 +1,89 @@
+"""Pure maths of the variance-preserving forward process x_t = sqrt(ab)*x0 + sqrt(1-ab)*eps.
+
+`ab` is alpha_bar_t (the scheduler's `alphas_cumprod[t]`), a float or a broadcastable tensor.
+Conversions between the three parameterisations a network may predict (eps, v, x0), the
+deterministic DDIM step (Song et al. 2021, eq. 12 with sigma=0) and its inverse (the seed's
+"DDIM inversion", used by null-text inversion), and noising an image to a chosen t (SDEdit).
+With zero terminal SNR (ab = 0 at t = T) eps -> x0 divides by zero; v -> x0 does not, which is
+why v-prediction models are converted through v whenever possible.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _roots(alpha_bar: float | Tensor) -> tuple[Tensor, Tensor]:
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+
+def x0_from_eps(eps: Tensor, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    """x0 = (x_t - sqrt(1-ab) eps) / sqrt(ab)."""
+    a, s = _roots(alpha_bar)
+    return (x_t - s.to(x_t) * eps) / a.to(x_t)
+
+
+def eps_from_x0(x0: Tensor, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    """eps = (x_t - sqrt(ab) x0) / sqrt(1-ab)."""
+    a, s = _roots(alpha_bar)
+    return (x_t - a.to(x_t) * x0) / s.to(x_t)
+
+
+def x0_from_v(v: Tensor, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    """x0 = sqrt(ab) x_t - sqrt(1-ab) v, with v = sqrt(ab) eps - sqrt(1-ab) x0 (Salimans & Ho 2022)."""
+    a, s = _roots(alpha_bar)
+    return a.to(x_t) * x_t - s.to(x_t) * v
+
+
+def eps_from_v(v: Tensor, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    """eps = sqrt(ab) v + sqrt(1-ab) x_t."""
+    a, s = _roots(alpha_bar)
+    return a.to(x_t) * v + s.to(x_t) * x_t
+
+
+def v_from_eps(eps: Tensor, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    """v = (eps - sqrt(1-ab) x_t) / sqrt(ab)."""
+    a, s = _roots(alpha_bar)
+    return (eps - s.to(x_t) * x_t) / a.to(x_t)
+
+
+def to_x0(prediction: Tensor, x_t: Tensor, alpha_bar: float | Tensor, prediction_type: str) -> Tensor:
+    """Clean-image estimate from a network output of any parameterisation."""
+    if prediction_type == "epsilon":
+        return x0_from_eps(prediction, x_t, alpha_bar)
+    if prediction_type == "v_prediction":
+        return x0_from_v(prediction, x_t, alpha_bar)
+    if prediction_type == "sample":
+        return prediction
+    raise ValueError(f"unknown prediction type {prediction_type!r}")
+
+
+def to_eps(prediction: Tensor, x_t: Tensor, alpha_bar: float | Tensor, prediction_type: str) -> Tensor:
+    """Noise estimate from a network output of any parameterisation."""
+    if prediction_type == "epsilon":
+        return prediction
+    if prediction_type == "v_prediction":
+        return eps_from_v(prediction, x_t, alpha_bar)
+    if prediction_type == "sample":
+        return eps_from_x0(prediction, x_t, alpha_bar)
+    raise ValueError(f"unknown prediction type {prediction_type!r}")
+
+
+def ddim_step(eps: Tensor, x_t: Tensor, alpha_bar_t: float | Tensor, alpha_bar_prev: float | Tensor) -> Tensor:
+    """Deterministic DDIM step t -> prev (eta = 0): x_prev = sqrt(ab_prev) x0 + sqrt(1-ab_prev) eps."""
+    x0 = x0_from_eps(eps, x_t, alpha_bar_t)
+    a_prev, s_prev = _roots(alpha_bar_prev)
+    return a_prev.to(x_t) * x0 + s_prev.to(x_t) * eps
+
+
+def ddim_inverse_step(eps: Tensor, x_t: Tensor, alpha_bar_t: float | Tensor, alpha_bar_next: float | Tensor) -> Tensor:
+    """DDIM inversion t -> next (noisier), reusing eps(x_t): the same map as ddim_step run backwards."""
+    return ddim_step(eps, x_t, alpha_bar_t, alpha_bar_next)
+
+
+def noise_to(x0: Tensor, noise: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    """Forward process in one jump (SDEdit's x_{t0}): x_t = sqrt(ab) x0 + sqrt(1-ab) noise."""
+    a, s = _roots(alpha_bar)
+    return a.to(x0) * x0 + s.to(x0) * noise
