@@ -1,0 +1,125 @@
+"""Attention processors installed on the UNet for the duration of one job.
+
+`capture_cross_attention(unet, store)` swaps in a capturing processor for the cross-attention
+layers only (self-attention keeps its processor) and restores every previous processor on exit,
+also on error or cancel. The wrapped processor still computes the layer's output (fast SDPA, which
+never materialises probabilities), so images are identical with capture on or off; the capture
+recomputes softmax(QK^T/sqrt(d)) for just the one batch element whose maps are shown.
+When capture is off nothing here runs and the UNet's processors are never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterator
+from contextlib import contextmanager
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+from torch import Tensor
+
+
+class AttentionStore:
+    """Running mean of cross-attention probabilities per UNet resolution (no per-step history).
+
+    Fed by the capture processors of every cross-attention layer; told the step index by the
+    sampler (`begin_step`), it records only at `capture_steps` and only batch element `batch_index`
+    (the conditional branch of the first image).
+    """
+
+    def __init__(self, latent_size: tuple[int, int], batch_index: int, capture_steps: Container[int] | None = None):
+        self.latent_size = latent_size  # (h, w) of the latents at the UNet's input
+        self.batch_index = batch_index
+        self.capture_steps = capture_steps  # None: every step
+        self.capturing = False
+        self.sums: dict[tuple[int, int], Tensor] = {}  # (h, w) of a resolution -> (h*w, T) summed probabilities
+        self.counts: dict[tuple[int, int], int] = {}  # layer calls added to each sum
+
+    def begin_step(self, i: int, t: Tensor) -> None:
+        self.capturing = self.capture_steps is None or i in self.capture_steps
+
+    def add(self, probabilities: Tensor) -> None:
+        """probabilities: (N, T) for one layer, averaged over heads; N = h*w of that layer."""
+        size = self.map_size(probabilities.shape[0])
+        if size in self.sums:
+            self.sums[size] += probabilities
+            self.counts[size] += 1
+        else:
+            self.sums[size] = probabilities.clone()
+            self.counts[size] = 1
+
+    def map_size(self, n_pixels: int) -> tuple[int, int]:
+        """(h, w) of a layer with n_pixels positions: the latent size halved k times (rounding up, as
+        stride-2 convolutions do). Derived from the data, never from magic sizes or layer order."""
+        h, w = self.latent_size
+        while h * w > n_pixels:
+            h, w = (h + 1) // 2, (w + 1) // 2
+        if h * w != n_pixels:
+            raise ValueError(f"attention over {n_pixels} positions does not match latents of {self.latent_size}")
+        return h, w
+
+    def means(self) -> dict[tuple[int, int], Tensor]:
+        """Mean over layers and captured steps, per resolution: (h, w) -> (h*w, T)."""
+        return {size: self.sums[size] / self.counts[size] for size in self.sums}
+
+
+def cross_attention_probabilities(attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor) -> Tensor:
+    """softmax(QK^T * scale) averaged over heads for ONE batch element: (1, N, C) x (1, T, D) -> (N, T).
+
+    Mirrors AttnProcessor2_0's path to the scores (group norm, cross norm, optional q/k norms),
+    in float32 so fp16 models give the same maps.
+    """
+    if hidden_states.ndim == 4:  # (1, C, h, w) -> (1, h*w, C)
+        hidden_states = hidden_states.flatten(2).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    if attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    query = attn.to_q(hidden_states)
+    key = attn.to_k(encoder_hidden_states)
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(1, -1, attn.heads, head_dim).transpose(1, 2)  # (1, H, N, d)
+    key = key.view(1, -1, attn.heads, head_dim).transpose(1, 2)  # (1, H, T, d)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    scores = query.float() @ key.float().transpose(-1, -2) * attn.scale  # (1, H, N, T)
+    return scores.softmax(dim=-1)[0].mean(dim=0)  # (N, T)
+
+
+class CrossAttentionCapture:
+    """Computes the layer with the processor it replaces; on capture steps also records the maps."""
+
+    def __init__(self, inner, store: AttentionStore):
+        self.inner = inner
+        self.store = store
+
+    def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, temb: Tensor | None = None, *args, **kwargs) -> Tensor:
+        if self.store.capturing and encoder_hidden_states is not None:
+            i = self.store.batch_index
+            with torch.no_grad():
+                self.store.add(
+                    cross_attention_probabilities(attn, hidden_states[i : i + 1], encoder_hidden_states[i : i + 1])
+                )
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+
+
+@contextmanager
+def capture_cross_attention(unet: UNet2DConditionModel, store: AttentionStore) -> Iterator[AttentionStore]:
+    """Install capture processors on the cross-attention layers; restore the previous ones on exit."""
+    previous = unet.attn_processors  # {"<module path>.processor": processor}
+    cross_attention_layers = {
+        f"{name}.processor" for name, module in unet.named_modules()
+        if isinstance(module, Attention) and module.is_cross_attention
+    }
+    installed = {
+        key: CrossAttentionCapture(processor, store) if key in cross_attention_layers else processor
+        for key, processor in previous.items()
+    }
+    unet.set_attn_processor(installed)  # set_attn_processor consumes the dict it is given
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(dict(previous))
