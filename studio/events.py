@@ -42,6 +42,8 @@ class AttentionMaps:
     tokens: list[str]
     maps: np.ndarray
     resolution: int | None = None
+    # map height -> (n_tokens, h, w) maps of that UNet resolution alone, same normalisation
+    per_resolution: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Result:
     settings: dict[str, Any]  # everything needed to reproduce: model, seed, sampler, steps, ...
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase and "total"
     unet_evaluations: int = 0
+    pixels: np.ndarray | None = None  # (B, H, W, 3) float32 in [0, 1] before 8-bit rounding (parity, metrics)
 
 
 Event = Progress | Preview | AttentionMaps | Result

@@ -6,7 +6,7 @@ before touching the model, raising InvalidInputError with a message a user can a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from studio.errors import InvalidInputError
@@ -71,3 +71,9 @@ class GenerateSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> GenerateSpec:
+        """The spec a Result's settings describe (extra keys such as timings are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in settings.items() if key in names})
