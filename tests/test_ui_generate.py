@@ -39,25 +39,31 @@ def test_missing_seed_without_random_is_an_input_error():
         generate.spec_from_form(**{**FORM, "seed": None})
 
 
-def test_heatmap_overlay_upsamples_the_map_and_colours_the_hot_region():
-    image = np.full((64, 64, 3), 128, dtype=np.uint8)
-    heat = np.zeros((8, 8), dtype=np.float32)
-    heat[:, :4] = 1.0  # left half hot
-    out = generate.heatmap_overlay(image, heat)
-    assert out.shape == image.shape and out.dtype == np.uint8
-    left, right = out[32, 4].astype(int), out[32, 60].astype(int)
-    assert left[0] > left[2]  # hot: red over blue
-    assert right[2] > right[0]  # cold: blue over red
-
-
 def test_word_picker_starts_on_the_first_content_word_and_keeps_a_pick():
     state = {
         "tokens": ["a", "big", "red", "circle"],
         "maps": np.random.default_rng(0).random((4, 8, 8)).astype(np.float32),
         "image": np.zeros((64, 64, 3), np.uint8),
     }
-    picker, overlay = generate.render_attention(state, None)
-    assert picker["value"] == 1 and picker["choices"][3] == ("circle", 3)
-    assert overlay.shape == (64, 64, 3)
+    words, layers, overlay = generate.render_attention(state, None)
+    assert words["value"] == 1 and words["choices"][3] == ("circle", 3)
+    assert layers["value"] == generate.ALL_LAYERS
+    assert overlay.size == (64, 64)
     assert generate.render_attention(state, 3)[0]["value"] == 3
-    assert generate.render_attention(None, 2)[1] is None
+    assert generate.render_attention(None, 2)[2] is None
+
+
+def test_resolution_picker_shows_one_unet_resolution():
+    rng = np.random.default_rng(0)
+    state = {
+        "tokens": ["red", "circle"],
+        "maps": rng.random((2, 16, 16)).astype(np.float32),
+        "per_resolution": {16: rng.random((2, 16, 16)).astype(np.float32), 8: np.zeros((2, 8, 8), np.float32)},
+        "image": np.full((64, 64, 3), 128, np.uint8),
+    }
+    _, layers, all_layers = generate.render_attention(state, 0, generate.ALL_LAYERS)
+    assert layers["choices"] == [("all", 0), ("16×16", 16), ("8×8", 8)]
+    _, layers, coarse = generate.render_attention(state, 0, 8)
+    assert layers["value"] == 8
+    assert np.asarray(coarse).std() < np.asarray(all_layers).std()  # the all-zero 8x8 map is flat
+    assert generate.render_attention(state, 0, 32)[1]["value"] == generate.ALL_LAYERS  # unknown: all

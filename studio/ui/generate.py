@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from studio import specs
+from studio.attention.maps import heat_map_overlay
 from studio.errors import CancelledError, InvalidInputError, StudioError
 from studio.events import AttentionMaps, CancelToken, Preview, Progress, Result
 from studio.specs import GenerateSpec
@@ -43,25 +44,6 @@ _FUNCTION_WORDS = frozenset({"a", "an", "the", "and", "on", "in", "of", "with", 
 
 # --------------------------------------------------------------------------------------------
 # Rendering helpers (pure)
-
-
-def _colormap(values: np.ndarray) -> np.ndarray:
-    """Jet-like colours for values in [0, 1]: (H, W) float -> (H, W, 3) uint8."""
-    v = np.clip(values, 0.0, 1.0)[..., None]
-    anchors = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
-    colours = np.array([[0, 0, 143], [0, 128, 255], [128, 255, 128], [255, 200, 0], [200, 0, 0]], dtype=np.float32)
-    rgb = np.stack([np.interp(v[..., 0], anchors, colours[:, c]) for c in range(3)], axis=-1)
-    return rgb.astype(np.uint8)
-
-
-def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Blend a heat map (h, w) in [0, 1] over an RGB image (H, W, 3) uint8, upsampling bilinearly."""
-    height, width = image.shape[:2]
-    heat_image = Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F")
-    heat_up = np.asarray(heat_image.resize((width, height), Image.Resampling.BILINEAR))
-    colour = _colormap(heat_up).astype(np.float32)
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colour
-    return np.clip(blended, 0, 255).astype(np.uint8)
 
 
 def _progress_html(step: int, total: int, text: str, state: str = "running") -> str:
@@ -80,17 +62,25 @@ def _default_token(tokens: list[str]) -> int:
     return 0
 
 
-def render_attention(attention: dict | None, token: int | None) -> tuple[Any, Any]:
-    """Token picker update and heat-map image for the attention state and the picked token."""
+ALL_LAYERS = 0  # resolution picker value for "all resolutions, upsampled and averaged"
+
+
+def render_attention(attention: dict | None, token: int | None, resolution: int | None = ALL_LAYERS) -> tuple[Any, Any, Any]:
+    """Word picker, resolution picker and heat-map image for the attention state and the picks."""
     if not attention:
-        return gr.update(choices=[], value=None), None
+        return gr.update(choices=[], value=None), gr.update(choices=[], value=None), None
     tokens: list[str] = attention["tokens"]
     if token is None or not (0 <= int(token) < len(tokens)):
         token = _default_token(tokens)
     token = int(token)
-    choices = [(word, index) for index, word in enumerate(tokens)]
-    overlay = heatmap_overlay(attention["image"], attention["maps"][token])
-    return gr.update(choices=choices, value=token), overlay
+    per_resolution: dict[int, np.ndarray] = attention.get("per_resolution") or {}
+    if resolution not in per_resolution:
+        resolution = ALL_LAYERS
+    maps = attention["maps"] if resolution == ALL_LAYERS else per_resolution[resolution]
+    overlay = heat_map_overlay(Image.fromarray(attention["image"]), maps[token])
+    word_choices = [(word, index) for index, word in enumerate(tokens)]
+    resolution_choices = [("all", ALL_LAYERS)] + [(f"{size}×{size}", size) for size in sorted(per_resolution, reverse=True)]
+    return gr.update(choices=word_choices, value=token), gr.update(choices=resolution_choices, value=resolution), overlay
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +239,12 @@ def build_generate_tab(engine: Any) -> GenerateTab:
                         label="Attention heat map", format="png", interactive=False, elem_id="heatmap", height=300,
                         buttons=[],
                     )
-            token_pick = gr.Radio(choices=[], label="Attention for word", elem_id="token-pick", type="value")
+            with gr.Row(equal_height=True):
+                token_pick = gr.Radio(choices=[], label="Attention for word", elem_id="token-pick", scale=4)
+                resolution_pick = gr.Radio(
+                    choices=[], label="Layers", elem_id="resolution-pick", scale=1, min_width=160,
+                    info="UNet resolution of the maps",
+                )
             with gr.Row(equal_height=False):
                 gallery = gr.Gallery(
                     label="Results", format="png", columns=2, height=340, object_fit="contain", elem_id="gallery",
@@ -311,7 +306,7 @@ def build_generate_tab(engine: Any) -> GenerateTab:
                     step, total = event.step, event.total
                     job.step, job.total = step, total  # for Stop's message
                     elapsed = time.monotonic() - started
-                    text = f"Step {step} / {total} · {elapsed:.1f} s"
+                    text = event.message or f"Step {step} / {total} · {elapsed:.1f} s"
                     yield skip, skip, _progress_html(step, total, text), skip, skip, skip
                 elif isinstance(event, Preview):
                     current_image = np.asarray(event.images[0].convert("RGB"))
@@ -321,7 +316,13 @@ def build_generate_tab(engine: Any) -> GenerateTab:
                 elif isinstance(event, AttentionMaps):
                     maps = np.asarray(event.maps, dtype=np.float32)
                     under = current_image if current_image is not None else _blank(spec, engine)
-                    attention_state = {"step": event.step, "tokens": list(event.tokens), "maps": maps, "image": under}
+                    attention_state = {
+                        "step": event.step,
+                        "tokens": list(event.tokens),
+                        "maps": maps,
+                        "per_resolution": dict(event.per_resolution),
+                        "image": under,
+                    }
                     yield skip, skip, skip, attention_state, skip, skip
                 elif isinstance(event, Result):
                     yield _finish(event, attention_state, started, run_folder)
@@ -386,7 +387,7 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         """Settings from a PNG made by this app (or one with A1111 'parameters'), for every form field.
 
         Returns (prompt, negative prompt, seed, random seed, steps, guidance scale, scheduler, width,
-        height, batch size, show attention maps).
+        height, batch size). Whether attention maps are shown is a view option, not a setting.
         """
         if not file:
             raise gr.Error("Upload a PNG to read its settings.")
@@ -423,7 +424,6 @@ def build_generate_tab(engine: Any) -> GenerateTab:
             values.get("width") or skip,
             values.get("height") or skip,
             values.get("batch_size", skip),
-            values.get("capture_attention", skip),
         )
 
     def reuse_last_seed(shown: dict | None) -> tuple:
@@ -432,10 +432,9 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         return int(shown["seed"]), False
 
     # 3. events -----------------------------------------------------------------------------
-    form = [
-        prompt, negative_prompt, seed, random_seed, steps, guidance_scale, scheduler, width, height, batch_size,
-        show_attention,
-    ]
+    # The fields a PNG's settings restore; the form adds the view option "show attention maps".
+    restorable = [prompt, negative_prompt, seed, random_seed, steps, guidance_scale, scheduler, width, height, batch_size]
+    form = [*restorable, show_attention]
     run = gr.on(
         triggers=[go.click, prompt.submit],
         fn=generate,
@@ -454,9 +453,13 @@ def build_generate_tab(engine: Any) -> GenerateTab:
     attention_view = dict(
         concurrency_limit=None, concurrency_id="attention-view", show_progress="hidden", api_visibility="private"
     )
-    attention.change(render_attention, [attention, token_pick], [token_pick, heatmap], **attention_view)
-    token_pick.input(lambda state, token: render_attention(state, token)[1], [attention, token_pick], heatmap, **attention_view)
-    load_png.upload(read_settings, load_png, form, api_name="read_settings", concurrency_id="settings")
+    pickers = [attention, token_pick, resolution_pick]
+    attention.change(render_attention, pickers, [token_pick, resolution_pick, heatmap], **attention_view)
+    gr.on(
+        [token_pick.input, resolution_pick.input], lambda *picks: render_attention(*picks)[2], pickers, heatmap,
+        **attention_view,
+    )
+    load_png.upload(read_settings, load_png, restorable, api_name="read_settings", concurrency_id="settings")
     reuse_seed.click(reuse_last_seed, settings, [seed, random_seed], api_visibility="private", concurrency_id="settings")
     return GenerateTab(prompt=prompt, gallery=gallery, settings=settings, run=run)
 

@@ -1,0 +1,123 @@
+"""The app's API, through gradio_client against the launched app (tiny random SD-format model).
+
+Protects: /generate returns images and the settings that made them (the seed used included) and
+they reproduce; bad input reaches the caller as the gr.Error text and the app keeps working;
+/read_settings restores every field from a downloaded PNG; a cancelled job leaves the engine usable.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from app_harness import PROMPT, launched_app
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from gradio_client.utils import Status
+from PIL import Image
+
+from studio import specs
+from studio.ui import png_settings
+
+FAST = dict(steps=3)  # enough to run every phase; the engine tests cover sampling quality
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_engine):
+    return tiny_engine  # tests/conftest.py: the tiny random SD-format model on the CPU, shared per session
+
+
+@pytest.fixture(scope="module")
+def client(engine, tmp_path_factory):
+    with launched_app(engine, tmp_path_factory.mktemp("gradio")) as url:
+        yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+
+
+def generate(client: Client, **fields):
+    gallery, preview, progress, settings, files = client.predict(api_name="/generate", **{"prompt": PROMPT, **FAST, **fields})
+    return gallery, settings, files
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_generate_returns_images_and_the_settings_with_the_seed_used(client, engine):
+    gallery, settings, files = generate(client, random_seed=True, batch_size=2)
+
+    assert len(gallery) == 2 and len(files) == 2
+    seed = settings["seed"]
+    assert isinstance(seed, int) and specs.SEED.low <= seed <= specs.SEED.high
+    assert settings["prompt"] == PROMPT and settings["steps"] == FAST["steps"]
+    assert (settings["width"], settings["height"]) == (engine.native_size, engine.native_size)
+    assert pixels(gallery[0]["image"]).shape == (engine.native_size, engine.native_size, 3)
+    # Both the gallery's PNGs and the downloads carry the settings.
+    assert png_settings.read_png_settings(gallery[1]["image"])["seed"] == seed
+    assert png_settings.read_png_settings(files[0])["seed"] == seed
+
+    # The reported seed reproduces the images.
+    again, _, _ = generate(client, random_seed=False, seed=seed, batch_size=2)
+    for first, second in zip(gallery, again):
+        np.testing.assert_array_equal(pixels(first["image"]), pixels(second["image"]))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"prompt": "   "}, "prompt is empty"),
+        ({"prompt": "a red dragon"}, "dragon"),
+        ({"width": 100}, "multiple of"),
+        ({"random_seed": False, "seed": None}, "Enter a seed"),
+    ],
+    ids=["empty-prompt", "unknown-word", "size-not-multiple", "no-seed"],
+)
+def test_bad_input_gives_the_error_message_and_the_app_keeps_working(client, fields, message):
+    with pytest.raises(AppError, match=message):
+        generate(client, **fields)
+    gallery, settings, _ = generate(client, steps=1)
+    assert len(gallery) == 1 and settings["steps"] == 1
+
+
+def test_read_settings_restores_every_field_from_a_downloaded_png(client, engine):
+    size = engine.native_size
+    fields = dict(
+        negative_prompt="blue square",
+        seed=1234,
+        random_seed=False,
+        steps=2,
+        guidance_scale=3.5,
+        scheduler="euler",
+        width=size,
+        height=size + engine.size_multiple,
+        batch_size=2,
+    )
+    _, settings, files = generate(client, show_attention=True, **fields)
+    restored = client.predict(handle_file(files[1]), api_name="/read_settings")
+
+    expected = (PROMPT, *fields.values())
+    assert tuple(restored) == expected
+
+
+def test_read_settings_of_an_image_without_settings_says_so(client, tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    with pytest.raises(AppError, match="no generation settings"):
+        client.predict(handle_file(str(tmp_path / "plain.png")), api_name="/read_settings")
+
+
+def test_a_cancelled_job_stops_early_and_leaves_the_engine_usable(client):
+    job = client.submit(api_name="/generate", prompt=PROMPT, steps=specs.STEPS.high, random_seed=True)
+    deadline = time.monotonic() + 120
+    while len(job.outputs()) < 3 and not job.done():  # started and a couple of steps done
+        assert time.monotonic() < deadline, "the job produced no progress"
+        time.sleep(0.05)
+    job.cancel()
+
+    started = time.monotonic()
+    gallery, settings, _ = generate(client, steps=1)  # waits for the cancelled job to release the engine
+    assert len(gallery) == 1
+    assert time.monotonic() - started < 60
+    assert job.status().code == Status.CANCELLED
+    # No result came out of the cancelled job (settings are only set by the final message).
+    assert not any(isinstance(out[3], dict) and "seed" in out[3] for out in job.outputs())

@@ -1,0 +1,101 @@
+"""The Generate tab in a real browser: headless Debian chromium driven by Playwright.
+
+Protects what a user sees: typing a prompt, ticking attention maps and pressing Generate gives a
+result image and an attention heat map (whose word can be picked afterwards); bad input shows the
+error message and the tab keeps working.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from app_harness import PROMPT, launched_app
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 120_000  # a generation on a shared 2-core CPU
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_engine, tmp_path_factory):
+    with launched_app(tiny_engine, tmp_path_factory.mktemp("gradio")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/install_browser.sh` (installs Debian's chromium).")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_url)
+    page.wait_for_selector("#prompt textarea")
+    yield page
+    page.close()
+
+
+def set_slider(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def image_loaded(page, selector: str) -> bool:
+    return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+
+
+def test_prompt_generate_shows_result_image_and_attention_heat_map(page):
+    page.fill("#prompt textarea", PROMPT)
+    set_slider(page, "steps", 4)
+    page.check("#show-attention input")
+    page.click("#generate-btn")
+
+    page.wait_for_selector("#status [data-state=done]")
+    assert "seed" in page.inner_text("#status")
+    page.wait_for_selector("#gallery img")
+    assert image_loaded(page, "#gallery img")
+    page.wait_for_selector("#heatmap img")
+    assert image_loaded(page, "#heatmap img")
+
+    # The word picker lists the prompt's words; picking another one redraws the heat map.
+    words = page.locator("#token-pick label")
+    assert [w.strip() for w in words.all_inner_texts()] == PROMPT.split()
+    before = page.get_attribute("#heatmap img", "src")
+    page.locator("#token-pick label", has_text="circle").click()
+    page.wait_for_function(
+        "before => document.querySelector('#heatmap img')?.getAttribute('src') !== before", arg=before
+    )
+    assert page.locator("#settings").inner_text().count(PROMPT) >= 1
+
+
+def test_bad_input_shows_the_error_and_the_tab_keeps_working(page):
+    page.fill("#prompt textarea", "a red dragon")
+    set_slider(page, "steps", 2)
+    page.click("#generate-btn")
+    error = page.locator(".toast-body", has_text="dragon")
+    error.wait_for()
+
+    page.fill("#prompt textarea", PROMPT)
+    page.click("#generate-btn")
+    page.wait_for_selector("#status [data-state=done]")
+    assert image_loaded(page, "#gallery img")
