@@ -1,0 +1,43 @@
+"""Protects: the pure VP maths (parameterisation conversions, DDIM step and its inverse) agrees with
+itself and with diffusers' DDIMScheduler."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler
+
+from studio import schedule
+
+
+def test_eps_v_x0_conversions_round_trip():
+    generator = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    alpha_bar = 0.3
+    x_t = schedule.noise_to(x0, eps, alpha_bar)
+    v = alpha_bar**0.5 * eps - (1 - alpha_bar) ** 0.5 * x0
+    torch.testing.assert_close(schedule.x0_from_eps(eps, x_t, alpha_bar), x0)
+    torch.testing.assert_close(schedule.eps_from_x0(x0, x_t, alpha_bar), eps)
+    torch.testing.assert_close(schedule.x0_from_v(v, x_t, alpha_bar), x0)
+    torch.testing.assert_close(schedule.eps_from_v(v, x_t, alpha_bar), eps)
+    torch.testing.assert_close(schedule.v_from_eps(eps, x_t, alpha_bar), v)
+    for kind, prediction in (("epsilon", eps), ("v_prediction", v), ("sample", x0)):
+        torch.testing.assert_close(schedule.to_x0(prediction, x_t, alpha_bar, kind), x0)
+        torch.testing.assert_close(schedule.to_eps(prediction, x_t, alpha_bar, kind), eps)
+
+
+def test_v_gives_x0_at_zero_terminal_snr():
+    v, x_t = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    torch.testing.assert_close(schedule.x0_from_v(v, x_t, 0.0), -v)
+
+
+def test_ddim_step_matches_diffusers_and_inverse_step_undoes_it():
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
+    scheduler.set_timesteps(10)
+    t, prev = scheduler.timesteps[3], scheduler.timesteps[4]
+    generator = torch.Generator().manual_seed(1)
+    x_t, eps = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 4, 8, 8, generator=generator)
+    expected = scheduler.step(eps, t, x_t, eta=0.0).prev_sample
+    stepped = schedule.ddim_step(eps, x_t, scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[prev])
+    torch.testing.assert_close(stepped, expected)
+    back = schedule.ddim_inverse_step(eps, stepped, scheduler.alphas_cumprod[prev], scheduler.alphas_cumprod[t])
+    torch.testing.assert_close(back, x_t)
