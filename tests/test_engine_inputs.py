@@ -70,3 +70,9 @@ def test_file_that_is_not_a_checkpoint_is_rejected(tmp_path):
     notes.write_text("not weights")
     with pytest.raises(ModelLoadError, match=".safetensors or .ckpt"):
         load_pipeline(str(notes), device="cpu")
+
+
+def test_hub_id_that_cannot_be_loaded_says_what_to_do_instead():
+    # Offline: no connection; online: no such repository. Either way a ModelLoadError, not a crash.
+    with pytest.raises(ModelLoadError, match="local folder"):
+        load_pipeline("diffusion-control-studio/no-such-model", device="cpu")

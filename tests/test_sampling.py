@@ -1,0 +1,50 @@
+"""Protects: the one sampling loop reports every step as a plain dict and stops when cancelled."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from studio.conditioning import encode, tokenize
+from studio.denoiser import Denoiser
+from studio.errors import CancelledError
+from studio.events import CancelToken
+from studio.guidance import ClassifierFreeGuidance, cfg
+from studio.sampling import make_scheduler, sample
+
+
+@pytest.fixture
+def parts(tiny_engine):
+    model = tiny_engine.model
+    scheduler = make_scheduler("euler", model.scheduler_config)
+    scheduler.set_timesteps(3)
+    guider = ClassifierFreeGuidance(
+        cond=encode(model.text_encoder, tokenize(model.tokenizer, "a red circle")),
+        uncond=encode(model.text_encoder, tokenize(model.tokenizer, "")),
+        scale=4.0,
+    )
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
+    return Denoiser(model, scheduler.alphas_cumprod), guider, scheduler, x
+
+
+def test_on_step_gets_index_timestep_latents_and_x0_prediction(parts):
+    denoiser, guider, scheduler, x = parts
+    states = []
+    final = sample(denoiser, guider, scheduler, scheduler.timesteps, x, on_step=states.append)
+    assert [s["i"] for s in states] == [0, 1, 2]
+    assert all(s["denoised"].shape == x.shape for s in states)
+    assert torch.equal(final, states[-1]["x"])
+    assert denoiser.unet_evaluations == 3  # uncond and cond in one call per step
+
+
+def test_cancel_stops_between_steps(parts):
+    denoiser, guider, scheduler, x = parts
+    cancel = CancelToken()
+    with pytest.raises(CancelledError, match="after 1 of 3"):
+        sample(denoiser, guider, scheduler, scheduler.timesteps, x, on_step=lambda state: cancel.cancel(), cancel=cancel)
+
+
+def test_cfg_is_the_seed_mixing_rule():
+    uncond, cond = torch.tensor([1.0]), torch.tensor([3.0])
+    assert cfg(uncond, cond, 0.0) == uncond and cfg(uncond, cond, 1.0) == cond
+    assert cfg(uncond, cond, 2.5) == uncond + 2.5 * (cond - uncond)
