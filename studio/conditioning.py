@@ -28,6 +28,10 @@ class Tokens:
     words: list[str]  # the prompt's words that produced tokens, in order
     word_tokens: list[list[int]]  # for each word, its token positions in `ids`
 
+    def word_of_token(self, position: int) -> int | None:
+        """Index into `words` of the word that produced token `position`; None for special tokens."""
+        return next((w for w, positions in enumerate(self.word_tokens) if position in positions), None)
+
 
 @dataclass(frozen=True)
 class Cond:
@@ -64,7 +68,7 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompt: str, model_name: str = 
         if special:
             continue
         word_index = next((i for i, (lo, hi) in enumerate(spans) if lo <= start < hi), None)
-        if word_index is None:  # a token made from nothing in the prompt (none known); no word to show
+        if word_index is None:  # no prompt word produced this token (not seen in practice): no label
             continue
         word_tokens.setdefault(word_index, []).append(position)
         # CLIP's BPE never needs <unk> for text; a word-level vocabulary does for unseen words.

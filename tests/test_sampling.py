@@ -48,3 +48,4 @@ def test_cfg_is_the_seed_mixing_rule():
     uncond, cond = torch.tensor([1.0]), torch.tensor([3.0])
     assert cfg(uncond, cond, 0.0) == uncond and cfg(uncond, cond, 1.0) == cond
     assert cfg(uncond, cond, 2.5) == uncond + 2.5 * (cond - uncond)
+
