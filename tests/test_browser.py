@@ -99,3 +99,21 @@ def test_bad_input_shows_the_error_and_the_tab_keeps_working(page):
     page.click("#generate-btn")
     page.wait_for_selector("#status [data-state=done]")
     assert image_loaded(page, "#gallery img")
+
+
+def test_loading_a_png_restores_its_settings_into_the_form(page, tmp_path):
+    from PIL import Image
+
+    from studio.ui.png_settings import save_png
+
+    settings = {"prompt": "a small blue square", "negative_prompt": "red", "seed": 99, "steps": 7,
+                "guidance_scale": 2.5, "scheduler": "euler", "width": 64, "height": 72, "batch_size": 3}
+    png = save_png(Image.new("RGB", (64, 72)), settings, tmp_path / "made-here.png")
+    page.locator("#load-png input[type=file]").set_input_files(str(png))
+
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'a small blue square'")
+    assert page.input_value("#negative-prompt textarea") == "red"
+    assert page.input_value("#seed input") == "99"
+    assert not page.is_checked("#random-seed input")
+    assert page.input_value("#steps input[type=number]") == "7"
+    assert page.input_value("#height input[type=number]") == "72"

@@ -229,7 +229,7 @@ def build_generate_tab(engine: Any) -> GenerateTab:
 
         with gr.Column(scale=6, min_width=360):
             status = gr.HTML(_progress_html(0, 0, "Ready.", "idle"), label="Progress", elem_id="status")
-            with gr.Row(equal_height=True):
+            with gr.Row(equal_height=False):
                 preview = gr.Image(
                     label="Live preview", format="png", interactive=False, elem_id="preview", height=300,
                     buttons=[],
@@ -239,19 +239,17 @@ def build_generate_tab(engine: Any) -> GenerateTab:
                         label="Attention heat map", format="png", interactive=False, elem_id="heatmap", height=300,
                         buttons=[],
                     )
-            with gr.Row(equal_height=True):
-                token_pick = gr.Radio(choices=[], label="Attention for word", elem_id="token-pick", scale=4)
-                resolution_pick = gr.Radio(
-                    choices=[], label="Layers", elem_id="resolution-pick", scale=1, min_width=160,
-                    info="UNet resolution of the maps",
-                )
+                    resolution_pick = gr.Radio(
+                        choices=[], label="Layers (UNet resolution of the maps)", elem_id="resolution-pick",
+                    )
+            token_pick = gr.Radio(choices=[], label="Attention for word", elem_id="token-pick")
             with gr.Row(equal_height=False):
                 gallery = gr.Gallery(
                     label="Results", format="png", columns=2, height=340, object_fit="contain", elem_id="gallery",
                     buttons=["download", "fullscreen"], scale=3,
                 )
                 with gr.Column(scale=2, min_width=240):
-                    downloads = gr.File(label="PNG with settings", file_count="multiple", elem_id="downloads", height=90)
+                    downloads = gr.File(label="PNG with settings", file_count="multiple", elem_id="downloads")
                     settings = gr.JSON(label="Settings of this result", elem_id="settings", height=240)
 
     # Latest attention maps and the image under them; a .change renders the overlay for the picked
@@ -373,7 +371,7 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         seed_value = settings.get("seed")
         paths = []
         for index, image in enumerate(images):
-            name = f"dcs-{seed_value}-{index}.png" if len(images) > 1 else f"dcs-{seed_value}.png"
+            name = f"{seed_value}-{index}.png" if len(images) > 1 else f"{seed_value}.png"  # short: the UI truncates
             paths.append(str(png_settings.save_png(image, settings, folder / name, batch_index=index)))
         return paths
 
