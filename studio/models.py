@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from studio.errors import ModelLoadError
-from studio.shapes.vocabulary import MAX_LENGTH, build_tokenizer
+from studio.shapes.architecture import TINY, make_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL_DIR = REPO_ROOT / "assets" / "models" / "shapes-sd"
@@ -71,70 +71,11 @@ def choose_device(device: str | None, dtype: torch.dtype | None) -> tuple[torch.
 
 
 def tiny_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """A randomly initialised SD-format pipeline small enough for CPU tests (native size 128).
-
-    Same structure as SD 1.x where it matters to the engine: an 8x VAE, cross-attention at two
-    UNet resolutions (16x16 and 8x8 latents), a CLIP text encoder, and the shapes word-level
-    tokenizer; sampled as v-prediction with zero terminal SNR, like the embedded model.
-    """
+    """A randomly initialised pipeline with the embedded model's structure at a fraction of its
+    width (studio.shapes.architecture.TINY): native size 128, cross-attention at 16x16 and 8x8,
+    the shapes tokenizer, v-prediction with zero terminal SNR. Small enough for CPU tests."""
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer()
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 8, 16, 16),  # four blocks -> three downsamplings -> 8x
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=128,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=MAX_LENGTH,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        prediction_type="v_prediction",
-        rescale_betas_zero_snr=True,
-        timestep_spacing="trailing",
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return make_pipeline(TINY)
 
 
 def load_pipeline(source: str | None = None, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from studio.shapes import classifier as latent_classifier
-from studio.shapes.architecture import Architecture, make_scheduler, make_text_encoder, make_unet, make_vae
+from studio.shapes.architecture import Architecture, make_pipeline, make_scheduler, make_text_encoder, make_unet, make_vae
 from studio.shapes.render import caption, render, sample_scene
 from studio.shapes.vocabulary import MAX_LENGTH, build_tokenizer
 
@@ -306,8 +306,6 @@ def stage_classifier(args) -> None:
 
 
 def stage_export(args) -> None:
-    from diffusers import StableDiffusionPipeline
-
     _, scaling = load_latents(args)
     vae, text_encoder, unet = make_vae(args.arch), make_text_encoder(args.arch), make_unet(args.arch)
     vae_file = args.work / "vae_finetuned.safetensors"
@@ -315,11 +313,7 @@ def stage_export(args) -> None:
     vae.register_to_config(scaling_factor=scaling)
     text_encoder.load_state_dict(load_file(args.work / "text_encoder.safetensors"))
     unet.load_state_dict(load_file(args.work / "unet.safetensors"))
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=build_tokenizer(), unet=unet, scheduler=make_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.save_pretrained(args.out, safe_serialization=True)
+    make_pipeline(args.arch, vae=vae, text_encoder=text_encoder, unet=unet).save_pretrained(args.out, safe_serialization=True)
     latent_classifier.save(latent_classifier.load_weights(args.work / "classifier.safetensors"), args.out / "classifier")
 
 
@@ -333,12 +327,12 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=25_600)
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="disable bf16 autocast for VAE stages")
-    p.add_argument("--vae-steps", type=int, default=1_200)
+    p.add_argument("--vae-steps", type=int, default=800)
     p.add_argument("--vae-batch", type=int, default=24)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--decoder-steps", type=int, default=0, help="0 skips the stage")
     p.add_argument("--decoder-lr", type=float, default=5e-4)
-    p.add_argument("--unet-steps", type=int, default=3_200)
+    p.add_argument("--unet-steps", type=int, default=5_000)
     p.add_argument("--unet-batch", type=int, default=48)
     p.add_argument("--unet-lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.999)
