@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -24,15 +25,33 @@ from torch import Tensor
 from studio import specs
 from studio.attention.maps import combined_maps, per_resolution_maps
 from studio.attention.processors import AttentionStore, capture_cross_attention
-from studio.conditioning import Tokens, encode, tokenize
+from studio.conditioning import Cond, Tokens, encode, tokenize
 from studio.denoiser import Denoiser
-from studio.errors import DeviceOutOfMemoryError
+from studio.errors import DeviceOutOfMemoryError, InvalidInputError
 from studio.events import AttentionMaps, CancelToken, Event, Preview, Progress, Result
-from studio.guidance import ClassifierFreeGuidance
+from studio.guidance import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    Guider,
+    MultiConditionGuidance,
+    classifier_targets,
+    schedule_factors,
+    step_alpha_bars,
+)
 from studio.jobs import FairLock
 from studio.models import LoadedModel, load_pipeline
 from studio.sampling import make_scheduler, sample_steps
 from studio.specs import GenerateSpec
+
+
+@dataclass(frozen=True)
+class GuidancePlan:
+    """Every guidance weight of a run, per step: what the sampler will apply and the UI plots."""
+
+    timesteps: Tensor  # (N,)
+    labels: list[str]  # condition names: the prompt, then each condition row
+    weights: Tensor  # (N, K) signed weight w_k(t_i); column 0 is the prompt (guidance scale)
+    classifier_strengths: Tensor | None  # (N,) s(t_i), None without classifier guidance
 
 
 class Engine:
@@ -66,6 +85,35 @@ class Engine:
     def jobs_waiting(self) -> int:
         return self._lock.waiting
 
+    @property
+    def classifier_targets(self) -> list[str]:
+        """Classes classifier guidance can steer towards; empty when the model has no classifier."""
+        return list(classifier_targets()) if self.model.classifier is not None else []
+
+    def guidance_plan(self, spec: GenerateSpec) -> GuidancePlan:
+        """Per-step weights of the prompt and every condition (and the classifier strength) for `spec`:
+        no model work, so the UI can plot them while the user edits. Raises InvalidInputError."""
+        spec.validate(self.size_multiple)
+        scheduler = make_scheduler(spec.scheduler, self.model.scheduler_config)
+        scheduler.set_timesteps(spec.steps)
+        return self._plan(spec, scheduler.timesteps, scheduler.alphas_cumprod)
+
+    @staticmethod
+    def _plan(spec: GenerateSpec, timesteps: Tensor, alphas_cumprod: Tensor) -> GuidancePlan:
+        alpha_bars = step_alpha_bars(timesteps, alphas_cumprod)
+        columns = [torch.full_like(alpha_bars, spec.guidance_scale)]
+        for c in spec.conditions:
+            columns.append(c.weight * schedule_factors(c.schedule, c.exponent, c.start, c.stop, alpha_bars))
+        strengths = None
+        if (cg := spec.classifier_guidance) is not None:
+            strengths = cg.strength * schedule_factors(cg.schedule, cg.exponent, cg.start, cg.stop, alpha_bars)
+        return GuidancePlan(
+            timesteps=timesteps.cpu(),
+            labels=[spec.prompt, *(c.prompt for c in spec.conditions)],
+            weights=torch.stack(columns, dim=1),
+            classifier_strengths=strengths,
+        )
+
     def generate(self, spec: GenerateSpec, cancel: CancelToken | None = None) -> Iterator[Event]:
         """Text to image. Bad input raises InvalidInputError here, before any model work;
         the returned generator waits for its turn on the model, then streams the job's events."""
@@ -73,16 +121,33 @@ class Engine:
         spec.validate(self.size_multiple)
         prompt_tokens = tokenize(self.model.tokenizer, spec.prompt, self.model_name)
         negative_tokens = tokenize(self.model.tokenizer, spec.negative_prompt, self.model_name)
+        condition_tokens = []
+        for row, condition in enumerate(spec.conditions, start=1):
+            try:
+                condition_tokens.append(tokenize(self.model.tokenizer, condition.prompt, self.model_name))
+            except InvalidInputError as error:
+                raise InvalidInputError(f"Condition {row}: {error}") from error
+        if spec.classifier_guidance is not None:
+            if self.model.classifier is None:
+                raise InvalidInputError(
+                    f"{self.model_name} has no noisy-latent classifier (a classifier/ folder beside its weights): "
+                    "turn classifier guidance off."
+                )
+            if spec.classifier_guidance.target not in classifier_targets():
+                raise InvalidInputError(
+                    f"Classifier guidance: unknown target {spec.classifier_guidance.target!r}; choose one of "
+                    f"{', '.join(classifier_targets())}."
+                )
         seed = spec.seed if spec.seed is not None else secrets.randbelow(int(specs.SEED.high) + 1)
-        return self._queued(spec, seed, prompt_tokens, negative_tokens, cancel)
+        return self._queued(spec, seed, prompt_tokens, negative_tokens, condition_tokens, cancel)
 
     def _queued(self, spec: GenerateSpec, seed: int, prompt_tokens: Tokens, negative_tokens: Tokens,
-                cancel: CancelToken | None) -> Iterator[Event]:
+                condition_tokens: list[Tokens], cancel: CancelToken | None) -> Iterator[Event]:
         if self._lock.busy:
             yield Progress(0, spec.steps, "Waiting for the previous job to finish…")
         with self._lock.hold(cancel):
             try:
-                yield from self._generate(spec, seed, prompt_tokens, negative_tokens, cancel)
+                yield from self._generate(spec, seed, prompt_tokens, negative_tokens, condition_tokens, cancel)
             except torch.cuda.OutOfMemoryError as error:
                 torch.cuda.empty_cache()  # give the failed job's memory back so the next one can run
                 raise DeviceOutOfMemoryError(
@@ -93,23 +158,22 @@ class Engine:
 
     @torch.no_grad()
     def _generate(self, spec: GenerateSpec, seed: int, prompt_tokens: Tokens, negative_tokens: Tokens,
-                  cancel: CancelToken | None) -> Iterator[Event]:
+                  condition_tokens: list[Tokens], cancel: CancelToken | None) -> Iterator[Event]:
         started = time.perf_counter()
         width, height = spec.width or self.native_size, spec.height or self.native_size
         model = self.model
 
-        # 2. encode prompt (the negative prompt, "" by default, is the unconditional branch)
-        guider = ClassifierFreeGuidance(
-            cond=encode(model.text_encoder, prompt_tokens),
-            uncond=encode(model.text_encoder, negative_tokens),
-            scale=spec.guidance_scale,
-        )
+        # 2. encode prompts (the negative prompt, "" by default, is the unconditional branch)
+        prompt = encode(model.text_encoder, prompt_tokens)
+        uncond = encode(model.text_encoder, negative_tokens)
+        conditions = [encode(model.text_encoder, tokens) for tokens in condition_tokens]
         encoded = time.perf_counter()
 
         # 3. prepare the scheduler and its timesteps
         scheduler = make_scheduler(spec.scheduler, model.scheduler_config)
         scheduler.set_timesteps(spec.steps, device=self.device)
         denoiser = Denoiser(model, scheduler.alphas_cumprod)
+        guider = self._guider(spec, prompt, uncond, conditions, scheduler.timesteps, scheduler.alphas_cumprod)
 
         # 4. initial latents: seeded on the CPU so a seed gives the same image on every device
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -146,13 +210,16 @@ class Engine:
         pixels = self._decode(latents)
         finished = time.perf_counter()
 
-        # 8. result: everything needed to make these images again
+        # 8. result: everything needed to make these images again, and what the guidance cost
         timings = {
             "encode": encoded - started,
             "sampling": sampled - encoded,
             "decode": finished - sampled,
             "total": finished - started,
         }
+        guidance_report = self._guidance_report(spec, guider, denoiser, sampled - encoded)
+        if "classifier_gradient" in guidance_report:
+            timings["classifier_gradient"] = guidance_report.pop("classifier_gradient")
         settings = {
             "model": self.model_name,
             "seed": seed,
@@ -164,10 +231,49 @@ class Engine:
             "width": width,
             "height": height,
             "batch_size": spec.batch_size,
+            "conditions": [asdict(c) for c in spec.conditions],
+            "guidance_rescale": spec.guidance_rescale,
+            "classifier_guidance": asdict(spec.classifier_guidance) if spec.classifier_guidance else None,
             "timings": timings,
             "unet_evaluations": denoiser.unet_evaluations,
+            **guidance_report,
         }
         yield Result(self._to_images(pixels), settings, timings, denoiser.unet_evaluations, pixels)
+
+    def _guider(self, spec: GenerateSpec, prompt: Cond, uncond: Cond, conditions: list[Cond], timesteps: Tensor,
+                alphas_cumprod: Tensor) -> Guider:
+        """Plain CFG exactly as StableDiffusionPipeline (parity); otherwise scheduled multi-condition CFG,
+        wrapped by classifier guidance when asked."""
+        if not spec.uses_global_guidance:
+            return ClassifierFreeGuidance(cond=prompt, uncond=uncond, scale=spec.guidance_scale)
+        plan = self._plan(spec, timesteps, alphas_cumprod)
+        shared = dict(timesteps=plan.timesteps, alphas_cumprod=alphas_cumprod, prediction_type=self.prediction_type)
+        guider: Guider = MultiConditionGuidance(
+            uncond=uncond, conditions=[prompt, *conditions], weights=plan.weights, rescale=spec.guidance_rescale,
+            **shared,
+        )
+        if spec.classifier_guidance is not None:
+            guider = ClassifierGuidance(
+                inner=guider, classifier=self.model.classifier,
+                target=classifier_targets()[spec.classifier_guidance.target],
+                strengths=plan.classifier_strengths, **shared,
+            )
+        return guider
+
+    @staticmethod
+    def _guidance_report(spec: GenerateSpec, guider: Guider, denoiser: Denoiser, sampling_seconds: float) -> dict:
+        """NFE per step (UNet predictions per image per step, all in one batched call) and, with classifier
+        guidance, its gradient evaluations and seconds per step beside the UNet's."""
+        report: dict = {"nfe_per_step": len(guider.conds)}
+        if isinstance(guider, ClassifierGuidance):
+            gradient = guider.gradient_seconds
+            report.update({
+                "classifier_gradient": gradient,
+                "classifier_gradient_evaluations": guider.gradient_evaluations,
+                "classifier_seconds_per_step": gradient / spec.steps,
+                "unet_seconds_per_step": (sampling_seconds - gradient) / spec.steps,
+            })
+        return report
 
     def _decode(self, latents: Tensor) -> np.ndarray:
         """Latents (B, 4, h, w) -> (B, H, W, 3) float32 in [0, 1], as the pipeline's postprocess."""

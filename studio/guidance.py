@@ -1,20 +1,36 @@
-"""Guidance: pure maths that combines per-condition predictions into one.
+"""Guidance: pure maths that combines per-condition predictions into one, and the guiders using it.
 
-A guider lists the conditions it needs (`conds`, evaluated by the denoiser in one batched call)
-and `combine`s their predictions. Every rule here is affine with weights summing to one, so it
-holds for eps, v and x0 predictions alike (seed §2.1, "the same mixing rule").
-Multi-condition guidance (issue #4) is another guider over more conds, not a new loop.
+A guider lists the conditions it needs (`conds`, evaluated by the denoiser in ONE batched call)
+and `combine`s their predictions for the current step. Predictions arrive in the model's own
+parameterisation (eps, v or x0). Affine rules whose weights sum to one -- CFG and its
+multi-condition form -- commute with the conversions between them (seed 2.1, "the same mixing
+rule"), so they run on the raw outputs. Guidance rescale (a ratio of standard deviations) and the
+classifier gradient (a shift of the score) do not; those convert to one common form first (x0 and
+eps respectively) and back, so every prediction type gets the same result -- no special cases.
+
+    cfg                      eps_u + w (eps_c - eps_u)                           (Ho & Salimans 2022)
+    multi_condition_cfg      eps_u + sum_k w_k(t) (eps_k - eps_u), w_k < 0 negative  (seed 2.4.3)
+    rescale_guidance         std-matching of the guided x0 to the prompt's x0    (Lin et al. 2023 §3.4)
+    classifier_guided_eps    eps - sqrt(1-ab) s(t) grad log p(c | x_t)           (Dhariwal & Nichol 2021 eq. 14)
+    schedule_factors         f(t) of w_k(t) = w_k f(t): constant, SNR^alpha, sigma^-beta, ramps, windows
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
+from studio import schedule
 from studio.conditioning import Cond
+from studio.shapes.classifier import BACKGROUND_NAMES, COLOUR_NAMES, SHAPE_NAMES
+
+# --------------------------------------------------------------------------------------------
+# Pure maths
 
 
 def cfg(uncond: Tensor, cond: Tensor, scale: float) -> Tensor:
@@ -22,11 +38,135 @@ def cfg(uncond: Tensor, cond: Tensor, scale: float) -> Tensor:
     return uncond + scale * (cond - uncond)
 
 
+def multi_condition_cfg(uncond: Tensor, conds: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Seed 2.4.3: eps_u + sum_k w_k (eps_k - eps_u). A negative w_k is a negative condition, the
+    seed's "- sum_m w_m (eps_m - eps_u)" term. With one condition this is `cfg`, operation for operation."""
+    guided = uncond
+    for cond, weight in zip(conds, weights, strict=True):
+        guided = guided + weight * (cond - uncond)
+    return guided
+
+
+def rescale_guidance(guided: Tensor, positive: Tensor, phi: float) -> Tensor:
+    """Lin et al. 2023 §3.4 (eqs. 15-18): scale the guided prediction back to the standard deviation of
+    the positive (prompt) prediction, per image, and blend: phi x_rescaled + (1 - phi) x_cfg.
+    Large weights inflate the std of the guided x0 (over-exposure); this undoes it."""
+    dims = tuple(range(1, guided.ndim))
+    rescaled = guided * (positive.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1 - phi) * guided
+
+
+def classifier_guided_eps(eps: Tensor, gradient: Tensor, alpha_bar: float | Tensor, strength: float) -> Tensor:
+    """Dhariwal & Nichol 2021 eq. 14: eps_hat = eps - sqrt(1 - ab) s grad_x log p(c | x_t).
+    The score is -eps / sqrt(1 - ab) (seed 2.3), so this adds s grad log p to it: the seed's 2.2 drift."""
+    noise_scale = torch.as_tensor(1 - alpha_bar, dtype=torch.float64).sqrt().to(eps)
+    return eps - noise_scale * strength * gradient
+
+
+def snr(alpha_bar: Tensor) -> Tensor:
+    """Signal-to-noise ratio ab / (1 - ab) of VP x_t; sigma = SNR^-1/2 is the k-diffusion noise level."""
+    return alpha_bar / (1 - alpha_bar)
+
+
+def schedule_factors(kind: str, exponent: float, start: float, stop: float, alpha_bars: Tensor) -> Tensor:
+    """Per-step factor f_i of a weight, w_k(t_i) = w_k f_i, for a run whose steps have alpha_bars (N,).
+
+    constant  1
+    snr       SNR(t)^alpha (seed 2.4.3): ~0 at high noise, 1 where signal and noise are equal, >1 after
+    sigma     sigma(t)^-beta with sigma = sqrt((1-ab)/ab): the same family, SNR^(beta/2)
+    ramp_up   0 -> 1 linearly across the window; ramp_down 1 -> 0
+    The window keeps steps whose progress i/(N-1) lies in [start, stop]; outside it f = 0.
+    At zero terminal SNR (ab = 0) snr and sigma give 0 (exponent > 0): x_T holds no signal to guide.
+    """
+    alpha_bars = alpha_bars.double()
+    n = len(alpha_bars)
+    progress = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+    tolerance = 1e-9  # i/(N-1) is inexact in binary; 0.5 must include the middle step
+    active = (progress >= start - tolerance) & (progress <= stop + tolerance)
+    ramp = ((progress - start) / (stop - start)).clamp(0, 1)
+    if kind == "constant":
+        factors = torch.ones(n, dtype=torch.float64)
+    elif kind == "snr":
+        factors = snr(alpha_bars) ** exponent
+    elif kind == "sigma":
+        factors = ((1 - alpha_bars) / alpha_bars).sqrt() ** -exponent  # ab = 0: inf^-beta = 0
+    elif kind == "ramp_up":
+        factors = ramp
+    elif kind == "ramp_down":
+        factors = 1 - ramp
+    else:
+        raise ValueError(f"unknown guidance schedule {kind!r}")
+    return torch.where(active, factors, torch.zeros_like(factors))
+
+
+def step_alpha_bars(timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """alpha_bar of each of a run's timesteps (N,); float timesteps (Euler) index the nearest trained one."""
+    indices = torch.as_tensor(timesteps).double().round().long().cpu()
+    return alphas_cumprod.cpu().double()[indices]
+
+
+# --------------------------------------------------------------------------------------------
+# Classifier targets: what "red object" means to the noisy-latent classifier
+
+
+@dataclass(frozen=True)
+class ClassifierTarget:
+    name: str  # "red object", "circle object", "blue background"
+    head: str  # classifier output: "cell_colour", "cell_shape" (per latent cell) or "background"
+    index: int  # class index in that head's logits (per-cell heads: 0 is "none", i.e. background)
+
+
+def classifier_targets() -> dict[str, ClassifierTarget]:
+    """Every class the shapes classifier can be asked for, by name."""
+    targets = [ClassifierTarget(f"{name} object", "cell_colour", i) for i, name in enumerate(COLOUR_NAMES) if i]
+    targets += [ClassifierTarget(f"{name} object", "cell_shape", i) for i, name in enumerate(SHAPE_NAMES) if i]
+    targets += [ClassifierTarget(f"{name} background", "background", i) for i, name in enumerate(BACKGROUND_NAMES)]
+    return {target.name: target for target in targets}
+
+
+def target_log_prob(logits: dict[str, Tensor], target: ClassifierTarget) -> Tensor:
+    """log p(target | x_t) per image (B,) from the classifier's logits.
+
+    Background: the background head's log-softmax. Object attributes are per latent cell: we take the
+    log-likelihood that the object's cells all show the attribute (cells independent given x_t), each
+    cell counted by the classifier's belief that it is object, pi = 1 - p(none):
+        sum_cells pi_cell log p(c | cell, object)
+    pi is held fixed (stop-gradient): the gradient changes what the object is, and cannot raise the
+    score by turning cells of other colours into background. A sum, not a mean over cells, so an
+    object's gradient does not shrink with the image size and strengths stay on Dhariwal & Nichol's scale.
+    """
+    if target.head == "background":
+        return logits["background"].log_softmax(dim=1)[:, target.index]
+    cells = logits[target.head].float()  # (B, C, h, w), class 0 = none
+    objectness = 1 - cells.softmax(dim=1)[:, 0].detach()  # (B, h, w)
+    log_p_given_object = cells[:, target.index] - cells[:, 1:].logsumexp(dim=1)  # renormalised over objects
+    return (objectness * log_p_given_object).sum(dim=(1, 2))
+
+
+def classifier_gradient(classifier: nn.Module, x_t: Tensor, t: Tensor, target: ClassifierTarget) -> Tensor:
+    """grad_x log p(target | x_t, t) (B, C, h, w) by autograd through the classifier only.
+
+    x_t is the scaled VP latent the UNet sees (scheduler.scale_model_input); t the integer timestep.
+    Summing over the batch gives each image its own gradient (images do not interact)."""
+    timestep = torch.as_tensor(t, device=x_t.device).double().round().long().reshape(1)
+    with torch.enable_grad():
+        x = x_t.detach().float().requires_grad_(True)
+        log_prob = target_log_prob(classifier(x, timestep), target).sum()
+        (gradient,) = torch.autograd.grad(log_prob, x)
+    return gradient.to(x_t.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Guiders
+
+
 class Guider(Protocol):
     conds: Sequence[Cond]  # what the denoiser evaluates, in this order
     primary: int  # position in `conds` of the prompt being drawn (attention maps show it)
 
-    def combine(self, predictions: Sequence[Tensor], t: Tensor) -> Tensor: ...
+    def combine(self, predictions: Sequence[Tensor], t: Tensor, x_t: Tensor) -> Tensor:
+        """predictions[i] for conds[i], in the model's parameterisation; x_t the (scaled) latents they saw."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -44,8 +184,97 @@ class ClassifierFreeGuidance:
     def primary(self) -> int:
         return len(self.conds) - 1
 
-    def combine(self, predictions: Sequence[Tensor], t: Tensor) -> Tensor:
+    def combine(self, predictions: Sequence[Tensor], t: Tensor, x_t: Tensor | None = None) -> Tensor:
         if self.scale == 1:
             return predictions[0]
         uncond, cond = predictions
         return cfg(uncond, cond, self.scale)
+
+
+def _step_index(timesteps: Tensor, t: Tensor) -> int:
+    """Which of the run's steps t is (exact for every scheduler: each step has its own timestep)."""
+    return int((timesteps.double().cpu() - float(t)).abs().argmin())
+
+
+@dataclass
+class MultiConditionGuidance:
+    """Seed 2.4.3 with per-step weights: eps_u + sum_k w_k(t) (eps_k - eps_u), optionally rescaled.
+
+    `weights` (N, K) is precomputed data (per step, per condition; schedules and windows applied),
+    so the plot the UI draws is exactly what runs. conditions[0] is the prompt; `uncond` the
+    negative prompt ("" when none), i.e. the familiar mode where a negative prompt replaces eps_u.
+    """
+
+    uncond: Cond
+    conditions: Sequence[Cond]
+    weights: Tensor  # (N, K) signed weight of condition k at step i
+    timesteps: Tensor  # (N,) the run's timesteps: combine() finds its row of `weights` by t
+    alphas_cumprod: Tensor  # (num_train_timesteps,) for conversions
+    prediction_type: str
+    rescale: float = 0.0  # phi; the prompt's prediction is the "positive" one of Lin et al.
+
+    @property
+    def conds(self) -> list[Cond]:
+        return [self.uncond, *self.conditions]
+
+    @property
+    def primary(self) -> int:
+        return 1
+
+    def combine(self, predictions: Sequence[Tensor], t: Tensor, x_t: Tensor) -> Tensor:
+        uncond, *conds = predictions
+        weights = self.weights[_step_index(self.timesteps, t)].tolist()
+        guided = multi_condition_cfg(uncond, conds, weights)  # affine: fine in the model's own form
+        if self.rescale > 0:
+            # std ratios do not commute with eps/v/x0 conversions: rescale the clean-image estimates
+            # (x0 is finite at every t, zero terminal SNR included, for v and x0 models).
+            alpha_bar = self.alphas_cumprod[int(torch.as_tensor(t).round())]
+            guided_x0 = schedule.to_x0(guided, x_t, alpha_bar, self.prediction_type)
+            positive_x0 = schedule.to_x0(conds[0], x_t, alpha_bar, self.prediction_type)
+            rescaled = rescale_guidance(guided_x0, positive_x0, self.rescale)
+            guided = schedule.from_x0(rescaled, x_t, alpha_bar, self.prediction_type)
+        return guided
+
+
+@dataclass
+class ClassifierGuidance:
+    """Wraps any guider and adds the classifier's gradient (seed 2.2), so it combines with CFG.
+
+    Only this part needs autograd; the UNet stays under no_grad. Counts its gradient evaluations and
+    the seconds they took, so the cost per step can be shown beside the UNet's."""
+
+    inner: Guider
+    classifier: nn.Module
+    target: ClassifierTarget
+    strengths: Tensor  # (N,) s(t_i): strength times its schedule factor
+    timesteps: Tensor  # (N,)
+    alphas_cumprod: Tensor
+    prediction_type: str
+    gradient_evaluations: int = field(default=0, init=False)
+    gradient_seconds: float = field(default=0.0, init=False)
+
+    @property
+    def conds(self) -> Sequence[Cond]:
+        return self.inner.conds
+
+    @property
+    def primary(self) -> int:
+        return self.inner.primary
+
+    def combine(self, predictions: Sequence[Tensor], t: Tensor, x_t: Tensor) -> Tensor:
+        guided = self.inner.combine(predictions, t, x_t)
+        strength = float(self.strengths[_step_index(self.timesteps, t)])
+        alpha_bar = self.alphas_cumprod[int(torch.as_tensor(t).round())]
+        # At zero SNR p(c | x_T) = p(c): the true gradient is 0, and eps -> v/x0 would divide by 0.
+        if strength == 0 or float(alpha_bar) == 0:
+            return guided
+        started = time.perf_counter()
+        gradient = classifier_gradient(self.classifier, x_t, t, self.target)
+        if gradient.is_cuda:
+            torch.cuda.synchronize()
+        self.gradient_seconds += time.perf_counter() - started
+        self.gradient_evaluations += 1
+        # A shift of the score: convert to eps, shift, convert back (no per-type formulas).
+        eps = schedule.to_eps(guided, x_t, alpha_bar, self.prediction_type)
+        eps = classifier_guided_eps(eps, gradient, alpha_bar, strength)
+        return schedule.from_eps(eps, x_t, alpha_bar, self.prediction_type)

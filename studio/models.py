@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from torch import nn
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from studio.errors import ModelLoadError
@@ -43,6 +44,9 @@ class LoadedModel:
     scheduler_config: dict[str, Any]  # every sampler is built fresh from this per job
     device: torch.device
     dtype: torch.dtype
+    # Noisy-latent classifier of a model folder's `classifier/` subfolder (shapes world), used for
+    # classifier guidance; None when the model has none. Kept in float32: it is small and needs grads.
+    classifier: nn.Module | None = None
 
     @property
     def size_multiple(self) -> int:
@@ -86,6 +90,9 @@ def load_pipeline(source: str | None = None, device: str | None = None, dtype: t
     """
     resolved_device, resolved_dtype = choose_device(device, dtype)
     pipeline, name = _open_source(source)
+    classifier = _open_classifier(source)
+    if classifier is not None:
+        classifier.to(device=resolved_device).eval().requires_grad_(False)
     for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
         module.to(device=resolved_device)
         if module.dtype != resolved_dtype:
@@ -100,7 +107,25 @@ def load_pipeline(source: str | None = None, device: str | None = None, dtype: t
         scheduler_config=dict(pipeline.scheduler.config),
         device=resolved_device,
         dtype=resolved_dtype,
+        classifier=classifier,
     )
+
+
+def _open_classifier(source: str | None) -> nn.Module | None:
+    """The `classifier/` beside a diffusers folder's components (config.json + model.safetensors), if any."""
+    folder = EMBEDDED_MODEL_DIR if source is None else Path(source).expanduser()
+    folder = folder / "classifier"
+    if not (folder / "config.json").is_file():
+        return None
+    from studio.shapes import classifier as latent_classifier
+
+    try:
+        return latent_classifier.load(folder)
+    except LOAD_FAILURES as error:
+        raise ModelLoadError(
+            f"Could not load the classifier in {folder}: {error}. Remove the folder to use the model without "
+            "classifier guidance."
+        ) from error
 
 
 def _open_source(source: str | None) -> tuple[StableDiffusionPipeline, str]:

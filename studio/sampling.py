@@ -78,7 +78,7 @@ def sample_steps(
             on_step_begin(i, t)
         model_input = scheduler.scale_model_input(x, t)  # the VP x_t the network expects
         predictions = denoiser.predict(model_input, t, guider.conds)
-        guided = guider.combine(predictions, t)
+        guided = guider.combine(predictions, t, model_input)
         denoised = denoiser.to_x0(guided, model_input, t)
         x = scheduler.step(guided, t, x, **extra, return_dict=False)[0]
         yield {"i": i, "t": t, "x": x, "denoised": denoised}

@@ -49,6 +49,12 @@ def v_from_eps(eps: Tensor, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
     return (eps - s.to(x_t) * x_t) / a.to(x_t)
 
 
+def v_from_x0(x0: Tensor, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    """v = (sqrt(ab) x_t - x0) / sqrt(1-ab): x0_from_v solved for v; finite at zero SNR (ab = 0: v = -x0)."""
+    a, s = _roots(alpha_bar)
+    return (a.to(x_t) * x_t - x0) / s.to(x_t)
+
+
 def to_x0(prediction: Tensor, x_t: Tensor, alpha_bar: float | Tensor, prediction_type: str) -> Tensor:
     """Clean-image estimate from a network output of any parameterisation."""
     if prediction_type == "epsilon":
@@ -68,6 +74,29 @@ def to_eps(prediction: Tensor, x_t: Tensor, alpha_bar: float | Tensor, predictio
         return eps_from_v(prediction, x_t, alpha_bar)
     if prediction_type == "sample":
         return eps_from_x0(prediction, x_t, alpha_bar)
+    raise ValueError(f"unknown prediction type {prediction_type!r}")
+
+
+def from_x0(x0: Tensor, x_t: Tensor, alpha_bar: float | Tensor, prediction_type: str) -> Tensor:
+    """The network output of `prediction_type` that a clean-image estimate corresponds to (inverse of to_x0)."""
+    if prediction_type == "epsilon":
+        return eps_from_x0(x0, x_t, alpha_bar)
+    if prediction_type == "v_prediction":
+        return v_from_x0(x0, x_t, alpha_bar)
+    if prediction_type == "sample":
+        return x0
+    raise ValueError(f"unknown prediction type {prediction_type!r}")
+
+
+def from_eps(eps: Tensor, x_t: Tensor, alpha_bar: float | Tensor, prediction_type: str) -> Tensor:
+    """The network output of `prediction_type` that a noise estimate corresponds to (inverse of to_eps).
+    Undefined at zero SNR (ab = 0) for v and x0: there eps = x_t says nothing about x0."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "v_prediction":
+        return v_from_eps(eps, x_t, alpha_bar)
+    if prediction_type == "sample":
+        return x0_from_eps(eps, x_t, alpha_bar)
     raise ValueError(f"unknown prediction type {prediction_type!r}")
 
 

@@ -12,6 +12,10 @@ from typing import Any
 from studio.errors import InvalidInputError
 
 SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmpp_2m")  # names shown in the UI
+# How a condition's weight (or the classifier strength) varies over the run, w(t) = w * f(t)
+# (studio.guidance.schedule_factors): constant; SNR(t)^alpha and sigma(t)^-beta (seed 2.4.3,
+# weaker at high noise); a linear ramp up from 0 or down to 0 across the start/stop window.
+GUIDANCE_SCHEDULES = ("constant", "snr", "sigma", "ramp_up", "ramp_down")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,69 @@ GUIDANCE = Range(0.0, 30.0, 0.1, "Guidance scale")
 SIZE = Range(64, 2048, 8, "Image size")
 BATCH = Range(1, 8, 1, "Batch size")
 SEED = Range(0, 2**32 - 1, 1, "Seed")
+CONDITION_WEIGHT = Range(-30.0, 30.0, 0.1, "Weight")  # negative: a negative condition
+SCHEDULE_EXPONENT = Range(0.0, 2.0, 0.05, "Schedule exponent")  # alpha for snr, beta for sigma
+START = Range(0.0, 1.0, 0.01, "Start")  # fractions of the run (0 = first step, 1 = last)
+STOP = Range(0.0, 1.0, 0.01, "Stop")
+GUIDANCE_RESCALE = Range(0.0, 1.0, 0.05, "Guidance rescale")
+CLASSIFIER_STRENGTH = Range(0.0, 100.0, 0.5, "Classifier strength")
+MAX_CONDITIONS = 8  # each adds the batch of images to every UNet call
+
+
+def _check_schedule(where: str, schedule: str, exponent: float, start: float, stop: float) -> None:
+    if schedule not in GUIDANCE_SCHEDULES:
+        raise InvalidInputError(f"{where}: unknown schedule {schedule!r}; choose one of {', '.join(GUIDANCE_SCHEDULES)}.")
+    for bounds, value in ((SCHEDULE_EXPONENT, exponent), (START, start), (STOP, stop)):
+        _check(where, bounds, value)
+    if not start < stop:
+        raise InvalidInputError(f"{where}: start ({start:g}) must be before stop ({stop:g}).")
+
+
+def _check(where: str, bounds: Range, value: float) -> None:
+    try:
+        bounds.check(bounds.label, value)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{where}: {error}") from error
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One extra text condition of multi-condition guidance (seed 2.4.3): its prediction eps_k joins
+    the batch and adds w_k(t) (eps_k - eps_u) to the guided prediction; a negative weight subtracts it."""
+
+    prompt: str
+    weight: float = 2.0
+    schedule: str = "constant"
+    exponent: float = 0.5  # alpha of "snr", beta of "sigma"; unused by the others
+    start: float = 0.0  # active from this fraction of the run ...
+    stop: float = 1.0  # ... up to this one
+
+    def validate(self, row: int) -> None:
+        where = f"Condition {row}"
+        if not self.prompt.strip():
+            raise InvalidInputError(f"{where}: the prompt is empty; write one or remove the row.")
+        _check(where, CONDITION_WEIGHT, self.weight)
+        _check_schedule(where, self.schedule, self.exponent, self.start, self.stop)
+
+
+@dataclass(frozen=True)
+class ClassifierGuidanceSpec:
+    """Classifier guidance (seed 2.2): push x_t along s(t) * grad log p(target | x_t) of the model's
+    noisy-latent classifier. `target` is one of the engine's `classifier_targets` ("red object", ...)."""
+
+    target: str
+    strength: float = 5.0
+    schedule: str = "constant"
+    exponent: float = 0.5
+    start: float = 0.0
+    stop: float = 1.0
+
+    def validate(self) -> None:
+        where = "Classifier guidance"
+        if not self.target.strip():
+            raise InvalidInputError(f"{where}: choose a target class.")
+        _check(where, CLASSIFIER_STRENGTH, self.strength)
+        _check_schedule(where, self.schedule, self.exponent, self.start, self.stop)
 
 
 @dataclass(frozen=True)
@@ -49,6 +116,23 @@ class GenerateSpec:
     capture_attention: bool = False
     attention_every: int = 5  # emit AttentionMaps every k steps (and at the last step)
     preview_every: int = 5  # emit a Preview every k steps (and at the last step)
+    # Global guidance (issue #4). The prompt is condition 0 with weight guidance_scale; the negative
+    # prompt replaces the unconditional branch as usual; `conditions` add signed, scheduled terms.
+    conditions: tuple[Condition, ...] = ()
+    guidance_rescale: float = 0.0  # phi of Lin et al. 2023 section 3.4; 0 = off
+    classifier_guidance: ClassifierGuidanceSpec | None = None
+
+    def __post_init__(self) -> None:
+        # Settings (JSON, PNG chunks) hold conditions as dicts and lists; accept them as such.
+        conditions = tuple(Condition(**c) if isinstance(c, dict) else c for c in self.conditions or ())
+        object.__setattr__(self, "conditions", conditions)
+        if isinstance(self.classifier_guidance, dict):
+            object.__setattr__(self, "classifier_guidance", ClassifierGuidanceSpec(**self.classifier_guidance))
+
+    @property
+    def uses_global_guidance(self) -> bool:
+        """False for plain CFG, which runs exactly as StableDiffusionPipeline does."""
+        return bool(self.conditions) or self.guidance_rescale > 0 or self.classifier_guidance is not None
 
     def validate(self, size_multiple: int = 8) -> None:
         if not self.prompt.strip():
@@ -68,6 +152,13 @@ class GenerateSpec:
                 raise InvalidInputError(f"The {name} must be a multiple of {size_multiple} for this model, got {value}.")
         if self.attention_every < 1 or self.preview_every < 1:
             raise InvalidInputError("attention_every and preview_every must be at least 1.")
+        if len(self.conditions) > MAX_CONDITIONS:
+            raise InvalidInputError(f"At most {MAX_CONDITIONS} conditions, got {len(self.conditions)}: remove some rows.")
+        for row, condition in enumerate(self.conditions, start=1):
+            condition.validate(row)
+        GUIDANCE_RESCALE.check("guidance_rescale", self.guidance_rescale)
+        if self.classifier_guidance is not None:
+            self.classifier_guidance.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

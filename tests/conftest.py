@@ -28,3 +28,24 @@ def tiny_engine(tiny_model_dir: Path):
     from studio.engine import Engine
 
     return Engine(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model plus a random noisy-latent classifier in `classifier/` (for classifier guidance)."""
+    import shutil
+
+    from studio.shapes import classifier as latent_classifier
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-sd-classifier"
+    shutil.copytree(tiny_model_dir, folder)
+    torch.manual_seed(0)
+    latent_classifier.save(latent_classifier.LatentClassifier(channels=16, time_dim=32, dilations=(1, 2)), folder / "classifier")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_engine(tiny_classifier_model_dir: Path):
+    from studio.engine import Engine
+
+    return Engine(str(tiny_classifier_model_dir), device="cpu")
