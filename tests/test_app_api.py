@@ -2,7 +2,8 @@
 
 Protects: /generate returns images and the settings that made them (the seed used included) and
 they reproduce; bad input reaches the caller as the gr.Error text and the app keeps working;
-/read_settings restores every field from a downloaded PNG; a cancelled job leaves the engine usable.
+/read_settings restores every field from a downloaded PNG (condition table and guidance controls
+included); a cancelled job leaves the engine usable.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from PIL import Image
 from studio import specs
 from studio.ui import png_settings
 
-FAST = dict(steps=3)  # enough to run every phase; the engine tests cover sampling quality
+FAST = dict(steps=3)
+HEADERS = ["prompt", "weight", "schedule", "exponent", "start", "stop"]  # enough to run every phase; the engine tests cover sampling quality
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +72,9 @@ def test_generate_returns_images_and_the_settings_with_the_seed_used(client, eng
         ({"prompt": "a red dragon"}, "dragon"),
         ({"width": 100}, "multiple of"),
         ({"random_seed": False, "seed": None}, "Enter a seed"),
+        ({"conditions": {"headers": HEADERS, "data": [["a blue dragon", 2, "constant", 0.5, 0, 1]]}}, "Condition 1: .*dragon"),
     ],
-    ids=["empty-prompt", "unknown-word", "size-not-multiple", "no-seed"],
+    ids=["empty-prompt", "unknown-word", "size-not-multiple", "no-seed", "unknown-word-in-a-condition"],
 )
 def test_bad_input_gives_the_error_message_and_the_app_keeps_working(client, fields, message):
     with pytest.raises(AppError, match=message):
@@ -93,11 +96,16 @@ def test_read_settings_restores_every_field_from_a_downloaded_png(client, engine
         height=size + engine.size_multiple,
         batch_size=2,
     )
-    _, settings, files = generate(client, show_attention=True, **fields)
+    rows = [["a blue background", 3.0, "snr", 0.5, 0.0, 1.0], ["a yellow background", -2.0, "constant", 0.5, 0.2, 1.0]]
+    guidance = dict(guidance_rescale=0.5)
+    _, settings, files = generate(client, show_attention=True, conditions={"headers": HEADERS, "data": rows}, **guidance, **fields)
+    assert settings["nfe_per_step"] == 2 + len(rows)  # unconditional, prompt and each row in one batched call
     restored = client.predict(handle_file(files[1]), api_name="/read_settings")
 
-    expected = (PROMPT, *fields.values())
-    assert tuple(restored) == expected
+    classifier_panel = ("none", 5.0, "constant", 0.5, 0.0, 1.0)  # off: the panel's defaults
+    assert tuple(restored[:10]) == (PROMPT, *fields.values())
+    assert restored[10]["data"] == rows
+    assert tuple(restored[11:]) == (guidance["guidance_rescale"], *classifier_panel)
 
 
 def test_read_settings_of_an_image_without_settings_says_so(client, tmp_path):

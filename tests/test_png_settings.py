@@ -58,6 +58,28 @@ def test_a1111_parameters_line_is_parseable_and_round_trips():
     assert parsed["batch_index"] == 0
 
 
+GUIDED = {
+    **SETTINGS,
+    "conditions": [
+        {"prompt": "a blue background", "weight": 3.0, "schedule": "snr", "exponent": 0.5, "start": 0.0, "stop": 1.0},
+        {"prompt": "a yellow background", "weight": -2.0, "schedule": "constant", "exponent": 0.5, "start": 0.2, "stop": 0.9},
+    ],
+    "guidance_rescale": 0.7,
+    "classifier_guidance": {"target": "red object", "strength": 5.0, "schedule": "constant", "exponent": 0.5, "start": 0.0, "stop": 1.0},
+}
+
+
+def test_global_guidance_settings_round_trip_through_both_chunks(tmp_path):
+    path = ps.save_png(_image(), GUIDED, tmp_path / "guided.png")
+    assert ps.read_png_settings(path) == GUIDED
+    parsed = ps.parse_parameters(ps.format_parameters(GUIDED))  # the A1111 line alone
+    for key in ("conditions", "guidance_rescale", "classifier_guidance"):
+        assert parsed[key] == GUIDED[key], key
+    assert "extra" not in parsed or "Conditions" not in parsed["extra"]
+    spec = GenerateSpec(**ps.spec_fields(parsed))
+    assert spec.conditions[1].weight == -2.0 and spec.classifier_guidance.target == "red object"
+
+
 def test_parses_a_real_a1111_infotext():
     text = (
         "masterpiece, 1girl, (blue eyes:1.2)\n"

@@ -67,3 +67,50 @@ def test_resolution_picker_shows_one_unet_resolution():
     assert layers["value"] == 8
     assert np.asarray(coarse).std() < np.asarray(all_layers).std()  # the all-zero 8x8 map is flat
     assert generate.render_attention(state, 0, 32)[1]["value"] == generate.ALL_LAYERS  # unknown: all
+
+
+# --------------------------------------------------------------------------------------------
+# Global guidance controls (issue #4)
+
+ROWS = [
+    ["a blue background", 3, "snr", 0.5, 0, 1],
+    ["", None, "", None, None, None],  # an empty row, as the table's "+" adds it
+    ["a yellow background", -2.0, None, None, 0.2, None],
+]
+
+
+@pytest.mark.parametrize("shape", ["array", "api-dict", "pandas"])
+def test_condition_table_becomes_typed_conditions(shape):
+    import pandas as pd
+
+    table = {
+        "array": ROWS,
+        "api-dict": {"headers": list(generate.CONDITION_COLUMNS), "data": ROWS},
+        "pandas": pd.DataFrame(ROWS, columns=generate.CONDITION_COLUMNS),
+    }[shape]
+    first, second = generate.conditions_from_table(table)
+    assert (first.prompt, first.weight, first.schedule, first.exponent) == ("a blue background", 3.0, "snr", 0.5)
+    assert (second.weight, second.schedule, second.start, second.stop) == (-2.0, "constant", 0.2, 1.0)
+    assert generate.table_from_conditions([first, second])[1] == ["a yellow background", -2.0, "constant", 0.5, 0.2, 1.0]
+
+
+def test_a_condition_cell_that_is_not_a_number_names_its_row():
+    with pytest.raises(InvalidInputError, match="Condition 2: weight 'lots' is not a number"):
+        generate.conditions_from_table([["a blue background", 1, "", "", "", ""], ["a red circle", "lots"]])
+
+
+def test_form_with_conditions_and_classifier_guidance_becomes_a_spec():
+    spec = generate.spec_from_form(
+        **FORM, conditions=ROWS, guidance_rescale=0.7, classifier_target="red object", classifier_strength=8,
+    )
+    assert len(spec.conditions) == 2 and spec.guidance_rescale == 0.7
+    assert spec.classifier_guidance.target == "red object" and spec.classifier_guidance.strength == 8.0
+    assert generate.spec_from_form(**FORM, classifier_target=generate.NO_CLASSIFIER).classifier_guidance is None
+
+
+def test_weight_plot_draws_every_condition_and_the_classifier_strength():
+    weights = np.array([[5.0, 0.0], [5.0, 2.0]])
+    with_classifier = generate.weight_plot(["a red circle", "a blue background"], weights, np.array([0.0, 3.0]), "red object")
+    without = generate.weight_plot(["a red circle", "a blue background"], weights)
+    assert with_classifier.height > without.height  # one more legend row
+    assert with_classifier.width == without.width

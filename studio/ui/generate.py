@@ -1,6 +1,9 @@
 """The Generate tab: text-to-image with a live preview, a Stop button and live cross-attention maps.
 
-Layout and handlers only. The handler turns the form into a typed `GenerateSpec`, runs
+Layout and handlers only. The form holds global guidance too (issue #4): a condition table (prompt,
+signed weight, schedule, exponent, start/stop), guidance rescale, a classifier-guidance panel shown
+only when the model has a classifier, and a plot of every weight over the steps (from
+`engine.guidance_plan`, i.e. exactly what the sampler will apply). The handler turns the form into a typed `GenerateSpec`, runs
 `engine.generate(spec, cancel)` and renders each event it yields:
 
     Progress       -> progress bar text
@@ -20,24 +23,37 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
 import numpy as np
+import pandas as pd  # gr.Dataframe hands tables over as DataFrames unless type='array'
 from PIL import Image
 
 from studio import specs
 from studio.attention.maps import heat_map_overlay
 from studio.errors import CancelledError, InvalidInputError, StudioError
 from studio.events import AttentionMaps, CancelToken, Preview, Progress, Result
-from studio.specs import GenerateSpec
+from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
+from studio.plots import line_chart
 from studio.ui import png_settings
 
 log = logging.getLogger(__name__)
 
 DEFAULTS = GenerateSpec(prompt="")
+CLASSIFIER_DEFAULTS = ClassifierGuidanceSpec(target="")
+CONDITION_COLUMNS = ("prompt", "weight", "schedule", "exponent", "start", "stop")
+CONDITION_DEFAULTS = Condition(prompt="")
+NO_CLASSIFIER = "none"  # the classifier-target choice that turns classifier guidance off
+# "Compose": two background sub-prompts trading off against the prompt's red circle.
+COMPOSE_EXAMPLES = [
+    ["a big red circle", [["a blue background", 4.0, "constant", 0.5, 0.0, 1.0],
+                          ["a yellow background", -2.0, "constant", 0.5, 0.0, 1.0]], 5.0],
+    ["a big red circle", [["a blue background", -2.0, "constant", 0.5, 0.0, 1.0],
+                          ["a yellow background", 4.0, "snr", 0.5, 0.0, 1.0]], 5.0],
+]
 # Words a heat map is rarely wanted for; the picker starts on the first other word.
 _FUNCTION_WORDS = frozenset({"a", "an", "the", "and", "on", "in", "of", "with", "at", "to"})
 
@@ -99,10 +115,24 @@ def spec_from_form(
     height: float,
     batch_size: float,
     show_attention: bool,
+    conditions: Any = None,
+    guidance_rescale: float = 0.0,
+    classifier_target: str | None = NO_CLASSIFIER,
+    classifier_strength: float = CLASSIFIER_DEFAULTS.strength,
+    classifier_schedule: str = CLASSIFIER_DEFAULTS.schedule,
+    classifier_exponent: float = CLASSIFIER_DEFAULTS.exponent,
+    classifier_start: float = CLASSIFIER_DEFAULTS.start,
+    classifier_stop: float = CLASSIFIER_DEFAULTS.stop,
 ) -> GenerateSpec:
     """The typed spec for the form's values; the engine validates ranges."""
     if not random_seed and seed is None:
         raise InvalidInputError("Enter a seed, or tick 'random seed'.")
+    classifier = None
+    if classifier_target and classifier_target != NO_CLASSIFIER:
+        classifier = ClassifierGuidanceSpec(
+            target=classifier_target, strength=float(classifier_strength), schedule=classifier_schedule,
+            exponent=float(classifier_exponent), start=float(classifier_start), stop=float(classifier_stop),
+        )
     return GenerateSpec(
         prompt=prompt or "",
         negative_prompt=negative_prompt or "",
@@ -114,7 +144,79 @@ def spec_from_form(
         height=int(height),
         batch_size=int(batch_size),
         capture_attention=bool(show_attention),
+        conditions=conditions_from_table(conditions),
+        guidance_rescale=float(guidance_rescale or 0.0),
+        classifier_guidance=classifier,
     )
+
+
+def _rows(table: Any) -> list[list[Any]]:
+    """Rows of a gr.Dataframe value: a list of lists (type="array"), a DataFrame, or the API's dict."""
+    if table is None:
+        return []
+    if isinstance(table, pd.DataFrame):
+        return table.values.tolist()
+    if isinstance(table, dict):
+        return [list(row) for row in table.get("data") or []]
+    return [list(row) for row in table]
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def _number(value: Any, default: float, row: int, column: str) -> float:
+    if _empty(value):
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"Condition {row}: {column} {value!r} is not a number.") from error
+
+
+def conditions_from_table(table: Any) -> tuple[Condition, ...]:
+    """The condition table as typed Conditions; empty cells take the defaults, wholly empty rows are
+    skipped. Range checks are the engine's (GenerateSpec.validate), with the row in the message."""
+    conditions = []
+    for row, cells in enumerate(_rows(table), start=1):
+        cells = (list(cells) + [None] * len(CONDITION_COLUMNS))[: len(CONDITION_COLUMNS)]
+        prompt, weight, schedule, exponent, start, stop = cells
+        if all(_empty(cell) or cell == 0 for cell in cells):
+            continue
+        defaults = CONDITION_DEFAULTS
+        conditions.append(Condition(
+            prompt="" if _empty(prompt) else str(prompt),
+            weight=_number(weight, defaults.weight, row, "weight"),
+            schedule=defaults.schedule if _empty(schedule) else str(schedule).strip(),
+            exponent=_number(exponent, defaults.exponent, row, "exponent"),
+            start=_number(start, defaults.start, row, "start"),
+            stop=_number(stop, defaults.stop, row, "stop"),
+        ))
+    return tuple(conditions)
+
+
+def table_from_conditions(conditions: Any) -> list[list[Any]]:
+    """Settings' conditions (dicts or Conditions) as table rows, for restoring a PNG's settings."""
+    rows = []
+    for condition in conditions or ():
+        if isinstance(condition, dict):
+            condition = Condition(**condition)
+        rows.append([getattr(condition, column) for column in CONDITION_COLUMNS])
+    return rows
+
+
+def weight_plot(labels: list[str], weights: Any, classifier_strengths: Any = None, classifier_target: str = "") -> Image.Image:
+    """Chart of a GuidancePlan: each condition's signed weight per step (steps from 1), and the classifier
+    strength s(t) when classifier guidance is on."""
+    weights = np.asarray(weights, dtype=np.float64)  # (N, K)
+    steps = list(range(1, len(weights) + 1))
+    series = {
+        ("prompt (guidance scale)" if k == 0 else f"{k}: {label}"): (steps, weights[:, k].tolist())
+        for k, label in enumerate(labels)
+    }
+    if classifier_strengths is not None:
+        series[f"classifier strength s(t): {classifier_target}"] = (steps, np.asarray(classifier_strengths).tolist())
+    return line_chart(series, x_label="step", y_label="weight per step", size=(460, 200), markers=len(steps) <= 12)
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -207,6 +309,61 @@ def build_generate_tab(engine: Any) -> GenerateTab:
                 label=specs.GUIDANCE.label, elem_id="guidance",
             )
             scheduler = gr.Dropdown(list(specs.SCHEDULERS), value=DEFAULTS.scheduler, label="Scheduler", elem_id="scheduler")
+            with gr.Accordion("Global guidance: conditions, rescale, classifier", open=True, elem_id="global-guidance"):
+                conditions = gr.Dataframe(
+                    value=[], headers=list(CONDITION_COLUMNS), datatype=["str", "number", "str", "number", "number", "number"],
+                    column_count=(len(CONDITION_COLUMNS), "fixed"), type="array", interactive=True, label="Conditions",
+                    show_label=True, elem_id="conditions", column_widths=["34%", "14%", "18%", "12%", "11%", "11%"],
+                )
+                gr.Markdown(
+                    "Each row adds *w(t)·(ε<sub>row</sub> − ε<sub>uncond</sub>)* to the prompt's guidance; a negative "
+                    f"weight ({specs.CONDITION_WEIGHT.low:g} to {specs.CONDITION_WEIGHT.high:g}) steers away from the row. "
+                    f"Schedules: {', '.join(specs.GUIDANCE_SCHEDULES)} (snr: SNR(t)<sup>exponent</sup>, "
+                    "sigma: σ(t)<sup>−exponent</sup>); start/stop are fractions of the run. "
+                    "The negative prompt above replaces ε<sub>uncond</sub> for every row. "
+                    "Each row adds one prediction per image to every (batched) UNet call.",
+                    elem_id="conditions-help",
+                )
+                initial = engine.guidance_plan(GenerateSpec(prompt="prompt"))
+                weight_plot_view = gr.Image(
+                    weight_plot(initial.labels, initial.weights.numpy()), type="pil", format="png", interactive=False,
+                    label="Weight of each condition per step", elem_id="weight-plot", buttons=[],
+                )
+                guidance_rescale = gr.Slider(
+                    specs.GUIDANCE_RESCALE.low, specs.GUIDANCE_RESCALE.high, value=DEFAULTS.guidance_rescale,
+                    step=specs.GUIDANCE_RESCALE.step, label=specs.GUIDANCE_RESCALE.label, elem_id="guidance-rescale",
+                    info="Match the guided image estimate's spread to the prompt's (Lin et al. 2023): less over-saturation at high weights.",
+                )
+                targets = list(engine.classifier_targets)
+                with gr.Group(visible=bool(targets), elem_id="classifier-panel"):
+                    with gr.Row():
+                        classifier_target = gr.Dropdown(
+                            [NO_CLASSIFIER, *targets], value=NO_CLASSIFIER, label="Classifier guidance: target",
+                            elem_id="classifier-target", scale=2,
+                        )
+                        classifier_strength = gr.Slider(
+                            specs.CLASSIFIER_STRENGTH.low, specs.CLASSIFIER_STRENGTH.high, value=CLASSIFIER_DEFAULTS.strength,
+                            step=specs.CLASSIFIER_STRENGTH.step, label=specs.CLASSIFIER_STRENGTH.label,
+                            elem_id="classifier-strength", scale=3,
+                        )
+                    with gr.Row():
+                        classifier_schedule = gr.Dropdown(
+                            list(specs.GUIDANCE_SCHEDULES), value=CLASSIFIER_DEFAULTS.schedule, label="Schedule",
+                            elem_id="classifier-schedule", min_width=100,
+                        )
+                        classifier_exponent = gr.Number(
+                            CLASSIFIER_DEFAULTS.exponent, label="Exponent", minimum=specs.SCHEDULE_EXPONENT.low,
+                            maximum=specs.SCHEDULE_EXPONENT.high, step=specs.SCHEDULE_EXPONENT.step,
+                            elem_id="classifier-exponent", min_width=80,
+                        )
+                        classifier_start = gr.Number(
+                            CLASSIFIER_DEFAULTS.start, label="Start", minimum=0, maximum=1, step=specs.START.step,
+                            elem_id="classifier-start", min_width=80,
+                        )
+                        classifier_stop = gr.Number(
+                            CLASSIFIER_DEFAULTS.stop, label="Stop", minimum=0, maximum=1, step=specs.STOP.step,
+                            elem_id="classifier-stop", min_width=80,
+                        )
             with gr.Row():
                 width = gr.Slider(size_low, specs.SIZE.high, value=native, step=multiple, label="Width", elem_id="width")
                 height = gr.Slider(size_low, specs.SIZE.high, value=native, step=multiple, label="Height", elem_id="height")
@@ -269,17 +426,28 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         height: float = native,
         batch_size: float = DEFAULTS.batch_size,
         show_attention: bool = DEFAULTS.capture_attention,
+        conditions: Any = None,
+        guidance_rescale: float = DEFAULTS.guidance_rescale,
+        classifier_target: str = NO_CLASSIFIER,
+        classifier_strength: float = CLASSIFIER_DEFAULTS.strength,
+        classifier_schedule: str = CLASSIFIER_DEFAULTS.schedule,
+        classifier_exponent: float = CLASSIFIER_DEFAULTS.exponent,
+        classifier_start: float = CLASSIFIER_DEFAULTS.start,
+        classifier_stop: float = CLASSIFIER_DEFAULTS.stop,
         request: gr.Request = None,
     ) -> Iterator[tuple]:
         """Generate images from a prompt; streams progress, previews and attention maps, then the result.
 
+        `conditions` rows are (prompt, weight, schedule, exponent, start, stop); a classifier target of
+        "none" turns classifier guidance off.
         Returns (gallery, preview, status HTML, attention state, settings, PNG files).
         """
         skip = gr.skip()
         try:
             spec = spec_from_form(
                 prompt, negative_prompt, seed, random_seed, steps, guidance_scale, scheduler, width, height,
-                batch_size, show_attention,
+                batch_size, show_attention, conditions, guidance_rescale, classifier_target, classifier_strength,
+                classifier_schedule, classifier_exponent, classifier_start, classifier_stop,
             )
         except (InvalidInputError, TypeError, ValueError) as error:
             raise gr.Error(str(error)) from error
@@ -353,8 +521,13 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         seconds = result.timings.get("total", time.monotonic() - started)
         text = (
             f"Done in {seconds:.1f} s · seed {settings.get('seed')} · "
-            f"{result.unet_evaluations} UNet evaluations"
+            f"{result.unet_evaluations} UNet evaluations ({settings.get('nfe_per_step')} predictions each)"
         )
+        if settings.get("classifier_gradient_evaluations") is not None:
+            text += (
+                f" · classifier gradient {1000 * settings['classifier_seconds_per_step']:.0f} ms/step "
+                f"vs UNet {1000 * settings['unet_seconds_per_step']:.0f} ms/step"
+            )
         caption = f"seed {settings.get('seed')}"
         gallery_value = [(image, f"{caption} · #{index}" if len(tagged) > 1 else caption) for index, image in enumerate(tagged)]
         total = int(settings.get("steps") or 0)
@@ -385,7 +558,8 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         """Settings from a PNG made by this app (or one with A1111 'parameters'), for every form field.
 
         Returns (prompt, negative prompt, seed, random seed, steps, guidance scale, scheduler, width,
-        height, batch size). Whether attention maps are shown is a view option, not a setting.
+        height, batch size, conditions, guidance rescale, classifier target, strength, schedule, exponent,
+        start, stop). Whether attention maps are shown is a view option, not a setting.
         """
         if not file:
             raise gr.Error("Upload a PNG to read its settings.")
@@ -422,7 +596,39 @@ def build_generate_tab(engine: Any) -> GenerateTab:
             values.get("width") or skip,
             values.get("height") or skip,
             values.get("batch_size", skip),
+            *_guidance_fields(values),
         )
+
+    def _guidance_fields(values: dict) -> tuple:
+        """Condition table, rescale and classifier panel from settings (left as they are when absent)."""
+        skip = gr.skip()
+        table = table_from_conditions(values["conditions"]) if "conditions" in values else skip
+        rescale = values.get("guidance_rescale", skip)
+        if "classifier_guidance" not in values:
+            return (table, rescale, *[skip] * 6)
+        # None in settings means "off": the panel goes back to its defaults.
+        found = values["classifier_guidance"] or asdict(CLASSIFIER_DEFAULTS)
+        target = found.get("target") or NO_CLASSIFIER
+        if target not in (NO_CLASSIFIER, *targets):
+            gr.Warning(f"Not restored: classifier guidance towards {target!r} needs a model with that classifier.")
+            target = NO_CLASSIFIER
+        panel = [found.get(name, skip) for name in ("strength", "schedule", "exponent", "start", "stop")]
+        return (table, rescale, target, *panel)
+
+    def plot_weights(steps: float, guidance_scale: float, scheduler: str, conditions: Any, guidance_rescale: float,
+                     classifier_target: str, classifier_strength: float, classifier_schedule: str,
+                     classifier_exponent: float, classifier_start: float, classifier_stop: float) -> Any:
+        try:
+            spec = spec_from_form(
+                "prompt", "", 0, True, steps, guidance_scale, scheduler, native, native, 1, False, conditions,
+                guidance_rescale, classifier_target, classifier_strength, classifier_schedule, classifier_exponent,
+                classifier_start, classifier_stop,
+            )
+            plan = engine.guidance_plan(spec)
+        except (InvalidInputError, TypeError, ValueError):
+            return gr.skip()  # the table is being edited: errors show when Generate is pressed
+        target = spec.classifier_guidance.target if spec.classifier_guidance else ""
+        return weight_plot(plan.labels, plan.weights.numpy(), plan.classifier_strengths, target)
 
     def reuse_last_seed(shown: dict | None) -> tuple:
         if not shown or shown.get("seed") is None:
@@ -431,8 +637,16 @@ def build_generate_tab(engine: Any) -> GenerateTab:
 
     # 3. events -----------------------------------------------------------------------------
     # The fields a PNG's settings restore; the form adds the view option "show attention maps".
-    restorable = [prompt, negative_prompt, seed, random_seed, steps, guidance_scale, scheduler, width, height, batch_size]
-    form = [*restorable, show_attention]
+    guidance_fields = [
+        conditions, guidance_rescale, classifier_target, classifier_strength, classifier_schedule,
+        classifier_exponent, classifier_start, classifier_stop,
+    ]
+    restorable = [
+        prompt, negative_prompt, seed, random_seed, steps, guidance_scale, scheduler, width, height, batch_size,
+        *guidance_fields,
+    ]
+    form = [prompt, negative_prompt, seed, random_seed, steps, guidance_scale, scheduler, width, height, batch_size,
+            show_attention, *guidance_fields]
     run = gr.on(
         triggers=[go.click, prompt.submit],
         fn=generate,
@@ -458,6 +672,17 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         **attention_view,
     )
     load_png.upload(read_settings, load_png, restorable, api_name="read_settings", concurrency_id="settings")
+
+    # The weight plot follows every input of the guidance plan; half-typed rows keep the last plot.
+    plan_inputs = [steps, guidance_scale, scheduler, *guidance_fields]
+    gr.on(
+        [component.change for component in plan_inputs], plot_weights, plan_inputs, weight_plot_view,
+        concurrency_limit=None, concurrency_id="weight-plot", show_progress="hidden", api_visibility="private",
+    )
+    gr.Examples(
+        COMPOSE_EXAMPLES, [prompt, conditions, guidance_scale], label="Compose: sub-prompts with signed weights",
+        elem_id="compose-examples",
+    )
     reuse_seed.click(reuse_last_seed, settings, [seed, random_seed], api_visibility="private", concurrency_id="settings")
     return GenerateTab(prompt=prompt, gallery=gallery, settings=settings, run=run)
 

@@ -107,6 +107,13 @@ def format_parameters(settings: dict[str, Any], batch_index: int | None = None) 
     # Our scheduler name too, so a round trip through the A1111 line alone is exact.
     if settings.get("scheduler") is not None:
         pairs.append(f"Scheduler: {_quote(settings['scheduler'])}")
+    # Global guidance (issue #4), JSON-quoted so A1111-style parsers keep it as one value.
+    if settings.get("conditions"):
+        pairs.append(f"Conditions: {_quote(json.dumps(settings['conditions']))}")
+    if settings.get("guidance_rescale"):
+        pairs.append(f"Guidance rescale: {_fmt_number(settings['guidance_rescale'])}")
+    if settings.get("classifier_guidance"):
+        pairs.append(f"Classifier guidance: {_quote(json.dumps(settings['classifier_guidance']))}")
     pairs.append("Version: diffusion-control-studio")
     lines.append(", ".join(pairs))
     return "\n".join(lines)
@@ -123,7 +130,8 @@ def parse_parameters(text: str) -> dict[str, Any]:
     """Settings from an A1111 ``parameters`` text (ours or another tool's).
 
     Returns our setting names where known (prompt, negative_prompt, steps, scheduler, guidance_scale,
-    seed, width, height, model, batch_size) and every other ``key: value`` of the line under ``extra``.
+    seed, width, height, model, batch_size, and our conditions, guidance_rescale, classifier_guidance)
+    and every other ``key: value`` of the line under ``extra``.
     """
     *lines, last = text.strip().split("\n")
     if len(_PARAM.findall(last)) < 3:  # no parameter line: everything is prompt text
@@ -170,6 +178,16 @@ def parse_parameters(text: str) -> dict[str, Any]:
         extra[key] = value
     if "Scheduler" in extra:  # ours, exact; A1111 >= 1.9 writes "Schedule type", not "Scheduler"
         settings["scheduler"] = extra.pop("Scheduler")
+    for key, name in (("Conditions", "conditions"), ("Classifier guidance", "classifier_guidance")):
+        if key in extra:
+            try:
+                settings[name] = json.loads(extra[key])
+                del extra[key]
+            except json.JSONDecodeError:
+                pass  # not ours: stays under "extra"
+    if "Guidance rescale" in extra and (rescale := _number(extra["Guidance rescale"], float)) is not None:
+        settings["guidance_rescale"] = rescale
+        del extra["Guidance rescale"]
     if extra:
         settings["extra"] = extra
     return settings
