@@ -36,9 +36,11 @@ def line_chart(
     title: str = "",
     size: tuple[int, int] = (520, 220),
     markers: bool = False,
+    y_range: tuple[float, float] | None = None,
 ) -> Image.Image:
     """Plot each named (xs, ys) series as a coloured line; the legend lists the names under the axes.
-    The y label heads the chart (after the title); `size` is the plot's, the legend adds a row per series."""
+    The y label heads the chart (after the title); `size` is the plot's, the legend adds a row per series.
+    The y axis spans `y_range` when given (e.g. 0-100 for percentages), else the data and 0."""
     font = ImageFont.load_default(size=11)
     width, plot_height = size
     names = list(series)
@@ -52,7 +54,7 @@ def line_chart(
     x_low, x_high = min(xs_all), max(xs_all)
     if x_high == x_low:
         x_low, x_high = x_low - 1, x_high + 1
-    y_ticks = _nice_ticks(min(0.0, *ys_all), max(0.0, *ys_all))
+    y_ticks = _nice_ticks(*(y_range or (min(0.0, *ys_all), max(0.0, *ys_all))))
     y_low, y_high = y_ticks[0], y_ticks[-1]
     if y_high == y_low:
         y_high = y_low + 1
