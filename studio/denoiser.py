@@ -1,9 +1,10 @@
 """The UNet as a denoiser: all conditions and all images of a batch in ONE forward pass per step.
 
 Predictions stay in the model's own parameterisation (eps, v or x0, `prediction_type`): diffusers
-schedulers expect exactly that, and guidance is linear with weights summing to one, so it
-commutes with the conversions. `to_x0` / `to_eps` give the common form when a caller needs it
-(previews, inversion, editing). The denoiser knows nothing of guidance.
+schedulers expect exactly that, and CFG is affine with weights summing to one, so it commutes with
+the conversions. `to_x0` / `to_eps` give the common form when a caller needs it (previews,
+inversion, editing; guidance rescale and classifier guidance convert inside studio.guidance).
+The denoiser knows nothing of guidance.
 """
 
 from __future__ import annotations
