@@ -525,8 +525,8 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         )
         if settings.get("classifier_gradient_evaluations") is not None:
             text += (
-                f" · classifier gradient {1000 * settings['classifier_seconds_per_step']:.0f} ms/step "
-                f"vs UNet {1000 * settings['unet_seconds_per_step']:.0f} ms/step"
+                f" · classifier gradient {1000 * settings['classifier_seconds_per_step']:.0f} ms "
+                f"of {1000 * settings['sampling_seconds_per_step']:.0f} ms per step"
             )
         caption = f"seed {settings.get('seed')}"
         gallery_value = [(image, f"{caption} · #{index}" if len(tagged) > 1 else caption) for index, image in enumerate(tagged)]
