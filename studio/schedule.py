@@ -55,49 +55,39 @@ def v_from_x0(x0: Tensor, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
     return (a.to(x_t) * x_t - x0) / s.to(x_t)
 
 
+def _given(output: Tensor, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    return output
+
+
+def _convert(table: dict, prediction_type: str, output: Tensor, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    if prediction_type not in table:
+        raise ValueError(f"unknown prediction type {prediction_type!r}")
+    return table[prediction_type](output, x_t, alpha_bar)
+
+
 def to_x0(prediction: Tensor, x_t: Tensor, alpha_bar: float | Tensor, prediction_type: str) -> Tensor:
     """Clean-image estimate from a network output of any parameterisation."""
-    if prediction_type == "epsilon":
-        return x0_from_eps(prediction, x_t, alpha_bar)
-    if prediction_type == "v_prediction":
-        return x0_from_v(prediction, x_t, alpha_bar)
-    if prediction_type == "sample":
-        return prediction
-    raise ValueError(f"unknown prediction type {prediction_type!r}")
+    table = {"epsilon": x0_from_eps, "v_prediction": x0_from_v, "sample": _given}
+    return _convert(table, prediction_type, prediction, x_t, alpha_bar)
 
 
 def to_eps(prediction: Tensor, x_t: Tensor, alpha_bar: float | Tensor, prediction_type: str) -> Tensor:
     """Noise estimate from a network output of any parameterisation."""
-    if prediction_type == "epsilon":
-        return prediction
-    if prediction_type == "v_prediction":
-        return eps_from_v(prediction, x_t, alpha_bar)
-    if prediction_type == "sample":
-        return eps_from_x0(prediction, x_t, alpha_bar)
-    raise ValueError(f"unknown prediction type {prediction_type!r}")
+    table = {"epsilon": _given, "v_prediction": eps_from_v, "sample": eps_from_x0}
+    return _convert(table, prediction_type, prediction, x_t, alpha_bar)
 
 
 def from_x0(x0: Tensor, x_t: Tensor, alpha_bar: float | Tensor, prediction_type: str) -> Tensor:
     """The network output of `prediction_type` that a clean-image estimate corresponds to (inverse of to_x0)."""
-    if prediction_type == "epsilon":
-        return eps_from_x0(x0, x_t, alpha_bar)
-    if prediction_type == "v_prediction":
-        return v_from_x0(x0, x_t, alpha_bar)
-    if prediction_type == "sample":
-        return x0
-    raise ValueError(f"unknown prediction type {prediction_type!r}")
+    table = {"epsilon": eps_from_x0, "v_prediction": v_from_x0, "sample": _given}
+    return _convert(table, prediction_type, x0, x_t, alpha_bar)
 
 
 def from_eps(eps: Tensor, x_t: Tensor, alpha_bar: float | Tensor, prediction_type: str) -> Tensor:
     """The network output of `prediction_type` that a noise estimate corresponds to (inverse of to_eps).
     Undefined at zero SNR (ab = 0) for v and x0: there eps = x_t says nothing about x0."""
-    if prediction_type == "epsilon":
-        return eps
-    if prediction_type == "v_prediction":
-        return v_from_eps(eps, x_t, alpha_bar)
-    if prediction_type == "sample":
-        return x0_from_eps(eps, x_t, alpha_bar)
-    raise ValueError(f"unknown prediction type {prediction_type!r}")
+    table = {"epsilon": _given, "v_prediction": v_from_eps, "sample": x0_from_eps}
+    return _convert(table, prediction_type, eps, x_t, alpha_bar)
 
 
 def ddim_step(eps: Tensor, x_t: Tensor, alpha_bar_t: float | Tensor, alpha_bar_prev: float | Tensor) -> Tensor:
