@@ -86,7 +86,7 @@ class ClassifierGuidanceSpec:
     noisy-latent classifier. `target` is one of the engine's `classifier_targets` ("red object", ...)."""
 
     target: str
-    strength: float = 5.0
+    strength: float = 2.0  # bench/results/guidance_sweep.md: best target accuracy on shapes-sd
     schedule: str = "constant"
     exponent: float = 0.5
     start: float = 0.0

@@ -102,7 +102,8 @@ def test_read_settings_restores_every_field_from_a_downloaded_png(client, engine
     assert settings["nfe_per_step"] == 2 + len(rows)  # unconditional, prompt and each row in one batched call
     restored = client.predict(handle_file(files[1]), api_name="/read_settings")
 
-    classifier_panel = ("none", 5.0, "constant", 0.5, 0.0, 1.0)  # off: the panel's defaults
+    default = specs.ClassifierGuidanceSpec("none")
+    classifier_panel = ("none", default.strength, default.schedule, default.exponent, default.start, default.stop)  # off: the panel's defaults
     assert tuple(restored[:10]) == (PROMPT, *fields.values())
     assert restored[10]["data"] == rows
     assert tuple(restored[11:]) == (guidance["guidance_rescale"], *classifier_panel)
