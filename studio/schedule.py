@@ -106,3 +106,10 @@ def noise_to(x0: Tensor, noise: Tensor, alpha_bar: float | Tensor) -> Tensor:
     """Forward process in one jump (SDEdit's x_{t0}): x_t = sqrt(ab) x0 + sqrt(1-ab) noise."""
     a, s = _roots(alpha_bar)
     return a.to(x0) * x0 + s.to(x0) * noise
+
+
+def velocity(x0: Tensor, noise: Tensor, alpha_bar: float | Tensor) -> Tensor:
+    """The v-prediction target of x_t = noise_to(x0, noise, ab): v = sqrt(ab) noise - sqrt(1-ab) x0
+    (Salimans & Ho 2022); finite at zero terminal SNR, where v = -x0."""
+    a, s = _roots(alpha_bar)
+    return a.to(x0) * noise - s.to(x0) * x0

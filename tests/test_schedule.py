@@ -41,3 +41,15 @@ def test_ddim_step_matches_diffusers_and_inverse_step_undoes_it():
     torch.testing.assert_close(stepped, expected)
     back = schedule.ddim_inverse_step(eps, stepped, scheduler.alphas_cumprod[prev], scheduler.alphas_cumprod[t])
     torch.testing.assert_close(back, x_t)
+
+
+def test_training_targets_match_the_scheduler_including_zero_terminal_snr():
+    scheduler = DDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True, beta_schedule="scaled_linear",
+                              beta_start=0.00085, beta_end=0.012)
+    generator = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(3, 4, 8, 8, generator=generator), torch.randn(3, 4, 8, 8, generator=generator)
+    t = torch.tensor([0, 500, 999])
+    alpha_bar = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(schedule.noise_to(x0, noise, alpha_bar), scheduler.add_noise(x0, noise, t))
+    torch.testing.assert_close(schedule.velocity(x0, noise, alpha_bar), scheduler.get_velocity(x0, noise, t))
+    torch.testing.assert_close(schedule.velocity(x0, noise, alpha_bar)[2], -x0[2])  # zero SNR: v = -x0

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from studio import schedule
 from studio.shapes import classifier as latent_classifier
 from studio.shapes.architecture import Architecture, make_pipeline, make_scheduler, make_text_encoder, make_unet, make_vae
 from studio.shapes.render import caption, render, sample_scene
@@ -237,11 +238,11 @@ def stage_unet(args) -> None:
         x0 = latents[idx].to(args.device)
         noise = torch.randn_like(x0)
         t = torch.from_numpy(rng.integers(0, scheduler.config.num_train_timesteps, size=len(idx))).to(args.device)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v (Salimans & Ho 2022)
+        alpha_bar = alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = schedule.noise_to(x0, noise, alpha_bar)
+        target = schedule.velocity(x0, noise, alpha_bar)
         prediction = unet(x_t, t, text_encoder(ids).last_hidden_state).sample
-        # min-SNR-5 weighting in v-space: min(SNR, 5) / (SNR + 1)... expressed as min(SNR+1, 6)/(SNR+1)
+        # min-SNR-5 weighting (Hang et al. 2023) of a v-target loss: min(SNR + 1, 6) / (SNR + 1)
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t]).clamp(min=1e-8)
         weight = torch.minimum(snr + 1, torch.full_like(snr, 6.0)) / (snr + 1)
         per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))
@@ -295,8 +296,8 @@ def stage_classifier(args) -> None:
     def loss_fn(rng):
         idx = rng.integers(len(latents), size=args.classifier_batch)
         t = torch.from_numpy(rng.integers(0, 1000, size=len(idx))).to(args.device)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * latents[idx] + (1 - a).sqrt() * torch.randn_like(latents[idx])
+        x0 = latents[idx]
+        x_t = schedule.noise_to(x0, torch.randn_like(x0), alphas_cumprod[t].view(-1, 1, 1, 1))
         loss, accuracy = latent_classifier.loss(model(x_t, t), {k: v[idx] for k, v in labels.items()})
         return loss, accuracy
 
