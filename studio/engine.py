@@ -39,7 +39,7 @@ from studio.guidance import (
     step_alpha_bars,
 )
 from studio.jobs import FairLock
-from studio.models import LoadedModel, load_pipeline
+from studio.models import LoadedModel, decode_latents, load_pipeline
 from studio.sampling import make_scheduler, sample_steps
 from studio.specs import GenerateSpec
 
@@ -201,13 +201,13 @@ class Engine:
                 latents = state["x"]
                 yield Progress(done, spec.steps)
                 if done % spec.preview_every == 0 or i == last:
-                    yield Preview(done, self._to_images(self._decode(state["denoised"])))
+                    yield Preview(done, self._to_images(decode_latents(model.vae, state["denoised"])))
                 if store is not None and (done % spec.attention_every == 0 or i == last):
                     yield self._attention_event(done, store, prompt_tokens)
         sampled = time.perf_counter()
 
         # 7. decode
-        pixels = self._decode(latents)
+        pixels = decode_latents(model.vae, latents)
         finished = time.perf_counter()
 
         # 8. result: everything needed to make these images again, and what the guidance cost
@@ -274,13 +274,6 @@ class Engine:
                 "sampling_seconds_per_step": sampling_seconds / spec.steps,
             })
         return report
-
-    def _decode(self, latents: Tensor) -> np.ndarray:
-        """Latents (B, 4, h, w) -> (B, H, W, 3) float32 in [0, 1], as the pipeline's postprocess."""
-        vae = self.model.vae
-        image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
-        image = (image / 2 + 0.5).clamp(0, 1)
-        return image.cpu().permute(0, 2, 3, 1).float().numpy()
 
     @staticmethod
     def _to_images(pixels: np.ndarray) -> list[Image.Image]:

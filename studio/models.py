@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from torch import nn
@@ -60,6 +61,14 @@ class LoadedModel:
     @property
     def prediction_type(self) -> str:
         return self.scheduler_config.get("prediction_type", "epsilon")
+
+
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> np.ndarray:
+    """Scaled latents (B, 4, h, w) -> (B, H, W, 3) float32 pixels in [0, 1], exactly as
+    StableDiffusionPipeline decodes and post-processes them."""
+    image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    image = (image / 2 + 0.5).clamp(0, 1)
+    return image.cpu().permute(0, 2, 3, 1).float().numpy()
 
 
 def choose_device(device: str | None, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:

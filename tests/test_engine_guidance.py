@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+import studio.engine
 from studio.errors import InvalidInputError
 from studio.guidance import classifier_targets, target_log_prob
+from studio.models import decode_latents
 from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
 
 PROMPT = "a big red circle"
@@ -99,7 +101,7 @@ def test_classifier_guidance_combines_with_cfg_and_reports_its_cost(tiny_classif
     assert np.abs(plain.pixels - result.pixels).max() > 1e-4
 
 
-def test_classifier_guidance_raises_log_p_of_the_target_on_the_tiny_model(tiny_classifier_engine):
+def test_classifier_guidance_raises_log_p_of_the_target_on_the_tiny_model(tiny_classifier_engine, monkeypatch):
     """Same seed, same steps: the guided run ends where the classifier finds its target likelier."""
     engine = tiny_classifier_engine
     target = classifier_targets()["blue background"]
@@ -108,12 +110,10 @@ def test_classifier_guidance_raises_log_p_of_the_target_on_the_tiny_model(tiny_c
         guidance = ClassifierGuidanceSpec(target.name, strength=strength)
         spec = GenerateSpec(PROMPT, seed=5, steps=3, classifier_guidance=guidance)
         captured = []
-        original = engine._decode
-        engine._decode = lambda x, captured=captured: (captured.append(x), original(x))[1]
-        try:
-            _result(engine, spec)
-        finally:
-            engine._decode = original
+        # the last latents the engine decodes are the run's final ones
+        monkeypatch.setattr(studio.engine, "decode_latents",
+                            lambda vae, x, captured=captured: (captured.append(x), decode_latents(vae, x))[1])
+        _result(engine, spec)
         latents[strength] = captured[-1]
     t = torch.tensor([1])
     with torch.no_grad():

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+from studio.models import decode_latents
 from studio.shapes import classifier as latent_classifier
 from studio.shapes.judge import Judgement, judge_latents, judge_pixels
 from studio.shapes.render import HELD_OUT, describe_object, make_object, render, sample_scene
@@ -75,8 +76,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: f
 
 @torch.no_grad()
 def decode(pipe, latents: torch.Tensor) -> np.ndarray:
-    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-    return ((images / 2 + 0.5).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return (decode_latents(pipe.vae, latents) * 255).round().astype(np.uint8)
 
 
 @torch.no_grad()
