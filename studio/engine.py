@@ -27,7 +27,7 @@ from studio.attention.maps import combined_maps, per_resolution_maps
 from studio.attention.processors import AttentionStore, capture_cross_attention
 from studio.conditioning import Cond, Tokens, encode, tokenize
 from studio.denoiser import Denoiser
-from studio.errors import DeviceOutOfMemoryError, InvalidInputError
+from studio.errors import DeviceOutOfMemoryError, InvalidInputError, UnknownWordError
 from studio.events import AttentionMaps, CancelToken, Event, Preview, Progress, Result
 from studio.guidance import (
     ClassifierFreeGuidance,
@@ -119,14 +119,9 @@ class Engine:
         the returned generator waits for its turn on the model, then streams the job's events."""
         # 1. check inputs (spec ranges, size multiple, words the tokenizer knows, prompt length)
         spec.validate(self.size_multiple)
-        prompt_tokens = tokenize(self.model.tokenizer, spec.prompt, self.model_name)
-        negative_tokens = tokenize(self.model.tokenizer, spec.negative_prompt, self.model_name)
-        condition_tokens = []
-        for row, condition in enumerate(spec.conditions, start=1):
-            try:
-                condition_tokens.append(tokenize(self.model.tokenizer, condition.prompt, self.model_name))
-            except InvalidInputError as error:
-                raise InvalidInputError(f"Condition {row}: {error}") from error
+        prompt_tokens = self.tokenize(spec.prompt)
+        negative_tokens = self.tokenize(spec.negative_prompt, "Negative prompt")
+        condition_tokens = [self.tokenize(c.prompt, f"Condition {row}") for row, c in enumerate(spec.conditions, start=1)]
         if spec.classifier_guidance is not None:
             if self.model.classifier is None:
                 raise InvalidInputError(
@@ -143,18 +138,39 @@ class Engine:
 
     def _queued(self, spec: GenerateSpec, seed: int, prompt_tokens: Tokens, negative_tokens: Tokens,
                 condition_tokens: list[Tokens], cancel: CancelToken | None) -> Iterator[Event]:
+        width, height = spec.width or self.native_size, spec.height or self.native_size
+        job = self._generate(spec, seed, prompt_tokens, negative_tokens, condition_tokens, cancel)
+        return self.exclusive(job, spec.steps, cancel, f"{width}x{height} with batch size {spec.batch_size}")
+
+    def exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None,
+                  workload: str) -> Iterator[Event]:
+        """Run `job` (an un-started generator of events) with the model to itself: waits its turn
+        (announced by a Progress event), and turns a device out-of-memory error into
+        DeviceOutOfMemoryError naming `workload` ("512x512 with batch size 4"), leaving the engine usable.
+        Every engine job (generate, invert, edit) goes through here."""
         if self._lock.busy:
-            yield Progress(0, spec.steps, "Waiting for the previous job to finish…")
+            yield Progress(0, total_steps, "Waiting for the previous job to finish…")
         with self._lock.hold(cancel):
             try:
-                yield from self._generate(spec, seed, prompt_tokens, negative_tokens, condition_tokens, cancel)
+                yield from job
             except torch.cuda.OutOfMemoryError as error:
                 torch.cuda.empty_cache()  # give the failed job's memory back so the next one can run
                 raise DeviceOutOfMemoryError(
-                    f"The {self.device} device ran out of memory at {spec.width or self.native_size}x"
-                    f"{spec.height or self.native_size} with batch size {spec.batch_size}: "
-                    "lower the size or the batch size and try again."
+                    f"The {self.device} device ran out of memory at {workload}: "
+                    "lower the size, the batch size or the number of images and try again."
                 ) from error
+
+    def tokenize(self, prompt: str, label: str = "") -> Tokens:
+        """Tokens of a prompt, checked (unknown words, length); `label` ("Target prompt") prefixes errors."""
+        try:
+            return tokenize(self.model.tokenizer, prompt, self.model_name)
+        except UnknownWordError as error:
+            raise UnknownWordError(error.words, self.model_name, label) from None
+        except InvalidInputError as error:
+            raise InvalidInputError(f"{label}: {error}" if label else str(error)) from None
+
+    def encode_prompt(self, tokens: Tokens) -> Cond:
+        return encode(self.model.text_encoder, tokens)
 
     @torch.no_grad()
     def _generate(self, spec: GenerateSpec, seed: int, prompt_tokens: Tokens, negative_tokens: Tokens,

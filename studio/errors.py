@@ -13,11 +13,11 @@ class InvalidInputError(StudioError, ValueError):
 class UnknownWordError(InvalidInputError):
     """A prompt contains words the model's tokenizer cannot represent."""
 
-    def __init__(self, words: list[str], model_name: str = "this model"):
+    def __init__(self, words: list[str], model_name: str = "this model", label: str = ""):
         self.words = words
         listed = ", ".join(repr(w) for w in words)
         super().__init__(
-            f"{model_name} does not know the word(s) {listed}. "
+            f"{label + ': ' if label else ''}{model_name} does not know the word(s) {listed}. "
             "Use words from its vocabulary (see the model card)."
         )
 
