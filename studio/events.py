@@ -47,6 +47,20 @@ class AttentionMaps:
 
 
 @dataclass(frozen=True)
+class Mask:
+    """A mask as it is being computed (DiffEdit discovery, Prompt-to-Prompt local blend), for live preview.
+
+    mask: (H, W) float32 in [0, 1] at image resolution; `binary` is the thresholded mask when one exists.
+    """
+
+    step: int  # units of work done (probes, sampling steps), 1..total
+    total: int
+    mask: np.ndarray
+    label: str = ""
+    binary: np.ndarray | None = None  # (H, W) bool
+
+
+@dataclass(frozen=True)
 class Result:
     images: list[Image.Image]
     settings: dict[str, Any]  # everything needed to reproduce: model, seed, sampler, steps, ...
@@ -55,7 +69,7 @@ class Result:
     pixels: np.ndarray | None = None  # (B, H, W, 3) float32 in [0, 1] before 8-bit rounding (parity, metrics)
 
 
-Event = Progress | Preview | AttentionMaps | Result
+Event = Progress | Preview | AttentionMaps | Mask | Result
 
 
 class CancelToken:
