@@ -216,7 +216,7 @@ class Engine:
                 i, done = state["i"], state["i"] + 1
                 latents = state["x"]
                 yield Progress(done, spec.steps)
-                if done % spec.preview_every == 0 or i == last:
+                if done % spec.preview_every == 0 and i != last:  # the Result is the last step's image
                     yield Preview(done, self._to_images(decode_latents(model.vae, state["denoised"])))
                 if store is not None and (done % spec.attention_every == 0 or i == last):
                     yield self._attention_event(done, store, prompt_tokens)

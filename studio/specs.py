@@ -115,7 +115,7 @@ class GenerateSpec:
     batch_size: int = 1
     capture_attention: bool = False
     attention_every: int = 5  # emit AttentionMaps every k steps (and at the last step)
-    preview_every: int = 5  # emit a Preview every k steps (and at the last step)
+    preview_every: int = 5  # emit a Preview every k steps (not at the last: the Result follows)
     # Global guidance (issue #4). The prompt is condition 0 with weight guidance_scale; the negative
     # prompt replaces the unconditional branch as usual; `conditions` add signed, scheduled terms.
     conditions: tuple[Condition, ...] = ()

@@ -14,13 +14,13 @@ from studio.events import AttentionMaps, CancelToken, Preview, Progress, Result
 from studio.jobs import FairLock
 from studio.specs import GenerateSpec
 
-FAST = {"steps": 4, "preview_every": 2}
+FAST = {"steps": 5, "preview_every": 2}
 
 
 def test_job_streams_progress_each_step_previews_and_ends_with_one_result(tiny_engine):
     events = list(tiny_engine.generate(GenerateSpec("a red circle", seed=1, **FAST)))
-    assert [e.step for e in events if isinstance(e, Progress)] == [1, 2, 3, 4]
-    assert [e.step for e in events if isinstance(e, Preview)] == [2, 4]
+    assert [e.step for e in events if isinstance(e, Progress)] == [1, 2, 3, 4, 5]
+    assert [e.step for e in events if isinstance(e, Preview)] == [2, 4]  # none at the last: the Result is it
     assert not any(isinstance(e, AttentionMaps) for e in events)  # capture is off by default
     assert isinstance(events[-1], Result) and sum(isinstance(e, Result) for e in events) == 1
     assert events[-1].images[0].size == (tiny_engine.native_size, tiny_engine.native_size)
