@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from studio.errors import InvalidInputError, UnknownWordError
@@ -27,6 +28,8 @@ class Tokens:
     attention_mask: list[int]  # (T,) 1 for prompt tokens, 0 for padding
     words: list[str]  # the prompt's words that produced tokens, in order
     word_tokens: list[list[int]]  # for each word, its token positions in `ids`
+    # SDXL's second tokenizer: the same tokens, padded with its own pad token; None for one-encoder models
+    ids_2: list[int] | None = None
 
     def word_of_token(self, position: int) -> int | None:
         """Index into `words` of the word that produced token `position`; None for special tokens."""
@@ -37,9 +40,10 @@ class Tokens:
 class Cond:
     """One text condition for the denoiser; `weight` is for guiders that mix several conditions."""
 
-    embeddings: torch.Tensor  # (1, T, D) text encoder's last hidden state
+    embeddings: torch.Tensor  # (1, T, D) text encoder's last hidden state (SDXL: both encoders', concatenated)
     tokens: Tokens
     weight: float = 1.0
+    pooled: torch.Tensor | None = None  # (1, P) SDXL's pooled text embedding (added conditioning); else None
 
     @property
     def token_ids(self) -> list[int]:
@@ -50,8 +54,10 @@ class Cond:
         return self.tokens.words
 
 
-def tokenize(tokenizer: PreTrainedTokenizerBase, prompt: str, model_name: str = "this model") -> Tokens:
-    """Token ids for `prompt` padded like StableDiffusionPipeline does, with each word's positions."""
+def tokenize(tokenizer: PreTrainedTokenizerBase, prompt: str, model_name: str = "this model",
+             tokenizer_2: PreTrainedTokenizerBase | None = None) -> Tokens:
+    """Token ids for `prompt` padded like StableDiffusionPipeline does, with each word's positions
+    (and SDXL's second tokenizer's ids when `tokenizer_2` is given)."""
     max_length = tokenizer.model_max_length
     encoded = tokenizer(prompt, return_offsets_mapping=True, return_special_tokens_mask=True)
     if len(encoded.input_ids) > max_length:
@@ -78,11 +84,15 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompt: str, model_name: str = 
         raise UnknownWordError(list(dict.fromkeys(unknown)), model_name)
     padded = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True)
     ordered = sorted(word_tokens)
+    ids_2 = None
+    if tokenizer_2 is not None:
+        ids_2 = tokenizer_2(prompt, padding="max_length", max_length=tokenizer_2.model_max_length, truncation=True).input_ids
     return Tokens(
         ids=padded.input_ids,
         attention_mask=padded.attention_mask,
         words=[_word_text(prompt, spans[i]) for i in ordered],
         word_tokens=[word_tokens[i] for i in ordered],
+        ids_2=ids_2,
     )
 
 
@@ -92,8 +102,12 @@ def _word_text(prompt: str, span: tuple[int, int]) -> str:
 
 
 @torch.no_grad()
-def encode(text_encoder: CLIPTextModel, tokens: Tokens, weight: float = 1.0) -> Cond:
-    """Embed tokens exactly as StableDiffusionPipeline.encode_prompt does (no clip skip, no LoRA)."""
+def encode(text_encoder: CLIPTextModel, tokens: Tokens, weight: float = 1.0, text_encoder_2: nn.Module | None = None) -> Cond:
+    """Embed tokens exactly as StableDiffusionPipeline.encode_prompt does (no clip skip, no LoRA); with
+    SDXL's `text_encoder_2`, as StableDiffusionXLPipeline does: both encoders' penultimate hidden states
+    side by side, and the second encoder's pooled, projected embedding."""
+    if text_encoder_2 is not None:
+        return _encode_sdxl(text_encoder, text_encoder_2, tokens, weight)
     device = text_encoder.device
     ids = torch.tensor([tokens.ids], device=device)
     # SD 1.x/2.x text encoders attend to padding; a few models ask for a mask in their config.
@@ -102,3 +116,20 @@ def encode(text_encoder: CLIPTextModel, tokens: Tokens, weight: float = 1.0) -> 
         attention_mask = torch.tensor([tokens.attention_mask], device=device)
     embeddings = text_encoder(ids, attention_mask=attention_mask)[0]
     return Cond(embeddings=embeddings.to(dtype=text_encoder.dtype), tokens=tokens, weight=weight)
+
+
+def _encode_sdxl(text_encoder: CLIPTextModel, text_encoder_2: nn.Module, tokens: Tokens, weight: float) -> Cond:
+    hidden = []
+    for encoder, ids in ((text_encoder, tokens.ids), (text_encoder_2, tokens.ids_2)):
+        output = encoder(torch.tensor([ids], device=encoder.device), output_hidden_states=True)
+        hidden.append(output.hidden_states[-2])  # SDXL reads the penultimate layer of both
+    pooled = output.text_embeds  # (1, P) from the second encoder's projection
+    embeddings = torch.cat(hidden, dim=-1)  # (1, T, D1 + D2)
+    return Cond(embeddings=embeddings.to(dtype=text_encoder_2.dtype), tokens=tokens, weight=weight, pooled=pooled)
+
+
+def zeroed(cond: Cond) -> Cond:
+    """The all-zero unconditional embedding SDXL uses for an empty negative prompt
+    (its pipeline's `force_zeros_for_empty_prompt`)."""
+    pooled = None if cond.pooled is None else torch.zeros_like(cond.pooled)
+    return Cond(embeddings=torch.zeros_like(cond.embeddings), tokens=cond.tokens, weight=cond.weight, pooled=pooled)

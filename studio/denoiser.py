@@ -25,6 +25,8 @@ class Denoiser:
         self.prediction_type = model.prediction_type
         self.alphas_cumprod = alphas_cumprod  # (num_train_timesteps,) of the scheduler in use
         self.unet_evaluations = 0  # forward passes, one per predict()
+        self.uses_added_conditions = model.uses_added_conditions
+        self.size_multiple = model.size_multiple
 
     @torch.no_grad()
     def predict(self, x_t: Tensor, t: Tensor, conds: Sequence[Cond]) -> list[Tensor]:
@@ -36,9 +38,19 @@ class Denoiser:
         batch = x_t.shape[0]
         model_input = torch.cat([x_t] * len(conds))  # (N*B, C, h, w)
         embeddings = torch.cat([c.embeddings.expand(batch, -1, -1) for c in conds])  # (N*B, T, D)
-        output = self.unet(model_input, t, encoder_hidden_states=embeddings, return_dict=False)[0]
+        added = self.added_conditions(conds, x_t, embeddings.dtype) if self.uses_added_conditions else None
+        output = self.unet(model_input, t, encoder_hidden_states=embeddings, added_cond_kwargs=added,
+                           return_dict=False)[0]
         self.unet_evaluations += 1
         return list(output.chunk(len(conds)))
+
+    def added_conditions(self, conds: Sequence[Cond], x_t: Tensor, dtype: torch.dtype) -> dict[str, Tensor]:
+        """SDXL's micro-conditioning, as its pipeline's defaults: the pooled text embedding per condition
+        and (original size, crop top-left, target size) = ((H, W), (0, 0), (H, W)) of the image made."""
+        batch, height, width = x_t.shape[0], x_t.shape[2] * self.size_multiple, x_t.shape[3] * self.size_multiple
+        pooled = torch.cat([c.pooled.expand(batch, -1) for c in conds])  # (N*B, P)
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype, device=x_t.device)
+        return {"text_embeds": pooled, "time_ids": time_ids.expand(len(pooled), -1)}
 
     def batch_index(self, cond_position: int, image: int, batch: int) -> int:
         """Where image `image` under conds[cond_position] sits in the UNet's batch (for attention capture)."""

@@ -25,7 +25,7 @@ from torch import Tensor
 from studio import specs
 from studio.attention.maps import combined_maps, per_resolution_maps
 from studio.attention.processors import AttentionStore, capture_cross_attention
-from studio.conditioning import Cond, Tokens, encode, tokenize
+from studio.conditioning import Cond, Tokens, encode, tokenize, zeroed
 from studio.denoiser import Denoiser
 from studio.errors import DeviceOutOfMemoryError, InvalidInputError, UnknownWordError
 from studio.events import AttentionMaps, CancelToken, Event, Preview, Progress, Result
@@ -163,14 +163,19 @@ class Engine:
     def tokenize(self, prompt: str, label: str = "") -> Tokens:
         """Tokens of a prompt, checked (unknown words, length); `label` ("Target prompt") prefixes errors."""
         try:
-            return tokenize(self.model.tokenizer, prompt, self.model_name)
+            return tokenize(self.model.tokenizer, prompt, self.model_name, self.model.tokenizer_2)
         except UnknownWordError as error:
             raise UnknownWordError(error.words, self.model_name, label) from None
         except InvalidInputError as error:
             raise InvalidInputError(f"{label}: {error}" if label else str(error)) from None
 
     def encode_prompt(self, tokens: Tokens) -> Cond:
-        return encode(self.model.text_encoder, tokens)
+        return encode(self.model.text_encoder, tokens, text_encoder_2=self.model.text_encoder_2)
+
+    def encode_negative_prompt(self, tokens: Tokens) -> Cond:
+        """The unconditional branch: the negative prompt's embedding, or SDXL's zeros for an empty one."""
+        cond = self.encode_prompt(tokens)
+        return zeroed(cond) if self.model.zeros_for_empty_negative and not tokens.words else cond
 
     @torch.no_grad()
     def _generate(self, spec: GenerateSpec, seed: int, prompt_tokens: Tokens, negative_tokens: Tokens,
@@ -180,9 +185,9 @@ class Engine:
         model = self.model
 
         # 2. encode prompts (the negative prompt, "" by default, is the unconditional branch)
-        prompt = encode(model.text_encoder, prompt_tokens)
-        uncond = encode(model.text_encoder, negative_tokens)
-        conditions = [encode(model.text_encoder, tokens) for tokens in condition_tokens]
+        prompt = self.encode_prompt(prompt_tokens)
+        uncond = self.encode_negative_prompt(negative_tokens)
+        conditions = [self.encode_prompt(tokens) for tokens in condition_tokens]
         encoded = time.perf_counter()
 
         # 3. prepare the scheduler and its timesteps

@@ -9,6 +9,7 @@ prediction type). Device policy: CUDA with fp16 where present, else CPU fp32.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
@@ -29,6 +30,9 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, nothing path-like
 # Errors a loader raises for a source that is wrong rather than for a bug of ours.
 LOAD_FAILURES = (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError)
+# model_index.json class names whose components are SD 1.x/2.x or SDXL text-to-image (4-channel UNet)
+_SD_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"}
+_SDXL_PIPELINES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"}
 # We generate, we do not classify: SD folders may list a safety checker we neither load nor run.
 _NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
@@ -48,6 +52,15 @@ class LoadedModel:
     # Noisy-latent classifier of a model folder's `classifier/` subfolder (shapes world), used for
     # classifier guidance; None when the model has none. Kept in float32: it is small and needs grads.
     classifier: nn.Module | None = None
+    # SDXL's second text encoder (CLIPTextModelWithProjection) and its tokenizer; None for SD 1.x/2.x
+    text_encoder_2: nn.Module | None = None
+    tokenizer_2: PreTrainedTokenizerBase | None = None
+    zeros_for_empty_negative: bool = False  # SDXL: an empty negative prompt is an all-zero embedding
+
+    @property
+    def uses_added_conditions(self) -> bool:
+        """SDXL's UNet also takes the pooled text embedding and size/crop ids ("text_time")."""
+        return self.unet.config.get("addition_embed_type") == "text_time"
 
     @property
     def size_multiple(self) -> int:
@@ -66,6 +79,7 @@ class LoadedModel:
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> np.ndarray:
     """Scaled latents (B, 4, h, w) -> (B, H, W, 3) float32 pixels in [0, 1], exactly as
     StableDiffusionPipeline decodes and post-processes them."""
+    latents = latents.to(vae.dtype)  # SDXL's VAE stays in fp32 beside an fp16 UNet (see load_pipeline)
     image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
     image = (image / 2 + 0.5).clamp(0, 1)
     return image.cpu().permute(0, 2, 3, 1).float().numpy()
@@ -102,9 +116,14 @@ def load_pipeline(source: str | None = None, device: str | None = None, dtype: t
     classifier = _open_classifier(source)
     if classifier is not None:
         classifier.to(device=resolved_device).eval().requires_grad_(False)
-    for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+    text_encoder_2 = getattr(pipeline, "text_encoder_2", None)
+    for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder, text_encoder_2):
+        if module is None:
+            continue
         module.to(device=resolved_device)
-        if module.dtype != resolved_dtype:
+        # SDXL's VAE overflows in fp16 (config force_upcast): its pipeline decodes in fp32; keep it there
+        keep_float32 = module is pipeline.vae and module.config.get("force_upcast", False)
+        if module.dtype != resolved_dtype and not keep_float32:
             module.to(dtype=resolved_dtype)
         module.eval().requires_grad_(False)
     return LoadedModel(
@@ -117,6 +136,9 @@ def load_pipeline(source: str | None = None, device: str | None = None, dtype: t
         device=resolved_device,
         dtype=resolved_dtype,
         classifier=classifier,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=getattr(pipeline, "tokenizer_2", None),
+        zeros_for_empty_negative=bool(pipeline.config.get("force_zeros_for_empty_prompt", False)),
     )
 
 
@@ -165,10 +187,26 @@ def _from_folder(path: Path) -> StableDiffusionPipeline:
             f"{path} is not a diffusers model folder (it has no model_index.json). "
             "Point at the folder that contains model_index.json, unet/, vae/, text_encoder/ and tokenizer/."
         )
+    pipeline_class = _pipeline_class(path)
     try:
-        return StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **_NO_SAFETY)
+        return pipeline_class.from_pretrained(path, local_files_only=True, **_NO_SAFETY)
     except LOAD_FAILURES as error:
         raise ModelLoadError(f"Could not load the diffusers folder {path}: {error}") from error
+
+
+def _pipeline_class(folder: Path) -> type[DiffusionPipeline]:
+    """SD 1.x/2.x or SDXL, as the folder's model_index.json names it; other pipelines are refused."""
+    try:
+        name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"Could not read {folder / 'model_index.json'}: {error}") from error
+    if name in _SD_PIPELINES:
+        return StableDiffusionPipeline
+    if name in _SDXL_PIPELINES:
+        return StableDiffusionXLPipeline
+    raise ModelLoadError(
+        f"{folder} holds a {name or 'unnamed'} model; this studio runs Stable Diffusion 1.x, 2.x and XL text-to-image models."
+    )
 
 
 def _from_single_file(path: Path) -> StableDiffusionPipeline:

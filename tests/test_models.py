@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 
 from studio.errors import ModelLoadError
-from studio.models import choose_device
+from studio.models import choose_device, load_pipeline
 
 
 def test_tiny_model_reports_native_size_multiple_and_prediction_type(tiny_engine):
@@ -29,3 +32,12 @@ def test_asking_for_cuda_without_one_says_so():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelLoadError, match="--device cpu"):
         choose_device("cuda", None)
+
+
+def test_a_folder_of_another_kind_of_pipeline_is_refused_by_name(tiny_model_dir, tmp_path):
+    folder = tmp_path / "inpainting"
+    shutil.copytree(tiny_model_dir, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionInpaintPipeline"}))
+    with pytest.raises(ModelLoadError, match="holds a StableDiffusionInpaintPipeline model"):
+        load_pipeline(str(folder), "cpu")
