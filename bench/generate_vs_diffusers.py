@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_description, sd15_engine, timed  # noqa: E402
 
-from diffusers import DDIMScheduler, StableDiffusionPipeline  # noqa: E402
-
-from studio.architectures import SD15, random_pipeline  # noqa: E402
 from studio.engine import Engine  # noqa: E402
 from studio.events import Result  # noqa: E402
 from studio.specs import GenerateSpec  # noqa: E402
@@ -36,11 +33,6 @@ from studio.specs import GenerateSpec  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_RATIO = 1.05
 GUIDANCE = 7.5
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def peer_pipeline(engine: Engine) -> StableDiffusionPipeline:
@@ -53,21 +45,14 @@ def peer_pipeline(engine: Engine) -> StableDiffusionPipeline:
 
 
 def run_engine(engine: Engine, spec: GenerateSpec) -> tuple[float, np.ndarray]:
-    synchronize(engine.device)
-    started = time.perf_counter()
-    result = next(e for e in engine.generate(spec) if isinstance(e, Result))
-    synchronize(engine.device)
-    return time.perf_counter() - started, result.pixels
+    seconds, result = timed(engine.device, lambda: next(e for e in engine.generate(spec) if isinstance(e, Result)))
+    return seconds, result.pixels
 
 
 def run_pipeline(pipeline: StableDiffusionPipeline, spec: GenerateSpec, size: int) -> tuple[float, np.ndarray]:
-    synchronize(pipeline.device)
-    started = time.perf_counter()
-    pixels = pipeline(spec.prompt, num_inference_steps=spec.steps, guidance_scale=spec.guidance_scale,
-                      width=size, height=size, generator=torch.Generator("cpu").manual_seed(spec.seed),
-                      output_type="np").images
-    synchronize(pipeline.device)
-    return time.perf_counter() - started, pixels
+    return timed(pipeline.device, lambda: pipeline(
+        spec.prompt, num_inference_steps=spec.steps, guidance_scale=spec.guidance_scale, width=size, height=size,
+        generator=torch.Generator("cpu").manual_seed(spec.seed), output_type="np").images)
 
 
 def peak_memory(device: torch.device, run) -> float | None:
@@ -120,20 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
     engine = Engine(args.model, device=args.device)
     rows = [compare(engine, "a big red circle on a blue background", engine.native_size, args.steps, args.repeats)]
     if args.sd15_size:
-        folder = Path(args.out) / "_sd15-random"
-        random_pipeline(SD15).save_pretrained(folder)
-        sd15 = Engine(str(folder), device=args.device)
-        sd15.model.name = "SD 1.5 architecture (random weights)"
-        rows.append(compare(sd15, "a photograph of an astronaut riding a horse", args.sd15_size, args.sd15_steps,
-                            args.repeats))
-        import shutil
-
-        shutil.rmtree(folder)
-    device = engine.device
+        rows.append(compare(sd15_engine(args.device), "a photograph of an astronaut riding a horse", args.sd15_size,
+                            args.sd15_steps, args.repeats))
     report = {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
-        "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "target_ratio": TARGET_RATIO,
+        **device_description(engine.device), "repeats": args.repeats, "target_ratio": TARGET_RATIO,
         "rows": rows, "meets_target": all(r["ratio"] <= TARGET_RATIO for r in rows),
     }
     out = Path(args.out)

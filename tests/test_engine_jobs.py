@@ -8,8 +8,9 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
-from studio.errors import CancelledError
+from studio.errors import CancelledError, DeviceOutOfMemoryError
 from studio.events import AttentionMaps, CancelToken, Preview, Progress, Result
 from studio.jobs import FairLock
 from studio.specs import GenerateSpec
@@ -109,3 +110,17 @@ def _wait_for(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_device_out_of_memory_is_a_clear_error_and_the_next_job_runs(tiny_engine, monkeypatch):
+    unet = tiny_engine.model.unet
+    real_forward = unet.forward
+
+    def exhausted(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(unet, "forward", exhausted)
+    with pytest.raises(DeviceOutOfMemoryError, match="ran out of memory at 128x128 with batch size 2: lower the size"):
+        list(tiny_engine.generate(GenerateSpec("a red circle", seed=1, batch_size=2, **FAST)))
+    monkeypatch.setattr(unet, "forward", real_forward)
+    assert isinstance(list(tiny_engine.generate(GenerateSpec("a red circle", seed=1, **FAST)))[-1], Result)
