@@ -27,6 +27,7 @@ from studio.attention.maps import combined_maps, per_resolution_maps
 from studio.attention.processors import AttentionStore, capture_cross_attention
 from studio.conditioning import Cond, Tokens, encode, tokenize, zeroed
 from studio.denoiser import Denoiser
+from studio.editing.p2p import P2PSpec, prompt_to_prompt
 from studio.errors import DeviceOutOfMemoryError, InvalidInputError, UnknownWordError
 from studio.events import AttentionMaps, CancelToken, Event, Preview, Progress, Result
 from studio.guidance import (
@@ -113,6 +114,10 @@ class Engine:
             weights=torch.stack(columns, dim=1),
             classifier_strengths=strengths,
         )
+
+    def p2p(self, spec: P2PSpec, inversion: object | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
+        """Prompt-to-Prompt edit of a generated image, or of `inversion` (studio.editing.p2p)."""
+        return prompt_to_prompt(self, spec, inversion, cancel)
 
     def generate(self, spec: GenerateSpec, cancel: CancelToken | None = None) -> Iterator[Event]:
         """Text to image. Bad input raises InvalidInputError here, before any model work;

@@ -1,0 +1,370 @@
+"""Prompt-to-Prompt editing (Hertz et al. 2022; seed section 4.2) of generated and inverted images.
+
+    events = engine.p2p(P2PSpec("a big red circle on a blue background",
+                                "a big red square on a blue background", edit="word swap", seed=3))
+
+The source and target prompts are denoised together in ONE batch ([uncond x 2, (source, target)]),
+from the same initial latent, by the one sampling loop; attention control
+(studio.attention.controllers) is installed for the run and told the step index by the sampler. A
+real image is edited from its inversion (studio.inversion): its x_T, its timesteps and its guidance,
+with null-text inversion's per-step unconditional embeddings or negative-prompt inversion's source
+prompt as the negative branch (seed 3.2), so the unedited source branch reproduces the inversion's
+reconstruction. Local blend wraps the run's scheduler: after every step the target keeps the
+source's latents outside the blend mask (prompt-to-prompt's LocalBlend).
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from torch import Tensor
+
+from studio import specs
+from studio.attention.controllers import (
+    DegreeWord,
+    EditPlan,
+    PromptToPromptController,
+    WordWindow,
+    blend_latents,
+    edit_plan,
+    local_blend_mask,
+    refine_alignment,
+    swap_alignment,
+    token_equalizer,
+    word_positions,
+)
+from studio.attention.maps import combined_maps
+from studio.attention.processors import AttentionStore, control_attention
+from studio.conditioning import Cond, Tokens
+from studio.denoiser import Denoiser
+from studio.errors import InvalidInputError
+from studio.events import AttentionMaps, CancelToken, Event, Mask, Preview, Progress, Result
+from studio.guidance import ClassifierFreeGuidance, Guider
+from studio.models import decode_latents
+from studio.prompt_weights import parse_weighted_prompt
+from studio.sampling import make_scheduler, sample_steps
+
+EDIT_TYPES = ("word swap", "refine", "style")  # re-weighting combines with any of them
+WEIGHT = specs.Range(-10.0, 10.0, 0.1, "Re-weight")
+STYLE_ALPHA = specs.Range(0.0, 1.0, 0.05, "Style alpha")
+THRESHOLD = specs.Range(0.0, 1.0, 0.05, "Local-blend threshold")
+SELF_LAYERS = specs.Range(0.0, 1.0, 0.125, "Self-attention layers (fraction of the latent side)")
+
+
+@dataclass(frozen=True)
+class P2PSpec:
+    """A Prompt-to-Prompt edit. Windows are fractions of the run, like guidance windows; the defaults
+    are prompt-to-prompt's (cross-attention replaced for 80% of the steps, self-attention for 40%,
+    local blend from 20%, threshold 0.3, style alpha 0.2)."""
+
+    source_prompt: str
+    target_prompt: str = ""  # "" = the source prompt (re-weighting only); may carry (word:1.3) weights
+    edit: str = "refine"
+    seed: int | None = None  # generated images; ignored when editing an inversion
+    steps: int = 25
+    guidance_scale: float = 5.0
+    cross_start: float = 0.0
+    cross_stop: float = 0.8
+    self_start: float = 0.0
+    self_stop: float = 0.4
+    self_max_fraction: float = 1.0  # 1: every self-attention layer; SD's P2P used 0.25 (16x16 of 64x64)
+    word_windows: tuple[WordWindow, ...] = ()  # per-word cross-attention windows
+    reweights: tuple[tuple[str, float], ...] = ()  # (target word, column scale); all its occurrences
+    degree_words: tuple[DegreeWord, ...] = ()
+    style_alpha: float = 0.2
+    blend_words: tuple[str, ...] = ()  # local blend: words of either prompt whose attention makes the mask
+    blend_threshold: float = 0.3
+    blend_start: float = 0.2
+    maps_every: int = 5  # stream attention maps every k steps (and at the last)
+
+    def __post_init__(self) -> None:
+        # Settings (JSON) hold the nested tuples as lists and dicts; accept them as such.
+        windows = tuple(WordWindow(**w) if isinstance(w, dict) else w for w in self.word_windows)
+        degrees = tuple(DegreeWord(**d) if isinstance(d, dict) else d for d in self.degree_words)
+        object.__setattr__(self, "word_windows", windows)
+        object.__setattr__(self, "degree_words", degrees)
+        object.__setattr__(self, "reweights", tuple((str(w), float(s)) for w, s in self.reweights))
+        object.__setattr__(self, "blend_words", tuple(self.blend_words))
+
+    def validate(self, editing_inversion: bool) -> None:
+        if not self.source_prompt.strip() and not editing_inversion:
+            raise InvalidInputError("The source prompt is empty: describe the image to generate and edit.")
+        if self.edit not in EDIT_TYPES:
+            raise InvalidInputError(f"Unknown edit {self.edit!r}; choose one of {', '.join(EDIT_TYPES)}.")
+        specs.STEPS.check("steps", self.steps)
+        specs.GUIDANCE.check("guidance_scale", self.guidance_scale)
+        if self.seed is not None:
+            specs.SEED.check("seed", self.seed)
+        windows = [("Cross-attention window", self.cross_start, self.cross_stop),
+                   ("Self-attention window", self.self_start, self.self_stop),
+                   *((f"Window of {w.word!r}", w.start, w.stop) for w in self.word_windows)]
+        for where, start, stop in windows:
+            specs.START.check(f"{where} start", start)
+            specs.STOP.check(f"{where} stop", stop)
+            if start > stop:
+                raise InvalidInputError(f"{where}: start ({start:g}) must not be after stop ({stop:g}).")
+        specs.START.check("Local-blend start", self.blend_start)
+        SELF_LAYERS.check("self_max_fraction", self.self_max_fraction)
+        STYLE_ALPHA.check("style_alpha", self.style_alpha)
+        THRESHOLD.check("blend_threshold", self.blend_threshold)
+        for word, scale in self.reweights:
+            WEIGHT.check(f"Re-weight of {word!r}", scale)
+        if self.maps_every < 1:
+            raise InvalidInputError("maps_every must be at least 1.")
+
+
+@dataclass(frozen=True)
+class EditAttentionMaps:
+    """Cross-attention maps of the source and of the edited target (the fused Ã it used), streamed."""
+
+    step: int
+    source: AttentionMaps
+    target: AttentionMaps
+
+
+@dataclass(frozen=True)
+class P2PResult(Result):
+    """images = [source, edited]; latents (2, C, h, w) before decoding; mask the local blend's last
+    binary mask at image resolution (None without local blend)."""
+
+    latents: Tensor | None = None
+    mask: np.ndarray | None = None
+    alignment: list[tuple[str, str]] = field(default_factory=list)  # (target word, source word or "")
+
+
+@dataclass(frozen=True)
+class PreparedEdit:
+    """Everything checked and derived from a spec before model work (also the UI's token table)."""
+
+    source: Tokens
+    target: Tokens
+    alignment: list[int | None]  # per target word: its source word, None for a new word
+    equalizer: Tensor  # (T,)
+    blend_columns: Tensor  # (2, T) 0/1: local-blend words' tokens in (source, target)
+
+    def table(self) -> list[tuple[str, str, float]]:
+        """(target word, source word it takes attention from or "", re-weight) per target word."""
+        return [
+            (word, self.source.words[i] if i is not None else "", float(self.equalizer[self.target.word_tokens[j][0]]))
+            for j, (word, i) in enumerate(zip(self.target.words, self.alignment, strict=True))
+        ]
+
+
+def prepare_edit(engine: Any, spec: P2PSpec, source_prompt: str) -> PreparedEdit:
+    """Check a spec against the model's tokenizer and derive the alignment; raises InvalidInputError."""
+    if "(" in source_prompt or ")" in source_prompt:
+        raise InvalidInputError("Source prompt: weights such as (word:1.3) belong in the target prompt (re-weighting).")
+    source = engine.tokenize(source_prompt, "Source prompt")
+    weighted = parse_weighted_prompt(spec.target_prompt or source_prompt, "Target prompt")
+    target = engine.tokenize(weighted.text, "Target prompt")
+    if spec.edit == "word swap":
+        alignment = swap_alignment(source.words, target.words)
+    else:
+        alignment = refine_alignment(source.words, target.words)
+    word_weights = weighted.weights_of(target.words)
+    for word, scale in spec.reweights:
+        positions = word_positions(target, word)
+        if not positions:
+            raise InvalidInputError(
+                f"Re-weight: {word!r} is not a word of the target prompt ({' '.join(target.words)})."
+            )
+        word_weights += [(j, scale) for j in positions]
+    for window in spec.word_windows:
+        if not word_positions(target, window.word):
+            raise InvalidInputError(f"Word window: {window.word!r} is not a word of the target prompt.")
+    blend_columns = torch.zeros(2, len(target.ids))
+    for word in spec.blend_words:
+        found = False
+        for row, tokens in enumerate((source, target)):
+            for j in word_positions(tokens, word):
+                blend_columns[row, tokens.word_tokens[j]] = 1.0
+                found = True
+        if not found:
+            raise InvalidInputError(f"Local blend: {word!r} is in neither the source nor the target prompt.")
+    return PreparedEdit(source, target, alignment, token_equalizer(target, word_weights), blend_columns)
+
+
+def plan_for(spec: P2PSpec, prepared: PreparedEdit, steps: int) -> EditPlan:
+    return edit_plan(
+        prepared.source, prepared.target, prepared.alignment, steps,
+        cross_window=(spec.cross_start, spec.cross_stop),
+        self_window=(spec.self_start, spec.self_stop),
+        word_windows=spec.word_windows,
+        equalizer=prepared.equalizer,
+        style_alpha=spec.style_alpha if spec.edit == "style" else None,
+        degree_words=spec.degree_words,
+        self_max_fraction=spec.self_max_fraction,
+    )
+
+
+class LocallyBlendedScheduler:
+    """The run's scheduler with prompt-to-prompt's local blend after every step: a composition around
+    the one loop (no copy of it). `step` keeps the wrapped step's signature, so the loop passes the
+    same arguments (eta, generator) it would pass to the scheduler itself."""
+
+    def __init__(self, scheduler: Any, blend: Callable[[Tensor], Tensor]):
+        self.scheduler = scheduler
+        self.blend = blend
+        self.step = functools.wraps(scheduler.step)(self._blended_step)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scheduler, name)
+
+    def _blended_step(self, *args: Any, **kwargs: Any) -> Any:
+        output = self.scheduler.step(*args, **kwargs)
+        return (self.blend(output[0]), *output[1:])
+
+
+class LocalBlend:
+    """Mask from this step's attention to the blend words (source ∪ target), applied from `start`."""
+
+    def __init__(self, controller: PromptToPromptController, columns: Tensor, threshold: float, first_step: int):
+        self.controller = controller
+        self.columns = columns  # (2, T)
+        self.threshold = threshold
+        self.first_step = first_step
+        self.soft: Tensor | None = None  # (h, w) latest mask, for the Mask event
+        self.binary: Tensor | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.controller.step < self.first_step:
+            return x
+        self.soft, self.binary = local_blend_mask(self.controller.step_maps(self.columns), self.threshold)
+        return blend_latents(x, self.binary)
+
+
+def prompt_to_prompt(engine: Any, spec: P2PSpec, inversion: Any = None,
+                     cancel: CancelToken | None = None) -> Iterator[Event]:
+    """Validate (before any model work), then return the queued job's event stream."""
+    # 1. check inputs
+    spec.validate(editing_inversion=inversion is not None)
+    source_prompt = inversion.prompt if inversion is not None else spec.source_prompt
+    if inversion is not None and spec.source_prompt.strip() and spec.source_prompt.strip() != inversion.prompt.strip():
+        raise InvalidInputError(
+            f"The inversion was made with the prompt {inversion.prompt!r}; the source prompt must be that prompt "
+            "(leave it empty to use it)."
+        )
+    prepared = prepare_edit(engine, spec, source_prompt)
+    seed = spec.seed if spec.seed is not None else secrets.randbelow(int(specs.SEED.high) + 1)
+    steps = len(inversion.timesteps) if inversion is not None else spec.steps
+    job = _edit(engine, spec, prepared, seed, inversion, cancel)
+    return engine.exclusive(job, steps, cancel, f"Prompt-to-Prompt at {engine.native_size}px (2 images)")
+
+
+def stacked(source: Cond, target: Cond) -> Cond:
+    """One condition holding both prompts: embeddings (2, T, D), so the batch is [source, target]."""
+    pooled = None if source.pooled is None else torch.cat([source.pooled, target.pooled])
+    return Cond(embeddings=torch.cat([source.embeddings, target.embeddings]), tokens=target.tokens, pooled=pooled)
+
+
+@torch.no_grad()
+def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversion: Any,
+          cancel: CancelToken | None) -> Iterator[Event]:
+    started = time.perf_counter()
+    model = engine.model
+
+    # 2. encode both prompts; the guider: plain CFG, or the inversion's own negative branch
+    pair = stacked(engine.encode_prompt(prepared.source), engine.encode_prompt(prepared.target))
+    scheduler = make_scheduler("ddim", model.scheduler_config)
+    if inversion is not None:
+        timesteps = inversion.timesteps.to(engine.device)
+        scheduler.set_timesteps(len(timesteps), device=engine.device)
+        guider = inversion_guider(engine, inversion, pair)
+    else:
+        scheduler.set_timesteps(spec.steps, device=engine.device)
+        timesteps = scheduler.timesteps
+        uncond = engine.encode_negative_prompt(engine.tokenize("", "Negative prompt"))
+        guider = ClassifierFreeGuidance(cond=pair, uncond=uncond, scale=spec.guidance_scale)
+    steps = len(timesteps)
+    denoiser = Denoiser(model, scheduler.alphas_cumprod)
+
+    # 3. the same initial latent for both images: the seed's noise, or the inversion's x_T
+    if inversion is not None:
+        noise = inversion.noise_latents.to(engine.device, model.dtype)
+    else:
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latent_size = engine.native_size // engine.size_multiple
+        shape = (1, model.unet.config.in_channels, latent_size, latent_size)
+        noise = randn_tensor(shape, generator=generator, device=engine.device, dtype=model.dtype)
+        noise = noise * scheduler.init_noise_sigma
+    latents = noise.expand(2, -1, -1, -1).clone()  # (2, C, h, w): source, target
+
+    # 4. attention control for this run, and local blend around the scheduler
+    plan = plan_for(spec, prepared, steps)
+    conditional = guider.primary
+    controller = PromptToPromptController(
+        plan, source_index=denoiser.batch_index(conditional, 0, 2), target_index=denoiser.batch_index(conditional, 1, 2),
+        latent_size=tuple(latents.shape[2:]),
+    )
+    blend = None
+    if spec.blend_words:
+        first_step = int(np.ceil(spec.blend_start * (steps - 1) - 1e-9))
+        blend = LocalBlend(controller, prepared.blend_columns, spec.blend_threshold, first_step)
+    stepper = LocallyBlendedScheduler(scheduler, blend) if blend is not None else scheduler
+    encoded = time.perf_counter()
+
+    # 5. the one loop, streaming progress, both images' previews, maps and the blend mask
+    size = engine.native_size
+    with control_attention(model.unet, controller):
+        for state in sample_steps(denoiser, guider, stepper, timesteps, latents, cancel,
+                                  on_step_begin=controller.begin_step):
+            i, done = state["i"], state["i"] + 1
+            latents = state["x"]
+            yield Progress(done, steps)
+            if blend is not None and blend.binary is not None:
+                yield Mask(done, steps, _to_image_size(blend.soft, size), "local blend",
+                           _to_image_size(blend.binary.float(), size) > 0.5)
+            if done % spec.maps_every == 0 or i == steps - 1:
+                yield _maps_event(done, controller, prepared)
+            if done % spec.maps_every == 0 and i != steps - 1:
+                yield Preview(done, engine._to_images(decode_latents(model.vae, state["denoised"])))
+    sampled = time.perf_counter()
+
+    # 6. decode both and report
+    pixels = decode_latents(model.vae, latents)
+    finished = time.perf_counter()
+    timings = {"encode": encoded - started, "sampling": sampled - encoded, "decode": finished - sampled,
+               "total": finished - started}
+    settings = {
+        "model": engine.model_name,
+        **asdict(spec),
+        "source_prompt": inversion.prompt if inversion is not None else spec.source_prompt,
+        "seed": None if inversion is not None else seed,
+        "steps": steps,
+        "guidance_scale": inversion.guidance_scale if inversion is not None else spec.guidance_scale,
+        "inversion": inversion.method if inversion is not None else None,
+        "timings": timings,
+        "unet_evaluations": denoiser.unet_evaluations,
+        "seconds_per_step": (sampled - encoded) / steps,
+    }
+    mask = None if blend is None or blend.binary is None else _to_image_size(blend.binary.float(), size) > 0.5
+    yield P2PResult(engine._to_images(pixels), settings, timings, denoiser.unet_evaluations, pixels,
+                    latents=latents, mask=mask, alignment=[(w, s) for w, s, _ in prepared.table()])
+
+
+def inversion_guider(engine: Any, inversion: Any, pair: Cond) -> Guider:
+    """The inversion's own negative branch for both images (so the source reproduces its reconstruction)."""
+    raise InvalidInputError("Editing inversions is not available yet in this build.")
+
+
+def _maps_event(step: int, controller: PromptToPromptController, prepared: PreparedEdit) -> EditAttentionMaps:
+    def maps(store: AttentionStore, tokens: Tokens) -> AttentionMaps:
+        means = store.means()
+        return AttentionMaps(step, tokens.words, combined_maps(means, tokens.word_tokens))
+
+    return EditAttentionMaps(step, maps(controller.source_store, prepared.source), maps(controller.target_store, prepared.target))
+
+
+def _to_image_size(latent_mask: Tensor, size: int) -> np.ndarray:
+    """(h, w) latent-resolution mask -> (size, size) float32, nearest (a latent cell is a block of pixels)."""
+    image = Image.fromarray(latent_mask.float().cpu().numpy().astype(np.float32), mode="F")
+    return np.asarray(image.resize((size, size), Image.Resampling.NEAREST), dtype=np.float32)
