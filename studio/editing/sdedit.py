@@ -1,0 +1,338 @@
+"""SDEdit (Meng et al. 2022; seed section 4.1): strokes or an image as the guide, noised to t0, denoised to 0.
+
+    events = engine.sdedit(SDEditSpec(prompt="a red circle on a blue background", strengths=(0.4, 0.6)),
+                           guide=stroke_drawing)                       # unmasked: the whole image may change
+    events = engine.sdedit(spec, guide=painted, mask=editable, original=photo)   # masked: only `mask` changes
+
+Unmasked (seed 4.1.1): x_t0 = sqrt(ab_t0) x_g + sqrt(1-ab_t0) eps (VP, DDIM from t0) or x_t0 = x_g + sigma(t0) eps
+(VE: the Euler scheduler, whose state lives in sigma space), then the ONE sampling loop from t0 to 0, with the
+prompt under CFG when there is one. K repeats (seeds seed, seed+1, ...) run as one batch per t0; several t0
+make the faithfulness/realism strip. Each result reports its L2 distance to the guide and, when the model has
+a noisy-latent classifier (the embedded shapes model), the classifier's confidence as a realism score.
+
+Masked (seed 4.1.1 "Masked SDEdit"): the start is (1-M) x_0 + M x_g noised; after every step of the loop the
+frozen latents (1-M) are replaced by the original re-noised to the noise level the step reached, with the
+same eps as the start (the seed's two-branch integration), and by the original itself after the last step,
+so frozen latents end exactly equal to the original's. The loop is unchanged: `TwoBranchScheduler` wraps the
+scheduler it steps with.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from studio import schedule, specs
+from studio.denoiser import Denoiser
+from studio.editing import masks
+from studio.errors import InvalidInputError
+from studio.events import CancelToken, Event, Preview, Progress, Result
+from studio.guidance import ClassifierFreeGuidance
+from studio.images import encode_image, prepare_image, to_uint8
+from studio.models import decode_latents
+from studio.sampling import make_scheduler, sample_steps, step_kwargs
+
+NOISE_FORMS = {"vp": "ddim", "ve": "euler"}  # seed 4.1.1's two forms -> the scheduler that integrates it
+STRENGTH = specs.Range(0.05, 1.0, 0.05, "t0 (noise level, fraction of T)")
+REPEATS = specs.Range(1, 8, 1, "Repeats per t0")
+MAX_STRENGTHS = 6
+
+
+@dataclass(frozen=True)
+class SDEditSpec:
+    prompt: str = ""  # "" = no text: the model's unconditional prediction (SDEdit needs none)
+    strengths: tuple[float, ...] = (0.3, 0.5, 0.7)  # t0 / T; seed: [0.3, 0.6] balances faithfulness and realism
+    repeats: int = 2  # K samples per t0
+    seed: int | None = None  # repeat k uses seed + k
+    steps: int = 25  # steps of the full schedule; a run from t0 takes round(t0 * steps) of them
+    guidance_scale: float = 5.0
+    noise_form: str = "vp"
+    composite: bool = True  # masked only: original pixels outside the painted mask after decoding (see masks.composite)
+    preview_every: int = 5
+
+    def validate(self) -> None:
+        if self.noise_form not in NOISE_FORMS:
+            raise InvalidInputError(f"Noise form must be one of {', '.join(NOISE_FORMS)}, got {self.noise_form!r}.")
+        if not self.strengths:
+            raise InvalidInputError("Choose at least one t0.")
+        if len(self.strengths) > MAX_STRENGTHS:
+            raise InvalidInputError(f"At most {MAX_STRENGTHS} values of t0 per run, got {len(self.strengths)}.")
+        for strength in self.strengths:
+            STRENGTH.check("t0", strength)
+        specs.STEPS.check("steps", self.steps)
+        specs.GUIDANCE.check("guidance_scale", self.guidance_scale)
+        REPEATS.check("repeats", self.repeats)
+        if self.seed is not None:
+            specs.SEED.check("seed", self.seed)
+        for strength in self.strengths:
+            if round(strength * self.steps) < 1:
+                raise InvalidInputError(
+                    f"t0 = {strength:g} with {self.steps} steps leaves no step to denoise: raise t0 or the steps."
+                )
+
+
+@dataclass(frozen=True)
+class SDEditResult(Result):
+    """Result whose images are [t0_0 x K, t0_1 x K, ...]; `strip` shows them with the guide, one column per t0."""
+
+    strip: Image.Image | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)  # per image: t0, repeat, seed, l2_to_guide, realism
+    latents: Tensor | None = None  # (len(strengths) * K, C, h, w) final latents, before decoding
+    original_latents: Tensor | None = None  # (1, C, h, w) the frozen branch's target
+    latent_mask: Tensor | None = None  # (1, 1, h, w), 1 = editable; None when unmasked
+
+
+# --------------------------------------------------------------------------------------------
+# Pure maths
+
+
+def sdedit_start(guide: Tensor, noise: Tensor, level: float | Tensor, noise_form: str) -> Tensor:
+    """Seed 4.1.1: the guide noised to t0. VP: sqrt(ab) x_g + sqrt(1-ab) eps with level = ab_t0;
+    VE: x_g + sigma(t0) eps with level = sigma_t0 (the Euler scheduler's own state)."""
+    if noise_form == "vp":
+        return schedule.noise_to(guide, noise, level)
+    return guide + torch.as_tensor(level).to(guide) * noise
+
+
+def masked_guide(original: Tensor, guide: Tensor, mask: Tensor) -> Tensor:
+    """Seed 4.1.1 masked step 1: (1 - M) x_0 + M x_g, before noise is added."""
+    return (1 - mask) * original + mask * guide
+
+
+def two_branch(edited: Tensor, frozen: Tensor, mask: Tensor) -> Tensor:
+    """Seed 4.1.1 masked step 2: M (reverse update) + (1 - M) (x_0 re-noised to the current level)."""
+    return mask * edited + (1 - mask) * frozen
+
+
+def start_index(steps: int, strength: float) -> int:
+    """Where the run from t0 = strength starts in a `steps`-step schedule (diffusers img2img's convention)."""
+    return steps - round(strength * steps)
+
+
+def noise_levels(scheduler: Any, noise_form: str, start: int) -> list[Tensor]:
+    """The noise level of the state before each step from `start` on, and after the last one (clean):
+    alpha_bar (VP, DDIM) or sigma (VE, Euler) -- what `sdedit_start` takes."""
+    if noise_form == "vp":
+        alpha_bars = scheduler.alphas_cumprod[scheduler.timesteps[start:].long().cpu()]
+        return [*alpha_bars, torch.tensor(1.0)]
+    return list(scheduler.sigmas[start:].cpu())  # Euler's sigmas already end with 0
+
+
+def classifier_confidence(classifier: torch.nn.Module, latents: Tensor) -> Tensor:
+    """Realism score per image (B,) in [0, 1]: the noisy-latent classifier's mean confidence at t = 0 (its
+    background head and the colour and shape of every latent cell). A clean render of the shapes world scores
+    near 1; blurry strokes or shapes that are neither circle nor square score lower."""
+    logits = classifier(latents.float(), torch.zeros(1, dtype=torch.long, device=latents.device))
+    background = logits["background"].softmax(1).amax(1)  # (B,)
+    colour = logits["cell_colour"].softmax(1).amax(1).mean(dim=(1, 2))  # (B,)
+    shape = logits["cell_shape"].softmax(1).amax(1).mean(dim=(1, 2))  # (B,)
+    return ((background + colour + shape) / 3).cpu()
+
+
+def l2_to_guide(pixels: np.ndarray, guide: np.ndarray) -> np.ndarray:
+    """Per image (B,): root-mean-square distance to the guide of [0, 1] pixels (B, H, W, 3) vs (H, W, 3),
+    the SDEdit paper's faithfulness measure (an L2 distance, here per pixel so sizes compare)."""
+    return np.sqrt(((pixels - guide[None]) ** 2).mean(axis=(1, 2, 3)))
+
+
+class TwoBranchScheduler:
+    """A diffusers scheduler whose every step is followed by the seed's two-branch update (masked SDEdit):
+    frozen latents are replaced by `frozen[i]`, the original at the noise level step i reached.
+
+    Everything but `step` is the wrapped scheduler's, so the one sampling loop runs it unchanged."""
+
+    def __init__(self, inner: Any, mask: Tensor, frozen: list[Tensor]):
+        self.inner = inner
+        self.mask = mask  # (1, 1, h, w)
+        self.frozen = frozen  # one (B, C, h, w) per step
+        self.steps_done = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def step(self, model_output: Tensor, timestep: Tensor, sample: Tensor, eta: float = 0.0,
+             generator: torch.Generator | None = None, return_dict: bool = False) -> tuple[Tensor]:
+        extra = step_kwargs(self.inner, generator)
+        stepped = self.inner.step(model_output, timestep, sample, **extra, return_dict=False)[0]
+        blended = two_branch(stepped, self.frozen[self.steps_done], self.mask)
+        self.steps_done += 1
+        return (blended,)
+
+
+def to_images(pixels: np.ndarray) -> list[Image.Image]:
+    """(B, H, W, 3) float pixels in [0, 1] -> PIL images, rounded like the engine's."""
+    return [Image.fromarray(to_uint8(p)) for p in pixels]
+
+
+def result_strip(guide: Image.Image, images: list[Image.Image], strengths: tuple[float, ...], repeats: int,
+                 rows: list[dict[str, Any]]) -> Image.Image:
+    """One picture of the trade-off: the guide, then one column per t0 (low to high), one row per repeat,
+    each tile captioned with its L2 distance to the guide and realism."""
+    size = guide.width
+    caption = 24
+    order = sorted(range(len(strengths)), key=lambda s: strengths[s])
+    strip = Image.new("RGB", ((len(strengths) + 1) * size, repeats * (size + caption)), "white")
+    draw = ImageDraw.Draw(strip)
+    for k in range(repeats):
+        top = k * (size + caption)
+        strip.paste(guide, (0, top))
+        draw.text((4, top + size + 2), "guide", fill="black")
+        for column, s in enumerate(order, start=1):
+            index = s * repeats + k
+            strip.paste(images[index], (column * size, top))
+            row = rows[index]
+            realism = "" if row["realism"] is None else f" r {row['realism']:.2f}"
+            draw.text((column * size + 4, top + size + 2), f"t0 {row['t0']:.2f}", fill="black")
+            draw.text((column * size + 4, top + size + 12), f"L2 {row['l2_to_guide']:.3f}{realism}", fill="black")
+    return strip
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    guide: Image.Image
+    original: Image.Image
+    mask: np.ndarray | None  # (H, W) bool, editable
+    notes: list[str]
+
+
+def prepare_inputs(guide: Any, mask: np.ndarray | None, original: Any, size: int) -> _Inputs:
+    """Guide, mask and original checked against each other at their uploaded size, then brought to `size`
+    the same way (centre crop, resize). Raises InvalidInputError."""
+    if guide is None:
+        raise InvalidInputError("Paint a guide (strokes on the canvas) or upload an image first.")
+    guide_array = np.asarray(guide)
+    source_size = guide_array.shape[:2]
+    if original is not None and np.asarray(original).shape[:2] != source_size:
+        shape = np.asarray(original).shape
+        raise InvalidInputError(
+            f"The original image is {shape[1]}x{shape[0]} but the guide is {source_size[1]}x{source_size[0]}: "
+            "they must be the same picture."
+        )
+    prepared_guide = prepare_image(guide, size)
+    prepared_original = prepare_image(original, size) if original is not None else prepared_guide
+    prepared_mask = None
+    if mask is not None:
+        checked = masks.check_mask(mask, source_size)
+        resized = prepare_image(checked.astype(np.uint8) * 255, size).image
+        prepared_mask = masks.check_mask(np.asarray(resized)[..., 0] > 127, (size, size), "mask at the model's size")
+    notes = [f"guide: {prepared_guide.note}"]
+    return _Inputs(prepared_guide.image, prepared_original.image, prepared_mask, notes)
+
+
+def sdedit(engine: Any, spec: SDEditSpec, guide: Any, mask: np.ndarray | None = None, original: Any = None,
+           cancel: CancelToken | None = None) -> Iterator[Event]:
+    """Check the inputs (raising InvalidInputError before any model work), then queue the job on the engine."""
+    # 1. check inputs
+    spec.validate()
+    tokens = engine.tokenize(spec.prompt, "Prompt")
+    inputs = prepare_inputs(guide, mask, original, engine.native_size)
+    seed = spec.seed if spec.seed is not None else secrets.randbelow(int(specs.SEED.high) - REPEATS.high)
+    total = sum(round(s * spec.steps) for s in spec.strengths)
+    job = _sdedit(engine, spec, inputs, tokens, seed, total, cancel)
+    return engine.exclusive(job, total, cancel, f"{len(spec.strengths)} t0 values x {spec.repeats} repeats")
+
+
+@torch.no_grad()
+def _sdedit(engine: Any, spec: SDEditSpec, inputs: _Inputs, tokens: Any, seed: int, total: int,
+            cancel: CancelToken | None) -> Iterator[Event]:
+    started = time.perf_counter()
+    model = engine.model
+
+    # 2. encode the guide, the original and the prompt (no prompt: the unconditional prediction alone)
+    guide_latents = encode_image(model.vae, inputs.guide).to(model.dtype)  # (1, C, h, w)
+    original_latents = encode_image(model.vae, inputs.original).to(model.dtype)
+    prompt = engine.encode_prompt(tokens)
+    scale = spec.guidance_scale if spec.prompt.strip() else 1.0
+    guider = ClassifierFreeGuidance(cond=prompt, uncond=engine.encode_negative_prompt(engine.tokenize("")), scale=scale)
+    latent_size = tuple(guide_latents.shape[2:])
+    latent_mask = None
+    if inputs.mask is not None:
+        latent_mask = masks.to_latent_mask(inputs.mask, latent_size, engine.device, model.dtype)
+        start_latents = masked_guide(original_latents, guide_latents, latent_mask)
+    else:
+        start_latents = guide_latents
+
+    # 3. one noise per repeat, seeded on the CPU like generation (repeat k = seed + k)
+    generators = [torch.Generator("cpu").manual_seed(seed + k) for k in range(spec.repeats)]
+    noise = randn_tensor((spec.repeats, *guide_latents.shape[1:]), generator=generators, device=engine.device,
+                         dtype=model.dtype)  # (K, C, h, w)
+
+    # 4. one run of the sampling loop per t0, the K repeats batched
+    results: list[Tensor] = []
+    unet_evaluations = 0
+    done = 0
+    for strength in spec.strengths:
+        scheduler = make_scheduler(NOISE_FORMS[spec.noise_form], model.scheduler_config)
+        scheduler.set_timesteps(spec.steps, device=engine.device)
+        start = start_index(spec.steps, strength)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)  # Euler keeps its own step index into sigmas
+        timesteps = scheduler.timesteps[start:]
+        levels = noise_levels(scheduler, spec.noise_form, start)
+        x = sdedit_start(start_latents, noise, levels[0], spec.noise_form)  # (K, C, h, w)
+        stepper: Any = scheduler
+        if latent_mask is not None:
+            # after step i the state is at levels[i + 1]; the last level is clean: the original itself
+            frozen = [sdedit_start(original_latents, noise, level, spec.noise_form) for level in levels[1:-1]]
+            stepper = TwoBranchScheduler(scheduler, latent_mask, [*frozen, original_latents.expand_as(x)])
+        denoiser = Denoiser(model, scheduler.alphas_cumprod)
+        for state in sample_steps(denoiser, guider, stepper, timesteps, x, cancel, generators[0]):
+            x = state["x"]
+            done += 1
+            yield Progress(done, total, f"t0 {strength:g}: step {state['i'] + 1} / {len(timesteps)}")
+            if (state["i"] + 1) % spec.preview_every == 0 and state["i"] + 1 < len(timesteps):
+                yield Preview(done, to_images(decode_latents(model.vae, state["denoised"])))
+        results.append(x)
+        unet_evaluations += denoiser.unet_evaluations
+    latents = torch.cat(results)  # (S * K, C, h, w)
+    sampled = time.perf_counter()
+
+    # 5. decode; masked runs may paste the original pixels back outside the painted mask
+    pixels = decode_latents(model.vae, latents)  # (S * K, H, W, 3) in [0, 1]
+    if inputs.mask is not None and spec.composite:
+        original_pixels = np.asarray(inputs.original, dtype=np.float32) / 255
+        pixels = np.stack([masks.composite(p, original_pixels, inputs.mask) for p in pixels])
+    images = to_images(pixels)
+
+    # 6. faithfulness and realism of every result
+    distances = l2_to_guide(pixels, np.asarray(inputs.guide, dtype=np.float32) / 255)
+    realism = classifier_confidence(model.classifier, latents).tolist() if model.classifier is not None else None
+    rows = []
+    for s, strength in enumerate(spec.strengths):
+        for k in range(spec.repeats):
+            index = s * spec.repeats + k
+            rows.append({
+                "t0": strength, "repeat": k, "seed": seed + k, "l2_to_guide": float(distances[index]),
+                "realism": None if realism is None else float(realism[index]),
+            })
+    strip = result_strip(inputs.guide, images, spec.strengths, spec.repeats, rows)
+    finished = time.perf_counter()
+
+    timings = {"sampling": sampled - started, "decode": finished - sampled, "total": finished - started}
+    settings = {
+        "model": engine.model_name,
+        "method": "sdedit",
+        **asdict(spec),
+        "seed": seed,
+        "masked": inputs.mask is not None,
+        "guidance_scale_used": scale,
+        "inputs": inputs.notes,
+        "results": rows,
+        "timings": timings,
+        "unet_evaluations": unet_evaluations,
+    }
+    yield SDEditResult(images, settings, timings, unet_evaluations, pixels, strip=strip, rows=rows,
+                       latents=latents, original_latents=original_latents, latent_mask=latent_mask)
