@@ -27,7 +27,9 @@ from studio.attention.maps import combined_maps, per_resolution_maps
 from studio.attention.processors import AttentionStore, capture_cross_attention
 from studio.conditioning import Cond, Tokens, encode, tokenize, zeroed
 from studio.denoiser import Denoiser
+from studio.editing.diffedit import DiffEditSpec, diffedit, diffedit_mask
 from studio.editing.p2p import P2PSpec, prompt_to_prompt
+from studio.editing.sdedit import SDEditSpec, sdedit
 from studio.errors import DeviceOutOfMemoryError, InvalidInputError, UnknownWordError
 from studio.events import AttentionMaps, CancelToken, Event, Preview, Progress, Result
 from studio.guidance import (
@@ -118,6 +120,21 @@ class Engine:
     def p2p(self, spec: P2PSpec, inversion: object | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
         """Prompt-to-Prompt edit of a generated image, or of `inversion` (studio.editing.p2p)."""
         return prompt_to_prompt(self, spec, inversion, cancel)
+
+    def sdedit(self, spec: SDEditSpec, guide: object, mask: np.ndarray | None = None, original: object = None,
+               cancel: CancelToken | None = None) -> Iterator[Event]:
+        """SDEdit of a stroke drawing or image, masked when `mask` is given (studio.editing.sdedit)."""
+        return sdedit(self, spec, guide, mask, original, cancel)
+
+    def diffedit_mask(self, spec: DiffEditSpec, image: object = None, inversion: object | None = None,
+                      cancel: CancelToken | None = None) -> Iterator[Event]:
+        """DiffEdit Stage I: the edit mask, streamed as it accumulates (studio.editing.diffedit)."""
+        return diffedit_mask(self, spec, image, inversion, cancel)
+
+    def diffedit(self, spec: DiffEditSpec, image: object = None, mask: np.ndarray | None = None,
+                 inversion: object | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
+        """DiffEdit: Stage II with `mask`, or Stages I and II without (studio.editing.diffedit)."""
+        return diffedit(self, spec, image, mask, inversion, cancel)
 
     def generate(self, spec: GenerateSpec, cancel: CancelToken | None = None) -> Iterator[Event]:
         """Text to image. Bad input raises InvalidInputError here, before any model work;

@@ -1,0 +1,359 @@
+"""DiffEdit (Couairon et al. 2023; seed section 4.3): find where a source and a target prompt disagree, then
+regenerate only there under the target prompt.
+
+    for event in engine.diffedit_mask(spec, image):   # Stage I: Mask events as the probes accumulate
+        ...
+    events = engine.diffedit(spec, image, mask=touched_up)   # Stage II (Stage I first when mask is None)
+
+Stage I (seed 4.3.2): at probe timesteps t in (0, strength_mask * T], the image's latents noised with a few
+noise samples, x_t = sqrt(ab) x_0 + sqrt(1-ab) eps, go through the UNet under [uncond, source, target] in
+ONE batched call; the CFG predictions of source and target are compared, as eps or as x0 (selectable), by
+the L2 norm over latent channels, averaged over noise samples and summed over probes. The map is divided by
+its maximum, upsampled to image size, thresholded at tau and cleaned by open/close (studio.editing.masks).
+
+Stage II (seed 4.3.3): the masked DDIM step under the target prompt from t_edit,
+    x0_mix = (1 - M) x_0 + M x0_hat,   x_prev = sqrt(ab_prev) x0_mix + sqrt(1 - ab_prev) eps_hat,
+taken by `MaskedDDIM`, a scheduler for the one sampling loop. Its last step goes to ab = 1, so the latents
+off the mask end exactly equal to the image's. It starts from the DDIM inversion of the image under the
+source prompt (studio.inversion, the default) or from the image noised to t_edit.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from torch import Tensor
+
+from studio import schedule, specs
+from studio.denoiser import Denoiser
+from studio.editing import masks
+from studio.editing.sdedit import start_index, to_images
+from studio.errors import CancelledError, InvalidInputError
+from studio.events import CancelToken, Event, Mask, Preview, Progress, Result
+from studio.guidance import ClassifierFreeGuidance, cfg
+from studio.images import encode_image, prepare_image
+from studio.models import decode_latents
+from studio.sampling import make_scheduler, sample_steps
+
+DEVIATIONS = ("eps", "x0")  # what Stage I compares (seed 4.3.2: D_eps or D_x0)
+STARTS = ("inversion", "noise")  # where Stage II starts from
+THRESHOLD = specs.Range(0.0, 1.0, 0.01, "Mask threshold")
+STRENGTH = specs.Range(0.05, 1.0, 0.05, "Strength")
+PROBES = specs.Range(1, 10, 1, "Probe timesteps")
+NOISE_SAMPLES = specs.Range(1, 16, 1, "Noise samples per probe")
+CLEAN = specs.Range(0, 31, 1, "Open/close kernel (pixels)")
+
+
+@dataclass(frozen=True)
+class DiffEditSpec:
+    source_prompt: str
+    target_prompt: str
+    steps: int = 25
+    guidance_scale: float = 5.0
+    # Stage I (defaults as diffusers' generate_mask: strength 0.5, 10 noise maps, threshold 0.5)
+    mask_strength: float = 0.5  # probes at timesteps up to this fraction of T
+    probes: int = 2
+    noise_samples: int = 5
+    deviation: str = "eps"
+    threshold: float = 0.5
+    clean_pixels: int = 9  # open/close kernel; about one latent cell on SD-style VAEs (8 px)
+    # Stage II
+    edit_strength: float = 0.8  # t_edit / T (diffusers' inpaint_strength)
+    start: str = "inversion"
+    composite: bool = False  # original pixels outside the mask after decoding (see masks.composite)
+    seed: int | None = None
+    preview_every: int = 5
+
+    def validate(self) -> None:
+        specs.STEPS.check("steps", self.steps)
+        specs.GUIDANCE.check("guidance_scale", self.guidance_scale)
+        STRENGTH.check("mask_strength", self.mask_strength)
+        STRENGTH.check("edit_strength", self.edit_strength)
+        PROBES.check("probes", self.probes)
+        NOISE_SAMPLES.check("noise_samples", self.noise_samples)
+        THRESHOLD.check("threshold", self.threshold)
+        CLEAN.check("clean_pixels", self.clean_pixels)
+        if self.deviation not in DEVIATIONS:
+            raise InvalidInputError(f"Deviation must be one of {', '.join(DEVIATIONS)}, got {self.deviation!r}.")
+        if self.start not in STARTS:
+            raise InvalidInputError(f"Start must be one of {', '.join(STARTS)}, got {self.start!r}.")
+        if self.seed is not None:
+            specs.SEED.check("seed", self.seed)
+        if round(self.edit_strength * self.steps) < 1:
+            raise InvalidInputError(f"Strength {self.edit_strength:g} with {self.steps} steps leaves no step: raise either.")
+        if " ".join(self.source_prompt.split()).lower() == " ".join(self.target_prompt.split()).lower():
+            raise InvalidInputError(
+                "The target prompt is the same as the source prompt: the two predictions agree everywhere, so the "
+                "mask would be empty. Change the words for what should change (e.g. 'red' -> 'green')."
+            )
+
+
+@dataclass(frozen=True)
+class MaskResult(Result):
+    """Stage I's outcome: images = [the image with the mask overlaid]."""
+
+    soft: np.ndarray | None = None  # (H, W) float32 in [0, 1], the normalised deviation map
+    binary: np.ndarray | None = None  # (H, W) bool, thresholded and cleaned
+
+
+@dataclass(frozen=True)
+class DiffEditResult(Result):
+    """Stage II's outcome: images = [edited]."""
+
+    mask: np.ndarray | None = None  # (H, W) bool pixel mask used
+    soft: np.ndarray | None = None  # Stage I's soft map when Stage I ran here
+    latents: Tensor | None = None  # (1, C, h, w) final latents
+    original_latents: Tensor | None = None  # (1, C, h, w)
+    latent_mask: Tensor | None = None  # (1, 1, h, w), 1 = editable
+
+
+# --------------------------------------------------------------------------------------------
+# Pure maths
+
+
+def probe_timesteps(strength: float, probes: int, num_train_timesteps: int) -> list[int]:
+    """`probes` timesteps evenly spread over (0, strength * T], the highest first (seed 4.3.2's set T)."""
+    top = strength * num_train_timesteps
+    return [max(0, round(top * k / probes) - 1) for k in range(probes, 0, -1)]
+
+
+def deviation_map(source: Tensor, target: Tensor) -> Tensor:
+    """Seed 4.3.2: D = ||target - source||_2 over latent channels, (B, C, h, w) -> (B, h, w)."""
+    return (target - source).float().norm(dim=1)
+
+
+def normalise(deviation: Tensor) -> np.ndarray:
+    """Seed 4.3.2's Normalize: the aggregated map (h, w) divided by its maximum, into [0, 1]."""
+    peak = deviation.max()
+    return (deviation / peak if peak > 0 else deviation).cpu().numpy().astype(np.float32)
+
+
+def upsample(soft: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) latent-resolution map -> (H, W), bilinear: the thresholded border follows the map between cells
+    instead of the 8-pixel staircase of the latent grid."""
+    return cv2.resize(soft, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def binary_mask(soft: np.ndarray, threshold: float, clean_pixels: int) -> np.ndarray:
+    """Seed 4.3.2: M = Normalize(D_agg) > tau, then open/close. (H, W) float -> (H, W) bool."""
+    return masks.clean_mask(soft > threshold, clean_pixels)
+
+
+def masked_ddim_step(x0_predicted: Tensor, eps_predicted: Tensor, x0_original: Tensor, mask: Tensor,
+                     alpha_bar_prev: float | Tensor) -> Tensor:
+    """Seed 4.3.3 (DDIM, eta = 0): x_prev = sqrt(ab_prev) ((1-M) x_0 + M x0_hat) + sqrt(1-ab_prev) eps_hat."""
+    mixed = (1 - mask) * x0_original + mask * x0_predicted
+    return schedule.noise_to(mixed, eps_predicted, alpha_bar_prev)
+
+
+class MaskedDDIM:
+    """The seed's masked DDIM update as a scheduler for studio.sampling.sample_steps.
+
+    x0_hat and eps_hat come from the model output through schedule.to_x0 / to_eps (finite for v-prediction at
+    zero terminal SNR). Step i goes to the alpha_bar of timesteps[i + 1], and the last one to ab = 1: the
+    clean image, so off the mask the result is the original latents exactly."""
+
+    init_noise_sigma = 1.0
+
+    def __init__(self, timesteps: Tensor, alphas_cumprod: Tensor, prediction_type: str, mask: Tensor,
+                 original: Tensor):
+        self.timesteps = timesteps
+        self.alphas_cumprod = alphas_cumprod
+        self.prediction_type = prediction_type
+        self.mask = mask  # (1, 1, h, w)
+        self.original = original  # (1, C, h, w)
+        self.steps_done = 0
+
+    def scale_model_input(self, sample: Tensor, timestep: Tensor) -> Tensor:
+        return sample  # VP state: the UNet takes it as it is
+
+    def alpha_bar(self, timestep: Tensor) -> Tensor:
+        return self.alphas_cumprod[int(timestep)]
+
+    def step(self, model_output: Tensor, timestep: Tensor, sample: Tensor, eta: float = 0.0,
+             return_dict: bool = False) -> tuple[Tensor]:
+        alpha_bar = self.alpha_bar(timestep)
+        following = self.steps_done + 1
+        alpha_bar_prev = self.alpha_bar(self.timesteps[following]) if following < len(self.timesteps) else 1.0
+        x0 = schedule.to_x0(model_output, sample, alpha_bar, self.prediction_type)
+        eps = schedule.to_eps(model_output, sample, alpha_bar, self.prediction_type)
+        self.steps_done = following
+        return (masked_ddim_step(x0, eps, self.original, self.mask, alpha_bar_prev),)
+
+
+def overlay(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (255, 0, 255)) -> Image.Image:
+    """The image with the mask tinted (half-transparent), for the live preview."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    tinted = np.where(mask[..., None], 0.5 * pixels + 0.5 * np.array(colour, np.float32), pixels)
+    return Image.fromarray(tinted.round().astype(np.uint8))
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs
+
+
+def _check_prompts(engine: Any, spec: DiffEditSpec) -> tuple[Any, Any]:
+    spec.validate()
+    return engine.tokenize(spec.source_prompt, "Source prompt"), engine.tokenize(spec.target_prompt, "Target prompt")
+
+
+def _seed(spec: DiffEditSpec) -> int:
+    return spec.seed if spec.seed is not None else secrets.randbelow(int(specs.SEED.high) + 1)
+
+
+def _image_of(image: Any, inversion: Any, size: int) -> Image.Image:
+    if image is None and inversion is None:
+        raise InvalidInputError("Upload an image to edit (or run an inversion first).")
+    if image is None:
+        image = inversion.image
+    return prepare_image(image, size).image
+
+
+def diffedit_mask(engine: Any, spec: DiffEditSpec, image: Any = None, inversion: Any = None,
+                  cancel: CancelToken | None = None) -> Iterator[Event]:
+    """Stage I alone: Mask events after every probe, then a MaskResult. Raises InvalidInputError first."""
+    tokens = _check_prompts(engine, spec)
+    prepared = _image_of(image, inversion, engine.native_size)
+    seed = _seed(spec)
+    job = _stage_one(engine, spec, prepared, tokens, seed, cancel, finish=True)
+    return engine.exclusive(job, spec.probes, cancel, f"{spec.noise_samples} noise samples per probe")
+
+
+def diffedit(engine: Any, spec: DiffEditSpec, image: Any = None, mask: np.ndarray | None = None,
+             inversion: Any = None, cancel: CancelToken | None = None) -> Iterator[Event]:
+    """Stage II with `mask` ((H, W) bool at the image's size, True = edit), or Stages I and II when mask is None.
+    `inversion` (a studio.inversion.Inversion) supplies the image and its DDIM inversion when given."""
+    tokens = _check_prompts(engine, spec)
+    source = image if image is not None else (inversion.image if inversion is not None else None)
+    prepared = _image_of(image, inversion, engine.native_size)
+    if mask is not None:
+        checked = masks.check_mask(mask, np.asarray(source).shape[:2])
+        resized = np.asarray(prepare_image(checked.astype(np.uint8) * 255, engine.native_size).image)[..., 0] > 127
+        mask = masks.check_mask(resized, resized.shape, "mask at the model's size")
+    seed = _seed(spec)
+    total = round(spec.edit_strength * spec.steps) + (spec.probes if mask is None else 0)
+    job = _diffedit(engine, spec, prepared, mask, inversion, tokens, seed, cancel)
+    return engine.exclusive(job, total, cancel, "one image")
+
+
+@torch.no_grad()
+def _stage_one(engine: Any, spec: DiffEditSpec, image: Image.Image, tokens: tuple[Any, Any], seed: int,
+               cancel: CancelToken | None, finish: bool) -> Iterator[Event]:
+    """Stage I; yields Mask events (and a MaskResult when `finish`), returns (soft, binary)."""
+    started = time.perf_counter()
+    model = engine.model
+    # 1. the image, the prompts, and the scheduler's alpha_bar table
+    latents = encode_image(model.vae, image).to(model.dtype)  # (1, C, h, w)
+    source, target = (engine.encode_prompt(t) for t in tokens)
+    uncond = engine.encode_negative_prompt(engine.tokenize(""))
+    scheduler = make_scheduler("ddim", model.scheduler_config)
+    denoiser = Denoiser(model, scheduler.alphas_cumprod)
+    size = (image.height, image.width)
+    generator = torch.Generator("cpu").manual_seed(seed)
+
+    # 2. probes: the same noisy states under source and target, all noise samples in one UNet call
+    total = torch.zeros(latents.shape[2:], device=engine.device)  # (h, w)
+    timesteps = probe_timesteps(spec.mask_strength, spec.probes, len(scheduler.alphas_cumprod))
+    soft = binary = None
+    for done, t in enumerate(timesteps, start=1):
+        if cancel is not None and cancel.cancelled:
+            raise CancelledError(f"Cancelled after {done - 1} of {len(timesteps)} probes.")
+        alpha_bar = scheduler.alphas_cumprod[t]
+        noise = randn_tensor((spec.noise_samples, *latents.shape[1:]), generator=generator, device=engine.device,
+                             dtype=model.dtype)  # (S, C, h, w)
+        x_t = schedule.noise_to(latents, noise, alpha_bar)
+        timestep = torch.tensor(t, device=engine.device)
+        uncond_out, source_out, target_out = denoiser.predict(x_t, timestep, [uncond, source, target])
+        guided = [cfg(uncond_out, out, spec.guidance_scale) for out in (source_out, target_out)]
+        convert = schedule.to_eps if spec.deviation == "eps" else schedule.to_x0
+        source_pred, target_pred = (convert(g, x_t, alpha_bar, model.prediction_type) for g in guided)
+        total += deviation_map(source_pred, target_pred).mean(0)  # mean over noise samples
+        soft = upsample(normalise(total), size)
+        binary = binary_mask(soft, spec.threshold, spec.clean_pixels)
+        yield Progress(done, len(timesteps), f"Mask: probe {done} / {len(timesteps)} (t = {t})")
+        yield Mask(done, len(timesteps), soft, label="DiffEdit mask", binary=binary)
+    if finish:
+        seconds = time.perf_counter() - started
+        settings = {"model": engine.model_name, "method": "diffedit mask", **asdict(spec), "seed": seed,
+                    "probe_timesteps": timesteps, "mask_fraction": float(binary.mean())}
+        yield MaskResult([overlay(image, binary)], settings, {"total": seconds}, denoiser.unet_evaluations,
+                         soft=soft, binary=binary)
+    return soft, binary
+
+
+@torch.no_grad()
+def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndarray | None, inversion: Any,
+              tokens: tuple[Any, Any], seed: int, cancel: CancelToken | None) -> Iterator[Event]:
+    started = time.perf_counter()
+    model = engine.model
+    soft = None
+    unet_evaluations = 0
+    # 1. Stage I when no mask was given
+    if mask is None:
+        soft, mask = yield from _stage_one(engine, spec, image, tokens, seed, cancel, finish=False)
+        unet_evaluations += spec.probes
+        if not mask.any():
+            raise InvalidInputError(
+                f"No pixel's deviation is above the threshold {spec.threshold:g}: lower the threshold, or make the "
+                "target prompt differ from the source in what should change."
+            )
+    masks.check_mask(mask, (image.height, image.width))
+    masked = time.perf_counter()
+
+    # 2. encode the image and the prompts; the latent mask
+    original = encode_image(model.vae, image).to(model.dtype)  # (1, C, h, w)
+    source, target = (engine.encode_prompt(t) for t in tokens)
+    uncond = engine.encode_negative_prompt(engine.tokenize(""))
+    latent_mask = masks.to_latent_mask(mask, tuple(original.shape[2:]), engine.device, model.dtype)
+
+    # 3. timesteps from t_edit and the start state: the DDIM inversion of the image, or the image noised
+    scheduler = make_scheduler("ddim", model.scheduler_config)
+    scheduler.set_timesteps(spec.steps, device=engine.device)
+    timesteps = scheduler.timesteps[start_index(spec.steps, spec.edit_strength):]
+    x = yield from _start_state(engine, spec, original, source, uncond, timesteps, scheduler, inversion, seed, cancel)
+    inverted = time.perf_counter()
+
+    # 4. Stage II: masked DDIM under the target prompt, through the one sampling loop
+    denoiser = Denoiser(model, scheduler.alphas_cumprod)
+    guider = ClassifierFreeGuidance(cond=target, uncond=uncond, scale=spec.guidance_scale)
+    stepper = MaskedDDIM(timesteps, scheduler.alphas_cumprod, model.prediction_type, latent_mask, original)
+    offset = spec.probes if soft is not None else 0
+    for state in sample_steps(denoiser, guider, stepper, timesteps, x, cancel):
+        x = state["x"]
+        done = state["i"] + 1
+        yield Progress(offset + done, offset + len(timesteps), f"Edit: step {done} / {len(timesteps)}")
+        if done % spec.preview_every == 0 and done < len(timesteps):
+            yield Preview(offset + done, to_images(decode_latents(model.vae, state["denoised"])))
+    unet_evaluations += denoiser.unet_evaluations
+    sampled = time.perf_counter()
+
+    # 5. decode (optionally pasting the original pixels back outside the mask)
+    pixels = decode_latents(model.vae, x)  # (1, H, W, 3)
+    if spec.composite:
+        pixels = masks.composite(pixels[0], np.asarray(image, dtype=np.float32) / 255, mask)[None]
+    finished = time.perf_counter()
+    timings = {"mask": masked - started, "start": inverted - masked, "edit": sampled - inverted,
+               "decode": finished - sampled, "total": finished - started}
+    settings = {"model": engine.model_name, "method": "diffedit", **asdict(spec), "seed": seed,
+                "mask_fraction": float(mask.mean()), "mask_from": "Stage I" if soft is not None else "given",
+                "timings": timings, "unet_evaluations": unet_evaluations}
+    yield DiffEditResult(to_images(pixels), settings, timings, unet_evaluations, pixels, mask=mask, soft=soft,
+                         latents=x, original_latents=original, latent_mask=latent_mask)
+
+
+def _start_state(engine: Any, spec: DiffEditSpec, original: Tensor, source: Any, uncond: Any, timesteps: Tensor,
+                 scheduler: Any, inversion: Any, seed: int, cancel: CancelToken | None) -> Iterator[Event]:
+    """Stage II's x_{t_edit}: the image noised to t_edit (start="noise")."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noise = randn_tensor(original.shape, generator=generator, device=engine.device, dtype=original.dtype)
+    return schedule.noise_to(original, noise, scheduler.alphas_cumprod[int(timesteps[0])])
+    yield  # a generator, like the inversion start it stands beside
