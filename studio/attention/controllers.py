@@ -311,7 +311,8 @@ def local_blend_mask(word_maps: Tensor, threshold: float) -> tuple[Tensor, Tenso
 
 
 def blend_latents(x: Tensor, mask: Tensor, source: int = 0, target: int = 1) -> Tensor:
-    """x (B, C, h, w): the target image keeps the source's latents outside the mask (h, w)."""
+    """x (B, C, h, w): the target image keeps the source's latents outside the bool mask (h, w), exactly
+    (P2P's x_s + m (x_t - x_s) with a binary m, without its rounding)."""
     blended = x.clone()
-    blended[target] = x[source] + mask.to(x) * (x[target] - x[source])
+    blended[target] = torch.where(mask.to(x.device), x[target], x[source])
     return blended
