@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.ui import generate
+from studio.ui import generate, p2p
 
 TITLE = "Diffusion Control Studio"
 QUEUE_MAX_SIZE = 16  # jobs waiting beyond this are refused with "queue full" instead of piling up
@@ -28,6 +28,8 @@ def build_app(engine: Any) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 generate.build_generate_tab(engine)
+            with gr.Tab("Prompt-to-Prompt", id="p2p"):
+                p2p.build_p2p_tab(engine)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
     return demo
 

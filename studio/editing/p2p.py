@@ -129,6 +129,7 @@ class EditAttentionMaps:
     step: int
     source: AttentionMaps
     target: AttentionMaps
+    aligned: list[str]  # per target word, the source word whose attention it takes ("" for a new word)
 
 
 @dataclass(frozen=True)
@@ -363,7 +364,8 @@ def _maps_event(step: int, controller: PromptToPromptController, prepared: Prepa
         means = store.means()
         return AttentionMaps(step, tokens.words, combined_maps(means, tokens.word_tokens))
 
-    return EditAttentionMaps(step, maps(controller.source_store, prepared.source), maps(controller.target_store, prepared.target))
+    return EditAttentionMaps(step, maps(controller.source_store, prepared.source), maps(controller.target_store, prepared.target),
+                             [source_word for _, source_word, _ in prepared.table()])
 
 
 def _to_image_size(latent_mask: Tensor, size: int) -> np.ndarray:

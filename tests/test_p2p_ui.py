@@ -1,0 +1,41 @@
+"""The Prompt-to-Prompt tab through its API (gradio_client, launched app, tiny random model) and its
+pure pieces. Protects: /p2p returns the source and edited images and the settings; bad input reaches
+the caller as the gr.Error text; the token table's weights become re-weights."""
+
+from __future__ import annotations
+
+import pytest
+from app_harness import launched_app
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from studio.ui import p2p
+
+SOURCE, TARGET = "a big red circle on a blue background", "a big red square on a blue background"
+
+
+@pytest.fixture(scope="module")
+def client(tiny_engine, tmp_path_factory):
+    with launched_app(tiny_engine, tmp_path_factory.mktemp("gradio")) as url:
+        yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+
+
+def test_p2p_endpoint_returns_source_and_edit_with_settings(client):
+    images, status, mask, settings = client.predict(
+        api_name="/p2p", source=SOURCE, target=TARGET, edit_type="word swap", seed_value=2, steps_value=3,
+        words="circle, square", b_start=0.0,
+    )
+    assert [item["caption"] for item in images] == ["source", "edited"]
+    assert settings["target_prompt"] == TARGET and settings["blend_words"] == ["circle", "square"]
+    assert mask is not None
+
+
+def test_p2p_bad_input_is_a_clear_error(client):
+    with pytest.raises(AppError, match="not a word of the target prompt"):
+        client.predict(api_name="/p2p", source=SOURCE, target=TARGET, edit_type="word swap", seed_value=2,
+                       steps_value=3, tokens={"headers": list(p2p.TOKEN_COLUMNS), "data": [["green", "", 2.0]]})
+
+
+def test_token_table_weights_become_reweights_beside_the_prompt_syntax():
+    table = [["a", "a", 1.0], ["big", "big", 2.0], ["red", "red", 3.0], ["circle", "circle", 1.0]]
+    assert p2p.reweights_from_table(table, "a big (red:3) circle") == (("big", 2.0),)
