@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.ui import generate, p2p
+from studio.ui import diffedit, generate, p2p, sdedit
 
 TITLE = "Diffusion Control Studio"
 QUEUE_MAX_SIZE = 16  # jobs waiting beyond this are refused with "queue full" instead of piling up
@@ -30,6 +30,10 @@ def build_app(engine: Any) -> gr.Blocks:
                 generate.build_generate_tab(engine)
             with gr.Tab("Prompt-to-Prompt", id="p2p"):
                 p2p.build_p2p_tab(engine)
+            with gr.Tab("SDEdit", id="sdedit"):
+                sdedit.build_sdedit_tab(engine)
+            with gr.Tab("DiffEdit", id="diffedit"):
+                diffedit.build_diffedit_tab(engine, inversion_state=None)  # the Inversion tab's gr.State once it exists
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
     return demo
 

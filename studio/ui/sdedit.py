@@ -1,0 +1,239 @@
+"""The SDEdit tab: paint strokes (on a blank canvas or an image), optionally paint the editable region on the
+"mask" layer, and get a strip of results over several t0 (faithfulness to the strokes vs realism).
+
+The canvas is a gr.ImageEditor with two fixed layers: "strokes" (the guide's paint) and "mask" (where the
+image may change; leave it empty for unmasked SDEdit). The guide is the background with the strokes layer
+on top -- never the mask paint; the original (frozen pixels) is the background. Endpoint ``/sdedit`` streams
+progress and ends with the strip, the images, a table of L2-to-guide and realism per image, and the settings.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from studio import specs
+from studio.editing import masks
+from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditSpec, SDEditResult
+from studio.errors import CancelledError, InvalidInputError, StudioError
+from studio.events import Preview, Progress
+from studio.shapes.vocabulary import COLOURS
+from studio.ui.generate import _Jobs, _progress_html, _session
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = SDEditSpec()
+BRUSH_COLOURS = ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in COLOURS.values()]  # the shapes world's palette
+TABLE_COLUMNS = ["t0", "repeat", "seed", "L2 to guide", "realism"]
+STROKES, MASK = 0, 1  # layer order in the editor
+
+
+def parse_strengths(text: str) -> tuple[float, ...]:
+    """'0.3, 0.5 0.7' -> (0.3, 0.5, 0.7); the engine checks the range."""
+    parts = [p for p in str(text or "").replace(",", " ").split() if p]
+    if not parts:
+        raise InvalidInputError("Enter at least one t0 between 0.05 and 1, e.g. 0.3, 0.5, 0.7.")
+    try:
+        return tuple(float(p) for p in parts)
+    except ValueError as error:
+        raise InvalidInputError(f"t0 values must be numbers separated by commas, got {text!r}.") from error
+
+
+def _layer(layers: list, index: int) -> np.ndarray | None:
+    return np.asarray(layers[index]) if len(layers) > index and layers[index] is not None else None
+
+
+def _is_blank(image: np.ndarray | None) -> bool:
+    if image is None:
+        return True
+    if image.ndim == 3 and image.shape[2] == 4 and not image[..., 3].any():
+        return True
+    return bool(np.ptp(image[..., :3]) == 0)
+
+
+def canvas_inputs(value: dict | None, size: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(guide RGB, editable mask or None, original RGB or None) from an ImageEditor value.
+    Raises InvalidInputError for a blank canvas."""
+    value = value or {}
+    layers = list(value.get("layers") or [])
+    background = value.get("background")
+    background = None if background is None else np.asarray(background)
+    strokes, mask_layer = _layer(layers, STROKES), _layer(layers, MASK)
+    stroke_pixels = masks.painted_mask(strokes)
+    if _is_blank(background) and not stroke_pixels.any():
+        raise InvalidInputError("The canvas is blank: paint some strokes (or upload an image) first.")
+    if background is None:
+        shape = strokes.shape[:2] if strokes is not None else (size, size)
+        background = np.full((*shape, 3), 255, np.uint8)
+    base = background[..., :3].astype(np.float32)
+    if background.ndim == 3 and background.shape[2] == 4:  # transparent canvas: white underneath
+        alpha = background[..., 3:4].astype(np.float32) / 255
+        base = base * alpha + 255 * (1 - alpha)
+    guide = base
+    if stroke_pixels.any():
+        if strokes.shape[:2] != base.shape[:2]:
+            raise InvalidInputError(
+                f"The strokes layer is {strokes.shape[1]}x{strokes.shape[0]} but the image is "
+                f"{base.shape[1]}x{base.shape[0]}: clear the canvas and paint again."
+            )
+        alpha = strokes[..., 3:4].astype(np.float32) / 255
+        guide = strokes[..., :3].astype(np.float32) * alpha + base * (1 - alpha)
+    mask = masks.painted_mask(mask_layer)
+    original = None if _is_blank(background) else base.round().astype(np.uint8)
+    return guide.round().astype(np.uint8), (mask if mask.any() else None), original
+
+
+def stream_events(events: Iterator, job: Any, finish: Callable[[], None], width: int,
+                  render: Callable[[Any, int], tuple | None], what: str) -> Iterator[tuple]:
+    """Run an engine job for a handler with `width` outputs, the first being the status HTML: Progress events
+    update the status, `render(event, total)` turns any other event into outputs (None: nothing to show).
+    Stop (GeneratorExit or the token) and errors end the job cleanly; StudioError becomes gr.Error."""
+    skip = gr.skip()
+    rest = (skip,) * (width - 1)
+    step = total = 0
+    try:
+        yield (_progress_html(0, 1, "Starting…"), *rest)
+        for event in events:
+            if isinstance(event, Progress):
+                step, total = event.step, event.total
+                job.step, job.total = step, total  # for Stop's message
+                yield (_progress_html(step, total, event.message or f"Step {step} / {total}"), *rest)
+            elif (outputs := render(event, total)) is not None:
+                yield outputs
+    except CancelledError as error:
+        yield (_progress_html(step, total, f"Stopped: {error}", "stopped"), *rest)
+    except StudioError as error:
+        yield (_progress_html(step, total, str(error), "failed"), *rest)
+        raise gr.Error(str(error)) from error
+    except Exception as error:  # a bug, not bad input: keep the app alive, details in the log
+        log.exception("%s failed", what)
+        message = f"{what} failed unexpectedly ({type(error).__name__}); see the server log."
+        yield (_progress_html(step, total, message, "failed"), *rest)
+        raise gr.Error(message) from error
+    finally:
+        job.cancel.cancel()
+        if hasattr(events, "close"):
+            events.close()  # unwinds the engine job (its lock) when stopped mid-run
+        finish()
+
+
+def build_sdedit_tab(engine: Any) -> dict[str, Any]:
+    """Lay out the SDEdit tab in the current Blocks/Tab and wire it; returns its main components by name."""
+    jobs = _Jobs()
+    native = int(engine.native_size)
+
+    # 1. layout ---------------------------------------------------------------------------
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=320):
+            canvas = gr.ImageEditor(
+                label="Canvas: paint strokes; paint the region that may change on the 'mask' layer (optional)",
+                type="numpy", image_mode="RGBA", format="png", canvas_size=(native, native), height=380,
+                brush=gr.Brush(default_size=12, colors=BRUSH_COLOURS, default_color=BRUSH_COLOURS[0]),
+                layers=gr.LayerOptions(allow_additional_layers=False, layers=["strokes", "mask"]),
+                transforms=(), elem_id="sdedit-canvas",
+            )
+            prompt = gr.Textbox(label="Prompt (optional)", placeholder="a red circle on a blue background",
+                                elem_id="sdedit-prompt")
+            with gr.Row():
+                go = gr.Button("Run SDEdit", variant="primary", elem_id="sdedit-btn", scale=3)
+                stop = gr.Button("Stop", variant="stop", elem_id="sdedit-stop", scale=1)
+            strengths = gr.Textbox(value=", ".join(f"{s:g}" for s in DEFAULTS.strengths), label="t0 values (0-1)",
+                                   info="Low t0 keeps the strokes; high t0 gives realism. One column each.",
+                                   elem_id="sdedit-t0")
+            with gr.Row():
+                repeats = gr.Slider(REPEATS.low, REPEATS.high, value=DEFAULTS.repeats, step=1, label=REPEATS.label,
+                                    elem_id="sdedit-repeats")
+                steps = gr.Slider(specs.STEPS.low, 100, value=DEFAULTS.steps, step=1, label="Steps (whole schedule)",
+                                  elem_id="sdedit-steps")
+            with gr.Row():
+                guidance = gr.Slider(specs.GUIDANCE.low, specs.GUIDANCE.high, value=DEFAULTS.guidance_scale,
+                                     step=specs.GUIDANCE.step, label=specs.GUIDANCE.label, elem_id="sdedit-guidance")
+                noise_form = gr.Radio(list(NOISE_FORMS), value=DEFAULTS.noise_form, label="Noise form",
+                                      info="vp: sqrt(ab) x + sqrt(1-ab) eps, DDIM; ve: x + sigma eps, Euler",
+                                      elem_id="sdedit-noise-form")
+            with gr.Row():
+                seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=specs.SEED.high,
+                                 elem_id="sdedit-seed")
+                random_seed = gr.Checkbox(label="Random seed", value=False, elem_id="sdedit-random-seed")
+                composite = gr.Checkbox(label="Paste original pixels outside the mask", value=DEFAULTS.composite,
+                                        info="Masked runs: frozen latents come back exactly either way; the VAE "
+                                             "blurs a few pixels across the mask border unless this is on.",
+                                        elem_id="sdedit-composite")
+        with gr.Column(scale=6, min_width=360):
+            status = gr.HTML(_progress_html(0, 0, "Ready.", "idle"), elem_id="sdedit-status")
+            preview = gr.Image(label="Live preview", format="png", interactive=False, height=200, buttons=[],
+                               elem_id="sdedit-preview")
+            strip = gr.Image(label="Results: guide, then one column per t0 (rows: repeats)", format="png",
+                             interactive=False, elem_id="sdedit-strip")
+            table = gr.Dataframe(headers=TABLE_COLUMNS, label="Faithfulness (L2 to guide, 0-1 pixels) and realism "
+                                 "(classifier confidence)", interactive=False, elem_id="sdedit-table")
+            gallery = gr.Gallery(label="Images", format="png", columns=4, height=220, elem_id="sdedit-gallery")
+            settings = gr.JSON(label="Settings", elem_id="sdedit-settings", height=200)
+
+    # 2. handlers ---------------------------------------------------------------------------
+    def run_sdedit(canvas_value: dict | None, prompt_text: str = "", t0_text: str = "0.3, 0.5, 0.7",
+                   repeats_value: float = DEFAULTS.repeats, steps_value: float = DEFAULTS.steps,
+                   guidance_value: float = DEFAULTS.guidance_scale, noise_form_value: str = DEFAULTS.noise_form,
+                   seed_value: float | None = 0, random: bool = False, composite_value: bool = DEFAULTS.composite,
+                   request: gr.Request = None) -> Iterator[tuple]:
+        """SDEdit of the canvas: streams progress; ends with (status, preview, strip, table, gallery, settings)."""
+        skip = gr.skip()
+        session = _session(request)
+        job = jobs.start(session, 0)
+        try:
+            if not random and seed_value is None:
+                raise InvalidInputError("Enter a seed, or tick 'random seed'.")
+            guide, mask, original = canvas_inputs(canvas_value, native)
+            spec = SDEditSpec(
+                prompt=prompt_text or "", strengths=parse_strengths(t0_text), repeats=int(repeats_value),
+                seed=secrets.randbelow(int(specs.SEED.high) - 8) if random else int(seed_value),
+                steps=int(steps_value), guidance_scale=float(guidance_value), noise_form=noise_form_value,
+                composite=bool(composite_value),
+            )
+            events = engine.sdedit(spec, guide, mask=mask, original=original, cancel=job.cancel)
+        except (InvalidInputError, TypeError, ValueError) as error:
+            jobs.finish(session, job)
+            raise gr.Error(str(error)) from error
+        masked = "masked" if mask is not None else "unmasked"
+
+        def render(event: Any, total: int) -> tuple | None:
+            if isinstance(event, Preview):
+                return skip, event.images[0], skip, skip, skip, skip
+            if isinstance(event, SDEditResult):
+                rows = [[r["t0"], r["repeat"], r["seed"], round(r["l2_to_guide"], 4),
+                         None if r["realism"] is None else round(r["realism"], 3)] for r in event.rows]
+                text = (f"Done in {event.timings['total']:.1f} s · {masked} · seed {event.settings['seed']} · "
+                        f"{event.unet_evaluations} UNet evaluations")
+                captions = [(image, f"t0 {r['t0']:g} · seed {r['seed']}") for image, r in zip(event.images, event.rows)]
+                return _progress_html(total, total, text, "done"), skip, event.strip, rows, captions, event.settings
+            return None
+
+        yield from stream_events(events, job, lambda: jobs.finish(session, job), 6, render, "SDEdit")
+
+    def stop_job(request: gr.Request) -> Any:
+        job = jobs.cancel(_session(request))
+        if job is None:
+            return gr.skip()
+        return _progress_html(job.step, job.total, f"Stopped after step {job.step} of {job.total}.", "stopped")
+
+    # 3. events -------------------------------------------------------------------------------
+    run = go.click(
+        run_sdedit,
+        [canvas, prompt, strengths, repeats, steps, guidance, noise_form, seed, random_seed, composite],
+        [status, preview, strip, table, gallery, settings],
+        api_name="sdedit", concurrency_id="model", show_progress="hidden",
+    )
+    stop.click(stop_job, None, status, cancels=[run], api_name="sdedit_stop", api_visibility="undocumented",
+               concurrency_limit=None, concurrency_id="stop", show_progress="hidden")
+    gr.Markdown(
+        f"Model **{html.escape(str(engine.model_name))}** · canvas {native}×{native} px. SDEdit (seed §4.1): the guide "
+        "is noised to t0 and denoised back; with a mask, frozen pixels are re-noised from the original at every "
+        "step and end exactly as they were.", elem_id="sdedit-help",
+    )
+    return {"canvas": canvas, "strip": strip, "gallery": gallery, "table": table, "status": status, "run": run}
