@@ -28,12 +28,12 @@ def build_app(engine: Any) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 generate.build_generate_tab(engine)
-            with gr.Tab("Prompt-to-Prompt", id="p2p"):
-                p2p.build_p2p_tab(engine)
             with gr.Tab("SDEdit", id="sdedit"):
                 sdedit.build_sdedit_tab(engine)
             with gr.Tab("DiffEdit", id="diffedit"):
                 diffedit.build_diffedit_tab(engine, inversion_state=None)  # the Inversion tab's gr.State once it exists
+            with gr.Tab("Prompt-to-Prompt", id="p2p"):
+                p2p.build_p2p_tab(engine, inversion_state=None)  # the Inversion tab's gr.State once it exists
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
     return demo
 
