@@ -133,7 +133,7 @@ def cost(engine: Engine, steps: int, repeats: int) -> dict:
     """Seconds per sampling step (the engine's own sampling timing / steps) and peak memory."""
     device = engine.device
 
-    def measure(run) -> tuple[float, int | None]:
+    def measure(run) -> tuple[float, int | None, Result]:
         best, peak = float("inf"), None
         for _ in range(repeats):
             if device.type == "cuda":
@@ -143,16 +143,17 @@ def cost(engine: Engine, steps: int, repeats: int) -> dict:
             best = min(best, result.timings["sampling"] / steps)
             if device.type == "cuda":
                 peak = torch.cuda.max_memory_allocated()
-        return best, peak
+        return best, peak, result
 
     plain = lambda: engine.generate(GenerateSpec(SOURCE, seed=0, steps=steps, batch_size=2, preview_every=steps + 1))  # noqa: E731
     edit = lambda: engine.p2p(P2PSpec(SOURCE, TARGET, edit="word swap", seed=0, steps=steps, maps_every=steps + 1,  # noqa: E731
                                       blend_words=("circle", "square"), **WINDOWS))
     last(plain())  # warm-up
-    plain_seconds, plain_peak = measure(plain)
-    edit_seconds, edit_peak = measure(edit)
+    plain_seconds, plain_peak, _ = measure(plain)
+    edit_seconds, edit_peak, edit_result = measure(edit)
     return {
         "cfg_batch4_seconds_per_step": plain_seconds, "p2p_seconds_per_step": edit_seconds,
+        "p2p_attention_maps_bytes": edit_result.settings["attention_maps_bytes"],
         "ratio": edit_seconds / plain_seconds,
         "cfg_peak_bytes": plain_peak, "p2p_peak_bytes": edit_peak,
         "peak_ratio": None if plain_peak is None else edit_peak / plain_peak,
@@ -179,7 +180,9 @@ def markdown(report: dict) -> str:
         f"P2P {timing['p2p_seconds_per_step'] * 1000:.1f} ms vs CFG batch 4 {timing['cfg_batch4_seconds_per_step'] * 1000:.1f} ms: "
         f"**{timing['ratio']:.2f}x**"
         + (f"; peak memory {timing['p2p_peak_bytes'] / 2**20:.0f} MiB vs {timing['cfg_peak_bytes'] / 2**20:.0f} MiB "
-           f"({timing['peak_ratio']:.2f}x)" if timing["peak_ratio"] is not None else "; peak memory: measured on CUDA only"),
+           f"({timing['peak_ratio']:.2f}x)" if timing["peak_ratio"] is not None else "; peak memory: measured on CUDA only")
+        + f". Attention maps held by P2P: {timing['p2p_attention_maps_bytes'] / 1024:.0f} KiB (running means per "
+          "resolution for the two images, never a per-step history).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -284,6 +284,12 @@ class PromptToPromptController:
             self.step_sums[size] = maps
             self.step_counts[size] = 1
 
+    @property
+    def stored_bytes(self) -> int:
+        """Memory held for maps: running means of both images and this step's sums, per resolution only."""
+        held = [*self.source_store.sums.values(), *self.target_store.sums.values(), *self.step_sums.values()]
+        return sum(t.numel() * t.element_size() for t in held)
+
     def step_maps(self, columns: Tensor) -> Tensor:
         """This step's attention of the selected columns, per image: columns (2, T) 0/1 for (source,
         target) -> (2, h, w) at latent size, the mean over layers of every resolution (bilinear)."""

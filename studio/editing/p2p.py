@@ -49,6 +49,7 @@ from studio.denoiser import Denoiser
 from studio.errors import InvalidInputError
 from studio.events import AttentionMaps, CancelToken, Event, Mask, Preview, Progress, Result
 from studio.guidance import ClassifierFreeGuidance, Guider
+from studio.images import to_uint8
 from studio.models import decode_latents
 from studio.prompt_weights import parse_weighted_prompt
 from studio.sampling import make_scheduler, sample_steps
@@ -329,7 +330,7 @@ def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversi
             if done % spec.maps_every == 0 or i == steps - 1:
                 yield _maps_event(done, controller, prepared)
             if done % spec.maps_every == 0 and i != steps - 1:
-                yield Preview(done, engine._to_images(decode_latents(model.vae, state["denoised"])))
+                yield Preview(done, to_images(decode_latents(model.vae, state["denoised"])))
     sampled = time.perf_counter()
 
     # 6. decode both and report
@@ -348,9 +349,10 @@ def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversi
         "timings": timings,
         "unet_evaluations": denoiser.unet_evaluations,
         "seconds_per_step": (sampled - encoded) / steps,
+        "attention_maps_bytes": controller.stored_bytes,
     }
     mask = None if blend is None or blend.binary is None else _to_image_size(blend.binary.float(), size) > 0.5
-    yield P2PResult(engine._to_images(pixels), settings, timings, denoiser.unet_evaluations, pixels,
+    yield P2PResult(to_images(pixels), settings, timings, denoiser.unet_evaluations, pixels,
                     latents=latents, mask=mask, alignment=[(w, s) for w, s, _ in prepared.table()])
 
 
@@ -366,6 +368,11 @@ def _maps_event(step: int, controller: PromptToPromptController, prepared: Prepa
 
     return EditAttentionMaps(step, maps(controller.source_store, prepared.source), maps(controller.target_store, prepared.target),
                              [source_word for _, source_word, _ in prepared.table()])
+
+
+def to_images(pixels: np.ndarray) -> list[Image.Image]:
+    """(B, H, W, 3) float pixels -> PIL images, rounded as the engine rounds its results."""
+    return [Image.fromarray(to_uint8(p)) for p in pixels]
 
 
 def _to_image_size(latent_mask: Tensor, size: int) -> np.ndarray:
