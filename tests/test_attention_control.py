@@ -181,3 +181,30 @@ def test_bad_input_gets_a_clear_error_before_model_work(tiny_engine, changes, me
 def test_unknown_target_word_is_named(tiny_engine):
     with pytest.raises(UnknownWordError, match="dog"):
         tiny_engine.p2p(P2PSpec(SOURCE, "a big red dog on a blue background", edit="word swap"))
+
+
+def test_cancel_stops_between_steps_and_restores_processors(tiny_engine):
+    from studio.errors import CancelledError
+    from studio.events import CancelToken, Progress
+
+    before = dict(tiny_engine.model.unet.attn_processors)
+    cancel = CancelToken()
+    events = tiny_engine.p2p(P2PSpec(SOURCE, "a big red square on a blue background", edit="word swap", seed=1, steps=4),
+                             cancel=cancel)
+    with pytest.raises(CancelledError):
+        for event in events:
+            if isinstance(event, Progress) and event.step == 1:
+                cancel.cancel()
+    assert tiny_engine.model.unet.attn_processors == before
+    assert isinstance(run(tiny_engine)[-1], P2PResult)  # the engine is free for the next job
+
+
+def test_refine_style_and_degree_word_runs_report_the_alignment(tiny_engine):
+    from studio.attention.controllers import DegreeWord
+
+    refine = run(tiny_engine, source_prompt="a red circle", target_prompt="a big red circle", edit="refine",
+                 degree_words=(DegreeWord("big", "red"),))[-1]
+    assert refine.alignment == [("a", "a"), ("big", ""), ("red", "red"), ("circle", "circle")]
+    style = run(tiny_engine, source_prompt="a red circle", target_prompt="a red circle on a blue background",
+                edit="style", style_alpha=0.5)[-1]
+    assert style.alignment[-1] == ("background", "") and len(style.images) == 2
