@@ -41,6 +41,7 @@ from studio.guidance import (
     schedule_factors,
     step_alpha_bars,
 )
+from studio.inversion import InversionSpec, invert
 from studio.jobs import FairLock
 from studio.models import LoadedModel, decode_latents, load_pipeline
 from studio.sampling import make_scheduler, sample_steps
@@ -135,6 +136,10 @@ class Engine:
                  inversion: object | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
         """DiffEdit: Stage II with `mask`, or Stages I and II without (studio.editing.diffedit)."""
         return diffedit(self, spec, image, mask, inversion, cancel)
+
+    def invert(self, spec: InversionSpec, image: object, cancel: CancelToken | None = None) -> Iterator[Event]:
+        """Map a real image into the model's latent trajectory; ends with an InversionResult (studio.inversion)."""
+        return invert(self, spec, image, cancel)
 
     def generate(self, spec: GenerateSpec, cancel: CancelToken | None = None) -> Iterator[Event]:
         """Text to image. Bad input raises InvalidInputError here, before any model work;

@@ -1,0 +1,21 @@
+"""Inversion: map a real image into the model's latent trajectory so it can be reconstructed and
+edited like a generated one (seed section 3).
+
+    for event in engine.invert(InversionSpec("a red circle", method="null_text"), image):
+        ...                                      # Progress, NullTextLoss, then one InversionResult
+    inversion = result.inversion                 # trajectory, null embeddings, coupled states
+
+Methods: DDIM inversion (ddim.py), null-text inversion (null_text.py), negative-prompt inversion
+(job.py, no optimisation), EDICT (edict.py), BDIA (bdia.py). All share the pure affine DDIM step of
+steps.py; DDIM inversion and every DDIM reconstruction run through studio.sampling.sample_steps.
+"""
+
+from studio.inversion.guider import PerStepUncondGuidance
+from studio.inversion.job import invert, reconstruction_steps, sampling_guider
+from studio.inversion.result import METHOD_LABELS, METHODS, Inversion, InversionResult, InversionSpec
+from studio.inversion.steps import StepGrid, ddim_coefficients
+
+__all__ = [
+    "METHODS", "METHOD_LABELS", "Inversion", "InversionResult", "InversionSpec", "PerStepUncondGuidance",
+    "StepGrid", "ddim_coefficients", "invert", "reconstruction_steps", "sampling_guider",
+]

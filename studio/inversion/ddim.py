@@ -1,0 +1,55 @@
+"""DDIM inversion (seed section 3.1): x_0 -> x_T by running the DDIM step backwards.
+
+The map x_t -> x_{t+1} of the seed solves the sampler's step for its start point with the network
+output held at its value at the state we have (out(x_t) ~ out(x_{t+1}); the only approximation).
+It runs through the one sampling loop (studio.sampling.sample_steps) with `InverseDDIM` in place of
+a scheduler, so guidance, cancellation and step reporting are the sampler's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import Tensor
+
+from studio.denoiser import Denoiser
+from studio.events import CancelToken
+from studio.guidance import Guider
+from studio.inversion.steps import StepGrid, solve_affine_step
+from studio.sampling import StepState, sample_steps
+
+
+class InverseDDIM:
+    """A scheduler for sample_steps that goes up in noise: at the label of sampling step i it turns
+    the state that step lands on into the state it starts from. Timesteps: `inverse_timesteps`."""
+
+    def __init__(self, grid: StepGrid):
+        self.grid = grid
+
+    @property
+    def inverse_timesteps(self) -> Tensor:
+        return self.grid.timesteps.flip(0)  # (N,) ascending: x_0's side first
+
+    def scale_model_input(self, x: Tensor, t: Tensor) -> Tensor:
+        return x  # DDIM states are the VP x_t the network expects
+
+    def step(self, out: Tensor, t: Tensor, x: Tensor, return_dict: bool = False) -> tuple[Tensor]:
+        i = self.grid.step_index(t)
+        return (solve_affine_step(out, x, self.grid.coefficients(i)),)
+
+
+def ddim_inversion_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, latents: Tensor,
+                         cancel: CancelToken | None = None) -> Iterator[StepState]:
+    """Invert `latents` (x_0, (B, C, h, w)) along `grid`, yielding the sampler's states; state k's "x" is
+    the start point of sampling step N-1-k, so the last one is x_T. Guided by `guider` (w = 1: the
+    prompt alone, the guidance-neutral map NTI pivots on; any w to show why w = 1)."""
+    stepper = InverseDDIM(grid)
+    timesteps = stepper.inverse_timesteps.to(latents.device)
+    return sample_steps(denoiser, guider, stepper, timesteps, latents, cancel)
+
+
+def ddim_trajectory(denoiser: Denoiser, guider: Guider, grid: StepGrid, latents: Tensor,
+                    cancel: CancelToken | None = None) -> list[Tensor]:
+    """The whole DDIM inversion as a sampling trajectory: [x_T, ..., start of the last step, x_0]."""
+    states = [latents] + [state["x"] for state in ddim_inversion_steps(denoiser, guider, grid, latents, cancel)]
+    return states[::-1]

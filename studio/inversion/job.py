@@ -1,0 +1,208 @@
+"""The inversion job: check the input, encode, invert with the chosen method, reconstruct, measure.
+
+Every method is a generator over the same context that streams its events and returns an
+`Inverted` (trajectory, null embeddings, coupled states); reconstruction samples it back with the
+method's own sampler; the report compares the reconstruction with the image and with the VAE's
+own encode -> decode (the ceiling no inversion can pass).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from studio import metrics
+from studio.conditioning import Cond
+from studio.denoiser import Denoiser
+from studio.errors import InvalidInputError
+from studio.events import CancelToken, Event, Progress
+from studio.guidance import ClassifierFreeGuidance, Guider
+from studio.images import encode_image, prepare_image, to_uint8
+from studio.inversion.ddim import ddim_inversion_steps
+from studio.inversion.guider import PerStepUncondGuidance
+from studio.inversion.result import Inversion, InversionResult, InversionSpec
+from studio.inversion.steps import StepGrid
+from studio.models import decode_latents
+from studio.sampling import StepState, make_scheduler, sample_steps
+
+
+@dataclass
+class Context:
+    """What every method works with: the model's pieces for this run, and its counters."""
+
+    denoiser: Denoiser
+    grid: StepGrid
+    cond: Cond  # the caption
+    null: Cond  # the empty prompt
+    latents: Tensor  # (1, C, h, w) x_0
+    spec: InversionSpec
+    cancel: CancelToken | None
+    scheduler_config: dict[str, Any]
+    vae: Any = None  # the VAE, for NTI's optional image-space term
+    image: Image.Image | None = None
+    backward_passes: int = 0  # autograd passes through the UNet (NTI)
+
+
+@dataclass
+class Inverted:
+    trajectory: list[Tensor]
+    uncond_embeddings: list[Tensor] | None = None
+    coupled: list[Tensor] | None = None
+    losses: list[list[float]] = field(default_factory=list)
+    dtype: torch.dtype = torch.float32
+
+
+def _ddim(ctx: Context) -> Iterator[Event]:
+    """DDIM inversion at `inversion_guidance` (1 = the prompt alone)."""
+    guider = _cfg(ctx.cond, ctx.null, ctx.spec.inversion_guidance)
+    trajectory = yield from _streamed_ddim(ctx, guider)
+    return Inverted(trajectory)
+
+
+def _negative_prompt(ctx: Context) -> Iterator[Event]:
+    """Negative-prompt inversion (Miyake et al. 2023; seed 3.2): DDIM inversion at w = 1, then the
+    prompt's embedding serves as the null one at every step, so CFG at any w samples the w = 1 path."""
+    trajectory = yield from _streamed_ddim(ctx, _cfg(ctx.cond, ctx.null, 1.0))
+    return Inverted(trajectory, uncond_embeddings=[ctx.cond.embeddings] * len(ctx.grid))
+
+
+def _streamed_ddim(ctx: Context, guider: Guider) -> Iterator[Event]:
+    """DDIM inversion with a Progress event per step; returns the trajectory (sampling order)."""
+    states = [ctx.latents]
+    total = len(ctx.grid)
+    for state in ddim_inversion_steps(ctx.denoiser, guider, ctx.grid, ctx.latents, ctx.cancel):
+        states.append(state["x"])
+        yield Progress(state["i"] + 1, 2 * total, "inverting")
+    return states[::-1]
+
+
+def _cfg(cond: Cond, null: Cond, scale: float) -> ClassifierFreeGuidance:
+    return ClassifierFreeGuidance(cond=cond, uncond=null, scale=scale)
+
+
+METHOD_RUNNERS: dict[str, Callable[[Context], Iterator[Event]]] = {
+    "ddim": _ddim,
+    "negative_prompt": _negative_prompt,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Reconstruction (and the sampling editors start from)
+
+
+def sampling_guider(inversion: Inversion, cond: Cond, null: Cond) -> Guider:
+    """The guider that samples `inversion` back at its guidance scale: per-step null embeddings when it
+    has them (NTI, NPI), else CFG with `null` (the empty prompt). `cond` may stack several prompts
+    (Prompt-to-Prompt's source and target): every image of the batch gets the same null embedding."""
+    if inversion.uncond_embeddings is None:
+        return _cfg(cond, null, inversion.guidance_scale)
+    unconds = [Cond(embeddings=e, tokens=null.tokens, pooled=null.pooled) for e in inversion.uncond_embeddings]
+    return PerStepUncondGuidance(cond, unconds, inversion.guidance_scale, inversion.timesteps.cpu())
+
+
+def reconstruction_steps(denoiser: Denoiser, inversion: Inversion, cond: Cond, null: Cond, scheduler_config: dict,
+                         cancel: CancelToken | None = None) -> Iterator[StepState]:
+    """Sample the inversion back from x_T with its own sampler, yielding the sampler's states."""
+    scheduler = make_scheduler("ddim", scheduler_config)
+    scheduler.set_timesteps(inversion.steps, device=inversion.latents.device)
+    guider = sampling_guider(inversion, cond, null)
+    return sample_steps(denoiser, guider, scheduler, scheduler.timesteps, inversion.noise_latents, cancel)
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+
+
+def invert(engine: Any, spec: InversionSpec, image: Any, cancel: CancelToken | None = None) -> Iterator[Event]:
+    """Invert `image` (any PIL image or array; cropped/resized to the model's size, the change reported)
+    with `spec.method`. Bad input raises InvalidInputError here, before any model work; the returned
+    generator streams Progress (and NTI's loss) events and ends with an InversionResult."""
+    # 1. check inputs
+    spec.validate()
+    if spec.float64 and engine.device.type != "cpu":
+        raise InvalidInputError("float64 runs on the CPU only: untick float64 or run the studio on the CPU.")
+    if image is None:
+        raise InvalidInputError("Upload an image to invert.")
+    tokens = engine.tokenize(spec.prompt, "Prompt")
+    prepared = prepare_image(image, engine.native_size)
+    job = _invert(engine, spec, prepared.image, prepared.note, tokens, cancel)
+    return engine.exclusive(job, 2 * spec.steps, cancel, f"one {engine.native_size}px image")
+
+
+@torch.no_grad()
+def _invert(engine: Any, spec: InversionSpec, image: Image.Image, note: str, tokens: Any,
+            cancel: CancelToken | None) -> Iterator[Event]:
+    started = time.perf_counter()
+    model = engine.model
+
+    # 2. encode the prompt, the null prompt and the image
+    cond = engine.encode_prompt(tokens)
+    null = engine.encode_negative_prompt(engine.tokenize(""))
+    latents = encode_image(model.vae, image).to(model.dtype)  # (1, C, h, w)
+
+    # 3. the DDIM grid of the model's scheduler (trailing timesteps, zero terminal SNR handled in steps.py)
+    scheduler = make_scheduler("ddim", model.scheduler_config)
+    scheduler.set_timesteps(spec.steps, device=engine.device)
+    grid = StepGrid.of(scheduler, model.prediction_type)
+    denoiser = Denoiser(model, scheduler.alphas_cumprod)
+    ctx = Context(denoiser, grid, cond, null, latents, spec, cancel, model.scheduler_config, vae=model.vae,
+                  image=image)
+    encoded = time.perf_counter()
+
+    # 4. invert
+    inverted: Inverted = yield from METHOD_RUNNERS[spec.method](ctx)
+    inversion_passes = denoiser.unet_evaluations
+    inverted_at = time.perf_counter()
+    inversion = Inversion(
+        method=spec.method, image=image, prompt=spec.prompt, guidance_scale=spec.guidance_scale,
+        timesteps=scheduler.timesteps.cpu(), latents=latents, trajectory=inverted.trajectory,
+        uncond_embeddings=inverted.uncond_embeddings, coupled=inverted.coupled,
+        edict_mix=spec.edict_mix if spec.method == "edict" else None,
+        bdia_gamma=spec.bdia_gamma if spec.method == "bdia" else None,
+        dtype=inverted.dtype, preparation=note, losses=inverted.losses,
+    )
+
+    # 5. reconstruct with the method's own sampler, measuring the distance to the inverted trajectory
+    step_errors = []
+    x = inversion.noise_latents
+    for state in reconstruct_steps(ctx, inversion):
+        x = state["x"]
+        step_errors.append(float((x.double() - inversion.trajectory[state["i"] + 1].double()).pow(2).mean()))
+        yield Progress(len(grid) + state["i"] + 1, 2 * len(grid), "reconstructing")
+    reconstruction_passes = denoiser.unet_evaluations - inversion_passes
+    reconstructed_at = time.perf_counter()
+
+    # 6. decode and compare with the image and with the VAE's own round trip
+    pixels = decode_latents(model.vae, torch.cat([x.to(model.dtype), latents]))  # (2, H, W, 3)
+    reconstruction, ceiling = to_uint8(pixels[0]), to_uint8(pixels[1])
+    original = np.asarray(image)
+    timings = {"encode": encoded - started, "inversion": inverted_at - encoded,
+               "reconstruction": reconstructed_at - inverted_at, "total": time.perf_counter() - started}
+    report = {
+        "psnr": metrics.psnr(original, reconstruction),
+        "ssim": metrics.ssim(original, reconstruction),
+        "latent_mse": float((x.double() - latents.double()).pow(2).mean()),
+        "vae_psnr": metrics.psnr(original, ceiling),
+        "vae_ssim": metrics.ssim(original, ceiling),
+        "inversion_unet_passes": inversion_passes,
+        "backward_passes": ctx.backward_passes,
+        "reconstruction_unet_passes": reconstruction_passes,
+        "inversion_seconds": timings["inversion"],
+    }
+    inversion = replace(inversion, metrics=report)
+    settings = {"model": engine.model_name, **asdict(spec), "preparation": note, "timings": timings,
+                "unet_evaluations": denoiser.unet_evaluations, **report}
+    yield InversionResult([Image.fromarray(reconstruction)], settings, timings, denoiser.unet_evaluations,
+                          pixels[:1], inversion=inversion, step_errors=step_errors)
+
+
+def reconstruct_steps(ctx: Context, inversion: Inversion) -> Iterator[StepState]:
+    """The method's sampler from x_T (states as sample_steps yields them)."""
+    return reconstruction_steps(ctx.denoiser, inversion, ctx.cond, ctx.null, ctx.scheduler_config, ctx.cancel)

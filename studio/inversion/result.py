@@ -1,0 +1,121 @@
+"""What an inversion produces and how it is asked for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from studio import specs
+from studio.errors import InvalidInputError
+from studio.events import Result
+
+METHODS = ("ddim", "null_text", "negative_prompt", "edict", "bdia")
+METHOD_LABELS = {
+    "ddim": "DDIM inversion",
+    "null_text": "Null-text inversion",
+    "negative_prompt": "Negative-prompt inversion",
+    "edict": "EDICT",
+    "bdia": "BDIA",
+}
+
+INNER_STEPS = specs.Range(1, 50, 1, "NTI inner iterations")
+LEARNING_RATE = specs.Range(1e-4, 1.0, 1e-4, "NTI learning rate")
+TOLERANCE = specs.Range(0.0, 1e-2, 1e-6, "NTI early-stop tolerance")
+SMOOTHNESS = specs.Range(0.0, 100.0, 0.1, "NTI temporal smoothness")
+IMAGE_WEIGHT = specs.Range(0.0, 100.0, 0.1, "NTI image-space weight")
+EDICT_MIX = specs.Range(0.5, 1.0, 0.01, "EDICT mixing p")
+BDIA_GAMMA = specs.Range(0.05, 1.0, 0.05, "BDIA gamma")
+
+
+@dataclass(frozen=True)
+class InversionSpec:
+    """One inversion of an uploaded image (Inversion tab, /invert endpoint, bench/inversion.py)."""
+
+    prompt: str = ""  # the caption; "" inverts with the null prompt
+    method: str = "ddim"
+    steps: int = 50
+    guidance_scale: float = 7.5  # w the inversion is sampled and edited with
+    inversion_guidance: float = 1.0  # w of the DDIM inversion itself (DDIM only; NTI pivots at w = 1)
+    # Null-text inversion (seed 3.2): Adam on O_t per step, lr decaying linearly to lr * (1 - lr_decay)
+    inner_steps: int = 10
+    learning_rate: float = 1e-2
+    lr_decay: float = 0.5
+    tolerance: float = 1e-5  # stop a step's optimisation once L_rec falls below this
+    smoothness: float = 0.0  # lambda of lambda * ||O_t - O_{t+1}||^2
+    image_weight: float = 0.0  # weight of the pixel-space term ||D(x0_hat) - image||^2
+    # EDICT (Wallace et al. 2022) and BDIA (Zhang et al. 2023)
+    edict_mix: float = 0.93
+    float64: bool = False  # EDICT/BDIA in float64 (CPU only)
+    bdia_gamma: float = 1.0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidInputError(f"Unknown inversion method {self.method!r}; choose one of {', '.join(METHODS)}.")
+        specs.STEPS.check("steps", self.steps)
+        if self.steps < 2:
+            raise InvalidInputError("Inversion needs at least 2 steps.")
+        specs.GUIDANCE.check("guidance_scale", self.guidance_scale)
+        specs.GUIDANCE.check("inversion_guidance", self.inversion_guidance)
+        INNER_STEPS.check("inner_steps", self.inner_steps)
+        LEARNING_RATE.check("learning_rate", self.learning_rate)
+        specs.Range(0.0, 1.0, 0.05, "NTI learning-rate decay").check("lr_decay", self.lr_decay)
+        TOLERANCE.check("tolerance", self.tolerance)
+        SMOOTHNESS.check("smoothness", self.smoothness)
+        IMAGE_WEIGHT.check("image_weight", self.image_weight)
+        EDICT_MIX.check("edict_mix", self.edict_mix)
+        BDIA_GAMMA.check("bdia_gamma", self.bdia_gamma)
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """An image mapped into the model's latent trajectory, with all it takes to reconstruct or edit it.
+
+    Trajectory convention: N = len(timesteps) sampling steps; trajectory[i] (i < N) is the state
+    sampling step i starts from (at timesteps[i]), so trajectory[0] = x_T is where sampling and
+    editing start; trajectory[N] is the end state on the x_0 side (for DDIM, NTI and NPI the encoded
+    latents themselves; sampling step i lands on trajectory[i + 1]).
+    Sampling: DDIMScheduler (model's config, N steps) from x_T, CFG at `guidance_scale`, with
+    unconditional embedding uncond_embeddings[i] at step i (None: the empty prompt's).
+    EDICT samples the pair (trajectory, coupled) with its own coupled steps; BDIA starts from the
+    pair (trajectory[0], trajectory[1]) (its first step is given, every later one uses two states).
+    """
+
+    method: str
+    image: Image.Image  # the prepared RGB image that was inverted (model size)
+    prompt: str
+    guidance_scale: float
+    timesteps: torch.Tensor  # (N,) descending, as DDIMScheduler.timesteps
+    latents: torch.Tensor  # (1, 4, h, w) x_0 = encode_image(vae, image)
+    trajectory: list[torch.Tensor]  # N + 1 states (1, 4, h, w), see above
+    uncond_embeddings: list[torch.Tensor] | None = None  # per step (1, T, D); None = the empty prompt's
+    coupled: list[torch.Tensor] | None = None  # EDICT's y sequence, same convention as trajectory
+    edict_mix: float | None = None  # EDICT's p
+    bdia_gamma: float | None = None
+    dtype: torch.dtype = torch.float32  # what the method computed in (EDICT/BDIA may use float64)
+    preparation: str = ""  # what was done to the upload ("centre-cropped 640x480 to 480x480; ...")
+    losses: list[list[float]] = field(default_factory=list)  # NTI: L_rec per inner iteration, per step
+    metrics: dict[str, Any] = field(default_factory=dict)  # psnr, ssim, latent_mse, nfe, seconds, ...
+
+    @property
+    def noise_latents(self) -> torch.Tensor:
+        """x_T, where sampling and editing start."""
+        return self.trajectory[0]
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def label(self) -> str:
+        return METHOD_LABELS[self.method]
+
+
+@dataclass(frozen=True)
+class InversionResult(Result):
+    """images = [reconstruction]; settings and metrics as every Result; the Inversion for editing."""
+
+    inversion: Inversion | None = None
+    step_errors: list[float] = field(default_factory=list)  # latent MSE to the inverted trajectory, per step

@@ -1,0 +1,99 @@
+"""The deterministic DDIM step as an affine map, and the pieces every inversion method builds on.
+
+A DDIM step (Song et al. 2021, eq. 12 with sigma = 0) from x_t to x_prev, with the network output
+`out` held fixed, is affine in x_t:
+
+    x_prev = A x_t + B out        (A, B) = ddim_coefficients(ab_t, ab_prev, prediction_type)
+
+so it can be solved for x_t exactly: x_t = (x_prev - B out) / A. Inversion methods differ only in
+where `out` is evaluated: DDIM inversion (seed 3.1) evaluates it at the state it already has
+(x_prev, an approximation); EDICT (Wallace et al. 2022, Alg. 1/2) and BDIA (Zhang et al. 2023)
+arrange their states so that the very same `out` is available in both directions (exact).
+
+Why the affine form in the model's own parameterisation: the embedded model predicts v with zero
+terminal SNR (ab = 0 at t = 999). The eps form of the step, x_prev = sqrt(ab_prev/ab_t) x_t + ...,
+divides by sqrt(ab_t) = 0 there; the v form is a rotation, A = cos(phi_t - phi_prev) with
+sqrt(ab) = cos(phi), which is finite and invertible at every t, the last one included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _roots(alpha_bar: float | Tensor) -> tuple[Tensor, Tensor]:
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+
+def ddim_coefficients(alpha_bar_t: float | Tensor, alpha_bar_prev: float | Tensor,
+                      prediction_type: str) -> tuple[float, float]:
+    """(A, B) of the DDIM step x_prev = A x_t + B out, for a network output `out` of `prediction_type`.
+
+    From x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev) eps with (schedule.py's conversions)
+      epsilon:      x0 = (x_t - s_t eps) / a_t                      -> A = a_p / a_t,           B = s_p - a_p s_t / a_t
+      v_prediction: x0 = a_t x_t - s_t v,  eps = a_t v + s_t x_t   -> A = a_p a_t + s_p s_t,   B = s_p a_t - a_p s_t
+      sample:       eps = (x_t - a_t x0) / s_t                      -> A = s_p / s_t,           B = a_p - s_p a_t / s_t
+    where a = sqrt(ab), s = sqrt(1 - ab). Computed in float64.
+    """
+    a_t, s_t = _roots(alpha_bar_t)
+    a_p, s_p = _roots(alpha_bar_prev)
+    if prediction_type == "epsilon":
+        a, b = a_p / a_t, s_p - a_p * s_t / a_t
+    elif prediction_type == "v_prediction":
+        a, b = a_p * a_t + s_p * s_t, s_p * a_t - a_p * s_t
+    elif prediction_type == "sample":
+        a, b = s_p / s_t, a_p - s_p * a_t / s_t
+    else:
+        raise ValueError(f"unknown prediction type {prediction_type!r}")
+    return float(a), float(b)
+
+
+def affine_step(out: Tensor, x: Tensor, coefficients: tuple[float, float]) -> Tensor:
+    """x_prev = A x + B out: one DDIM step (sampling direction)."""
+    a, b = coefficients
+    return a * x + b * out
+
+
+def solve_affine_step(out: Tensor, x_prev: Tensor, coefficients: tuple[float, float]) -> Tensor:
+    """x = (x_prev - B out) / A: the state a DDIM step with this output came from (inversion direction)."""
+    a, b = coefficients
+    return (x_prev - b * out) / a
+
+
+@dataclass(frozen=True)
+class StepGrid:
+    """The alpha_bars of a DDIM run: step i goes from timesteps[i] (alpha_bar[i]) to its previous state
+    (alpha_bar_prev[i]), exactly as diffusers' DDIMScheduler.step computes it (prev = t - T // N, or the
+    final alpha_cumprod after the last step), so inversions reconstruct through that scheduler."""
+
+    timesteps: Tensor  # (N,) descending, on the CPU
+    alpha_bar: Tensor  # (N,) float64
+    alpha_bar_prev: Tensor  # (N,) float64
+    prediction_type: str
+
+    @classmethod
+    def of(cls, scheduler, prediction_type: str) -> StepGrid:
+        """From a DDIMScheduler after set_timesteps."""
+        timesteps = scheduler.timesteps.cpu()
+        alphas = scheduler.alphas_cumprod.cpu().double()
+        ratio = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        final = torch.as_tensor(scheduler.final_alpha_cumprod).double()
+        prev = [alphas[t - ratio] if t - ratio >= 0 else final for t in timesteps.tolist()]
+        return cls(timesteps, alphas[timesteps], torch.stack(prev), prediction_type)
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def coefficients(self, i: int) -> tuple[float, float]:
+        """(A, B) of sampling step i."""
+        return ddim_coefficients(self.alpha_bar[i], self.alpha_bar_prev[i], self.prediction_type)
+
+    def step_index(self, t: Tensor | int) -> int:
+        matches = (self.timesteps == int(t)).nonzero()
+        if len(matches) != 1:
+            raise ValueError(f"timestep {int(t)} is not one of this run's")
+        return int(matches[0])
