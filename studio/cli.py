@@ -2,7 +2,10 @@
 
     studio generate "a big red circle on a blue background" --seeds 0-7 --out runs/circles
     studio generate --prompts prompts.txt --steps 25 --guidance 7.5 --model path/to/sd15 --out runs/sd15
-    studio generate --from-png runs/circles/seed0000.png --out runs/again   # remake an image from its settings
+    studio generate --from-png runs/circles/0000-seed0.png --out runs/again  # remake an image from its settings
+    studio edit sdedit strokes.png --prompt "a red circle on a blue background" --t0 0.4,0.6 --out runs/sdedit
+    studio edit diffedit photo.png --source "a red circle" --target "a blue circle" --out runs/diffedit
+    studio edit p2p --source "a big red circle" --target "a big red square" --edit "word swap" --seed 3
 
 Each image is a PNG carrying its settings (A1111 `parameters` text and our JSON), exactly as the
 app writes them, so the app's "load settings from PNG" and other tools read them back. A
@@ -65,32 +68,117 @@ def generate_specs(args: argparse.Namespace) -> Iterator[Any]:
             )
 
 
-def run_generate(engine: Any, args: argparse.Namespace) -> int:
-    from studio.events import Result
-    from studio.ui.png_settings import save_png
+class Output:
+    """A folder of PNGs, each carrying the settings of the job that made it, and a `results.jsonl` line per file."""
 
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.count = 0
+
+    def save(self, result: Any, names: list[str]) -> list[Path]:
+        """Write result.images[i] as `<n>-<names[i]>.png`."""
+        from studio.ui.png_settings import save_png
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        with (self.folder / "results.jsonl").open("a", encoding="utf-8") as log:
+            for index, (image, name) in enumerate(zip(result.images, names)):
+                path = save_png(image, result.settings, self.folder / f"{self.count:04d}-{name}.png",
+                                index if len(result.images) > 1 else None)
+                log.write(json.dumps({"file": path.name, "settings": result.settings}, default=str) + "\n")
+                self.count += 1
+                paths.append(path)
+        return paths
+
+
+def finish(events: Iterator[Any], label: str) -> Any:
+    """Run a job to its Result, reporting progress on stderr."""
+    from studio.events import Progress, Result
+
+    for event in events:
+        if isinstance(event, Progress) and event.total:
+            print(f"\r{label}: {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
+        if isinstance(event, Result):
+            print(f"\r{label}: done in {event.timings.get('total', 0):.2f} s", file=sys.stderr)
+            return event
+    raise StudioError(f"{label} ended without a result.")
+
+
+def run_generate(engine: Any, args: argparse.Namespace) -> int:
     specs = list(generate_specs(args))
     if not specs:
         raise StudioError("Nothing to generate: give a prompt, --prompts FILE or --from-png FILE.")
     for spec in specs:  # check every job before running any: a typo on line 40 should not waste 39 jobs
         spec.validate(engine.size_multiple)
         engine.tokenize(spec.prompt)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with (out / "results.jsonl").open("a", encoding="utf-8") as log:
-        for number, spec in enumerate(specs, start=1):
-            result = next(e for e in engine.generate(replace(spec)) if isinstance(e, Result))
-            seed = result.settings["seed"]
-            for index, image in enumerate(result.images):
-                suffix = f"-{index}" if len(result.images) > 1 else ""
-                path = save_png(image, result.settings, out / f"{written:04d}-seed{seed}{suffix}.png",
-                                index if len(result.images) > 1 else None)
-                log.write(json.dumps({"file": path.name, "settings": result.settings}, default=str) + "\n")
-                written += 1
-            print(f"[{number}/{len(specs)}] {spec.prompt!r} seed {seed}: {result.timings['total']:.2f} s "
-                  f"-> {out}", file=sys.stderr)
-    print(f"{written} image(s) in {out}", file=sys.stderr)
+    output = Output(args.out)
+    for number, spec in enumerate(specs, start=1):
+        result = finish(engine.generate(replace(spec)), f"[{number}/{len(specs)}] {spec.prompt!r}")
+        seed = result.settings["seed"]
+        batch = len(result.images)
+        output.save(result, [f"seed{seed}" + (f"-{i}" if batch > 1 else "") for i in range(batch)])
+    print(f"{output.count} image(s) in {output.folder}", file=sys.stderr)
+    return 0
+
+
+def read_image(path: str) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, UnidentifiedImageError) as error:
+        raise StudioError(f"{path} is not an image this tool can read ({error}).") from error
+
+
+def read_mask(path: str | None) -> Any:
+    """A mask image -> (H, W) bool: painted = white (or opaque, for images with transparency)."""
+    if path is None:
+        return None
+    import numpy as np
+
+    image = read_image(path)
+    channel = image.getchannel("A") if "A" in image.getbands() else image.convert("L")
+    return np.asarray(channel) > 127
+
+
+def run_sdedit(engine: Any, args: argparse.Namespace) -> int:
+    from studio.editing.sdedit import SDEditSpec
+
+    spec = SDEditSpec(prompt=args.prompt, strengths=tuple(args.t0), repeats=args.repeats, seed=args.seed,
+                      steps=args.steps, guidance_scale=args.guidance, noise_form=args.noise_form)
+    original = read_image(args.original) if args.original else None
+    result = finish(engine.sdedit(spec, read_image(args.guide), read_mask(args.mask), original), "SDEdit")
+    names = [f"t0-{row['t0']:g}-seed{row['seed']}" for row in result.rows]
+    Output(args.out).save(result, names)
+    for row in result.rows:
+        print(json.dumps(row, default=str), file=sys.stderr)
+    return 0
+
+
+def run_diffedit(engine: Any, args: argparse.Namespace) -> int:
+    from studio.editing.diffedit import DiffEditSpec
+
+    spec = DiffEditSpec(source_prompt=args.source, target_prompt=args.target, steps=args.steps,
+                        guidance_scale=args.guidance, threshold=args.threshold, edit_strength=args.strength,
+                        seed=args.seed)
+    result = finish(engine.diffedit(spec, read_image(args.image), read_mask(args.mask)), "DiffEdit")
+    output = Output(args.out)
+    output.save(result, ["edited"])
+    from PIL import Image
+
+    Image.fromarray(result.mask).save(output.folder / f"{output.count - 1:04d}-mask.png")
+    return 0
+
+
+def run_p2p(engine: Any, args: argparse.Namespace) -> int:
+    from studio.editing.p2p import P2PSpec
+
+    spec = P2PSpec(source_prompt=args.source, target_prompt=args.target, edit=args.edit, seed=args.seed,
+                   steps=args.steps, guidance_scale=args.guidance, blend_words=tuple(args.blend or ()))
+    result = finish(engine.p2p(spec), "Prompt-to-Prompt")
+    Output(args.out).save(result, ["source", "edited"])
     return 0
 
 
@@ -113,6 +201,41 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch", type=int, default=1, help="images per seed")
     gen.add_argument("--out", default="studio-output", help="folder for the PNGs and results.jsonl")
     gen.set_defaults(run=run_generate)
+
+    edit = commands.add_parser("edit", help="edit an image: sdedit, diffedit or p2p").add_subparsers(dest="method", required=True)
+    sdedit = edit.add_parser("sdedit", help="strokes or an image as a guide, noised to t0 and denoised")
+    sdedit.add_argument("guide", help="the guide image (a stroke drawing or a photo)")
+    sdedit.add_argument("--prompt", default="")
+    sdedit.add_argument("--mask", help="editable region: white (or opaque) pixels; the rest stays as --original")
+    sdedit.add_argument("--original", help="the image the frozen region keeps (default: the guide)")
+    sdedit.add_argument("--t0", type=lambda text: [float(v) for v in text.split(",")], default=[0.3, 0.5, 0.7],
+                        help="noise levels as fractions of T, e.g. 0.3,0.5")
+    sdedit.add_argument("--repeats", type=int, default=2)
+    sdedit.add_argument("--noise-form", choices=["vp", "ve"], default="vp")
+    sdedit.set_defaults(run=run_sdedit)
+
+    diffedit = edit.add_parser("diffedit", help="find what differs between two prompts, then repaint only that")
+    diffedit.add_argument("image")
+    diffedit.add_argument("--source", required=True, help="what the image shows")
+    diffedit.add_argument("--target", required=True, help="what it should show")
+    diffedit.add_argument("--mask", help="use this mask instead of discovering one")
+    diffedit.add_argument("--threshold", type=float, default=0.4)
+    diffedit.add_argument("--strength", type=float, default=0.8, help="t_edit as a fraction of T")
+    diffedit.set_defaults(run=run_diffedit)
+
+    p2p = edit.add_parser("p2p", help="Prompt-to-Prompt: generate the source and its edit with shared attention")
+    p2p.add_argument("--source", required=True)
+    p2p.add_argument("--target", default="", help="the edited prompt; (word:1.5) re-weights a word")
+    p2p.add_argument("--edit", default="refine", choices=["word swap", "refine", "style"],
+                     help="re-weighting ((word:1.5) in --target) combines with any of them")
+    p2p.add_argument("--blend", nargs="*", help="local blend: words whose region may change")
+    p2p.set_defaults(run=run_p2p)
+
+    for command in (sdedit, diffedit, p2p):
+        command.add_argument("--seed", type=int, default=None)
+        command.add_argument("--steps", type=int, default=spec_default("steps"))
+        command.add_argument("--guidance", type=float, default=spec_default("guidance_scale"))
+        command.add_argument("--out", default="studio-output")
     return root
 
 

@@ -56,3 +56,31 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, tmp_path, caps
     assert studio(tiny_model_dir, "generate", *args, "--out", out) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_edit_commands_write_their_images_with_settings(tiny_model_dir, tmp_path):
+    guide = tmp_path / "guide.png"
+    Image.new("RGB", (128, 128), (30, 70, 220)).save(guide)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[32:96, 32:96] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+
+    assert studio(tiny_model_dir, "edit", "sdedit", guide, "--prompt", "a red circle", "--t0", "0.4,0.6",
+                  "--repeats", 1, "--seed", 5, "--steps", 4, "--out", tmp_path / "sdedit") == 0
+    assert [p.name for p in sorted((tmp_path / "sdedit").glob("*.png"))] == ["0000-t0-0.4-seed5.png", "0001-t0-0.6-seed5.png"]
+    assert read_png_settings(tmp_path / "sdedit" / "0001-t0-0.6-seed5.png")["prompt"] == "a red circle"
+
+    assert studio(tiny_model_dir, "edit", "diffedit", guide, "--source", "a red circle", "--target", "a blue circle",
+                  "--mask", tmp_path / "mask.png", "--steps", 4, "--seed", 1, "--out", tmp_path / "diffedit") == 0
+    written_mask = np.asarray(Image.open(tmp_path / "diffedit" / "0000-mask.png")) > 0
+    assert written_mask.sum() == 64 * 64 and written_mask[32:96, 32:96].all()  # the given mask was used
+
+    assert studio(tiny_model_dir, "edit", "p2p", "--source", "a big red circle", "--target", "a big red square",
+                  "--edit", "word swap", "--seed", 2, "--steps", 3, "--out", tmp_path / "p2p") == 0
+    assert [p.name for p in sorted((tmp_path / "p2p").glob("*.png"))] == ["0000-source.png", "0001-edited.png"]
+
+
+def test_edit_of_a_file_that_is_not_an_image_says_so(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not a picture")
+    assert studio(tiny_model_dir, "edit", "sdedit", tmp_path / "notes.png", "--out", tmp_path / "out") == 2
+    assert "notes.png is not an image" in capsys.readouterr().err
