@@ -16,7 +16,7 @@ from PIL import Image
 from studio.editing import masks
 from studio.editing.diffedit import DiffEditSpec, MaskResult, masked_ddim_step, probe_timesteps
 from studio.errors import InvalidInputError
-from studio.events import Mask
+from studio.events import Mask, Progress
 from studio.images import encode_image
 from studio.metrics import psnr
 from studio.models import decode_latents
@@ -129,3 +129,25 @@ def test_a_threshold_nothing_passes_says_so_and_the_engine_keeps_working(engine,
         engine.diffedit(spec, None)
     spec = DiffEditSpec(SOURCE, TARGET, start="noise", seed=0, steps=4, probes=1, noise_samples=1)
     assert list(engine.diffedit(spec, scene.image))[-1].images
+
+
+def test_default_start_is_the_ddim_inversion_of_the_source(engine, scene):
+    spec = DiffEditSpec(SOURCE, TARGET, seed=0, steps=20)
+    assert spec.start == "inversion"
+    events = list(engine.diffedit(spec, scene.image))
+    result = events[-1]
+    assert any(isinstance(e, Progress) and "inversion" in e.message for e in events)
+    frozen = 1 - result.latent_mask
+    assert torch.equal(result.latents * frozen, result.original_latents * frozen)
+    assert ("green", "circle") in [(o.colour, o.shape) for o in judge_pixels(np.asarray(result.images[0])).objects]
+
+
+def test_the_inversion_tabs_inversion_is_edited_from_its_own_trajectory(engine, scene):
+    from studio.inversion import InversionResult, InversionSpec
+
+    inverted = list(engine.invert(InversionSpec(SOURCE, method="ddim", steps=10, guidance_scale=5.0), scene.image))
+    inversion = next(e for e in inverted if isinstance(e, InversionResult)).inversion
+    result = list(engine.diffedit(DiffEditSpec(SOURCE, TARGET, seed=0), inversion=inversion))[-1]
+    assert result.unet_evaluations == 2 + round(0.8 * inversion.steps)  # probes, then the edit; no new inversion
+    assert masks.iou(result.mask, scene.masks[0]) >= 0.7
+    assert "green" in [o.colour for o in judge_pixels(np.asarray(result.images[0])).objects]

@@ -1,0 +1,25 @@
+"""Protects: bench/diffedit.py runs both DiffEdits end to end and reports IoU, success, PSNR and a time ratio."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "diffedit.py"
+
+
+def test_bench_compares_with_diffusers_diffedit(tiny_model_dir, tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_diffedit", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    report = bench.main(["--model", str(tiny_model_dir), "--device", "cpu", "--cases", "1", "--steps", "2",
+                         "--repeats", "1", "--out", str(tmp_path)])
+
+    for side in ("ours", "diffusers"):
+        row = report["summary"][side]
+        assert 0 <= row["iou"] <= 1 and row["median_seconds"] > 0
+    assert report["time_ratio"] > 0 and len(report["seconds"]["ours"]) == 1
+    assert json.loads((tmp_path / "diffedit.json").read_text())["cases"] == 1
+    assert "| ours |" in (tmp_path / "diffedit.md").read_text()
