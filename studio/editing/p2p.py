@@ -50,11 +50,13 @@ from studio.errors import InvalidInputError
 from studio.events import AttentionMaps, CancelToken, Event, Mask, Preview, Progress, Result
 from studio.guidance import ClassifierFreeGuidance, Guider
 from studio.images import to_uint8
+from studio.inversion import METHOD_LABELS, Inversion, sampling_guider
 from studio.models import decode_latents
 from studio.prompt_weights import parse_weighted_prompt
 from studio.sampling import make_scheduler, sample_steps
 
 EDIT_TYPES = ("word swap", "refine", "style")  # re-weighting combines with any of them
+EDITABLE_INVERSIONS = ("null_text", "negative_prompt", "ddim")  # sampled by plain DDIM with (per-step) CFG
 WEIGHT = specs.Range(-10.0, 10.0, 0.1, "Re-weight")
 STYLE_ALPHA = specs.Range(0.0, 1.0, 0.05, "Style alpha")
 THRESHOLD = specs.Range(0.0, 1.0, 0.05, "Local-blend threshold")
@@ -246,12 +248,17 @@ class LocalBlend:
         return blend_latents(x, self.binary)
 
 
-def prompt_to_prompt(engine: Any, spec: P2PSpec, inversion: Any = None,
+def prompt_to_prompt(engine: Any, spec: P2PSpec, inversion: Inversion | None = None,
                      cancel: CancelToken | None = None) -> Iterator[Event]:
     """Validate (before any model work), then return the queued job's event stream."""
     # 1. check inputs
     spec.validate(editing_inversion=inversion is not None)
     source_prompt = inversion.prompt if inversion is not None else spec.source_prompt
+    if inversion is not None and inversion.method not in EDITABLE_INVERSIONS:
+        raise InvalidInputError(
+            f"{inversion.label} samples with its own coupled steps, which Prompt-to-Prompt does not drive: "
+            f"invert with {' or '.join(METHOD_LABELS[m] for m in EDITABLE_INVERSIONS)} to edit the image."
+        )
     if inversion is not None and spec.source_prompt.strip() and spec.source_prompt.strip() != inversion.prompt.strip():
         raise InvalidInputError(
             f"The inversion was made with the prompt {inversion.prompt!r}; the source prompt must be that prompt "
@@ -271,7 +278,7 @@ def stacked(source: Cond, target: Cond) -> Cond:
 
 
 @torch.no_grad()
-def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversion: Any,
+def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversion: Inversion | None,
           cancel: CancelToken | None) -> Iterator[Event]:
     started = time.perf_counter()
     model = engine.model
@@ -279,13 +286,11 @@ def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversi
     # 2. encode both prompts; the guider: plain CFG, or the inversion's own negative branch
     pair = stacked(engine.encode_prompt(prepared.source), engine.encode_prompt(prepared.target))
     scheduler = make_scheduler("ddim", model.scheduler_config)
+    scheduler.set_timesteps(inversion.steps if inversion is not None else spec.steps, device=engine.device)
+    timesteps = scheduler.timesteps  # an inversion's are these: it was made on the same DDIM grid
     if inversion is not None:
-        timesteps = inversion.timesteps.to(engine.device)
-        scheduler.set_timesteps(len(timesteps), device=engine.device)
         guider = inversion_guider(engine, inversion, pair)
     else:
-        scheduler.set_timesteps(spec.steps, device=engine.device)
-        timesteps = scheduler.timesteps
         uncond = engine.encode_negative_prompt(engine.tokenize("", "Negative prompt"))
         guider = ClassifierFreeGuidance(cond=pair, uncond=uncond, scale=spec.guidance_scale)
     steps = len(timesteps)
@@ -356,9 +361,11 @@ def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversi
                     latents=latents, mask=mask, alignment=[(w, s) for w, s, _ in prepared.table()])
 
 
-def inversion_guider(engine: Any, inversion: Any, pair: Cond) -> Guider:
-    """The inversion's own negative branch for both images (so the source reproduces its reconstruction)."""
-    raise InvalidInputError("Editing inversions is not available yet in this build.")
+def inversion_guider(engine: Any, inversion: Inversion, pair: Cond) -> Guider:
+    """The inversion's own sampling guider (its per-step null embeddings: NTI's optimised ones, NPI's
+    source prompt, seed 3.2) for both images, so the source branch reproduces its reconstruction."""
+    null = engine.encode_negative_prompt(engine.tokenize("", "Negative prompt"))
+    return sampling_guider(inversion, pair, null)
 
 
 def _maps_event(step: int, controller: PromptToPromptController, prepared: PreparedEdit) -> EditAttentionMaps:

@@ -1,0 +1,86 @@
+"""Prompt-to-Prompt on real images (embedded model): an inversion's unedited source branch equals the
+inversion's own reconstruction (same x_T, timesteps and per-step null embeddings), for negative-prompt
+inversion and for per-step null embeddings as null-text inversion produces them; a colour swap edits
+the inverted image and keeps its shape; inversions P2P cannot drive are refused by name."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from studio.denoiser import Denoiser
+from studio.editing.p2p import P2PResult, P2PSpec
+from studio.engine import Engine
+from studio.errors import InvalidInputError
+from studio.inversion import InversionResult, InversionSpec, reconstruction_steps
+from studio.sampling import make_scheduler
+from studio.shapes.judge import judge_pixels
+from studio.shapes.render import Scene, make_object, render
+
+CAPTION = "a big red circle on a blue background"
+TARGET = "a big red square on a blue background"
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def npi(engine):
+    image = render(Scene("blue", (make_object("circle", "red", "big", "left"),))).image
+    *_, result = engine.invert(InversionSpec(CAPTION, "negative_prompt", steps=STEPS, guidance_scale=5.0), image)
+    assert isinstance(result, InversionResult)
+    return result.inversion
+
+
+def reconstruction(engine, inversion) -> torch.Tensor:
+    """The inversion's own reconstruction (studio.inversion's sampler), final latents (1, C, h, w)."""
+    scheduler = make_scheduler("ddim", engine.model.scheduler_config)
+    denoiser = Denoiser(engine.model, scheduler.alphas_cumprod)
+    cond = engine.encode_prompt(engine.tokenize(inversion.prompt))
+    null = engine.encode_negative_prompt(engine.tokenize(""))
+    *_, last = reconstruction_steps(denoiser, inversion, cond, null, engine.model.scheduler_config)
+    return last["x"]
+
+
+def edit(engine, inversion, **changes) -> P2PResult:
+    spec = P2PSpec(**{"source_prompt": "", "target_prompt": TARGET, "edit": "word swap", "cross_stop": 0.2,
+                      "self_stop": 0.2, **changes})
+    *_, result = engine.p2p(spec, inversion)
+    return result
+
+
+def per_step_nulls(inversion):
+    """An inversion carrying a different null embedding at every step, as null-text inversion's O_t."""
+    generator = torch.Generator().manual_seed(0)
+    base = inversion.uncond_embeddings[0]
+    nulls = [base + 0.05 * torch.randn(base.shape, generator=generator) for _ in range(inversion.steps)]
+    return replace(inversion, method="null_text", uncond_embeddings=nulls)
+
+
+@pytest.mark.parametrize("make", [lambda inv: inv, per_step_nulls], ids=["negative_prompt", "null_text_embeddings"])
+def test_unedited_source_branch_is_the_inversions_reconstruction(engine, npi, make):
+    inversion = make(npi)
+    result = edit(engine, inversion)
+    expected = reconstruction(engine, inversion)
+    assert float((result.latents[:1] - expected).abs().max()) < 1e-4
+    assert result.settings["inversion"] == inversion.method and result.settings["source_prompt"] == CAPTION
+
+
+def test_colour_swap_edits_the_inverted_image_and_keeps_its_shape(engine, npi):
+    result = edit(engine, npi, target_prompt="a big yellow circle on a blue background", cross_stop=0.4, self_stop=0.2)
+    source, edited = (judge_pixels(np.asarray(image)) for image in result.images)
+    assert (source.objects[0].colour, source.objects[0].shape) == ("red", "circle")
+    assert (edited.background, edited.objects[0].colour, edited.objects[0].shape) == ("blue", "yellow", "circle")
+
+
+def test_inversions_p2p_cannot_drive_are_refused(engine, npi):
+    with pytest.raises(InvalidInputError, match="EDICT"):
+        engine.p2p(P2PSpec("", TARGET, edit="word swap"), replace(npi, method="edict"))
+    with pytest.raises(InvalidInputError, match="must be that prompt"):
+        engine.p2p(P2PSpec("a big blue circle", TARGET, edit="word swap"), npi)
