@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from app_harness import launched_app
 from PIL import Image
-from test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, image_loaded
+from test_browser import TIMEOUT_MS, browser, image_loaded  # noqa: F401 (browser: the shared fixture)
 
 from studio.shapes.render import Scene, make_object, render
 from studio.shapes.vocabulary import COLOURS
@@ -28,18 +28,6 @@ def app_url(tmp_path_factory):
 
     with launched_app(Engine(None, device="cpu"), tmp_path_factory.mktemp("gradio")) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/install_browser.sh` (installs Debian's chromium).")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

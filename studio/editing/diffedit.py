@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
@@ -55,6 +55,7 @@ STRENGTH = specs.Range(0.05, 1.0, 0.05, "Strength")
 PROBES = specs.Range(1, 10, 1, "Probe timesteps")
 NOISE_SAMPLES = specs.Range(1, 16, 1, "Noise samples per probe")
 CLEAN = specs.Range(0, 31, 1, "Open/close kernel (pixels)")
+COVERAGE = specs.Range(0.0, 0.95, 0.05, "Latent cell coverage")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class DiffEditSpec:
     clean_pixels: int = 9  # open/close kernel; about one latent cell on SD-style VAEs (8 px)
     # Stage II
     edit_strength: float = 0.8  # t_edit / T (diffusers' inpaint_strength)
+    # A latent cell is edited when more than this fraction of its pixels is in the mask. 0.25 (chosen on the
+    # benchmark's scenes) keeps the background: "any pixel" (0) regenerated 1.4 dB more of it for the same success.
+    cell_coverage: float = 0.25
     start: str = "inversion"
     composite: bool = False  # original pixels outside the mask after decoding (see masks.composite)
     seed: int | None = None
@@ -88,6 +92,7 @@ class DiffEditSpec:
         NOISE_SAMPLES.check("noise_samples", self.noise_samples)
         THRESHOLD.check("threshold", self.threshold)
         CLEAN.check("clean_pixels", self.clean_pixels)
+        COVERAGE.check("cell_coverage", self.cell_coverage)
         if self.deviation not in DEVIATIONS:
             raise InvalidInputError(f"Deviation must be one of {', '.join(DEVIATIONS)}, got {self.deviation!r}.")
         if self.start not in STARTS:
@@ -321,7 +326,7 @@ def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndar
     original = encode_image(model.vae, image).to(model.dtype)  # (1, C, h, w)
     source, target = (engine.encode_prompt(t) for t in tokens)
     uncond = engine.encode_negative_prompt(engine.tokenize(""))
-    latent_mask = masks.to_latent_mask(mask, tuple(original.shape[2:]), engine.device, model.dtype)
+    latent_mask = masks.to_latent_mask(mask, tuple(original.shape[2:]), engine.device, model.dtype, spec.cell_coverage)
 
     # 3. timesteps from t_edit and the start state: the given inversion's state at t_edit, the DDIM inversion
     #    of the image under the source prompt up to t_edit, or the image noised to t_edit

@@ -78,12 +78,12 @@ def clean_mask(mask: np.ndarray, kernel_pixels: int) -> np.ndarray:
 
 
 def to_latent_mask(mask: np.ndarray, latent_size: tuple[int, int], device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32) -> Tensor:
-    """(H, W) bool pixel mask -> (1, 1, h, w) {0, 1} latent mask: a cell is editable when any pixel under it is
-    (max pooling). Broadcasts over the latent channels in the masked updates."""
+                   dtype: torch.dtype = torch.float32, coverage: float = 0.0) -> Tensor:
+    """(H, W) bool pixel mask -> (1, 1, h, w) {0, 1} latent mask: a cell is editable when more than `coverage`
+    of its pixels are (0: any pixel). Broadcasts over the latent channels in the masked updates."""
     pixels = torch.from_numpy(mask.astype(np.float32))[None, None]  # (1, 1, H, W)
-    cells = torch.nn.functional.adaptive_max_pool2d(pixels, latent_size)  # (1, 1, h, w)
-    return cells.to(device=device, dtype=dtype)
+    covered = torch.nn.functional.adaptive_avg_pool2d(pixels, latent_size)  # (1, 1, h, w) fraction editable
+    return (covered > coverage).to(device=device, dtype=dtype)
 
 
 def to_pixel_mask(latent_mask: Tensor, image_size: tuple[int, int]) -> np.ndarray:

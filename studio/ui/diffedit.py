@@ -32,10 +32,10 @@ from studio.editing.diffedit import (
     overlay,
 )
 from studio.errors import InvalidInputError
-from studio.events import Mask, Preview
+from studio.events import CancelToken, Mask, Preview
 from studio.images import prepare_image
-from studio.ui.generate import _Jobs, _progress_html, _session
-from studio.ui.sdedit import stream_events
+from studio.ui.generate import _progress_html
+from studio.ui.sdedit import EditJobs
 
 DEFAULTS = DiffEditSpec("", "")
 MASK_RGBA = (255, 0, 255, 255)  # how the found mask is painted on the editor's layer
@@ -72,7 +72,7 @@ def edited_mask(value: dict | None) -> tuple[np.ndarray | None, np.ndarray | Non
 
 def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> dict[str, Any]:
     """Lay out the DiffEdit tab; `inversion_state` holds the Inversion tab's latest Inversion (or None)."""
-    jobs = _Jobs()
+    jobs = EditJobs()
     native = int(engine.native_size)
 
     # 1. layout ---------------------------------------------------------------------------
@@ -169,15 +169,12 @@ def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> 
                   request: gr.Request = None) -> Iterator[tuple]:
         """Stage I: streams (status, mask preview, mask editor, found state) after every probe."""
         skip = gr.skip()
-        session = _session(request)
-        job = jobs.start(session, 0)
-        try:
+
+        def start(cancel: CancelToken) -> Iterator:
             spec = _spec(*form)
             chosen = _inversion(use, inversion)
-            events = engine.diffedit_mask(spec, None if chosen is not None else image_value, chosen, job.cancel)
-        except (InvalidInputError, TypeError, ValueError) as error:
-            jobs.finish(session, job)
-            raise gr.Error(str(error)) from error
+            return engine.diffedit_mask(spec, None if chosen is not None else image_value, chosen, cancel)
+
         shown: dict[str, Any] = {}
 
         def render(event: Any, total: int) -> tuple | None:
@@ -188,11 +185,11 @@ def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> 
                         editor_value(picture, event.binary), {"soft": event.soft, "image": picture})
             if isinstance(event, Mask):
                 if "image" not in shown:
-                    shown["image"] = _prepared(image_value, chosen)
+                    shown["image"] = _prepared(image_value, inversion if use else None)
                 return skip, overlay(shown["image"], event.binary), skip, skip
             return None
 
-        yield from stream_events(events, job, lambda: jobs.finish(session, job), 4, render, "DiffEdit mask")
+        yield from jobs.run(request, start, 4, render, "DiffEdit mask")
 
     def _prepared(image_value: np.ndarray | None, inversion: Any) -> Image.Image:
         return prepare_image(inversion.image if inversion is not None else image_value, native).image
@@ -209,18 +206,14 @@ def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> 
         """Stage II with the editor's mask (Stages I and II when it is empty): streams (status, preview,
         result, settings)."""
         skip = gr.skip()
-        session = _session(request)
-        job = jobs.start(session, 0)
-        try:
+
+        def start(cancel: CancelToken) -> Iterator:
             spec = _spec(*form)
             chosen = _inversion(use, inversion)
             mask, background = edited_mask(editor)
             # A touched-up mask belongs to the image on the editor (already at the model's size).
             picture = background if mask is not None and chosen is None else image_value
-            events = engine.diffedit(spec, None if chosen is not None else picture, mask, chosen, job.cancel)
-        except (InvalidInputError, TypeError, ValueError) as error:
-            jobs.finish(session, job)
-            raise gr.Error(str(error)) from error
+            return engine.diffedit(spec, None if chosen is not None else picture, mask, chosen, cancel)
 
         def render(event: Any, total: int) -> tuple | None:
             if isinstance(event, Mask):
@@ -233,13 +226,7 @@ def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> 
                 return _progress_html(total, total, text, "done"), skip, event.images[0], event.settings
             return None
 
-        yield from stream_events(events, job, lambda: jobs.finish(session, job), 4, render, "DiffEdit")
-
-    def stop_job(request: gr.Request) -> Any:
-        job = jobs.cancel(_session(request))
-        if job is None:
-            return gr.skip()
-        return _progress_html(job.step, job.total, f"Stopped after step {job.step} of {job.total}.", "stopped")
+        yield from jobs.run(request, start, 4, render, "DiffEdit")
 
     # 3. events -------------------------------------------------------------------------------
     inversion_input = inversion_state if inversion_state is not None else gr.State(None)
@@ -251,7 +238,7 @@ def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> 
     editing = go.click(run_edit, [image, use_inversion, inversion_input, mask_editor, *form],
                        [status, mask_preview, result, settings], api_name="diffedit", concurrency_id="model",
                        show_progress="hidden")
-    stop.click(stop_job, None, status, cancels=[finding, editing], api_name="diffedit_stop",
+    stop.click(jobs.stop, None, status, cancels=[finding, editing], api_name="diffedit_stop",
                api_visibility="undocumented", concurrency_limit=None, concurrency_id="stop", show_progress="hidden")
     gr.on([threshold.release, clean.release], rethreshold, [found, threshold, clean], [mask_preview, mask_editor],
           api_visibility="private", concurrency_limit=None, concurrency_id="diffedit-threshold",

@@ -22,7 +22,7 @@ from studio import specs
 from studio.editing import masks
 from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditSpec, SDEditResult
 from studio.errors import CancelledError, InvalidInputError, StudioError
-from studio.events import Preview, Progress
+from studio.events import CancelToken, Preview, Progress
 from studio.shapes.vocabulary import COLOURS
 from studio.ui.generate import _Jobs, _progress_html, _session
 
@@ -89,43 +89,61 @@ def canvas_inputs(value: dict | None, size: int) -> tuple[np.ndarray, np.ndarray
     return guide.round().astype(np.uint8), (mask if mask.any() else None), original
 
 
-def stream_events(events: Iterator, job: Any, finish: Callable[[], None], width: int,
-                  render: Callable[[Any, int], tuple | None], what: str) -> Iterator[tuple]:
-    """Run an engine job for a handler with `width` outputs, the first being the status HTML: Progress events
-    update the status, `render(event, total)` turns any other event into outputs (None: nothing to show).
-    Stop (GeneratorExit or the token) and errors end the job cleanly; StudioError becomes gr.Error."""
-    skip = gr.skip()
-    rest = (skip,) * (width - 1)
-    step = total = 0
-    try:
-        yield (_progress_html(0, 1, "Starting…"), *rest)
-        for event in events:
-            if isinstance(event, Progress):
-                step, total = event.step, event.total
-                job.step, job.total = step, total  # for Stop's message
-                yield (_progress_html(step, total, event.message or f"Step {step} / {total}"), *rest)
-            elif (outputs := render(event, total)) is not None:
-                yield outputs
-    except CancelledError as error:
-        yield (_progress_html(step, total, f"Stopped: {error}", "stopped"), *rest)
-    except StudioError as error:
-        yield (_progress_html(step, total, str(error), "failed"), *rest)
-        raise gr.Error(str(error)) from error
-    except Exception as error:  # a bug, not bad input: keep the app alive, details in the log
-        log.exception("%s failed", what)
-        message = f"{what} failed unexpectedly ({type(error).__name__}); see the server log."
-        yield (_progress_html(step, total, message, "failed"), *rest)
-        raise gr.Error(message) from error
-    finally:
-        job.cancel.cancel()
-        if hasattr(events, "close"):
-            events.close()  # unwinds the engine job (its lock) when stopped mid-run
-        finish()
+class EditJobs(_Jobs):
+    """The running job per browser session of an editing tab: start it (bad input becomes gr.Error before any
+    model work), stream it to the handler's outputs, stop it."""
+
+    def run(self, request: gr.Request | None, start: Callable[[CancelToken], Iterator], width: int,
+            render: Callable[[Any, int], tuple | None], what: str) -> Iterator[tuple]:
+        """`start(cancel)` checks the form and returns the engine's events; the handler has `width` outputs, the
+        first the status HTML. Progress events update the status; `render(event, total)` turns any other event
+        into outputs (None: nothing to show). Stop and errors end the job cleanly; StudioError becomes gr.Error."""
+        session = _session(request)
+        job = self.start(session, 0)
+        try:
+            events = start(job.cancel)
+        except (InvalidInputError, TypeError, ValueError) as error:
+            self.finish(session, job)
+            raise gr.Error(str(error)) from error
+        skip = gr.skip()
+        rest = (skip,) * (width - 1)
+        step = total = 0
+        try:
+            yield (_progress_html(0, 1, "Starting…"), *rest)
+            for event in events:
+                if isinstance(event, Progress):
+                    step, total = event.step, event.total
+                    job.step, job.total = step, total  # for Stop's message
+                    yield (_progress_html(step, total, event.message or f"Step {step} / {total}"), *rest)
+                elif (outputs := render(event, total)) is not None:
+                    yield outputs
+        except CancelledError as error:
+            yield (_progress_html(step, total, f"Stopped: {error}", "stopped"), *rest)
+        except StudioError as error:
+            yield (_progress_html(step, total, str(error), "failed"), *rest)
+            raise gr.Error(str(error)) from error
+        except Exception as error:  # a bug, not bad input: keep the app alive, details in the log
+            log.exception("%s failed", what)
+            message = f"{what} failed unexpectedly ({type(error).__name__}); see the server log."
+            yield (_progress_html(step, total, message, "failed"), *rest)
+            raise gr.Error(message) from error
+        finally:
+            job.cancel.cancel()
+            if hasattr(events, "close"):
+                events.close()  # unwinds the engine job (its lock) when stopped mid-run
+            self.finish(session, job)
+
+    def stop(self, request: gr.Request) -> Any:
+        """The Stop button: cancels this session's job; says where it stopped."""
+        job = self.cancel(_session(request))
+        if job is None:
+            return gr.skip()
+        return _progress_html(job.step, job.total, f"Stopped after step {job.step} of {job.total}.", "stopped")
 
 
 def build_sdedit_tab(engine: Any) -> dict[str, Any]:
     """Lay out the SDEdit tab in the current Blocks/Tab and wire it; returns its main components by name."""
-    jobs = _Jobs()
+    jobs = EditJobs()
     native = int(engine.native_size)
 
     # 1. layout ---------------------------------------------------------------------------
@@ -184,9 +202,8 @@ def build_sdedit_tab(engine: Any) -> dict[str, Any]:
                    request: gr.Request = None) -> Iterator[tuple]:
         """SDEdit of the canvas: streams progress; ends with (status, preview, strip, table, gallery, settings)."""
         skip = gr.skip()
-        session = _session(request)
-        job = jobs.start(session, 0)
-        try:
+
+        def start(cancel: CancelToken) -> Iterator:
             if not random and seed_value is None:
                 raise InvalidInputError("Enter a seed, or tick 'random seed'.")
             guide, mask, original = canvas_inputs(canvas_value, native)
@@ -196,11 +213,7 @@ def build_sdedit_tab(engine: Any) -> dict[str, Any]:
                 steps=int(steps_value), guidance_scale=float(guidance_value), noise_form=noise_form_value,
                 composite=bool(composite_value),
             )
-            events = engine.sdedit(spec, guide, mask=mask, original=original, cancel=job.cancel)
-        except (InvalidInputError, TypeError, ValueError) as error:
-            jobs.finish(session, job)
-            raise gr.Error(str(error)) from error
-        masked = "masked" if mask is not None else "unmasked"
+            return engine.sdedit(spec, guide, mask=mask, original=original, cancel=cancel)
 
         def render(event: Any, total: int) -> tuple | None:
             if isinstance(event, Preview):
@@ -208,19 +221,14 @@ def build_sdedit_tab(engine: Any) -> dict[str, Any]:
             if isinstance(event, SDEditResult):
                 rows = [[r["t0"], r["repeat"], r["seed"], round(r["l2_to_guide"], 4),
                          None if r["realism"] is None else round(r["realism"], 3)] for r in event.rows]
+                masked = "masked" if event.settings["masked"] else "unmasked"
                 text = (f"Done in {event.timings['total']:.1f} s · {masked} · seed {event.settings['seed']} · "
                         f"{event.unet_evaluations} UNet evaluations")
                 captions = [(image, f"t0 {r['t0']:g} · seed {r['seed']}") for image, r in zip(event.images, event.rows)]
                 return _progress_html(total, total, text, "done"), skip, event.strip, rows, captions, event.settings
             return None
 
-        yield from stream_events(events, job, lambda: jobs.finish(session, job), 6, render, "SDEdit")
-
-    def stop_job(request: gr.Request) -> Any:
-        job = jobs.cancel(_session(request))
-        if job is None:
-            return gr.skip()
-        return _progress_html(job.step, job.total, f"Stopped after step {job.step} of {job.total}.", "stopped")
+        yield from jobs.run(request, start, 6, render, "SDEdit")
 
     # 3. events -------------------------------------------------------------------------------
     run = go.click(
@@ -229,7 +237,7 @@ def build_sdedit_tab(engine: Any) -> dict[str, Any]:
         [status, preview, strip, table, gallery, settings],
         api_name="sdedit", concurrency_id="model", show_progress="hidden",
     )
-    stop.click(stop_job, None, status, cancels=[run], api_name="sdedit_stop", api_visibility="undocumented",
+    stop.click(jobs.stop, None, status, cancels=[run], api_name="sdedit_stop", api_visibility="undocumented",
                concurrency_limit=None, concurrency_id="stop", show_progress="hidden")
     gr.Markdown(
         f"Model **{html.escape(str(engine.model_name))}** · canvas {native}×{native} px. SDEdit (seed §4.1): the guide "
