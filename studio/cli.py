@@ -6,6 +6,8 @@
     studio edit sdedit strokes.png --prompt "a red circle on a blue background" --t0 0.4,0.6 --out runs/sdedit
     studio edit diffedit photo.png --source "a red circle" --target "a blue circle" --out runs/diffedit
     studio edit p2p --source "a big red circle" --target "a big red square" --edit "word swap" --seed 3
+    studio invert photo.png --prompt "a red circle on a blue background" --method null_text edict --out runs/inv
+    studio edit p2p --inversion runs/inv/null_text.inversion.pt --target "a blue circle on a blue background"
 
 Each image is a PNG carrying its settings (A1111 `parameters` text and our JSON), exactly as the
 app writes them, so the app's "load settings from PNG" and other tools read them back. A
@@ -18,14 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
-from collections.abc import Iterator
-from dataclasses import fields, replace
-from pathlib import Path
-from typing import Any
 
-from studio.errors import StudioError
-from studio.specs import SCHEDULERS, GenerateSpec
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import fields, replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from studio.errors import StudioError  # noqa: E402
+from studio.inversion.result import METHODS as INVERSION_METHODS  # noqa: E402
+from studio.specs import SCHEDULERS, GenerateSpec  # noqa: E402
 
 
 def spec_default(name: str) -> Any:
@@ -143,6 +149,41 @@ def read_mask(path: str | None) -> Any:
     return np.asarray(channel) > 127
 
 
+def run_invert(engine: Any, args: argparse.Namespace) -> int:
+    """Reconstruction PNG(s), and `<method>.inversion.pt` for `studio edit ... --inversion` (trusted files only:
+    it is a pickle of tensors and the prepared image)."""
+    import torch
+
+    from studio.inversion import InversionSpec
+
+    image = read_image(args.image)
+    output = Output(args.out)
+    for method in args.method:
+        spec = InversionSpec(prompt=args.prompt, method=method, steps=args.steps, guidance_scale=args.guidance)
+        result = finish(engine.invert(spec, image), method)
+        output.save(result, [f"{method}-reconstruction"])
+        torch.save(result.inversion, output.folder / f"{method}.inversion.pt")
+        metrics = {k: v for k, v in result.inversion.metrics.items() if isinstance(v, (int, float, str))}
+        print(json.dumps({"method": method, **metrics}, default=str), file=sys.stderr)
+    return 0
+
+
+def read_inversion(path: str | None) -> Any:
+    if path is None:
+        return None
+    import torch
+
+    from studio.inversion import Inversion
+
+    try:
+        inversion = torch.load(path, weights_only=False)  # our own file, written by `studio invert`
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise StudioError(f"Could not read the inversion {path}: {error}") from error
+    if not isinstance(inversion, Inversion):
+        raise StudioError(f"{path} is not an inversion written by `studio invert`.")
+    return inversion
+
+
 def run_sdedit(engine: Any, args: argparse.Namespace) -> int:
     from studio.editing.sdedit import SDEditSpec
 
@@ -163,7 +204,11 @@ def run_diffedit(engine: Any, args: argparse.Namespace) -> int:
     spec = DiffEditSpec(source_prompt=args.source, target_prompt=args.target, steps=args.steps,
                         guidance_scale=args.guidance, threshold=args.threshold, edit_strength=args.strength,
                         seed=args.seed)
-    result = finish(engine.diffedit(spec, read_image(args.image), read_mask(args.mask)), "DiffEdit")
+    inversion = read_inversion(args.inversion)
+    image = read_image(args.image) if args.image else None
+    if (image is None) == (inversion is None):
+        raise StudioError("Give an image or --inversion (one of them).")
+    result = finish(engine.diffedit(spec, image, read_mask(args.mask), inversion), "DiffEdit")
     output = Output(args.out)
     output.save(result, ["edited"])
     from PIL import Image
@@ -177,7 +222,7 @@ def run_p2p(engine: Any, args: argparse.Namespace) -> int:
 
     spec = P2PSpec(source_prompt=args.source, target_prompt=args.target, edit=args.edit, seed=args.seed,
                    steps=args.steps, guidance_scale=args.guidance, blend_words=tuple(args.blend or ()))
-    result = finish(engine.p2p(spec), "Prompt-to-Prompt")
+    result = finish(engine.p2p(spec, read_inversion(args.inversion)), "Prompt-to-Prompt")
     Output(args.out).save(result, ["source", "edited"])
     return 0
 
@@ -202,6 +247,15 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="studio-output", help="folder for the PNGs and results.jsonl")
     gen.set_defaults(run=run_generate)
 
+    inv = commands.add_parser("invert", help="map a real image into the model's trajectory, to reconstruct or edit it")
+    inv.add_argument("image")
+    inv.add_argument("--prompt", default="", help="a caption of the image (empty: the null prompt)")
+    inv.add_argument("--method", nargs="+", default=["null_text"], choices=list(INVERSION_METHODS))
+    inv.add_argument("--steps", type=int, default=50)
+    inv.add_argument("--guidance", type=float, default=7.5)
+    inv.add_argument("--out", default="studio-output")
+    inv.set_defaults(run=run_invert)
+
     edit = commands.add_parser("edit", help="edit an image: sdedit, diffedit or p2p").add_subparsers(dest="method", required=True)
     sdedit = edit.add_parser("sdedit", help="strokes or an image as a guide, noised to t0 and denoised")
     sdedit.add_argument("guide", help="the guide image (a stroke drawing or a photo)")
@@ -215,7 +269,8 @@ def parser() -> argparse.ArgumentParser:
     sdedit.set_defaults(run=run_sdedit)
 
     diffedit = edit.add_parser("diffedit", help="find what differs between two prompts, then repaint only that")
-    diffedit.add_argument("image")
+    diffedit.add_argument("image", nargs="?", help="the image to edit (or --inversion)")
+    diffedit.add_argument("--inversion", help="edit an inversion written by `studio invert` (its DDIM trajectory)")
     diffedit.add_argument("--source", required=True, help="what the image shows")
     diffedit.add_argument("--target", required=True, help="what it should show")
     diffedit.add_argument("--mask", help="use this mask instead of discovering one")
@@ -224,7 +279,8 @@ def parser() -> argparse.ArgumentParser:
     diffedit.set_defaults(run=run_diffedit)
 
     p2p = edit.add_parser("p2p", help="Prompt-to-Prompt: generate the source and its edit with shared attention")
-    p2p.add_argument("--source", required=True)
+    p2p.add_argument("--source", default="", help="the source prompt (with --inversion: its caption, or empty)")
+    p2p.add_argument("--inversion", help="edit a real image inverted by `studio invert` (null_text or negative_prompt)")
     p2p.add_argument("--target", default="", help="the edited prompt; (word:1.5) re-weights a word")
     p2p.add_argument("--edit", default="refine", choices=["word swap", "refine", "style"],
                      help="re-weighting ((word:1.5) in --target) combines with any of them")
@@ -251,7 +307,6 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
     quiet_libraries()
     try:
         from studio.engine import Engine

@@ -84,3 +84,27 @@ def test_edit_of_a_file_that_is_not_an_image_says_so(tiny_model_dir, tmp_path, c
     (tmp_path / "notes.png").write_text("not a picture")
     assert studio(tiny_model_dir, "edit", "sdedit", tmp_path / "notes.png", "--out", tmp_path / "out") == 2
     assert "notes.png is not an image" in capsys.readouterr().err
+
+
+def test_invert_then_edit_the_inversion(tiny_model_dir, tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (200, 150), (220, 30, 30)).save(photo)
+    assert studio(tiny_model_dir, "invert", photo, "--prompt", "a red circle", "--method", "negative_prompt", "ddim",
+                  "--steps", 3, "--out", tmp_path / "inv") == 0
+    assert sorted(p.name for p in (tmp_path / "inv").iterdir()) == [
+        "0000-negative_prompt-reconstruction.png", "0001-ddim-reconstruction.png", "ddim.inversion.pt",
+        "negative_prompt.inversion.pt", "results.jsonl"]
+    assert studio(tiny_model_dir, "edit", "p2p", "--inversion", tmp_path / "inv" / "negative_prompt.inversion.pt",
+                  "--target", "a blue circle", "--edit", "word swap", "--out", tmp_path / "p2p") == 0
+    assert len(list((tmp_path / "p2p").glob("*.png"))) == 2
+    assert studio(tiny_model_dir, "edit", "diffedit", "--inversion", tmp_path / "inv" / "ddim.inversion.pt",
+                  "--source", "a red circle", "--target", "a blue circle", "--out", tmp_path / "diffedit") == 0
+    assert (tmp_path / "diffedit" / "0000-edited.png").exists()
+
+
+def test_an_inversion_file_that_is_not_one_is_refused(tiny_model_dir, tmp_path, capsys):
+    bogus = tmp_path / "bogus.inversion.pt"
+    bogus.write_bytes(b"no pickle here")
+    assert studio(tiny_model_dir, "edit", "p2p", "--inversion", bogus, "--target", "a blue circle",
+                  "--out", tmp_path / "out") == 2
+    assert "Could not read the inversion" in capsys.readouterr().err
