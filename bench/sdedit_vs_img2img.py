@@ -1,0 +1,117 @@
+"""SDEdit (unmasked, VP/DDIM) vs diffusers' StableDiffusionImg2ImgPipeline at the same strength.
+
+Same components (the pipeline is built from the engine's loaded modules), DDIM, steps, strength,
+guidance, prompt and guide image; one repeat and one t0 on our side, previews off. Runs alternate
+after a warm-up; medians are compared. Target: SDEdit / img2img <= 1.05.
+Models: the embedded one at 128 px and SD 1.5's architecture at random init (--sd15-size, 0 skips).
+Writes bench/results/sdedit_vs_img2img.{json,md}.
+
+    python bench/sdedit_vs_img2img.py [--device cpu] [--steps 25] [--strength 0.6] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_description, sd15_engine, timed  # noqa: E402
+
+from studio.editing.sdedit import SDEditSpec  # noqa: E402
+from studio.engine import Engine  # noqa: E402
+from studio.events import Result  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_RATIO = 1.05
+GUIDANCE = 7.5
+
+
+def guide_image(size: int) -> Image.Image:
+    """A rough red blob on blue: the stroke drawing SDEdit is for."""
+    yy, xx = np.mgrid[:size, :size] / size
+    blob = (xx - 0.5) ** 2 + (yy - 0.45) ** 2 < 0.06
+    pixels = np.where(blob[..., None], [210, 40, 40], [40, 70, 210]).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def compare(engine: Engine, prompt: str, size: int, steps: int, strength: float, repeats: int) -> dict:
+    model = engine.model
+    pipeline = StableDiffusionImg2ImgPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        scheduler=DDIMScheduler.from_config(model.scheduler_config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    guide = guide_image(size)
+    spec = SDEditSpec(prompt=prompt, strengths=(strength,), repeats=1, seed=0, steps=steps, guidance_scale=GUIDANCE,
+                      preview_every=steps + 1)
+
+    def ours() -> float:
+        return timed(engine.device, lambda: next(e for e in engine.sdedit(spec, guide) if isinstance(e, Result)))[0]
+
+    def theirs() -> float:
+        return timed(engine.device, lambda: pipeline(
+            prompt, image=guide, strength=strength, num_inference_steps=steps, guidance_scale=GUIDANCE,
+            generator=torch.Generator("cpu").manual_seed(0), output_type="np"))[0]
+
+    ours(), theirs()  # warm-up
+    seconds: dict[str, list[float]] = {"sdedit": [], "img2img": []}
+    for _ in range(repeats):  # interleaved so drift hits both alike
+        seconds["sdedit"].append(ours())
+        seconds["img2img"].append(theirs())
+    median_ours, median_theirs = statistics.median(seconds["sdedit"]), statistics.median(seconds["img2img"])
+    return {"model": engine.model_name, "size": size, "steps": steps, "strength": strength, "seconds": seconds,
+            "median_sdedit_s": median_ours, "median_img2img_s": median_theirs, "ratio": median_ours / median_theirs}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="first model (default: the embedded one)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--strength", type=float, default=0.6)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sd15-size", type=int, default=256, help="0 skips SD 1.5")
+    parser.add_argument("--sd15-steps", type=int, default=10)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+
+    engine = Engine(args.model, device=args.device)
+    rows = [compare(engine, "a big red circle on a blue background", engine.native_size, args.steps, args.strength,
+                    args.repeats)]
+    if args.sd15_size:
+        rows.append(compare(sd15_engine(args.device), "a red ball on a blue table", args.sd15_size, args.sd15_steps,
+                            args.strength, args.repeats))
+    report = {**device_description(engine.device), "repeats": args.repeats, "target_ratio": TARGET_RATIO,
+              "rows": rows, "meets_target": all(r["ratio"] <= TARGET_RATIO for r in rows)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sdedit_vs_img2img.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "# SDEdit vs StableDiffusionImg2ImgPipeline",
+        "",
+        f"Device: {report['device_name']} ({report['device']}), {report['torch_threads']} torch threads; DDIM, guidance "
+        f"{GUIDANCE}, seed 0, one repeat, previews off, median of {args.repeats} interleaved runs after a warm-up. "
+        f"Target <= {TARGET_RATIO}x. SDEdit's time includes its report (L2 to the guide, classifier realism where the "
+        "model has a classifier) and the result strip.",
+        "",
+        "| model | size | steps | strength | SDEdit s | img2img s | ratio |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {r['model']} | {r['size']} | {r['steps']} | {r['strength']} | {r['median_sdedit_s']:.3f} | "
+          f"{r['median_img2img_s']:.3f} | **{r['ratio']:.3f}x** |" for r in rows),
+    ]
+    (out / "sdedit_vs_img2img.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return report
+
+
+if __name__ == "__main__":
+    main()
