@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from studio.attention.controllers import (
     DegreeWord,
-    EditPlan,
     PromptToPromptController,
     WordWindow,
     blend_latents,
@@ -25,8 +24,8 @@ from studio.attention.controllers import (
 )
 from studio.conditioning import Tokens
 from studio.editing.p2p import EditAttentionMaps, P2PResult, P2PSpec
-from studio.errors import InvalidInputError, UnknownWordError
-from studio.events import Mask
+from studio.errors import CancelledError, InvalidInputError, UnknownWordError
+from studio.events import CancelToken, Mask, Progress
 from studio.prompt_weights import parse_weighted_prompt
 
 
@@ -184,9 +183,6 @@ def test_unknown_target_word_is_named(tiny_engine):
 
 
 def test_cancel_stops_between_steps_and_restores_processors(tiny_engine):
-    from studio.errors import CancelledError
-    from studio.events import CancelToken, Progress
-
     before = dict(tiny_engine.model.unet.attn_processors)
     cancel = CancelToken()
     events = tiny_engine.p2p(P2PSpec(SOURCE, "a big red square on a blue background", edit="word swap", seed=1, steps=4),
@@ -200,8 +196,6 @@ def test_cancel_stops_between_steps_and_restores_processors(tiny_engine):
 
 
 def test_refine_style_and_degree_word_runs_report_the_alignment(tiny_engine):
-    from studio.attention.controllers import DegreeWord
-
     refine = run(tiny_engine, source_prompt="a red circle", target_prompt="a big red circle", edit="refine",
                  degree_words=(DegreeWord("big", "red"),))[-1]
     assert refine.alignment == [("a", "a"), ("big", ""), ("red", "red"), ("circle", "circle")]

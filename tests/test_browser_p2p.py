@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from app_harness import launched_app
-from test_browser import CHROMIUM_ARGS, TIMEOUT_MS, browser  # noqa: F401  (fixture)
+from test_browser import TIMEOUT_MS, browser  # noqa: F401  (browser: the shared chromium fixture)
 
 pytestmark = pytest.mark.browser
 

@@ -33,6 +33,7 @@ from studio.attention.maps import heat_map_overlay
 from studio.editing.p2p import EDIT_TYPES, SELF_LAYERS, STYLE_ALPHA, THRESHOLD, EditAttentionMaps, P2PResult, P2PSpec, prepare_edit
 from studio.errors import CancelledError, InvalidInputError, StudioError
 from studio.events import Mask, Preview, Progress
+from studio.prompt_weights import parse_weighted_prompt
 from studio.ui.generate import _Jobs, _progress_html, _session
 
 DEFAULTS = P2PSpec(source_prompt="")
@@ -66,8 +67,6 @@ def _rows(table: Any) -> list[list[Any]]:
 
 def reweights_from_table(table: Any, target_prompt: str) -> tuple[tuple[str, float], ...]:
     """(word, weight) for each token-table row whose weight differs from the prompt's own (syntax) weight."""
-    from studio.prompt_weights import parse_weighted_prompt
-
     weighted = parse_weighted_prompt(target_prompt or "", "Target prompt")
     pairs = []
     for row in _rows(table):
