@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.ui import diffedit, generate, p2p, sdedit
+from studio.ui import diffedit, generate, inversion, p2p, sdedit
 
 TITLE = "Diffusion Control Studio"
 QUEUE_MAX_SIZE = 16  # jobs waiting beyond this are refused with "queue full" instead of piling up
@@ -28,12 +28,14 @@ def build_app(engine: Any) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 generate.build_generate_tab(engine)
+            with gr.Tab("Inversion", id="inversion"):
+                inverted = inversion.build_inversion_tab(engine)
             with gr.Tab("SDEdit", id="sdedit"):
                 sdedit.build_sdedit_tab(engine)
             with gr.Tab("DiffEdit", id="diffedit"):
-                diffedit.build_diffedit_tab(engine, inversion_state=None)  # the Inversion tab's gr.State once it exists
+                diffedit.build_diffedit_tab(engine, inversion_state=inverted.inversion_state)
             with gr.Tab("Prompt-to-Prompt", id="p2p"):
-                p2p.build_p2p_tab(engine, inversion_state=None)  # the Inversion tab's gr.State once it exists
+                p2p.build_p2p_tab(engine, inversion_state=inverted.inversion_state)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
     return demo
 

@@ -48,3 +48,11 @@ class PerStepUncondGuidance:
         self.step += 1
         uncond, cond = predictions
         return cfg(uncond, cond, self.scale)
+
+
+def guided_output(denoiser, guider, x: Tensor, t: Tensor) -> Tensor:
+    """One guided network output at (x, t) in x's dtype: the UNet runs in the model's dtype, so states kept
+    in float64 (EDICT/BDIA on the CPU) see exactly the prediction their float32 copy would."""
+    model_input = x.to(denoiser.unet.dtype)
+    predictions = denoiser.predict(model_input, t, guider.conds)
+    return guider.combine(predictions, t, model_input).to(x.dtype)

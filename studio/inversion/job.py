@@ -25,9 +25,12 @@ from studio.errors import InvalidInputError
 from studio.events import CancelToken, Event, Progress
 from studio.guidance import ClassifierFreeGuidance, Guider
 from studio.images import encode_image, prepare_image, to_uint8
+from studio.inversion.bdia import bdia_inversion_steps, bdia_sampling_steps
 from studio.inversion.ddim import ddim_inversion_steps
+from studio.inversion.edict import edict_inversion_steps, edict_sampling_steps
 from studio.inversion.guider import PerStepUncondGuidance
-from studio.inversion.result import Inversion, InversionResult, InversionSpec
+from studio.inversion.null_text import null_text_optimisation
+from studio.inversion.result import METHOD_LABELS, Inversion, InversionResult, InversionSpec
 from studio.inversion.steps import StepGrid
 from studio.models import decode_latents
 from studio.sampling import StepState, make_scheduler, sample_steps
@@ -48,6 +51,15 @@ class Context:
     vae: Any = None  # the VAE, for NTI's optional image-space term
     image: Image.Image | None = None
     backward_passes: int = 0  # autograd passes through the UNet (NTI)
+    steps_done: int = 0  # units of work for Progress: a step of inversion, optimisation or reconstruction
+
+    @property
+    def total_work(self) -> int:
+        return PHASES[self.spec.method] * len(self.grid)
+
+    def progress(self, label: str) -> Progress:
+        self.steps_done += 1
+        return Progress(self.steps_done, self.total_work, f"{METHOD_LABELS[self.spec.method]}: {label}")
 
 
 @dataclass
@@ -76,20 +88,64 @@ def _negative_prompt(ctx: Context) -> Iterator[Event]:
 def _streamed_ddim(ctx: Context, guider: Guider) -> Iterator[Event]:
     """DDIM inversion with a Progress event per step; returns the trajectory (sampling order)."""
     states = [ctx.latents]
-    total = len(ctx.grid)
     for state in ddim_inversion_steps(ctx.denoiser, guider, ctx.grid, ctx.latents, ctx.cancel):
         states.append(state["x"])
-        yield Progress(state["i"] + 1, 2 * total, "inverting")
+        yield ctx.progress("inverting")
     return states[::-1]
+
+
+def _with_progress(ctx: Context, events: Iterator[Any], label: str) -> Iterator[Event]:
+    """Pass a method's per-step events on, each followed by a Progress; returns what the method returns."""
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as stop:
+            return stop.value
+        yield event
+        yield ctx.progress(label)
 
 
 def _cfg(cond: Cond, null: Cond, scale: float) -> ClassifierFreeGuidance:
     return ClassifierFreeGuidance(cond=cond, uncond=null, scale=scale)
 
 
+def _null_text(ctx: Context) -> Iterator[Event]:
+    """Null-text inversion (seed 3.1): the w = 1 DDIM pivot, then per-step null embeddings (null_text.py)."""
+    pivot = yield from _streamed_ddim(ctx, _cfg(ctx.cond, ctx.null, 1.0))
+    embeddings, losses = yield from _with_progress(ctx, null_text_optimisation(ctx, pivot), "optimising null text")
+    return Inverted(pivot, uncond_embeddings=embeddings, losses=losses)
+
+
+def _edict(ctx: Context) -> Iterator[Event]:
+    """EDICT (edict.py): coupled x/y sequences, exact up to float rounding; float64 states on request."""
+    latents = ctx.latents.double() if ctx.spec.float64 else ctx.latents
+    xs, ys = [latents], [latents]
+    guider = _cfg(ctx.cond, ctx.null, ctx.spec.guidance_scale)
+    for state in edict_inversion_steps(ctx.denoiser, guider, ctx.grid, latents, ctx.spec.edict_mix, ctx.cancel):
+        xs.append(state["x"])
+        ys.append(state["y"])
+        yield ctx.progress("inverting")
+    return Inverted(xs[::-1], coupled=ys[::-1], dtype=latents.dtype)
+
+
+def _bdia(ctx: Context) -> Iterator[Event]:
+    """BDIA-DDIM (bdia.py): exact after its first DDIM inversion step; float64 states on request."""
+    latents = ctx.latents.double() if ctx.spec.float64 else ctx.latents
+    states = [latents]
+    guider = _cfg(ctx.cond, ctx.null, ctx.spec.guidance_scale)
+    for state in bdia_inversion_steps(ctx.denoiser, guider, ctx.grid, latents, ctx.spec.bdia_gamma, ctx.cancel):
+        states.append(state["x"])
+        yield ctx.progress("inverting")
+    return Inverted(states[::-1], dtype=latents.dtype)
+
+
+PHASES = {"ddim": 2, "negative_prompt": 2, "null_text": 3, "edict": 2, "bdia": 2}  # passes over the steps
 METHOD_RUNNERS: dict[str, Callable[[Context], Iterator[Event]]] = {
     "ddim": _ddim,
     "negative_prompt": _negative_prompt,
+    "null_text": _null_text,
+    "edict": _edict,
+    "bdia": _bdia,
 }
 
 
@@ -133,7 +189,7 @@ def invert(engine: Any, spec: InversionSpec, image: Any, cancel: CancelToken | N
     tokens = engine.tokenize(spec.prompt, "Prompt")
     prepared = prepare_image(image, engine.native_size)
     job = _invert(engine, spec, prepared.image, prepared.note, tokens, cancel)
-    return engine.exclusive(job, 2 * spec.steps, cancel, f"one {engine.native_size}px image")
+    return engine.exclusive(job, PHASES[spec.method] * spec.steps, cancel, f"one {engine.native_size}px image")
 
 
 @torch.no_grad()
@@ -175,7 +231,7 @@ def _invert(engine: Any, spec: InversionSpec, image: Image.Image, note: str, tok
     for state in reconstruct_steps(ctx, inversion):
         x = state["x"]
         step_errors.append(float((x.double() - inversion.trajectory[state["i"] + 1].double()).pow(2).mean()))
-        yield Progress(len(grid) + state["i"] + 1, 2 * len(grid), "reconstructing")
+        yield ctx.progress("reconstructing")
     reconstruction_passes = denoiser.unet_evaluations - inversion_passes
     reconstructed_at = time.perf_counter()
 
@@ -203,6 +259,13 @@ def _invert(engine: Any, spec: InversionSpec, image: Image.Image, note: str, tok
                           pixels[:1], inversion=inversion, step_errors=step_errors)
 
 
-def reconstruct_steps(ctx: Context, inversion: Inversion) -> Iterator[StepState]:
-    """The method's sampler from x_T (states as sample_steps yields them)."""
+def reconstruct_steps(ctx: Context, inversion: Inversion) -> Iterator[Any]:
+    """The method's own sampler from x_T (states with "i" and "x" as sample_steps yields them)."""
+    guider = _cfg(ctx.cond, ctx.null, inversion.guidance_scale)
+    if inversion.method == "edict":
+        return edict_sampling_steps(ctx.denoiser, guider, ctx.grid, inversion.trajectory[0], inversion.coupled[0],
+                                    inversion.edict_mix, ctx.cancel)
+    if inversion.method == "bdia":
+        return bdia_sampling_steps(ctx.denoiser, guider, ctx.grid, inversion.trajectory[0], inversion.trajectory[1],
+                                   inversion.bdia_gamma, ctx.cancel)
     return reconstruction_steps(ctx.denoiser, inversion, ctx.cond, ctx.null, ctx.scheduler_config, ctx.cancel)

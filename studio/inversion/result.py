@@ -27,7 +27,7 @@ TOLERANCE = specs.Range(0.0, 1e-2, 1e-6, "NTI early-stop tolerance")
 SMOOTHNESS = specs.Range(0.0, 100.0, 0.1, "NTI temporal smoothness")
 IMAGE_WEIGHT = specs.Range(0.0, 100.0, 0.1, "NTI image-space weight")
 EDICT_MIX = specs.Range(0.5, 1.0, 0.01, "EDICT mixing p")
-BDIA_GAMMA = specs.Range(0.05, 1.0, 0.05, "BDIA gamma")
+BDIA_GAMMA = specs.Range(0.0, 0.95, 0.05, "BDIA gamma")  # 1 would be plain DDIM, not invertible
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class InversionSpec:
     # EDICT (Wallace et al. 2022) and BDIA (Zhang et al. 2023)
     edict_mix: float = 0.93
     float64: bool = False  # EDICT/BDIA in float64 (CPU only)
-    bdia_gamma: float = 1.0
+    bdia_gamma: float = 0.0  # the symmetric scheme; inversion divides by 1 - gamma per step (bdia.py)
 
     def validate(self) -> None:
         if self.method not in METHODS:

@@ -1,0 +1,63 @@
+"""The Inversion tab in a real browser (headless chromium, Playwright, tiny random model).
+
+Protects what a user sees: uploading a photo shows it as the model will see it and says what was
+changed; inverting with two methods fills the comparison table (ceiling row + one row per method) and
+shows the original beside both reconstructions, the error plot and the pick for editing; a file that is
+not an image shows a clear error.
+"""
+
+from __future__ import annotations
+
+import pytest
+from app_harness import launched_app
+from PIL import Image
+from test_browser import TIMEOUT_MS, browser  # noqa: F401  (browser: the shared chromium fixture)
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_engine, tmp_path_factory):
+    with launched_app(tiny_engine, tmp_path_factory.mktemp("gradio")) as url:
+        yield url
+
+
+@pytest.fixture
+def page(browser, app_url):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_url)
+    page.get_by_role("tab", name="Inversion").click()
+    page.wait_for_selector("#inversion-prompt textarea")
+    yield page
+    page.close()
+
+
+def test_upload_invert_two_methods_shows_table_and_reconstructions(page, tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.new("RGBA", (200, 150), (200, 30, 30, 255)).save(photo)
+    page.locator("#inversion-upload input[type=file]").set_input_files(str(photo))
+    page.wait_for_selector("#inversion-prepared img")
+    page.get_by_text("centre-cropped 200x150 to 150x150", exact=False).first.wait_for()
+
+    page.locator("#inversion-prompt textarea").fill("a big red circle")
+    page.locator("#inversion-steps input[type=number]").fill("3")
+    page.locator("#inversion-steps input[type=number]").press("Enter")
+    page.get_by_label("EDICT").check()
+    page.get_by_label("Null-text inversion").uncheck()  # DDIM + EDICT
+    page.locator("#inversion-btn").click()
+    page.wait_for_selector("#inversion-status [data-state=done]")
+
+    table = page.locator("#inversion-table").inner_text()
+    for row in ("VAE encode", "DDIM inversion", "EDICT"):
+        assert row in table
+    assert page.locator("#inversion-gallery img").count() == 3  # original + two reconstructions
+    page.wait_for_selector("#inversion-errors img")
+    assert "EDICT" in page.locator("#inversion-pick").inner_text() or page.locator("#inversion-pick input").input_value()
+
+
+def test_a_file_that_is_not_an_image_shows_the_error(page, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    page.locator("#inversion-upload input[type=file]").set_input_files(str(text))
+    page.get_by_text("not an image this app can read", exact=False).first.wait_for()
