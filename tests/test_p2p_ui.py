@@ -39,3 +39,26 @@ def test_p2p_bad_input_is_a_clear_error(client):
 def test_token_table_weights_become_reweights_beside_the_prompt_syntax():
     table = [["a", "a", 1.0], ["big", "big", 2.0], ["red", "red", 3.0], ["circle", "circle", 1.0]]
     assert p2p.reweights_from_table(table, "a big (red:3) circle") == (("big", 2.0),)
+
+
+def test_p2p_edits_the_inversion_held_by_the_inversion_tabs_state(tiny_engine, tmp_path):
+    """The tab reads the Inversion tab's gr.State: its prompt is the source, its x_T the start."""
+    import gradio as gr
+    from PIL import Image
+
+    from studio.inversion import InversionSpec
+
+    image = Image.new("RGB", (128, 128), (30, 70, 220))
+    *_, inverted = tiny_engine.invert(InversionSpec(SOURCE, "negative_prompt", steps=3, guidance_scale=3.0), image)
+    with gr.Blocks() as demo:
+        p2p.build_p2p_tab(tiny_engine, gr.State(inverted.inversion))
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False, download_files=str(tmp_path))
+        images, status, mask, settings = client.predict(api_name="/p2p", source="", target=TARGET,
+                                                        edit_type="word swap", use_inv=True)
+        assert settings["inversion"] == "negative_prompt" and settings["source_prompt"] == SOURCE
+        assert settings["steps"] == 3 and settings["seed"] is None and len(images) == 2
+    finally:
+        demo.close()
