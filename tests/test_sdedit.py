@@ -140,3 +140,17 @@ def test_bad_settings_and_missing_guide_are_refused(engine):
         engine.sdedit(SDEditSpec(strengths=(1.5,)), blob_drawing())
     with pytest.raises(InvalidInputError, match="does not know"):
         engine.sdedit(SDEditSpec(prompt="a red giraffe"), blob_drawing())
+
+
+def test_stop_ends_the_run_between_steps_and_the_engine_takes_the_next_job(engine):
+    from studio.errors import CancelledError
+    from studio.events import CancelToken
+
+    cancel = CancelToken()
+    events = engine.sdedit(SDEditSpec(strengths=(0.5,), repeats=1, seed=0, steps=20), blob_drawing(), cancel=cancel)
+    with pytest.raises(CancelledError):
+        for event in events:
+            if isinstance(event, Progress):
+                cancel.cancel()
+    assert engine.jobs_waiting == 0
+    assert run(engine, SDEditSpec(strengths=(0.2,), repeats=1, seed=0, steps=10), blob_drawing()).images
