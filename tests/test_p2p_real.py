@@ -1,6 +1,6 @@
 """Prompt-to-Prompt on real images (embedded model): an inversion's unedited source branch equals the
 inversion's own reconstruction (same x_T, timesteps and per-step null embeddings), for negative-prompt
-inversion and for per-step null embeddings as null-text inversion produces them; a colour swap edits
+inversion and for null-text inversion (per-step optimised null embeddings); a colour swap edits
 the inverted image and keeps its shape; inversions P2P cannot drive are refused by name."""
 
 from __future__ import annotations
@@ -55,25 +55,26 @@ def edit(engine, inversion, **changes) -> P2PResult:
     return result
 
 
-def per_step_nulls(inversion):
-    """An inversion carrying a different null embedding at every step, as null-text inversion's O_t."""
-    generator = torch.Generator().manual_seed(0)
-    base = inversion.uncond_embeddings[0]
-    nulls = [base + 0.05 * torch.randn(base.shape, generator=generator) for _ in range(inversion.steps)]
-    return replace(inversion, method="null_text", uncond_embeddings=nulls)
+@pytest.fixture(scope="module")
+def nti(engine):
+    image = render(Scene("blue", (make_object("circle", "red", "big", "left"),))).image
+    *_, result = engine.invert(InversionSpec(CAPTION, "null_text", steps=STEPS, guidance_scale=5.0, inner_steps=3), image)
+    return result.inversion
 
 
-@pytest.mark.parametrize("make", [lambda inv: inv, per_step_nulls], ids=["negative_prompt", "null_text_embeddings"])
-def test_unedited_source_branch_is_the_inversions_reconstruction(engine, npi, make):
-    inversion = make(npi)
+@pytest.mark.parametrize("method", ["npi", "nti"])
+def test_unedited_source_branch_is_the_inversions_reconstruction(engine, method, request):
+    inversion = request.getfixturevalue(method)
+    assert inversion.uncond_embeddings is not None and len(inversion.uncond_embeddings) == STEPS
     result = edit(engine, inversion)
     expected = reconstruction(engine, inversion)
     assert float((result.latents[:1] - expected).abs().max()) < 1e-4
     assert result.settings["inversion"] == inversion.method and result.settings["source_prompt"] == CAPTION
 
 
-def test_colour_swap_edits_the_inverted_image_and_keeps_its_shape(engine, npi):
-    result = edit(engine, npi, target_prompt="a big yellow circle on a blue background", cross_stop=0.4, self_stop=0.2)
+@pytest.mark.parametrize("method", ["npi", "nti"])
+def test_colour_swap_edits_the_inverted_image_and_keeps_its_shape(engine, method, request):
+    result = edit(engine, request.getfixturevalue(method), target_prompt="a big yellow circle on a blue background", cross_stop=0.4, self_stop=0.2)
     source, edited = (judge_pixels(np.asarray(image)) for image in result.images)
     assert (source.objects[0].colour, source.objects[0].shape) == ("red", "circle")
     assert (edited.background, edited.objects[0].colour, edited.objects[0].shape) == ("blue", "yellow", "circle")
