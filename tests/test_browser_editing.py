@@ -90,3 +90,15 @@ def test_diffedit_previews_the_mask_then_edits(browser, app_url, pictures):
     assert image_loaded(page, "#diffedit-result img")
     assert "given" in page.inner_text("#diffedit-status")  # the found mask, from the editor, was used
     page.close()
+
+
+def test_a_stroke_example_fills_the_canvas_and_runs(browser, app_url):
+    page = open_tab(browser, app_url, "SDEdit")
+    page.locator("#sdedit-examples button, #sdedit-examples td").first.click()
+    page.wait_for_function("() => document.querySelector('#sdedit-prompt textarea, #sdedit-prompt input')?.value"
+                           ".includes('red circle')")
+    page.fill("#sdedit-t0 textarea, #sdedit-t0 input", "0.5")
+    page.click("#sdedit-btn")
+    page.wait_for_selector("#sdedit-status [data-state=done]")
+    assert image_loaded(page, "#sdedit-strip img")
+    page.close()

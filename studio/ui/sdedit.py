@@ -13,6 +13,7 @@ import html
 import logging
 import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -32,6 +33,7 @@ DEFAULTS = SDEditSpec()
 BRUSH_COLOURS = ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in COLOURS.values()]  # the shapes world's palette
 TABLE_COLUMNS = ["t0", "repeat", "seed", "L2 to guide", "realism"]
 STROKES, MASK = 0, 1  # layer order in the editor
+STROKE_EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples" / "strokes"
 
 
 def parse_strengths(text: str) -> tuple[float, ...]:
@@ -239,6 +241,11 @@ def build_sdedit_tab(engine: Any) -> dict[str, Any]:
     )
     stop.click(jobs.stop, None, status, cancels=[run], api_name="sdedit_stop", api_visibility="undocumented",
                concurrency_limit=None, concurrency_id="stop", show_progress="hidden")
+    gr.Examples(
+        [[str(STROKE_EXAMPLES / "red_blob_on_blue.png"), "a red circle on a blue background", "0.3, 0.5, 0.7"],
+         [str(STROKE_EXAMPLES / "purple_wedge_black_box_on_yellow.png"), "", "0.4, 0.6, 0.8"]],
+        [canvas, prompt, strengths], label="Stroke drawings", elem_id="sdedit-examples",
+    )
     gr.Markdown(
         f"Model **{html.escape(str(engine.model_name))}** · canvas {native}×{native} px. SDEdit (seed §4.1): the guide "
         "is noised to t0 and denoised back; with a mask, frozen pixels are re-noised from the original at every "
