@@ -102,3 +102,30 @@ def test_a_stroke_example_fills_the_canvas_and_runs(browser, app_url):
     page.wait_for_selector("#sdedit-status [data-state=done]")
     assert image_loaded(page, "#sdedit-strip img")
     page.close()
+
+
+def drag(page, box: dict, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """A brush stroke from `start` to `end`, given as fractions of the canvas box."""
+    page.mouse.move(box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1])
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * end[0], box["y"] + box["height"] * end[1], steps=8)
+    page.mouse.up()
+
+
+def test_strokes_and_a_painted_mask_run_a_masked_sdedit(browser, app_url, pictures):
+    page = open_tab(browser, app_url, "SDEdit")
+    editor = page.locator("#sdedit-canvas")
+    editor.locator("input[type=file]").set_input_files(str(pictures / "strokes.png"))
+    page.wait_for_timeout(1000)
+    editor.get_by_role("button", name="Brush").first.click()
+    box = editor.locator("canvas").first.bounding_box()
+    drag(page, box, (0.2, 0.2), (0.3, 0.25))  # on the "strokes" layer, selected first
+    editor.get_by_text("strokes").last.click()  # the layer picker
+    editor.get_by_text("mask").last.click()
+    drag(page, box, (0.7, 0.7), (0.78, 0.75))
+    page.fill("#sdedit-t0 textarea, #sdedit-t0 input", "0.5")
+    page.click("#sdedit-btn")
+    page.wait_for_selector("#sdedit-status [data-state=done]")
+    assert "· masked ·" in page.inner_text("#sdedit-status")
+    assert image_loaded(page, "#sdedit-strip img")
+    page.close()
