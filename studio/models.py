@@ -21,6 +21,8 @@ from diffusers import AutoencoderKL, DiffusionPipeline, StableDiffusionPipeline,
 from torch import nn
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
+from studio import checkpoints
+from studio.architectures import BY_CHECKPOINT_TYPE, config_folder
 from studio.errors import ModelLoadError
 from studio.shapes.architecture import TINY, make_pipeline
 
@@ -209,15 +211,26 @@ def _pipeline_class(folder: Path) -> type[DiffusionPipeline]:
     )
 
 
-def _from_single_file(path: Path) -> StableDiffusionPipeline:
-    try:
-        return StableDiffusionPipeline.from_single_file(str(path), **_NO_SAFETY)
-    except LOAD_FAILURES as error:
-        # Single files carry no config; diffusers fetches one from the hub, which may be offline.
+def _from_single_file(path: Path) -> DiffusionPipeline:
+    """An original-layout checkpoint, offline: its type comes from its key names and shapes, its
+    configs from the matching published architecture written to a local folder (diffusers would
+    fetch them from the hub), its prediction type from `checkpoints.resolve_prediction_type`."""
+    header = checkpoints.read_header(path)
+    arch = BY_CHECKPOINT_TYPE.get(header.model_type)
+    if arch is None:
+        supported = ", ".join(f"{name} ({known.name})" for name, known in BY_CHECKPOINT_TYPE.items())
         raise ModelLoadError(
-            f"Could not load the checkpoint {path}: {error}. Single-file checkpoints need network access to "
-            "fetch their configuration; offline, convert it to a diffusers folder and load that instead."
-        ) from error
+            f"{path.name} is a {header.model_type!r} checkpoint; single files of these types load: {supported}. "
+            "Other models (inpainting, SD 3, refiners, ...) are not supported."
+        )
+    prediction_type = checkpoints.resolve_prediction_type(path, header, arch)
+    scheduler = arch.scheduler_class.from_config({**arch.scheduler, "prediction_type": prediction_type})
+    extra = _NO_SAFETY if arch.pipeline_class is StableDiffusionPipeline else {}
+    try:
+        return arch.pipeline_class.from_single_file(
+            str(path), config=str(config_folder(arch)), local_files_only=True, scheduler=scheduler, **extra)
+    except LOAD_FAILURES as error:
+        raise ModelLoadError(f"Could not load the {arch.name} checkpoint {path}: {error}") from error
 
 
 def _from_hub(model_id: str) -> StableDiffusionPipeline:
