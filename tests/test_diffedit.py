@@ -151,3 +151,10 @@ def test_the_inversion_tabs_inversion_is_edited_from_its_own_trajectory(engine, 
     assert result.unet_evaluations == 2 + round(0.8 * inversion.steps)  # probes, then the edit; no new inversion
     assert masks.iou(result.mask, scene.masks[0]) >= 0.7
     assert "green" in [o.colour for o in judge_pixels(np.asarray(result.images[0])).objects]
+
+
+def test_a_mask_smaller_than_a_latent_cell_is_refused_not_silently_ignored(engine, scene):
+    speck = np.zeros((128, 128), bool)
+    speck[60:62, 60:62] = True  # 4 pixels of a 64-pixel latent cell
+    with pytest.raises(InvalidInputError, match="paint a larger region"):
+        list(engine.diffedit(DiffEditSpec(SOURCE, TARGET, start="noise", steps=4), scene.image, mask=speck))

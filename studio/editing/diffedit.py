@@ -247,9 +247,7 @@ def diffedit(engine: Any, spec: DiffEditSpec, image: Any = None, mask: np.ndarra
     source = image if image is not None else (inversion.image if inversion is not None else None)
     prepared = _image_of(image, inversion, engine.native_size)
     if mask is not None:
-        checked = masks.check_mask(mask, np.asarray(source).shape[:2])
-        resized = np.asarray(prepare_image(checked.astype(np.uint8) * 255, engine.native_size).image)[..., 0] > 127
-        mask = masks.check_mask(resized, resized.shape, "mask at the model's size")
+        mask = masks.prepare_mask(mask, np.asarray(source).shape[:2], engine.native_size)
     seed = _seed(spec)
     edit_steps = round(spec.edit_strength * (inversion.steps if inversion is not None else spec.steps))
     inversion_steps = edit_steps if spec.start == "inversion" and inversion is None else 0
@@ -319,7 +317,11 @@ def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndar
                 f"No pixel's deviation is above the threshold {spec.threshold:g}: lower the threshold, or make the "
                 "target prompt differ from the source in what should change."
             )
-    masks.check_mask(mask, (image.height, image.width))
+        if mask.all():
+            raise InvalidInputError(
+                f"Every pixel's deviation is above the threshold {spec.threshold:g}, so nothing would be kept: "
+                "raise the threshold."
+            )
     masked = time.perf_counter()
 
     # 2. encode the image and the prompts; the latent mask
@@ -327,6 +329,11 @@ def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndar
     source, target = (engine.encode_prompt(t) for t in tokens)
     uncond = engine.encode_negative_prompt(engine.tokenize(""))
     latent_mask = masks.to_latent_mask(mask, tuple(original.shape[2:]), engine.device, model.dtype, spec.cell_coverage)
+    if not latent_mask.any():
+        raise InvalidInputError(
+            f"The mask covers no latent cell by more than {spec.cell_coverage:g} of its pixels: paint a larger "
+            "region (or lower the threshold)."
+        )
 
     # 3. timesteps from t_edit and the start state: the given inversion's state at t_edit, the DDIM inversion
     #    of the image under the source prompt up to t_edit, or the image noised to t_edit

@@ -16,6 +16,7 @@ from PIL import Image
 from torch import Tensor
 
 from studio.errors import InvalidInputError
+from studio.images import prepare_image
 
 # A decoded pixel depends on the latent cells around it (the VAE decoder's receptive field). On shapes-sd,
 # pixels more than two latent cells (16 px) from any edited cell decode to the VAE's reconstruction of the
@@ -57,6 +58,14 @@ def check_mask(mask: np.ndarray, image_size: tuple[int, int], what: str = "mask"
             "or edit without a mask."
         )
     return mask
+
+
+def prepare_mask(mask: np.ndarray, source_size: tuple[int, int], size: int) -> np.ndarray:
+    """A mask painted on an upload of `source_size` (H, W), checked there, then cropped and resized exactly as
+    studio.images.prepare_image does to the upload (so it stays on the same pixels), and checked again."""
+    checked = check_mask(mask, source_size)
+    resized = prepare_image(checked.astype(np.uint8) * 255, size).image  # grey: Lanczos blurs the edge
+    return check_mask(np.asarray(resized)[..., 0] > 127, (size, size), "mask at the model's size")
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -223,11 +223,7 @@ def prepare_inputs(guide: Any, mask: np.ndarray | None, original: Any, size: int
         )
     prepared_guide = prepare_image(guide, size)
     prepared_original = prepare_image(original, size) if original is not None else prepared_guide
-    prepared_mask = None
-    if mask is not None:
-        checked = masks.check_mask(mask, source_size)
-        resized = prepare_image(checked.astype(np.uint8) * 255, size).image
-        prepared_mask = masks.check_mask(np.asarray(resized)[..., 0] > 127, (size, size), "mask at the model's size")
+    prepared_mask = masks.prepare_mask(mask, source_size, size) if mask is not None else None
     notes = [f"guide: {prepared_guide.note}"]
     return _Inputs(prepared_guide.image, prepared_original.image, prepared_mask, notes)
 
