@@ -249,7 +249,8 @@ def _sdedit(engine: Any, spec: SDEditSpec, inputs: _Inputs, tokens: Any, seed: i
 
     # 2. encode the guide, the original and the prompt (no prompt: the unconditional prediction alone)
     guide_latents = encode_image(model.vae, inputs.guide).to(model.dtype)  # (1, C, h, w)
-    original_latents = encode_image(model.vae, inputs.original).to(model.dtype)
+    same_image = inputs.original is inputs.guide  # unmasked, or masked on the guide itself: encode once
+    original_latents = guide_latents if same_image else encode_image(model.vae, inputs.original).to(model.dtype)
     prompt = engine.encode_prompt(tokens)
     scale = spec.guidance_scale if spec.prompt.strip() else 1.0
     guider = ClassifierFreeGuidance(cond=prompt, uncond=engine.encode_negative_prompt(engine.tokenize("")), scale=scale)
