@@ -1,0 +1,142 @@
+"""Every benchmark in one command, then one summary: each line a ratio against the peer doing the same
+work, measured in the same run, with its target.
+
+    python bench/run_all.py [--device cuda] [--only generate,attention] [--summary-only]
+
+Runs bench/generate_vs_diffusers.py, attention_overhead.py, sdedit_vs_img2img.py, diffedit.py, p2p.py and
+inversion.py with their defaults (each writes its own bench/results/<name>.{json,md}), then writes
+bench/results/summary.{json,md} from those JSON files. `--summary-only` rebuilds the summary from the
+results already there (e.g. after running one benchmark alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+
+Line = dict[str, Any]  # {"measure", "model", "ratio", "target", "detail"}
+
+
+def _generate(report: dict) -> list[Line]:
+    return [{"measure": "plain generation vs StableDiffusionPipeline", "model": f"{r['model']} {r['size']}px",
+             "ratio": r["ratio"], "target": report["target_ratio"],
+             "detail": f"max pixel difference {r['max_abs_pixel_difference']:.1e}"} for r in report["rows"]]
+
+
+def _attention(report: dict) -> list[Line]:
+    return [{"measure": "generation with attention maps on vs off", "model": f"{r['model']} {r['size']}px",
+             "ratio": r["ratio_on_over_off"], "target": report["target_ratio"], "detail": "maps every 5 steps"}
+            for r in report["rows"]]
+
+
+def _sdedit(report: dict) -> list[Line]:
+    return [{"measure": "SDEdit vs StableDiffusionImg2ImgPipeline", "model": f"{r['model']} {r['size']}px",
+             "ratio": r["ratio"], "target": report["target_ratio"], "detail": f"strength {r['strength']}"}
+            for r in report["rows"]]
+
+
+def _diffedit(report: dict) -> list[Line]:
+    ours, theirs = report["summary"]["ours"], report["summary"]["diffusers"]
+    return [{"measure": "DiffEdit vs StableDiffusionDiffEditPipeline", "model": report["model"],
+             "ratio": report["time_ratio"], "target": report["target_time_ratio"],
+             "detail": f"mask IoU {ours['iou']:.3f} vs {theirs['iou']:.3f}, background PSNR "
+                       f"{ours['background_psnr']:.2f} vs {theirs['background_psnr']:.2f} dB"}]
+
+
+def _p2p(report: dict) -> list[Line]:
+    cost = report["cost"]
+    return [{"measure": "Prompt-to-Prompt step vs batch-4 CFG step", "model": report["model"], "ratio": cost["ratio"],
+             "target": 1.3, "detail": f"attention maps held: {cost['p2p_attention_maps_bytes'] / 1024:.0f} KiB"}]
+
+
+def _inversion(report: dict) -> list[Line]:
+    by_method: dict[str, list[float]] = {}
+    for image in report["images"].values():
+        for row in image["rows"]:
+            by_method.setdefault(row["method"], []).append(row["seconds_vs_ddim"])
+    lines = [{"measure": f"{method} seconds vs DDIM inversion", "model": report["model"],
+              "ratio": statistics.median(ratios), "target": None, "detail": f"median over {len(ratios)} images"}
+             for method, ratios in by_method.items() if not method.startswith("DDIM inversion (w=1")]
+    cost = report["nti_cost"]
+    lines.append({"measure": "NTI (ours) vs NTI reference recipe (50 steps x 10 iterations)", "model": report["model"],
+                  "ratio": cost["seconds_ratio"], "target": 1 / 3,
+                  "detail": f"UNet passes {cost['passes_ratio']:.2f}x, PSNR {cost['psnr_difference_db']:+.2f} dB"})
+    return lines
+
+
+# benchmark script -> (its results file, the summary lines it contributes)
+BENCHMARKS: dict[str, tuple[str, Callable[[dict], list[Line]]]] = {
+    "generate_vs_diffusers": ("generate_vs_diffusers.json", _generate),
+    "attention_overhead": ("attention_overhead.json", _attention),
+    "sdedit_vs_img2img": ("sdedit_vs_img2img.json", _sdedit),
+    "diffedit": ("diffedit.json", _diffedit),
+    "p2p": ("p2p.json", _p2p),
+    "inversion": ("inversion.json", _inversion),
+}
+
+
+def run(name: str, argv: list[str]) -> None:
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(argv)
+
+
+def summarise(results: Path) -> dict:
+    lines: list[Line] = []
+    devices = {}
+    for name, (filename, extract) in BENCHMARKS.items():
+        path = results / filename
+        if not path.is_file():
+            continue
+        report = json.loads(path.read_text())
+        device = report.get("device")
+        devices[name] = device.get("device_name", device) if isinstance(device, dict) else report.get("device_name", device)
+        for line in extract(report):
+            line["meets_target"] = None if line["target"] is None else line["ratio"] <= line["target"]
+            lines.append({"benchmark": name, **line})
+    summary = {"devices": devices, "lines": lines}
+    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = ["# Benchmarks: each line a ratio against its peer, measured in the same run", "",
+             "Regenerate with `python bench/run_all.py`; each benchmark's own table (bench/results/<name>.md) has "
+             "the method, settings and raw seconds.", "",
+             "| measure | model | ratio | target | | detail | benchmark (device) |", "|---|---|---|---|---|---|---|"]
+    for line in lines:
+        target = "–" if line["target"] is None else f"<= {line['target']:.3g}"
+        verdict = {True: "meets", False: "**misses**", None: ""}[line["meets_target"]]
+        table.append(f"| {line['measure']} | {line['model']} | {line['ratio']:.3f}x | {target} | {verdict} | "
+                     f"{line['detail']} | {line['benchmark']} ({devices[line['benchmark']]}) |")
+    (results / "summary.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
+    unknown = set(names) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    if not args.summary_only:
+        for name in names:
+            print(f"== {name}", flush=True)
+            run(name, [*(["--device", args.device] if args.device else []), "--out", str(args.out)])
+    return summarise(args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,27 @@
+"""Protects: bench/run_all.py turns every benchmark's committed JSON into one summary of ratios vs targets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def test_summary_has_a_line_per_comparison_of_every_benchmark(tmp_path):
+    spec = importlib.util.spec_from_file_location("run_all", BENCH / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    for filename, _ in run_all.BENCHMARKS.values():
+        shutil.copy(BENCH / "results" / filename, tmp_path / filename)
+
+    summary = run_all.main(["--summary-only", "--out", str(tmp_path)])
+
+    assert {line["benchmark"] for line in summary["lines"]} == set(run_all.BENCHMARKS)
+    for line in summary["lines"]:
+        assert line["ratio"] > 0
+        assert line["meets_target"] is None or line["meets_target"] == (line["ratio"] <= line["target"])
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert "| plain generation vs StableDiffusionPipeline |" in (tmp_path / "summary.md").read_text()
