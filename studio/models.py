@@ -227,10 +227,14 @@ def _from_single_file(path: Path) -> DiffusionPipeline:
     scheduler = arch.scheduler_class.from_config({**arch.scheduler, "prediction_type": prediction_type})
     extra = _NO_SAFETY if arch.pipeline_class is StableDiffusionPipeline else {}
     try:
-        return arch.pipeline_class.from_single_file(
+        pipeline = arch.pipeline_class.from_single_file(
             str(path), config=str(config_folder(arch)), local_files_only=True, scheduler=scheduler, **extra)
     except LOAD_FAILURES as error:
         raise ModelLoadError(f"Could not load the {arch.name} checkpoint {path}: {error}") from error
+    if header.model_type == "v2" and prediction_type == "epsilon":
+        # the epsilon SD 2.x models are the "-base" ones, trained at 512 pixels (64 latents), not 768
+        pipeline.unet.register_to_config(sample_size=64)
+    return pipeline
 
 
 def _from_hub(model_id: str) -> StableDiffusionPipeline:

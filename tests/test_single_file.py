@@ -176,16 +176,20 @@ def no_network(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", [SD15, SD21], ids=["sd15", "sd21"])
-def test_full_size_checkpoint_loads_offline_with_every_weight_and_generates(arch, tmp_path, no_network):
+@pytest.mark.parametrize("arch, prediction_type, native_size", [
+    (SD15, "epsilon", 512), (SD21, "v_prediction", 768), (SD21, "epsilon", 512),  # 2.1 and 2.1-base
+], ids=["sd15", "sd21", "sd21-base"])
+def test_full_size_checkpoint_loads_offline_with_every_weight_and_generates(
+        arch, prediction_type, native_size, tmp_path, no_network):
     # float16 halves memory and disk (~2 GB); the CPU engine loads it as float32, which is exact
     written = random_pipeline(arch, seed=5, dtype=torch.float16)
+    written.scheduler = written.scheduler.from_config(written.scheduler.config, prediction_type=prediction_type)
     file = checkpoints.save_single_file(written, tmp_path / "model.safetensors")
     engine = Engine(str(file), device="cpu")
 
     model = engine.model
-    assert engine.prediction_type == arch.scheduler.get("prediction_type", "epsilon")
-    assert engine.native_size == arch.native_size
+    assert engine.prediction_type == prediction_type
+    assert engine.native_size == native_size
     for name in ("unet", "vae", "text_encoder"):
         expected = clip_state_dict(getattr(written, name)) if name == "text_encoder" else getattr(written, name).state_dict()
         loaded = clip_state_dict(getattr(model, name)) if name == "text_encoder" else getattr(model, name).state_dict()
