@@ -41,7 +41,6 @@ OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x: OpenCLIP ViT-H text towe
 # Stability's ModelSpec metadata key (also written by kohya's sd-scripts): "epsilon" or "v"
 PREDICTION_METADATA_KEY = "modelspec.prediction_type"
 _METADATA_TO_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction"}
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 # ---------------------------------------------------------------------------------------------
 # Reading
@@ -110,9 +109,9 @@ def resolve_prediction_type(path: Path, header: CheckpointHeader, arch: Architec
     if sidecar.is_file():
         try:
             params = (yaml.safe_load(sidecar.read_text()) or {}).get("model", {}).get("params", {})
-        except (yaml.YAMLError, AttributeError, OSError) as error:
+            return "v_prediction" if params.get("parameterization") == "v" else "epsilon"
+        except (yaml.YAMLError, AttributeError, OSError) as error:  # AttributeError: not a mapping
             raise ModelLoadError(f"Could not read the model config {sidecar}: {error}") from error
-        return "v_prediction" if params.get("parameterization") == "v" else "epsilon"
     declared = header.metadata.get(PREDICTION_METADATA_KEY)
     if declared is not None:
         if declared not in _METADATA_TO_PREDICTION:

@@ -153,6 +153,12 @@ def test_the_original_yaml_beside_the_file_decides(v2_file, yaml_text, expected)
     assert resolve_prediction_type(v2_file, read_header(v2_file), SD21) == expected
 
 
+def test_a_yaml_that_is_not_a_config_gets_a_clear_error(v2_file):
+    v2_file.with_suffix(".yaml").write_text("- just\n- a list\n")
+    with pytest.raises(ModelLoadError, match="Could not read the model config"):
+        resolve_prediction_type(v2_file, read_header(v2_file), SD21)
+
+
 def test_the_modelspec_metadata_decides_and_bad_values_are_refused(tmp_path):
     shapes = {V2_MARKER: (2, 1024), V1_MARKER: (2, 2, 1, 1)}
     eps = write_shapes(tmp_path / "eps.safetensors", shapes, {"modelspec.prediction_type": "epsilon"})
