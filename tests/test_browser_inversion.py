@@ -9,21 +9,14 @@ not an image shows a clear error.
 from __future__ import annotations
 
 import pytest
-from app_harness import launched_app
 from PIL import Image
-from test_browser import TIMEOUT_MS, browser  # noqa: F401  (browser: the shared chromium fixture)
+from test_browser import TIMEOUT_MS, app_url, browser  # noqa: F401  (the shared app and chromium fixtures)
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def app_url(tiny_engine, tmp_path_factory):
-    with launched_app(tiny_engine, tmp_path_factory.mktemp("gradio")) as url:
-        yield url
-
-
 @pytest.fixture
-def page(browser, app_url):  # noqa: F811
+def page(browser, app_url):  # noqa: F811  (the imported fixtures)
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(app_url)

@@ -35,6 +35,13 @@ def _position_alpha_bars(grid: StepGrid) -> list:
     return [*grid.alpha_bar, grid.alpha_bar_prev[-1]]
 
 
+def _both_steps(denoiser, guider, grid: StepGrid, alpha_bars: list, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(D(x_k -> k-1), D(x_k -> k+1)): the backward and forward DDIM steps from x_k with one network output."""
+    out = guided_output(denoiser, guider, x, grid.timesteps[k].to(x.device))
+    backward = affine_step(out, x, ddim_coefficients(alpha_bars[k], alpha_bars[k - 1], grid.prediction_type))
+    return backward, affine_step(out, x, grid.coefficients(k))
+
+
 def bdia_sampling_steps(denoiser, guider, grid: StepGrid, x_start: Tensor, x_first: Tensor, gamma: float,
                         cancel: CancelToken | None = None) -> Iterator[dict]:
     """Denoise from the pair (x_0 = x_T, x_1), yielding {i, t, x} after each sampling step i (step 0 lands
@@ -45,12 +52,9 @@ def bdia_sampling_steps(denoiser, guider, grid: StepGrid, x_start: Tensor, x_fir
     for k in range(1, len(grid)):
         if cancel is not None and cancel.cancelled:
             raise CancelledError(f"Cancelled after {k} of {len(grid)} steps.")
-        t = grid.timesteps[k].to(x.device)
-        out = guided_output(denoiser, guider, x, t)
-        backward = affine_step(out, x, ddim_coefficients(alpha_bars[k], alpha_bars[k - 1], grid.prediction_type))
-        forward = affine_step(out, x, grid.coefficients(k))
+        backward, forward = _both_steps(denoiser, guider, grid, alpha_bars, x, k)
         previous, x = x, forward + (1 - gamma) * (previous - backward)
-        yield {"i": k, "t": t, "x": x}
+        yield {"i": k, "t": grid.timesteps[k], "x": x}
 
 
 def bdia_inversion_steps(denoiser, guider, grid: StepGrid, latents: Tensor, gamma: float,
@@ -66,9 +70,6 @@ def bdia_inversion_steps(denoiser, guider, grid: StepGrid, latents: Tensor, gamm
     for k in range(n - 1, 0, -1):
         if cancel is not None and cancel.cancelled:
             raise CancelledError(f"Cancelled after {n - k} of {n} steps.")
-        t = grid.timesteps[k].to(latents.device)
-        out = guided_output(denoiser, guider, x, t)
-        backward = affine_step(out, x, ddim_coefficients(alpha_bars[k], alpha_bars[k - 1], grid.prediction_type))
-        forward = affine_step(out, x, grid.coefficients(k))
+        backward, forward = _both_steps(denoiser, guider, grid, alpha_bars, x, k)
         following, x = x, backward + (following - forward) / (1 - gamma)
         yield {"i": k - 1, "t": grid.timesteps[k - 1], "x": x}

@@ -1,6 +1,6 @@
 """Classifier-free guidance with a different unconditional embedding at every step.
 
-Null-text inversion optimises one null embedding O_t per step (seed 3.2); negative-prompt inversion
+Null-text inversion optimises one null embedding O_t per step (seed 3.1); negative-prompt inversion (3.2)
 uses the prompt's own embedding as the null one; Prompt-to-Prompt edits of a real image sample
 with the inversion's embeddings so its source branch reproduces the reconstruction.
 """

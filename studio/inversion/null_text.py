@@ -11,8 +11,11 @@ guided DDIM step from the current state lands on the pivot's next state:
 then moves on from the state the optimised step reaches (so the errors of step i are seen by
 step i + 1, as in the reference implementation). What makes it cheap, measured in bench/inversion.py:
 - warm start: O_i starts from O_{i-1} (already close), so most steps need few iterations;
-- early stop: a step stops as soon as L_rec < tolerance, and the forward pass that measured it is
-  that step's final prediction (the reference recipe spends one more guided pass per step);
+- early stop: a step stops as soon as L_rec < tolerance, or when two iterations gained less than
+  `min_improvement` of it (the loss stalls far above any tolerance where the pivot is out of reach),
+  and the forward pass that measured it is that step's final prediction (the reference recipe spends
+  one more guided pass per step);
+- the best iterate is kept, not the last (Adam's first moves can overshoot);
 - the prompt's prediction eps(x_i, c) is computed once per step and reused by every iteration.
 Autograd runs through the UNet only for the unconditional half; the weights stay frozen (gradients
 are taken with torch.autograd.grad with respect to O_i alone, nothing accumulates in the model).
@@ -48,6 +51,15 @@ def learning_rate(base: float, decay: float, step: int, steps: int) -> float:
     """Linear decay from `base` to base (1 - decay) over the outer steps (the reference recipe:
     1e-2 (1 - i/100) over 50 steps, i.e. decay ~0.5)."""
     return base * (1 - decay * step / max(steps - 1, 1))
+
+
+def stalled(losses: list[float], min_improvement: float) -> bool:
+    """True when the last two iterations together improved the best L_rec by less than `min_improvement`
+    (relative): where the pivot itself cannot be reached (images far from the model's data) the loss
+    plateaus far above any tolerance, and further iterations only cost."""
+    if min_improvement <= 0 or len(losses) < 3:
+        return False
+    return min(losses[-2:]) > (1 - min_improvement) * min(losses[:-2])
 
 
 def unet_output(denoiser: Denoiser, x: Tensor, t: Tensor, embedding: Tensor, like: Cond) -> Tensor:
@@ -94,7 +106,7 @@ def null_text_optimisation(ctx, pivot: list[Tensor]) -> Iterator[NullTextLoss]:
                 losses.append(reconstruction.item())
                 if best is None or losses[-1] < best[0]:
                     best = (losses[-1], embedding.detach().clone(), x_next.detach())
-                if losses[-1] < spec.tolerance or iteration == spec.inner_steps:
+                if losses[-1] < spec.tolerance or iteration == spec.inner_steps or stalled(losses, spec.min_improvement):
                     break  # this forward pass is the step's final prediction: no extra pass
                 loss = reconstruction
                 if spec.smoothness > 0 and i > 0:

@@ -149,6 +149,9 @@ def build_inversion_tab(engine: Any) -> InversionTab:
                 with gr.Row():
                     tolerance = gr.Number(DEFAULTS.tolerance, label="NTI early-stop tolerance (L_rec)",
                                           minimum=TOLERANCE.low, maximum=TOLERANCE.high, elem_id="inversion-tolerance")
+                    min_improvement = gr.Number(DEFAULTS.min_improvement, minimum=0, maximum=1,
+                                                label="NTI: stop when 2 iterations gain less than (fraction)",
+                                                elem_id="inversion-min-improvement")
                     smoothness = gr.Number(DEFAULTS.smoothness, label="NTI smoothness λ", minimum=0,
                                            elem_id="inversion-smoothness")
                     image_weight = gr.Number(DEFAULTS.image_weight, label="NTI image-space weight μ", minimum=0,
@@ -191,8 +194,8 @@ def build_inversion_tab(engine: Any) -> InversionTab:
 
     def invert(path: str | None, caption: str, chosen: list[str], steps_value: float, guidance_value: float,
                ddim_w: float, inner_value: float, lr_value: float, decay_value: float, tolerance_value: float,
-               smoothness_value: float, image_weight_value: float, mix_value: float, gamma_value: float,
-               float64_value: bool, request: gr.Request = None) -> Iterator[tuple]:
+               improvement_value: float, smoothness_value: float, image_weight_value: float, mix_value: float,
+               gamma_value: float, float64_value: bool, request: gr.Request = None) -> Iterator[tuple]:
         """Streams (status, gallery, table, error plot, loss plot, pick, settings, inversions, inversion_state)."""
         skip = gr.skip()
         done: list[InversionResult] = []
@@ -205,7 +208,8 @@ def build_inversion_tab(engine: Any) -> InversionTab:
             common = dict(prompt=caption or "", steps=int(steps_value), guidance_scale=float(guidance_value),
                           inversion_guidance=float(ddim_w), inner_steps=int(inner_value),
                           learning_rate=float(lr_value or 0), lr_decay=float(decay_value),
-                          tolerance=float(tolerance_value or 0), smoothness=float(smoothness_value or 0),
+                          tolerance=float(tolerance_value or 0), min_improvement=float(improvement_value or 0),
+                          smoothness=float(smoothness_value or 0),
                           image_weight=float(image_weight_value or 0), edict_mix=float(mix_value),
                           bdia_gamma=float(gamma_value), float64=bool(float64_value))
             # every method's input is checked here, before the first one starts
@@ -246,7 +250,7 @@ def build_inversion_tab(engine: Any) -> InversionTab:
     upload.change(preview, upload, [prepared, note], api_visibility="private", concurrency_limit=None,
                   concurrency_id="inversion-preview", show_progress="hidden")
     form = [upload, prompt, methods, steps, guidance, inversion_guidance, inner, learning_rate, lr_decay, tolerance,
-            smoothness, image_weight, edict_mix, bdia_gamma, float64]
+            min_improvement, smoothness, image_weight, edict_mix, bdia_gamma, float64]
     running = go.click(invert, form, [status, gallery, table, errors, losses, pick, settings, inversions,
                                       inversion_state],
                        api_name="invert", concurrency_id="model", show_progress="hidden")
