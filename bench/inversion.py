@@ -184,8 +184,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         recipes = [RECIPES[int(i)] for i in args.recipes.split(",")]
         if recipes[0][1]["method"] != "ddim":
             recipes.insert(0, RECIPES[0])  # DDIM inversion is every ratio's peer
+    chosen = images(args.renders, args.photos)
+    run(engine, InversionSpec(chosen[0][2], steps=2), chosen[0][1])  # warm-up: first calls allocate and load kernels
     per_image = {}
-    for name, image, caption in images(args.renders, args.photos):
+    for name, image, caption in chosen:
         print(name, flush=True)
         per_image[name] = measure_image(engine, image, caption, args, recipes)
     report = {"model": engine.model_name, "device": device_description(engine.device), "steps": args.steps,
