@@ -10,6 +10,7 @@ Methods: DDIM inversion (ddim.py), null-text inversion (null_text.py), negative-
 steps.py; DDIM inversion and every DDIM reconstruction run through studio.sampling.sample_steps.
 """
 
+from studio.inversion.ddim import ddim_inversion_steps
 from studio.inversion.guider import PerStepUncondGuidance
 from studio.inversion.job import invert, reconstruction_steps, sampling_guider
 from studio.inversion.result import METHOD_LABELS, METHODS, Inversion, InversionResult, InversionSpec
@@ -17,5 +18,5 @@ from studio.inversion.steps import StepGrid, ddim_coefficients
 
 __all__ = [
     "METHODS", "METHOD_LABELS", "Inversion", "InversionResult", "InversionSpec", "PerStepUncondGuidance",
-    "StepGrid", "ddim_coefficients", "invert", "reconstruction_steps", "sampling_guider",
+    "StepGrid", "ddim_coefficients", "ddim_inversion_steps", "invert", "reconstruction_steps", "sampling_guider",
 ]

@@ -47,9 +47,3 @@ def ddim_inversion_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, lat
     timesteps = stepper.inverse_timesteps.to(latents.device)
     return sample_steps(denoiser, guider, stepper, timesteps, latents, cancel)
 
-
-def ddim_trajectory(denoiser: Denoiser, guider: Guider, grid: StepGrid, latents: Tensor,
-                    cancel: CancelToken | None = None) -> list[Tensor]:
-    """The whole DDIM inversion as a sampling trajectory: [x_T, ..., start of the last step, x_0]."""
-    states = [latents] + [state["x"] for state in ddim_inversion_steps(denoiser, guider, grid, latents, cancel)]
-    return states[::-1]
