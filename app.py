@@ -24,7 +24,8 @@ def build_app(engine: Any) -> gr.Blocks:
     """The Blocks app for a loaded engine, queued (one model job at a time), not launched."""
     # Cached uploads and outputs are deleted after an hour (checked hourly).
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(f"# {TITLE}\nText-to-image on a diffusion model you can watch and steer.", elem_id="header")
+        gr.Markdown(f"# {TITLE}\nGenerate, invert and edit images with a diffusion model you can watch and steer.",
+                    elem_id="header")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 generate.build_generate_tab(engine)
