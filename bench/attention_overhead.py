@@ -10,19 +10,15 @@ Writes bench/results/attention_overhead.json and .md.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_description, sd15_engine, timed  # noqa: E402
+from common import arguments, device_description, interleaved, peak_column, sd15_engine, write_results  # noqa: E402
 
 from studio.engine import Engine  # noqa: E402
 from studio.specs import GenerateSpec  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_RATIO = 1.25
 SHAPES_PROMPT = "a big red circle on the left and a small blue square on the right"
 SD_PROMPT = "a photograph of an astronaut riding a horse"
@@ -32,53 +28,33 @@ def measure(engine: Engine, prompt: str, size: int, steps: int, repeats: int) ->
     # Same events either way except the maps: previews at the same steps, maps every 5 steps (UI default).
     off = GenerateSpec(prompt, seed=0, steps=steps, width=size, height=size, preview_every=5, attention_every=5)
     on = GenerateSpec(**{**off.to_dict(), "capture_attention": True})
-
-    def run(spec: GenerateSpec) -> float:
-        return timed(engine.device, lambda: list(engine.generate(spec)))[0]
-
-    run(off), run(on)  # warm-up: allocator, kernels, lazy imports
-    seconds: dict[str, list[float]] = {"off": [], "on": []}
-    for _ in range(repeats):  # interleaved so drift (other load, clocks) hits both alike
-        seconds["off"].append(run(off))
-        seconds["on"].append(run(on))
-    median_off, median_on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
-    return {"model": engine.model_name, "size": size, "steps": steps, "seconds": seconds,
-            "median_off_s": median_off, "median_on_s": median_on, "ratio_on_over_off": median_on / median_off}
+    timing = interleaved(engine.device, {"off": lambda: list(engine.generate(off)),
+                                         "on": lambda: list(engine.generate(on))}, repeats)
+    median = timing["median"]
+    return {"model": engine.model_name, "size": size, "steps": steps, "seconds": timing["seconds"],
+            "median_off_s": median["off"], "median_on_s": median["on"], "ratio_on_over_off": median["on"] / median["off"],
+            "peak_memory_mib": timing["peak_memory_mib"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model source (default: the embedded model)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sd15-size", type=int, default=256, help="0 skips SD 1.5")
-    parser.add_argument("--sd15-steps", type=int, default=10)
-    parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args(argv)
-
+    args = arguments(__doc__.splitlines()[0]).parse_args(argv)
     engine = Engine(args.model, device=args.device)
     rows = [measure(engine, SHAPES_PROMPT, engine.native_size, args.steps, args.repeats)]
     if args.sd15_size:
         rows.append(measure(sd15_engine(args.device), SD_PROMPT, args.sd15_size, args.sd15_steps, args.repeats))
     report = {**device_description(engine.device), "repeats": args.repeats, "target_ratio": TARGET_RATIO,
               "rows": rows, "meets_target": all(r["ratio_on_over_off"] <= TARGET_RATIO for r in rows)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "attention_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
+    write_results(args.out, "attention_overhead", report, [
         "# Attention-map capture overhead",
         "",
         f"Device: {report['device_name']} ({report['device']}), {report['torch_threads']} torch threads; maps every "
         f"5 steps (the UI's default), median of {args.repeats} interleaved runs after a warm-up. Target <= {TARGET_RATIO}x.",
         "",
-        "| model | size | steps | capture off s | capture on s | on/off |",
-        "|---|---|---|---|---|---|",
+        "| model | size | steps | capture off s | capture on s | on/off | peak MiB off / on |",
+        "|---|---|---|---|---|---|---|",
         *(f"| {r['model']} | {r['size']} | {r['steps']} | {r['median_off_s']:.3f} | {r['median_on_s']:.3f} | "
-          f"**{r['ratio_on_over_off']:.3f}x** |" for r in rows),
-    ]
-    (out / "attention_overhead.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+          f"**{r['ratio_on_over_off']:.3f}x** | {peak_column(r['peak_memory_mib'], 'off', 'on')} |" for r in rows),
+    ])
     return report
 
 

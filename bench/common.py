@@ -3,8 +3,11 @@ on SD 1.5's published architecture at random init (structure and speed need no r
 
 from __future__ import annotations
 
+import argparse
+import json
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -49,3 +52,58 @@ def sd15_engine(device: str | None = None) -> Engine:
         shutil.rmtree(folder)
     engine.model.name = "SD 1.5 architecture (random weights)"
     return engine
+
+
+def peak_memory_mib(device: torch.device, run: Callable[[], Any]) -> float | None:
+    """Peak device memory (MiB) allocated during run(); None on the CPU (no per-call allocator statistics)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    run()
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def interleaved(device: torch.device, runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Any]:
+    """Time each run `repeats` times, alternating between them after one warm-up each, so drift (other
+    load, clocks) hits all alike. Returns seconds and medians per run, the last value each returned,
+    and (CUDA) each run's peak memory."""
+    for run in runs.values():  # warm-up: allocator, kernels, lazy imports
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    values: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            elapsed, values[name] = timed(device, run)
+            seconds[name].append(elapsed)
+    return {
+        "seconds": seconds,
+        "median": {name: statistics.median(times) for name, times in seconds.items()},
+        "values": values,
+        "peak_memory_mib": {name: peak_memory_mib(device, run) for name, run in runs.items()},
+    }
+
+
+def arguments(description: str, steps: int = 25) -> argparse.ArgumentParser:
+    """The options every peer comparison takes: the first model, its steps, repeats, SD 1.5's row, the output."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default=None, help="first model (default: the embedded one)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sd15-size", type=int, default=256, help="SD 1.5's architecture at this size; 0 skips it")
+    parser.add_argument("--sd15-steps", type=int, default=10)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    return parser
+
+
+def write_results(out: str | Path, name: str, report: dict, lines: list[str]) -> None:
+    """bench/results/<name>.json (the report) and <name>.md (the table), and print the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def peak_column(memory: dict[str, float | None], first: str, second: str) -> str:
+    return "n/a on CPU" if memory[first] is None else f"{memory[first]:.0f} / {memory[second]:.0f}"

@@ -11,9 +11,6 @@ Writes bench/results/sdedit_vs_img2img.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,13 +20,12 @@ from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_description, sd15_engine, timed  # noqa: E402
+from common import arguments, device_description, interleaved, peak_column, sd15_engine, write_results  # noqa: E402
 
 from studio.editing.sdedit import SDEditSpec  # noqa: E402
 from studio.engine import Engine  # noqa: E402
 from studio.events import Result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_RATIO = 1.05
 GUIDANCE = 7.5
 
@@ -53,37 +49,22 @@ def compare(engine: Engine, prompt: str, size: int, steps: int, strength: float,
     guide = guide_image(size)
     spec = SDEditSpec(prompt=prompt, strengths=(strength,), repeats=1, seed=0, steps=steps, guidance_scale=GUIDANCE,
                       preview_every=steps + 1)
-
-    def ours() -> float:
-        return timed(engine.device, lambda: next(e for e in engine.sdedit(spec, guide) if isinstance(e, Result)))[0]
-
-    def theirs() -> float:
-        return timed(engine.device, lambda: pipeline(
-            prompt, image=guide, strength=strength, num_inference_steps=steps, guidance_scale=GUIDANCE,
-            generator=torch.Generator("cpu").manual_seed(0), output_type="np"))[0]
-
-    ours(), theirs()  # warm-up
-    seconds: dict[str, list[float]] = {"sdedit": [], "img2img": []}
-    for _ in range(repeats):  # interleaved so drift hits both alike
-        seconds["sdedit"].append(ours())
-        seconds["img2img"].append(theirs())
-    median_ours, median_theirs = statistics.median(seconds["sdedit"]), statistics.median(seconds["img2img"])
-    return {"model": engine.model_name, "size": size, "steps": steps, "strength": strength, "seconds": seconds,
-            "median_sdedit_s": median_ours, "median_img2img_s": median_theirs, "ratio": median_ours / median_theirs}
+    timing = interleaved(engine.device, {
+        "sdedit": lambda: next(e for e in engine.sdedit(spec, guide) if isinstance(e, Result)),
+        "img2img": lambda: pipeline(prompt, image=guide, strength=strength, num_inference_steps=steps,
+                                    guidance_scale=GUIDANCE, generator=torch.Generator("cpu").manual_seed(0),
+                                    output_type="np"),
+    }, repeats)
+    median = timing["median"]
+    return {"model": engine.model_name, "size": size, "steps": steps, "strength": strength, "seconds": timing["seconds"],
+            "median_sdedit_s": median["sdedit"], "median_img2img_s": median["img2img"],
+            "ratio": median["sdedit"] / median["img2img"], "peak_memory_mib": timing["peak_memory_mib"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="first model (default: the embedded one)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--steps", type=int, default=25)
+    parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--strength", type=float, default=0.6)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sd15-size", type=int, default=256, help="0 skips SD 1.5")
-    parser.add_argument("--sd15-steps", type=int, default=10)
-    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
-
     engine = Engine(args.model, device=args.device)
     rows = [compare(engine, "a big red circle on a blue background", engine.native_size, args.steps, args.strength,
                     args.repeats)]
@@ -92,10 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
                             args.strength, args.repeats))
     report = {**device_description(engine.device), "repeats": args.repeats, "target_ratio": TARGET_RATIO,
               "rows": rows, "meets_target": all(r["ratio"] <= TARGET_RATIO for r in rows)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sdedit_vs_img2img.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
+    write_results(args.out, "sdedit_vs_img2img", report, [
         "# SDEdit vs StableDiffusionImg2ImgPipeline",
         "",
         f"Device: {report['device_name']} ({report['device']}), {report['torch_threads']} torch threads; DDIM, guidance "
@@ -103,13 +81,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"Target <= {TARGET_RATIO}x. SDEdit's time includes its report (L2 to the guide, classifier realism where the "
         "model has a classifier) and the result strip.",
         "",
-        "| model | size | steps | strength | SDEdit s | img2img s | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| model | size | steps | strength | SDEdit s | img2img s | ratio | peak MiB SDEdit / img2img |",
+        "|---|---|---|---|---|---|---|---|",
         *(f"| {r['model']} | {r['size']} | {r['steps']} | {r['strength']} | {r['median_sdedit_s']:.3f} | "
-          f"{r['median_img2img_s']:.3f} | **{r['ratio']:.3f}x** |" for r in rows),
-    ]
-    (out / "sdedit_vs_img2img.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+          f"{r['median_img2img_s']:.3f} | **{r['ratio']:.3f}x** | {peak_column(r['peak_memory_mib'], 'sdedit', 'img2img')} |"
+          for r in rows),
+    ])
     return report
 
 

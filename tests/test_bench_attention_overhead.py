@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "attention_overhead.py"
+from bench_scripts import load
 
 
 def test_bench_reports_the_capture_ratio(tiny_model_dir, tmp_path):
-    spec = importlib.util.spec_from_file_location("attention_overhead", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("attention_overhead")
 
     report = bench.main(["--model", str(tiny_model_dir), "--device", "cpu", "--steps", "2", "--repeats", "1",
                          "--sd15-size", "0", "--out", str(tmp_path)])

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "diffedit.py"
+from bench_scripts import load
 
 
 def test_bench_compares_with_diffusers_diffedit(tiny_model_dir, tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_diffedit", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("diffedit")
 
     report = bench.main(["--model", str(tiny_model_dir), "--device", "cpu", "--cases", "1", "--steps", "2",
                          "--repeats", "1", "--out", str(tmp_path)])

@@ -3,19 +3,15 @@ writes its table, figure and JSON with every part of the issue #4 measurement.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "guidance_sweep.py"
+from bench_scripts import load
 
 
 def test_guidance_sweep_runs_and_writes_json_table_and_figure(tiny_classifier_model_dir, tmp_path):
-    spec = importlib.util.spec_from_file_location("guidance_sweep", SCRIPT)
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = load("guidance_sweep")
 
     report = sweep.main([
         "--model", str(tiny_classifier_model_dir), "--device", "cpu", "--samples", "2", "--steps", "2",

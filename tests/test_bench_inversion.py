@@ -4,17 +4,13 @@ ratio to DDIM inversion and NTI's cost against the reference recipe."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "inversion.py"
+from bench_scripts import load
 
 
 def test_inversion_bench_runs_and_writes_json_and_table(tiny_model_dir, tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_inversion_smoke", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("inversion")
 
     report = bench.main(["--model", str(tiny_model_dir), "--device", "cpu", "--steps", "3", "--renders", "1",
                          "--photos", "1", "--recipes", "3,4,6", "--out", str(tmp_path)])

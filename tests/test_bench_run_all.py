@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
+
+from bench_scripts import load
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def test_summary_has_a_line_per_comparison_of_every_benchmark(tmp_path):
-    spec = importlib.util.spec_from_file_location("run_all", BENCH / "run_all.py")
-    run_all = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_all)
+    run_all = load("run_all")
     for filename, _ in run_all.BENCHMARKS.values():
         shutil.copy(BENCH / "results" / filename, tmp_path / filename)
 

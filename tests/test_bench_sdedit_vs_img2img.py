@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "sdedit_vs_img2img.py"
+from bench_scripts import load
 
 
 def test_bench_reports_the_ratio(tiny_model_dir, tmp_path):
-    spec = importlib.util.spec_from_file_location("sdedit_vs_img2img", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("sdedit_vs_img2img")
 
     report = bench.main(["--model", str(tiny_model_dir), "--device", "cpu", "--steps", "4", "--repeats", "1",
                          "--sd15-size", "0", "--out", str(tmp_path)])
