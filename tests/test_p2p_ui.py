@@ -36,6 +36,10 @@ def test_p2p_bad_input_is_a_clear_error(client):
                        steps_value=3, tokens={"headers": list(p2p.TOKEN_COLUMNS), "data": [["green", "", 2.0]]})
 
 
+def test_a_slider_sets_its_rows_weight():
+    assert p2p.with_weight(1, -2.0, [["a", "a", 1.0], ["red", "red", 1.0]]) == [["a", "a", 1.0], ["red", "red", -2.0]]
+
+
 def test_token_table_weights_become_reweights_beside_the_prompt_syntax():
     table = [["a", "a", 1.0], ["big", "big", 2.0], ["red", "red", 3.0], ["circle", "circle", 1.0]]
     assert p2p.reweights_from_table(table, "a big (red:3) circle") == (("big", 2.0),)

@@ -11,12 +11,14 @@ turned into a typed `P2PSpec`; events render as:
     P2PResult          -> source and edited images, the mask, the settings
 
 The token table lists the target prompt's words, the source word each takes its attention from
-("" for a new word) and its re-weight; edit the weight column to re-weight a word (negative allowed),
-or write weights in the prompt as (word:1.3). Endpoint: ``/p2p``.
+("" for a new word) and its re-weight, with a slider per word under it (negative weights allowed);
+weights may also be written in the prompt as (word:1.3). Endpoint: ``/p2p`` (re-weights through
+its token table).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +32,17 @@ from PIL import Image
 from studio import specs
 from studio.attention.controllers import WordWindow
 from studio.attention.maps import heat_map_overlay
-from studio.editing.p2p import EDIT_TYPES, SELF_LAYERS, STYLE_ALPHA, THRESHOLD, EditAttentionMaps, P2PResult, P2PSpec, prepare_edit
+from studio.editing.p2p import (
+    EDIT_TYPES,
+    SELF_LAYERS,
+    STYLE_ALPHA,
+    THRESHOLD,
+    WEIGHT,
+    EditAttentionMaps,
+    P2PResult,
+    P2PSpec,
+    prepare_edit,
+)
 from studio.errors import CancelledError, InvalidInputError, StudioError
 from studio.events import Mask, Preview, Progress
 from studio.prompt_weights import parse_weighted_prompt
@@ -79,6 +91,13 @@ def reweights_from_table(table: Any, target_prompt: str) -> tuple[tuple[str, flo
         pairs.append((str(row[0]), weight))
     syntax = dict((word, w) for word, w in zip(weighted.text.split(), weighted.word_weights))
     return tuple((word, weight) for word, weight in pairs if weight != syntax.get(word, 1.0))
+
+
+def with_weight(row: int, weight: float, table: Any) -> list[list[Any]]:
+    """The token table with row `row`'s re-weight set (a slider's release)."""
+    rows = _rows(table)
+    rows[row] = [*rows[row][:2], float(weight)]
+    return rows
 
 
 def windows_from_table(table: Any) -> tuple[WordWindow, ...]:
@@ -151,9 +170,31 @@ def build_p2p_tab(engine: Any, inversion_state: gr.State | None = None) -> P2PTa
                 stop = gr.Button("Stop", variant="stop", elem_id="p2p-stop", scale=1)
             token_table = gr.Dataframe(
                 value=[], headers=list(TOKEN_COLUMNS), datatype=["str", "str", "number"], type="array",
-                column_count=(3, "fixed"), interactive=True, label="Tokens (edit the re-weight column)",
+                column_count=(3, "fixed"), interactive=True, label="Tokens (re-weight with the sliders or in the table)",
                 elem_id="p2p-tokens",
             )
+
+            # One slider per target word, drawn when the prompts change; a slider writes its weight into
+            # the table, the one source the edit (and the /p2p endpoint) reads.
+            prompt_inputs = [source_prompt, target_prompt, edit]
+            if inversion_state is not None:
+                prompt_inputs += [use_inversion, inversion_state]
+
+            # one render at a time, in order: a late render of older prompts would replace newer sliders
+            @gr.render(inputs=prompt_inputs, triggers=[c.change for c in prompt_inputs[:3]], concurrency_limit=1,
+                       concurrency_id="p2p-slider-render", show_progress="hidden")
+            def token_sliders(*prompts: Any) -> None:
+                rows = token_rows(*prompts)
+                if not isinstance(rows, list):
+                    return
+                with gr.Row(elem_id="p2p-sliders"):
+                    for j, (word, source_word, weight) in enumerate(rows):
+                        label = word if source_word in (word, "") else f"{word} ← {source_word}"
+                        slider = gr.Slider(WEIGHT.low, WEIGHT.high, value=weight, step=WEIGHT.step, label=label,
+                                           elem_id=f"p2p-weight-{j}", min_width=150, interactive=True)
+                        gr.on([slider.input, slider.release], functools.partial(with_weight, j), [slider, token_table],
+                              token_table, api_visibility="private", concurrency_limit=None,
+                              concurrency_id="p2p-sliders", show_progress="hidden")
             with gr.Row():
                 seed = gr.Number(label="Seed", value=0, precision=0, minimum=specs.SEED.low, maximum=specs.SEED.high,
                                  elem_id="p2p-seed")
@@ -284,8 +325,7 @@ def build_p2p_tab(engine: Any, inversion_state: gr.State | None = None) -> P2PTa
                 api_name="p2p", concurrency_id="model", show_progress="hidden")
     stop.click(stop_job, None, status, cancels=[run], api_name="p2p_stop", api_visibility="undocumented",
                concurrency_limit=None, concurrency_id="stop", show_progress="hidden")
-    table_inputs = [source_prompt, target_prompt, edit, *extra_inputs]
-    gr.on([c.change for c in table_inputs[:3]], token_rows, table_inputs, token_table, api_visibility="private",
+    gr.on([c.change for c in prompt_inputs[:3]], token_rows, prompt_inputs, token_table, api_visibility="private",
           concurrency_limit=None, concurrency_id="p2p-table", show_progress="hidden")
     view = dict(concurrency_limit=None, concurrency_id="p2p-view", show_progress="hidden", api_visibility="private")
     maps_state.change(render_maps, [maps_state, word_pick], [word_pick, source_map, target_map], **view)
