@@ -6,7 +6,7 @@ before touching the model, raising InvalidInputError with a message a user can a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from studio.errors import InvalidInputError

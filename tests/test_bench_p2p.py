@@ -3,17 +3,13 @@ and table with every part of the issue #7 measurement."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "p2p.py"
+from bench_scripts import load
 
 
 def test_p2p_bench_runs_and_writes_json_and_table(tiny_model_dir, tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_p2p_smoke", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("p2p")
 
     report = bench.main(["--model", str(tiny_model_dir), "--device", "cpu", "--seeds", "1", "--steps", "2",
                          "--weights", "0,2", "--repeats", "1", "--out", str(tmp_path)])

@@ -34,8 +34,7 @@ from studio.editing.diffedit import (
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Mask, Preview
 from studio.images import prepare_image
-from studio.ui.generate import _progress_html
-from studio.ui.sdedit import EditJobs
+from studio.ui.jobs import EditJobs, progress_html
 
 DEFAULTS = DiffEditSpec("", "")
 MASK_RGBA = (255, 0, 255, 255)  # how the found mask is painted on the editor's layer
@@ -127,7 +126,7 @@ def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> 
                     composite = gr.Checkbox(label="Paste original pixels outside the mask", value=DEFAULTS.composite,
                                             elem_id="diffedit-composite")
         with gr.Column(scale=6, min_width=360):
-            status = gr.HTML(_progress_html(0, 0, "Ready.", "idle"), elem_id="diffedit-status")
+            status = gr.HTML(progress_html(0, 0, "Ready.", "idle"), elem_id="diffedit-status")
             with gr.Row(equal_height=False):
                 mask_preview = gr.Image(label="Mask (live)", format="png", interactive=False, height=260, buttons=[],
                                         elem_id="diffedit-mask-preview")
@@ -181,7 +180,7 @@ def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> 
             if isinstance(event, MaskResult):
                 picture = np.asarray(shown["image"])
                 text = f"Mask found: {100 * event.binary.mean():.1f}% of the image · adjust, touch up, then Edit"
-                return (_progress_html(total, total, text, "done"), event.images[0],
+                return (progress_html(total, total, text, "done"), event.images[0],
                         editor_value(picture, event.binary), {"soft": event.soft, "image": picture})
             if isinstance(event, Mask):
                 if "image" not in shown:
@@ -223,7 +222,7 @@ def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> 
             if isinstance(event, DiffEditResult):
                 text = (f"Done in {event.timings['total']:.1f} s · mask {100 * event.mask.mean():.1f}% "
                         f"({event.settings['mask_from']}) · {event.unet_evaluations} UNet evaluations")
-                return _progress_html(total, total, text, "done"), skip, event.images[0], event.settings
+                return progress_html(total, total, text, "done"), skip, event.images[0], event.settings
             return None
 
         yield from jobs.run(request, start, 4, render, "DiffEdit")

@@ -21,7 +21,6 @@ import html
 import logging
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,10 +34,11 @@ from PIL import Image
 from studio import specs
 from studio.attention.maps import heat_map_overlay
 from studio.errors import CancelledError, InvalidInputError, StudioError
-from studio.events import AttentionMaps, CancelToken, Preview, Progress, Result
+from studio.events import AttentionMaps, Preview, Progress, Result
 from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
 from studio.plots import line_chart
 from studio.ui import png_settings
+from studio.ui.jobs import SessionJobs, progress_html, session_id
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,6 @@ _FUNCTION_WORDS = frozenset({"a", "an", "the", "and", "on", "in", "of", "with", 
 
 # --------------------------------------------------------------------------------------------
 # Rendering helpers (pure)
-
-
-def _progress_html(step: int, total: int, text: str, state: str = "running") -> str:
-    percent = 100 if total <= 0 else round(100 * step / total)
-    return (
-        f'<div class="dcs-progress {state}" data-state="{state}">'
-        f'<div class="dcs-bar"><div class="dcs-fill" style="width:{percent}%"></div></div>'
-        f'<div class="dcs-text">{html.escape(text)}</div></div>'
-    )
 
 
 def _default_token(tokens: list[str]) -> int:
@@ -237,42 +228,9 @@ class GenerateTab:
     run: Any  # the /generate event (Dependency)
 
 
-@dataclass
-class _Job:
-    cancel: CancelToken
-    step: int = 0
-    total: int = 0
-
-
-class _Jobs:
-    """The running job per browser session, so Stop reaches the engine directly and can say where it stopped."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: dict[str, _Job] = {}
-
-    def start(self, session: str, total: int) -> _Job:
-        job = _Job(CancelToken(), 0, total)
-        with self._lock:
-            self._jobs[session] = job
-        return job
-
-    def finish(self, session: str, job: _Job) -> None:
-        with self._lock:
-            if self._jobs.get(session) is job:
-                del self._jobs[session]
-
-    def cancel(self, session: str) -> _Job | None:
-        with self._lock:
-            job = self._jobs.get(session)
-        if job is not None:
-            job.cancel.cancel()
-        return job
-
-
 def build_generate_tab(engine: Any) -> GenerateTab:
     """Lay out the Generate tab inside the current gr.Blocks/gr.Tab and wire its events."""
-    jobs = _Jobs()
+    jobs = SessionJobs()
     native = int(engine.native_size)
     multiple = int(engine.size_multiple)
     size_low = _round_up(specs.SIZE.low, multiple)
@@ -385,7 +343,7 @@ def build_generate_tab(engine: Any) -> GenerateTab:
             )
 
         with gr.Column(scale=6, min_width=360):
-            status = gr.HTML(_progress_html(0, 0, "Ready.", "idle"), label="Progress", elem_id="status")
+            status = gr.HTML(progress_html(0, 0, "Ready.", "idle"), label="Progress", elem_id="status")
             with gr.Row(equal_height=False):
                 preview = gr.Image(
                     label="Live preview", format="png", interactive=False, elem_id="preview", height=300,
@@ -452,7 +410,7 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         except (InvalidInputError, TypeError, ValueError) as error:
             raise gr.Error(str(error)) from error
 
-        session = _session(request)
+        session = session_id(request)
         job = jobs.start(session, spec.steps)
         cancel = job.cancel
         events: Iterator | None = None
@@ -465,7 +423,7 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         run_folder = Path(tempfile.mkdtemp(prefix="dcs-run-"))
         try:
             # Earlier results stay until this run has new ones to show.
-            yield skip, skip, _progress_html(0, total, "Starting…"), skip, skip, skip
+            yield skip, skip, progress_html(0, total, "Starting…"), skip, skip, skip
             events = engine.generate(spec, cancel)
             for event in events:
                 if isinstance(event, Progress):
@@ -473,7 +431,7 @@ def build_generate_tab(engine: Any) -> GenerateTab:
                     job.step, job.total = step, total  # for Stop's message
                     elapsed = time.monotonic() - started
                     text = event.message or f"Step {step} / {total} · {elapsed:.1f} s"
-                    yield skip, skip, _progress_html(step, total, text), skip, skip, skip
+                    yield skip, skip, progress_html(step, total, text), skip, skip, skip
                 elif isinstance(event, Preview):
                     current_image = np.asarray(event.images[0].convert("RGB"))
                     if attention_state is not None:
@@ -493,14 +451,14 @@ def build_generate_tab(engine: Any) -> GenerateTab:
                 elif isinstance(event, Result):
                     yield _finish(event, attention_state, started, run_folder)
         except CancelledError as error:
-            yield skip, skip, _progress_html(step, total, f"Stopped: {error}", "stopped"), skip, skip, skip
+            yield skip, skip, progress_html(step, total, f"Stopped: {error}", "stopped"), skip, skip, skip
         except StudioError as error:
-            yield skip, skip, _progress_html(step, total, str(error), "failed"), skip, skip, skip
+            yield skip, skip, progress_html(step, total, str(error), "failed"), skip, skip, skip
             raise gr.Error(str(error)) from error
         except Exception as error:  # a bug, not bad input: keep the app alive, keep details in the log
             log.exception("generate failed for %r", spec)
             message = f"Generation failed unexpectedly ({type(error).__name__}); see the server log."
-            yield skip, skip, _progress_html(step, total, message, "failed"), skip, skip, skip
+            yield skip, skip, progress_html(step, total, message, "failed"), skip, skip, skip
             raise gr.Error(message) from error
         finally:
             # Stop pressed (GeneratorExit at a yield), an error, or done: tell the engine and let it
@@ -534,7 +492,7 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         return (
             gallery_value,
             result.images[0],
-            _progress_html(total, total, text, "done"),
+            progress_html(total, total, text, "done"),
             attention_state,
             settings,
             files,
@@ -549,10 +507,10 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         return paths
 
     def stop_job(request: gr.Request) -> Any:
-        job = jobs.cancel(_session(request))
+        job = jobs.cancel(session_id(request))
         if job is None:
             return gr.skip()
-        return _progress_html(job.step, job.total, f"Stopped after step {job.step} of {job.total}.", "stopped")
+        return progress_html(job.step, job.total, f"Stopped after step {job.step} of {job.total}.", "stopped")
 
     def read_settings(file: str | None) -> tuple:
         """Settings from a PNG made by this app (or one with A1111 'parameters'), for every form field.
@@ -685,10 +643,6 @@ def build_generate_tab(engine: Any) -> GenerateTab:
     )
     reuse_seed.click(reuse_last_seed, settings, [seed, random_seed], api_visibility="private", concurrency_id="settings")
     return GenerateTab(prompt=prompt, gallery=gallery, settings=settings, run=run)
-
-
-def _session(request: gr.Request | None) -> str:
-    return (request.session_hash if request is not None else None) or "api"
 
 
 def _blank(spec: GenerateSpec, engine: Any) -> np.ndarray:

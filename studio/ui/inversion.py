@@ -28,8 +28,7 @@ from studio.inversion import METHOD_LABELS, METHODS, Inversion, InversionResult,
 from studio.inversion.null_text import NullTextLoss
 from studio.inversion.result import BDIA_GAMMA, EDICT_MIX, INNER_STEPS, LEARNING_RATE, TOLERANCE
 from studio.plots import line_chart
-from studio.ui.generate import _progress_html
-from studio.ui.sdedit import EditJobs
+from studio.ui.jobs import EditJobs, progress_html
 
 DEFAULTS = InversionSpec()
 TABLE_HEADERS = ["method", "PSNR (dB)", "SSIM", "latent MSE", "UNet passes (inversion)", "backward passes",
@@ -165,7 +164,7 @@ def build_inversion_tab(engine: Any) -> InversionTab:
             with gr.Row():
                 go = gr.Button("Invert", variant="primary", elem_id="inversion-btn", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="inversion-stop", scale=1)
-            status = gr.HTML(_progress_html(0, 1, "Ready"), elem_id="inversion-status")
+            status = gr.HTML(progress_html(0, 1, "Ready"), elem_id="inversion-status")
         with gr.Column(scale=6, min_width=360):
             gallery = gr.Gallery(label="Original and reconstructions", columns=4, height=260, format="png",
                                  elem_id="inversion-gallery")
@@ -234,7 +233,7 @@ def build_inversion_tab(engine: Any) -> InversionTab:
                 finished = len(done) == len([m for m in METHODS if m in chosen])
                 text = (f"Done: {len(done)} method(s) · {html.escape(done[0].inversion.preparation or 'used as uploaded')}"
                         if finished else f"{len(done)} of {len(chosen)} methods done")
-                return (_progress_html(total, total, text, "done" if finished else "running"), pictures,
+                return (progress_html(total, total, text, "done" if finished else "running"), pictures,
                         table_rows(done), error_plot(done), skip, gr.update(choices=choices, value=index),
                         event.settings, inverted, inverted[index])
             return None

@@ -46,7 +46,7 @@ from studio.editing.p2p import (
 from studio.errors import CancelledError, InvalidInputError, StudioError
 from studio.events import Mask, Preview, Progress
 from studio.prompt_weights import parse_weighted_prompt
-from studio.ui.generate import _Jobs, _progress_html, _session
+from studio.ui.jobs import SessionJobs, progress_html, session_id
 
 DEFAULTS = P2PSpec(source_prompt="")
 TOKEN_COLUMNS = ("target word", "from source word", "re-weight")
@@ -150,7 +150,7 @@ def render_maps(state: dict | None, word: str | None) -> tuple[Any, Any, Any]:
 def build_p2p_tab(engine: Any, inversion_state: gr.State | None = None) -> P2PTab:
     """Lay out the tab inside the current gr.Tab; `inversion_state` holds the Inversion tab's latest
     Inversion (or None) for editing a real image."""
-    jobs = _Jobs()
+    jobs = SessionJobs()
 
     # 1. layout ---------------------------------------------------------------------------
     with gr.Row(equal_height=False):
@@ -225,7 +225,7 @@ def build_p2p_tab(engine: Any, inversion_state: gr.State | None = None) -> P2PTa
                     blend_start = gr.Slider(0, 1, value=DEFAULTS.blend_start, step=0.05, label="Blend from",
                                             elem_id="p2p-blend-start")
         with gr.Column(scale=6, min_width=360):
-            status = gr.HTML(_progress_html(0, 0, "Ready.", "idle"), elem_id="p2p-status")
+            status = gr.HTML(progress_html(0, 0, "Ready.", "idle"), elem_id="p2p-status")
             images = gr.Gallery(label="Source | edited", columns=2, height=300, format="png", object_fit="contain",
                                 elem_id="p2p-images")
             word_pick = gr.Radio(choices=[], label="Attention for target word", elem_id="p2p-word")
@@ -267,7 +267,7 @@ def build_p2p_tab(engine: Any, inversion_state: gr.State | None = None) -> P2PTa
                 raise InvalidInputError("The Inversion tab has no inversion yet: invert an image there first.")
         except StudioError as error:
             raise gr.Error(str(error)) from error
-        session = _session(request)
+        session = session_id(request)
         job = jobs.start(session, spec.steps)
         try:
             events = engine.p2p(spec, inversion if use_inv else None, job.cancel)  # checks input, no model work yet
@@ -278,13 +278,13 @@ def build_p2p_tab(engine: Any, inversion_state: gr.State | None = None) -> P2PTa
         state: dict | None = None
         previews: list[np.ndarray] | None = None
         try:
-            yield skip, _progress_html(0, total, "Starting…"), skip, skip, skip
+            yield skip, progress_html(0, total, "Starting…"), skip, skip, skip
             for event in events:
                 if isinstance(event, Progress):
                     step, total = event.step, event.total
                     job.step, job.total = step, total
                     text = event.message or f"Step {step} / {total} · {time.monotonic() - started:.1f} s"
-                    yield skip, _progress_html(step, total, text), skip, skip, skip
+                    yield skip, progress_html(step, total, text), skip, skip, skip
                 elif isinstance(event, Preview):
                     previews = [np.asarray(image.convert("RGB")) for image in event.images]
                     yield event.images, skip, skip, skip, skip
@@ -299,12 +299,12 @@ def build_p2p_tab(engine: Any, inversion_state: gr.State | None = None) -> P2PTa
                     mask = Image.fromarray(np.uint8(event.mask * 255)) if event.mask is not None else None
                     text = (f"Done in {event.timings['total']:.1f} s · {event.unet_evaluations} UNet evaluations · "
                             f"{1000 * event.settings['seconds_per_step']:.0f} ms per step")
-                    yield (list(zip(event.images, ["source", "edited"])), _progress_html(total, total, text, "done"),
+                    yield (list(zip(event.images, ["source", "edited"])), progress_html(total, total, text, "done"),
                            state, mask, event.settings)
         except CancelledError as error:
-            yield skip, _progress_html(step, total, f"Stopped: {error}", "stopped"), skip, skip, skip
+            yield skip, progress_html(step, total, f"Stopped: {error}", "stopped"), skip, skip, skip
         except StudioError as error:
-            yield skip, _progress_html(step, total, str(error), "failed"), skip, skip, skip
+            yield skip, progress_html(step, total, str(error), "failed"), skip, skip, skip
             raise gr.Error(str(error)) from error
         finally:
             job.cancel.cancel()
@@ -313,8 +313,8 @@ def build_p2p_tab(engine: Any, inversion_state: gr.State | None = None) -> P2PTa
             jobs.finish(session, job)
 
     def stop_job(request: gr.Request) -> Any:
-        job = jobs.cancel(_session(request))
-        return gr.skip() if job is None else _progress_html(job.step, job.total, f"Stopped after step {job.step}.", "stopped")
+        job = jobs.cancel(session_id(request))
+        return gr.skip() if job is None else progress_html(job.step, job.total, f"Stopped after step {job.step}.", "stopped")
 
     # 3. wiring -----------------------------------------------------------------------------
     extra_inputs = [use_inversion, inversion_state] if inversion_state is not None else []

@@ -10,9 +10,8 @@ progress and ends with the strip, the images, a table of L2-to-guide and realism
 from __future__ import annotations
 
 import html
-import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,11 @@ import numpy as np
 from studio import specs
 from studio.editing import masks
 from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditSpec, SDEditResult
-from studio.errors import CancelledError, InvalidInputError, StudioError
-from studio.events import CancelToken, Preview, Progress
+from studio.errors import InvalidInputError
+from studio.events import CancelToken, Preview
 from studio.shapes.vocabulary import COLOURS
-from studio.ui.generate import _Jobs, _progress_html, _session
+from studio.ui.jobs import EditJobs, progress_html
 
-log = logging.getLogger(__name__)
 
 DEFAULTS = SDEditSpec()
 BRUSH_COLOURS = ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in COLOURS.values()]  # the shapes world's palette
@@ -91,58 +89,6 @@ def canvas_inputs(value: dict | None, size: int) -> tuple[np.ndarray, np.ndarray
     return guide.round().astype(np.uint8), (mask if mask.any() else None), original
 
 
-class EditJobs(_Jobs):
-    """The running job per browser session of an editing tab: start it (bad input becomes gr.Error before any
-    model work), stream it to the handler's outputs, stop it."""
-
-    def run(self, request: gr.Request | None, start: Callable[[CancelToken], Iterator], width: int,
-            render: Callable[[Any, int], tuple | None], what: str) -> Iterator[tuple]:
-        """`start(cancel)` checks the form and returns the engine's events; the handler has `width` outputs, the
-        first the status HTML. Progress events update the status; `render(event, total)` turns any other event
-        into outputs (None: nothing to show). Stop and errors end the job cleanly; StudioError becomes gr.Error."""
-        session = _session(request)
-        job = self.start(session, 0)
-        try:
-            events = start(job.cancel)
-        except (InvalidInputError, TypeError, ValueError) as error:
-            self.finish(session, job)
-            raise gr.Error(str(error)) from error
-        skip = gr.skip()
-        rest = (skip,) * (width - 1)
-        step = total = 0
-        try:
-            yield (_progress_html(0, 1, "Starting…"), *rest)
-            for event in events:
-                if isinstance(event, Progress):
-                    step, total = event.step, event.total
-                    job.step, job.total = step, total  # for Stop's message
-                    yield (_progress_html(step, total, event.message or f"Step {step} / {total}"), *rest)
-                elif (outputs := render(event, total)) is not None:
-                    yield outputs
-        except CancelledError as error:
-            yield (_progress_html(step, total, f"Stopped: {error}", "stopped"), *rest)
-        except StudioError as error:
-            yield (_progress_html(step, total, str(error), "failed"), *rest)
-            raise gr.Error(str(error)) from error
-        except Exception as error:  # a bug, not bad input: keep the app alive, details in the log
-            log.exception("%s failed", what)
-            message = f"{what} failed unexpectedly ({type(error).__name__}); see the server log."
-            yield (_progress_html(step, total, message, "failed"), *rest)
-            raise gr.Error(message) from error
-        finally:
-            job.cancel.cancel()
-            if hasattr(events, "close"):
-                events.close()  # unwinds the engine job (its lock) when stopped mid-run
-            self.finish(session, job)
-
-    def stop(self, request: gr.Request) -> Any:
-        """The Stop button: cancels this session's job; says where it stopped."""
-        job = self.cancel(_session(request))
-        if job is None:
-            return gr.skip()
-        return _progress_html(job.step, job.total, f"Stopped after step {job.step} of {job.total}.", "stopped")
-
-
 def build_sdedit_tab(engine: Any) -> dict[str, Any]:
     """Lay out the SDEdit tab in the current Blocks/Tab and wire it; returns its main components by name."""
     jobs = EditJobs()
@@ -186,7 +132,7 @@ def build_sdedit_tab(engine: Any) -> dict[str, Any]:
                                              "blurs a few pixels across the mask border unless this is on.",
                                         elem_id="sdedit-composite")
         with gr.Column(scale=6, min_width=360):
-            status = gr.HTML(_progress_html(0, 0, "Ready.", "idle"), elem_id="sdedit-status")
+            status = gr.HTML(progress_html(0, 0, "Ready.", "idle"), elem_id="sdedit-status")
             preview = gr.Image(label="Live preview", format="png", interactive=False, height=200, buttons=[],
                                elem_id="sdedit-preview")
             strip = gr.Image(label="Results: guide, then one column per t0 (rows: repeats)", format="png",
@@ -227,7 +173,7 @@ def build_sdedit_tab(engine: Any) -> dict[str, Any]:
                 text = (f"Done in {event.timings['total']:.1f} s · {masked} · seed {event.settings['seed']} · "
                         f"{event.unet_evaluations} UNet evaluations")
                 captions = [(image, f"t0 {r['t0']:g} · seed {r['seed']}") for image, r in zip(event.images, event.rows)]
-                return _progress_html(total, total, text, "done"), skip, event.strip, rows, captions, event.settings
+                return progress_html(total, total, text, "done"), skip, event.strip, rows, captions, event.settings
             return None
 
         yield from jobs.run(request, start, 6, render, "SDEdit")
