@@ -60,8 +60,18 @@ def set_slider(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
-def image_loaded(page, selector: str) -> bool:
-    return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+def image_loaded(page, selector: str, timeout_ms: int = 10_000) -> bool:
+    """The image at `selector` has finished loading with real pixels (waits: an <img> appears before its data)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "selector => { const img = document.querySelector(selector); return img && img.complete && img.naturalWidth > 0; }",
+            arg=selector, timeout=timeout_ms,
+        )
+    except PlaywrightTimeout:
+        return False
+    return True
 
 
 def test_prompt_generate_shows_result_image_and_attention_heat_map(page):
