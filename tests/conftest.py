@@ -31,6 +31,15 @@ def tiny_engine(tiny_model_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def engine():
+    """The embedded shapes model, loaded once for every test that measures with a trained model
+    (modules that need another model override this fixture)."""
+    from studio.engine import Engine
+
+    return Engine(None, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def tiny_classifier_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model plus a random noisy-latent classifier in `classifier/` (for classifier guidance)."""
     import shutil

@@ -28,13 +28,6 @@ TARGET = "a big green circle and a small yellow square on a blue background"
 
 
 @pytest.fixture(scope="module")
-def engine():
-    from studio.engine import Engine
-
-    return Engine(None, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def scene():
     return render(Scene("blue", (make_object("circle", "red", "big", "left"),
                                  make_object("square", "yellow", "small", "right"))))

@@ -10,13 +10,6 @@ from studio.models import EMBEDDED_MODEL_DIR
 from studio.shapes.judge import judge_pixels
 from studio.specs import GenerateSpec
 
-@pytest.fixture(scope="module")
-def engine():
-    from studio.engine import Engine
-
-    return Engine(device="cpu")
-
-
 def test_stock_pipeline_loads_and_draws_the_background_asked_for():
     pipe = StableDiffusionPipeline.from_pretrained(EMBEDDED_MODEL_DIR, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)

@@ -20,13 +20,6 @@ MODEL = "assets/models/shapes-sd"
 
 
 @pytest.fixture(scope="module")
-def engine():
-    from studio.engine import Engine
-
-    return Engine(None, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def scene_image() -> np.ndarray:
     return render(Scene("blue", (make_object("circle", "red", "big", "left"),))).image
 

@@ -22,13 +22,6 @@ STEPS = 25
 
 
 @pytest.fixture(scope="module")
-def engine():
-    from studio.engine import Engine
-
-    return Engine(None, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def image() -> np.ndarray:
     return render(Scene("blue", (make_object("triangle", "red", "big", "left", np.random.default_rng(0)),))).image
 

@@ -5,31 +5,19 @@ image outside its mask unchanged (>= 30 dB); re-weighting "red" moves redness mo
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from bench_scripts import load
 
 from studio.editing.p2p import P2PSpec
-from studio.engine import Engine
 from studio.specs import GenerateSpec
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "p2p.py"
 STEPS = 10
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine(device="cpu")
-
-
-@pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_p2p", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("p2p")
 
 
 def test_word_swap_flips_the_shape_and_keeps_the_rest(engine, bench):

@@ -13,7 +13,6 @@ import torch
 
 from studio.denoiser import Denoiser
 from studio.editing.p2p import P2PResult, P2PSpec
-from studio.engine import Engine
 from studio.errors import InvalidInputError
 from studio.inversion import InversionResult, InversionSpec, reconstruction_steps
 from studio.sampling import make_scheduler
@@ -23,11 +22,6 @@ from studio.shapes.render import Scene, make_object, render
 CAPTION = "a big red circle on a blue background"
 TARGET = "a big red square on a blue background"
 STEPS = 10
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine(device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,6 @@ from studio.shapes.render import Scene, make_object, render
 from studio.shapes.vocabulary import COLOURS
 
 
-@pytest.fixture(scope="module")
-def engine():
-    from studio.engine import Engine
-
-    return Engine(None, device="cpu")
-
-
 def blob_drawing(seed: int = 0) -> np.ndarray:
     """A rough, lumpy red blob painted on a blue canvas, as a user would with a big brush."""
     rng = np.random.default_rng(seed)
