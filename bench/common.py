@@ -54,6 +54,21 @@ def sd15_engine(device: str | None = None) -> Engine:
     return engine
 
 
+def peer_pipeline(engine: Engine, pipeline_class: type) -> Any:
+    """A diffusers pipeline of `pipeline_class` on the engine's own loaded modules (same weights, device and
+    dtype) with a DDIM scheduler from the model's config: the peer every comparison runs against."""
+    from diffusers import DDIMScheduler
+
+    model = engine.model
+    pipeline = pipeline_class(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        scheduler=DDIMScheduler.from_config(model.scheduler_config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
 def peak_memory_mib(device: torch.device, run: Callable[[], Any]) -> float | None:
     """Peak device memory (MiB) allocated during run(); None on the CPU (no per-call allocator statistics)."""
     if device.type != "cuda":

@@ -18,10 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import arguments, device_description, interleaved, peak_column, sd15_engine, write_results  # noqa: E402
+from common import (  # noqa: E402
+    arguments,
+    device_description,
+    interleaved,
+    peak_column,
+    peer_pipeline,
+    sd15_engine,
+    write_results,
+)
 
 from studio.engine import Engine  # noqa: E402
 from studio.events import Result  # noqa: E402
@@ -31,21 +39,10 @@ TARGET_RATIO = 1.05
 GUIDANCE = 7.5
 
 
-def peer_pipeline(engine: Engine) -> StableDiffusionPipeline:
-    model = engine.model
-    pipeline = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
-        scheduler=DDIMScheduler.from_config(model.scheduler_config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
 def compare(engine: Engine, prompt: str, size: int, steps: int, repeats: int) -> dict:
     spec = GenerateSpec(prompt, seed=0, steps=steps, guidance_scale=GUIDANCE, width=size, height=size,
                         preview_every=steps + 1)  # no previews: the pipeline makes none
-    pipeline = peer_pipeline(engine)
+    pipeline = peer_pipeline(engine, StableDiffusionPipeline)
     timing = interleaved(engine.device, {
         "engine": lambda: next(e for e in engine.generate(spec) if isinstance(e, Result)).pixels,
         "diffusers": lambda: pipeline(prompt, num_inference_steps=steps, guidance_scale=GUIDANCE, width=size,

@@ -16,11 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import arguments, device_description, interleaved, peak_column, sd15_engine, write_results  # noqa: E402
+from common import (  # noqa: E402
+    arguments,
+    device_description,
+    interleaved,
+    peak_column,
+    peer_pipeline,
+    sd15_engine,
+    write_results,
+)
 
 from studio.editing.sdedit import SDEditSpec  # noqa: E402
 from studio.engine import Engine  # noqa: E402
@@ -39,13 +47,7 @@ def guide_image(size: int) -> Image.Image:
 
 
 def compare(engine: Engine, prompt: str, size: int, steps: int, strength: float, repeats: int) -> dict:
-    model = engine.model
-    pipeline = StableDiffusionImg2ImgPipeline(
-        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
-        scheduler=DDIMScheduler.from_config(model.scheduler_config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = peer_pipeline(engine, StableDiffusionImg2ImgPipeline)
     guide = guide_image(size)
     spec = SDEditSpec(prompt=prompt, strengths=(strength,), repeats=1, seed=0, steps=steps, guidance_scale=GUIDANCE,
                       preview_every=steps + 1)
