@@ -44,12 +44,22 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, app_url):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+def open_tab(browser, app_url: str, tab: str | None = None, ready: str | None = None, height: int = 1100):
+    """A new page on the app, switched to `tab` (None: the first tab) and, with `ready`, waited for
+    until that selector shows. Every browser test opens its page here; the caller closes it."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(app_url)
-    page.wait_for_selector("#prompt textarea")
+    if tab is not None:
+        page.get_by_role("tab", name=tab).click()
+    if ready is not None:
+        page.wait_for_selector(ready)
+    return page
+
+
+@pytest.fixture
+def page(browser, app_url):
+    page = open_tab(browser, app_url, ready="#prompt textarea", height=1000)
     yield page
     page.close()
 

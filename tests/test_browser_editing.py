@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from app_harness import launched_app
 from PIL import Image
-from test_browser import TIMEOUT_MS, browser, image_loaded  # noqa: F401 (browser: the shared fixture)
+from test_browser import browser, image_loaded, open_tab  # noqa: F401 (browser: the shared fixture)
 
 from studio.shapes.render import Scene, make_object, render
 from studio.shapes.vocabulary import COLOURS
@@ -40,14 +40,6 @@ def pictures(tmp_path_factory):
     scene = render(Scene("blue", (make_object("circle", "red", "big", "left"),)))
     Image.fromarray(scene.image).save(folder / "scene.png")
     return folder
-
-
-def open_tab(browser, app_url, name: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(app_url)
-    page.get_by_role("tab", name=name).click()
-    return page
 
 
 def test_sdedit_on_an_uploaded_guide_gives_a_result_strip(browser, app_url, pictures):

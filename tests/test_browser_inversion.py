@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
-from test_browser import TIMEOUT_MS, app_url, browser  # noqa: F401  (the shared app and chromium fixtures)
+from test_browser import app_url, browser, open_tab  # noqa: F401  (the shared app and chromium fixtures)
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
 def page(browser, app_url):  # noqa: F811  (the imported fixtures)
-    page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(app_url)
-    page.get_by_role("tab", name="Inversion").click()
-    page.wait_for_selector("#inversion-prompt textarea")
+    page = open_tab(browser, app_url, "Inversion", ready="#inversion-prompt textarea", height=1200)
     yield page
     page.close()
 

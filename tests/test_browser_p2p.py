@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from app_harness import launched_app
-from test_browser import TIMEOUT_MS, browser  # noqa: F401  (browser: the shared chromium fixture)
+from test_browser import browser, open_tab  # noqa: F401  (browser: the shared chromium fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -24,11 +24,7 @@ def app_url(tiny_engine, tmp_path_factory):
 
 @pytest.fixture
 def page(browser, app_url):  # noqa: F811
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(app_url)
-    page.get_by_role("tab", name="Prompt-to-Prompt").click()
-    page.wait_for_selector("#p2p-source textarea")
+    page = open_tab(browser, app_url, "Prompt-to-Prompt", ready="#p2p-source textarea")
     yield page
     page.close()
 
