@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from studio.model_options import add_model_options, open_engine
 from studio.ui import diffedit, generate, inversion, p2p, sdedit
 
 TITLE = "Diffusion Control Studio"
@@ -56,8 +57,7 @@ def launch_settings() -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument("--model", default=None, help="diffusers folder, .safetensors file or hub id (default: embedded model)")
-    parser.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: CUDA when available, else CPU")
+    add_model_options(parser)
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for every interface)")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
@@ -67,11 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from studio.engine import Engine  # loads torch; kept out of module import so tests can build fakes
     from studio.errors import ModelLoadError
 
     try:
-        engine = Engine(args.model, device=args.device)
+        engine = open_engine(args)  # loads torch: kept out of module import so tests can build fakes
     except ModelLoadError as error:
         raise SystemExit(f"error: {error}") from error
     logging.getLogger("app").info("model %s on %s", engine.model_name, engine.device)

@@ -31,6 +31,7 @@ from typing import Any  # noqa: E402
 
 from studio.errors import StudioError  # noqa: E402
 from studio.inversion.result import METHODS as INVERSION_METHODS  # noqa: E402
+from studio.model_options import add_model_options, open_engine  # noqa: E402
 from studio.specs import SCHEDULERS, GenerateSpec  # noqa: E402
 
 
@@ -229,8 +230,7 @@ def run_p2p(engine: Any, args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="studio", description="Diffusion Control Studio from the command line.")
-    root.add_argument("--model", default=None, help="diffusers folder, .safetensors file or hub id (default: embedded model)")
-    root.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: CUDA when available, else CPU")
+    add_model_options(root)
     commands = root.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="text to image, one PNG per prompt and seed")
@@ -309,9 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     quiet_libraries()
     try:
-        from studio.engine import Engine
-
-        engine = Engine(args.model, device=args.device)
+        engine = open_engine(args)
         return args.run(engine, args)
     except StudioError as error:
         print(f"studio: error: {error}", file=sys.stderr)

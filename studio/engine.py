@@ -61,8 +61,9 @@ class GuidancePlan:
 class Engine:
     """Loads a model once (see studio.models for sources and device policy) and runs jobs on it."""
 
-    def __init__(self, source: str | None = None, device: str | None = None, dtype: torch.dtype | None = None):
-        self.model: LoadedModel = load_pipeline(source, device, dtype)
+    def __init__(self, source: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
+                 offload: bool = False, compile_unet: bool = False):
+        self.model: LoadedModel = load_pipeline(source, device, dtype, offload=offload, compile_unet=compile_unet)
         self._lock = FairLock()
 
     @property

@@ -107,13 +107,20 @@ def tiny_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     return make_pipeline(TINY)
 
 
-def load_pipeline(source: str | None = None, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+def load_pipeline(source: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
+                  offload: bool = False, compile_unet: bool = False) -> LoadedModel:
     """Load `source` once and move its components to the device; raises ModelLoadError.
+
+    offload: keep the text encoders and the UNet in CPU memory, each on the GPU only while it runs
+    (for GPUs too small for the whole model; see offload_to_cpu). compile_unet: torch.compile the UNet's
+    forward (the first job at each size compiles; attention controllers swap processors, which recompiles).
 
     Weights load in their stored precision and are cast afterwards (only when the dtype differs), so
     one code path serves every source and diffusers' `dtype`/`torch_dtype` rename does not matter.
     """
     resolved_device, resolved_dtype = choose_device(device, dtype)
+    if offload and resolved_device.type != "cuda":
+        raise ModelLoadError("CPU offload moves components to a GPU as they run: it needs a CUDA device.")
     pipeline, name = _open_source(source)
     classifier = _open_classifier(source)
     if classifier is not None:
@@ -128,6 +135,10 @@ def load_pipeline(source: str | None = None, device: str | None = None, dtype: t
         if module.dtype != resolved_dtype and not keep_float32:
             module.to(dtype=resolved_dtype)
         module.eval().requires_grad_(False)
+    if offload:
+        offload_to_cpu([pipeline.text_encoder, text_encoder_2, pipeline.unet], resolved_device)
+    if compile_unet:
+        pipeline.unet.compile()
     return LoadedModel(
         name=name,
         unet=pipeline.unet,
@@ -142,6 +153,19 @@ def load_pipeline(source: str | None = None, device: str | None = None, dtype: t
         tokenizer_2=getattr(pipeline, "tokenizer_2", None),
         zeros_for_empty_negative=bool(pipeline.config.get("force_zeros_for_empty_prompt", False)),
     )
+
+
+def offload_to_cpu(modules: list[nn.Module | None], device: torch.device) -> None:
+    """Model-level CPU offload through accelerate's hooks (those of diffusers' enable_model_cpu_offload): each
+    module moves to `device` when its forward runs and evicts the one before it, in a ring, so the text encoders
+    and the UNet never share the GPU. Unlike diffusers' chain the VAE is not in the ring and stays resident: it is
+    small, and streamed previews decode between UNet steps, which would otherwise move the UNet out and back."""
+    from accelerate import cpu_offload_with_hook
+
+    hooks = []
+    for module in (m for m in modules if m is not None):
+        hooks.append(cpu_offload_with_hook(module, device, prev_module_hook=hooks[-1] if hooks else None)[1])
+    hooks[0].hook.prev_module_hook = hooks[-1]  # close the ring: a new job's prompt encoding evicts the UNet
 
 
 def _open_classifier(source: str | None) -> nn.Module | None:
