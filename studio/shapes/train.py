@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -48,31 +50,34 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 class Checkpoint:
-    """Resumable training state of one stage: modules, optimiser, step, RNG, loss log."""
+    """Resumable training state of one stage: modules, optimiser, step, total steps, RNG, loss log."""
 
     def __init__(self, path: Path):
         self.path = path
 
-    def save(self, step: int, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> None:
+    def save(self, step: int, total: int, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+             rng: np.random.Generator) -> None:
         tmp = self.path.with_suffix(".tmp")
         torch.save(
-            {"step": step, "modules": {k: m.state_dict() for k, m in modules.items()},
+            {"step": step, "total": total, "modules": {k: m.state_dict() for k, m in modules.items()},
              "optimizer": optimizer.state_dict(), "numpy_rng": rng.bit_generator.state,
              "torch_rng": torch.get_rng_state()},
             tmp,
         )
         tmp.replace(self.path)
 
-    def resume(self, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> int:
+    def resume(self, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+               rng: np.random.Generator) -> tuple[int, int | None]:
+        """(steps done, the stage's total steps as fixed when it started, or None for a new stage)."""
         if not self.path.exists():
-            return 0
+            return 0, None
         state = torch.load(self.path, weights_only=False)
         for k, m in modules.items():
             m.load_state_dict(state["modules"][k])
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
-        return state["step"]
+        return state["step"], state.get("total")
 
 
 class LossLog:
@@ -85,48 +90,76 @@ class LossLog:
 
 
 def train_loop(name: str, work: Path, steps: int, modules: dict, optimizer, peak_lr: float, warmup: int,
-               loss_fn, seed: int, checkpoint_every: int = 250, on_checkpoint=None) -> None:
-    """Shared loop of every stage: resume, step, log, checkpoint. loss_fn(rng) -> (loss, extras dict)."""
+               loss_fn, seed: int, minutes: float = 0.0, checkpoint_every: int = 250, on_checkpoint=None) -> int:
+    """Shared loop of every stage: resume, step, log, checkpoint. loss_fn(rng) -> (loss, extras dict).
+
+    With `minutes`, `steps` is a maximum: the warm-up steps are timed and the total is then fixed to what fits
+    in that time (the learning-rate warm-up does not depend on the total, so nothing before the choice changes).
+    The chosen total is logged and checkpointed; `--<stage>-steps <total>` reproduces the run. Returns the total."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     checkpoint, log = Checkpoint(work / f"{name}.ckpt"), LossLog(work / f"{name}.log.jsonl")
-    start = checkpoint.resume(modules, optimizer, rng)
+    start, fixed_total = checkpoint.resume(modules, optimizer, rng)
+    total = fixed_total or steps
+    calibrate = minutes > 0 and fixed_total is None and warmup < steps
     if on_checkpoint and start:
         on_checkpoint(start, resumed=True)
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=name, mininterval=10)
-    for step in bar:
+    bar = tqdm(initial=start, total=total, desc=name, mininterval=10)
+    started, step = time.perf_counter(), start
+    while step < total:
+        if calibrate and step == warmup:
+            seconds_per_step = (time.perf_counter() - started) / (step - start)
+            total = min(steps, max(warmup + 1, int(60 * minutes / seconds_per_step)))
+            log.write(step=step, calibrated_total=total, seconds_per_step=seconds_per_step, time=time.time())
+            bar.total = total
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, peak_lr, warmup)
+            group["lr"] = lr_at(step, total, peak_lr, warmup)
         loss, extras = loss_fn(rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
         optimizer.step()
+        step += 1
+        bar.update()
         if on_checkpoint:
-            on_checkpoint(step + 1)
-        if step % 25 == 0 or step + 1 == steps:
+            on_checkpoint(step, total)
+        if (step - 1) % 25 == 0 or step == total:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            log.write(step=step, loss=loss.item(), lr=optimizer.param_groups[0]["lr"], time=time.time(), **extras)
-        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            checkpoint.save(step + 1, modules, optimizer, rng)
+            log.write(step=step - 1, loss=loss.item(), lr=optimizer.param_groups[0]["lr"], time=time.time(), **extras)
+        if step % checkpoint_every == 0 or step == total:
+            checkpoint.save(step, total, modules, optimizer, rng)
+    bar.close()
+    return total
 
 
 # ---------------------------------------------------------------------------------------------- stages
+
+
+RENDER_CHUNK = 512  # images per rendering task; each chunk has its own seed, so workers do not change the data
+
+
+def render_chunk(seed: int, chunk: int, count: int) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict]]:
+    rng = np.random.default_rng([seed, chunk])
+    images, cells, scenes = [], [], []
+    for _ in range(count):
+        rendering = render(sample_scene(rng))
+        images.append(rendering.image)
+        cells.append(latent_classifier.cell_labels(rendering))
+        scenes.append(scene_to_json(rendering.scene))
+    return np.stack(images), {k: np.stack([c[k] for c in cells]) for k in cells[0]}, scenes
 
 
 def stage_data(args) -> None:
     path = args.work / "data.npz"
     if path.exists():
         return
-    rng = np.random.default_rng(args.seed)
-    images, cells, scenes = [], [], []
-    for _ in tqdm(range(args.images), desc="data", mininterval=10):
-        rendering = render(sample_scene(rng))
-        images.append(rendering.image)
-        cells.append(latent_classifier.cell_labels(rendering))
-        scenes.append(rendering.scene)
-    np.savez(path, images=np.stack(images), **{k: np.stack([c[k] for c in cells]) for k in cells[0]})
-    (args.work / "scenes.json").write_text(json.dumps([scene_to_json(s) for s in scenes]))
+    counts = [min(RENDER_CHUNK, args.images - start) for start in range(0, args.images, RENDER_CHUNK)]
+    tasks = [(args.seed, chunk, count) for chunk, count in enumerate(counts)]
+    with multiprocessing.get_context("spawn").Pool(args.workers or os.cpu_count()) as pool:
+        chunks = list(tqdm(pool.starmap(render_chunk, tasks), total=len(tasks), desc="data", mininterval=10))
+    cells = {k: np.concatenate([c[1][k] for c in chunks]) for k in chunks[0][1]}
+    np.savez(path, images=np.concatenate([c[0] for c in chunks]), **cells)
+    (args.work / "scenes.json").write_text(json.dumps([s for c in chunks for s in c[2]]))
 
 
 def scene_to_json(scene) -> dict:
@@ -147,20 +180,21 @@ def stage_vae(args) -> None:
     images = load_data(args)["images"]
     vae = make_vae(args.arch).to(args.device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    crop = 64
+    crop = args.vae_crop
 
     def loss_fn(rng):
         idx = rng.integers(len(images), size=args.vae_batch)
         y0, x0 = rng.integers(images.shape[1] - crop + 1, size=2)
         x = to_unit_range(images[idx, y0 : y0 + crop, x0 : x0 + crop]).to(args.device)
-        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):  # CPU AMX: ~1.7x faster VAE steps
+        with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):  # CPU AMX: ~1.7x faster VAE steps
             posterior = vae.encode(x).latent_dist
             recon = vae.decode(posterior.sample()).sample.float()
         mse = F.mse_loss(recon, x)
         loss = mse + 0.5 * F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
         return loss, {"mse": mse.item()}
 
-    train_loop("vae", args.work, args.vae_steps, {"vae": vae}, optimizer, args.vae_lr, 100, loss_fn, args.seed + 1)
+    train_loop("vae", args.work, args.vae_steps, {"vae": vae}, optimizer, args.vae_lr, 100, loss_fn, args.seed + 1,
+               minutes=args.minutes.get("vae", 0))
     save_file({k: v.cpu() for k, v in vae.state_dict().items()}, args.work / "vae.safetensors")
 
 
@@ -209,7 +243,7 @@ class EMA:
 
 def stage_unet(args) -> None:
     latents, scaling = load_latents(args)
-    latents = latents * scaling
+    latents = (latents * scaling).to(args.device)
     scenes = [scene_from_json(d) for d in json.loads((args.work / "scenes.json").read_text())]
     tokenizer = build_tokenizer()
     text_encoder, unet = make_text_encoder(args.arch).to(args.device), make_unet(args.arch).to(args.device)
@@ -220,7 +254,7 @@ def stage_unet(args) -> None:
     ema = EMA([text_encoder, unet], args.ema)
     ema_path = args.work / "unet_ema.pt"
 
-    def on_checkpoint(step: int, resumed: bool = False) -> None:
+    def on_checkpoint(step: int, total: int | None = None, resumed: bool = False) -> None:
         if resumed:
             if ema_path.exists():
                 for shadow, saved in zip(ema.shadow, torch.load(ema_path, map_location=args.device)):
@@ -228,20 +262,22 @@ def stage_unet(args) -> None:
                         s.copy_(v)
             return
         ema.update(step)
-        if step % 250 == 0 or step == args.unet_steps:
+        if step % 250 == 0 or step == total:  # with the stage's checkpoint
             torch.save(ema.shadow, ema_path)
 
     def loss_fn(rng):
         idx = rng.integers(len(latents), size=args.unet_batch)
         texts = ["" if rng.random() < args.empty_caption else caption(scenes[i], rng, keep=args.caption_keep) for i in idx]
         ids = tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids.to(args.device)
-        x0 = latents[idx].to(args.device)
+        x0 = latents[idx]
         noise = torch.randn_like(x0)
         t = torch.from_numpy(rng.integers(0, scheduler.config.num_train_timesteps, size=len(idx))).to(args.device)
         alpha_bar = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = schedule.noise_to(x0, noise, alpha_bar)
         target = schedule.velocity(x0, noise, alpha_bar)
-        prediction = unet(x_t, t, text_encoder(ids).last_hidden_state).sample
+        # bf16 only on CUDA: on the CPU the small UNet ran slower under autocast (attention, group norm)
+        with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16 and args.device_type == "cuda"):
+            prediction = unet(x_t, t, text_encoder(ids).last_hidden_state).sample.float()
         # min-SNR-5 weighting (Hang et al. 2023) of a v-target loss: min(SNR + 1, 6) / (SNR + 1)
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t]).clamp(min=1e-8)
         weight = torch.minimum(snr + 1, torch.full_like(snr, 6.0)) / (snr + 1)
@@ -249,7 +285,7 @@ def stage_unet(args) -> None:
         return (weight * per_sample).mean(), {}
 
     train_loop("unet", args.work, args.unet_steps, {"text_encoder": text_encoder, "unet": unet}, optimizer,
-               args.unet_lr, 200, loss_fn, args.seed + 2, on_checkpoint=on_checkpoint)
+               args.unet_lr, 200, loss_fn, args.seed + 2, minutes=args.minutes.get("unet", 0), on_checkpoint=on_checkpoint)
     text_state, unet_state = ({k: v.cpu() for k, v in s.items()} for s in ema.state_dicts())
     save_file(text_state, args.work / "text_encoder.safetensors")
     save_file(unet_state, args.work / "unet.safetensors")
@@ -267,19 +303,20 @@ def stage_decoder(args) -> None:
     vae.to(args.device)
     decoder_params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
     optimizer = torch.optim.AdamW(decoder_params, lr=args.decoder_lr, weight_decay=0.0)
-    crop = 8  # latent cells: 64x64 pixels
+    crop = args.vae_crop // 8  # latent cells
 
     def loss_fn(rng):
         idx = rng.integers(len(images), size=args.vae_batch)
         y0, x0 = rng.integers(latents.shape[-1] - crop + 1, size=2)
         z = latents[idx, :, y0 : y0 + crop, x0 : x0 + crop].to(args.device)
         target = to_unit_range(images[idx, 8 * y0 : 8 * (y0 + crop), 8 * x0 : 8 * (x0 + crop)]).to(args.device)
-        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16):
             recon = vae.decode(z).sample.float()
         mse = F.mse_loss(recon, target)
         return mse + 0.5 * F.l1_loss(recon, target), {"mse": mse.item()}
 
-    train_loop("decoder", args.work, args.decoder_steps, {"vae": vae}, optimizer, args.decoder_lr, 50, loss_fn, args.seed + 3)
+    train_loop("decoder", args.work, args.decoder_steps, {"vae": vae}, optimizer, args.decoder_lr, 50, loss_fn, args.seed + 3,
+               minutes=args.minutes.get("decoder", 0))
     save_file({k: v.cpu() for k, v in vae.state_dict().items()}, args.work / "vae_finetuned.safetensors")
 
 
@@ -302,7 +339,7 @@ def stage_classifier(args) -> None:
         return loss, accuracy
 
     train_loop("classifier", args.work, args.classifier_steps, {"classifier": model}, optimizer,
-               args.classifier_lr, 100, loss_fn, args.seed + 4)
+               args.classifier_lr, 100, loss_fn, args.seed + 4, minutes=args.minutes.get("classifier", 0))
     save_file({k: v.cpu() for k, v in model.state_dict().items()}, args.work / "classifier.safetensors")
 
 
@@ -326,9 +363,15 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", nargs="*", default=[], metavar="STAGE=M",
+                   help="time budgets, e.g. unet=4 vae=1.5: that stage's --<stage>-steps becomes a maximum, and its "
+                        "total is fixed after timing the warm-up (logged and checkpointed, so the run can be repeated "
+                        "with --<stage>-steps <total>)")
     p.add_argument("--images", type=int, default=25_600)
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="disable bf16 autocast for VAE stages")
+    p.add_argument("--workers", type=int, default=0, help="processes rendering the data (0: one per CPU)")
     p.add_argument("--vae-steps", type=int, default=800)
+    p.add_argument("--vae-crop", type=int, default=64, help="square crop (pixels, multiple of 8) the VAE stages train on")
     p.add_argument("--vae-batch", type=int, default=24)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--decoder-steps", type=int, default=0, help="0 skips the stage")
@@ -348,6 +391,11 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     args.arch = Architecture()
+    args.device_type = torch.device(args.device).type
+    args.minutes = {stage: float(m) for stage, m in (item.split("=") for item in args.minutes)}
+    if args.device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes every step
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
