@@ -8,6 +8,7 @@ way for every tab, and says in words what it changed so the UI can show it rathe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from diffusers import AutoencoderKL
 from PIL import Image, ImageOps
 
 from studio.errors import InvalidInputError
+from studio.specs import SIZE
 
 MAX_INPUT_PIXELS = 4096 * 4096  # larger uploads are refused: decoding them alone costs ~200 MB
 
@@ -83,6 +85,23 @@ def prepare_image(image: Image.Image | np.ndarray, size: int, max_pixels: int = 
         changes.append(f"resized {image.size[0]}x{image.size[1]} to {size}x{size}")
         image = image.resize((size, size), Image.Resampling.LANCZOS)
     return PreparedImage(image, changes)
+
+
+def working_size(image: Any, native_size: int, multiple: int, keep_size: bool) -> int:
+    """The square side an upload is worked at: the model's native size, or with `keep_size` the upload's own
+    scale -- its shorter side (prepare_image crops to a square) down to a multiple of `multiple` (pixels per
+    latent cell), so an upload already at such a size is only cropped, never resampled, and a small image
+    costs a small image's time. Raises InvalidInputError when that side is outside specs.SIZE."""
+    if not keep_size or not isinstance(image, (Image.Image, np.ndarray)):
+        return native_size  # what is not an image is prepare_image's to report
+    height, width = image.shape[:2] if isinstance(image, np.ndarray) else (image.height, image.width)
+    side = min(height, width) // multiple * multiple
+    if not SIZE.low <= side <= SIZE.high:
+        raise InvalidInputError(
+            f"Keep size: the image's shorter side is {min(height, width)} px, but the model works at "
+            f"{SIZE.low:g} to {SIZE.high:g} px: resize the image, or untick keep size to use {native_size} px."
+        )
+    return side
 
 
 def to_tensor(image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

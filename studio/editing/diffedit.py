@@ -41,7 +41,7 @@ from studio.errors import CancelledError, InvalidInputError
 from studio.events import CancelToken, Event, Mask, Preview, Progress, Result
 from studio.conditioning import Cond
 from studio.guidance import ClassifierFreeGuidance, Guider, cfg
-from studio.images import encode_image, prepare_image
+from studio.images import encode_image, prepare_image, working_size
 from studio.inversion.ddim import ddim_inversion_steps
 from studio.inversion.guider import PerStepUncondGuidance
 from studio.inversion.steps import StepGrid
@@ -80,6 +80,7 @@ class DiffEditSpec:
     cell_coverage: float = 0.25
     start: str = "inversion"
     composite: bool = False  # original pixels outside the mask after decoding (see masks.composite)
+    keep_size: bool = False  # work at the upload's own size (images.working_size) instead of the model's native one
     seed: int | None = None
     preview_every: int = 5
 
@@ -221,11 +222,14 @@ def _seed(spec: DiffEditSpec) -> int:
     return spec.seed if spec.seed is not None else secrets.randbelow(int(specs.SEED.high) + 1)
 
 
-def _image_of(image: Any, inversion: Any, size: int) -> Image.Image:
+def _image_of(engine: Any, spec: DiffEditSpec, image: Any, inversion: Any) -> Image.Image:
+    """The upload at the size the edit works at; an inversion's image at its own size, which its trajectory has."""
     if image is None and inversion is None:
         raise InvalidInputError("Upload an image to edit (or run an inversion first).")
     if image is None:
         image = inversion.image
+    size = inversion.image.width if inversion is not None else working_size(
+        image, engine.native_size, engine.size_multiple, spec.keep_size)
     return prepare_image(image, size).image
 
 
@@ -233,7 +237,7 @@ def diffedit_mask(engine: Any, spec: DiffEditSpec, image: Any = None, inversion:
                   cancel: CancelToken | None = None) -> Iterator[Event]:
     """Stage I alone: Mask events after every probe, then a MaskResult. Raises InvalidInputError first."""
     tokens = _check_prompts(engine, spec)
-    prepared = _image_of(image, inversion, engine.native_size)
+    prepared = _image_of(engine, spec, image, inversion)
     seed = _seed(spec)
     job = _stage_one(engine, spec, prepared, tokens, seed, cancel, finish=True)
     return engine.exclusive(job, spec.probes, cancel, f"{spec.noise_samples} noise samples per probe")
@@ -245,9 +249,9 @@ def diffedit(engine: Any, spec: DiffEditSpec, image: Any = None, mask: np.ndarra
     `inversion` (a studio.inversion.Inversion) supplies the image and its DDIM inversion when given."""
     tokens = _check_prompts(engine, spec)
     source = image if image is not None else (inversion.image if inversion is not None else None)
-    prepared = _image_of(image, inversion, engine.native_size)
+    prepared = _image_of(engine, spec, image, inversion)
     if mask is not None:
-        mask = masks.prepare_mask(mask, np.asarray(source).shape[:2], engine.native_size)
+        mask = masks.prepare_mask(mask, np.asarray(source).shape[:2], prepared.width)
     seed = _seed(spec)
     edit_steps = round(spec.edit_strength * (inversion.steps if inversion is not None else spec.steps))
     inversion_steps = edit_steps if spec.start == "inversion" and inversion is None else 0
@@ -338,6 +342,7 @@ def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndar
     # 3. timesteps from t_edit and the start state: the given inversion's state at t_edit, the DDIM inversion
     #    of the image under the source prompt up to t_edit, or the image noised to t_edit
     scheduler = make_scheduler("ddim", model.scheduler_config)
+    denoiser = Denoiser(model, scheduler.alphas_cumprod)  # counts the inverted start's passes and the edit's
     done = spec.probes if soft is not None else 0
     if inversion is not None:
         first = start_index(inversion.steps, spec.edit_strength)
@@ -348,14 +353,14 @@ def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndar
         first = start_index(spec.steps, spec.edit_strength)
         timesteps = scheduler.timesteps[first:]
         if spec.start == "inversion":
-            x = yield from _inverted_start(engine, original, source, uncond, scheduler, first, done, total, cancel)
+            x = yield from _inverted_start(engine, denoiser, original, source, uncond, scheduler, first, done, total,
+                                           cancel)
             done += len(timesteps)
         else:
             x = _noised_start(engine, original, scheduler.alphas_cumprod[int(timesteps[0])], seed)
     inverted = time.perf_counter()
 
     # 4. Stage II: masked DDIM under the target prompt, through the one sampling loop
-    denoiser = Denoiser(model, scheduler.alphas_cumprod)
     guider = _edit_guider(spec, target, uncond, inversion, first, timesteps)
     stepper = MaskedDDIM(timesteps, scheduler.alphas_cumprod, model.prediction_type, latent_mask, original)
     for state in sample_steps(denoiser, guider, stepper, timesteps, x, cancel):
@@ -399,14 +404,13 @@ def _noised_start(engine: Any, original: Tensor, alpha_bar: Tensor, seed: int) -
     return schedule.noise_to(original, noise, alpha_bar)
 
 
-def _inverted_start(engine: Any, original: Tensor, source: Any, uncond: Any, scheduler: Any, first: int, done: int,
-                    total: int, cancel: CancelToken | None) -> Iterator[Event]:
+def _inverted_start(engine: Any, denoiser: Denoiser, original: Tensor, source: Any, uncond: Any, scheduler: Any,
+                    first: int, done: int, total: int, cancel: CancelToken | None) -> Iterator[Event]:
     """x_{t_edit} by DDIM inversion (studio.inversion) of the image under the source prompt, over the steps
     from t_edit down only (seed 4.3.3: "starting from a DDIM inversion"). Guidance w = 1, the guidance-neutral
     map; yields Progress, returns the state."""
     grid = StepGrid.of(scheduler, engine.model.prediction_type)
     tail = StepGrid(grid.timesteps[first:], grid.alpha_bar[first:], grid.alpha_bar_prev[first:], grid.prediction_type)
-    denoiser = Denoiser(engine.model, scheduler.alphas_cumprod)
     guider = ClassifierFreeGuidance(cond=source, uncond=uncond, scale=1.0)
     x = original
     for state in ddim_inversion_steps(denoiser, guider, tail, original, cancel):

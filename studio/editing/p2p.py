@@ -268,7 +268,8 @@ def prompt_to_prompt(engine: Any, spec: P2PSpec, inversion: Inversion | None = N
     seed = spec.seed if spec.seed is not None else secrets.randbelow(int(specs.SEED.high) + 1)
     steps = len(inversion.timesteps) if inversion is not None else spec.steps
     job = _edit(engine, spec, prepared, seed, inversion, cancel)
-    return engine.exclusive(job, steps, cancel, f"Prompt-to-Prompt at {engine.native_size}px (2 images)")
+    size = inversion.image.width if inversion is not None else engine.native_size
+    return engine.exclusive(job, steps, cancel, f"Prompt-to-Prompt at {size}px (2 images)")
 
 
 def stacked(source: Cond, target: Cond) -> Cond:
@@ -312,7 +313,7 @@ def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversi
     conditional = guider.primary
     controller = PromptToPromptController(
         plan, source_index=denoiser.batch_index(conditional, 0, 2), target_index=denoiser.batch_index(conditional, 1, 2),
-        latent_size=tuple(latents.shape[2:]),
+        latent_size=tuple(latents.shape[2:]), device=latents.device,
     )
     blend = None
     if spec.blend_words:
@@ -322,7 +323,7 @@ def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversi
     encoded = time.perf_counter()
 
     # 5. the one loop, streaming progress, both images' previews, maps and the blend mask
-    size = engine.native_size
+    size = latents.shape[-1] * engine.size_multiple  # an inversion's own size, which may not be the native one
     with control_attention(model.unet, controller):
         for state in sample_steps(denoiser, guider, stepper, timesteps, latents, cancel,
                                   on_step_begin=controller.begin_step):

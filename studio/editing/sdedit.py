@@ -37,7 +37,7 @@ from studio.editing import masks
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Event, Preview, Progress, Result
 from studio.guidance import ClassifierFreeGuidance
-from studio.images import encode_image, prepare_image, to_uint8
+from studio.images import encode_image, prepare_image, to_uint8, working_size
 from studio.models import decode_latents
 from studio.sampling import make_scheduler, sample_steps, step_kwargs
 
@@ -57,6 +57,7 @@ class SDEditSpec:
     guidance_scale: float = 5.0
     noise_form: str = "vp"
     composite: bool = True  # masked only: original pixels outside the painted mask after decoding (see masks.composite)
+    keep_size: bool = False  # work at the guide's own size (images.working_size) instead of the model's native one
     preview_every: int = 5
 
     def validate(self) -> None:
@@ -234,7 +235,8 @@ def sdedit(engine: Any, spec: SDEditSpec, guide: Any, mask: np.ndarray | None = 
     # 1. check inputs
     spec.validate()
     tokens = engine.tokenize(spec.prompt, "Prompt")
-    inputs = prepare_inputs(guide, mask, original, engine.native_size)
+    size = working_size(guide, engine.native_size, engine.size_multiple, spec.keep_size)
+    inputs = prepare_inputs(guide, mask, original, size)
     seed = spec.seed if spec.seed is not None else secrets.randbelow(int(specs.SEED.high) - REPEATS.high)
     total = sum(round(s * spec.steps) for s in spec.strengths)
     job = _sdedit(engine, spec, inputs, tokens, seed, total, cancel)

@@ -24,7 +24,7 @@ from studio.denoiser import Denoiser
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Event, Progress
 from studio.guidance import ClassifierFreeGuidance, Guider
-from studio.images import encode_image, prepare_image, to_uint8
+from studio.images import encode_image, prepare_image, to_uint8, working_size
 from studio.inversion.bdia import bdia_inversion_steps, bdia_sampling_steps
 from studio.inversion.ddim import ddim_inversion_steps
 from studio.inversion.edict import edict_inversion_steps, edict_sampling_steps
@@ -177,7 +177,8 @@ def reconstruction_steps(denoiser: Denoiser, inversion: Inversion, cond: Cond, n
 
 
 def invert(engine: Any, spec: InversionSpec, image: Any, cancel: CancelToken | None = None) -> Iterator[Event]:
-    """Invert `image` (any PIL image or array; cropped/resized to the model's size, the change reported)
+    """Invert `image` (any PIL image or array; cropped/resized to the model's size, or kept at its own with
+    `spec.keep_size`, the change reported)
     with `spec.method`. Bad input raises InvalidInputError here, before any model work; the returned
     generator streams Progress (and NTI's loss) events and ends with an InversionResult."""
     # 1. check inputs
@@ -187,9 +188,10 @@ def invert(engine: Any, spec: InversionSpec, image: Any, cancel: CancelToken | N
     if image is None:
         raise InvalidInputError("Upload an image to invert.")
     tokens = engine.tokenize(spec.prompt, "Prompt")
-    prepared = prepare_image(image, engine.native_size)
+    size = working_size(image, engine.native_size, engine.size_multiple, spec.keep_size)
+    prepared = prepare_image(image, size)
     job = _invert(engine, spec, prepared.image, prepared.note, tokens, cancel)
-    return engine.exclusive(job, PHASES[spec.method] * spec.steps, cancel, f"one {engine.native_size}px image")
+    return engine.exclusive(job, PHASES[spec.method] * spec.steps, cancel, f"one {size}px image")
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ class InversionSpec:
     steps: int = 50
     guidance_scale: float = 7.5  # w the inversion is sampled and edited with
     inversion_guidance: float = 1.0  # w of the DDIM inversion itself (DDIM only; NTI pivots at w = 1)
+    keep_size: bool = False  # invert at the image's own size (images.working_size) instead of the model's native one
     # Null-text inversion (seed 3.1): Adam on O_t per step, lr decaying linearly to lr * (1 - lr_decay).
     # lr and tolerance chosen on the embedded model (bench/results/inversion.md): the paper's 1e-2 barely
     # moves shapes-sd's null embedding in 10 iterations; at 1e-3 per-element L_rec the reconstruction equals
