@@ -146,6 +146,8 @@ def test_bad_input_is_refused_before_model_work(engine, scene_image):
         engine.invert(InversionSpec("a purple elephant"), scene_image)
     with pytest.raises(InvalidInputError, match="method"):
         engine.invert(InversionSpec(CAPTION, method="magic"), scene_image)
+    with pytest.raises(InvalidInputError, match="NTI start"):
+        engine.invert(InversionSpec(CAPTION, method="null_text", null_start="noise"), scene_image)
     with pytest.raises(InvalidInputError, match="Steps"):
         engine.invert(InversionSpec(CAPTION, steps=0), scene_image)
 

@@ -10,6 +10,11 @@ guided DDIM step from the current state lands on the pivot's next state:
 
 then moves on from the state the optimised step reaches (so the errors of step i are seen by
 step i + 1, as in the reference implementation). What makes it cheap, measured in bench/inversion.py:
+- start from negative-prompt inversion (seed 3.2, Miyake et al. 2023): O_0 starts from the caption's
+  embedding c, not the empty prompt's. With O = c the guided step is the w = 1 step whatever w, i.e. the
+  step the pivot was inverted with, so the first L_rec is only DDIM inversion's own error and most steps
+  are under the tolerance after 0-2 iterations (from the empty prompt, the guided step starts far off
+  and every step needs many iterations; `null_start="empty"` keeps that, Mokady et al.'s start);
 - warm start: O_i starts from O_{i-1} (already close), so most steps need few iterations;
 - early stop: a step stops as soon as L_rec < tolerance, or when two iterations gained less than
   `min_improvement` of it (the loss stalls far above any tolerance where the pivot is out of reach),
@@ -83,8 +88,9 @@ def null_text_optimisation(ctx, pivot: list[Tensor]) -> Iterator[NullTextLoss]:
     step and returns (the optimised null embedding of each step, L_rec per inner iteration per step)."""
     spec, grid, denoiser = ctx.spec, ctx.grid, ctx.denoiser
     steps = len(grid)
-    null = ctx.null.embeddings.detach()  # (1, T, D) the empty prompt's, O's starting point
-    previous = null
+    # (1, T, D) O's starting point: the empty prompt's (Mokady et al.) or the caption's, where
+    # negative-prompt inversion already lands (seed 3.2), so NTI only corrects what NPI misses
+    previous = (ctx.cond if spec.null_start == "prompt" else ctx.null).embeddings.detach()
     image_pixels = None
     if spec.image_weight > 0:
         image_pixels = to_tensor(ctx.image, ctx.latents.device, ctx.vae.dtype)  # (1, 3, H, W)
