@@ -244,13 +244,16 @@ def targets_markdown(per_image: dict[str, dict]) -> list[str]:
     return [*lines, ""] if len(lines) > 4 else []
 
 
-HOW = ("How ours gets there (studio/inversion/null_text.py): each step's null embedding starts from the caption's "
+HOW = ("How ours gets there (studio/inversion/null_text.py): the null embedding starts from the caption's "
        "embedding, where negative-prompt inversion already lands (with O = c the guided step is the w = 1 step that "
-       "made the pivot, whatever w), so the optimisation only corrects DDIM inversion's own error; a step stops as "
+       "made the pivot, whatever w), so the optimisation only corrects DDIM inversion's own error, and each step "
+       "starts from the previous step's embedding; a step stops as "
        f"soon as L_rec is under the tolerance ({InversionSpec().tolerance:g}), and the forward pass that measured it "
-       "is the step's prediction; the caption's half of CFG is computed once per step and reused by every "
-       "iteration; the best iterate is kept. The reference recipe starts from the empty prompt's embedding and runs "
-       "all 10 iterations at every step. \"Ours, started from the empty prompt\" shows what the start contributes.")
+       "is the step's prediction; the caption's half of CFG is computed once per step (no gradient) and reused by "
+       "every iteration instead of being batched with the null half in each of them, where autograd would carry "
+       "it through every backward pass too; the best iterate is kept. The reference recipe starts from the empty "
+       "prompt's embedding and runs all 10 iterations at every step. \"Ours, started from the empty prompt\" shows "
+       "what the start contributes.")
 
 
 def nti_cost_markdown(cost: dict[str, Any]) -> list[str]:
