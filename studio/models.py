@@ -130,8 +130,10 @@ def load_pipeline(source: str | None = None, device: str | None = None, dtype: t
         if module is None:
             continue
         module.to(device=resolved_device)
-        # SDXL's VAE overflows in fp16 (config force_upcast): its pipeline decodes in fp32; keep it there
-        keep_float32 = module is pipeline.vae and module.config.get("force_upcast", False)
+        # SDXL's VAE overflows in fp16: StableDiffusionXLPipeline decodes it in fp32 (force_upcast), and so do we.
+        # StableDiffusionPipeline never reads force_upcast (true by default, so SD 1.x/2.x VAEs carry it too) and
+        # decodes in the model's dtype: doing the same keeps our pictures and costs those of the pipeline.
+        keep_float32 = module is pipeline.vae and text_encoder_2 is not None and module.config.get("force_upcast", False)
         if module.dtype != resolved_dtype and not keep_float32:
             module.to(dtype=resolved_dtype)
         module.eval().requires_grad_(False)
