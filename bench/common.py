@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +42,18 @@ def device_description(device: torch.device) -> dict[str, Any]:
     return {"device": str(device), "device_name": name, "torch_threads": torch.get_num_threads()}
 
 
+@contextmanager
+def sd15_folder() -> Iterator[Path]:
+    """SD 1.5's architecture with random weights saved as a diffusers folder, loaded as real weights would be."""
+    with tempfile.TemporaryDirectory(prefix="bench-sd15-") as folder:
+        random_pipeline(SD15).save_pretrained(folder)
+        yield Path(folder)
+
+
 def sd15_engine(device: str | None = None) -> Engine:
     """An Engine on SD 1.5's architecture with random weights (fp16 on CUDA, as for real weights)."""
-    folder = Path(tempfile.mkdtemp(prefix="bench-sd15-"))
-    try:
-        random_pipeline(SD15).save_pretrained(folder)
+    with sd15_folder() as folder:
         engine = Engine(str(folder), device=device)
-    finally:
-        shutil.rmtree(folder)
     engine.model.name = "SD 1.5 architecture (random weights)"
     return engine
 

@@ -64,30 +64,32 @@ def cases(count: int) -> list[dict]:
         rendering = render(Scene(str(background), tuple(objects)))
         source = f"a big {colour} {shape}{extra} on a {background} background"
         target = f"a big {new_colour} {shape}{extra} on a {background} background"
-        out.append({"rendering": rendering, "source": source, "target": target, "target_colour": str(new_colour),
-                    "seed": index})
+        out.append({"rendering": rendering, "image": rendering.image, "source": source, "target": target,
+                    "target_colour": str(new_colour), "seed": index})
     return out
 
 
 def peer_pipeline(engine: Engine) -> StableDiffusionDiffEditPipeline:
     model = engine.model
-    return StableDiffusionDiffEditPipeline(
+    pipeline = StableDiffusionDiffEditPipeline(
         vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
         scheduler=DDIMScheduler.from_config(model.scheduler_config),
         inverse_scheduler=DDIMInverseScheduler.from_config(model.scheduler_config),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def run_ours(engine: Engine, case: dict, steps: int, start: str) -> tuple[np.ndarray, np.ndarray]:
     spec = DiffEditSpec(case["source"], case["target"], steps=steps, guidance_scale=GUIDANCE, start=start,
-                        seed=case["seed"])
-    result = next(e for e in engine.diffedit(spec, case["rendering"].image) if isinstance(e, DiffEditResult))
+                        seed=case["seed"], keep_size=True)  # the image's own size, as the peer works
+    result = next(e for e in engine.diffedit(spec, case["image"]) if isinstance(e, DiffEditResult))
     return np.asarray(result.images[0]), result.mask
 
 
 def run_peer(pipeline: StableDiffusionDiffEditPipeline, case: dict, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    image = Image.fromarray(case["rendering"].image)
+    image = Image.fromarray(case["image"])
     generator = torch.Generator("cpu").manual_seed(case["seed"])
     latent_mask = pipeline.generate_mask(image=image, source_prompt=case["source"], target_prompt=case["target"],
                                          mask_encode_strength=MASK_STRENGTH_PEER, num_inference_steps=steps,

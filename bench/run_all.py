@@ -3,8 +3,8 @@ work, measured in the same run, with its target.
 
     python bench/run_all.py [--device cuda] [--only generate,attention] [--summary-only]
 
-Runs bench/generate_vs_diffusers.py, attention_overhead.py, sdedit_vs_img2img.py, diffedit.py, p2p.py and
-inversion.py with their defaults (each writes its own bench/results/<name>.{json,md}), then writes
+Runs bench/generate_vs_diffusers.py, attention_overhead.py, sdedit_vs_img2img.py, diffedit.py, p2p.py,
+inversion.py and sd15_costs.py with their defaults (each writes its own bench/results/<name>.{json,md}), then writes
 bench/results/summary.{json,md} from those JSON files. `--summary-only` rebuilds the summary from the
 results already there (e.g. after running one benchmark alone).
 """
@@ -58,6 +58,29 @@ def _p2p(report: dict) -> list[Line]:
              "target": 1.3, "detail": f"attention maps held: {cost['p2p_attention_maps_bytes'] / 1024:.0f} KiB"}]
 
 
+def _sd15_costs(report: dict) -> list[Line]:
+    model = f"{report['model']} {report['size']}px {report['dtype']}, {report['steps']} steps"
+    s, lines = report["sections"], []
+    for key, measure, ratio, target in (("generate", "plain generation vs StableDiffusionPipeline", "ratio", 1.05),
+                                        ("attention", "generation with attention maps on vs off", "ratio_on_over_off", 1.25),
+                                        ("sdedit", "SDEdit vs StableDiffusionImg2ImgPipeline", "ratio", 1.05),
+                                        ("diffedit", "DiffEdit vs StableDiffusionDiffEditPipeline", "ratio", 1.1),
+                                        ("p2p", "Prompt-to-Prompt step vs batch-4 CFG step", "ratio", 1.3)):
+        if key in s:
+            lines.append({"measure": measure, "model": model, "ratio": s[key][ratio], "target": target, "detail": ""})
+    for row in s.get("inversion", {}).get("rows", [])[1:]:
+        lines.append({"measure": f"{row['method']} inversion seconds vs DDIM inversion", "model": model,
+                      "ratio": row["seconds_vs_ddim"], "target": None,
+                      "detail": f"UNet passes {row['passes_vs_ddim']:.1f}x DDIM's"})
+    if "bf16" in s:
+        lines.append({"measure": "plain generation vs StableDiffusionPipeline, both bfloat16", "model": model,
+                      "ratio": s["bf16"]["ratio"], "target": 1.05, "detail": ""})
+    for key, measure in (("offload", "CPU offload vs resident (seconds)"), ("compile", "torch.compile vs eager (seconds)")):
+        if key in s:
+            lines.append({"measure": measure, "model": model, "ratio": s[key]["ratio"], "target": None, "detail": ""})
+    return lines
+
+
 def _inversion(report: dict) -> list[Line]:
     by_method: dict[str, list[float]] = {}
     for image in report["images"].values():
@@ -73,14 +96,16 @@ def _inversion(report: dict) -> list[Line]:
     return lines
 
 
-# benchmark script -> (its results file, the summary lines it contributes)
-BENCHMARKS: dict[str, tuple[str, Callable[[dict], list[Line]]]] = {
-    "generate_vs_diffusers": ("generate_vs_diffusers.json", _generate),
-    "attention_overhead": ("attention_overhead.json", _attention),
-    "sdedit_vs_img2img": ("sdedit_vs_img2img.json", _sdedit),
-    "diffedit": ("diffedit.json", _diffedit),
-    "p2p": ("p2p.json", _p2p),
-    "inversion": ("inversion.json", _inversion),
+# benchmark script -> (its results files, the summary lines each contributes)
+BENCHMARKS: dict[str, tuple[tuple[str, ...], Callable[[dict], list[Line]]]] = {
+    "generate_vs_diffusers": (("generate_vs_diffusers.json",), _generate),
+    "attention_overhead": (("attention_overhead.json",), _attention),
+    "sdedit_vs_img2img": (("sdedit_vs_img2img.json",), _sdedit),
+    "diffedit": (("diffedit.json",), _diffedit),
+    "p2p": (("p2p.json",), _p2p),
+    "inversion": (("inversion.json",), _inversion),
+    # SD 1.5's architecture: the CPU row from run_all, the GPU row from a CUDA machine (--device cuda)
+    "sd15_costs": (("sd15_costs_cuda.json", "sd15_costs_cpu.json"), _sd15_costs),
 }
 
 
@@ -94,11 +119,12 @@ def run(name: str, argv: list[str]) -> None:
 def summarise(results: Path) -> dict:
     lines: list[Line] = []
     devices = {}
-    for name, (filename, extract) in BENCHMARKS.items():
+    for filename, extract in ((f, extract) for files, extract in BENCHMARKS.values() for f in files):
         path = results / filename
         if not path.is_file():
             continue
         report = json.loads(path.read_text())
+        name = path.stem
         device = report.get("device")
         devices[name] = device.get("device_name", device) if isinstance(device, dict) else report.get("device_name", device)
         for line in extract(report):

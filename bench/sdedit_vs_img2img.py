@@ -50,7 +50,7 @@ def compare(engine: Engine, prompt: str, size: int, steps: int, strength: float,
     pipeline = peer_pipeline(engine, StableDiffusionImg2ImgPipeline)
     guide = guide_image(size)
     spec = SDEditSpec(prompt=prompt, strengths=(strength,), repeats=1, seed=0, steps=steps, guidance_scale=GUIDANCE,
-                      preview_every=steps + 1)
+                      preview_every=steps + 1, keep_size=True)  # the guide's own size, as img2img works
     timing = interleaved(engine.device, {
         "sdedit": lambda: next(e for e in engine.sdedit(spec, guide) if isinstance(e, Result)),
         "img2img": lambda: pipeline(prompt, image=guide, strength=strength, num_inference_steps=steps,
