@@ -13,12 +13,14 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 def test_summary_has_a_line_per_comparison_of_every_benchmark(tmp_path):
     run_all = load("run_all")
-    for filename, _ in run_all.BENCHMARKS.values():
+    committed = [f for files, _ in run_all.BENCHMARKS.values() for f in files if (BENCH / "results" / f).is_file()]
+    for filename in committed:
         shutil.copy(BENCH / "results" / filename, tmp_path / filename)
 
     summary = run_all.main(["--summary-only", "--out", str(tmp_path)])
 
-    assert {line["benchmark"] for line in summary["lines"]} == set(run_all.BENCHMARKS)
+    assert "sd15_costs_cuda.json" in committed  # the GPU row
+    assert {line["benchmark"] for line in summary["lines"]} == {Path(f).stem for f in committed}
     for line in summary["lines"]:
         assert line["ratio"] > 0
         assert line["meets_target"] is None or line["meets_target"] == (line["ratio"] <= line["target"])
