@@ -16,6 +16,7 @@ and freed before the next. The last tests are fast: `keep_size` on the tiny mode
 from __future__ import annotations
 
 import gc
+import shutil
 
 import numpy as np
 import pytest
@@ -50,8 +51,9 @@ def engine(request, tmp_path_factory):
     random_pipeline(request.param).save_pretrained(folder)
     loaded = Engine(str(folder), device="cpu")
     yield loaded
-    loaded.model = None  # pytest keeps the fixture object until the module ends; the weights need not wait
+    loaded.model = None  # whatever still refers to the engine (a result, a traceback) must not hold ~5 GB
     gc.collect()
+    shutil.rmtree(folder)  # pytest keeps the temporary folders of its last three runs: 4-5 GB each here
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def stroke_mask() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def inversions(engine, photo):
-    """Each method's inversion of the photo, run once per architecture (P2P edits the DDIM one)."""
+    """Each method's inversion of the photo, run once per architecture (DiffEdit and P2P edit the DDIM one)."""
     done: dict[str, tuple[list, InversionResult]] = {}
 
     def invert(method: str) -> tuple[list, InversionResult]:
