@@ -318,7 +318,7 @@ def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversi
     blend = None
     if spec.blend_words:
         first_step = int(np.ceil(spec.blend_start * (steps - 1) - 1e-9))
-        blend = LocalBlend(controller, prepared.blend_columns, spec.blend_threshold, first_step)
+        blend = LocalBlend(controller, prepared.blend_columns.to(latents.device), spec.blend_threshold, first_step)
     stepper = LocallyBlendedScheduler(scheduler, blend) if blend is not None else scheduler
     encoded = time.perf_counter()
 
