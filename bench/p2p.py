@@ -129,8 +129,9 @@ def reweighting(engine: Engine, seeds: list[int], steps: int, weights: list[floa
     return {"rows": rows, "monotonic": all(a < b for a, b in zip(values, values[1:]))}
 
 
-def cost(engine: Engine, steps: int, repeats: int) -> dict:
-    """Seconds per sampling step (the engine's own sampling timing / steps) and peak memory."""
+def cost(engine: Engine, steps: int, repeats: int, size: int | None = None) -> dict:
+    """Seconds per sampling step (the engine's own sampling timing / steps) and peak memory, at `size`
+    (default: the model's native size)."""
     device = engine.device
 
     def measure(run) -> tuple[float, int | None, Result]:
@@ -145,9 +146,10 @@ def cost(engine: Engine, steps: int, repeats: int) -> dict:
                 peak = torch.cuda.max_memory_allocated()
         return best, peak, result
 
-    plain = lambda: engine.generate(GenerateSpec(SOURCE, seed=0, steps=steps, batch_size=2, preview_every=steps + 1))  # noqa: E731
+    plain = lambda: engine.generate(GenerateSpec(SOURCE, seed=0, steps=steps, batch_size=2, width=size, height=size,  # noqa: E731
+                                                 preview_every=steps + 1))
     edit = lambda: engine.p2p(P2PSpec(SOURCE, TARGET, edit="word swap", seed=0, steps=steps, maps_every=steps + 1,  # noqa: E731
-                                      blend_words=("circle", "square"), **WINDOWS))
+                                      blend_words=("circle", "square"), size=size, **WINDOWS))
     last(plain())  # warm-up
     plain_seconds, plain_peak, _ = measure(plain)
     edit_seconds, edit_peak, edit_result = measure(edit)

@@ -18,7 +18,7 @@ written after every section, so a run cut short keeps what it measured:
 bench/results/sd15_costs_<device>.{json,md}.
 
     python bench/sd15_costs.py --device cuda          # the GPU row: 512x512, fp16, 50 steps
-    python bench/sd15_costs.py --device cpu           # 256x256, fp32, 10 steps (P2P at the native 512)
+    python bench/sd15_costs.py --device cpu           # 256x256, fp32, 10 steps
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
             ("attention", lambda: attention_overhead.measure(engine, PROMPT, size, steps, repeats)),
             ("sdedit", lambda: sdedit_vs_img2img.compare(engine, "a red ball on a blue table", size, steps, 0.6, repeats)),
             ("diffedit", lambda: diffedit_cost(engine, size, steps, repeats)),
-            ("p2p", lambda: p2p.cost(engine, steps, repeats)),
+            ("p2p", lambda: p2p.cost(engine, steps, repeats, size)),
             ("inversion", lambda: inversion_cost(engine, size, steps)),
         ]
         if device.type == "cuda":

@@ -222,7 +222,8 @@ def run_p2p(engine: Any, args: argparse.Namespace) -> int:
     from studio.editing.p2p import P2PSpec
 
     spec = P2PSpec(source_prompt=args.source, target_prompt=args.target, edit=args.edit, seed=args.seed,
-                   steps=args.steps, guidance_scale=args.guidance, blend_words=tuple(args.blend or ()))
+                   steps=args.steps, guidance_scale=args.guidance, blend_words=tuple(args.blend or ()),
+                   size=args.size)
     result = finish(engine.p2p(spec, read_inversion(args.inversion)), "Prompt-to-Prompt")
     Output(args.out).save(result, ["source", "edited"])
     return 0
@@ -285,6 +286,7 @@ def parser() -> argparse.ArgumentParser:
     p2p.add_argument("--edit", default="refine", choices=["word swap", "refine", "style"],
                      help="re-weighting ((word:1.5) in --target) combines with any of them")
     p2p.add_argument("--blend", nargs="*", help="local blend: words whose region may change")
+    p2p.add_argument("--size", type=int, default=None, help="side of the generated pair in pixels (default: native)")
     p2p.set_defaults(run=run_p2p)
 
     for command in (sdedit, diffedit, p2p):

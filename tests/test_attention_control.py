@@ -155,6 +155,12 @@ def test_p2p_streams_both_maps_and_the_blend_mask_and_restores_processors(tiny_e
     assert np.array_equal(result.mask, masks[-1].binary)
 
 
+def test_p2p_generates_the_pair_at_the_size_asked(tiny_engine):
+    events = run(tiny_engine, size=64, blend_words=("circle", "square"), blend_start=0.0)
+    result = events[-1]
+    assert [image.size for image in result.images] == [(64, 64), (64, 64)] and result.mask.shape == (64, 64)
+
+
 def test_identical_prompts_without_weights_give_identical_images(tiny_engine):
     result = run(tiny_engine, target_prompt=SOURCE)[-1]
     np.testing.assert_allclose(result.pixels[0], result.pixels[1], atol=1e-5)
@@ -169,6 +175,8 @@ def test_identical_prompts_without_weights_give_identical_images(tiny_engine):
         ({"blend_words": ("triangle",)}, "neither"),
         ({"source_prompt": "a (red:2) circle"}, "belong in the target prompt"),
         ({"cross_start": 0.9, "cross_stop": 0.2}, "must not be after"),
+        ({"size": 100}, "multiple of 8"),
+        ({"size": 4096}, "between 64 and 2048"),
     ],
 )
 def test_bad_input_gets_a_clear_error_before_model_work(tiny_engine, changes, message):

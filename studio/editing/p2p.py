@@ -73,6 +73,8 @@ class P2PSpec:
     target_prompt: str = ""  # "" = the source prompt (re-weighting only); may carry (word:1.3) weights
     edit: str = "refine"
     seed: int | None = None  # generated images; ignored when editing an inversion
+    size: int | None = None  # side of the generated images in pixels (None: the model's native size); an
+    # inversion is edited at its own size
     steps: int = 25
     guidance_scale: float = 5.0
     cross_start: float = 0.0
@@ -98,7 +100,7 @@ class P2PSpec:
         object.__setattr__(self, "reweights", tuple((str(w), float(s)) for w, s in self.reweights))
         object.__setattr__(self, "blend_words", tuple(self.blend_words))
 
-    def validate(self, editing_inversion: bool) -> None:
+    def validate(self, editing_inversion: bool, size_multiple: int = 8) -> None:
         if not self.source_prompt.strip() and not editing_inversion:
             raise InvalidInputError("The source prompt is empty: describe the image to generate and edit.")
         if self.edit not in EDIT_TYPES:
@@ -107,6 +109,10 @@ class P2PSpec:
         specs.GUIDANCE.check("guidance_scale", self.guidance_scale)
         if self.seed is not None:
             specs.SEED.check("seed", self.seed)
+        if self.size is not None:
+            specs.SIZE.check("size", self.size)
+            if self.size % size_multiple:
+                raise InvalidInputError(f"The size must be a multiple of {size_multiple} for this model, got {self.size}.")
         windows = [("Cross-attention window", self.cross_start, self.cross_stop),
                    ("Self-attention window", self.self_start, self.self_stop),
                    *((f"Window of {w.word!r}", w.start, w.stop) for w in self.word_windows)]
@@ -252,7 +258,7 @@ def prompt_to_prompt(engine: Any, spec: P2PSpec, inversion: Inversion | None = N
                      cancel: CancelToken | None = None) -> Iterator[Event]:
     """Validate (before any model work), then return the queued job's event stream."""
     # 1. check inputs
-    spec.validate(editing_inversion=inversion is not None)
+    spec.validate(editing_inversion=inversion is not None, size_multiple=engine.size_multiple)
     source_prompt = inversion.prompt if inversion is not None else spec.source_prompt
     if inversion is not None and inversion.method not in EDITABLE_INVERSIONS:
         raise InvalidInputError(
@@ -268,7 +274,7 @@ def prompt_to_prompt(engine: Any, spec: P2PSpec, inversion: Inversion | None = N
     seed = spec.seed if spec.seed is not None else secrets.randbelow(int(specs.SEED.high) + 1)
     steps = len(inversion.timesteps) if inversion is not None else spec.steps
     job = _edit(engine, spec, prepared, seed, inversion, cancel)
-    size = inversion.image.width if inversion is not None else engine.native_size
+    size = inversion.image.width if inversion is not None else spec.size or engine.native_size
     return engine.exclusive(job, steps, cancel, f"Prompt-to-Prompt at {size}px (2 images)")
 
 
@@ -302,7 +308,7 @@ def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversi
         noise = inversion.noise_latents.to(engine.device, model.dtype)
     else:
         generator = torch.Generator("cpu").manual_seed(seed)
-        latent_size = engine.native_size // engine.size_multiple
+        latent_size = (spec.size or engine.native_size) // engine.size_multiple
         shape = (1, model.unet.config.in_channels, latent_size, latent_size)
         noise = randn_tensor(shape, generator=generator, device=engine.device, dtype=model.dtype)
         noise = noise * scheduler.init_noise_sigma
