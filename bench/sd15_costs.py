@@ -154,6 +154,26 @@ def out_of_memory_check(engine: Engine, spec: GenerateSpec) -> dict:
             "next_job_ran": after.pixels.shape[0] == spec.batch_size}
 
 
+def _mib(value: float | None) -> float | None:
+    return None if value is None else value / 2**20
+
+
+# section -> (label, our seconds, the peer's seconds, ratio, target, (our, the peer's) peak MiB)
+RATIO_ROWS: dict[str, tuple[str, str, str, str, float, Callable[[dict], tuple]]] = {
+    "generate": ("generation vs StableDiffusionPipeline (max pixel diff {max_abs_pixel_difference:.1e})",
+                 "median_engine_s", "median_diffusers_s", "ratio", 1.05,
+                 lambda r: (r["peak_memory_mib"]["engine"], r["peak_memory_mib"]["diffusers"])),
+    "attention": ("attention capture on vs off", "median_on_s", "median_off_s", "ratio_on_over_off", 1.25,
+                  lambda r: (r["peak_memory_mib"]["on"], r["peak_memory_mib"]["off"])),
+    "sdedit": ("SDEdit vs img2img (strength {strength})", "median_sdedit_s", "median_img2img_s", "ratio", 1.05,
+               lambda r: (r["peak_memory_mib"]["sdedit"], r["peak_memory_mib"]["img2img"])),
+    "diffedit": ("DiffEdit vs StableDiffusionDiffEditPipeline", "median_ours_s", "median_diffusers_s", "ratio", 1.1,
+                 lambda r: (r["peak_memory_mib"]["ours"], r["peak_memory_mib"]["diffusers"])),
+    "p2p": ("P2P step vs batch-4 CFG step (seconds per step)", "p2p_seconds_per_step", "cfg_batch4_seconds_per_step",
+            "ratio", 1.3, lambda r: (_mib(r["p2p_peak_bytes"]), _mib(r["cfg_peak_bytes"]))),
+}
+
+
 def markdown(report: dict) -> list[str]:
     s = report["sections"]
     lines = [f"# Costs on {MODEL_NAME}, {report['size']}x{report['size']}, {report['dtype']}, {report['steps']} steps",
@@ -163,34 +183,13 @@ def markdown(report: dict) -> list[str]:
              "Medians of interleaved runs after a warm-up; peak memory is the CUDA allocator's peak during a run.",
              "", "| comparison | ours s | peer s | ratio | target | peak MiB ours / peer |", "|---|---|---|---|---|---|"]
 
-    def peak(pair: dict, a: str, b: str) -> str:
-        return "n/a on CPU" if pair.get(a) is None else f"{pair[a]:.0f} / {pair[b]:.0f}"
-
-    if "generate" in s:
-        r = s["generate"]
-        lines.append(f"| generation vs StableDiffusionPipeline (max pixel diff {r['max_abs_pixel_difference']:.1e}) | "
-                     f"{r['median_engine_s']:.3f} | {r['median_diffusers_s']:.3f} | **{r['ratio']:.3f}x** | <= 1.05 | "
-                     f"{peak(r['peak_memory_mib'], 'engine', 'diffusers')} |")
-    if "attention" in s:
-        r = s["attention"]
-        lines.append(f"| attention capture on vs off | {r['median_on_s']:.3f} | {r['median_off_s']:.3f} | "
-                     f"**{r['ratio_on_over_off']:.3f}x** | <= 1.25 | {peak(r['peak_memory_mib'], 'on', 'off')} |")
-    if "sdedit" in s:
-        r = s["sdedit"]
-        lines.append(f"| SDEdit vs img2img (strength {r['strength']}) | {r['median_sdedit_s']:.3f} | "
-                     f"{r['median_img2img_s']:.3f} | **{r['ratio']:.3f}x** | <= 1.05 | "
-                     f"{peak(r['peak_memory_mib'], 'sdedit', 'img2img')} |")
-    if "diffedit" in s:
-        r = s["diffedit"]
-        lines.append(f"| DiffEdit vs StableDiffusionDiffEditPipeline | {r['median_ours_s']:.3f} | "
-                     f"{r['median_diffusers_s']:.3f} | **{r['ratio']:.3f}x** | <= 1.1 | "
-                     f"{peak(r['peak_memory_mib'], 'ours', 'diffusers')} |")
-    if "p2p" in s:
-        r = s["p2p"]
-        mib = {k: None if r[k] is None else r[k] / 2**20 for k in ("p2p_peak_bytes", "cfg_peak_bytes")}
-        lines.append(f"| P2P step vs batch-4 CFG step (per step) | {r['p2p_seconds_per_step']:.4f} | "
-                     f"{r['cfg_batch4_seconds_per_step']:.4f} | **{r['ratio']:.3f}x** | <= 1.3 | "
-                     f"{peak(mib, 'p2p_peak_bytes', 'cfg_peak_bytes')} |")
+    for key, (label, ours, peer, ratio, target, peaks) in RATIO_ROWS.items():
+        if key in s:
+            r = s[key]
+            peak_ours, peak_peer = peaks(r)
+            peak = "n/a on CPU" if peak_ours is None else f"{peak_ours:.0f} / {peak_peer:.0f}"
+            lines.append(f"| {label.format(**r)} | {r[ours]:.4g} | {r[peer]:.4g} | **{r[ratio]:.3f}x** | <= {target} | "
+                         f"{peak} |")
     if "inversion" in s:
         lines += ["", "## Inversion: each method vs DDIM inversion (one photograph, w = 7.5)", "",
                   "| method | seconds | x DDIM | UNet passes | backward | passes x DDIM | latent MSE | peak MiB |",
