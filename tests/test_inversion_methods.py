@@ -1,7 +1,8 @@
 """Null-text inversion, EDICT and BDIA on the embedded model: exact methods reconstruct the latent to
 float precision, NTI closes the guided trajectory to the VAE's ceiling where plain DDIM inversion does not
-and matches the 10-iteration reference recipe for under a third of its UNet work, its loss streams live, a cancel mid-NTI leaves the engine usable, and the public reconstruction API
-(what Prompt-to-Prompt samples) retraces the job's reconstruction."""
+and matches the 10-iteration reference recipe for under a third of its UNet work, its loss streams live,
+a cancel mid-NTI leaves the engine usable, and the public reconstruction API (what Prompt-to-Prompt
+samples) retraces the job's reconstruction."""
 
 from __future__ import annotations
 
