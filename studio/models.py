@@ -126,10 +126,12 @@ def load_pipeline(source: str | None = None, device: str | None = None, dtype: t
     if classifier is not None:
         classifier.to(device=resolved_device).eval().requires_grad_(False)
     text_encoder_2 = getattr(pipeline, "text_encoder_2", None)
+    offloaded = [pipeline.text_encoder, text_encoder_2, pipeline.unet] if offload else []
     for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder, text_encoder_2):
         if module is None:
             continue
-        module.to(device=resolved_device)
+        if not any(module is m for m in offloaded):  # offloaded modules wait in CPU memory until they run
+            module.to(device=resolved_device)
         # SDXL's VAE overflows in fp16: StableDiffusionXLPipeline decodes it in fp32 (force_upcast), and so do we.
         # StableDiffusionPipeline never reads force_upcast (true by default, so SD 1.x/2.x VAEs carry it too) and
         # decodes in the model's dtype: doing the same keeps our pictures and costs those of the pipeline.
@@ -138,7 +140,7 @@ def load_pipeline(source: str | None = None, device: str | None = None, dtype: t
             module.to(dtype=resolved_dtype)
         module.eval().requires_grad_(False)
     if offload:
-        offload_to_cpu([pipeline.text_encoder, text_encoder_2, pipeline.unet], resolved_device)
+        offload_to_cpu(offloaded, resolved_device)
     if compile_unet:
         pipeline.unet.compile()
     return LoadedModel(
