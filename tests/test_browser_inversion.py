@@ -2,7 +2,8 @@
 
 Protects what a user sees: uploading a photo shows it as the model will see it and says what was
 changed; inverting with two methods fills the comparison table (ceiling row + one row per method) and
-shows the original beside both reconstructions, the error plot and the pick for editing; a file that is
+shows the original beside both reconstructions, the error plot and the pick for editing; "keep the image's
+size" inverts at the upload's own size, without resampling it; a file that is
 not an image shows a clear error.
 """
 
@@ -50,3 +51,22 @@ def test_a_file_that_is_not_an_image_shows_the_error(page, tmp_path):
     text.write_text("not an image")
     page.locator("#inversion-upload input[type=file]").set_input_files(str(text))
     page.get_by_text("not an image this app can read", exact=False).first.wait_for()
+
+
+def test_keep_size_inverts_the_image_at_its_own_size(page, tmp_path):
+    photo = tmp_path / "wide.png"
+    Image.new("RGB", (200, 160), (30, 200, 30)).save(photo)
+    page.locator("#inversion-upload input[type=file]").set_input_files(str(photo))
+    page.get_by_text("resized 160x160 to 128x128", exact=False).first.wait_for()  # the model's size by default
+    page.locator("#inversion-keep-size input").check()
+    page.get_by_text("centre-cropped 200x160 to 160x160", exact=False).first.wait_for()
+    assert "resized" not in page.locator("#inversion-note").inner_text()
+
+    page.locator("#inversion-steps input[type=number]").fill("2")
+    page.locator("#inversion-steps input[type=number]").press("Enter")
+    page.get_by_label("Null-text inversion").uncheck()  # DDIM alone
+    page.locator("#inversion-btn").click()
+    page.wait_for_selector("#inversion-status [data-state=done]")
+    reconstruction = page.locator("#inversion-gallery img").nth(1)
+    reconstruction.wait_for()
+    assert reconstruction.evaluate("img => img.complete ? img.naturalWidth : new Promise(r => img.onload = () => r(img.naturalWidth))") == 160

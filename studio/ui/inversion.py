@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from studio import specs
 from studio.errors import InvalidInputError
 from studio.events import CancelToken
-from studio.images import MAX_INPUT_PIXELS, prepare_image
+from studio.images import MAX_INPUT_PIXELS, prepare_image, working_size
 from studio.inversion import METHOD_LABELS, METHODS, Inversion, InversionResult, InversionSpec
 from studio.inversion.null_text import NullTextLoss
 from studio.inversion.result import BDIA_GAMMA, EDICT_MIX, INNER_STEPS, LEARNING_RATE, TOLERANCE
@@ -123,7 +123,10 @@ def build_inversion_tab(engine: Any) -> InversionTab:
         with gr.Column(scale=4, min_width=320):
             upload = gr.File(label="Image (any size or mode: it is centre-cropped and resized to the model's size)",
                              type="filepath", elem_id="inversion-upload")
-            prepared = gr.Image(label=f"As the model sees it ({native}×{native})", type="pil", format="png",
+            keep_size = gr.Checkbox(False, label=f"Keep the image's size (its shorter side, down to a multiple of "
+                                    f"{engine.size_multiple} px) instead of the model's {native}×{native}",
+                                    elem_id="inversion-keep-size")
+            prepared = gr.Image(label="As the model sees it", type="pil", format="png",
                                 interactive=False, height=200, elem_id="inversion-prepared")
             note = gr.Markdown("", elem_id="inversion-note")
             prompt = gr.Textbox(label="Caption (empty: the null prompt)", placeholder="a big red circle on a blue background",
@@ -161,6 +164,9 @@ def build_inversion_tab(engine: Any) -> InversionTab:
                     bdia_gamma = gr.Slider(BDIA_GAMMA.low, BDIA_GAMMA.high, value=DEFAULTS.bdia_gamma,
                                            step=BDIA_GAMMA.step, label="BDIA γ", elem_id="inversion-bdia-gamma")
                     float64 = gr.Checkbox(False, label="EDICT/BDIA in float64 (CPU)", elem_id="inversion-float64")
+                null_start = gr.Radio([("the caption's embedding (fast: where NPI lands)", "prompt"),
+                                       ("the empty prompt's (Mokady et al.)", "empty")], value=DEFAULTS.null_start,
+                                      label="NTI starts its null embedding from", elem_id="inversion-null-start")
             with gr.Row():
                 go = gr.Button("Invert", variant="primary", elem_id="inversion-btn", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="inversion-stop", scale=1)
@@ -182,11 +188,12 @@ def build_inversion_tab(engine: Any) -> InversionTab:
     inversion_state = gr.State(None)
 
     # 2. handlers -------------------------------------------------------------------------
-    def preview(path: str | None) -> tuple:
+    def preview(path: str | None, keep: bool) -> tuple:
         if not path:
             return None, ""
         try:
-            ready = prepare_image(load_upload(path), native)
+            image = load_upload(path)
+            ready = prepare_image(image, working_size(image, native, engine.size_multiple, bool(keep)))
         except InvalidInputError as error:
             raise gr.Error(str(error)) from error
         return ready.image, f"Prepared: {html.escape(ready.note)}."
@@ -194,7 +201,8 @@ def build_inversion_tab(engine: Any) -> InversionTab:
     def invert(path: str | None, caption: str, chosen: list[str], steps_value: float, guidance_value: float,
                ddim_w: float, inner_value: float, lr_value: float, decay_value: float, tolerance_value: float,
                improvement_value: float, smoothness_value: float, image_weight_value: float, mix_value: float,
-               gamma_value: float, float64_value: bool, request: gr.Request = None) -> Iterator[tuple]:
+               gamma_value: float, float64_value: bool, keep_value: bool = False, null_start_value: str = "prompt",
+               request: gr.Request = None) -> Iterator[tuple]:
         """Streams (status, gallery, table, error plot, loss plot, pick, settings, inversions, inversion_state)."""
         skip = gr.skip()
         done: list[InversionResult] = []
@@ -210,7 +218,8 @@ def build_inversion_tab(engine: Any) -> InversionTab:
                           tolerance=float(tolerance_value or 0), min_improvement=float(improvement_value or 0),
                           smoothness=float(smoothness_value or 0),
                           image_weight=float(image_weight_value or 0), edict_mix=float(mix_value),
-                          bdia_gamma=float(gamma_value), float64=bool(float64_value))
+                          bdia_gamma=float(gamma_value), float64=bool(float64_value), keep_size=bool(keep_value),
+                          null_start=str(null_start_value))
             # every method's input is checked here, before the first one starts
             runs = [engine.invert(InversionSpec(method=method, **common), image, cancel) for method in METHODS
                     if method in chosen]
@@ -246,10 +255,11 @@ def build_inversion_tab(engine: Any) -> InversionTab:
         return held[int(index)]
 
     # 3. events ---------------------------------------------------------------------------
-    upload.change(preview, upload, [prepared, note], api_visibility="private", concurrency_limit=None,
-                  concurrency_id="inversion-preview", show_progress="hidden")
+    for changed in (upload, keep_size):
+        changed.change(preview, [upload, keep_size], [prepared, note], api_visibility="private",
+                       concurrency_limit=None, concurrency_id="inversion-preview", show_progress="hidden")
     form = [upload, prompt, methods, steps, guidance, inversion_guidance, inner, learning_rate, lr_decay, tolerance,
-            min_improvement, smoothness, image_weight, edict_mix, bdia_gamma, float64]
+            min_improvement, smoothness, image_weight, edict_mix, bdia_gamma, float64, keep_size, null_start]
     running = go.click(invert, form, [status, gallery, table, errors, losses, pick, settings, inversions,
                                       inversion_state],
                        api_name="invert", concurrency_id="model", show_progress="hidden")
