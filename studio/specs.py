@@ -44,6 +44,13 @@ CLASSIFIER_STRENGTH = Range(0.0, 100.0, 0.5, "Classifier strength")
 MAX_CONDITIONS = 8  # each adds the batch of images to every UNet call
 
 
+def check_size(name: str, value: int, size_multiple: int) -> None:
+    """An image side in pixels: within SIZE and a multiple of the model's pixels per latent cell."""
+    SIZE.check(name, value)
+    if value % size_multiple:
+        raise InvalidInputError(f"The {name} must be a multiple of {size_multiple} for this model, got {value}.")
+
+
 def _check_schedule(where: str, schedule: str, exponent: float, start: float, stop: float) -> None:
     if schedule not in GUIDANCE_SCHEDULES:
         raise InvalidInputError(f"{where}: unknown schedule {schedule!r}; choose one of {', '.join(GUIDANCE_SCHEDULES)}.")
@@ -145,11 +152,8 @@ class GenerateSpec:
         if self.scheduler not in SCHEDULERS:
             raise InvalidInputError(f"Unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
         for name, value in (("width", self.width), ("height", self.height)):
-            if value is None:
-                continue
-            SIZE.check(name, value)
-            if value % size_multiple:
-                raise InvalidInputError(f"The {name} must be a multiple of {size_multiple} for this model, got {value}.")
+            if value is not None:
+                check_size(name, value, size_multiple)
         if self.attention_every < 1 or self.preview_every < 1:
             raise InvalidInputError("attention_every and preview_every must be at least 1.")
         if len(self.conditions) > MAX_CONDITIONS:
