@@ -92,12 +92,12 @@ class LossLog:
 
 
 def train_loop(name: str, work: Path, steps: int, modules: dict, optimizer, peak_lr: float, warmup: int,
-               loss_fn, seed: int, minutes: float = 0.0, checkpoint_every: int = 250, on_checkpoint=None) -> int:
+               loss_fn, seed: int, minutes: float = 0.0, checkpoint_every: int = 250, on_checkpoint=None) -> None:
     """Shared loop of every stage: resume, step, log, checkpoint. loss_fn(rng) -> (loss, extras dict).
 
     With `minutes`, `steps` is a maximum: the warm-up steps are timed and the total is then fixed to what fits
     in that time (the learning-rate warm-up does not depend on the total, so nothing before the choice changes).
-    The chosen total is logged and checkpointed; `--<stage>-steps <total>` reproduces the run. Returns the total."""
+    The chosen total is logged and checkpointed; `--<stage>-steps <total>` reproduces the run."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     checkpoint, log = Checkpoint(work / f"{name}.ckpt"), LossLog(work / f"{name}.log.jsonl")
@@ -135,7 +135,6 @@ def train_loop(name: str, work: Path, steps: int, modules: dict, optimizer, peak
         if step % checkpoint_every == 0 or step == total:
             checkpoint.save(step, total, modules, optimizer, rng)
     bar.close()
-    return total
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -144,7 +143,9 @@ def train_loop(name: str, work: Path, steps: int, modules: dict, optimizer, peak
 RENDER_CHUNK = 512  # images per rendering task; each chunk has its own seed, so workers do not change the data
 
 
-def render_chunk(seed: int, chunk: int, count: int) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict]]:
+def render_chunk(task: tuple[int, int, int]) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict]]:
+    """(seed, chunk index, image count) -> the chunk's images, per-cell labels and scenes."""
+    seed, chunk, count = task
     rng = np.random.default_rng([seed, chunk])
     images, cells, scenes = [], [], []
     for _ in range(count):
@@ -162,7 +163,7 @@ def stage_data(args) -> None:
     counts = [min(RENDER_CHUNK, args.images - start) for start in range(0, args.images, RENDER_CHUNK)]
     tasks = [(args.seed, chunk, count) for chunk, count in enumerate(counts)]
     with multiprocessing.get_context("spawn").Pool(args.workers or os.cpu_count()) as pool:
-        chunks = list(tqdm(pool.starmap(render_chunk, tasks), total=len(tasks), desc="data", mininterval=10))
+        chunks = list(tqdm(pool.imap(render_chunk, tasks), total=len(tasks), desc="data", mininterval=10))  # in order
     cells = {k: np.concatenate([c[1][k] for c in chunks]) for k in chunks[0][1]}
     np.savez(path, images=np.concatenate([c[0] for c in chunks]), **cells)
     (args.work / "scenes.json").write_text(json.dumps([s for c in chunks for s in c[2]]))
