@@ -104,6 +104,24 @@ def test_fused_attention_through_values_equals_the_materialised_map():
     torch.testing.assert_close(output[3], fused @ value[3], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(output[:3], F.scaled_dot_product_attention(query, key, value)[:3])
     assert controller.step_maps(torch.ones(2, 12)).shape == (2, 4, 4)
+    source_means, target_means = controller.means()  # the maps shown: head means of the source's map and the fused one
+    torch.testing.assert_close(source_means[(4, 4)], probabilities[2].mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(target_means[(4, 4)], fused.mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_steps_outside_the_edit_windows_attend_as_usual():
+    torch.manual_seed(0)
+    query, key, value = torch.randn(4, 2, 16, 8), torch.randn(4, 2, 12, 8), torch.randn(4, 2, 12, 8)
+    source, target = tokens([1, 2, 1], ["a", "big", "dog"]), tokens([1, 3, 1], ["a", "big", "cat"])
+    plan = edit_plan(source, target, [0, 1, None], steps=4, cross_window=(0.0, 0.4), self_window=(0.0, 0.0))
+    controller = PromptToPromptController(plan, source_index=2, target_index=3, latent_size=(4, 4))
+    layer = torch.nn.Module()
+    layer.scale = 8**-0.5
+    plain = F.scaled_dot_product_attention(query, key, value)
+    controller.begin_step(0, torch.tensor(999))
+    assert not torch.allclose(controller._cross(layer, query, key, value)[3], plain[3])  # edited in the window
+    controller.begin_step(3, torch.tensor(9))
+    torch.testing.assert_close(controller._cross(layer, query, key, value), plain)
 
 
 def test_local_blend_keeps_the_source_outside_the_mask():

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import Tensor
 
-from studio.attention.processors import AttentionStore, head_mean_probabilities
+from studio.attention.processors import head_mean_probabilities, map_size
 from studio.conditioning import Tokens
 from studio.errors import InvalidInputError
 from studio.guidance import schedule_factors
@@ -217,96 +217,135 @@ def token_equalizer(target: Tokens, word_weights: Sequence[tuple[int, float]]) -
 class PromptToPromptController:
     """Attention control for one P2P run: the UNet batch holds the source and target images; this
     edits the target's conditional element from the source's (module docstring), and keeps running
-    means of both conditional elements' cross-attention for the maps shown (no per-step history)."""
+    means of both conditional elements' cross-attention for the maps shown (no per-step history).
+
+    On a GPU a P2P step costs what the host spends issuing it (an SD 1.5 CFG step at 512 px on an H200
+    is ~24 ms, mostly kernel launches), so every layer call issues as few operations as it can: the
+    per-step weights are precomputed on the UNet's device, layers outside the edit windows take the
+    plain SDPA path (decided on the host, never by reading the GPU), and the maps are summed raw per
+    resolution, the fused target map Ã being formed once per resolution and step (it is linear in them).
+    """
 
     def __init__(self, plan: EditPlan, source_index: int, target_index: int, latent_size: tuple[int, int],
                  device: torch.device | None = None):
-        # The per-step weights live where the UNet runs: copying them from host memory in every layer makes each
-        # copy wait for the GPU's queue to drain (on an H200 a P2P step measured 1.77x a CFG step with the copies,
-        # 1.62x without).
-        # self_replace stays on the host: it decides, per step, which path a layer takes.
-        self.plan = plan if device is None else replace(
-            plan, mapper=plan.mapper.to(device), source_weights=plan.source_weights.to(device),
-            target_weights=plan.target_weights.to(device))
+        self.plan = plan
         self.source_index = source_index  # positions in the UNet batch (conditional branch)
         self.target_index = target_index
-        # (source, target) as a device index: indexing with a Python list copies the list to the GPU every call
-        self.pair = torch.tensor([source_index, target_index], device=device)
         self.latent_size = latent_size
         self.step = 0
-        self.source_store = AttentionStore(latent_size, source_index)  # running means, shown as maps
-        self.target_store = AttentionStore(latent_size, target_index)
-        # this step's cross-attention of (source, target), summed per resolution: the local blend's input
+        # which steps change anything: host-side, so that choosing a layer's path never waits for the GPU
+        self.mixes_source = plan.source_weights.ne(0).any(dim=1).tolist()  # (N,) Ã takes source columns
+        self.scales_target = plan.target_weights.ne(1).any(dim=1).tolist()  # (N,) Ã rescales target columns
+        self.self_replace = plan.self_replace.tolist()
+        self.mix = (plan.mapper[None] * plan.source_weights[:, None, :]).to(device)  # (N, T_s, T_t) R diag(s_i)
+        self.target_weights = plan.target_weights.to(device)  # (N, T_t) u_i
+        # made on first use, when the UNet batch size is known
+        self.value_scales: Tensor | None = None  # (N, B, 1, T, 1): u_i on the target's row, 1 elsewhere
+        self.self_rows: Tensor | None = None  # (B,) the batch order with the target's row pointing at the source
+        # (source, target) rows: a slice (no copy) when they are neighbours, as the engine lays them out
+        adjacent = target_index == source_index + 1
+        self.pair = slice(source_index, target_index + 1) if adjacent else torch.tensor([source_index, target_index], device=device)
+        # this step's raw cross-attention of (source, target), summed per resolution: the local blend's input
         self.step_sums: dict[tuple[int, int], Tensor] = {}  # (h, w) -> (2, h*w, T)
         self.step_counts: dict[tuple[int, int], int] = {}
+        # (source, Ã) summed over the steps before this one: the maps shown
+        self.run_sums: dict[tuple[int, int], Tensor] = {}  # (h, w) -> (2, h*w, T)
+        self.run_counts: dict[tuple[int, int], int] = {}
 
     def begin_step(self, i: int, t: Tensor) -> None:
+        self.fold_step()
         self.step = i
-        self.step_sums, self.step_counts = {}, {}
 
     def edits(self, layer: Attention) -> bool:
-        return layer.is_cross_attention or bool(self.plan.self_replace.any())
+        return layer.is_cross_attention or any(self.self_replace)
 
     def attend(self, layer: Attention, query: Tensor, key: Tensor, value: Tensor, is_cross: bool) -> Tensor:
         if is_cross:
             return self._cross(layer, query, key, value)
-        if self.plan.self_replace[self.step] and self._within_self_layers(query.shape[2]):
-            index = torch.arange(query.shape[0], device=query.device)
-            index[self.target_index] = self.source_index  # A_t := A_s
-            return F.scaled_dot_product_attention(query[index], key[index], value)
+        if self.self_replace[self.step] and self._within_self_layers(query.shape[2]):
+            rows = self._self_rows(query)
+            return F.scaled_dot_product_attention(query[rows], key[rows], value)  # A_t := A_s
         return F.scaled_dot_product_attention(query, key, value)
+
+    def _self_rows(self, query: Tensor) -> Tensor:
+        if self.self_rows is None or len(self.self_rows) != query.shape[0]:
+            rows = torch.arange(query.shape[0])
+            rows[self.target_index] = self.source_index
+            self.self_rows = rows.to(query.device)
+        return self.self_rows
 
     def _within_self_layers(self, n_positions: int) -> bool:
         h, w = self.latent_size
         return n_positions <= (h * self.plan.self_max_fraction) * (w * self.plan.self_max_fraction) + 1e-6
 
     def _cross(self, layer: Attention, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        s, t = self.source_index, self.target_index
-        source_weights = self.plan.source_weights[self.step].to(value)  # (T,)
-        target_weights = self.plan.target_weights[self.step].to(value)
-        mix = self.plan.mapper.to(value) * source_weights  # (T_s, T_t) = R diag(s_i)
-        self._record(layer, query[self.pair], key[self.pair], mix, target_weights)
-        values = value.clone()
-        values[t] = value[t] * target_weights[None, :, None]  # diag(u_i) V_t
-        from_source = torch.einsum("st,htd->hsd", mix, value[t])  # R diag(s_i) V_t  (H, T_s, d)
-        # one SDPA call: every element as usual (target with scaled values), plus the target's source part
-        output = F.scaled_dot_product_attention(
-            torch.cat([query, query[s : s + 1]]), torch.cat([key, key[s : s + 1]]), torch.cat([values, from_source[None]])
-        )  # (B + 1, H, N, d)
-        output, source_part = output[:-1].clone(), output[-1]
-        output[t] = output[t] + source_part
+        i, s, t = self.step, self.source_index, self.target_index
+        self._record(layer, query, key)
+        scaled = value * self._value_scales(value)[i] if self.scales_target[i] else value  # diag(u_i) V_t on the target's row
+        output = F.scaled_dot_product_attention(query, key, scaled)  # every element as usual; target: A_t diag(u_i) V_t
+        if self.mixes_source[i]:
+            from_source = self.mix[i].to(value) @ value[t : t + 1]  # R diag(s_i) V_t  (1, H, T_s, d)
+            # + A_s R diag(s_i) V_t, batched (4-D) so that SDPA takes its fused kernel, not the math path
+            output[t] += F.scaled_dot_product_attention(query[s : s + 1], key[s : s + 1], from_source)[0]
         return output
 
-    def _record(self, layer: Attention, query: Tensor, key: Tensor, mix: Tensor, target_weights: Tensor) -> None:
-        """Head-mean maps of the source and of the fused target Ã (what the target image used)."""
+    def _value_scales(self, value: Tensor) -> Tensor:
+        if self.value_scales is None or self.value_scales.shape[1] != value.shape[0]:
+            scales = torch.ones(len(self.target_weights), value.shape[0], 1, value.shape[2], 1, device=value.device)
+            scales[:, self.target_index, 0, :, 0] = self.target_weights
+            self.value_scales = scales.to(value.dtype)
+        return self.value_scales
+
+    def _record(self, layer: Attention, query: Tensor, key: Tensor) -> None:
+        """Add this layer's head-mean maps of (source, target) to this step's sums of its resolution."""
         with torch.no_grad():
-            probabilities = head_mean_probabilities(query, key, layer.scale)  # (2, N, T)
-            fused = probabilities[0] @ mix.float() + probabilities[1] * target_weights.float()  # (N, T) Ã
-            maps = torch.stack([probabilities[0], fused])
-        self.source_store.add(maps[0])
-        self.target_store.add(maps[1])
-        size = self.source_store.map_size(maps.shape[1])
+            probabilities = head_mean_probabilities(query[self.pair], key[self.pair], layer.scale)  # (2, N, T)
+        size = map_size(self.latent_size, probabilities.shape[1])
         if size in self.step_sums:
-            self.step_sums[size] += maps
+            self.step_sums[size] += probabilities
             self.step_counts[size] += 1
         else:
-            self.step_sums[size] = maps
+            self.step_sums[size] = probabilities
             self.step_counts[size] = 1
+
+    def _fused(self, sums: Tensor) -> Tensor:
+        """(2, N, T) maps of (source, target) at this step -> (source, Ã): the target as the target image used it."""
+        i = self.step
+        if not (self.mixes_source[i] or self.scales_target[i]):
+            return sums  # Ã = A_t
+        fused = sums[0] @ self.mix[i].float() + sums[1] * self.target_weights[i].float()
+        return torch.stack([sums[0], fused])
+
+    def fold_step(self) -> None:
+        """Add this step's maps to the running sums shown (idempotent: the step's sums are consumed)."""
+        for size, sums in self.step_sums.items():
+            if size in self.run_sums:
+                self.run_sums[size] += self._fused(sums)
+                self.run_counts[size] += self.step_counts[size]
+            else:
+                self.run_sums[size] = self._fused(sums)
+                self.run_counts[size] = self.step_counts[size]
+        self.step_sums, self.step_counts = {}, {}
+
+    def means(self) -> tuple[dict[tuple[int, int], Tensor], dict[tuple[int, int], Tensor]]:
+        """The maps shown, (source, target), each (h, w) -> (h*w, T): the mean over layers and steps so far."""
+        self.fold_step()
+        means = {size: sums / self.run_counts[size] for size, sums in self.run_sums.items()}
+        return {size: m[0] for size, m in means.items()}, {size: m[1] for size, m in means.items()}
 
     @property
     def stored_bytes(self) -> int:
-        """Memory held for maps: running means of both images and this step's sums, per resolution only."""
-        held = [*self.source_store.sums.values(), *self.target_store.sums.values(), *self.step_sums.values()]
-        return sum(t.numel() * t.element_size() for t in held)
+        """Memory held for maps: running sums of both images and this step's sums, per resolution only."""
+        return sum(t.numel() * t.element_size() for t in [*self.run_sums.values(), *self.step_sums.values()])
 
     def step_maps(self, columns: Tensor) -> Tensor:
         """This step's attention of the selected columns, per image: columns (2, T) 0/1 for (source,
         target) -> (2, h, w) at latent size, the mean over layers of every resolution (bilinear)."""
         upsampled = []
         for (h, w), sums in self.step_sums.items():
-            means = sums / self.step_counts[(h, w)]  # (2, h*w, T)
-            selected = (means * columns[:, None, :].to(means)).sum(dim=-1).reshape(2, 1, h, w)
-            upsampled.append(F.interpolate(selected, size=self.latent_size, mode="bilinear", align_corners=False))
+            selected = torch.bmm(self._fused(sums), columns[:, :, None].to(sums)) / self.step_counts[(h, w)]  # (2, N, 1)
+            upsampled.append(F.interpolate(selected.view(2, 1, h, w), size=self.latent_size, mode="bilinear",
+                                           align_corners=False))
         return torch.stack(upsampled).mean(dim=0)[:, 0]
 
 

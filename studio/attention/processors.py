@@ -24,6 +24,17 @@ from diffusers.models.attention_processor import Attention
 from torch import Tensor
 
 
+def map_size(latent_size: tuple[int, int], n_pixels: int) -> tuple[int, int]:
+    """(h, w) of a layer with n_pixels positions: the latent size halved k times (rounding up, as
+    stride-2 convolutions do). Derived from the data, never from magic sizes or layer order."""
+    h, w = latent_size
+    while h * w > n_pixels:
+        h, w = (h + 1) // 2, (w + 1) // 2
+    if h * w != n_pixels:
+        raise ValueError(f"attention over {n_pixels} positions does not match latents of {latent_size}")
+    return h, w
+
+
 class AttentionStore:
     """Running mean of cross-attention probabilities per UNet resolution (no per-step history).
 
@@ -54,14 +65,7 @@ class AttentionStore:
             self.counts[size] = 1
 
     def map_size(self, n_pixels: int) -> tuple[int, int]:
-        """(h, w) of a layer with n_pixels positions: the latent size halved k times (rounding up, as
-        stride-2 convolutions do). Derived from the data, never from magic sizes or layer order."""
-        h, w = self.latent_size
-        while h * w > n_pixels:
-            h, w = (h + 1) // 2, (w + 1) // 2
-        if h * w != n_pixels:
-            raise ValueError(f"attention over {n_pixels} positions does not match latents of {self.latent_size}")
-        return h, w
+        return map_size(self.latent_size, n_pixels)
 
     def means(self) -> dict[tuple[int, int], Tensor]:
         """Mean over layers and captured steps, per resolution: (h, w) -> (h*w, T)."""
@@ -93,9 +97,15 @@ def cross_attention_probabilities(attn: Attention, hidden_states: Tensor, encode
 
 
 def head_mean_probabilities(query: Tensor, key: Tensor, scale: float) -> Tensor:
-    """softmax(QK^T * scale) averaged over heads, in float32: (B, H, N, d) x (B, H, T, d) -> (B, N, T)."""
-    scores = query.float() @ key.float().transpose(-1, -2) * scale  # (B, H, N, T)
-    return scores.softmax(dim=-1).mean(dim=1)
+    """softmax(QK^T * scale) averaged over heads, in float32: (B, H, N, d) x (B, H, T, d) -> (B, N, T).
+
+    Five kernels on a GPU: two casts (which are also the contiguous copies bmm needs), one scaled bmm,
+    the softmax and the mean. Each is a launch the host pays for in every layer at every step."""
+    b, h, n, d = query.shape
+    query = query.float().reshape(b * h, n, d)
+    key = key.float().reshape(b * h, -1, d)
+    scores = torch.baddbmm(query.new_empty(()), query, key.transpose(1, 2), beta=0.0, alpha=scale)  # (B*H, N, T)
+    return scores.softmax(dim=-1).view(b, h, n, -1).mean(dim=1)
 
 
 class CrossAttentionCapture:
