@@ -160,7 +160,8 @@ def run_invert(engine: Any, args: argparse.Namespace) -> int:
     image = read_image(args.image)
     output = Output(args.out)
     for method in args.method:
-        spec = InversionSpec(prompt=args.prompt, method=method, steps=args.steps, guidance_scale=args.guidance)
+        spec = InversionSpec(prompt=args.prompt, method=method, steps=args.steps, guidance_scale=args.guidance,
+                             keep_size=args.keep_size)
         result = finish(engine.invert(spec, image), method)
         output.save(result, [f"{method}-reconstruction"])
         torch.save(result.inversion, output.folder / f"{method}.inversion.pt")
@@ -189,7 +190,8 @@ def run_sdedit(engine: Any, args: argparse.Namespace) -> int:
     from studio.editing.sdedit import SDEditSpec
 
     spec = SDEditSpec(prompt=args.prompt, strengths=tuple(args.t0), repeats=args.repeats, seed=args.seed,
-                      steps=args.steps, guidance_scale=args.guidance, noise_form=args.noise_form)
+                      steps=args.steps, guidance_scale=args.guidance, noise_form=args.noise_form,
+                      keep_size=args.keep_size)
     original = read_image(args.original) if args.original else None
     result = finish(engine.sdedit(spec, read_image(args.guide), read_mask(args.mask), original), "SDEdit")
     names = [f"t0-{row['t0']:g}-seed{row['seed']}" for row in result.rows]
@@ -204,7 +206,7 @@ def run_diffedit(engine: Any, args: argparse.Namespace) -> int:
 
     spec = DiffEditSpec(source_prompt=args.source, target_prompt=args.target, steps=args.steps,
                         guidance_scale=args.guidance, threshold=args.threshold, edit_strength=args.strength,
-                        seed=args.seed)
+                        seed=args.seed, keep_size=args.keep_size)
     inversion = read_inversion(args.inversion)
     image = read_image(args.image) if args.image else None
     if (image is None) == (inversion is None):
@@ -289,6 +291,10 @@ def parser() -> argparse.ArgumentParser:
     p2p.add_argument("--size", type=int, default=None, help="side of the generated pair in pixels (default: native)")
     p2p.set_defaults(run=run_p2p)
 
+    for command in (inv, sdedit, diffedit):
+        command.add_argument("--keep-size", action="store_true",
+                             help="work at the image's own size (its shorter side down to a multiple of 8) "
+                                  "instead of the model's native size")
     for command in (sdedit, diffedit, p2p):
         command.add_argument("--seed", type=int, default=None)
         command.add_argument("--steps", type=int, default=spec_default("steps"))

@@ -102,6 +102,19 @@ def test_invert_then_edit_the_inversion(tiny_model_dir, tmp_path):
     assert (tmp_path / "diffedit" / "0000-edited.png").exists()
 
 
+def test_keep_size_works_at_the_images_own_size(tiny_model_dir, tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (100, 90), (220, 30, 30)).save(photo)
+    assert studio(tiny_model_dir, "invert", photo, "--method", "ddim", "--steps", 2, "--keep-size", "--out", tmp_path / "inv") == 0
+    assert Image.open(tmp_path / "inv" / "0000-ddim-reconstruction.png").size == (88, 88)  # 90 down to a multiple of 8
+    assert studio(tiny_model_dir, "edit", "sdedit", photo, "--t0", "0.5", "--repeats", 1, "--steps", 2, "--keep-size",
+                  "--out", tmp_path / "sdedit") == 0
+    assert Image.open(next((tmp_path / "sdedit").glob("*.png"))).size == (88, 88)
+    assert studio(tiny_model_dir, "edit", "diffedit", photo, "--source", "a red circle", "--target", "a blue circle",
+                  "--steps", 2, "--keep-size", "--out", tmp_path / "diffedit") == 0
+    assert Image.open(tmp_path / "diffedit" / "0000-edited.png").size == (88, 88)
+
+
 def test_an_inversion_file_that_is_not_one_is_refused(tiny_model_dir, tmp_path, capsys):
     bogus = tmp_path / "bogus.inversion.pt"
     bogus.write_bytes(b"no pickle here")
