@@ -20,7 +20,7 @@ from studio.images import prepare_image
 
 # A decoded pixel depends on the latent cells around it (the VAE decoder's receptive field). On shapes-sd,
 # pixels more than two latent cells (16 px) from any edited cell decode to the VAE's reconstruction of the
-# original at >= 35 dB for a small stroke edit (tests/test_sdedit.py): the honest "outside the mask" region
+# original at 34 dB for a small stroke edit (tests/test_sdedit.py): the honest "outside the mask" region
 # without compositing. The decoder's mid-block self-attention sees every cell, so a large edit still shifts
 # distant pixels slightly (31 dB after recolouring a big circle, tests/test_diffedit.py).
 VAE_REACH_PIXELS = 16

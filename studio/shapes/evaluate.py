@@ -129,7 +129,7 @@ def table(report: dict) -> str:
     lines.append("")
     lines.append(f"VAE reconstruction PSNR on fresh renders: {report['vae_psnr_db']:.1f} dB; "
                  f"4 images at {report['settings']['steps']} steps: {report['seconds_for_4_images']:.2f} s "
-                 f"({report['torch_threads']} threads)")
+                 f"({report['torch_threads']} thread{'s' if report['torch_threads'] != 1 else ''})")
     return "\n".join(lines)
 
 
