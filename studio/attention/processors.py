@@ -56,16 +56,13 @@ class AttentionStore:
 
     def add(self, probabilities: Tensor) -> None:
         """probabilities: (N, T) for one layer, averaged over heads; N = h*w of that layer."""
-        size = self.map_size(probabilities.shape[0])
+        size = map_size(self.latent_size, probabilities.shape[0])
         if size in self.sums:
             self.sums[size] += probabilities
             self.counts[size] += 1
         else:
             self.sums[size] = probabilities.clone()
             self.counts[size] = 1
-
-    def map_size(self, n_pixels: int) -> tuple[int, int]:
-        return map_size(self.latent_size, n_pixels)
 
     def means(self) -> dict[tuple[int, int], Tensor]:
         """Mean over layers and captured steps, per resolution: (h, w) -> (h*w, T)."""
