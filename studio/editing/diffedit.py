@@ -15,7 +15,12 @@ Stage II (seed 4.3.3): the masked DDIM step under the target prompt from t_edit,
     x0_mix = (1 - M) x_0 + M x0_hat,   x_prev = sqrt(ab_prev) x0_mix + sqrt(1 - ab_prev) eps_hat,
 taken by `MaskedDDIM`, a scheduler for the one sampling loop. Its last step goes to ab = 1, so the latents
 off the mask end exactly equal to the image's. It starts from the DDIM inversion of the image under the
-source prompt (studio.inversion, the default) or from the image noised to t_edit.
+source prompt (studio.inversion, the default; or a given inversion's trajectory) or from the image noised to
+t_edit. Where it starts from an inversion, the latents off the mask follow that inversion's trajectory, as
+Couairon et al. do (their eq. for y_t; diffusers' pipeline too): x_prev = M x_prev + (1 - M) x_inv(t_prev).
+The seed's re-noised x_0 puts eps_hat, the target prompt's guided prediction, off the mask, which the
+inversion never had there; on the embedded model that made 4 of 8 colour edits of bench/diffedit.py come out
+as noise inside the mask, against 1 of 8 following the trajectory.
 """
 
 from __future__ import annotations
@@ -172,17 +177,21 @@ class MaskedDDIM:
 
     x0_hat and eps_hat come from the model output through schedule.to_x0 / to_eps (finite for v-prediction at
     zero terminal SNR). Step i goes to the alpha_bar of timesteps[i + 1], and the last one to ab = 1: the
-    clean image, so off the mask the result is the original latents exactly."""
+    clean image, so off the mask the result is the original latents exactly. With `off_mask` (the state each
+    step lands on in an inversion of the image, x_0 last) the latents off the mask are those states."""
 
     init_noise_sigma = 1.0
 
     def __init__(self, timesteps: Tensor, alphas_cumprod: Tensor, prediction_type: str, mask: Tensor,
-                 original: Tensor):
+                 original: Tensor, off_mask: list[Tensor] | None = None):
         self.timesteps = timesteps
         self.alphas_cumprod = alphas_cumprod
         self.prediction_type = prediction_type
         self.mask = mask  # (1, 1, h, w)
         self.original = original  # (1, C, h, w)
+        if off_mask is not None and len(off_mask) != len(timesteps):
+            raise ValueError(f"{len(off_mask)} off-mask states for {len(timesteps)} steps")
+        self.off_mask = off_mask  # (1, C, h, w) per step
         self.steps_done = 0
 
     def scale_model_input(self, sample: Tensor, timestep: Tensor) -> Tensor:
@@ -198,8 +207,11 @@ class MaskedDDIM:
         alpha_bar_prev = self.alpha_bar(self.timesteps[following]) if following < len(self.timesteps) else 1.0
         x0 = schedule.to_x0(model_output, sample, alpha_bar, self.prediction_type)
         eps = schedule.to_eps(model_output, sample, alpha_bar, self.prediction_type)
+        landed = masked_ddim_step(x0, eps, self.original, self.mask, alpha_bar_prev)
+        if self.off_mask is not None:
+            landed = self.mask * landed + (1 - self.mask) * self.off_mask[self.steps_done]
         self.steps_done = following
-        return (masked_ddim_step(x0, eps, self.original, self.mask, alpha_bar_prev),)
+        return (landed,)
 
 
 def overlay(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (255, 0, 255)) -> Image.Image:
@@ -344,25 +356,27 @@ def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndar
     scheduler = make_scheduler("ddim", model.scheduler_config)
     denoiser = Denoiser(model, scheduler.alphas_cumprod)  # counts the inverted start's passes and the edit's
     done = spec.probes if soft is not None else 0
+    #    (with an inversion, `path` holds its states from t_edit down: what the latents off the mask follow)
+    path = None
     if inversion is not None:
         first = start_index(inversion.steps, spec.edit_strength)
         timesteps = inversion.timesteps[first:].to(engine.device)
-        x = inversion.trajectory[first].to(device=engine.device, dtype=model.dtype)
+        path = [state.to(device=engine.device, dtype=model.dtype) for state in inversion.trajectory[first:]]
     else:
         scheduler.set_timesteps(spec.steps, device=engine.device)
         first = start_index(spec.steps, spec.edit_strength)
         timesteps = scheduler.timesteps[first:]
         if spec.start == "inversion":
-            x = yield from _inverted_start(engine, denoiser, original, source, uncond, scheduler, first, done, total,
-                                           cancel)
+            path = yield from _inverted_start(engine, denoiser, original, source, uncond, scheduler, first, done,
+                                              total, cancel)
             done += len(timesteps)
-        else:
-            x = _noised_start(engine, original, scheduler.alphas_cumprod[int(timesteps[0])], seed)
+    x = path[0] if path is not None else _noised_start(engine, original, scheduler.alphas_cumprod[int(timesteps[0])], seed)
     inverted = time.perf_counter()
 
     # 4. Stage II: masked DDIM under the target prompt, through the one sampling loop
     guider = _edit_guider(spec, target, uncond, inversion, first, timesteps)
-    stepper = MaskedDDIM(timesteps, scheduler.alphas_cumprod, model.prediction_type, latent_mask, original)
+    stepper = MaskedDDIM(timesteps, scheduler.alphas_cumprod, model.prediction_type, latent_mask, original,
+                         off_mask=path[1:] if path is not None else None)
     for state in sample_steps(denoiser, guider, stepper, timesteps, x, cancel):
         x = state["x"]
         step = state["i"] + 1
@@ -406,14 +420,15 @@ def _noised_start(engine: Any, original: Tensor, alpha_bar: Tensor, seed: int) -
 
 def _inverted_start(engine: Any, denoiser: Denoiser, original: Tensor, source: Any, uncond: Any, scheduler: Any,
                     first: int, done: int, total: int, cancel: CancelToken | None) -> Iterator[Event]:
-    """x_{t_edit} by DDIM inversion (studio.inversion) of the image under the source prompt, over the steps
-    from t_edit down only (seed 4.3.3: "starting from a DDIM inversion"). Guidance w = 1, the guidance-neutral
-    map; yields Progress, returns the state."""
+    """DDIM inversion (studio.inversion) of the image under the source prompt, over the steps from t_edit down
+    only (seed 4.3.3: "starting from a DDIM inversion"). Guidance w = 1, the guidance-neutral map; yields
+    Progress, returns its states from x_{t_edit} down to x_0 (the image's latents), as an Inversion's
+    trajectory holds them."""
     grid = StepGrid.of(scheduler, engine.model.prediction_type)
     tail = StepGrid(grid.timesteps[first:], grid.alpha_bar[first:], grid.alpha_bar_prev[first:], grid.prediction_type)
     guider = ClassifierFreeGuidance(cond=source, uncond=uncond, scale=1.0)
-    x = original
+    states = [original]
     for state in ddim_inversion_steps(denoiser, guider, tail, original, cancel):
-        x = state["x"]
+        states.append(state["x"])
         yield Progress(done + state["i"] + 1, total, f"DDIM inversion: step {state['i'] + 1} / {len(tail)}")
-    return x
+    return states[::-1]
