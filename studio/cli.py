@@ -62,7 +62,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 def generate_specs(args: argparse.Namespace) -> Iterator[Any]:
     """One GenerateSpec per (prompt, seed), or the specs stored in the given PNGs."""
-    from studio.ui.png_settings import read_png_settings, spec_fields
+    from studio.png_settings import read_png_settings, spec_fields
 
     for png in args.from_png or []:
         yield GenerateSpec(**spec_fields(read_png_settings(png)))
@@ -84,7 +84,7 @@ class Output:
 
     def save(self, result: Any, names: list[str]) -> list[Path]:
         """Write result.images[i] as `<n>-<names[i]>.png`."""
-        from studio.ui.png_settings import save_png
+        from studio.png_settings import save_png
 
         self.folder.mkdir(parents=True, exist_ok=True)
         paths = []

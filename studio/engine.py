@@ -42,8 +42,8 @@ from studio.guidance import (
     step_alpha_bars,
 )
 from studio.inversion import InversionSpec, invert
-from studio.jobs import FairLock
-from studio.models import LoadedModel, decode_latents, load_pipeline
+from studio.fair_lock import FairLock
+from studio.models import LoadedModel, decode_latents, load_model
 from studio.sampling import make_scheduler, sample_steps
 from studio.specs import GenerateSpec
 
@@ -63,7 +63,7 @@ class Engine:
 
     def __init__(self, source: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
                  offload: bool = False, compile_unet: bool = False):
-        self.model: LoadedModel = load_pipeline(source, device, dtype, offload=offload, compile_unet=compile_unet)
+        self.model: LoadedModel = load_model(source, device, dtype, offload=offload, compile_unet=compile_unet)
         self._lock = FairLock()
 
     @property

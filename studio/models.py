@@ -81,7 +81,7 @@ class LoadedModel:
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> np.ndarray:
     """Scaled latents (B, 4, h, w) -> (B, H, W, 3) float32 pixels in [0, 1], exactly as
     StableDiffusionPipeline decodes and post-processes them."""
-    latents = latents.to(vae.dtype)  # SDXL's VAE stays in fp32 beside an fp16 UNet (see load_pipeline)
+    latents = latents.to(vae.dtype)  # SDXL's VAE stays in fp32 beside an fp16 UNet (see load_model)
     image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
     image = (image / 2 + 0.5).clamp(0, 1)
     return image.cpu().permute(0, 2, 3, 1).float().numpy()
@@ -107,7 +107,7 @@ def tiny_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     return make_pipeline(TINY)
 
 
-def load_pipeline(source: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
+def load_model(source: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
                   offload: bool = False, compile_unet: bool = False) -> LoadedModel:
     """Load `source` once and move its components to the device; raises ModelLoadError.
 

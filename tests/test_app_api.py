@@ -19,7 +19,7 @@ from gradio_client.utils import Status
 from PIL import Image
 
 from studio import specs
-from studio.ui import png_settings
+from studio import png_settings
 
 FAST = dict(steps=3)
 HEADERS = ["prompt", "weight", "schedule", "exponent", "start", "stop"]  # enough to run every phase; the engine tests cover sampling quality

@@ -124,7 +124,7 @@ def test_bad_input_shows_the_error_and_the_tab_keeps_working(page):
 def test_loading_a_png_restores_its_settings_into_the_form(page, tmp_path):
     from PIL import Image
 
-    from studio.ui.png_settings import save_png
+    from studio.png_settings import save_png
 
     settings = {"prompt": "a small blue square", "negative_prompt": "red", "seed": 99, "steps": 7,
                 "guidance_scale": 2.5, "scheduler": "euler", "width": 64, "height": 72, "batch_size": 3}

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from studio.cli import main, seed_list
-from studio.ui.png_settings import read_png_settings
+from studio.png_settings import read_png_settings
 
 
 def studio(model_dir, *args) -> int:

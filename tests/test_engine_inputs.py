@@ -7,7 +7,7 @@ import json
 import pytest
 
 from studio.errors import InvalidInputError, ModelLoadError, UnknownWordError
-from studio.models import load_pipeline
+from studio.models import load_model
 from studio.specs import GenerateSpec
 
 
@@ -56,23 +56,23 @@ def test_too_long_prompt_is_rejected_not_truncated(tiny_engine):
 
 def test_missing_model_path_says_so(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
-        load_pipeline(str(tmp_path / "no-such-model"), device="cpu")
+        load_model(str(tmp_path / "no-such-model"), device="cpu")
 
 
 def test_folder_that_is_not_a_diffusers_model_says_what_is_missing(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"hello": "world"}))
     with pytest.raises(ModelLoadError, match="model_index.json"):
-        load_pipeline(str(tmp_path), device="cpu")
+        load_model(str(tmp_path), device="cpu")
 
 
 def test_file_that_is_not_a_checkpoint_is_rejected(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not weights")
     with pytest.raises(ModelLoadError, match=".safetensors or .ckpt"):
-        load_pipeline(str(notes), device="cpu")
+        load_model(str(notes), device="cpu")
 
 
 def test_hub_id_that_cannot_be_loaded_says_what_to_do_instead():
     # Offline: no connection; online: no such repository. Either way a ModelLoadError, not a crash.
     with pytest.raises(ModelLoadError, match="local folder"):
-        load_pipeline("diffusion-control-studio/no-such-model", device="cpu")
+        load_model("diffusion-control-studio/no-such-model", device="cpu")

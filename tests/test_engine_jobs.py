@@ -12,7 +12,7 @@ import torch
 
 from studio.errors import CancelledError, DeviceOutOfMemoryError
 from studio.events import AttentionMaps, CancelToken, Preview, Progress, Result
-from studio.jobs import FairLock
+from studio.fair_lock import FairLock
 from studio.specs import GenerateSpec
 
 FAST = {"steps": 5, "preview_every": 2}

@@ -7,7 +7,7 @@ from PIL import Image
 from studio.errors import InvalidInputError
 from studio.images import encode_image, prepare_image
 from studio.metrics import psnr, ssim
-from studio.models import decode_latents, load_pipeline
+from studio.models import decode_latents, load_model
 
 
 def test_landscape_rgba_upload_is_cropped_resized_and_flattened_with_each_change_named():
@@ -49,7 +49,7 @@ def test_what_is_not_a_usable_image_is_refused_with_a_reason(upload, message):
 
 
 def test_encode_then_decode_round_trips_through_the_embedded_vae():
-    model = load_pipeline(None, "cpu")
+    model = load_model(None, "cpu")
     image = Image.new("RGB", (128, 128), (30, 70, 220))
     latents = encode_image(model.vae, image)
     assert latents.shape == (1, 4, 16, 16)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from studio.errors import ModelLoadError
-from studio.models import choose_device, load_pipeline
+from studio.models import choose_device, load_model
 
 
 def test_tiny_model_reports_native_size_multiple_and_prediction_type(tiny_engine):
@@ -40,4 +40,4 @@ def test_a_folder_of_another_kind_of_pipeline_is_refused_by_name(tiny_model_dir,
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionInpaintPipeline"}))
     with pytest.raises(ModelLoadError, match="holds a StableDiffusionInpaintPipeline model"):
-        load_pipeline(str(folder), "cpu")
+        load_model(str(folder), "cpu")

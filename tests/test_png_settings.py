@@ -9,7 +9,7 @@ from PIL import Image
 
 from studio.errors import InvalidInputError
 from studio.specs import GenerateSpec
-from studio.ui import png_settings as ps
+from studio import png_settings as ps
 
 SETTINGS = {
     "prompt": "a big red circle on the left, and a small blue square",

@@ -22,7 +22,7 @@ def word_maps(mean_probabilities: Tensor, size: tuple[int, int], word_tokens: li
     return torch.stack([grid[:, :, tokens].mean(dim=-1) for tokens in word_tokens])
 
 
-def normalise(maps: Tensor) -> Tensor:
+def normalise_maps(maps: Tensor) -> Tensor:
     """Each map divided by its own max: (n, h, w) in [0, 1]."""
     peaks = maps.flatten(1).amax(dim=1).clamp_min(torch.finfo(maps.dtype).tiny)
     return (maps / peaks[:, None, None]).clamp(0, 1)
@@ -31,7 +31,7 @@ def normalise(maps: Tensor) -> Tensor:
 def per_resolution_maps(means: dict[tuple[int, int], Tensor], word_tokens: list[list[int]]) -> dict[int, np.ndarray]:
     """{map height: (n_words, h, w) float32 in [0, 1]} for every captured resolution."""
     return {
-        size[0]: normalise(word_maps(mean, size, word_tokens)).float().cpu().numpy()
+        size[0]: normalise_maps(word_maps(mean, size, word_tokens)).float().cpu().numpy()
         for size, mean in sorted(means.items(), reverse=True)
     }
 
@@ -43,7 +43,7 @@ def combined_maps(means: dict[tuple[int, int], Tensor], word_tokens: list[list[i
         F.interpolate(word_maps(mean, size, word_tokens)[None].float(), size=largest, mode="bilinear", align_corners=False)[0]
         for size, mean in means.items()
     ]
-    return normalise(torch.stack(upsampled).mean(dim=0)).cpu().numpy()
+    return normalise_maps(torch.stack(upsampled).mean(dim=0)).cpu().numpy()
 
 
 def heat_map_overlay(image: Image.Image, heat_map: np.ndarray, alpha: float = 0.5) -> Image.Image:

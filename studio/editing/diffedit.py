@@ -55,8 +55,8 @@ from studio.sampling import make_scheduler, sample_steps
 
 DEVIATIONS = ("eps", "x0")  # what Stage I compares (seed 4.3.2: D_eps or D_x0)
 STARTS = ("inversion", "noise")  # where Stage II starts from
-THRESHOLD = specs.Range(0.0, 1.0, 0.01, "Mask threshold")
-STRENGTH = specs.Range(0.05, 1.0, 0.05, "Strength")
+MASK_THRESHOLD = specs.Range(0.0, 1.0, 0.01, "Mask threshold")
+DIFFEDIT_STRENGTH = specs.Range(0.05, 1.0, 0.05, "Strength")
 PROBES = specs.Range(1, 10, 1, "Probe timesteps")
 NOISE_SAMPLES = specs.Range(1, 16, 1, "Noise samples per probe")
 CLEAN = specs.Range(0, 31, 1, "Open/close kernel (pixels)")
@@ -92,11 +92,11 @@ class DiffEditSpec:
     def validate(self) -> None:
         specs.STEPS.check("steps", self.steps)
         specs.GUIDANCE.check("guidance_scale", self.guidance_scale)
-        STRENGTH.check("mask_strength", self.mask_strength)
-        STRENGTH.check("edit_strength", self.edit_strength)
+        DIFFEDIT_STRENGTH.check("mask_strength", self.mask_strength)
+        DIFFEDIT_STRENGTH.check("edit_strength", self.edit_strength)
         PROBES.check("probes", self.probes)
         NOISE_SAMPLES.check("noise_samples", self.noise_samples)
-        THRESHOLD.check("threshold", self.threshold)
+        MASK_THRESHOLD.check("threshold", self.threshold)
         CLEAN.check("clean_pixels", self.clean_pixels)
         COVERAGE.check("cell_coverage", self.cell_coverage)
         if self.deviation not in DEVIATIONS:
@@ -148,7 +148,7 @@ def deviation_map(source: Tensor, target: Tensor) -> Tensor:
     return (target - source).float().norm(dim=1)
 
 
-def normalise(deviation: Tensor) -> np.ndarray:
+def normalise_deviation(deviation: Tensor) -> np.ndarray:
     """Seed 4.3.2's Normalize: the aggregated map (h, w) divided by its maximum, into [0, 1]."""
     peak = deviation.max()
     return (deviation / peak if peak > 0 else deviation).cpu().numpy().astype(np.float32)
@@ -304,7 +304,7 @@ def _stage_one(engine: Any, spec: DiffEditSpec, image: Image.Image, tokens: tupl
         convert = schedule.to_eps if spec.deviation == "eps" else schedule.to_x0
         source_pred, target_pred = (convert(g, x_t, alpha_bar, model.prediction_type) for g in guided)
         total += deviation_map(source_pred, target_pred).mean(0)  # mean over noise samples
-        soft = upsample(normalise(total), size)
+        soft = upsample(normalise_deviation(total), size)
         binary = binary_mask(soft, spec.threshold, spec.clean_pixels)
         yield Progress(done, len(timesteps), f"Mask: probe {done} / {len(timesteps)} (t = {t})")
         yield Mask(done, len(timesteps), soft, label="DiffEdit mask", binary=binary)

@@ -59,7 +59,7 @@ EDIT_TYPES = ("word swap", "refine", "style")  # re-weighting combines with any 
 EDITABLE_INVERSIONS = ("null_text", "negative_prompt", "ddim")  # sampled by plain DDIM with (per-step) CFG
 WEIGHT = specs.Range(-10.0, 10.0, 0.1, "Re-weight")
 STYLE_ALPHA = specs.Range(0.0, 1.0, 0.05, "Style alpha")
-THRESHOLD = specs.Range(0.0, 1.0, 0.05, "Local-blend threshold")
+BLEND_THRESHOLD = specs.Range(0.0, 1.0, 0.05, "Local-blend threshold")
 SELF_LAYERS = specs.Range(0.0, 1.0, 0.125, "Self-attention layers (fraction of the latent side)")
 
 
@@ -122,7 +122,7 @@ class P2PSpec:
         specs.START.check("Local-blend start", self.blend_start)
         SELF_LAYERS.check("self_max_fraction", self.self_max_fraction)
         STYLE_ALPHA.check("style_alpha", self.style_alpha)
-        THRESHOLD.check("blend_threshold", self.blend_threshold)
+        BLEND_THRESHOLD.check("blend_threshold", self.blend_threshold)
         for word, scale in self.reweights:
             WEIGHT.check(f"Re-weight of {word!r}", scale)
         if self.maps_every < 1:

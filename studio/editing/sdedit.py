@@ -42,7 +42,7 @@ from studio.models import decode_latents
 from studio.sampling import make_scheduler, sample_steps, step_kwargs
 
 NOISE_FORMS = {"vp": "ddim", "ve": "euler"}  # seed 4.1.1's two forms -> the scheduler that integrates it
-STRENGTH = specs.Range(0.05, 1.0, 0.05, "t0 (noise level, fraction of T)")
+T0 = specs.Range(0.05, 1.0, 0.05, "t0 (noise level, fraction of T)")
 REPEATS = specs.Range(1, 8, 1, "Repeats per t0")
 MAX_STRENGTHS = 6
 
@@ -68,7 +68,7 @@ class SDEditSpec:
         if len(self.strengths) > MAX_STRENGTHS:
             raise InvalidInputError(f"At most {MAX_STRENGTHS} values of t0 per run, got {len(self.strengths)}.")
         for strength in self.strengths:
-            STRENGTH.check("t0", strength)
+            T0.check("t0", strength)
         specs.STEPS.check("steps", self.steps)
         specs.GUIDANCE.check("guidance_scale", self.guidance_scale)
         REPEATS.check("repeats", self.repeats)

@@ -6,13 +6,13 @@ edited like a generated one (seed section 3).
     inversion = result.inversion                 # trajectory, null embeddings, coupled states
 
 Methods: DDIM inversion (ddim.py), null-text inversion (null_text.py), negative-prompt inversion
-(job.py, no optimisation), EDICT (edict.py), BDIA (bdia.py). All share the pure affine DDIM step of
+(methods.py, no optimisation), EDICT (edict.py), BDIA (bdia.py). All share the pure affine DDIM step of
 steps.py; DDIM inversion and every DDIM reconstruction run through studio.sampling.sample_steps.
 """
 
 from studio.inversion.ddim import ddim_inversion_steps
 from studio.inversion.guider import PerStepUncondGuidance
-from studio.inversion.job import invert, reconstruction_steps, sampling_guider
+from studio.inversion.methods import invert, reconstruction_steps, sampling_guider
 from studio.inversion.result import METHOD_LABELS, METHODS, Inversion, InversionResult, InversionSpec
 from studio.inversion.steps import StepGrid, ddim_coefficients
 

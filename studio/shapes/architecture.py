@@ -19,7 +19,7 @@ LATENT_SIZE = IMAGE_SIZE // 8
 
 
 @dataclass(frozen=True)
-class Architecture:
+class ShapesArchitecture:
     vae_channels: tuple[int, ...] = (32, 64, 64, 64)  # 4 blocks = 3 down-samplings = 8x, like SD
     vae_norm_groups: int = 32
     text_width: int = 128
@@ -30,11 +30,11 @@ class Architecture:
 
 
 # Random-init test model: same structure, a fraction of the width (fast CPU tests).
-TINY = Architecture(vae_channels=(8, 8, 16, 16), vae_norm_groups=8, text_width=32,
+TINY = ShapesArchitecture(vae_channels=(8, 8, 16, 16), vae_norm_groups=8, text_width=32,
                     unet_channels=(16, 32, 32), unet_head_dim=8, unet_norm_groups=8)
 
 
-def make_vae(arch: Architecture) -> AutoencoderKL:
+def make_vae(arch: ShapesArchitecture) -> AutoencoderKL:
     n = len(arch.vae_channels)
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=IMAGE_SIZE,
@@ -43,7 +43,7 @@ def make_vae(arch: Architecture) -> AutoencoderKL:
     )
 
 
-def make_text_encoder(arch: Architecture) -> CLIPTextModel:
+def make_text_encoder(arch: ShapesArchitecture) -> CLIPTextModel:
     return CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(vocabulary()), hidden_size=arch.text_width, intermediate_size=4 * arch.text_width,
@@ -54,7 +54,7 @@ def make_text_encoder(arch: Architecture) -> CLIPTextModel:
     )
 
 
-def make_unet(arch: Architecture) -> UNet2DConditionModel:
+def make_unet(arch: ShapesArchitecture) -> UNet2DConditionModel:
     levels = len(arch.unet_channels)
     return UNet2DConditionModel(
         sample_size=LATENT_SIZE, in_channels=4, out_channels=4,
@@ -67,7 +67,7 @@ def make_unet(arch: Architecture) -> UNet2DConditionModel:
     )
 
 
-def make_scheduler() -> DDIMScheduler:
+def make_shapes_scheduler() -> DDIMScheduler:
     """v-prediction with zero terminal SNR (Lin et al. 2023): with SD's plain scaled-linear betas the
     last timestep leaks the clean latent's mean, and the background colour follows the noise, not the prompt."""
     return DDIMScheduler(
@@ -77,10 +77,10 @@ def make_scheduler() -> DDIMScheduler:
     )
 
 
-def make_pipeline(arch: Architecture, vae=None, text_encoder=None, unet=None) -> StableDiffusionPipeline:
+def make_pipeline(arch: ShapesArchitecture, vae=None, text_encoder=None, unet=None) -> StableDiffusionPipeline:
     """A stock StableDiffusionPipeline of this architecture; components not given are randomly initialised."""
     return StableDiffusionPipeline(
         vae=vae or make_vae(arch), text_encoder=text_encoder or make_text_encoder(arch), tokenizer=build_tokenizer(),
-        unet=unet or make_unet(arch), scheduler=make_scheduler(),
+        unet=unet or make_unet(arch), scheduler=make_shapes_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )

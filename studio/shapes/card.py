@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from studio.shapes.evaluate import DEFAULT_MODEL, EVAL_POSITIONS, decode, evaluate, generate, load_pipeline, table
+from studio.shapes.evaluate import DEFAULT_MODEL, EVAL_POSITIONS, decode, evaluate, generate, load_shapes_pipeline, table
 from studio.shapes.render import HELD_OUT
 from studio.shapes.vocabulary import COLOURS, POSITIONS, RESERVED_SHAPES, SHAPES, SIZES, vocabulary
 
@@ -34,7 +34,7 @@ SAMPLE_PROMPTS = (
 
 
 def sample_grid(model: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> Image.Image:
-    pipe = load_pipeline(model)
+    pipe = load_shapes_pipeline(model)
     rows = []
     for seed in seeds:
         latents = generate(pipe, list(SAMPLE_PROMPTS), [seed] * len(SAMPLE_PROMPTS), steps=25, guidance=5.0)

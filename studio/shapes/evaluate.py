@@ -60,7 +60,7 @@ def score(judgement: Judgement, case: Case) -> dict[str, bool]:
     }
 
 
-def load_pipeline(model: Path) -> StableDiffusionPipeline:
+def load_shapes_pipeline(model: Path) -> StableDiffusionPipeline:
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -93,7 +93,7 @@ def vae_psnr(pipe, n: int = 256, seed: int = 12345) -> float:
 
 
 def evaluate(model: Path, steps: int = 25, guidance: float = 5.0, batch: int = 12) -> dict:
-    pipe = load_pipeline(model)
+    pipe = load_shapes_pipeline(model)
     classifier = latent_classifier.load(model / "classifier")
     cases = held_out_cases()
     tallies = {judge: {a: 0 for a in ATTRIBUTES} for judge in ("pixels", "classifier")}

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from studio import schedule
 from studio.shapes import classifier as latent_classifier
-from studio.shapes.architecture import Architecture, make_pipeline, make_scheduler, make_text_encoder, make_unet, make_vae
+from studio.shapes.architecture import ShapesArchitecture, make_pipeline, make_shapes_scheduler, make_text_encoder, make_unet, make_vae
 from studio.shapes.render import caption, render, sample_scene
 from studio.shapes.vocabulary import MAX_LENGTH, build_tokenizer
 
@@ -256,7 +256,7 @@ def stage_unet(args) -> None:
     scenes = [scene_from_json(d) for d in json.loads((args.work / "scenes.json").read_text())]
     tokenizer = build_tokenizer()
     text_encoder, unet = make_text_encoder(args.arch).to(args.device), make_unet(args.arch).to(args.device)
-    scheduler = make_scheduler()
+    scheduler = make_shapes_scheduler()
     alphas_cumprod = scheduler.alphas_cumprod.to(args.device)
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=1e-2)
@@ -334,7 +334,7 @@ def stage_classifier(args) -> None:
     latents, scaling = load_latents(args)
     latents = latents * scaling
     model = latent_classifier.LatentClassifier().to(args.device)
-    alphas_cumprod = make_scheduler().alphas_cumprod.to(args.device)
+    alphas_cumprod = make_shapes_scheduler().alphas_cumprod.to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.classifier_lr, weight_decay=1e-2)
     labels = {k: torch.from_numpy(data[k]).long().to(args.device) for k in latent_classifier.LABEL_KEYS}
     latents = latents.to(args.device)
@@ -400,7 +400,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    args.arch = Architecture()
+    args.arch = ShapesArchitecture()
     args.device_type = torch.device(args.device).type
     args.minutes = {stage: float(m) for stage, m in (item.split("=") for item in args.minutes)}
     if args.device_type == "cuda":

@@ -23,8 +23,8 @@ from studio.editing.diffedit import (
     NOISE_SAMPLES,
     PROBES,
     STARTS,
-    STRENGTH,
-    THRESHOLD,
+    DIFFEDIT_STRENGTH,
+    MASK_THRESHOLD,
     DiffEditResult,
     DiffEditSpec,
     MaskResult,
@@ -34,7 +34,7 @@ from studio.editing.diffedit import (
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Mask, Preview
 from studio.images import prepare_image
-from studio.ui.jobs import EditJobs, progress_html
+from studio.ui.stream import EditJobs, progress_html
 
 DEFAULTS = DiffEditSpec("", "")
 MASK_RGBA = (255, 0, 255, 255)  # how the found mask is painted on the editor's layer
@@ -93,23 +93,23 @@ def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> 
                 with gr.Row():
                     deviation = gr.Radio(list(DEVIATIONS), value=DEFAULTS.deviation, label="Compare",
                                          info="eps or x0 predictions", elem_id="diffedit-deviation")
-                    threshold = gr.Slider(THRESHOLD.low, THRESHOLD.high, value=DEFAULTS.threshold,
-                                          step=THRESHOLD.step, label=THRESHOLD.label, elem_id="diffedit-threshold")
+                    threshold = gr.Slider(MASK_THRESHOLD.low, MASK_THRESHOLD.high, value=DEFAULTS.threshold,
+                                          step=MASK_THRESHOLD.step, label=MASK_THRESHOLD.label, elem_id="diffedit-threshold")
                 with gr.Row():
                     probes = gr.Slider(PROBES.low, PROBES.high, value=DEFAULTS.probes, step=1, label=PROBES.label,
                                        elem_id="diffedit-probes")
                     noise_samples = gr.Slider(NOISE_SAMPLES.low, NOISE_SAMPLES.high, value=DEFAULTS.noise_samples,
                                               step=1, label=NOISE_SAMPLES.label, elem_id="diffedit-samples")
                 with gr.Row():
-                    mask_strength = gr.Slider(STRENGTH.low, STRENGTH.high, value=DEFAULTS.mask_strength,
-                                              step=STRENGTH.step, label="Probe noise up to (fraction of T)",
+                    mask_strength = gr.Slider(DIFFEDIT_STRENGTH.low, DIFFEDIT_STRENGTH.high, value=DEFAULTS.mask_strength,
+                                              step=DIFFEDIT_STRENGTH.step, label="Probe noise up to (fraction of T)",
                                               elem_id="diffedit-mask-strength")
                     clean = gr.Slider(CLEAN.low, CLEAN.high, value=DEFAULTS.clean_pixels, step=1, label=CLEAN.label,
                                       elem_id="diffedit-clean")
             with gr.Accordion("Stage II: edit", open=True):
                 with gr.Row():
-                    edit_strength = gr.Slider(STRENGTH.low, STRENGTH.high, value=DEFAULTS.edit_strength,
-                                              step=STRENGTH.step, label="t_edit (fraction of T)",
+                    edit_strength = gr.Slider(DIFFEDIT_STRENGTH.low, DIFFEDIT_STRENGTH.high, value=DEFAULTS.edit_strength,
+                                              step=DIFFEDIT_STRENGTH.step, label="t_edit (fraction of T)",
                                               elem_id="diffedit-edit-strength")
                     start = gr.Radio(list(STARTS), value=DEFAULTS.start, label="Start from",
                                      info="DDIM inversion of the source, or the image noised",

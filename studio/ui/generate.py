@@ -37,8 +37,8 @@ from studio.errors import CancelledError, InvalidInputError, StudioError
 from studio.events import AttentionMaps, Preview, Progress, Result
 from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
 from studio.plots import line_chart
-from studio.ui import png_settings
-from studio.ui.jobs import SessionJobs, progress_html, session_id
+from studio import png_settings
+from studio.ui.stream import SessionJobs, progress_html, session_id
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from studio.inversion import METHOD_LABELS, METHODS, Inversion, InversionResult,
 from studio.inversion.null_text import NullTextLoss
 from studio.inversion.result import BDIA_GAMMA, EDICT_MIX, INNER_STEPS, LEARNING_RATE, TOLERANCE
 from studio.plots import line_chart
-from studio.ui.jobs import EditJobs, progress_html
+from studio.ui.stream import EditJobs, progress_html
 
 DEFAULTS = InversionSpec()
 TABLE_HEADERS = ["method", "PSNR (dB)", "SSIM", "latent MSE", "UNet passes (inversion)", "backward passes",

@@ -36,7 +36,7 @@ from studio.editing.p2p import (
     EDIT_TYPES,
     SELF_LAYERS,
     STYLE_ALPHA,
-    THRESHOLD,
+    BLEND_THRESHOLD,
     WEIGHT,
     EditAttentionMaps,
     P2PResult,
@@ -46,7 +46,7 @@ from studio.editing.p2p import (
 from studio.errors import CancelledError, InvalidInputError, StudioError
 from studio.events import Mask, Preview, Progress
 from studio.prompt_weights import parse_weighted_prompt
-from studio.ui.jobs import SessionJobs, progress_html, session_id
+from studio.ui.stream import SessionJobs, progress_html, session_id
 
 DEFAULTS = P2PSpec(source_prompt="")
 TOKEN_COLUMNS = ("target word", "from source word", "re-weight")
@@ -220,8 +220,8 @@ def build_p2p_tab(engine: Any, inversion_state: gr.State | None = None) -> P2PTa
             with gr.Accordion("Local blend", open=True):
                 blend_words = gr.Textbox("", label="Words (comma-separated, from either prompt)", elem_id="p2p-blend-words")
                 with gr.Row():
-                    blend_threshold = gr.Slider(THRESHOLD.low, THRESHOLD.high, value=DEFAULTS.blend_threshold,
-                                                step=THRESHOLD.step, label=THRESHOLD.label, elem_id="p2p-blend-threshold")
+                    blend_threshold = gr.Slider(BLEND_THRESHOLD.low, BLEND_THRESHOLD.high, value=DEFAULTS.blend_threshold,
+                                                step=BLEND_THRESHOLD.step, label=BLEND_THRESHOLD.label, elem_id="p2p-blend-threshold")
                     blend_start = gr.Slider(0, 1, value=DEFAULTS.blend_start, step=0.05, label="Blend from",
                                             elem_id="p2p-blend-start")
         with gr.Column(scale=6, min_width=360):

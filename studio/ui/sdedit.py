@@ -24,7 +24,7 @@ from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditSpec, SDEditResult
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Preview
 from studio.shapes.vocabulary import COLOURS
-from studio.ui.jobs import EditJobs, progress_html
+from studio.ui.stream import EditJobs, progress_html
 
 
 DEFAULTS = SDEditSpec()
