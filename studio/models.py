@@ -1,7 +1,6 @@
 """The only place that loads weights.
 
-A model source is one of: None (the embedded shapes model, or a tiny random pipeline until it
-exists), a local diffusers folder, a single `.safetensors`/`.ckpt` checkpoint, or a hub id (only
+A model source is one of: None (the embedded shapes model), a local diffusers folder, a single `.safetensors`/`.ckpt` checkpoint, or a hub id (only
 where the network allows). Whatever the source, the result is a `LoadedModel`: the SD-format
 components resident on one device, plus the facts the engine needs (native size, size multiple,
 prediction type). Device policy: CUDA with fp16 where present, else CPU fp32.
@@ -21,7 +20,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, StableDiffusionPipeline,
 from torch import nn
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
-from studio import checkpoints
+from studio import single_file
 from studio.architectures import BY_CHECKPOINT_TYPE, config_folder
 from studio.errors import ModelLoadError
 from studio.shapes.architecture import TINY, make_pipeline
@@ -191,12 +190,10 @@ def _open_classifier(source: str | None) -> nn.Module | None:
 
 def _open_source(source: str | None) -> tuple[StableDiffusionPipeline, str]:
     if source is None:
-        if (EMBEDDED_MODEL_DIR / "model_index.json").is_file():
-            return _from_folder(EMBEDDED_MODEL_DIR), EMBEDDED_MODEL_DIR.name
-        return tiny_random_pipeline(), "tiny-random-sd"
+        return _open_embedded(), EMBEDDED_MODEL_DIR.name
     path = Path(source).expanduser()
     if path.is_dir():
-        return _from_folder(path), path.name
+        return open_folder(path), path.name
     if path.is_file():
         if path.suffix not in SINGLE_FILE_SUFFIXES:
             raise ModelLoadError(
@@ -211,7 +208,24 @@ def _open_source(source: str | None) -> tuple[StableDiffusionPipeline, str]:
     )
 
 
-def _from_folder(path: Path) -> StableDiffusionPipeline:
+def _open_embedded() -> StableDiffusionPipeline:
+    """The embedded shapes model; a missing or broken copy is an error, never a silent stand-in (random
+    weights would draw noise as if nothing were wrong)."""
+    restore = (
+        "Restore it with `git checkout -- assets/models/shapes-sd` in the repository, retrain it "
+        "with `bash scripts/train_shapes_gpu.sh runs/shapes-gpu assets/models/shapes-sd` (one CUDA GPU, minutes), "
+        "or pass another model (--model, a diffusers folder, .safetensors file or hub id)."
+    )
+    if not (EMBEDDED_MODEL_DIR / "model_index.json").is_file():
+        raise ModelLoadError(f"The embedded model is missing: {EMBEDDED_MODEL_DIR} has no model_index.json. {restore}")
+    try:
+        return open_folder(EMBEDDED_MODEL_DIR)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"The embedded model is damaged: {error} {restore}") from error
+
+
+def open_folder(path: Path) -> StableDiffusionPipeline:
+    """A diffusers SD 1.x/2.x or SDXL folder, offline, without a safety checker."""
     if not (path / "model_index.json").is_file():
         raise ModelLoadError(
             f"{path} is not a diffusers model folder (it has no model_index.json). "
@@ -242,8 +256,8 @@ def _pipeline_class(folder: Path) -> type[DiffusionPipeline]:
 def _from_single_file(path: Path) -> DiffusionPipeline:
     """An original-layout checkpoint, offline: its type comes from its key names and shapes, its
     configs from the matching published architecture written to a local folder (diffusers would
-    fetch them from the hub), its prediction type from `checkpoints.resolve_prediction_type`."""
-    header = checkpoints.read_header(path)
+    fetch them from the hub), its prediction type from `single_file.resolve_prediction_type`."""
+    header = single_file.read_header(path)
     arch = BY_CHECKPOINT_TYPE.get(header.model_type)
     if arch is None:
         supported = ", ".join(f"{name} ({known.name})" for name, known in BY_CHECKPOINT_TYPE.items())
@@ -251,7 +265,7 @@ def _from_single_file(path: Path) -> DiffusionPipeline:
             f"{path.name} is a {header.model_type!r} checkpoint; single files of these types load: {supported}. "
             "Other models (inpainting, SD 3, refiners, ...) are not supported."
         )
-    prediction_type = checkpoints.resolve_prediction_type(path, header, arch)
+    prediction_type = single_file.resolve_prediction_type(path, header, arch)
     scheduler = arch.scheduler_class.from_config({**arch.scheduler, "prediction_type": prediction_type})
     extra = _NO_SAFETY if arch.pipeline_class is StableDiffusionPipeline else {}
     try:

@@ -41,3 +41,28 @@ def test_a_folder_of_another_kind_of_pipeline_is_refused_by_name(tiny_model_dir,
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionInpaintPipeline"}))
     with pytest.raises(ModelLoadError, match="holds a StableDiffusionInpaintPipeline model"):
         load_model(str(folder), "cpu")
+
+
+def test_a_missing_embedded_model_is_an_error_that_says_how_to_restore_it(tmp_path, monkeypatch):
+    """A broken install must not draw noise from random weights as if nothing were wrong."""
+    from studio import models
+
+    missing = tmp_path / "shapes-sd"
+    monkeypatch.setattr(models, "EMBEDDED_MODEL_DIR", missing)
+    with pytest.raises(ModelLoadError) as error:
+        load_model(None, device="cpu")
+    message = str(error.value)
+    assert str(missing) in message and "model_index.json" in message
+    assert "git checkout -- assets/models/shapes-sd" in message and "scripts/train_shapes_gpu.sh" in message
+    assert "--model" in message
+
+
+def test_a_damaged_embedded_model_names_the_fault_and_the_remedy(tmp_path, monkeypatch):
+    from studio import models
+
+    damaged = tmp_path / "shapes-sd"
+    damaged.mkdir()
+    (damaged / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')  # no components
+    monkeypatch.setattr(models, "EMBEDDED_MODEL_DIR", damaged)
+    with pytest.raises(ModelLoadError, match="embedded model is damaged.*git checkout"):
+        load_model(None, device="cpu")

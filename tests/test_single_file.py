@@ -3,7 +3,7 @@
 Protects what a user with a `.safetensors` from a model site relies on: it loads with no network
 (configs come from studio/architectures.py), every weight arrives unchanged, it generates; a file
 that is not an SD 1.x/2.x checkpoint is refused with a message naming what it is; the prediction
-type follows the file's own config or metadata. The export (`python -m studio.checkpoints export`)
+type follows the file's own config or metadata. The export (`python -m studio.export_single_file`)
 is checked by diffusers' own original -> diffusers converters giving back every tensor.
 """
 
@@ -27,13 +27,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from studio import checkpoints
+from studio import export_single_file
 from studio.architectures import SD15, SD21, random_pipeline
-from studio.checkpoints import clip_state_dict, ldm_state_dict, read_header, resolve_prediction_type
+from studio.export_single_file import clip_state_dict, ldm_state_dict
 from studio.engine import Engine
 from studio.errors import ModelLoadError
 from studio.events import Result
 from studio.models import tiny_random_pipeline
+from studio.single_file import read_header, resolve_prediction_type
 from studio.specs import GenerateSpec
 
 V1_MARKER = "model.diffusion_model.output_blocks.11.0.skip_connection.weight"
@@ -81,7 +82,7 @@ def test_export_command_writes_a_file_diffusers_converts_back(tmp_path, capsys):
     pipeline = tiny_random_pipeline(seed=3)  # v-prediction: the metadata must say so
     folder, file = tmp_path / "tiny", tmp_path / "tiny.safetensors"
     pipeline.save_pretrained(folder)
-    assert checkpoints.main(["export", str(folder), str(file)]) == 0
+    assert export_single_file.main([str(folder), str(file)]) == 0
     assert "wrote" in capsys.readouterr().out
     assert_converts_back(load_file(str(file)), pipeline.unet, pipeline.vae, pipeline.text_encoder)
     with safe_open(str(file), framework="pt") as handle:
@@ -90,10 +91,10 @@ def test_export_command_writes_a_file_diffusers_converts_back(tmp_path, capsys):
 
 def test_export_refuses_a_missing_folder_and_a_pickle_target(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        checkpoints.main(["export", str(tmp_path / "nowhere"), str(tmp_path / "out.safetensors")])
+        export_single_file.main([str(tmp_path / "nowhere"), str(tmp_path / "out.safetensors")])
     assert exit_info.value.code == 2 and "not a diffusers model folder" in capsys.readouterr().err
     with pytest.raises(ModelLoadError, match="writes .safetensors"):
-        checkpoints.save_single_file(tiny_random_pipeline(), tmp_path / "out.ckpt")
+        export_single_file.save_single_file(tiny_random_pipeline(), tmp_path / "out.ckpt")
 
 
 # --- files that are not SD 1.x/2.x checkpoints: tiny files with the telling key names and shapes
@@ -139,7 +140,7 @@ def v2_file(tmp_path):
 
 
 def test_sd2_without_a_declaration_is_v_prediction_with_a_warning(v2_file, caplog):
-    with caplog.at_level(logging.WARNING, logger="studio.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="studio.single_file"):
         assert resolve_prediction_type(v2_file, read_header(v2_file), SD21) == "v_prediction"
     assert "sd2.yaml" in caplog.text and "parameterization: eps" in caplog.text
 
@@ -190,7 +191,7 @@ def test_full_size_checkpoint_loads_offline_with_every_weight_and_generates(
     # float16 halves memory and disk (~2 GB); the CPU engine loads it as float32, which is exact
     written = random_pipeline(arch, seed=5, dtype=torch.float16)
     written.scheduler = written.scheduler.from_config(written.scheduler.config, prediction_type=prediction_type)
-    file = checkpoints.save_single_file(written, tmp_path / "model.safetensors")
+    file = export_single_file.save_single_file(written, tmp_path / "model.safetensors")
     engine = Engine(str(file), device="cpu")
 
     model = engine.model

@@ -1,137 +1,36 @@
-"""Single-file checkpoints in the original (LDM / CompVis) layout: read their facts, write them.
+"""Writing a diffusers SD 1.x/2.x pipeline as one single-file checkpoint in the original (LDM / CompVis) layout.
 
-Reading: what a checkpoint is (diffusers' `infer_diffusers_model_type` over its key names and
-shapes, read without loading the weights) and which parameterisation it was trained for, so
-`studio.models` can load it offline against a local config folder (studio/architectures.py).
-
-Writing: `save_single_file(pipeline, path)` is the inverse of diffusers' single-file converters
+`save_single_file(pipeline, path)` is the inverse of diffusers' single-file converters
 (`diffusers.loaders.single_file_utils.convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint`,
 `convert_ldm_clip_checkpoint`, `convert_open_clip_checkpoint`), which ship only the
 original -> diffusers direction. The key names follow the original Stable Diffusion repositories
 (CompVis/stable-diffusion `ldm/modules/diffusionmodules/openaimodel.py` and `model.py`, OpenCLIP's
 text transformer); the round trip through diffusers' loader is the test (tests/test_single_file.py).
+Reading such files is studio/single_file.py.
 
-Command line: `python -m studio.checkpoints export <diffusers folder> <file.safetensors>`.
+Command line: `python -m studio.export_single_file <diffusers folder> <file.safetensors>`.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
-import yaml
-from diffusers import StableDiffusionPipeline
-from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES, infer_diffusers_model_type
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from studio.architectures import Architecture
 from studio.errors import ModelLoadError
-
-logger = logging.getLogger(__name__)
+from studio.models import open_folder
+from studio.single_file import METADATA_TO_PREDICTION, PREDICTION_METADATA_KEY
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."  # SD 1.x: OpenAI CLIP, stored in transformers' own layout
 OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x: OpenCLIP ViT-H text tower
-# Stability's ModelSpec metadata key (also written by kohya's sd-scripts): "epsilon" or "v"
-PREDICTION_METADATA_KEY = "modelspec.prediction_type"
-_METADATA_TO_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction"}
 
 # ---------------------------------------------------------------------------------------------
-# Reading
-
-
-@dataclass(frozen=True)
-class CheckpointHeader:
-    """What a checkpoint file says about itself without its weights."""
-
-    model_type: str  # diffusers' infer_diffusers_model_type name ("v1", "v2", "xl_base", "inpainting", ...)
-    metadata: dict[str, str]  # safetensors header metadata; empty for .ckpt
-
-
-def read_header(path: Path) -> CheckpointHeader:
-    """The model type (from key names and shapes) and metadata of a .safetensors or .ckpt file.
-
-    .safetensors: only the header is read (shapes become meta tensors, so diffusers' type
-    heuristics run unchanged). .ckpt is a pickle: it is memory-mapped with `weights_only=True`,
-    so it runs no code and reads only the pages the heuristics touch.
-    """
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                shapes = {key: torch.empty(handle.get_slice(key).get_shape(), device="meta") for key in handle.keys()}
-                metadata = dict(handle.metadata() or {})
-        except (SafetensorError, OSError, ValueError) as error:
-            raise ModelLoadError(f"{path} is not a readable .safetensors file ({error}); it may be truncated or corrupt.") from error
-    else:
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except (RuntimeError, OSError, ValueError, EOFError) as error:
-            raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({error}); it may be truncated or corrupt.") from error
-        while isinstance(loaded, dict) and "state_dict" in loaded:  # Lightning checkpoints nest the weights
-            loaded = loaded["state_dict"]
-        if not isinstance(loaded, dict):
-            raise ModelLoadError(f"{path} holds a {type(loaded).__name__}, not a state dict of weights.")
-        shapes, metadata = {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}, {}
-    if not shapes:
-        raise ModelLoadError(f"{path} holds no tensors; it is not a model checkpoint.")
-    try:
-        model_type = infer_diffusers_model_type(shapes)
-    except (KeyError, IndexError, AttributeError) as error:  # heuristics that index keys absent here
-        raise ModelLoadError(f"{path} is not a Stable Diffusion checkpoint: its weights match no known layout.") from error
-    # infer_diffusers_model_type answers "v1" for anything it does not recognise: insist on its marker
-    if model_type == "v1" and CHECKPOINT_KEY_NAMES["v1"] not in shapes:
-        raise ModelLoadError(
-            f"{path} is not a Stable Diffusion checkpoint in the original layout: it lacks the UNet weights "
-            f"(e.g. {CHECKPOINT_KEY_NAMES['v1']}). A diffusers folder loads as a folder."
-        )
-    return CheckpointHeader(model_type=model_type, metadata=metadata)
-
-
-def resolve_prediction_type(path: Path, header: CheckpointHeader, arch: Architecture) -> str:
-    """The parameterisation a checkpoint was trained for ("epsilon" or "v_prediction").
-
-    Weights cannot tell: SD 2.x exists as v-prediction (2.0/2.1 at 768) and as epsilon (2.x-base at
-    512) with identical shapes. In order of trust:
-    1. the original config beside the file (`<name>.yaml`, the LDM / AUTOMATIC1111 convention):
-       `model.params.parameterization: "v"` means v-prediction, its absence epsilon (LDM's default);
-    2. the safetensors metadata `modelspec.prediction_type` ("epsilon" / "v"), which
-       `save_single_file` writes;
-    3. the architecture's published default (SD 1.x epsilon; SD 2.x v-prediction, diffusers' own
-       choice for "v2") -- logged as a warning for SD 2.x, where it may be wrong.
-    """
-    sidecar = path.with_suffix(".yaml")
-    if sidecar.is_file():
-        try:
-            params = (yaml.safe_load(sidecar.read_text()) or {}).get("model", {}).get("params", {})
-            return "v_prediction" if params.get("parameterization") == "v" else "epsilon"
-        except (yaml.YAMLError, AttributeError, OSError) as error:  # AttributeError: not a mapping
-            raise ModelLoadError(f"Could not read the model config {sidecar}: {error}") from error
-    declared = header.metadata.get(PREDICTION_METADATA_KEY)
-    if declared is not None:
-        if declared not in _METADATA_TO_PREDICTION:
-            raise ModelLoadError(
-                f"{path} declares {PREDICTION_METADATA_KEY}={declared!r}; expected one of {sorted(_METADATA_TO_PREDICTION)}."
-            )
-        return _METADATA_TO_PREDICTION[declared]
-    default = arch.scheduler.get("prediction_type", "epsilon")
-    if header.model_type == "v2":
-        logger.warning(
-            "%s does not say its prediction type; assuming %s (SD 2.0/2.1 at 768). For an epsilon model "
-            "(SD 2.x-base, 512) put its original config beside it as %s (or just `model: {params: "
-            "{parameterization: eps}}`).",
-            path, default, sidecar.name,
-        )
-    return default
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing: diffusers -> original key names
+# diffusers -> original key names
 
 
 def _unet_resnet(ldm: str, hf: str) -> Iterator[tuple[str, str]]:
@@ -297,7 +196,7 @@ def save_single_file(pipeline, path: Path) -> Path:
     if path.suffix != ".safetensors":
         raise ModelLoadError(f"Export writes .safetensors files (no pickles); {path.name} has another suffix.")
     prediction_type = pipeline.scheduler.config.get("prediction_type", "epsilon")
-    declared = {value: key for key, value in _METADATA_TO_PREDICTION.items()}.get(prediction_type)
+    declared = {value: key for key, value in METADATA_TO_PREDICTION.items()}.get(prediction_type)
     if declared is None:
         raise ModelLoadError(f"The pipeline's prediction type {prediction_type!r} has no single-file equivalent.")
     # safetensors refuses shared or non-contiguous storage (the q/k/v slices, views of tied weights)
@@ -309,22 +208,13 @@ def save_single_file(pipeline, path: Path) -> Path:
 
 def export(folder: Path, path: Path) -> Path:
     """`save_single_file` of a local diffusers folder (SD 1.x/2.x), weights in their stored precision."""
-    if not (folder / "model_index.json").is_file():
-        raise ModelLoadError(f"{folder} is not a diffusers model folder (it has no model_index.json).")
-    try:
-        pipeline = StableDiffusionPipeline.from_pretrained(
-            folder, local_files_only=True, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
-        raise ModelLoadError(f"Could not load the diffusers folder {folder}: {error}") from error
-    return save_single_file(pipeline, path)
+    return save_single_file(open_folder(folder), path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studio.checkpoints", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    export_parser = commands.add_parser("export", help="write a diffusers SD 1.x/2.x folder as one original-layout .safetensors file")
-    export_parser.add_argument("folder", type=Path)
-    export_parser.add_argument("file", type=Path)
+    parser = argparse.ArgumentParser(prog="python -m studio.export_single_file", description=__doc__.split("\n")[0])
+    parser.add_argument("folder", type=Path, help="a diffusers SD 1.x/2.x model folder (with model_index.json)")
+    parser.add_argument("file", type=Path, help="the .safetensors file to write")
     args = parser.parse_args(argv)
     try:
         written = export(args.folder.expanduser(), args.file.expanduser())
