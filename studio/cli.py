@@ -7,7 +7,7 @@
     studio edit diffedit photo.png --source "a red circle" --target "a blue circle" --out runs/diffedit
     studio edit p2p --source "a big red circle" --target "a big red square" --edit "word swap" --seed 3
     studio invert photo.png --prompt "a red circle on a blue background" --method null_text edict --out runs/inv
-    studio edit p2p --inversion runs/inv/null_text.inversion.pt --target "a blue circle on a blue background"
+    studio edit p2p --inversion runs/inv/null_text.inversion.safetensors --target "a blue circle on a blue background"
 
 Each image is a PNG carrying its settings (A1111 `parameters` text and our JSON), exactly as the
 app writes them, so the app's "load settings from PNG" and other tools read them back. A
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import sys
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
@@ -151,11 +150,10 @@ def read_mask(path: str | None) -> Any:
 
 
 def run_invert(engine: Any, args: argparse.Namespace) -> int:
-    """Reconstruction PNG(s), and `<method>.inversion.pt` for `studio edit ... --inversion` (trusted files only:
-    it is a pickle of tensors and the prepared image)."""
-    import torch
-
+    """Reconstruction PNG(s), and `<method>.inversion.safetensors` for `studio edit ... --inversion`
+    (data only: studio.inversion.file)."""
     from studio.inversion import InversionSpec
+    from studio.inversion.file import INVERSION_SUFFIX, save_inversion
 
     image = read_image(args.image)
     output = Output(args.out)
@@ -164,26 +162,19 @@ def run_invert(engine: Any, args: argparse.Namespace) -> int:
                              keep_size=args.keep_size)
         result = finish(engine.invert(spec, image), method)
         output.save(result, [f"{method}-reconstruction"])
-        torch.save(result.inversion, output.folder / f"{method}.inversion.pt")
+        save_inversion(result.inversion, output.folder / f"{method}{INVERSION_SUFFIX}")
         metrics = {k: v for k, v in result.inversion.metrics.items() if isinstance(v, (int, float, str))}
         print(json.dumps({"method": method, **metrics}, default=str), file=sys.stderr)
     return 0
 
 
-def read_inversion(path: str | None) -> Any:
+def read_inversion(engine: Any, path: str | None) -> Any:
+    """The inversion `studio invert` wrote to `path`, on the engine's device; None without one."""
     if path is None:
         return None
-    import torch
+    from studio.inversion.file import load_inversion
 
-    from studio.inversion import Inversion
-
-    try:
-        inversion = torch.load(path, weights_only=False)  # our own file, written by `studio invert`
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        raise StudioError(f"Could not read the inversion {path}: {error}") from error
-    if not isinstance(inversion, Inversion):
-        raise StudioError(f"{path} is not an inversion written by `studio invert`.")
-    return inversion
+    return load_inversion(path, engine.device)
 
 
 def run_sdedit(engine: Any, args: argparse.Namespace) -> int:
@@ -207,7 +198,7 @@ def run_diffedit(engine: Any, args: argparse.Namespace) -> int:
     spec = DiffEditSpec(source_prompt=args.source, target_prompt=args.target, steps=args.steps,
                         guidance_scale=args.guidance, threshold=args.threshold, edit_strength=args.strength,
                         seed=args.seed, keep_size=args.keep_size)
-    inversion = read_inversion(args.inversion)
+    inversion = read_inversion(engine, args.inversion)
     image = read_image(args.image) if args.image else None
     if (image is None) == (inversion is None):
         raise StudioError("Give an image or --inversion (one of them).")
@@ -226,7 +217,7 @@ def run_p2p(engine: Any, args: argparse.Namespace) -> int:
     spec = P2PSpec(source_prompt=args.source, target_prompt=args.target, edit=args.edit, seed=args.seed,
                    steps=args.steps, guidance_scale=args.guidance, blend_words=tuple(args.blend or ()),
                    size=args.size)
-    result = finish(engine.p2p(spec, read_inversion(args.inversion)), "Prompt-to-Prompt")
+    result = finish(engine.p2p(spec, read_inversion(engine, args.inversion)), "Prompt-to-Prompt")
     Output(args.out).save(result, ["source", "edited"])
     return 0
 

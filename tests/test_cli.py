@@ -92,12 +92,12 @@ def test_invert_then_edit_the_inversion(tiny_model_dir, tmp_path):
     assert studio(tiny_model_dir, "invert", photo, "--prompt", "a red circle", "--method", "negative_prompt", "ddim",
                   "--steps", 3, "--out", tmp_path / "inv") == 0
     assert sorted(p.name for p in (tmp_path / "inv").iterdir()) == [
-        "0000-negative_prompt-reconstruction.png", "0001-ddim-reconstruction.png", "ddim.inversion.pt",
-        "negative_prompt.inversion.pt", "results.jsonl"]
-    assert studio(tiny_model_dir, "edit", "p2p", "--inversion", tmp_path / "inv" / "negative_prompt.inversion.pt",
+        "0000-negative_prompt-reconstruction.png", "0001-ddim-reconstruction.png", "ddim.inversion.safetensors",
+        "negative_prompt.inversion.safetensors", "results.jsonl"]
+    assert studio(tiny_model_dir, "edit", "p2p", "--inversion", tmp_path / "inv" / "negative_prompt.inversion.safetensors",
                   "--target", "a blue circle", "--edit", "word swap", "--out", tmp_path / "p2p") == 0
     assert len(list((tmp_path / "p2p").glob("*.png"))) == 2
-    assert studio(tiny_model_dir, "edit", "diffedit", "--inversion", tmp_path / "inv" / "ddim.inversion.pt",
+    assert studio(tiny_model_dir, "edit", "diffedit", "--inversion", tmp_path / "inv" / "ddim.inversion.safetensors",
                   "--source", "a red circle", "--target", "a blue circle", "--out", tmp_path / "diffedit") == 0
     assert (tmp_path / "diffedit" / "0000-edited.png").exists()
 
@@ -121,3 +121,20 @@ def test_an_inversion_file_that_is_not_one_is_refused(tiny_model_dir, tmp_path, 
     assert studio(tiny_model_dir, "edit", "p2p", "--inversion", bogus, "--target", "a blue circle",
                   "--out", tmp_path / "out") == 2
     assert "Could not read the inversion" in capsys.readouterr().err
+
+
+def test_an_old_pickled_inversion_is_refused_unread(tiny_model_dir, tmp_path, capsys):
+    import os
+
+    import torch
+
+    class WritesAFileWhenUnpickled:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+    shared = tmp_path / "null_text.inversion.pt"
+    torch.save(WritesAFileWhenUnpickled(), shared)
+    assert studio(tiny_model_dir, "edit", "diffedit", "--inversion", shared, "--source", "a red circle",
+                  "--target", "a blue circle", "--out", tmp_path / "out") == 2
+    assert "it is a pickle" in capsys.readouterr().err
+    assert not (tmp_path / "pwned").exists()
