@@ -57,8 +57,7 @@ class Denoiser:
         return cond_position * batch + image
 
     def alpha_bar(self, t: Tensor) -> Tensor:
-        # Some schedulers (Euler) keep float timesteps; the nearest trained one indexes alpha_bar.
-        return self.alphas_cumprod[int(torch.as_tensor(t).round().item())]
+        return schedule.alpha_bar_at(self.alphas_cumprod, t)
 
     def to_x0(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         return schedule.to_x0(prediction, x_t, self.alpha_bar(t), self.prediction_type)

@@ -296,7 +296,7 @@ class Engine:
         if not spec.uses_global_guidance:
             return ClassifierFreeGuidance(cond=prompt, uncond=uncond, scale=spec.guidance_scale)
         plan = self._plan(spec, timesteps, alphas_cumprod)
-        shared = dict(timesteps=plan.timesteps, alphas_cumprod=alphas_cumprod, prediction_type=self.prediction_type)
+        shared = dict(alphas_cumprod=alphas_cumprod, prediction_type=self.prediction_type)
         guider: Guider = MultiConditionGuidance(
             uncond=uncond, conditions=[prompt, *conditions], weights=plan.weights, rescale=spec.guidance_rescale,
             **shared,
@@ -314,7 +314,7 @@ class Engine:
         """NFE per step (UNet predictions per image per step, all in one batched call) and, with classifier
         guidance, its gradient evaluations and seconds per step beside the whole sampling step's
         (UNet, guidance, scheduler, previews)."""
-        report: dict = {"nfe_per_step": len(guider.conds)}
+        report: dict = {"nfe_per_step": len(guider.conds_at(0))}
         if isinstance(guider, ClassifierGuidance):
             report.update({
                 "classifier_gradient": guider.gradient_seconds,

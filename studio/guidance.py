@@ -3,13 +3,13 @@
 A guider lists the conditions it needs (`conds`, evaluated by the denoiser in ONE batched call)
 and `combine`s their predictions for the current step. Predictions arrive in the model's own
 parameterisation (eps, v or x0). Affine rules whose weights sum to one -- CFG and its
-multi-condition form -- commute with the conversions between them (seed 2.1, "the same mixing
-rule"), so they run on the raw outputs. Guidance rescale (a ratio of standard deviations) and the
+multi-condition form -- commute with the conversions between them (each conversion is affine in
+the prediction), so they run on the raw outputs. Guidance rescale (a ratio of standard deviations) and the
 classifier gradient (a shift of the score) do not; those convert to one common form first (x0 and
 eps respectively) and back, so every prediction type gets the same result -- no special cases.
 
-    cfg                      eps_u + w (eps_c - eps_u)                           (Ho & Salimans 2022)
-    multi_condition_cfg      eps_u + sum_k w_k(t) (eps_k - eps_u), w_k < 0 negative  (seed 2.4.3)
+    cfg                      eps_u + w (eps_c - eps_u)                           (Ho & Salimans 2022 eq. 6)
+    multi_condition_cfg      eps_u + sum_k w_k(t) (eps_k - eps_u), w_k < 0 negative  (Liu et al. 2022, AND/NOT)
     rescale_guidance         std-matching of the guided x0 to the prompt's x0    (Lin et al. 2023 §3.4)
     classifier_guided_eps    eps - sqrt(1-ab) s(t) grad log p(c | x_t)           (Dhariwal & Nichol 2021 eq. 14)
     schedule_factors         f(t) of w_k(t) = w_k f(t): constant, SNR^alpha, sigma^-beta, ramps, windows
@@ -39,8 +39,9 @@ def cfg(uncond: Tensor, cond: Tensor, scale: float) -> Tensor:
 
 
 def multi_condition_cfg(uncond: Tensor, conds: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
-    """Seed 2.4.3: eps_u + sum_k w_k (eps_k - eps_u). A negative w_k is a negative condition, the
-    seed's "- sum_m w_m (eps_m - eps_u)" term. With one condition this is `cfg`, operation for operation."""
+    """eps_u + sum_k w_k (eps_k - eps_u): Liu et al. 2022's concept conjunction (AND); a negative w_k is a
+    negative condition, their negation (NOT) in the same sum. With one condition this is `cfg` (Ho &
+    Salimans 2022 eq. 6, with w = 1 + their w), operation for operation."""
     guided = uncond
     for cond, weight in zip(conds, weights, strict=True):
         guided = guided + weight * (cond - uncond)
@@ -58,7 +59,8 @@ def rescale_guidance(guided: Tensor, positive: Tensor, phi: float) -> Tensor:
 
 def classifier_guided_eps(eps: Tensor, gradient: Tensor, alpha_bar: float | Tensor, strength: float) -> Tensor:
     """Dhariwal & Nichol 2021 eq. 14: eps_hat = eps - sqrt(1 - ab) s grad_x log p(c | x_t).
-    The score is -eps / sqrt(1 - ab) (seed 2.3), so this adds s grad log p to it: the seed's 2.2 drift."""
+    The score is -eps / sqrt(1 - ab) (their eq. 11), so this adds s grad log p to it: the classifier term
+    of the conditional reverse SDE (Song et al. 2021, score SDE, eq. 14), scaled by s."""
     noise_scale = torch.as_tensor(1 - alpha_bar, dtype=torch.float64).sqrt().to(eps)
     return eps - noise_scale * strength * gradient
 
@@ -72,7 +74,8 @@ def schedule_factors(kind: str, exponent: float, start: float, stop: float, alph
     """Per-step factor f_i of a weight, w_k(t_i) = w_k f_i, for a run whose steps have alpha_bars (N,).
 
     constant  1
-    snr       SNR(t)^alpha (seed 2.4.3): ~0 at high noise, 1 where signal and noise are equal, >1 after
+    snr       SNR(t)^alpha (our own schedule, from no paper): ~0 at high noise, 1 where signal and noise
+              are equal, >1 after
     sigma     sigma(t)^-beta with sigma = sqrt((1-ab)/ab): the same family, SNR^(beta/2)
     ramp_up   0 -> 1 linearly across the window; ramp_down 1 -> 0
     The window keeps steps whose progress i/(N-1) lies in [start, stop]; outside it f = 0.
@@ -161,11 +164,16 @@ def classifier_gradient(classifier: nn.Module, x_t: Tensor, t: Tensor, target: C
 
 
 class Guider(Protocol):
-    conds: Sequence[Cond]  # what the denoiser evaluates, in this order
-    primary: int  # position in `conds` of the prompt being drawn (attention maps show it)
+    """Combines per-condition predictions; the sampler tells it the step index i (nothing counts steps)."""
 
-    def combine(self, predictions: Sequence[Tensor], t: Tensor, x_t: Tensor) -> Tensor:
-        """predictions[i] for conds[i], in the model's parameterisation; x_t the (scaled) latents they saw."""
+    primary: int  # position in `conds_at(i)` of the prompt being drawn (attention maps show it)
+
+    def conds_at(self, i: int) -> Sequence[Cond]:
+        """What the denoiser evaluates at step i, in this order (the same number at every step)."""
+        ...
+
+    def combine(self, predictions: Sequence[Tensor], i: int, t: Tensor, x_t: Tensor) -> Tensor:
+        """predictions[k] for conds_at(i)[k], in the model's parameterisation; x_t the (scaled) latents they saw."""
         ...
 
 
@@ -184,21 +192,20 @@ class ClassifierFreeGuidance:
     def primary(self) -> int:
         return len(self.conds) - 1
 
-    def combine(self, predictions: Sequence[Tensor], t: Tensor, x_t: Tensor | None = None) -> Tensor:
+    def conds_at(self, i: int) -> list[Cond]:
+        return self.conds
+
+    def combine(self, predictions: Sequence[Tensor], i: int, t: Tensor, x_t: Tensor | None = None) -> Tensor:
         if self.scale == 1:
             return predictions[0]
         uncond, cond = predictions
         return cfg(uncond, cond, self.scale)
 
 
-def _step_index(timesteps: Tensor, t: Tensor) -> int:
-    """Which of the run's steps t is (exact for every scheduler: each step has its own timestep)."""
-    return int((timesteps.double().cpu() - float(t)).abs().argmin())
-
-
 @dataclass
 class MultiConditionGuidance:
-    """Seed 2.4.3 with per-step weights: eps_u + sum_k w_k(t) (eps_k - eps_u), optionally rescaled.
+    """Multi-condition guidance (Liu et al. 2022's conjunction) with per-step weights:
+    eps_u + sum_k w_k(t) (eps_k - eps_u), optionally rescaled (Lin et al. 2023 §3.4).
 
     `weights` (N, K) is precomputed data (per step, per condition; schedules and windows applied),
     so the plot the UI draws is exactly what runs. conditions[0] is the prompt; `uncond` the
@@ -208,7 +215,6 @@ class MultiConditionGuidance:
     uncond: Cond
     conditions: Sequence[Cond]
     weights: Tensor  # (N, K) signed weight of condition k at step i
-    timesteps: Tensor  # (N,) the run's timesteps: combine() finds its row of `weights` by t
     alphas_cumprod: Tensor  # (num_train_timesteps,) for conversions
     prediction_type: str
     rescale: float = 0.0  # phi; the prompt's prediction is the "positive" one of Lin et al.
@@ -221,14 +227,16 @@ class MultiConditionGuidance:
     def primary(self) -> int:
         return 1
 
-    def combine(self, predictions: Sequence[Tensor], t: Tensor, x_t: Tensor) -> Tensor:
+    def conds_at(self, i: int) -> list[Cond]:
+        return self.conds
+
+    def combine(self, predictions: Sequence[Tensor], i: int, t: Tensor, x_t: Tensor) -> Tensor:
         uncond, *conds = predictions
-        weights = self.weights[_step_index(self.timesteps, t)].tolist()
-        guided = multi_condition_cfg(uncond, conds, weights)  # affine: fine in the model's own form
+        guided = multi_condition_cfg(uncond, conds, self.weights[i].tolist())  # affine: fine in the model's own form
         if self.rescale > 0:
             # std ratios do not commute with eps/v/x0 conversions: rescale the clean-image estimates
             # (x0 is finite at every t, zero terminal SNR included, for v and x0 models).
-            alpha_bar = self.alphas_cumprod[int(torch.as_tensor(t).round())]
+            alpha_bar = schedule.alpha_bar_at(self.alphas_cumprod, t)
             guided_x0 = schedule.to_x0(guided, x_t, alpha_bar, self.prediction_type)
             positive_x0 = schedule.to_x0(conds[0], x_t, alpha_bar, self.prediction_type)
             rescaled = rescale_guidance(guided_x0, positive_x0, self.rescale)
@@ -238,7 +246,7 @@ class MultiConditionGuidance:
 
 @dataclass
 class ClassifierGuidance:
-    """Wraps any guider and adds the classifier's gradient (seed 2.2), so it combines with CFG.
+    """Wraps any guider and adds the classifier's gradient (Dhariwal & Nichol 2021 §4), so it combines with CFG.
 
     Only this part needs autograd; the UNet stays under no_grad. Counts its gradient evaluations and
     the seconds they took, so the cost per step can be shown beside the UNet's."""
@@ -247,24 +255,22 @@ class ClassifierGuidance:
     classifier: nn.Module
     target: ClassifierTarget
     strengths: Tensor  # (N,) s(t_i): strength times its schedule factor
-    timesteps: Tensor  # (N,)
     alphas_cumprod: Tensor
     prediction_type: str
     gradient_evaluations: int = field(default=0, init=False)
     gradient_seconds: float = field(default=0.0, init=False)
 
     @property
-    def conds(self) -> Sequence[Cond]:
-        return self.inner.conds
-
-    @property
     def primary(self) -> int:
         return self.inner.primary
 
-    def combine(self, predictions: Sequence[Tensor], t: Tensor, x_t: Tensor) -> Tensor:
-        guided = self.inner.combine(predictions, t, x_t)
-        strength = float(self.strengths[_step_index(self.timesteps, t)])
-        alpha_bar = self.alphas_cumprod[int(torch.as_tensor(t).round())]
+    def conds_at(self, i: int) -> Sequence[Cond]:
+        return self.inner.conds_at(i)
+
+    def combine(self, predictions: Sequence[Tensor], i: int, t: Tensor, x_t: Tensor) -> Tensor:
+        guided = self.inner.combine(predictions, i, t, x_t)
+        strength = float(self.strengths[i])
+        alpha_bar = schedule.alpha_bar_at(self.alphas_cumprod, t)
         # At zero SNR p(c | x_T) = p(c): the true gradient is 0, and eps -> v/x0 would divide by 0.
         if strength == 0 or float(alpha_bar) == 0:
             return guided

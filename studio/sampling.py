@@ -2,16 +2,17 @@
 
 Like k-diffusion's samplers, the loop is a short function of (denoiser, guider, scheduler,
 timesteps, x) that reports each step as a plain dict {i, t, x, denoised}; it knows neither prompts
-nor attention. Attention control learns the step index from `on_step_begin`, never by counting
-layer calls. `sample_steps` is the loop as a generator (the engine streams events from it);
-`sample` drives it with a callback.
+nor attention. The loop tells the step index to everything that depends on it: attention control
+(`on_step_begin`), the guider (`conds_at(i)`, `combine(..., i, ...)`), step rules of our own
+(`StepRule.step_at`) and post-step work (`after_step(i, x)`, e.g. masked SDEdit's two-branch update,
+Prompt-to-Prompt's local blend); nothing counts steps or looks its step up by timestep.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from diffusers import (
@@ -56,48 +57,63 @@ def step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None) ->
     return kwargs
 
 
+class StepRule(Protocol):
+    """A step rule of our own (inverse DDIM, masked DDIM): like a scheduler, but told the step index."""
+
+    def scale_model_input(self, x: Tensor, t: Tensor) -> Tensor: ...
+
+    def step_at(self, i: int, output: Tensor, t: Tensor, x: Tensor) -> Tensor:
+        """The state step i lands on, from the model output at (x, t)."""
+        ...
+
+
+class SchedulerSteps:
+    """A diffusers scheduler as a StepRule: the scheduler keeps its own step state (multistep solvers),
+    and gets eta = 0 (DDIM) and the generator (ancestral steps) as StableDiffusionPipeline passes them."""
+
+    def __init__(self, scheduler: SchedulerMixin, generator: torch.Generator | None):
+        self.scheduler = scheduler
+        self.extra = step_kwargs(scheduler, generator)
+
+    def scale_model_input(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.scheduler.scale_model_input(x, t)
+
+    def step_at(self, i: int, output: Tensor, t: Tensor, x: Tensor) -> Tensor:
+        return self.scheduler.step(output, t, x, **self.extra, return_dict=False)[0]
+
+
+StepHook = Callable[[int, Tensor], Tensor]  # after_step(i, x) -> x: post-step work (masked updates, local blend)
+
+
 def sample_steps(
     denoiser: Denoiser,
     guider: Guider,
-    scheduler: SchedulerMixin,
+    scheduler: SchedulerMixin | StepRule,
     timesteps: Tensor,
     x: Tensor,
     cancel: CancelToken | None = None,
     generator: torch.Generator | None = None,
     on_step_begin: Callable[[int, Tensor], None] | None = None,
+    after_step: StepHook | None = None,
 ) -> Iterator[StepState]:
     """Denoise x (B, C, h, w), already scaled by scheduler.init_noise_sigma, yielding after each step.
 
-    The last state's "x" is the result. Raises CancelledError between steps once `cancel` is set.
+    Step i: `on_step_begin(i, t)` (attention control), one batched prediction of the guider's conditions
+    at step i, `guider.combine(predictions, i, t, x_t)`, the scheduler's step, then `after_step(i, x)`,
+    whose result is the step's state. The last state's "x" is the result. Raises CancelledError
+    between steps once `cancel` is set.
     """
-    extra = step_kwargs(scheduler, generator)
+    rule = SchedulerSteps(scheduler, generator) if isinstance(scheduler, SchedulerMixin) else scheduler
     for i, t in enumerate(timesteps):
         if cancel is not None and cancel.cancelled:
             raise CancelledError(f"Cancelled after {i} of {len(timesteps)} steps.")
         if on_step_begin is not None:
             on_step_begin(i, t)
-        model_input = scheduler.scale_model_input(x, t)  # the VP x_t the network expects
-        predictions = denoiser.predict(model_input, t, guider.conds)
-        guided = guider.combine(predictions, t, model_input)
+        model_input = rule.scale_model_input(x, t)  # the VP x_t the network expects
+        predictions = denoiser.predict(model_input, t, guider.conds_at(i))
+        guided = guider.combine(predictions, i, t, model_input)
         denoised = denoiser.to_x0(guided, model_input, t)
-        x = scheduler.step(guided, t, x, **extra, return_dict=False)[0]
+        x = rule.step_at(i, guided, t, x)
+        if after_step is not None:
+            x = after_step(i, x)
         yield {"i": i, "t": t, "x": x, "denoised": denoised}
-
-
-def sample(
-    denoiser: Denoiser,
-    guider: Guider,
-    scheduler: SchedulerMixin,
-    timesteps: Tensor,
-    x: Tensor,
-    on_step: Callable[[StepState], None] | None = None,
-    cancel: CancelToken | None = None,
-    generator: torch.Generator | None = None,
-    on_step_begin: Callable[[int, Tensor], None] | None = None,
-) -> Tensor:
-    """`sample_steps` run to the end with a callback; returns the final latents."""
-    for state in sample_steps(denoiser, guider, scheduler, timesteps, x, cancel, generator, on_step_begin):
-        if on_step is not None:
-            on_step(state)
-        x = state["x"]
-    return x

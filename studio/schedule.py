@@ -2,8 +2,8 @@
 
 `ab` is alpha_bar_t (the scheduler's `alphas_cumprod[t]`), a float or a broadcastable tensor.
 Conversions between the three parameterisations a network may predict (eps, v, x0), the
-deterministic DDIM step (Song et al. 2021, eq. 12 with sigma=0) and its inverse (the seed's
-"DDIM inversion", used by null-text inversion), and noising an image to a chosen t (SDEdit).
+deterministic DDIM step (Song et al. 2021, eq. 12 with sigma=0) and its inverse (DDIM
+inversion, Song et al. 2021 §4.3; the pivot of null-text inversion, Mokady et al. 2023), and noising an image to a chosen t (SDEdit).
 With zero terminal SNR (ab = 0 at t = T) eps -> x0 divides by zero; v -> x0 does not, which is
 why v-prediction models are converted through v whenever possible.
 """
@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+
+def alpha_bar_at(alphas_cumprod: Tensor, t: Tensor | float) -> Tensor:
+    """alpha_bar of timestep t; float timesteps (Euler's) index the nearest trained one."""
+    return alphas_cumprod[int(torch.as_tensor(t).round().item())]
 
 
 def _roots(alpha_bar: float | Tensor) -> tuple[Tensor, Tensor]:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from studio.editing import masks
 from studio.editing.diffedit import DiffEditSpec, MaskedDDIM, MaskResult, masked_ddim_step, probe_timesteps
+from studio.editing.masks import follow_off_mask
 from studio.errors import InvalidInputError
 from studio.events import Mask, Progress
 from studio.images import encode_image
@@ -107,19 +108,19 @@ def test_masked_ddim_keeps_the_latents_off_the_mask_on_the_given_inversion_path(
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 2:5, 2:5] = 1
     timesteps = torch.tensor([799, 399])
-    on_path = MaskedDDIM(timesteps, scheduler.alphas_cumprod, "v_prediction", mask, original, off_mask=[halfway, original])
-    plain = MaskedDDIM(timesteps, scheduler.alphas_cumprod, "v_prediction", mask, original)
-    (stepped,) = on_path.step(output, timesteps[0], start)
-    (seed_step,) = plain.step(output, timesteps[0], start)
+    step_rule = MaskedDDIM(timesteps, scheduler.alphas_cumprod, "v_prediction", mask, original)
+    on_path = follow_off_mask(mask, [halfway, original])  # the post-step hook DiffEdit adds with an inversion
+    seed_step = step_rule.step_at(0, output, timesteps[0], start)
+    stepped = on_path(0, seed_step)
     assert torch.equal(stepped * (1 - mask), halfway * (1 - mask))  # off the mask: the inversion's state
     assert torch.equal(stepped * mask, seed_step * mask)  # on it: the target's DDIM step, as without a path
-    (last,) = on_path.step(output, timesteps[1], stepped)
+    last = on_path(1, step_rule.step_at(1, output, timesteps[1], stepped))
     assert torch.equal(last * (1 - mask), original * (1 - mask))
 
 
 @pytest.mark.parametrize("case", [0, 2, 4])
 def test_colour_edits_that_came_out_as_noise_off_the_inversion_path_succeed(engine, case):
-    """Three of bench/diffedit.py's scenes whose edit, with the seed's re-noised x_0 off the mask, came out as
+    """Three of bench/diffedit.py's scenes whose edit, with x_0 re-noised off the mask, came out as
     noise inside the mask on the embedded model (4 of 8 failed; 1 of 8 following the inversion's path)."""
     scene = load("diffedit").cases(case + 1)[case]
     spec = DiffEditSpec(scene["source"], scene["target"], steps=25, guidance_scale=5.0, seed=scene["seed"], keep_size=True)

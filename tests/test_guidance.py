@@ -110,16 +110,16 @@ def test_guidance_gives_the_same_result_for_eps_v_and_x0_predictions(with_classi
     for prediction_type in PREDICTION_TYPES:
         as_model = [schedule.from_eps(e, x_t, alpha_bar, prediction_type) for e in eps_predictions]
         guider = MultiConditionGuidance(
-            uncond=_cond(), conditions=[_cond()] * 3, weights=weights, timesteps=timesteps,
+            uncond=_cond(), conditions=[_cond()] * 3, weights=weights,
             alphas_cumprod=alphas_cumprod, prediction_type=prediction_type, rescale=0.7,
         )
         if with_classifier:
             guider = ClassifierGuidance(
                 inner=guider, classifier=classifier, target=classifier_targets()["red object"],
-                strengths=torch.full((3,), 3.0), timesteps=timesteps, alphas_cumprod=alphas_cumprod,
+                strengths=torch.full((3,), 3.0), alphas_cumprod=alphas_cumprod,
                 prediction_type=prediction_type,
             )
-        guided = guider.combine(as_model, t, x_t)
+        guided = guider.combine(as_model, 1, t, x_t)
         results[prediction_type] = schedule.to_eps(guided, x_t, alpha_bar, prediction_type)
 
     assert not torch.allclose(results["epsilon"], eps_predictions[0])  # guidance did something
@@ -134,10 +134,10 @@ def test_rescale_is_applied_to_the_clean_image_estimate():
     x_t = torch.randn(1, 4, 8, 8, generator=generator, dtype=torch.float64)
     uncond, cond = torch.randn(2, 1, 4, 8, 8, generator=generator, dtype=torch.float64)
     guider = MultiConditionGuidance(
-        uncond=_cond(), conditions=[_cond()], weights=torch.tensor([[6.0]]), timesteps=timesteps,
+        uncond=_cond(), conditions=[_cond()], weights=torch.tensor([[6.0]]),
         alphas_cumprod=alphas_cumprod, prediction_type="epsilon", rescale=1.0,
     )
-    guided_x0 = schedule.x0_from_eps(guider.combine([uncond, cond], timesteps[0], x_t), x_t, alphas_cumprod[500])
+    guided_x0 = schedule.x0_from_eps(guider.combine([uncond, cond], 0, timesteps[0], x_t), x_t, alphas_cumprod[500])
     cond_x0 = schedule.x0_from_eps(cond, x_t, alphas_cumprod[500])
     assert guided_x0.std().item() == pytest.approx(cond_x0.std().item(), rel=1e-9)
 
@@ -146,12 +146,12 @@ def test_the_guider_reads_the_weight_row_of_the_current_step():
     timesteps = torch.tensor([999, 500, 1])
     weights = torch.tensor([[0.0], [2.0], [4.0]])
     guider = MultiConditionGuidance(
-        uncond=_cond(), conditions=[_cond()], weights=weights, timesteps=timesteps,
+        uncond=_cond(), conditions=[_cond()], weights=weights,
         alphas_cumprod=_alphas_cumprod(), prediction_type="epsilon",
     )
     uncond, cond = _tensor(0.0), _tensor(1.0)
-    assert [guider.combine([uncond, cond], t, uncond).item() for t in timesteps] == [0.0, 2.0, 4.0]
-    assert guider.conds[guider.primary] is guider.conditions[0]
+    assert [guider.combine([uncond, cond], i, t, uncond).item() for i, t in enumerate(timesteps)] == [0.0, 2.0, 4.0]
+    assert guider.conds_at(0)[guider.primary] is guider.conditions[0]
 
 
 # --------------------------------------------------------------------------------------------

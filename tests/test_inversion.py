@@ -108,13 +108,14 @@ def test_negative_prompt_inversion_reconstructs_at_w75_for_the_cost_of_ddim(engi
     assert result.settings["inversion_unet_passes"] == 50 and result.settings["backward_passes"] == 0
 
 
-def test_per_step_guider_refuses_steps_out_of_order(engine):
+def test_per_step_guider_serves_the_null_embedding_of_the_step_it_is_told_and_refuses_others(engine):
     cond = engine.encode_prompt(engine.tokenize(CAPTION))
-    guider = PerStepUncondGuidance(cond, [cond, cond], 7.5, torch.tensor([999, 499]))
-    x = torch.zeros(1, 4, 16, 16)
-    guider.combine([x, x], torch.tensor(999), x)
-    with pytest.raises(ValueError, match="expected timestep 499"):
-        guider.combine([x, x], torch.tensor(999), x)
+    null = engine.encode_prompt(engine.tokenize(""))
+    guider = PerStepUncondGuidance(cond, [cond, null], 7.5)
+    assert guider.conds_at(1)[0] is null and guider.conds_at(0)[0] is cond
+    assert guider.conds_at(1)[guider.primary] is cond
+    with pytest.raises(IndexError, match="step 2 of a run with 2"):
+        guider.conds_at(2)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from studio.denoiser import Denoiser
 from studio.errors import CancelledError
 from studio.events import CancelToken
 from studio.guidance import ClassifierFreeGuidance, cfg
-from studio.sampling import make_scheduler, sample
+from studio.sampling import make_scheduler, sample_steps
 
 
 @pytest.fixture
@@ -27,21 +27,35 @@ def parts(tiny_engine):
     return Denoiser(model, scheduler.alphas_cumprod), guider, scheduler, x
 
 
-def test_on_step_gets_index_timestep_latents_and_x0_prediction(parts):
+def test_each_step_reports_index_timestep_latents_and_x0_prediction(parts):
     denoiser, guider, scheduler, x = parts
-    states = []
-    final = sample(denoiser, guider, scheduler, scheduler.timesteps, x, on_step=states.append)
+    states = list(sample_steps(denoiser, guider, scheduler, scheduler.timesteps, x))
     assert [s["i"] for s in states] == [0, 1, 2]
     assert all(s["denoised"].shape == x.shape for s in states)
-    assert torch.equal(final, states[-1]["x"])
+    assert [float(s["t"]) for s in states] == [float(t) for t in scheduler.timesteps]
     assert denoiser.unet_evaluations == 3  # uncond and cond in one call per step
+
+
+def test_the_sampler_tells_the_step_index_to_the_hooks_and_their_result_is_the_state(parts):
+    denoiser, guider, scheduler, x = parts
+    begun, hooked = [], []
+
+    def after_step(i: int, latents: torch.Tensor) -> torch.Tensor:
+        hooked.append(i)
+        return torch.zeros_like(latents) if i == 1 else latents
+
+    states = list(sample_steps(denoiser, guider, scheduler, scheduler.timesteps, x,
+                               on_step_begin=lambda i, t: begun.append(i), after_step=after_step))
+    assert begun == hooked == [0, 1, 2]
+    assert torch.equal(states[1]["x"], torch.zeros_like(x))
 
 
 def test_cancel_stops_between_steps(parts):
     denoiser, guider, scheduler, x = parts
     cancel = CancelToken()
     with pytest.raises(CancelledError, match="after 1 of 3"):
-        sample(denoiser, guider, scheduler, scheduler.timesteps, x, on_step=lambda state: cancel.cancel(), cancel=cancel)
+        for _ in sample_steps(denoiser, guider, scheduler, scheduler.timesteps, x, cancel=cancel):
+            cancel.cancel()
 
 
 def test_cfg_is_the_seed_mixing_rule():

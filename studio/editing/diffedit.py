@@ -1,25 +1,28 @@
-"""DiffEdit (Couairon et al. 2023; seed section 4.3): find where a source and a target prompt disagree, then
+"""DiffEdit (Couairon et al. 2023): find where a source and a target prompt disagree, then
 regenerate only there under the target prompt.
 
     for event in engine.diffedit_mask(spec, image):   # Stage I: Mask events as the probes accumulate
         ...
     events = engine.diffedit(spec, image, mask=touched_up)   # Stage II (Stage I first when mask is None)
 
-Stage I (seed 4.3.2): at probe timesteps t in (0, strength_mask * T], the image's latents noised with a few
+Stage I (Couairon et al.'s Step 1, computing the editing mask; they probe one noise level, we sum several):
+at probe timesteps t in (0, strength_mask * T], the image's latents noised with a few
 noise samples, x_t = sqrt(ab) x_0 + sqrt(1-ab) eps, go through the UNet under [uncond, source, target] in
 ONE batched call; the CFG predictions of source and target are compared, as eps or as x0 (selectable), by
 the L2 norm over latent channels, averaged over noise samples and summed over probes. The map is divided by
 its maximum, upsampled to image size, thresholded at tau and cleaned by open/close (studio.editing.masks).
 
-Stage II (seed 4.3.3): the masked DDIM step under the target prompt from t_edit,
+Stage II (Couairon et al.'s Step 3, decoding with mask guidance): the masked DDIM step under the target
+prompt from t_edit, composed here: the DDIM step (Song et al. 2021, eq. 12) with the image's own x_0 in place of
+x0_hat off the mask,
     x0_mix = (1 - M) x_0 + M x0_hat,   x_prev = sqrt(ab_prev) x0_mix + sqrt(1 - ab_prev) eps_hat,
-taken by `MaskedDDIM`, a scheduler for the one sampling loop. Its last step goes to ab = 1, so the latents
+taken by `MaskedDDIM`, a step rule for the one sampling loop. Its last step goes to ab = 1, so the latents
 off the mask end exactly equal to the image's. It starts from the DDIM inversion of the image under the
 source prompt (studio.inversion, the default; or a given inversion's trajectory) or from the image noised to
 t_edit. Where it starts from an inversion, the latents off the mask follow that inversion's trajectory, as
-Couairon et al. do (their eq. for y_t; diffusers' pipeline too): x_prev = M x_prev + (1 - M) x_inv(t_prev).
-The seed's re-noised x_0 puts eps_hat, the target prompt's guided prediction, off the mask, which the
-inversion never had there; on the embedded model that made 4 of 8 colour edits of bench/diffedit.py come out
+Couairon et al. do (their Step 3, y_t = M y_t + (1 - M) x_t; diffusers' pipeline too):
+x_prev = M x_prev + (1 - M) x_inv(t_prev). Re-noising x_0 off the mask instead (x0_mix alone) puts eps_hat,
+the target prompt's guided prediction, off the mask, which the inversion never had there; on the embedded model that made 4 of 8 colour edits of bench/diffedit.py come out
 as noise inside the mask, against 1 of 8 following the trajectory.
 """
 
@@ -48,12 +51,12 @@ from studio.conditioning import Cond
 from studio.guidance import ClassifierFreeGuidance, Guider, cfg
 from studio.images import encode_image, prepare_image, working_size
 from studio.inversion.ddim import ddim_inversion_steps
-from studio.inversion.guider import PerStepUncondGuidance
+from studio.inversion.methods import sampling_guider
 from studio.inversion.steps import StepGrid
 from studio.models import decode_latents
 from studio.sampling import make_scheduler, sample_steps
 
-DEVIATIONS = ("eps", "x0")  # what Stage I compares (seed 4.3.2: D_eps or D_x0)
+DEVIATIONS = ("eps", "x0")  # what Stage I compares: noise estimates (Couairon et al.) or x0 estimates (ours)
 STARTS = ("inversion", "noise")  # where Stage II starts from
 MASK_THRESHOLD = specs.Range(0.0, 1.0, 0.01, "Mask threshold")
 DIFFEDIT_STRENGTH = specs.Range(0.05, 1.0, 0.05, "Strength")
@@ -138,18 +141,21 @@ class DiffEditResult(Result):
 
 
 def probe_timesteps(strength: float, probes: int, num_train_timesteps: int) -> list[int]:
-    """`probes` timesteps evenly spread over (0, strength * T], the highest first (seed 4.3.2's set T)."""
+    """`probes` timesteps evenly spread over (0, strength * T], the highest first. Several probes
+    are our extension: Couairon et al. 2023 (Step 1) noise the image at one strength, 0.5."""
     top = strength * num_train_timesteps
     return [max(0, round(top * k / probes) - 1) for k in range(probes, 0, -1)]
 
 
 def deviation_map(source: Tensor, target: Tensor) -> Tensor:
-    """Seed 4.3.2: D = ||target - source||_2 over latent channels, (B, C, h, w) -> (B, h, w)."""
+    """D = ||target - source||_2 over latent channels (B, C, h, w) -> (B, h, w): the difference of the two
+    predictions of Couairon et al. 2023's Step 1, its size taken as the L2 norm over channels."""
     return (target - source).float().norm(dim=1)
 
 
 def normalise_deviation(deviation: Tensor) -> np.ndarray:
-    """Seed 4.3.2's Normalize: the aggregated map (h, w) divided by its maximum, into [0, 1]."""
+    """The aggregated map (h, w) divided by its maximum, into [0, 1], as Couairon et al. 2023
+    rescale theirs (Step 1)."""
     peak = deviation.max()
     return (deviation / peak if peak > 0 else deviation).cpu().numpy().astype(np.float32)
 
@@ -161,57 +167,45 @@ def upsample(soft: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def binary_mask(soft: np.ndarray, threshold: float, clean_pixels: int) -> np.ndarray:
-    """Seed 4.3.2: M = Normalize(D_agg) > tau, then open/close. (H, W) float -> (H, W) bool."""
+    """M = normalised map > tau (Couairon et al. 2023, Step 1), then open/close (ours). (H, W) float -> (H, W) bool."""
     return masks.clean_mask(soft > threshold, clean_pixels)
 
 
 def masked_ddim_step(x0_predicted: Tensor, eps_predicted: Tensor, x0_original: Tensor, mask: Tensor,
                      alpha_bar_prev: float | Tensor) -> Tensor:
-    """Seed 4.3.3 (DDIM, eta = 0): x_prev = sqrt(ab_prev) ((1-M) x_0 + M x0_hat) + sqrt(1-ab_prev) eps_hat."""
+    """Song et al. 2021 (DDIM) eq. 12, eta = 0, with x_0 kept off the mask:
+    x_prev = sqrt(ab_prev) ((1-M) x_0 + M x0_hat) + sqrt(1-ab_prev) eps_hat."""
     mixed = (1 - mask) * x0_original + mask * x0_predicted
     return schedule.noise_to(mixed, eps_predicted, alpha_bar_prev)
 
 
 class MaskedDDIM:
-    """The seed's masked DDIM update as a scheduler for studio.sampling.sample_steps.
+    """The masked DDIM update as a step rule for studio.sampling.sample_steps (told the step index).
 
     x0_hat and eps_hat come from the model output through schedule.to_x0 / to_eps (finite for v-prediction at
     zero terminal SNR). Step i goes to the alpha_bar of timesteps[i + 1], and the last one to ab = 1: the
-    clean image, so off the mask the result is the original latents exactly. With `off_mask` (the state each
-    step lands on in an inversion of the image, x_0 last) the latents off the mask are those states."""
-
-    init_noise_sigma = 1.0
+    clean image, so off the mask the result is the original latents exactly. To keep the latents off the
+    mask on an inversion's path instead, add the post-step hook masks.follow_off_mask."""
 
     def __init__(self, timesteps: Tensor, alphas_cumprod: Tensor, prediction_type: str, mask: Tensor,
-                 original: Tensor, off_mask: list[Tensor] | None = None):
+                 original: Tensor):
         self.timesteps = timesteps
         self.alphas_cumprod = alphas_cumprod
         self.prediction_type = prediction_type
         self.mask = mask  # (1, 1, h, w)
         self.original = original  # (1, C, h, w)
-        if off_mask is not None and len(off_mask) != len(timesteps):
-            raise ValueError(f"{len(off_mask)} off-mask states for {len(timesteps)} steps")
-        self.off_mask = off_mask  # (1, C, h, w) per step
-        self.steps_done = 0
 
     def scale_model_input(self, sample: Tensor, timestep: Tensor) -> Tensor:
         return sample  # VP state: the UNet takes it as it is
 
-    def alpha_bar(self, timestep: Tensor) -> Tensor:
-        return self.alphas_cumprod[int(timestep)]
-
-    def step(self, model_output: Tensor, timestep: Tensor, sample: Tensor, eta: float = 0.0,
-             return_dict: bool = False) -> tuple[Tensor]:
-        alpha_bar = self.alpha_bar(timestep)
-        following = self.steps_done + 1
-        alpha_bar_prev = self.alpha_bar(self.timesteps[following]) if following < len(self.timesteps) else 1.0
+    def step_at(self, i: int, model_output: Tensor, timestep: Tensor, sample: Tensor) -> Tensor:
+        alpha_bar = schedule.alpha_bar_at(self.alphas_cumprod, timestep)
+        following = i + 1
+        last = following == len(self.timesteps)
+        alpha_bar_prev = 1.0 if last else schedule.alpha_bar_at(self.alphas_cumprod, self.timesteps[following])
         x0 = schedule.to_x0(model_output, sample, alpha_bar, self.prediction_type)
         eps = schedule.to_eps(model_output, sample, alpha_bar, self.prediction_type)
-        landed = masked_ddim_step(x0, eps, self.original, self.mask, alpha_bar_prev)
-        if self.off_mask is not None:
-            landed = self.mask * landed + (1 - self.mask) * self.off_mask[self.steps_done]
-        self.steps_done = following
-        return (landed,)
+        return masked_ddim_step(x0, eps, self.original, self.mask, alpha_bar_prev)
 
 
 def overlay(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (255, 0, 255)) -> Image.Image:
@@ -374,10 +368,10 @@ def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndar
     inverted = time.perf_counter()
 
     # 4. Stage II: masked DDIM under the target prompt, through the one sampling loop
-    guider = _edit_guider(spec, target, uncond, inversion, first, timesteps)
-    stepper = MaskedDDIM(timesteps, scheduler.alphas_cumprod, model.prediction_type, latent_mask, original,
-                         off_mask=path[1:] if path is not None else None)
-    for state in sample_steps(denoiser, guider, stepper, timesteps, x, cancel):
+    guider = _edit_guider(spec, target, uncond, inversion, first)
+    stepper = MaskedDDIM(timesteps, scheduler.alphas_cumprod, model.prediction_type, latent_mask, original)
+    off_mask = masks.follow_off_mask(latent_mask, path[1:]) if path is not None else None
+    for state in sample_steps(denoiser, guider, stepper, timesteps, x, cancel, after_step=off_mask):
         x = state["x"]
         step = state["i"] + 1
         yield Progress(done + step, total, f"Edit: step {step} / {len(timesteps)}")
@@ -400,15 +394,13 @@ def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndar
                          latents=x, original_latents=original, latent_mask=latent_mask)
 
 
-def _edit_guider(spec: DiffEditSpec, target: Cond, uncond: Cond, inversion: Any, first: int, timesteps: Tensor) -> Guider:
-    """CFG under the target prompt; an inversion with per-step null embeddings (null-text, negative-prompt
-    inversion) is edited with its own embeddings from step `first` on and at its own guidance scale, which is
-    what reconstructs it (studio.inversion.sampling_guider, for a run that starts part-way)."""
-    if inversion is None or inversion.uncond_embeddings is None:
-        scale = inversion.guidance_scale if inversion is not None else spec.guidance_scale
-        return ClassifierFreeGuidance(cond=target, uncond=uncond, scale=scale)
-    unconds = [Cond(embeddings=e, tokens=uncond.tokens, pooled=uncond.pooled) for e in inversion.uncond_embeddings[first:]]
-    return PerStepUncondGuidance(target, unconds, inversion.guidance_scale, timesteps.cpu())
+def _edit_guider(spec: DiffEditSpec, target: Cond, uncond: Cond, inversion: Any, first: int) -> Guider:
+    """CFG under the target prompt; an inversion is edited as it is sampled back from step `first` on (its own
+    guidance scale and, for null-text and negative-prompt inversion, its per-step null embeddings), which is
+    what reconstructs it."""
+    if inversion is None:
+        return ClassifierFreeGuidance(cond=target, uncond=uncond, scale=spec.guidance_scale)
+    return sampling_guider(inversion, target, uncond, first)
 
 
 def _noised_start(engine: Any, original: Tensor, alpha_bar: Tensor, seed: int) -> Tensor:
@@ -421,7 +413,7 @@ def _noised_start(engine: Any, original: Tensor, alpha_bar: Tensor, seed: int) -
 def _inverted_start(engine: Any, denoiser: Denoiser, original: Tensor, source: Any, uncond: Any, scheduler: Any,
                     first: int, done: int, total: int, cancel: CancelToken | None) -> Iterator[Event]:
     """DDIM inversion (studio.inversion) of the image under the source prompt, over the steps from t_edit down
-    only (seed 4.3.3: "starting from a DDIM inversion"). Guidance w = 1, the guidance-neutral map; yields
+    only (Couairon et al. 2023, Step 2: encoding). Guidance w = 1, the guidance-neutral map; yields
     Progress, returns its states from x_{t_edit} down to x_0 (the image's latents), as an Inversion's
     trajectory holds them."""
     grid = StepGrid.of(scheduler, engine.model.prediction_type)

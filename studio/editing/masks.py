@@ -1,13 +1,15 @@
 """Edit masks shared by SDEdit and DiffEdit: painted layers in, checked pixel masks, latent masks out.
 
-Masks are painted (or discovered) at image resolution, (H, W) bool with True = editable (the seed's
-Omega / M); the sampler works on latents, (h, w) = (H, W) / 8 on SD-style VAEs. `to_latent_mask`
+Masks are painted (or discovered) at image resolution, (H, W) bool with True = editable (SDEdit's
+Omega, Meng et al. 2022; DiffEdit's M, Couairon et al. 2023); the sampler works on latents, (h, w) = (H, W) / 8 on SD-style VAEs. `to_latent_mask`
 marks a latent cell editable when any pixel under it is: the VAE decodes each cell into the pixels
 around it, so a cell half inside the painted region must be free to change for the painted region to
 change fully. Morphology is OpenCV's (cv2.morphologyEx), the reference implementation.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -78,7 +80,8 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def clean_mask(mask: np.ndarray, kernel_pixels: int) -> np.ndarray:
     """Morphological open (drops speckles) then close (fills small holes) with an elliptic kernel of
-    `kernel_pixels` (seed 4.3.2: "optionally applying morphological open/close"). 0 leaves it unchanged."""
+    `kernel_pixels` (our addition to DiffEdit's thresholded mask, Couairon et al. 2023 Step 1). 0 leaves it
+    unchanged."""
     if kernel_pixels <= 1:
         return mask.astype(bool)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_pixels, kernel_pixels))
@@ -107,6 +110,13 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
         return mask
     kernel = np.ones((2 * pixels + 1, 2 * pixels + 1), np.uint8)
     return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+
+
+def follow_off_mask(mask: Tensor, path: Sequence[Tensor]) -> Callable[[int, Tensor], Tensor]:
+    """A post-step hook for studio.sampling.sample_steps: after step i the latents off the mask (1 - M)
+    are replaced by path[i], the state the frozen part is at there, M x + (1 - M) path[i]. Masked SDEdit's
+    two-branch update (the original re-noised to each step's level) and DiffEdit's inversion path."""
+    return lambda i, x: mask * x + (1 - mask) * path[i]
 
 
 def composite(edited: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Prompt-to-Prompt editing (Hertz et al. 2022; seed section 4.2) of generated and inverted images.
+"""Prompt-to-Prompt editing (Hertz et al. 2022, Algorithm 1) of generated and inverted images.
 
     events = engine.p2p(P2PSpec("a big red circle on a blue background",
                                 "a big red square on a blue background", edit="word swap", seed=3))
@@ -8,17 +8,16 @@ from the same initial latent, by the one sampling loop; attention control
 (studio.attention.controllers) is installed for the run and told the step index by the sampler. A
 real image is edited from its inversion (studio.inversion): its x_T, its timesteps and its guidance,
 with null-text inversion's per-step unconditional embeddings or negative-prompt inversion's source
-prompt as the negative branch (seed 3.2), so the unedited source branch reproduces the inversion's
-reconstruction. Local blend wraps the run's scheduler: after every step the target keeps the
+prompt as the negative branch (Miyake et al. 2023), so the unedited source branch reproduces the inversion's
+reconstruction. Local blend is the loop's post-step hook: after every step the target keeps the
 source's latents outside the blend mask (prompt-to-prompt's LocalBlend).
 """
 
 from __future__ import annotations
 
-import functools
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -214,28 +213,9 @@ def plan_for(spec: P2PSpec, prepared: PreparedEdit, steps: int) -> EditPlan:
     )
 
 
-class LocallyBlendedScheduler:
-    """The run's scheduler with prompt-to-prompt's local blend after every step: a composition around
-    the one loop (no copy of it). `step` keeps the wrapped step's signature, so the loop passes the
-    same arguments (eta, generator) it would pass to the scheduler itself."""
-
-    def __init__(self, scheduler: Any, blend: Callable[[Tensor], Tensor]):
-        self.scheduler = scheduler
-        self.blend = blend
-
-        @functools.wraps(scheduler.step)
-        def step(*args: Any, **kwargs: Any) -> Any:
-            output = scheduler.step(*args, **kwargs)  # the loop asks for return_dict=False: a tuple
-            return (blend(output[0]), *output[1:])
-
-        self.step = step
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.scheduler, name)
-
-
 class LocalBlend:
-    """Mask from this step's attention to the blend words (source ∪ target), applied from `start`."""
+    """The sampler's post-step hook: a mask from step i's attention to the blend words (source ∪ target),
+    applied from `first_step` on."""
 
     def __init__(self, controller: PromptToPromptController, columns: Tensor, threshold: float, first_step: int):
         self.controller = controller
@@ -245,8 +225,8 @@ class LocalBlend:
         self.soft: Tensor | None = None  # (h, w) latest mask, for the Mask event
         self.binary: Tensor | None = None
 
-    def __call__(self, x: Tensor) -> Tensor:
-        if self.controller.step < self.first_step:
+    def __call__(self, i: int, x: Tensor) -> Tensor:
+        if i < self.first_step:
             return x
         self.soft, self.binary = local_blend_mask(self.controller.step_maps(self.columns), self.threshold)
         return blend_latents(x, self.binary)
@@ -312,7 +292,7 @@ def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversi
         noise = noise * scheduler.init_noise_sigma
     latents = noise.expand(2, -1, -1, -1).clone()  # (2, C, h, w): source, target
 
-    # 4. attention control for this run, and local blend around the scheduler
+    # 4. attention control for this run, and local blend after every step
     plan = plan_for(spec, prepared, steps)
     conditional = guider.primary
     controller = PromptToPromptController(
@@ -323,14 +303,13 @@ def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversi
     if spec.blend_words:
         first_step = int(np.ceil(spec.blend_start * (steps - 1) - 1e-9))
         blend = LocalBlend(controller, prepared.blend_columns.to(latents.device), spec.blend_threshold, first_step)
-    stepper = LocallyBlendedScheduler(scheduler, blend) if blend is not None else scheduler
     encoded = time.perf_counter()
 
     # 5. the one loop, streaming progress, both images' previews, maps and the blend mask
     size = latents.shape[-1] * engine.size_multiple  # an inversion's own size, which may not be the native one
     with control_attention(model.unet, controller):
-        for state in sample_steps(denoiser, guider, stepper, timesteps, latents, cancel,
-                                  on_step_begin=controller.begin_step):
+        for state in sample_steps(denoiser, guider, scheduler, timesteps, latents, cancel,
+                                  on_step_begin=controller.begin_step, after_step=blend):
             i, done = state["i"], state["i"] + 1
             latents = state["x"]
             yield Progress(done, steps)
@@ -370,7 +349,7 @@ def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversi
 
 def inversion_guider(engine: Any, inversion: Inversion, pair: Cond) -> Guider:
     """The inversion's own sampling guider (its per-step null embeddings: NTI's optimised ones, NPI's
-    source prompt, seed 3.2) for both images, so the source branch reproduces its reconstruction."""
+    source prompt, Miyake et al. 2023) for both images, so the source branch reproduces its reconstruction."""
     null = engine.encode_negative_prompt(engine.tokenize("", "Negative prompt"))
     return sampling_guider(inversion, pair, null)
 

@@ -1,20 +1,20 @@
-"""SDEdit (Meng et al. 2022; seed section 4.1): strokes or an image as the guide, noised to t0, denoised to 0.
+"""SDEdit (Meng et al. 2022, Algorithm 1): strokes or an image as the guide, noised to t0, denoised to 0.
 
     events = engine.sdedit(SDEditSpec(prompt="a red circle on a blue background", strengths=(0.4, 0.6)),
                            guide=stroke_drawing)                       # unmasked: the whole image may change
     events = engine.sdedit(spec, guide=painted, mask=editable, original=photo)   # masked: only `mask` changes
 
-Unmasked (seed 4.1.1): x_t0 = sqrt(ab_t0) x_g + sqrt(1-ab_t0) eps (VP, DDIM from t0) or x_t0 = x_g + sigma(t0) eps
+Unmasked: x_t0 = sqrt(ab_t0) x_g + sqrt(1-ab_t0) eps (VP, DDIM from t0) or x_t0 = x_g + sigma(t0) eps (Meng et al.)
 (VE: the Euler scheduler, whose state lives in sigma space), then the ONE sampling loop from t0 to 0, with the
 prompt under CFG when there is one. K repeats (seeds seed, seed+1, ...) run as one batch per t0; several t0
 make the faithfulness/realism strip. Each result reports its L2 distance to the guide and, when the model has
 a noisy-latent classifier (the embedded shapes model), the classifier's confidence as a realism score.
 
-Masked (seed 4.1.1 "Masked SDEdit"): the start is (1-M) x_0 + M x_g noised; after every step of the loop the
-frozen latents (1-M) are replaced by the original re-noised to the noise level the step reached, with the
-same eps as the start (the seed's two-branch integration), and by the original itself after the last step,
-so frozen latents end exactly equal to the original's. The loop is unchanged: `TwoBranchScheduler` wraps the
-scheduler it steps with.
+Masked (the masked variant of Meng et al.'s Algorithm 1, in their appendix): the start is (1-M) x_0 + M x_g
+noised; after every step of the loop the frozen latents (1-M) are replaced by the original re-noised to the
+noise level the step reached, with the same eps as the start (the two-branch update), and by the original
+itself after the last step, so frozen latents end exactly equal to the original's. The loop is unchanged: the update is its post-step
+hook (masks.follow_off_mask).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from studio.events import CancelToken, Event, Preview, Progress, Result
 from studio.guidance import ClassifierFreeGuidance
 from studio.images import encode_image, prepare_image, to_uint8, working_size
 from studio.models import decode_latents
-from studio.sampling import make_scheduler, sample_steps, step_kwargs
+from studio.sampling import make_scheduler, sample_steps
 
-NOISE_FORMS = {"vp": "ddim", "ve": "euler"}  # seed 4.1.1's two forms -> the scheduler that integrates it
+NOISE_FORMS = {"vp": "ddim", "ve": "euler"}  # SDEdit's VP and VE forms -> the scheduler that integrates it
 T0 = specs.Range(0.05, 1.0, 0.05, "t0 (noise level, fraction of T)")
 REPEATS = specs.Range(1, 8, 1, "Repeats per t0")
 MAX_STRENGTHS = 6
@@ -50,7 +50,7 @@ MAX_STRENGTHS = 6
 @dataclass(frozen=True)
 class SDEditSpec:
     prompt: str = ""  # "" = no text: the model's unconditional prediction (SDEdit needs none)
-    strengths: tuple[float, ...] = (0.3, 0.5, 0.7)  # t0 / T; seed: [0.3, 0.6] balances faithfulness and realism
+    strengths: tuple[float, ...] = (0.3, 0.5, 0.7)  # t0 / T; Meng et al.: [0.3, 0.6] balances faithfulness and realism
     repeats: int = 2  # K samples per t0
     seed: int | None = None  # repeat k uses seed + k
     steps: int = 25  # steps of the full schedule; a run from t0 takes round(t0 * steps) of them
@@ -97,7 +97,7 @@ class SDEditResult(Result):
 
 
 def sdedit_start(guide: Tensor, noise: Tensor, level: float | Tensor, noise_form: str) -> Tensor:
-    """Seed 4.1.1: the guide noised to t0. VP: sqrt(ab) x_g + sqrt(1-ab) eps with level = ab_t0;
+    """The guide noised to t0. VP: sqrt(ab) x_g + sqrt(1-ab) eps with level = ab_t0 (Ho et al. 2020 eq. 4);
     VE: x_g + sigma(t0) eps with level = sigma_t0 (the Euler scheduler's own state)."""
     if noise_form == "vp":
         return schedule.noise_to(guide, noise, level)
@@ -105,13 +105,8 @@ def sdedit_start(guide: Tensor, noise: Tensor, level: float | Tensor, noise_form
 
 
 def masked_guide(original: Tensor, guide: Tensor, mask: Tensor) -> Tensor:
-    """Seed 4.1.1 masked step 1: (1 - M) x_0 + M x_g, before noise is added."""
+    """Masked SDEdit's start (Meng et al. 2022): (1 - M) x_0 + M x_g, before noise is added."""
     return (1 - mask) * original + mask * guide
-
-
-def two_branch(edited: Tensor, frozen: Tensor, mask: Tensor) -> Tensor:
-    """Seed 4.1.1 masked step 2: M (reverse update) + (1 - M) (x_0 re-noised to the current level)."""
-    return mask * edited + (1 - mask) * frozen
 
 
 def start_index(steps: int, strength: float) -> int:
@@ -143,30 +138,6 @@ def l2_to_guide(pixels: np.ndarray, guide: np.ndarray) -> np.ndarray:
     """Per image (B,): root-mean-square distance to the guide of [0, 1] pixels (B, H, W, 3) vs (H, W, 3),
     the SDEdit paper's faithfulness measure (an L2 distance, here per pixel so sizes compare)."""
     return np.sqrt(((pixels - guide[None]) ** 2).mean(axis=(1, 2, 3)))
-
-
-class TwoBranchScheduler:
-    """A diffusers scheduler whose every step is followed by the seed's two-branch update (masked SDEdit):
-    frozen latents are replaced by `frozen[i]`, the original at the noise level step i reached.
-
-    Everything but `step` is the wrapped scheduler's, so the one sampling loop runs it unchanged."""
-
-    def __init__(self, inner: Any, mask: Tensor, frozen: list[Tensor]):
-        self.inner = inner
-        self.mask = mask  # (1, 1, h, w)
-        self.frozen = frozen  # one (B, C, h, w) per step
-        self.steps_done = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def step(self, model_output: Tensor, timestep: Tensor, sample: Tensor, eta: float = 0.0,
-             generator: torch.Generator | None = None, return_dict: bool = False) -> tuple[Tensor]:
-        extra = step_kwargs(self.inner, generator)
-        stepped = self.inner.step(model_output, timestep, sample, **extra, return_dict=False)[0]
-        blended = two_branch(stepped, self.frozen[self.steps_done], self.mask)
-        self.steps_done += 1
-        return (blended,)
 
 
 def to_images(pixels: np.ndarray) -> list[Image.Image]:
@@ -282,13 +253,15 @@ def _sdedit(engine: Any, spec: SDEditSpec, inputs: _Inputs, tokens: Any, seed: i
         timesteps = scheduler.timesteps[start:]
         levels = noise_levels(scheduler, spec.noise_form, start)
         x = sdedit_start(start_latents, noise, levels[0], spec.noise_form)  # (K, C, h, w)
-        stepper: Any = scheduler
+        two_branch = None
         if latent_mask is not None:
-            # after step i the state is at levels[i + 1]; the last level is clean: the original itself
+            # masked step 2: after step i the state is at levels[i + 1], where the frozen latents are the original
+            # re-noised with the start's eps; the last level is clean: the original itself
             frozen = [sdedit_start(original_latents, noise, level, spec.noise_form) for level in levels[1:-1]]
-            stepper = TwoBranchScheduler(scheduler, latent_mask, [*frozen, original_latents.expand_as(x)])
+            two_branch = masks.follow_off_mask(latent_mask, [*frozen, original_latents.expand_as(x)])
         denoiser = Denoiser(model, scheduler.alphas_cumprod)
-        for state in sample_steps(denoiser, guider, stepper, timesteps, x, cancel, generators[0]):
+        for state in sample_steps(denoiser, guider, scheduler, timesteps, x, cancel, generators[0],
+                                  after_step=two_branch):
             x = state["x"]
             done += 1
             yield Progress(done, total, f"t0 {strength:g}: step {state['i'] + 1} / {len(timesteps)}")

@@ -37,7 +37,7 @@ def _position_alpha_bars(grid: StepGrid) -> list:
 
 def _both_steps(denoiser, guider, grid: StepGrid, alpha_bars: list, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """(D(x_k -> k-1), D(x_k -> k+1)): the backward and forward DDIM steps from x_k with one network output."""
-    out = guided_output(denoiser, guider, x, grid.timesteps[k].to(x.device))
+    out = guided_output(denoiser, guider, x, k, grid.timesteps[k].to(x.device))
     backward = affine_step(out, x, ddim_coefficients(alpha_bars[k], alpha_bars[k - 1], grid.prediction_type))
     return backward, affine_step(out, x, grid.coefficients(k))
 
@@ -64,7 +64,7 @@ def bdia_inversion_steps(denoiser, guider, grid: StepGrid, latents: Tensor, gamm
     n = len(grid)
     # the one approximate step: DDIM inversion x_N -> x_{N-1} with the output at label t_{N-1}
     t = grid.timesteps[n - 1].to(latents.device)
-    following, x = latents, solve_affine_step(guided_output(denoiser, guider, latents, t), latents,
+    following, x = latents, solve_affine_step(guided_output(denoiser, guider, latents, n - 1, t), latents,
                                               grid.coefficients(n - 1))
     yield {"i": n - 1, "t": t, "x": x}
     for k in range(n - 1, 0, -1):

@@ -1,9 +1,9 @@
-"""DDIM inversion (seed section 3.1): x_0 -> x_T by running the DDIM step backwards.
+"""DDIM inversion (Song et al. 2021 §4.3; Mokady et al. 2023's pivot): x_0 -> x_T, the DDIM step backwards.
 
-The map x_t -> x_{t+1} of the seed solves the sampler's step for its start point with the network
-output held at its value at the state we have (out(x_t) ~ out(x_{t+1}); the only approximation).
-It runs through the one sampling loop (studio.sampling.sample_steps) with `InverseDDIM` in place of
-a scheduler, so guidance, cancellation and step reporting are the sampler's own.
+The map x_t -> x_{t+1} solves the sampler's step (Song et al. 2021, eq. 12 with sigma = 0) for its start
+point with the network output held at its value at the state we have (out(x_t) ~ out(x_{t+1}); the only approximation).
+It runs through the one sampling loop (studio.sampling.sample_steps) with `InverseDDIM` as its step
+rule, so guidance, cancellation and step reporting are the sampler's own.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from studio.sampling import StepState, sample_steps
 
 
 class InverseDDIM:
-    """A scheduler for sample_steps that goes up in noise: at the label of sampling step i it turns
-    the state that step lands on into the state it starts from. Timesteps: `inverse_timesteps`."""
+    """A step rule (studio.sampling.StepRule) that goes up in noise: inverse step k, at the label of
+    sampling step N-1-k, turns the state that step lands on into the state it starts from.
+    Timesteps: `inverse_timesteps`."""
 
     def __init__(self, grid: StepGrid):
         self.grid = grid
@@ -33,9 +34,8 @@ class InverseDDIM:
     def scale_model_input(self, x: Tensor, t: Tensor) -> Tensor:
         return x  # DDIM states are the VP x_t the network expects
 
-    def step(self, out: Tensor, t: Tensor, x: Tensor, return_dict: bool = False) -> tuple[Tensor]:
-        i = self.grid.step_index(t)
-        return (solve_affine_step(out, x, self.grid.coefficients(i)),)
+    def step_at(self, k: int, out: Tensor, t: Tensor, x: Tensor) -> Tensor:
+        return solve_affine_step(out, x, self.grid.coefficients(len(self.grid) - 1 - k))
 
 
 def ddim_inversion_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, latents: Tensor,

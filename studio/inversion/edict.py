@@ -48,8 +48,8 @@ def edict_sampling_steps(denoiser, guider, grid: StepGrid, x: Tensor, y: Tensor,
     for i, t in enumerate(grid.timesteps.to(x.device)):
         _check(cancel, i, len(grid))
         coefficients = grid.coefficients(i)
-        x_inter = affine_step(guided_output(denoiser, guider, y, t), x, coefficients)
-        y_inter = affine_step(guided_output(denoiser, guider, x_inter, t), y, coefficients)
+        x_inter = affine_step(guided_output(denoiser, guider, y, i, t), x, coefficients)
+        y_inter = affine_step(guided_output(denoiser, guider, x_inter, i, t), y, coefficients)
         x = mix(x_inter, y_inter, p)
         y = mix(y_inter, x, p)
         yield {"i": i, "t": t, "x": x, "y": y}
@@ -66,6 +66,6 @@ def edict_inversion_steps(denoiser, guider, grid: StepGrid, latents: Tensor, p: 
         coefficients = grid.coefficients(i)
         y_inter = unmix(y, x, p)
         x_inter = unmix(x, y_inter, p)
-        y = solve_affine_step(guided_output(denoiser, guider, x_inter, t), y_inter, coefficients)
-        x = solve_affine_step(guided_output(denoiser, guider, y, t), x_inter, coefficients)
+        y = solve_affine_step(guided_output(denoiser, guider, x_inter, i, t), y_inter, coefficients)
+        x = solve_affine_step(guided_output(denoiser, guider, y, i, t), x_inter, coefficients)
         yield {"i": i, "t": t, "x": x, "y": y}

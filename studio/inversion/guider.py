@@ -1,58 +1,50 @@
 """Classifier-free guidance with a different unconditional embedding at every step.
 
-Null-text inversion optimises one null embedding O_t per step (seed 3.1); negative-prompt inversion (3.2)
-uses the prompt's own embedding as the null one; Prompt-to-Prompt edits of a real image sample
+Null-text inversion optimises one null embedding O_t per step (Mokady et al. 2023); negative-prompt
+inversion (Miyake et al. 2023) uses the prompt's own embedding as the null one; Prompt-to-Prompt edits of a real image sample
 with the inversion's embeddings so its source branch reproduces the reconstruction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import Tensor
 
 from studio.conditioning import Cond
-from studio.guidance import cfg
+from studio.denoiser import Denoiser
+from studio.guidance import Guider, cfg
 
 
 @dataclass
 class PerStepUncondGuidance:
     """eps_u(O_i) + w (eps_c - eps_u(O_i)) at sampling step i, with O_i = unconds[i].
 
-    A guider serves one run and follows its steps in order: `conds` gives step i's pair, `combine`
-    checks that it was called at timesteps[i] (so it cannot silently drift) and moves on to i + 1.
-    """
+    Stateless: the sampler tells the step index, so a run that starts part-way (an edit from t_edit)
+    passes the null embeddings from its first step on."""
 
     cond: Cond
-    unconds: Sequence[Cond]  # one per step
+    unconds: Sequence[Cond]  # one per step of the run
     scale: float
-    timesteps: Tensor  # (N,) the run's timesteps, descending
-    step: int = field(default=0, init=False)
-
-    def __post_init__(self) -> None:
-        if len(self.unconds) != len(self.timesteps):
-            raise ValueError(f"{len(self.unconds)} null embeddings for {len(self.timesteps)} steps")
-
-    @property
-    def conds(self) -> list[Cond]:
-        return [self.unconds[self.step], self.cond]
 
     @property
     def primary(self) -> int:
         return 1
 
-    def combine(self, predictions: Sequence[Tensor], t: Tensor, x_t: Tensor | None = None) -> Tensor:
-        if int(t) != int(self.timesteps[self.step]):
-            raise ValueError(f"step {self.step} expected timestep {int(self.timesteps[self.step])}, got {int(t)}")
-        self.step += 1
+    def conds_at(self, i: int) -> list[Cond]:
+        if not 0 <= i < len(self.unconds):
+            raise IndexError(f"step {i} of a run with {len(self.unconds)} null embeddings")
+        return [self.unconds[i], self.cond]
+
+    def combine(self, predictions: Sequence[Tensor], i: int, t: Tensor, x_t: Tensor | None = None) -> Tensor:
         uncond, cond = predictions
         return cfg(uncond, cond, self.scale)
 
 
-def guided_output(denoiser, guider, x: Tensor, t: Tensor) -> Tensor:
-    """One guided network output at (x, t) in x's dtype: the UNet runs in the model's dtype, so states kept
-    in float64 (EDICT/BDIA on the CPU) see exactly the prediction their float32 copy would."""
+def guided_output(denoiser: Denoiser, guider: Guider, x: Tensor, i: int, t: Tensor) -> Tensor:
+    """The guided network output of step i at (x, t) in x's dtype: the UNet runs in the model's dtype, so
+    states kept in float64 (EDICT/BDIA on the CPU) see exactly the prediction their float32 copy would."""
     model_input = x.to(denoiser.unet.dtype)
-    predictions = denoiser.predict(model_input, t, guider.conds)
-    return guider.combine(predictions, t, model_input).to(x.dtype)
+    predictions = denoiser.predict(model_input, t, guider.conds_at(i))
+    return guider.combine(predictions, i, t, model_input).to(x.dtype)

@@ -79,7 +79,7 @@ def _ddim(ctx: Context) -> Iterator[Event]:
 
 
 def _negative_prompt(ctx: Context) -> Iterator[Event]:
-    """Negative-prompt inversion (Miyake et al. 2023; seed 3.2): DDIM inversion at w = 1, then the
+    """Negative-prompt inversion (Miyake et al. 2023, §3): DDIM inversion at w = 1, then the
     prompt's embedding serves as the null one at every step, so CFG at any w samples the w = 1 path."""
     trajectory = yield from _streamed_ddim(ctx, _cfg(ctx.cond, ctx.null, 1.0))
     return Inverted(trajectory, uncond_embeddings=[ctx.cond.embeddings] * len(ctx.grid))
@@ -110,7 +110,7 @@ def _cfg(cond: Cond, null: Cond, scale: float) -> ClassifierFreeGuidance:
 
 
 def _null_text(ctx: Context) -> Iterator[Event]:
-    """Null-text inversion (seed 3.1): the w = 1 DDIM pivot, then per-step null embeddings (null_text.py)."""
+    """Null-text inversion (Mokady et al. 2023, Algorithm 1): the w = 1 DDIM pivot, then per-step null embeddings (null_text.py)."""
     pivot = yield from _streamed_ddim(ctx, _cfg(ctx.cond, ctx.null, 1.0))
     embeddings, losses = yield from _with_progress(ctx, null_text_optimisation(ctx, pivot), "optimising null text")
     return Inverted(pivot, uncond_embeddings=embeddings, losses=losses)
@@ -153,14 +153,15 @@ METHOD_RUNNERS: dict[str, Callable[[Context], Iterator[Event]]] = {
 # Reconstruction (and the sampling editors start from)
 
 
-def sampling_guider(inversion: Inversion, cond: Cond, null: Cond) -> Guider:
-    """The guider that samples `inversion` back at its guidance scale: per-step null embeddings when it
-    has them (NTI, NPI), else CFG with `null` (the empty prompt). `cond` may stack several prompts
-    (Prompt-to-Prompt's source and target): every image of the batch gets the same null embedding."""
+def sampling_guider(inversion: Inversion, cond: Cond, null: Cond, first_step: int = 0) -> Guider:
+    """The guider that samples `inversion` back at its guidance scale, from sampling step `first_step` on
+    (an edit from t_edit starts part-way): per-step null embeddings when it has them (NTI, NPI), else CFG
+    with `null` (the empty prompt). `cond` may stack several prompts (Prompt-to-Prompt's source and
+    target): every image of the batch gets the same null embedding."""
     if inversion.uncond_embeddings is None:
         return _cfg(cond, null, inversion.guidance_scale)
-    unconds = [Cond(embeddings=e, tokens=null.tokens, pooled=null.pooled) for e in inversion.uncond_embeddings]
-    return PerStepUncondGuidance(cond, unconds, inversion.guidance_scale, inversion.timesteps.cpu())
+    unconds = [Cond(embeddings=e, tokens=null.tokens, pooled=null.pooled) for e in inversion.uncond_embeddings[first_step:]]
+    return PerStepUncondGuidance(cond, unconds, inversion.guidance_scale)
 
 
 def reconstruction_steps(denoiser: Denoiser, inversion: Inversion, cond: Cond, null: Cond, scheduler_config: dict,

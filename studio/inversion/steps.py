@@ -6,7 +6,7 @@ A DDIM step (Song et al. 2021, eq. 12 with sigma = 0) from x_t to x_prev, with t
     x_prev = A x_t + B out        (A, B) = ddim_coefficients(ab_t, ab_prev, prediction_type)
 
 so it can be solved for x_t exactly: x_t = (x_prev - B out) / A. Inversion methods differ only in
-where `out` is evaluated: DDIM inversion (seed 3.1) evaluates it at the state it already has
+where `out` is evaluated: DDIM inversion (Song et al. 2021 §4.3) evaluates it at the state it already has
 (x_prev, an approximation); EDICT (Wallace et al. 2022, Alg. 1/2) and BDIA (Zhang et al. 2023)
 arrange their states so that the very same `out` is available in both directions (exact).
 
@@ -91,9 +91,3 @@ class StepGrid:
     def coefficients(self, i: int) -> tuple[float, float]:
         """(A, B) of sampling step i."""
         return ddim_coefficients(self.alpha_bar[i], self.alpha_bar_prev[i], self.prediction_type)
-
-    def step_index(self, t: Tensor | int) -> int:
-        matches = (self.timesteps == int(t)).nonzero()
-        if len(matches) != 1:
-            raise ValueError(f"timestep {int(t)} is not one of this run's")
-        return int(matches[0])
