@@ -4,7 +4,7 @@ Stages (each seeded, checkpointed in --work and resumed when re-run):
   data       render the training set (images, per-cell labels, scenes for captions), in parallel chunks
   vae        AutoencoderKL on random --vae-crop crops (fully convolutional: crops of 64 train it for 128)
   latents    encode every image once; the UNet never runs the VAE again
-  unet       text encoder + UNet, v-prediction, zero terminal SNR, min-SNR-style loss weight, EMA
+  unet       text encoder + UNet, v-prediction, zero terminal SNR, min-SNR-style loss weight, EMA (diffusers EMAModel)
   decoder    decoder-only fine-tune on the frozen latents (sharper images; latents do not move)
   classifier noisy-latent classifier (studio.shapes.classifier) for judging and classifier guidance
   export     save a stock StableDiffusionPipeline folder (safetensors) + classifier/
@@ -24,10 +24,12 @@ import multiprocessing
 import os
 import time
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -38,6 +40,14 @@ from studio.shapes.render import caption, render, sample_scene
 from studio.shapes.vocabulary import MAX_LENGTH, build_tokenizer
 
 STAGES = ("data", "vae", "latents", "unet", "decoder", "classifier", "export")
+
+
+class Stateful(Protocol):
+    """What a checkpoint saves and restores: modules, and the EMA."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state_dict: dict) -> object: ...
 
 
 def to_unit_range(images_uint8: np.ndarray) -> torch.Tensor:
@@ -54,12 +64,18 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 class Checkpoint:
-    """Resumable training state of one stage: modules, optimiser, step, total steps, RNG, loss log."""
+    """Resumable training state of one stage: modules (and anything with state_dict/load_state_dict, such as
+    the EMA), optimiser, step, total steps, RNG.
+
+    Not accelerate's `Accelerator.save_state`: these loops run on one device with plain torch.autocast and
+    resume a numpy Generator and the time-calibrated step total, which accelerate does not track; adopting it
+    would rewrite the loop for no gain on one device. Everything saved loads with `weights_only=True`.
+    """
 
     def __init__(self, path: Path):
         self.path = path
 
-    def save(self, step: int, total: int, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+    def save(self, step: int, total: int, modules: dict[str, Stateful], optimizer: torch.optim.Optimizer,
              rng: np.random.Generator) -> None:
         tmp = self.path.with_suffix(".tmp")
         torch.save(
@@ -70,12 +86,12 @@ class Checkpoint:
         )
         tmp.replace(self.path)
 
-    def resume(self, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+    def resume(self, modules: dict[str, Stateful], optimizer: torch.optim.Optimizer,
                rng: np.random.Generator) -> tuple[int, int | None]:
         """(steps done, the stage's total steps as fixed when it started, or None for a new stage)."""
         if not self.path.exists():
             return 0, None
-        state = torch.load(self.path, weights_only=False)
+        state = torch.load(self.path, weights_only=True)  # tensors, numbers and strings: no code runs
         for k, m in modules.items():
             m.load_state_dict(state["modules"][k])
         optimizer.load_state_dict(state["optimizer"])
@@ -93,9 +109,11 @@ class LossLog:
             f.write(json.dumps(record) + "\n")
 
 
-def train_loop(name: str, work: Path, steps: int, modules: dict, optimizer, peak_lr: float, warmup: int,
-               loss_fn, seed: int, minutes: float = 0.0, checkpoint_every: int = 250, on_checkpoint=None) -> None:
-    """Shared loop of every stage: resume, step, log, checkpoint. loss_fn(rng) -> (loss, extras dict).
+def train_loop(name: str, work: Path, steps: int, modules: dict[str, Stateful], optimizer, peak_lr: float,
+               warmup: int, loss_fn, seed: int, minutes: float = 0.0, checkpoint_every: int = 250,
+               after_step: Callable[[], None] | None = None) -> None:
+    """Shared loop of every stage: resume, step, log, checkpoint. loss_fn(rng) -> (loss, extras dict);
+    after_step() runs after every optimiser step (the EMA update), and `modules` holds all that resumes.
 
     With `minutes`, `steps` is a maximum: the warm-up steps are timed and the total is then fixed to what fits
     in that time (the learning-rate warm-up does not depend on the total, so nothing before the choice changes).
@@ -106,8 +124,6 @@ def train_loop(name: str, work: Path, steps: int, modules: dict, optimizer, peak
     start, fixed_total = checkpoint.resume(modules, optimizer, rng)
     total = fixed_total or steps
     calibrate = minutes > 0 and fixed_total is None and warmup < steps
-    if on_checkpoint and start:
-        on_checkpoint(start, resumed=True)
     bar = tqdm(initial=start, total=total, desc=name, mininterval=10)
     # time the second half of the warm-up only: the first steps pay for CUDA start-up and cuDNN autotuning
     # (timing all of it once made a GPU run choose 3x too few steps)
@@ -129,8 +145,8 @@ def train_loop(name: str, work: Path, steps: int, modules: dict, optimizer, peak
         optimizer.step()
         step += 1
         bar.update()
-        if on_checkpoint:
-            on_checkpoint(step, total)
+        if after_step:
+            after_step()
         if (step - 1) % 25 == 0 or step == total:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log.write(step=step - 1, loss=loss.item(), lr=optimizer.param_groups[0]["lr"], time=time.time(), **extras)
@@ -226,28 +242,10 @@ def load_latents(args) -> tuple[torch.Tensor, float]:
     return stored["latents"], stored["scaling_factor"].item()
 
 
-class EMA:
-    """Exponential moving average of parameters with the usual warm-up of the decay."""
-
-    def __init__(self, modules: list[torch.nn.Module], decay: float):
-        self.modules, self.decay = modules, decay
-        self.shadow = [[p.detach().clone() for p in m.parameters()] for m in modules]
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for module, shadow in zip(self.modules, self.shadow):
-            for s, p in zip(shadow, module.parameters()):
-                s.lerp_(p, 1 - decay)
-
-    def state_dicts(self) -> list[dict]:
-        out = []
-        for module, shadow in zip(self.modules, self.shadow):
-            names = [n for n, _ in module.named_parameters()]
-            state = dict(module.state_dict())
-            state.update({n: s.clone() for n, s in zip(names, shadow)})
-            out.append(state)
-        return out
+def make_ema(parameters: list[torch.nn.Parameter], decay: float) -> EMAModel:
+    """diffusers' EMA with the decay warm-up min(decay, (1 + k) / (10 + k)) at update k = 1, 2, ...:
+    update_after_step=-1 because diffusers starts that warm-up one update later (decay 0 at its first)."""
+    return EMAModel(parameters, decay=decay, update_after_step=-1)
 
 
 def stage_unet(args) -> None:
@@ -260,19 +258,7 @@ def stage_unet(args) -> None:
     alphas_cumprod = scheduler.alphas_cumprod.to(args.device)
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=1e-2)
-    ema = EMA([text_encoder, unet], args.ema)
-    ema_path = args.work / "unet_ema.pt"
-
-    def on_checkpoint(step: int, total: int | None = None, resumed: bool = False) -> None:
-        if resumed:
-            if ema_path.exists():
-                for shadow, saved in zip(ema.shadow, torch.load(ema_path, map_location=args.device)):
-                    for s, v in zip(shadow, saved):
-                        s.copy_(v)
-            return
-        ema.update(step)
-        if step % 250 == 0 or step == total:  # with the stage's checkpoint
-            torch.save(ema.shadow, ema_path)
+    ema = make_ema(params, args.ema)
 
     def loss_fn(rng):
         idx = rng.integers(len(latents), size=args.unet_batch)
@@ -293,11 +279,12 @@ def stage_unet(args) -> None:
         per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))
         return (weight * per_sample).mean(), {}
 
-    train_loop("unet", args.work, args.unet_steps, {"text_encoder": text_encoder, "unet": unet}, optimizer,
-               args.unet_lr, 200, loss_fn, args.seed + 2, minutes=args.minutes.get("unet", 0), on_checkpoint=on_checkpoint)
-    text_state, unet_state = ({k: v.cpu() for k, v in s.items()} for s in ema.state_dicts())
-    save_file(text_state, args.work / "text_encoder.safetensors")
-    save_file(unet_state, args.work / "unet.safetensors")
+    train_loop("unet", args.work, args.unet_steps, {"text_encoder": text_encoder, "unet": unet, "ema": ema}, optimizer,
+               args.unet_lr, 200, loss_fn, args.seed + 2, minutes=args.minutes.get("unet", 0),
+               after_step=lambda: ema.step(params))
+    ema.copy_to(params)  # the averaged weights are the ones exported
+    save_file({k: v.cpu() for k, v in text_encoder.state_dict().items()}, args.work / "text_encoder.safetensors")
+    save_file({k: v.cpu() for k, v in unet.state_dict().items()}, args.work / "unet.safetensors")
 
 
 def stage_decoder(args) -> None:
