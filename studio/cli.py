@@ -26,15 +26,23 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers 
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import fields, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from studio.errors import StudioError  # noqa: E402
 from studio.inversion.result import METHODS as INVERSION_METHODS  # noqa: E402
 from studio.model_options import add_model_options, open_engine  # noqa: E402
 from studio.specs import SCHEDULERS, GenerateSpec  # noqa: E402
 
+if TYPE_CHECKING:  # for annotations only: each command imports what it runs
+    import numpy as np
+    from PIL import Image
 
-def spec_default(name: str) -> Any:
+    from studio.engine import Engine
+    from studio.events import Event, Result
+    from studio.inversion import Inversion
+
+
+def spec_default(name: str) -> object:
     """A GenerateSpec field's default: the spec is the one source of truth for the CLI and the app."""
     return next(f.default for f in fields(GenerateSpec) if f.name == name)
 
@@ -59,7 +67,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def generate_specs(args: argparse.Namespace) -> Iterator[Any]:
+def generate_specs(args: argparse.Namespace) -> Iterator[GenerateSpec]:
     """One GenerateSpec per (prompt, seed), or the specs stored in the given PNGs."""
     from studio.png_settings import read_png_settings, spec_fields
 
@@ -81,7 +89,7 @@ class Output:
         self.folder = Path(folder)
         self.count = 0
 
-    def save(self, result: Any, names: list[str]) -> list[Path]:
+    def save(self, result: Result, names: list[str]) -> list[Path]:
         """Write result.images[i] as `<n>-<names[i]>.png`."""
         from studio.png_settings import save_png
 
@@ -97,7 +105,7 @@ class Output:
         return paths
 
 
-def finish(events: Iterator[Any], label: str) -> Any:
+def finish(events: Iterator[Event], label: str) -> Result:
     """Run a job to its Result, reporting progress on stderr."""
     from studio.events import Progress, Result
 
@@ -110,7 +118,7 @@ def finish(events: Iterator[Any], label: str) -> Any:
     raise StudioError(f"{label} ended without a result.")
 
 
-def run_generate(engine: Any, args: argparse.Namespace) -> int:
+def run_generate(engine: Engine, args: argparse.Namespace) -> int:
     specs = list(generate_specs(args))
     if not specs:
         raise StudioError("Nothing to generate: give a prompt, --prompts FILE or --from-png FILE.")
@@ -127,7 +135,7 @@ def run_generate(engine: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def read_image(path: str) -> Any:
+def read_image(path: str) -> Image.Image:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -138,7 +146,7 @@ def read_image(path: str) -> Any:
         raise StudioError(f"{path} is not an image this tool can read ({error}).") from error
 
 
-def read_mask(path: str | None) -> Any:
+def read_mask(path: str | None) -> np.ndarray | None:
     """A mask image -> (H, W) bool: painted = white (or opaque, for images with transparency)."""
     if path is None:
         return None
@@ -149,7 +157,7 @@ def read_mask(path: str | None) -> Any:
     return np.asarray(channel) > 127
 
 
-def run_invert(engine: Any, args: argparse.Namespace) -> int:
+def run_invert(engine: Engine, args: argparse.Namespace) -> int:
     """Reconstruction PNG(s), and `<method>.inversion.safetensors` for `studio edit ... --inversion`
     (data only: studio.inversion.file)."""
     from studio.inversion import InversionSpec
@@ -168,7 +176,7 @@ def run_invert(engine: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def read_inversion(engine: Any, path: str | None) -> Any:
+def read_inversion(engine: Engine, path: str | None) -> Inversion | None:
     """The inversion `studio invert` wrote to `path`, on the engine's device; None without one."""
     if path is None:
         return None
@@ -177,7 +185,7 @@ def read_inversion(engine: Any, path: str | None) -> Any:
     return load_inversion(path, engine.device)
 
 
-def run_sdedit(engine: Any, args: argparse.Namespace) -> int:
+def run_sdedit(engine: Engine, args: argparse.Namespace) -> int:
     from studio.editing.sdedit import SDEditSpec
 
     spec = SDEditSpec(prompt=args.prompt, strengths=tuple(args.t0), repeats=args.repeats, seed=args.seed,
@@ -192,7 +200,7 @@ def run_sdedit(engine: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_diffedit(engine: Any, args: argparse.Namespace) -> int:
+def run_diffedit(engine: Engine, args: argparse.Namespace) -> int:
     from studio.editing.diffedit import DiffEditSpec
 
     spec = DiffEditSpec(source_prompt=args.source, target_prompt=args.target, steps=args.steps,
@@ -211,7 +219,7 @@ def run_diffedit(engine: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_p2p(engine: Any, args: argparse.Namespace) -> int:
+def run_p2p(engine: Engine, args: argparse.Namespace) -> int:
     from studio.editing.p2p import P2PSpec
 
     spec = P2PSpec(source_prompt=args.source, target_prompt=args.target, edit=args.edit, seed=args.seed,

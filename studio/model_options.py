@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from studio.engine import Engine
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +19,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the UNet (the first job at each size compiles, then runs faster)")
 
 
-def open_engine(args: argparse.Namespace) -> Any:
+def open_engine(args: argparse.Namespace) -> Engine:
     """The Engine these options describe; raises ModelLoadError. Imports torch, so only when called."""
     from studio.engine import Engine
 

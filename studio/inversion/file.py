@@ -107,7 +107,7 @@ def _refuse_pickle(path: Path) -> None:
         )
 
 
-def _decode(handle: Any, spec: dict[str, Any]) -> Any:
+def _decode(handle: safe_open, spec: dict[str, Any]) -> Any:
     """One field of the JSON record, {kind: what}: stored tensor(s), the image's pixels, a dtype, or a JSON value."""
     (kind, what), = spec.items()
     if kind == "tensor":
