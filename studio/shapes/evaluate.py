@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from studio.models import decode_latents
+from studio.models import EMBEDDED_MODEL_DIR, decode_latents, open_folder
 from studio.shapes import classifier as latent_classifier
 from studio.shapes.judge import Judgement, judge_latents, judge_pixels
 from studio.shapes.render import HELD_OUT, describe_object, make_object, render, sample_scene
 from studio.shapes.train import to_unit_range
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "assets" / "models" / "shapes-sd"
+DEFAULT_MODEL = EMBEDDED_MODEL_DIR
 EVAL_POSITIONS = ("left", "right", "top", "bottom", "center", "top left")
 ATTRIBUTES = ("background", "object colour", "shape", "position", "count")
 
@@ -61,7 +61,7 @@ def score(judgement: Judgement, case: Case) -> dict[str, bool]:
 
 
 def load_shapes_pipeline(model: Path) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    pipe = open_folder(model)  # the stock diffusers pipeline, loaded offline
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
