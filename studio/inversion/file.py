@@ -66,13 +66,13 @@ def load_inversion(path: str | Path, device: str | torch.device = "cpu") -> Inve
     """The Inversion in a file written by `save_inversion`, its tensors on `device`; raises InvalidInputError
     for a pickle (refused unread), an unreadable file or one that is not an inversion."""
     path = Path(path)
-    _refuse_pickle(path)
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
             header = json.loads((handle.metadata() or {})[FORMAT_KEY])
             record = header["fields"]
             values = {name: _decode(handle, spec) for name, spec in record.items()}
     except (SafetensorError, OSError) as error:
+        _refuse_pickle(path)  # say why an old inversion fails to open (it was never unpickled)
         raise InvalidInputError(f"Could not read the inversion {path}: {error}") from error
     except (KeyError, TypeError, ValueError) as error:  # no or malformed record: another safetensors file
         raise InvalidInputError(
@@ -94,11 +94,13 @@ def load_inversion(path: str | Path, device: str | torch.device = "cpu") -> Inve
 
 
 def _refuse_pickle(path: Path) -> None:
+    """Raise the refusal for a file that safetensors could not open and that begins as a pickle does.
+    Asked only after safetensors failed: a valid file's first byte (its header length) may be 0x80 too."""
     try:
         with path.open("rb") as handle:
             start = handle.read(4)
-    except OSError as error:
-        raise InvalidInputError(f"Could not read the inversion {path}: {error}") from error
+    except OSError:
+        return  # unreadable: the caller reports the read error
     if start.startswith(PICKLE_MAGIC):
         raise InvalidInputError(
             f"Could not read the inversion {path}: it is a pickle (such as an `.inversion.pt` of an older "
