@@ -2,6 +2,11 @@
 
 matplotlib is not a dependency; a chart of a few lines over a few dozen steps needs only axes,
 ticks, a zero line and a legend. Pure function of its inputs: same data, same pixels.
+
+Why not gr.LinePlot for the tabs' charts (the weight plan, the NTI loss, the inversion error): one function draws
+them and the committed bench figures alike, so a tab shows exactly the figure a bench writes, and the tests check
+the images it draws; the charts are redrawn whole on each change (none is zoomed or hovered), which a PIL image
+does without shipping a per-update DataFrame to Vega in the browser.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def test_read_settings_restores_every_field_from_a_downloaded_png(client, engine
     )
     rows = [["a blue background", 3.0, "snr", 0.5, 0.0, 1.0], ["a yellow background", -2.0, "constant", 0.5, 0.2, 1.0]]
     guidance = dict(guidance_rescale=0.5)
-    _, settings, files = generate(client, show_attention=True, conditions={"headers": HEADERS, "data": rows}, **guidance, **fields)
+    _, settings, files = generate(client, capture_attention=True, conditions={"headers": HEADERS, "data": rows}, **guidance, **fields)
     assert settings["nfe_per_step"] == 2 + len(rows)  # unconditional, prompt and each row in one batched call
     restored = client.predict(handle_file(files[1]), api_name="/read_settings")
 

@@ -22,8 +22,8 @@ def client(tiny_engine, tmp_path_factory):
 
 def test_p2p_endpoint_returns_source_and_edit_with_settings(client):
     images, status, mask, settings = client.predict(
-        api_name="/p2p", source=SOURCE, target=TARGET, edit_type="word swap", seed_value=2, steps_value=3,
-        words="circle, square", b_start=0.0,
+        api_name="/p2p", source_prompt=SOURCE, target_prompt=TARGET, edit="word swap", seed=2, steps=3,
+        blend_words="circle, square", blend_start=0.0,
     )
     assert [item["caption"] for item in images] == ["source", "edited"]
     assert settings["target_prompt"] == TARGET and settings["blend_words"] == ["circle", "square"]
@@ -32,8 +32,8 @@ def test_p2p_endpoint_returns_source_and_edit_with_settings(client):
 
 def test_p2p_bad_input_is_a_clear_error(client):
     with pytest.raises(AppError, match="not a word of the target prompt"):
-        client.predict(api_name="/p2p", source=SOURCE, target=TARGET, edit_type="word swap", seed_value=2,
-                       steps_value=3, tokens={"headers": list(p2p.TOKEN_COLUMNS), "data": [["green", "", 2.0]]})
+        client.predict(api_name="/p2p", source_prompt=SOURCE, target_prompt=TARGET, edit="word swap", seed=2,
+                       steps=3, reweights={"headers": list(p2p.TOKEN_COLUMNS), "data": [["green", "", 2.0]]})
 
 
 def test_a_slider_sets_its_rows_weight():
@@ -60,8 +60,8 @@ def test_p2p_edits_the_inversion_held_by_the_inversion_tabs_state(tiny_engine, t
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
     try:
         client = Client(url, verbose=False, download_files=str(tmp_path))
-        images, status, mask, settings = client.predict(api_name="/p2p", source="", target=TARGET,
-                                                        edit_type="word swap", use_inv=True)
+        images, status, mask, settings = client.predict(api_name="/p2p", source_prompt="", target_prompt=TARGET,
+                                                        edit="word swap", use_inversion=True)
         assert settings["inversion"] == "negative_prompt" and settings["source_prompt"] == SOURCE
         assert settings["steps"] == 3 and settings["seed"] is None and len(images) == 2
     finally:

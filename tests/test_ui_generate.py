@@ -1,4 +1,4 @@
-"""The Generate tab's pure pieces: form -> typed spec, heat-map overlay, word picker defaults."""
+"""The Generate tab's pure pieces: form values -> typed spec, heat-map overlay, word picker defaults."""
 
 from __future__ import annotations
 
@@ -19,24 +19,24 @@ FORM = dict(
     width=64.0,
     height=96.0,
     batch_size=2.0,
-    show_attention=True,
+    capture_attention=True,
 )
 
 
 def test_form_becomes_a_typed_spec():
-    spec = generate.spec_from_form(**FORM)
+    spec = generate.spec_from_values(FORM)
     assert (spec.seed, spec.steps, spec.width, spec.height, spec.batch_size) == (42, 10, 64, 96, 2)
     assert all(isinstance(v, int) for v in (spec.seed, spec.steps, spec.width, spec.height, spec.batch_size))
     assert spec.negative_prompt == "" and spec.capture_attention and spec.scheduler == "euler"
 
 
 def test_random_seed_leaves_the_seed_to_the_engine():
-    assert generate.spec_from_form(**{**FORM, "random_seed": True, "seed": None}).seed is None
+    assert generate.spec_from_values({**FORM, "random_seed": True, "seed": None}).seed is None
 
 
 def test_missing_seed_without_random_is_an_input_error():
     with pytest.raises(InvalidInputError, match="Enter a seed"):
-        generate.spec_from_form(**{**FORM, "seed": None})
+        generate.spec_from_values({**FORM, "seed": None})
 
 
 def test_word_picker_starts_on_the_first_content_word_and_keeps_a_pick():
@@ -100,12 +100,12 @@ def test_a_condition_cell_that_is_not_a_number_names_its_row():
 
 
 def test_form_with_conditions_and_classifier_guidance_becomes_a_spec():
-    spec = generate.spec_from_form(
+    spec = generate.spec_from_values(dict(
         **FORM, conditions=ROWS, guidance_rescale=0.7, classifier_target="red object", classifier_strength=8,
-    )
+    ))
     assert len(spec.conditions) == 2 and spec.guidance_rescale == 0.7
     assert spec.classifier_guidance.target == "red object" and spec.classifier_guidance.strength == 8.0
-    assert generate.spec_from_form(**FORM, classifier_target=generate.NO_CLASSIFIER).classifier_guidance is None
+    assert generate.spec_from_values({**FORM, "classifier_target": generate.NO_CLASSIFIER}).classifier_guidance is None
 
 
 def test_weight_plot_draws_every_condition_and_the_classifier_strength():

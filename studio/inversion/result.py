@@ -29,6 +29,8 @@ IMAGE_WEIGHT = specs.Range(0.0, 100.0, 0.1, "NTI image-space weight")
 NULL_STARTS = ("prompt", "empty")  # where NTI's null embedding starts: the caption's (NPI's) or the empty prompt's
 EDICT_MIX = specs.Range(0.5, 1.0, 0.01, "EDICT mixing p")
 BDIA_GAMMA = specs.Range(0.0, 0.95, 0.05, "BDIA gamma")  # 1 would be plain DDIM, not invertible
+LR_DECAY = specs.Range(0.0, 1.0, 0.05, "NTI learning-rate decay")
+MIN_IMPROVEMENT = specs.Range(0.0, 1.0, 0.01, "NTI minimum improvement")
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,9 @@ class InversionSpec:
         specs.GUIDANCE.check("inversion_guidance", self.inversion_guidance)
         INNER_STEPS.check("inner_steps", self.inner_steps)
         LEARNING_RATE.check("learning_rate", self.learning_rate)
-        specs.Range(0.0, 1.0, 0.05, "NTI learning-rate decay").check("lr_decay", self.lr_decay)
+        LR_DECAY.check("lr_decay", self.lr_decay)
         TOLERANCE.check("tolerance", self.tolerance)
-        specs.Range(0.0, 1.0, 0.01, "NTI minimum improvement").check("min_improvement", self.min_improvement)
+        MIN_IMPROVEMENT.check("min_improvement", self.min_improvement)
         if self.null_start not in NULL_STARTS:
             raise InvalidInputError(f"Unknown NTI start {self.null_start!r}; choose one of {', '.join(NULL_STARTS)}.")
         SMOOTHNESS.check("smoothness", self.smoothness)

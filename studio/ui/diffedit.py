@@ -9,7 +9,8 @@ runs both stages. Endpoints ``/diffedit_mask`` and ``/diffedit`` stream progress
 from __future__ import annotations
 
 import html
-from typing import Any, Iterator
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
@@ -20,11 +21,11 @@ from studio.editing import masks
 from studio.editing.diffedit import (
     CLEAN,
     DEVIATIONS,
+    DIFFEDIT_STRENGTH,
+    MASK_THRESHOLD,
     NOISE_SAMPLES,
     PROBES,
     STARTS,
-    DIFFEDIT_STRENGTH,
-    MASK_THRESHOLD,
     DiffEditResult,
     DiffEditSpec,
     MaskResult,
@@ -34,7 +35,12 @@ from studio.editing.diffedit import (
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Mask, Preview
 from studio.images import prepare_image
-from studio.ui.stream import EditJobs, progress_html
+from studio.inversion import Inversion
+from studio.ui.form import Field, Form, optional_whole, resolve_seed, seed_box, slider, spec_values, text, textbox
+from studio.ui.stream import Outputs, done_html, progress_html, stop_button, stream_job
+
+if TYPE_CHECKING:
+    from studio.engine import Engine
 
 DEFAULTS = DiffEditSpec("", "")
 MASK_RGBA = (255, 0, 255, 255)  # how the found mask is painted on the editor's layer
@@ -69,62 +75,85 @@ def edited_mask(value: dict | None) -> tuple[np.ndarray | None, np.ndarray | Non
     return (painted if painted.any() else None), background
 
 
-def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> dict[str, Any]:
+FIELDS = (
+    Field("image", lambda engine: gr.Image(label="Image to edit", type="numpy", image_mode="RGB", format="png",
+                                           height=260, elem_id="diffedit-image"), in_spec=False),
+    Field("use_inversion", lambda engine: gr.Checkbox(label="Edit the current inversion (Inversion tab) instead",
+                                                      value=False, elem_id="diffedit-use-inversion"), in_spec=False),
+    Field("source_prompt", textbox(label="Source prompt (what the image shows)",
+                                                     elem_id="diffedit-source",
+                                                     placeholder="a big red circle on a blue background"), text),
+    Field("target_prompt", textbox(label="Target prompt (what it should show)",
+                                                     elem_id="diffedit-target",
+                                                     placeholder="a big green circle on a blue background"), text),
+    # Stage I
+    Field("deviation", lambda engine: gr.Radio(list(DEVIATIONS), value=DEFAULTS.deviation, label="Compare",
+                                               info="eps or x0 predictions", elem_id="diffedit-deviation"), str),
+    Field("threshold", slider(MASK_THRESHOLD, DEFAULTS.threshold, elem_id="diffedit-threshold"), float),
+    Field("probes", slider(PROBES, DEFAULTS.probes, elem_id="diffedit-probes"), int),
+    Field("noise_samples", slider(NOISE_SAMPLES, DEFAULTS.noise_samples, elem_id="diffedit-samples"), int),
+    Field("mask_strength", slider(DIFFEDIT_STRENGTH, DEFAULTS.mask_strength, label="Probe noise up to (fraction of T)",
+                                  elem_id="diffedit-mask-strength"), float),
+    Field("clean_pixels", slider(CLEAN, DEFAULTS.clean_pixels, elem_id="diffedit-clean"), int),
+    # Stage II
+    Field("edit_strength", slider(DIFFEDIT_STRENGTH, DEFAULTS.edit_strength, label="t_edit (fraction of T)",
+                                  elem_id="diffedit-edit-strength"), float),
+    Field("start", lambda engine: gr.Radio(list(STARTS), value=DEFAULTS.start, label="Start from",
+                                           info="DDIM inversion of the source, or the image noised",
+                                           elem_id="diffedit-start"), str),
+    Field("steps", slider(specs.STEPS, DEFAULTS.steps, label="Steps (whole schedule)", elem_id="diffedit-steps"), int),
+    Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, elem_id="diffedit-guidance"), float),
+    Field("seed", seed_box("diffedit-seed"), optional_whole),
+    Field("composite", lambda engine: gr.Checkbox(label="Paste original pixels outside the mask",
+                                                  value=DEFAULTS.composite, elem_id="diffedit-composite"), bool),
+    # the found mask, touched up by the user: an input of the edit only
+    Field("mask", lambda engine: gr.ImageEditor(
+        label="Touch up the mask (paint adds, eraser removes), then Edit", type="numpy", image_mode="RGBA",
+        format="png", canvas_size=(engine.native_size,) * 2, height=300, sources=(), transforms=(),
+        brush=gr.Brush(default_size=8, colors=["#ff00ff"], color_mode="fixed"),
+        layers=gr.LayerOptions(allow_additional_layers=False, layers=["mask"]),
+        elem_id="diffedit-mask-editor"), in_spec=False),
+)
+
+
+def spec_from_values(values: Mapping[str, Any]) -> DiffEditSpec:
+    parsed = spec_values(FIELDS, values)
+    parsed["seed"] = resolve_seed(parsed.get("seed"))
+    return DiffEditSpec(**parsed)
+
+
+def chosen_inversion(values: Mapping[str, Any]) -> Inversion | None:
+    """The Inversion tab's inversion when the box is ticked; an error when there is none yet."""
+    if not values.get("use_inversion"):
+        return None
+    if values.get("inversion") is None:
+        raise InvalidInputError("There is no inversion yet: run one on the Inversion tab, or untick the box.")
+    return values["inversion"]
+
+
+def build_diffedit_tab(engine: Engine, inversion_state: gr.State | None = None) -> dict[str, Any]:
     """Lay out the DiffEdit tab; `inversion_state` holds the Inversion tab's latest Inversion (or None)."""
-    jobs = EditJobs()
+    form = Form(FIELDS, engine)
     native = int(engine.native_size)
 
     # 1. layout ---------------------------------------------------------------------------
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=320):
-            image = gr.Image(label="Image to edit", type="numpy", image_mode="RGB", format="png", height=260,
-                             elem_id="diffedit-image")
-            use_inversion = gr.Checkbox(label="Edit the current inversion (Inversion tab) instead", value=False,
-                                        visible=inversion_state is not None, elem_id="diffedit-use-inversion")
-            source = gr.Textbox(label="Source prompt (what the image shows)", elem_id="diffedit-source",
-                                placeholder="a big red circle on a blue background")
-            target = gr.Textbox(label="Target prompt (what it should show)", elem_id="diffedit-target",
-                                placeholder="a big green circle on a blue background")
+            image, use_inversion = form.place("image", "use_inversion")
+            use_inversion.visible = inversion_state is not None
+            form.place("source_prompt", "target_prompt")
             with gr.Row():
                 find = gr.Button("Find mask", elem_id="diffedit-mask-btn")
                 go = gr.Button("Edit", variant="primary", elem_id="diffedit-edit-btn")
                 stop = gr.Button("Stop", variant="stop", elem_id="diffedit-stop")
             with gr.Accordion("Stage I: mask", open=True):
-                with gr.Row():
-                    deviation = gr.Radio(list(DEVIATIONS), value=DEFAULTS.deviation, label="Compare",
-                                         info="eps or x0 predictions", elem_id="diffedit-deviation")
-                    threshold = gr.Slider(MASK_THRESHOLD.low, MASK_THRESHOLD.high, value=DEFAULTS.threshold,
-                                          step=MASK_THRESHOLD.step, label=MASK_THRESHOLD.label, elem_id="diffedit-threshold")
-                with gr.Row():
-                    probes = gr.Slider(PROBES.low, PROBES.high, value=DEFAULTS.probes, step=1, label=PROBES.label,
-                                       elem_id="diffedit-probes")
-                    noise_samples = gr.Slider(NOISE_SAMPLES.low, NOISE_SAMPLES.high, value=DEFAULTS.noise_samples,
-                                              step=1, label=NOISE_SAMPLES.label, elem_id="diffedit-samples")
-                with gr.Row():
-                    mask_strength = gr.Slider(DIFFEDIT_STRENGTH.low, DIFFEDIT_STRENGTH.high, value=DEFAULTS.mask_strength,
-                                              step=DIFFEDIT_STRENGTH.step, label="Probe noise up to (fraction of T)",
-                                              elem_id="diffedit-mask-strength")
-                    clean = gr.Slider(CLEAN.low, CLEAN.high, value=DEFAULTS.clean_pixels, step=1, label=CLEAN.label,
-                                      elem_id="diffedit-clean")
+                for row in (("deviation", "threshold"), ("probes", "noise_samples"), ("mask_strength", "clean_pixels")):
+                    with gr.Row():
+                        form.place(*row)
             with gr.Accordion("Stage II: edit", open=True):
-                with gr.Row():
-                    edit_strength = gr.Slider(DIFFEDIT_STRENGTH.low, DIFFEDIT_STRENGTH.high, value=DEFAULTS.edit_strength,
-                                              step=DIFFEDIT_STRENGTH.step, label="t_edit (fraction of T)",
-                                              elem_id="diffedit-edit-strength")
-                    start = gr.Radio(list(STARTS), value=DEFAULTS.start, label="Start from",
-                                     info="DDIM inversion of the source, or the image noised",
-                                     elem_id="diffedit-start")
-                with gr.Row():
-                    steps = gr.Slider(specs.STEPS.low, 100, value=DEFAULTS.steps, step=1, label="Steps (whole schedule)",
-                                      elem_id="diffedit-steps")
-                    guidance = gr.Slider(specs.GUIDANCE.low, specs.GUIDANCE.high, value=DEFAULTS.guidance_scale,
-                                         step=specs.GUIDANCE.step, label=specs.GUIDANCE.label,
-                                         elem_id="diffedit-guidance")
-                with gr.Row():
-                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=specs.SEED.high,
-                                     elem_id="diffedit-seed")
-                    composite = gr.Checkbox(label="Paste original pixels outside the mask", value=DEFAULTS.composite,
-                                            elem_id="diffedit-composite")
+                for row in (("edit_strength", "start"), ("steps", "guidance_scale"), ("seed", "composite")):
+                    with gr.Row():
+                        form.place(*row)
         with gr.Column(scale=6, min_width=360):
             status = gr.HTML(progress_html(0, 0, "Ready.", "idle"), elem_id="diffedit-status")
             with gr.Row(equal_height=False):
@@ -132,66 +161,35 @@ def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> 
                                         elem_id="diffedit-mask-preview")
                 result = gr.Image(label="Edited", format="png", interactive=False, height=260,
                                   elem_id="diffedit-result")
-            mask_editor = gr.ImageEditor(
-                label="Touch up the mask (paint adds, eraser removes), then Edit", type="numpy", image_mode="RGBA",
-                format="png", canvas_size=(native, native), height=300, sources=(), transforms=(),
-                brush=gr.Brush(default_size=8, colors=["#ff00ff"], color_mode="fixed"),
-                layers=gr.LayerOptions(allow_additional_layers=False, layers=["mask"]),
-                elem_id="diffedit-mask-editor",
-            )
+            (mask_editor,) = form.place("mask")
             settings = gr.JSON(label="Settings", elem_id="diffedit-settings", height=200)
     found = gr.State(None)  # {"soft": (H, W) float map, "image": (H, W, 3) uint8} of the last Stage I
 
     # 2. handlers ---------------------------------------------------------------------------
-    def _spec(source_text: str, target_text: str, deviation_value: str, threshold_value: float, probes_value: float,
-              samples_value: float, mask_strength_value: float, clean_value: float, edit_strength_value: float,
-              start_value: str, steps_value: float, guidance_value: float, seed_value: float | None,
-              composite_value: bool) -> DiffEditSpec:
-        if seed_value is None:
-            raise InvalidInputError("Enter a seed.")
-        return DiffEditSpec(
-            source_prompt=source_text or "", target_prompt=target_text or "", steps=int(steps_value),
-            guidance_scale=float(guidance_value), mask_strength=float(mask_strength_value), probes=int(probes_value),
-            noise_samples=int(samples_value), deviation=deviation_value, threshold=float(threshold_value),
-            clean_pixels=int(clean_value), edit_strength=float(edit_strength_value), start=start_value,
-            seed=int(seed_value), composite=bool(composite_value),
-        )
-
-    def _inversion(use: bool, state: Any) -> Any:
-        if not use:
-            return None
-        if state is None:
-            raise InvalidInputError("There is no inversion yet: run one on the Inversion tab, or untick the box.")
-        return state
-
-    def find_mask(image_value: np.ndarray | None, use: bool, inversion: Any, *form: Any,
-                  request: gr.Request = None) -> Iterator[tuple]:
+    def find_mask(request: gr.Request, **values: Any) -> Iterator[Outputs]:
         """Stage I: streams (status, mask preview, mask editor, found state) after every probe."""
-        skip = gr.skip()
-
-        def start(cancel: CancelToken) -> Iterator:
-            spec = _spec(*form)
-            chosen = _inversion(use, inversion)
-            return engine.diffedit_mask(spec, None if chosen is not None else image_value, chosen, cancel)
-
         shown: dict[str, Any] = {}
 
-        def render(event: Any, total: int) -> tuple | None:
+        def start(cancel: CancelToken) -> Iterator:
+            spec, inversion = spec_from_values(values), chosen_inversion(values)
+            shown["image"] = _prepared(values.get("image"), inversion)
+            return engine.diffedit_mask(spec, None if inversion is not None else values.get("image"), inversion, cancel)
+
+        def render(event: Any) -> Outputs | None:
             if isinstance(event, MaskResult):
                 picture = np.asarray(shown["image"])
                 text = f"Mask found: {100 * event.binary.mean():.1f}% of the image · adjust, touch up, then Edit"
-                return (progress_html(total, total, text, "done"), event.images[0],
-                        editor_value(picture, event.binary), {"soft": event.soft, "image": picture})
+                return {status: done_html(text), mask_preview: event.images[0],
+                        mask_editor: editor_value(picture, event.binary), found: {"soft": event.soft, "image": picture}}
             if isinstance(event, Mask):
-                if "image" not in shown:
-                    shown["image"] = _prepared(image_value, inversion if use else None)
-                return skip, overlay(shown["image"], event.binary), skip, skip
+                return {mask_preview: overlay(shown["image"], event.binary)}
             return None
 
-        yield from jobs.run(request, start, 4, render, "DiffEdit mask")
+        yield from stream_job("diffedit", request, status, start, render, "DiffEdit mask")
 
-    def _prepared(image_value: np.ndarray | None, inversion: Any) -> Image.Image:
-        return prepare_image(inversion.image if inversion is not None else image_value, native).image
+    def _prepared(image_value: np.ndarray | None, inversion: Inversion | None) -> Image.Image | None:
+        picture = inversion.image if inversion is not None else image_value
+        return None if picture is None else prepare_image(picture, native).image
 
     def rethreshold(state: dict | None, threshold_value: float, clean_value: float) -> tuple:
         """New threshold or kernel on the last soft map: preview and editor update at once (no model work)."""
@@ -200,45 +198,39 @@ def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> 
         binary = binary_mask(state["soft"], float(threshold_value), int(clean_value))
         return overlay(Image.fromarray(state["image"]), binary), editor_value(state["image"], binary)
 
-    def run_edit(image_value: np.ndarray | None, use: bool, inversion: Any, editor: dict | None, *form: Any,
-                 request: gr.Request = None) -> Iterator[tuple]:
+    def run_edit(request: gr.Request, **values: Any) -> Iterator[Outputs]:
         """Stage II with the editor's mask (Stages I and II when it is empty): streams (status, preview,
         result, settings)."""
-        skip = gr.skip()
 
         def start(cancel: CancelToken) -> Iterator:
-            spec = _spec(*form)
-            chosen = _inversion(use, inversion)
-            mask, background = edited_mask(editor)
+            spec, inversion = spec_from_values(values), chosen_inversion(values)
+            mask, background = edited_mask(values.get("mask"))
             # A touched-up mask belongs to the image on the editor (already at the model's size).
-            picture = background if mask is not None and chosen is None else image_value
-            return engine.diffedit(spec, None if chosen is not None else picture, mask, chosen, cancel)
+            picture = background if mask is not None and inversion is None else values.get("image")
+            return engine.diffedit(spec, None if inversion is not None else picture, mask, inversion, cancel)
 
-        def render(event: Any, total: int) -> tuple | None:
+        def render(event: Any) -> Outputs | None:
             if isinstance(event, Mask):
-                return skip, Image.fromarray((event.binary * 255).astype(np.uint8)), skip, skip
+                return {mask_preview: Image.fromarray((event.binary * 255).astype(np.uint8))}
             if isinstance(event, Preview):
-                return skip, skip, event.images[0], skip
+                return {result: event.images[0]}
             if isinstance(event, DiffEditResult):
                 text = (f"Done in {event.timings['total']:.1f} s · mask {100 * event.mask.mean():.1f}% "
                         f"({event.settings['mask_from']}) · {event.unet_evaluations} UNet evaluations")
-                return progress_html(total, total, text, "done"), skip, event.images[0], event.settings
+                return {status: done_html(text), result: event.images[0], settings: event.settings}
             return None
 
-        yield from jobs.run(request, start, 4, render, "DiffEdit")
+        yield from stream_job("diffedit", request, status, start, render, "DiffEdit")
 
     # 3. events -------------------------------------------------------------------------------
-    inversion_input = inversion_state if inversion_state is not None else gr.State(None)
-    form = [source, target, deviation, threshold, probes, noise_samples, mask_strength, clean, edit_strength, start,
-            steps, guidance, seed, composite]
-    finding = find.click(find_mask, [image, use_inversion, inversion_input, *form],
-                         [status, mask_preview, mask_editor, found], api_name="diffedit_mask", concurrency_id="model",
-                         show_progress="hidden")
-    editing = go.click(run_edit, [image, use_inversion, inversion_input, mask_editor, *form],
-                       [status, mask_preview, result, settings], api_name="diffedit", concurrency_id="model",
-                       show_progress="hidden")
-    stop.click(jobs.stop, None, status, cancels=[finding, editing], api_name="diffedit_stop",
-               api_visibility="undocumented", concurrency_limit=None, concurrency_id="stop", show_progress="hidden")
+    inputs = {**form.inputs, "inversion": inversion_state if inversion_state is not None else gr.State(None)}
+    stage_one_inputs = {name: component for name, component in inputs.items() if name != "mask"}
+    finding = find.click(find_mask, inputs_kwargs=stage_one_inputs, outputs=[status, mask_preview, mask_editor, found],
+                         api_name="diffedit_mask", concurrency_id="model", show_progress="hidden")
+    editing = go.click(run_edit, inputs_kwargs=inputs, outputs=[status, mask_preview, result, settings],
+                       api_name="diffedit", concurrency_id="model", show_progress="hidden")
+    stop_button(stop, status, [finding, editing], tab="diffedit", api_name="diffedit_stop")
+    threshold, clean = form.components(["threshold", "clean_pixels"])
     gr.on([threshold.release, clean.release], rethreshold, [found, threshold, clean], [mask_preview, mask_editor],
           api_visibility="private", concurrency_limit=None, concurrency_id="diffedit-threshold",
           show_progress="hidden")
@@ -246,7 +238,7 @@ def build_diffedit_tab(engine: Any, inversion_state: gr.State | None = None) -> 
     image.change(lambda: (None, None), None, [mask_editor, found], api_visibility="private",
                  concurrency_limit=None, concurrency_id="diffedit-threshold", show_progress="hidden")
     gr.Markdown(
-        f"Model **{html.escape(str(engine.model_name))}**. DiffEdit (seed §4.3): the mask is where the source and "
+        f"Model **{html.escape(str(engine.model_name))}**. DiffEdit (Couairon et al. 2023): the mask is where the source and "
         "target predictions of the same noisy image disagree; the edit regenerates only there and puts the "
         "original back everywhere else at every step.", elem_id="diffedit-help",
     )

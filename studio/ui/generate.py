@@ -1,12 +1,13 @@
 """The Generate tab: text-to-image with a live preview, a Stop button and live cross-attention maps.
 
-Layout and handlers only. The form holds global guidance too (issue #4): a condition table (prompt,
-signed weight, schedule, exponent, start/stop), guidance rescale, a classifier-guidance panel shown
-only when the model has a classifier, and a plot of every weight over the steps (from
-`engine.guidance_plan`, i.e. exactly what the sampler will apply). The handler turns the form into a typed `GenerateSpec`, runs
-`engine.generate(spec, cancel)` and renders each event it yields:
+Layout, a table of fields and render(event). The form (`FIELDS`: spec field, component, converters) holds
+global guidance too (issue #4): a condition table (prompt, signed weight, schedule, exponent, start/stop),
+guidance rescale, a classifier-guidance panel shown only when the model has a classifier, and a plot of every
+weight over the steps (from `engine.guidance_plan`, i.e. exactly what the sampler will apply). The handler turns
+the form into a typed `GenerateSpec`, runs `engine.generate(spec, cancel)` through the one stream helper and
+renders each event it yields:
 
-    Progress       -> progress bar text
+    Progress       -> progress bar text (the stream helper)
     Preview        -> live preview image (and the image under the heat map)
     AttentionMaps  -> attention state -> token picker + heat-map overlay (rendered by a .change event)
     Result         -> gallery (PNGs carrying their settings), settings JSON, PNG downloads
@@ -18,29 +19,29 @@ Endpoints: ``/generate`` (streams; the last message holds the result) and ``/rea
 from __future__ import annotations
 
 import html
-import logging
-import shutil
 import tempfile
-import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
 import pandas as pd  # gr.Dataframe hands tables over as DataFrames unless type='array'
 from PIL import Image
 
-from studio import specs
+from studio import png_settings, specs
 from studio.attention.maps import heat_map_overlay
-from studio.errors import CancelledError, InvalidInputError, StudioError
-from studio.events import AttentionMaps, Preview, Progress, Result
-from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
+from studio.errors import InvalidInputError
+from studio.events import AttentionMaps, CancelToken, Preview, Result
 from studio.plots import line_chart
-from studio import png_settings
-from studio.ui.stream import SessionJobs, progress_html, session_id
+from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
+from studio.ui.form import (ComponentFactory, Field, Form, number, optional_whole, resolve_seed, saved, seed_box,
+                            slider, spec_values, text, textbox)
+from studio.ui.stream import Outputs, done_html, progress_html, stop_button, stream_job
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from studio.engine import Engine
 
 DEFAULTS = GenerateSpec(prompt="")
 CLASSIFIER_DEFAULTS = ClassifierGuidanceSpec(target="")
@@ -91,54 +92,7 @@ def render_attention(attention: dict | None, token: int | None, resolution: int 
 
 
 # --------------------------------------------------------------------------------------------
-# Form <-> spec
-
-
-def spec_from_form(
-    prompt: str,
-    negative_prompt: str,
-    seed: float | None,
-    random_seed: bool,
-    steps: float,
-    guidance_scale: float,
-    scheduler: str,
-    width: float,
-    height: float,
-    batch_size: float,
-    show_attention: bool,
-    conditions: Any = None,
-    guidance_rescale: float = 0.0,
-    classifier_target: str | None = NO_CLASSIFIER,
-    classifier_strength: float = CLASSIFIER_DEFAULTS.strength,
-    classifier_schedule: str = CLASSIFIER_DEFAULTS.schedule,
-    classifier_exponent: float = CLASSIFIER_DEFAULTS.exponent,
-    classifier_start: float = CLASSIFIER_DEFAULTS.start,
-    classifier_stop: float = CLASSIFIER_DEFAULTS.stop,
-) -> GenerateSpec:
-    """The typed spec for the form's values; the engine validates ranges."""
-    if not random_seed and seed is None:
-        raise InvalidInputError("Enter a seed, or tick 'random seed'.")
-    classifier = None
-    if classifier_target and classifier_target != NO_CLASSIFIER:
-        classifier = ClassifierGuidanceSpec(
-            target=classifier_target, strength=float(classifier_strength), schedule=classifier_schedule,
-            exponent=float(classifier_exponent), start=float(classifier_start), stop=float(classifier_stop),
-        )
-    return GenerateSpec(
-        prompt=prompt or "",
-        negative_prompt=negative_prompt or "",
-        seed=None if random_seed else int(seed),
-        steps=int(steps),
-        guidance_scale=float(guidance_scale),
-        scheduler=scheduler,
-        width=int(width),
-        height=int(height),
-        batch_size=int(batch_size),
-        capture_attention=bool(show_attention),
-        conditions=conditions_from_table(conditions),
-        guidance_rescale=float(guidance_rescale or 0.0),
-        classifier_guidance=classifier,
-    )
+# The form: condition table <-> typed Conditions, the weight plot, the table of fields
 
 
 def _rows(table: Any) -> list[list[Any]]:
@@ -210,8 +164,96 @@ def weight_plot(labels: list[str], weights: Any, classifier_strengths: Any = Non
     return line_chart(series, x_label="step", y_label="weight per step", size=(460, 200), markers=len(steps) <= 12)
 
 
-def _round_up(value: float, multiple: int) -> int:
-    return int(-(-value // multiple) * multiple)
+def _size_slider(label: str, elem_id: str) -> ComponentFactory:
+    """Image side: the spec's SIZE range, in steps of the model's pixels per latent cell (which the spec checks)."""
+
+    def make(engine: Engine) -> gr.Slider:
+        multiple = int(engine.size_multiple)
+        low = int(-(-specs.SIZE.low // multiple) * multiple)  # SIZE.low rounded up to a multiple
+        return gr.Slider(low, specs.SIZE.high, value=int(engine.native_size), step=multiple, label=label, elem_id=elem_id)
+
+    return make
+
+
+def _saved_classifier(name: str) -> Callable[[Mapping[str, Any]], Any]:
+    """Restore a classifier-panel field; settings holding None mean "off": the panel goes back to its defaults."""
+
+    def restore(settings: Mapping[str, Any]) -> Any:
+        if "classifier_guidance" not in settings:
+            return None
+        found = settings["classifier_guidance"] or asdict(CLASSIFIER_DEFAULTS)
+        return (found.get("target") or NO_CLASSIFIER) if name == "target" else found.get(name)
+
+    return restore
+
+
+def _saved_conditions(settings: Mapping[str, Any]) -> list[list[Any]] | None:
+    return table_from_conditions(settings["conditions"]) if "conditions" in settings else None
+
+
+def _restored_seed_is_fixed(settings: Mapping[str, Any]) -> bool | None:
+    return False if settings.get("seed") is not None else None  # a restored seed means "this exact image"
+
+
+CLASSIFIER_PREFIX = "classifier_"  # the classifier panel's fields: CLASSIFIER_PREFIX + a ClassifierGuidanceSpec field
+FIELDS = (
+    Field("prompt", textbox(
+        label="Prompt", placeholder="a big red circle on the left and a small blue square on the right", lines=2,
+        elem_id="prompt"), text, saved("prompt")),
+    Field("negative_prompt", textbox(label="Negative prompt", lines=1, elem_id="negative-prompt"),
+          text, saved("negative_prompt")),
+    Field("seed", seed_box("seed", scale=3), optional_whole, saved("seed", specs.SEED)),
+    Field("random_seed", lambda engine: gr.Checkbox(label="Random seed", value=True, elem_id="random-seed"),
+          restore=_restored_seed_is_fixed, in_spec=False),
+    Field("steps", slider(specs.STEPS, DEFAULTS.steps, elem_id="steps"), int, saved("steps", specs.STEPS)),
+    Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, elem_id="guidance"), float,
+          saved("guidance_scale", specs.GUIDANCE)),
+    Field("scheduler", lambda engine: gr.Dropdown(list(specs.SCHEDULERS), value=DEFAULTS.scheduler, label="Scheduler",
+                                                  elem_id="scheduler"), str, saved("scheduler")),
+    Field("width", _size_slider("Width", "width"), int, saved("width", specs.SIZE)),
+    Field("height", _size_slider("Height", "height"), int, saved("height", specs.SIZE)),
+    Field("batch_size", slider(specs.BATCH, DEFAULTS.batch_size, elem_id="batch-size"), int,
+          saved("batch_size", specs.BATCH)),
+    # a view option, not a setting: never restored
+    Field("capture_attention", lambda engine: gr.Checkbox(
+        label="Show attention maps", value=DEFAULTS.capture_attention, elem_id="show-attention",
+        info="Capture cross-attention per prompt word while sampling (a little slower)."), bool),
+    Field("conditions", lambda engine: gr.Dataframe(
+        value=[], headers=list(CONDITION_COLUMNS), datatype=["str", "number", "str", "number", "number", "number"],
+        column_count=(len(CONDITION_COLUMNS), "fixed"), type="array", interactive=True, label="Conditions",
+        show_label=True, elem_id="conditions", column_widths=["34%", "14%", "18%", "12%", "11%", "11%"]),
+        conditions_from_table, _saved_conditions),
+    Field("guidance_rescale", slider(
+        specs.GUIDANCE_RESCALE, DEFAULTS.guidance_rescale, elem_id="guidance-rescale",
+        info="Match the guided image estimate's spread to the prompt's (Lin et al. 2023): less over-saturation at "
+             "high weights."), float, saved("guidance_rescale", specs.GUIDANCE_RESCALE)),
+    Field("classifier_target", lambda engine: gr.Dropdown(
+        [NO_CLASSIFIER, *engine.classifier_targets], value=NO_CLASSIFIER, label="Classifier guidance: target",
+        elem_id="classifier-target", scale=2), str, _saved_classifier("target")),
+    Field("classifier_strength", slider(specs.CLASSIFIER_STRENGTH, CLASSIFIER_DEFAULTS.strength,
+                                        elem_id="classifier-strength", scale=3), float, _saved_classifier("strength")),
+    Field("classifier_schedule", lambda engine: gr.Dropdown(
+        list(specs.GUIDANCE_SCHEDULES), value=CLASSIFIER_DEFAULTS.schedule, label="Schedule",
+        elem_id="classifier-schedule", min_width=100), str, _saved_classifier("schedule")),
+    Field("classifier_exponent", number(specs.SCHEDULE_EXPONENT, CLASSIFIER_DEFAULTS.exponent, label="Exponent",
+                                        elem_id="classifier-exponent", min_width=80), float, _saved_classifier("exponent")),
+    Field("classifier_start", number(specs.START, CLASSIFIER_DEFAULTS.start, elem_id="classifier-start", min_width=80),
+          float, _saved_classifier("start")),
+    Field("classifier_stop", number(specs.STOP, CLASSIFIER_DEFAULTS.stop, elem_id="classifier-stop", min_width=80),
+          float, _saved_classifier("stop")),
+)
+PLAN_FIELDS = ("steps", "guidance_scale", "scheduler", "conditions", "guidance_rescale",
+               *(name for name in (f.name for f in FIELDS) if name.startswith(CLASSIFIER_PREFIX)))
+
+
+def spec_from_values(values: Mapping[str, Any]) -> GenerateSpec:
+    """The typed spec for the form's values (fields left out keep the spec's defaults); the engine checks ranges."""
+    parsed = spec_values(FIELDS, values)
+    panel = {name[len(CLASSIFIER_PREFIX):]: parsed.pop(name) for name in list(parsed) if name.startswith(CLASSIFIER_PREFIX)}
+    if panel.get("target", NO_CLASSIFIER) not in ("", NO_CLASSIFIER):
+        parsed["classifier_guidance"] = ClassifierGuidanceSpec(**panel)
+    parsed["seed"] = resolve_seed(parsed.get("seed"), bool(values.get("random_seed", False)))
+    return GenerateSpec(**parsed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,51 +270,26 @@ class GenerateTab:
     run: Any  # the /generate event (Dependency)
 
 
-def build_generate_tab(engine: Any) -> GenerateTab:
+def build_generate_tab(engine: Engine) -> GenerateTab:
     """Lay out the Generate tab inside the current gr.Blocks/gr.Tab and wire its events."""
-    jobs = SessionJobs()
-    native = int(engine.native_size)
-    multiple = int(engine.size_multiple)
-    size_low = _round_up(specs.SIZE.low, multiple)
+    form = Form(FIELDS, engine)
+    native, targets = int(engine.native_size), list(engine.classifier_targets)
 
     # 1. layout ---------------------------------------------------------------------------
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=320):
-            prompt = gr.Textbox(
-                label="Prompt",
-                placeholder="a big red circle on the left and a small blue square on the right",
-                lines=2,
-                elem_id="prompt",
-            )
-            negative_prompt = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative-prompt")
+            form.place("prompt", "negative_prompt")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
             with gr.Row():
-                seed = gr.Number(
-                    label="Seed",
-                    value=0,
-                    precision=0,
-                    minimum=specs.SEED.low,
-                    maximum=specs.SEED.high,
-                    elem_id="seed",
-                    scale=3,
-                )
+                form.place("seed")
                 with gr.Column(scale=2, min_width=120):
-                    random_seed = gr.Checkbox(label="Random seed", value=True, elem_id="random-seed")
+                    form.place("random_seed")
                     reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id="reuse-seed")
-            steps = gr.Slider(specs.STEPS.low, specs.STEPS.high, value=DEFAULTS.steps, step=specs.STEPS.step, label=specs.STEPS.label, elem_id="steps")
-            guidance_scale = gr.Slider(
-                specs.GUIDANCE.low, specs.GUIDANCE.high, value=DEFAULTS.guidance_scale, step=specs.GUIDANCE.step,
-                label=specs.GUIDANCE.label, elem_id="guidance",
-            )
-            scheduler = gr.Dropdown(list(specs.SCHEDULERS), value=DEFAULTS.scheduler, label="Scheduler", elem_id="scheduler")
+            form.place("steps", "guidance_scale", "scheduler")
             with gr.Accordion("Global guidance: conditions, rescale, classifier", open=True, elem_id="global-guidance"):
-                conditions = gr.Dataframe(
-                    value=[], headers=list(CONDITION_COLUMNS), datatype=["str", "number", "str", "number", "number", "number"],
-                    column_count=(len(CONDITION_COLUMNS), "fixed"), type="array", interactive=True, label="Conditions",
-                    show_label=True, elem_id="conditions", column_widths=["34%", "14%", "18%", "12%", "11%", "11%"],
-                )
+                form.place("conditions")
                 gr.Markdown(
                     "Each row adds *w(t)·(ε<sub>row</sub> − ε<sub>uncond</sub>)* to the prompt's guidance; a negative "
                     f"weight ({specs.CONDITION_WEIGHT.low:g} to {specs.CONDITION_WEIGHT.high:g}) steers away from the row. "
@@ -287,58 +304,21 @@ def build_generate_tab(engine: Any) -> GenerateTab:
                     weight_plot(initial.labels, initial.weights.numpy()), type="pil", format="png", interactive=False,
                     label="Weight of each condition per step", elem_id="weight-plot", buttons=[],
                 )
-                guidance_rescale = gr.Slider(
-                    specs.GUIDANCE_RESCALE.low, specs.GUIDANCE_RESCALE.high, value=DEFAULTS.guidance_rescale,
-                    step=specs.GUIDANCE_RESCALE.step, label=specs.GUIDANCE_RESCALE.label, elem_id="guidance-rescale",
-                    info="Match the guided image estimate's spread to the prompt's (Lin et al. 2023): less over-saturation at high weights.",
-                )
-                targets = list(engine.classifier_targets)
+                form.place("guidance_rescale")
                 with gr.Group(visible=bool(targets), elem_id="classifier-panel"):
                     with gr.Row():
-                        classifier_target = gr.Dropdown(
-                            [NO_CLASSIFIER, *targets], value=NO_CLASSIFIER, label="Classifier guidance: target",
-                            elem_id="classifier-target", scale=2,
-                        )
-                        classifier_strength = gr.Slider(
-                            specs.CLASSIFIER_STRENGTH.low, specs.CLASSIFIER_STRENGTH.high, value=CLASSIFIER_DEFAULTS.strength,
-                            step=specs.CLASSIFIER_STRENGTH.step, label=specs.CLASSIFIER_STRENGTH.label,
-                            elem_id="classifier-strength", scale=3,
-                        )
+                        form.place("classifier_target", "classifier_strength")
                     with gr.Row():
-                        classifier_schedule = gr.Dropdown(
-                            list(specs.GUIDANCE_SCHEDULES), value=CLASSIFIER_DEFAULTS.schedule, label="Schedule",
-                            elem_id="classifier-schedule", min_width=100,
-                        )
-                        classifier_exponent = gr.Number(
-                            CLASSIFIER_DEFAULTS.exponent, label="Exponent", minimum=specs.SCHEDULE_EXPONENT.low,
-                            maximum=specs.SCHEDULE_EXPONENT.high, step=specs.SCHEDULE_EXPONENT.step,
-                            elem_id="classifier-exponent", min_width=80,
-                        )
-                        classifier_start = gr.Number(
-                            CLASSIFIER_DEFAULTS.start, label="Start", minimum=0, maximum=1, step=specs.START.step,
-                            elem_id="classifier-start", min_width=80,
-                        )
-                        classifier_stop = gr.Number(
-                            CLASSIFIER_DEFAULTS.stop, label="Stop", minimum=0, maximum=1, step=specs.STOP.step,
-                            elem_id="classifier-stop", min_width=80,
-                        )
+                        form.place("classifier_schedule", "classifier_exponent", "classifier_start", "classifier_stop")
             with gr.Row():
-                width = gr.Slider(size_low, specs.SIZE.high, value=native, step=multiple, label="Width", elem_id="width")
-                height = gr.Slider(size_low, specs.SIZE.high, value=native, step=multiple, label="Height", elem_id="height")
-            batch_size = gr.Slider(
-                specs.BATCH.low, specs.BATCH.high, value=DEFAULTS.batch_size, step=specs.BATCH.step, label=specs.BATCH.label,
-                elem_id="batch-size",
-            )
-            show_attention = gr.Checkbox(
-                label="Show attention maps", value=DEFAULTS.capture_attention, elem_id="show-attention",
-                info="Capture cross-attention per prompt word while sampling (a little slower).",
-            )
+                form.place("width", "height")
+            form.place("batch_size", "capture_attention")
             load_png = gr.File(
                 label="Load settings from PNG", file_types=[".png"], type="filepath", elem_id="load-png", height=120
             )
             gr.Markdown(
                 f"Model **{html.escape(str(engine.model_name))}** on `{html.escape(str(engine.device))}` · "
-                f"native size {native}px · sizes in steps of {multiple}px",
+                f"native size {native}px · sizes in steps of {engine.size_multiple}px",
                 elem_id="model-info",
             )
 
@@ -372,147 +352,55 @@ def build_generate_tab(engine: Any) -> GenerateTab:
     attention = gr.State(None)
 
     # 2. handlers ---------------------------------------------------------------------------
-    def generate(
-        prompt: str,
-        negative_prompt: str | None = None,  # None lets API callers leave it out
-        seed: float | None = 0,
-        random_seed: bool = True,
-        steps: float = DEFAULTS.steps,
-        guidance_scale: float = DEFAULTS.guidance_scale,
-        scheduler: str = DEFAULTS.scheduler,
-        width: float = native,
-        height: float = native,
-        batch_size: float = DEFAULTS.batch_size,
-        show_attention: bool = DEFAULTS.capture_attention,
-        conditions: Any = None,
-        guidance_rescale: float = DEFAULTS.guidance_rescale,
-        classifier_target: str = NO_CLASSIFIER,
-        classifier_strength: float = CLASSIFIER_DEFAULTS.strength,
-        classifier_schedule: str = CLASSIFIER_DEFAULTS.schedule,
-        classifier_exponent: float = CLASSIFIER_DEFAULTS.exponent,
-        classifier_start: float = CLASSIFIER_DEFAULTS.start,
-        classifier_stop: float = CLASSIFIER_DEFAULTS.stop,
-        request: gr.Request = None,
-    ) -> Iterator[tuple]:
+    def generate(request: gr.Request, **values: Any) -> Iterator[Outputs]:
         """Generate images from a prompt; streams progress, previews and attention maps, then the result.
 
         `conditions` rows are (prompt, weight, schedule, exponent, start, stop); a classifier target of
         "none" turns classifier guidance off.
         Returns (gallery, preview, status HTML, attention state, settings, PNG files).
         """
-        skip = gr.skip()
-        try:
-            spec = spec_from_form(
-                prompt, negative_prompt, seed, random_seed, steps, guidance_scale, scheduler, width, height,
-                batch_size, show_attention, conditions, guidance_rescale, classifier_target, classifier_strength,
-                classifier_schedule, classifier_exponent, classifier_start, classifier_stop,
-            )
-        except (InvalidInputError, TypeError, ValueError) as error:
-            raise gr.Error(str(error)) from error
+        shown: dict[str, Any] = {"image": None, "attention": None}  # this run's latest image and attention state
 
-        session = session_id(request)
-        job = jobs.start(session, spec.steps)
-        cancel = job.cancel
-        events: Iterator | None = None
-        started = time.monotonic()
-        attention_state: dict | None = None
-        current_image: np.ndarray | None = None
-        step, total = 0, spec.steps
+        def start(cancel: CancelToken) -> Iterator:
+            spec = spec_from_values(values)
+            shown["image"] = _blank(spec, native)
+            return engine.generate(spec, cancel)
+
+        def render(event: Any) -> Outputs | None:
+            if isinstance(event, Preview):
+                shown["image"] = np.asarray(event.images[0].convert("RGB"))
+                if shown["attention"] is None:
+                    return {preview: event.images[0]}
+                shown["attention"] = {**shown["attention"], "image": shown["image"]}
+                return {preview: event.images[0], attention: shown["attention"]}
+            if isinstance(event, AttentionMaps):
+                shown["attention"] = attention_state(event, shown["image"])
+                return {attention: shown["attention"]}
+            if isinstance(event, Result):
+                if shown["attention"] is not None:
+                    shown["attention"] = {**shown["attention"], "image": np.asarray(event.images[0].convert("RGB"))}
+                return {**finished(event, folder), attention: shown["attention"]}
+            return None
+
         # The PNG downloads are written here; Gradio copies returned files into its cache (cleaned by
         # delete_cache) before the generator resumes, so the folder goes when the run ends.
-        run_folder = Path(tempfile.mkdtemp(prefix="dcs-run-"))
-        try:
-            # Earlier results stay until this run has new ones to show.
-            yield skip, skip, progress_html(0, total, "Starting…"), skip, skip, skip
-            events = engine.generate(spec, cancel)
-            for event in events:
-                if isinstance(event, Progress):
-                    step, total = event.step, event.total
-                    job.step, job.total = step, total  # for Stop's message
-                    elapsed = time.monotonic() - started
-                    text = event.message or f"Step {step} / {total} · {elapsed:.1f} s"
-                    yield skip, skip, progress_html(step, total, text), skip, skip, skip
-                elif isinstance(event, Preview):
-                    current_image = np.asarray(event.images[0].convert("RGB"))
-                    if attention_state is not None:
-                        attention_state = {**attention_state, "image": current_image}
-                    yield skip, event.images[0], skip, attention_state or skip, skip, skip
-                elif isinstance(event, AttentionMaps):
-                    maps = np.asarray(event.maps, dtype=np.float32)
-                    under = current_image if current_image is not None else _blank(spec, engine)
-                    attention_state = {
-                        "step": event.step,
-                        "tokens": list(event.tokens),
-                        "maps": maps,
-                        "per_resolution": dict(event.per_resolution),
-                        "image": under,
-                    }
-                    yield skip, skip, skip, attention_state, skip, skip
-                elif isinstance(event, Result):
-                    yield _finish(event, attention_state, started, run_folder)
-        except CancelledError as error:
-            yield skip, skip, progress_html(step, total, f"Stopped: {error}", "stopped"), skip, skip, skip
-        except StudioError as error:
-            yield skip, skip, progress_html(step, total, str(error), "failed"), skip, skip, skip
-            raise gr.Error(str(error)) from error
-        except Exception as error:  # a bug, not bad input: keep the app alive, keep details in the log
-            log.exception("generate failed for %r", spec)
-            message = f"Generation failed unexpectedly ({type(error).__name__}); see the server log."
-            yield skip, skip, progress_html(step, total, message, "failed"), skip, skip, skip
-            raise gr.Error(message) from error
-        finally:
-            # Stop pressed (GeneratorExit at a yield), an error, or done: tell the engine and let it
-            # unwind (its lock, its attention processors) before the next job.
-            cancel.cancel()
-            if events is not None and hasattr(events, "close"):
-                events.close()
-            jobs.finish(session, job)
-            shutil.rmtree(run_folder, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="dcs-run-") as folder:
+            yield from stream_job("generate", request, status, start, render, "Generation")
 
-    def _finish(result: Result, attention_state: dict | None, started: float, folder: Path) -> tuple:
-        settings = dict(result.settings)
-        tagged = [png_settings.with_settings(image, settings, index) for index, image in enumerate(result.images)]
-        files = _save_downloads(result.images, settings, folder)
-        first = np.asarray(result.images[0].convert("RGB"))
-        if attention_state is not None:
-            attention_state = {**attention_state, "image": first}
-        seconds = result.timings.get("total", time.monotonic() - started)
-        text = (
-            f"Done in {seconds:.1f} s · seed {settings.get('seed')} · "
-            f"{result.unet_evaluations} UNet evaluations ({settings.get('nfe_per_step')} predictions each)"
-        )
-        if settings.get("classifier_gradient_evaluations") is not None:
-            text += (
-                f" · classifier gradient {1000 * settings['classifier_seconds_per_step']:.0f} ms "
-                f"of {1000 * settings['sampling_seconds_per_step']:.0f} ms per step"
-            )
-        caption = f"seed {settings.get('seed')}"
-        gallery_value = [(image, f"{caption} · #{index}" if len(tagged) > 1 else caption) for index, image in enumerate(tagged)]
-        total = int(settings.get("steps") or 0)
-        return (
-            gallery_value,
-            result.images[0],
-            progress_html(total, total, text, "done"),
-            attention_state,
-            settings,
-            files,
-        )
+    def finished(result: Result, folder: str) -> Outputs:
+        settings_record = dict(result.settings)
+        tagged = [png_settings.with_settings(image, settings_record, index) for index, image in enumerate(result.images)]
+        caption = f"seed {settings_record.get('seed')}"
+        pictures = [(image, f"{caption} · #{index}" if len(tagged) > 1 else caption) for index, image in enumerate(tagged)]
+        return {
+            gallery: pictures,
+            preview: result.images[0],
+            status: done_html(result_text(result)),
+            settings: settings_record,
+            downloads: _save_downloads(result.images, settings_record, Path(folder)),
+        }
 
-    def _save_downloads(images: list[Image.Image], settings: dict, folder: Path) -> list[str]:
-        seed_value = settings.get("seed")
-        paths = []
-        for index, image in enumerate(images):
-            name = f"{seed_value}-{index}.png" if len(images) > 1 else f"{seed_value}.png"  # short: the UI truncates
-            paths.append(str(png_settings.save_png(image, settings, folder / name, batch_index=index)))
-        return paths
-
-    def stop_job(request: gr.Request) -> Any:
-        job = jobs.cancel(session_id(request))
-        if job is None:
-            return gr.skip()
-        return progress_html(job.step, job.total, f"Stopped after step {job.step} of {job.total}.", "stopped")
-
-    def read_settings(file: str | None) -> tuple:
+    def read_settings(file: str | None) -> dict:
         """Settings from a PNG made by this app (or one with A1111 'parameters'), for every form field.
 
         Returns (prompt, negative prompt, seed, random seed, steps, guidance scale, scheduler, width,
@@ -525,65 +413,13 @@ def build_generate_tab(engine: Any) -> GenerateTab:
             found = png_settings.read_png_settings(file)
         except InvalidInputError as error:
             raise gr.Error(str(error)) from error
-        skip = gr.skip()
-        values = png_settings.spec_fields(found)
-        checks = {
-            "steps": specs.STEPS, "guidance_scale": specs.GUIDANCE, "batch_size": specs.BATCH,
-            "seed": specs.SEED, "width": specs.SIZE, "height": specs.SIZE,
-        }
-        for name, bounds in checks.items():
-            value = values.get(name)
-            if value is None:
-                continue
-            try:
-                bounds.check(name, value)
-            except InvalidInputError as error:
-                gr.Warning(f"Not restored: {error}")
-                values.pop(name)
-        if values.get("scheduler") not in (None, *specs.SCHEDULERS):
-            gr.Warning(f"Not restored: scheduler {values.pop('scheduler')!r} is not available here.")
-        seed_value = values.get("seed")
-        return (
-            values.get("prompt", skip),
-            values.get("negative_prompt", skip),
-            seed_value if seed_value is not None else skip,
-            False if seed_value is not None else skip,  # a restored seed means "this exact image"
-            values.get("steps", skip),
-            values.get("guidance_scale", skip),
-            values.get("scheduler", skip),
-            values.get("width") or skip,
-            values.get("height") or skip,
-            values.get("batch_size", skip),
-            *_guidance_fields(values),
-        )
+        return form.restore(found)
 
-    def _guidance_fields(values: dict) -> tuple:
-        """Condition table, rescale and classifier panel from settings (left as they are when absent)."""
-        skip = gr.skip()
-        table = table_from_conditions(values["conditions"]) if "conditions" in values else skip
-        rescale = values.get("guidance_rescale", skip)
-        if "classifier_guidance" not in values:
-            return (table, rescale, *[skip] * 6)
-        # None in settings means "off": the panel goes back to its defaults.
-        found = values["classifier_guidance"] or asdict(CLASSIFIER_DEFAULTS)
-        target = found.get("target") or NO_CLASSIFIER
-        if target not in (NO_CLASSIFIER, *targets):
-            gr.Warning(f"Not restored: classifier guidance towards {target!r} needs a model with that classifier.")
-            target = NO_CLASSIFIER
-        panel = [found.get(name, skip) for name in ("strength", "schedule", "exponent", "start", "stop")]
-        return (table, rescale, target, *panel)
-
-    def plot_weights(steps: float, guidance_scale: float, scheduler: str, conditions: Any, guidance_rescale: float,
-                     classifier_target: str, classifier_strength: float, classifier_schedule: str,
-                     classifier_exponent: float, classifier_start: float, classifier_stop: float) -> Any:
+    def plot_weights(**values: Any) -> Any:
         try:
-            spec = spec_from_form(
-                "prompt", "", 0, True, steps, guidance_scale, scheduler, native, native, 1, False, conditions,
-                guidance_rescale, classifier_target, classifier_strength, classifier_schedule, classifier_exponent,
-                classifier_start, classifier_stop,
-            )
+            spec = spec_from_values({**values, "prompt": "prompt", "random_seed": True})
             plan = engine.guidance_plan(spec)
-        except (InvalidInputError, TypeError, ValueError):
+        except InvalidInputError:
             return gr.skip()  # the table is being edited: errors show when Generate is pressed
         target = spec.classifier_guidance.target if spec.classifier_guidance else ""
         return weight_plot(plan.labels, plan.weights.numpy(), plan.classifier_strengths, target)
@@ -594,32 +430,16 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         return int(shown["seed"]), False
 
     # 3. events -----------------------------------------------------------------------------
-    # The fields a PNG's settings restore; the form adds the view option "show attention maps".
-    guidance_fields = [
-        conditions, guidance_rescale, classifier_target, classifier_strength, classifier_schedule,
-        classifier_exponent, classifier_start, classifier_stop,
-    ]
-    restorable = [
-        prompt, negative_prompt, seed, random_seed, steps, guidance_scale, scheduler, width, height, batch_size,
-        *guidance_fields,
-    ]
-    form = [prompt, negative_prompt, seed, random_seed, steps, guidance_scale, scheduler, width, height, batch_size,
-            show_attention, *guidance_fields]
     run = gr.on(
-        triggers=[go.click, prompt.submit],
+        triggers=[go.click, form["prompt"].submit],
         fn=generate,
-        inputs=form,
+        inputs_kwargs=form.inputs,
         outputs=[gallery, preview, status, attention, settings, downloads],
         api_name="generate",
         concurrency_id="model",
         show_progress="hidden",
     )
-    # Stop: cancel the event (GeneratorExit at the handler's next yield) and set the engine's token so
-    # it stops between steps even while no event is being yielded. Runs beside the job, not behind it.
-    stop.click(
-        stop_job, None, status, cancels=[run], api_name="stop", api_visibility="undocumented",
-        concurrency_limit=None, concurrency_id="stop", show_progress="hidden",
-    )
+    stop_button(stop, status, [run], tab="generate", api_name="stop")
     attention_view = dict(
         concurrency_limit=None, concurrency_id="attention-view", show_progress="hidden", api_visibility="private"
     )
@@ -629,26 +449,62 @@ def build_generate_tab(engine: Any) -> GenerateTab:
         [token_pick.input, resolution_pick.input], lambda *picks: render_attention(*picks)[2], pickers, heatmap,
         **attention_view,
     )
-    load_png.upload(read_settings, load_png, restorable, api_name="read_settings", concurrency_id="settings")
+    load_png.upload(read_settings, load_png, form.restorable, api_name="read_settings", concurrency_id="settings")
 
     # The weight plot follows every input of the guidance plan; half-typed rows keep the last plot.
-    plan_inputs = [steps, guidance_scale, scheduler, *guidance_fields]
+    plan_inputs = {name: form[name] for name in PLAN_FIELDS}
     gr.on(
-        [component.change for component in plan_inputs], plot_weights, plan_inputs, weight_plot_view,
-        concurrency_limit=None, concurrency_id="weight-plot", show_progress="hidden", api_visibility="private",
+        [component.change for component in plan_inputs.values()], plot_weights, inputs_kwargs=plan_inputs,
+        outputs=weight_plot_view, concurrency_limit=None, concurrency_id="weight-plot", show_progress="hidden",
+        api_visibility="private",
     )
     gr.Examples(
-        COMPOSE_EXAMPLES, [prompt, conditions, guidance_scale], label="Compose: sub-prompts with signed weights",
-        elem_id="compose-examples",
+        COMPOSE_EXAMPLES, form.components(["prompt", "conditions", "guidance_scale"]),
+        label="Compose: sub-prompts with signed weights", elem_id="compose-examples",
     )
-    reuse_seed.click(reuse_last_seed, settings, [seed, random_seed], api_visibility="private", concurrency_id="settings")
-    return GenerateTab(prompt=prompt, gallery=gallery, settings=settings, run=run)
+    reuse_seed.click(reuse_last_seed, settings, form.components(["seed", "random_seed"]), api_visibility="private",
+                     concurrency_id="settings")
+    return GenerateTab(prompt=form["prompt"], gallery=gallery, settings=settings, run=run)
 
 
-def _blank(spec: GenerateSpec, engine: Any) -> np.ndarray:
-    height = spec.height or int(engine.native_size)
-    width = spec.width or int(engine.native_size)
-    return np.full((height, width, 3), 96, dtype=np.uint8)
+def attention_state(event: AttentionMaps, image: np.ndarray) -> dict[str, Any]:
+    """What the heat-map view needs from an AttentionMaps event: the maps and the image under them."""
+    return {
+        "step": event.step,
+        "tokens": list(event.tokens),
+        "maps": np.asarray(event.maps, dtype=np.float32),
+        "per_resolution": dict(event.per_resolution),
+        "image": image,
+    }
+
+
+def result_text(result: Result) -> str:
+    """The status line of a finished generation: time, seed, UNet work, and the classifier's share of a step."""
+    settings = result.settings
+    text = (
+        f"Done in {result.timings.get('total', 0.0):.1f} s · seed {settings.get('seed')} · "
+        f"{result.unet_evaluations} UNet evaluations ({settings.get('nfe_per_step')} predictions each)"
+    )
+    if settings.get("classifier_gradient_evaluations") is not None:
+        text += (
+            f" · classifier gradient {1000 * settings['classifier_seconds_per_step']:.0f} ms "
+            f"of {1000 * settings['sampling_seconds_per_step']:.0f} ms per step"
+        )
+    return text
+
+
+def _save_downloads(images: list[Image.Image], settings: dict, folder: Path) -> list[str]:
+    seed_value = settings.get("seed")
+    paths = []
+    for index, image in enumerate(images):
+        name = f"{seed_value}-{index}.png" if len(images) > 1 else f"{seed_value}.png"  # short: the UI truncates
+        paths.append(str(png_settings.save_png(image, settings, folder / name, batch_index=index)))
+    return paths
+
+
+def _blank(spec: GenerateSpec, native: int) -> np.ndarray:
+    """The grey image under attention maps that arrive before the first preview."""
+    return np.full((spec.height or native, spec.width or native, 3), 96, dtype=np.uint8)
 
 
 CSS = """

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
@@ -26,9 +27,14 @@ from studio.events import CancelToken
 from studio.images import MAX_INPUT_PIXELS, prepare_image, working_size
 from studio.inversion import METHOD_LABELS, METHODS, Inversion, InversionResult, InversionSpec
 from studio.inversion.null_text import NullTextLoss
-from studio.inversion.result import BDIA_GAMMA, EDICT_MIX, INNER_STEPS, LEARNING_RATE, TOLERANCE
+from studio.inversion.result import (BDIA_GAMMA, EDICT_MIX, IMAGE_WEIGHT, INNER_STEPS, LEARNING_RATE, LR_DECAY,
+                                     MIN_IMPROVEMENT, SMOOTHNESS, TOLERANCE)
 from studio.plots import line_chart
-from studio.ui.stream import EditJobs, progress_html
+from studio.ui.form import Field, Form, number, slider, spec_values, text, textbox
+from studio.ui.stream import Outputs, progress_html, stop_button, stream_job
+
+if TYPE_CHECKING:
+    from studio.engine import Engine
 
 DEFAULTS = InversionSpec()
 TABLE_HEADERS = ["method", "PSNR (dB)", "SSIM", "latent MSE", "UNet passes (inversion)", "backward passes",
@@ -113,60 +119,80 @@ def default_choice(inversions: list[Inversion]) -> int | None:
 # The tab
 
 
-def build_inversion_tab(engine: Any) -> InversionTab:
+FIELDS = (
+    Field("upload", lambda engine: gr.File(
+        label="Image (any size or mode: it is centre-cropped and resized to the model's size)", type="filepath",
+        elem_id="inversion-upload"), in_spec=False),
+    Field("keep_size", lambda engine: gr.Checkbox(
+        False, label=f"Keep the image's size (its shorter side, down to a multiple of {engine.size_multiple} px) "
+                     f"instead of the model's {engine.native_size}×{engine.native_size}",
+        elem_id="inversion-keep-size"), bool),
+    Field("prompt", textbox(label="Caption (empty: the null prompt)",
+                                              placeholder="a big red circle on a blue background",
+                                              elem_id="inversion-prompt"), text),
+    Field("methods", lambda engine: gr.CheckboxGroup([(METHOD_LABELS[m], m) for m in METHODS], value=DEFAULT_METHODS,
+                                                     label="Methods", elem_id="inversion-methods"), in_spec=False),
+    Field("steps", slider(specs.STEPS, DEFAULTS.steps, elem_id="inversion-steps"), int),
+    Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, label="Guidance scale w",
+                                   elem_id="inversion-guidance"), float),
+    Field("inversion_guidance", slider(specs.GUIDANCE, DEFAULTS.inversion_guidance,
+                                       label="DDIM: guidance of the inversion itself (1 = guidance-neutral; try w to "
+                                             "see why 1)", elem_id="inversion-ddim-w"), float),
+    Field("inner_steps", slider(INNER_STEPS, DEFAULTS.inner_steps, elem_id="inversion-inner"), int),
+    Field("learning_rate", number(LEARNING_RATE, DEFAULTS.learning_rate, elem_id="inversion-lr"), float),
+    Field("lr_decay", slider(LR_DECAY, DEFAULTS.lr_decay, label="NTI lr decay", elem_id="inversion-lr-decay"), float),
+    Field("tolerance", number(TOLERANCE, DEFAULTS.tolerance, label="NTI early-stop tolerance (L_rec)",
+                              elem_id="inversion-tolerance"), float),
+    Field("min_improvement", number(MIN_IMPROVEMENT, DEFAULTS.min_improvement,
+                                    label="NTI: stop when 2 iterations gain less than (fraction)",
+                                    elem_id="inversion-min-improvement"), float),
+    Field("smoothness", number(SMOOTHNESS, DEFAULTS.smoothness, label="NTI smoothness λ",
+                               elem_id="inversion-smoothness"), float),
+    Field("image_weight", number(IMAGE_WEIGHT, DEFAULTS.image_weight, label="NTI image-space weight μ",
+                                 elem_id="inversion-image-weight"), float),
+    Field("edict_mix", slider(EDICT_MIX, DEFAULTS.edict_mix, elem_id="inversion-edict-p"), float),
+    Field("bdia_gamma", slider(BDIA_GAMMA, DEFAULTS.bdia_gamma, label="BDIA γ", elem_id="inversion-bdia-gamma"), float),
+    Field("float64", lambda engine: gr.Checkbox(False, label="EDICT/BDIA in float64 (CPU)", elem_id="inversion-float64"),
+          bool),
+    Field("null_start", lambda engine: gr.Radio(
+        [("the caption's embedding (fast: where NPI lands)", "prompt"), ("the empty prompt's (Mokady et al.)", "empty")],
+        value=DEFAULTS.null_start, label="NTI starts its null embedding from", elem_id="inversion-null-start"), str),
+)
+
+
+def specs_from_values(values: Mapping[str, Any]) -> list[InversionSpec]:
+    """One spec per ticked method, in the table's order of methods."""
+    chosen = values.get("methods") or []
+    if not chosen:
+        raise InvalidInputError("Tick at least one method.")
+    common = spec_values(FIELDS, values)
+    return [InversionSpec(method=method, **common) for method in METHODS if method in chosen]
+
+
+def build_inversion_tab(engine: Engine) -> InversionTab:
     """Lay out the Inversion tab in the current Blocks/Tab and wire it."""
-    jobs = EditJobs()
+    form = Form(FIELDS, engine)
     native = int(engine.native_size)
 
     # 1. layout ---------------------------------------------------------------------------
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=320):
-            upload = gr.File(label="Image (any size or mode: it is centre-cropped and resized to the model's size)",
-                             type="filepath", elem_id="inversion-upload")
-            keep_size = gr.Checkbox(False, label=f"Keep the image's size (its shorter side, down to a multiple of "
-                                    f"{engine.size_multiple} px) instead of the model's {native}×{native}",
-                                    elem_id="inversion-keep-size")
+            upload, keep_size = form.place("upload", "keep_size")
             prepared = gr.Image(label="As the model sees it", type="pil", format="png",
                                 interactive=False, height=200, elem_id="inversion-prepared")
             note = gr.Markdown("", elem_id="inversion-note")
-            prompt = gr.Textbox(label="Caption (empty: the null prompt)", placeholder="a big red circle on a blue background",
-                                elem_id="inversion-prompt")
-            methods = gr.CheckboxGroup([(METHOD_LABELS[m], m) for m in METHODS], value=DEFAULT_METHODS,
-                                       label="Methods", elem_id="inversion-methods")
+            form.place("prompt", "methods")
             with gr.Row():
-                steps = gr.Slider(2, specs.STEPS.high, value=DEFAULTS.steps, step=1, label="Steps", elem_id="inversion-steps")
-                guidance = gr.Slider(specs.GUIDANCE.low, specs.GUIDANCE.high, value=DEFAULTS.guidance_scale,
-                                     step=specs.GUIDANCE.step, label="Guidance scale w", elem_id="inversion-guidance")
+                form.place("steps", "guidance_scale")
             with gr.Accordion("Method settings", open=False):
-                inversion_guidance = gr.Slider(specs.GUIDANCE.low, specs.GUIDANCE.high, value=DEFAULTS.inversion_guidance,
-                                               step=specs.GUIDANCE.step, label="DDIM: guidance of the inversion itself "
-                                               "(1 = guidance-neutral; try w to see why 1)", elem_id="inversion-ddim-w")
+                form.place("inversion_guidance")
                 with gr.Row():
-                    inner = gr.Slider(INNER_STEPS.low, INNER_STEPS.high, value=DEFAULTS.inner_steps, step=1,
-                                      label="NTI inner iterations", elem_id="inversion-inner")
-                    learning_rate = gr.Number(DEFAULTS.learning_rate, label="NTI learning rate", minimum=LEARNING_RATE.low,
-                                              maximum=LEARNING_RATE.high, elem_id="inversion-lr")
-                    lr_decay = gr.Slider(0, 1, value=DEFAULTS.lr_decay, step=0.05, label="NTI lr decay",
-                                         elem_id="inversion-lr-decay")
+                    form.place("inner_steps", "learning_rate", "lr_decay")
                 with gr.Row():
-                    tolerance = gr.Number(DEFAULTS.tolerance, label="NTI early-stop tolerance (L_rec)",
-                                          minimum=TOLERANCE.low, maximum=TOLERANCE.high, elem_id="inversion-tolerance")
-                    min_improvement = gr.Number(DEFAULTS.min_improvement, minimum=0, maximum=1,
-                                                label="NTI: stop when 2 iterations gain less than (fraction)",
-                                                elem_id="inversion-min-improvement")
-                    smoothness = gr.Number(DEFAULTS.smoothness, label="NTI smoothness λ", minimum=0,
-                                           elem_id="inversion-smoothness")
-                    image_weight = gr.Number(DEFAULTS.image_weight, label="NTI image-space weight μ", minimum=0,
-                                             elem_id="inversion-image-weight")
+                    form.place("tolerance", "min_improvement", "smoothness", "image_weight")
                 with gr.Row():
-                    edict_mix = gr.Slider(EDICT_MIX.low, EDICT_MIX.high, value=DEFAULTS.edict_mix, step=EDICT_MIX.step,
-                                          label="EDICT mixing p", elem_id="inversion-edict-p")
-                    bdia_gamma = gr.Slider(BDIA_GAMMA.low, BDIA_GAMMA.high, value=DEFAULTS.bdia_gamma,
-                                           step=BDIA_GAMMA.step, label="BDIA γ", elem_id="inversion-bdia-gamma")
-                    float64 = gr.Checkbox(False, label="EDICT/BDIA in float64 (CPU)", elem_id="inversion-float64")
-                null_start = gr.Radio([("the caption's embedding (fast: where NPI lands)", "prompt"),
-                                       ("the empty prompt's (Mokady et al.)", "empty")], value=DEFAULTS.null_start,
-                                      label="NTI starts its null embedding from", elem_id="inversion-null-start")
+                    form.place("edict_mix", "bdia_gamma", "float64")
+                form.place("null_start")
             with gr.Row():
                 go = gr.Button("Invert", variant="primary", elem_id="inversion-btn", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="inversion-stop", scale=1)
@@ -198,56 +224,41 @@ def build_inversion_tab(engine: Any) -> InversionTab:
             raise gr.Error(str(error)) from error
         return ready.image, f"Prepared: {html.escape(ready.note)}."
 
-    def invert(path: str | None, caption: str, chosen: list[str], steps_value: float, guidance_value: float,
-               ddim_w: float, inner_value: float, lr_value: float, decay_value: float, tolerance_value: float,
-               improvement_value: float, smoothness_value: float, image_weight_value: float, mix_value: float,
-               gamma_value: float, float64_value: bool, keep_value: bool = False, null_start_value: str = "prompt",
-               request: gr.Request = None) -> Iterator[tuple]:
+    def invert(request: gr.Request, **values: Any) -> Iterator[Outputs]:
         """Streams (status, gallery, table, error plot, loss plot, pick, settings, inversions, inversion_state)."""
-        skip = gr.skip()
         done: list[InversionResult] = []
         live_losses: list[list[float]] = []
+        runs: list[InversionSpec] = []
 
         def start(cancel: CancelToken) -> Iterator:
-            if not chosen:
-                raise InvalidInputError("Tick at least one method.")
-            image = load_upload(path)
-            common = dict(prompt=caption or "", steps=int(steps_value), guidance_scale=float(guidance_value),
-                          inversion_guidance=float(ddim_w), inner_steps=int(inner_value),
-                          learning_rate=float(lr_value or 0), lr_decay=float(decay_value),
-                          tolerance=float(tolerance_value or 0), min_improvement=float(improvement_value or 0),
-                          smoothness=float(smoothness_value or 0),
-                          image_weight=float(image_weight_value or 0), edict_mix=float(mix_value),
-                          bdia_gamma=float(gamma_value), float64=bool(float64_value), keep_size=bool(keep_value),
-                          null_start=str(null_start_value))
+            runs.extend(specs_from_values(values))
+            image = load_upload(values.get("upload"))
             # every method's input is checked here, before the first one starts
-            runs = [engine.invert(InversionSpec(method=method, **common), image, cancel) for method in METHODS
-                    if method in chosen]
-            return (event for run in runs for event in run)
+            jobs = [engine.invert(spec, image, cancel) for spec in runs]
+            return (event for job in jobs for event in job)
 
-        def render(event: Any, total: int) -> tuple | None:
+        def render(event: Any) -> Outputs | None:
             if isinstance(event, NullTextLoss):
                 if event.step == 1:
                     live_losses.clear()
                 live_losses.append(event.losses)
-                return skip, skip, skip, skip, loss_plot(live_losses), skip, skip, skip, skip
+                return {losses: loss_plot(live_losses)}
             if isinstance(event, InversionResult):
                 done.append(event)
                 inverted = [r.inversion for r in done]
-                original = done[0].inversion.image
-                pictures = [(original, "original")] + [(r.images[0], f"{METHOD_LABELS[r.settings['method']]}: "
-                                                       f"{r.settings['psnr']:.2f} dB") for r in done]
+                pictures = [(done[0].inversion.image, "original")] + [
+                    (r.images[0], f"{METHOD_LABELS[r.settings['method']]}: {r.settings['psnr']:.2f} dB") for r in done]
                 index = default_choice(inverted)
                 choices = [(choice_label(i, inv), i) for i, inv in enumerate(inverted)]
-                finished = len(done) == len([m for m in METHODS if m in chosen])
+                finished = len(done) == len(runs)
                 text = (f"Done: {len(done)} method(s) · {html.escape(done[0].inversion.preparation or 'used as uploaded')}"
-                        if finished else f"{len(done)} of {len(chosen)} methods done")
-                return (progress_html(total, total, text, "done" if finished else "running"), pictures,
-                        table_rows(done), error_plot(done), skip, gr.update(choices=choices, value=index),
-                        event.settings, inverted, inverted[index])
+                        if finished else f"{len(done)} of {len(runs)} methods done")
+                return {status: progress_html(1, 1, text, "done" if finished else "running"), gallery: pictures,
+                        table: table_rows(done), errors: error_plot(done), pick: gr.update(choices=choices, value=index),
+                        settings: event.settings, inversions: inverted, inversion_state: inverted[index]}
             return None
 
-        yield from jobs.run(request, start, 9, render, "Inversion")
+        yield from stream_job("inversion", request, status, start, render, "Inversion")
 
     def choose(index: int | None, held: list[Inversion]) -> Inversion | None:
         if index is None or not held or not (0 <= int(index) < len(held)):
@@ -258,20 +269,18 @@ def build_inversion_tab(engine: Any) -> InversionTab:
     for changed in (upload, keep_size):
         changed.change(preview, [upload, keep_size], [prepared, note], api_visibility="private",
                        concurrency_limit=None, concurrency_id="inversion-preview", show_progress="hidden")
-    form = [upload, prompt, methods, steps, guidance, inversion_guidance, inner, learning_rate, lr_decay, tolerance,
-            min_improvement, smoothness, image_weight, edict_mix, bdia_gamma, float64, keep_size, null_start]
-    running = go.click(invert, form, [status, gallery, table, errors, losses, pick, settings, inversions,
-                                      inversion_state],
+    running = go.click(invert, inputs_kwargs=form.inputs,
+                       outputs=[status, gallery, table, errors, losses, pick, settings, inversions, inversion_state],
                        api_name="invert", concurrency_id="model", show_progress="hidden")
-    stop.click(jobs.stop, None, status, cancels=[running], api_name="inversion_stop", api_visibility="undocumented",
-               concurrency_limit=None, concurrency_id="stop", show_progress="hidden")
+    stop_button(stop, status, [running], tab="inversion", api_name="inversion_stop")
     pick.input(choose, [pick, inversions], inversion_state, api_visibility="private", concurrency_limit=None,
                concurrency_id="inversion-preview", show_progress="hidden")
     gr.Markdown(
-        f"Model **{html.escape(str(engine.model_name))}**. Inversion (seed §3) finds the noise x_T (and, for "
+        f"Model **{html.escape(str(engine.model_name))}**. Inversion finds the noise x_T (and, for "
         "null-text inversion, per-step null embeddings) from which the sampler redraws your image. DDIM inversion "
-        "runs the sampler backwards; null-text inversion optimises the unconditional embedding per step so guided "
-        "sampling retraces it; negative-prompt inversion uses the caption as the negative prompt; EDICT and BDIA "
+        "runs the sampler backwards (Song et al. 2021); null-text inversion (Mokady et al. 2023) optimises the "
+        "unconditional embedding per step so guided sampling retraces it; negative-prompt inversion (Miyake et al. "
+        "2023) uses the caption as the negative prompt; EDICT (Wallace et al. 2023) and BDIA (Zhang et al. 2023) "
         "are exact to float precision. The ceiling row is the VAE alone: no inversion can beat it.",
         elem_id="inversion-help",
     )

@@ -19,10 +19,9 @@ its token table).
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
@@ -33,20 +32,26 @@ from studio import specs
 from studio.attention.controllers import WordWindow
 from studio.attention.maps import heat_map_overlay
 from studio.editing.p2p import (
+    BLEND_THRESHOLD,
     EDIT_TYPES,
     SELF_LAYERS,
     STYLE_ALPHA,
-    BLEND_THRESHOLD,
     WEIGHT,
     EditAttentionMaps,
     P2PResult,
     P2PSpec,
     prepare_edit,
 )
-from studio.errors import CancelledError, InvalidInputError, StudioError
-from studio.events import Mask, Preview, Progress
+from studio.errors import InvalidInputError, StudioError
+from studio.events import CancelToken, Mask, Preview
 from studio.prompt_weights import parse_weighted_prompt
-from studio.ui.stream import SessionJobs, progress_html, session_id
+from studio.specs import Range
+from studio.ui.form import (ComponentFactory, Field, Form, number, optional_whole, resolve_seed, seed_box, slider,
+                            spec_values, text, textbox)
+from studio.ui.stream import Outputs, done_html, progress_html, stop_button, stream_job
+
+if TYPE_CHECKING:
+    from studio.engine import Engine
 
 DEFAULTS = P2PSpec(source_prompt="")
 TOKEN_COLUMNS = ("target word", "from source word", "re-weight")
@@ -112,21 +117,63 @@ def windows_from_table(table: Any) -> tuple[WordWindow, ...]:
     return tuple(windows)
 
 
-def spec_from_form(source_prompt: str, target_prompt: str, edit: str, seed: Any, steps: float, guidance_scale: float,
-                   cross_start: float, cross_stop: float, self_start: float, self_stop: float, self_max_fraction: float,
-                   style_alpha: float, word_windows: Any, token_table: Any, blend_words: str, blend_threshold: float,
-                   blend_start: float) -> P2PSpec:
-    if seed is None or (isinstance(seed, float) and np.isnan(seed)):
-        raise InvalidInputError("Enter a seed (a whole number).")
-    return P2PSpec(
-        source_prompt=(source_prompt or "").strip(), target_prompt=(target_prompt or "").strip(), edit=edit,
-        seed=int(seed), steps=int(steps), guidance_scale=float(guidance_scale),
-        cross_start=float(cross_start), cross_stop=float(cross_stop), self_start=float(self_start),
-        self_stop=float(self_stop), self_max_fraction=float(self_max_fraction), style_alpha=float(style_alpha),
-        word_windows=windows_from_table(word_windows), reweights=reweights_from_table(token_table, target_prompt),
-        blend_words=tuple(w.strip() for w in (blend_words or "").split(",") if w.strip()),
-        blend_threshold=float(blend_threshold), blend_start=float(blend_start),
-    )
+def stripped(value: Any) -> str:
+    return text(value).strip()
+
+
+def words(value: Any) -> tuple[str, ...]:
+    """'circle, square' -> ('circle', 'square')."""
+    return tuple(word.strip() for word in text(value).split(",") if word.strip())
+
+
+def _window(bounds: Range, value: float, label: str, elem_id: str) -> ComponentFactory:
+    return number(bounds, value, label=label, elem_id=elem_id)
+
+
+FIELDS = (
+    Field("source_prompt", textbox(label="Source prompt", lines=1, elem_id="p2p-source",
+                                                     placeholder="a big red circle on a blue background"), stripped),
+    Field("target_prompt", textbox(
+        label="Target prompt", lines=1, elem_id="p2p-target",
+        placeholder="a big red square on a blue background — weights as (word:1.3)"), stripped),
+    Field("use_inversion", lambda engine: gr.Checkbox(
+        label="Edit the Inversion tab's image (its prompt is the source prompt)", value=False,
+        elem_id="p2p-use-inversion"), in_spec=False),
+    Field("edit", lambda engine: gr.Radio(
+        list(EDIT_TYPES), value=DEFAULTS.edit, label="Edit", elem_id="p2p-edit",
+        info="word swap: same word count; refine: insert, delete or reorder words; style: blend maps"), str),
+    # the target's words, the source word each takes its attention from, and its re-weight (P2PSpec.reweights,
+    # which reweights_from_table reads beside the target prompt's own (word:1.3) weights)
+    Field("reweights", lambda engine: gr.Dataframe(
+        value=[], headers=list(TOKEN_COLUMNS), datatype=["str", "str", "number"], type="array",
+        column_count=(3, "fixed"), interactive=True, label="Tokens (re-weight with the sliders or in the table)",
+        elem_id="p2p-tokens"), in_spec=False),
+    Field("seed", seed_box("p2p-seed"), optional_whole),
+    Field("steps", slider(specs.STEPS, DEFAULTS.steps, elem_id="p2p-steps"), int),
+    Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, elem_id="p2p-guidance"), float),
+    Field("cross_start", _window(specs.START, DEFAULTS.cross_start, "Cross-attention start", "p2p-cross-start"), float),
+    Field("cross_stop", _window(specs.STOP, DEFAULTS.cross_stop, "Cross-attention stop", "p2p-cross-stop"), float),
+    Field("self_start", _window(specs.START, DEFAULTS.self_start, "Self-attention start", "p2p-self-start"), float),
+    Field("self_stop", _window(specs.STOP, DEFAULTS.self_stop, "Self-attention stop", "p2p-self-stop"), float),
+    Field("self_max_fraction", slider(SELF_LAYERS, DEFAULTS.self_max_fraction, elem_id="p2p-self-layers"), float),
+    Field("word_windows", lambda engine: gr.Dataframe(
+        value=[], headers=list(WINDOW_COLUMNS), datatype=["str", "number", "number"], type="array",
+        column_count=(3, "fixed"), interactive=True, label="Per-word cross-attention windows",
+        elem_id="p2p-word-windows"), windows_from_table),
+    Field("style_alpha", slider(STYLE_ALPHA, DEFAULTS.style_alpha, label="Style alpha (style edit: share of the "
+                                "target's own maps)", elem_id="p2p-style-alpha"), float),
+    Field("blend_words", textbox(label="Words (comma-separated, from either prompt)",
+                                                   elem_id="p2p-blend-words"), words),
+    Field("blend_threshold", slider(BLEND_THRESHOLD, DEFAULTS.blend_threshold, elem_id="p2p-blend-threshold"), float),
+    Field("blend_start", slider(specs.START, DEFAULTS.blend_start, label="Blend from", elem_id="p2p-blend-start"), float),
+)
+
+
+def spec_from_values(values: Mapping[str, Any]) -> P2PSpec:
+    parsed = spec_values(FIELDS, values)
+    parsed["seed"] = resolve_seed(parsed.get("seed"))
+    parsed["reweights"] = reweights_from_table(values.get("reweights"), parsed.get("target_prompt", ""))
+    return P2PSpec(**parsed)
 
 
 def render_maps(state: dict | None, word: str | None) -> tuple[Any, Any, Any]:
@@ -147,32 +194,21 @@ def render_maps(state: dict | None, word: str | None) -> tuple[Any, Any, Any]:
     return gr.update(choices=target_words, value=word), source_view, target_view
 
 
-def build_p2p_tab(engine: Any, inversion_state: gr.State | None = None) -> P2PTab:
+def build_p2p_tab(engine: Engine, inversion_state: gr.State | None = None) -> P2PTab:
     """Lay out the tab inside the current gr.Tab; `inversion_state` holds the Inversion tab's latest
     Inversion (or None) for editing a real image."""
-    jobs = SessionJobs()
+    form = Form(FIELDS, engine)
 
     # 1. layout ---------------------------------------------------------------------------
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=320):
-            source_prompt = gr.Textbox(label="Source prompt", lines=1, elem_id="p2p-source",
-                                       placeholder="a big red circle on a blue background")
-            target_prompt = gr.Textbox(label="Target prompt", lines=1, elem_id="p2p-target",
-                                       placeholder="a big red square on a blue background — weights as (word:1.3)")
-            use_inversion = gr.Checkbox(
-                label="Edit the Inversion tab's image (its prompt is the source prompt)", value=False,
-                elem_id="p2p-use-inversion", visible=inversion_state is not None,
-            )
-            edit = gr.Radio(list(EDIT_TYPES), value=DEFAULTS.edit, label="Edit", elem_id="p2p-edit",
-                            info="word swap: same word count; refine: insert, delete or reorder words; style: blend maps")
+            source_prompt, target_prompt, use_inversion, edit = form.place(
+                "source_prompt", "target_prompt", "use_inversion", "edit")
+            use_inversion.visible = inversion_state is not None
             with gr.Row():
                 go = gr.Button("Edit", variant="primary", elem_id="p2p-go", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="p2p-stop", scale=1)
-            token_table = gr.Dataframe(
-                value=[], headers=list(TOKEN_COLUMNS), datatype=["str", "str", "number"], type="array",
-                column_count=(3, "fixed"), interactive=True, label="Tokens (re-weight with the sliders or in the table)",
-                elem_id="p2p-tokens",
-            )
+            (token_table,) = form.place("reweights")
 
             # One slider per target word, drawn when the prompts change; a slider writes its weight into
             # the table, the one source the edit (and the /p2p endpoint) reads.
@@ -190,40 +226,23 @@ def build_p2p_tab(engine: Any, inversion_state: gr.State | None = None) -> P2PTa
                 with gr.Row(elem_id="p2p-sliders"):
                     for j, (word, source_word, weight) in enumerate(rows):
                         label = word if source_word in (word, "") else f"{word} ← {source_word}"
-                        slider = gr.Slider(WEIGHT.low, WEIGHT.high, value=weight, step=WEIGHT.step, label=label,
-                                           elem_id=f"p2p-weight-{j}", min_width=150, interactive=True)
-                        gr.on([slider.input, slider.release], functools.partial(with_weight, j), [slider, token_table],
+                        weight_slider = gr.Slider(WEIGHT.low, WEIGHT.high, value=weight, step=WEIGHT.step,
+                                                  label=label, elem_id=f"p2p-weight-{j}", min_width=150,
+                                                  interactive=True)
+                        gr.on([weight_slider.input, weight_slider.release], functools.partial(with_weight, j),
+                              [weight_slider, token_table],
                               token_table, api_visibility="private", concurrency_limit=None,
                               concurrency_id="p2p-sliders", show_progress="hidden")
             with gr.Row():
-                seed = gr.Number(label="Seed", value=0, precision=0, minimum=specs.SEED.low, maximum=specs.SEED.high,
-                                 elem_id="p2p-seed")
-                steps = gr.Slider(specs.STEPS.low, specs.STEPS.high, value=DEFAULTS.steps, step=1, label="Steps",
-                                  elem_id="p2p-steps")
-                guidance_scale = gr.Slider(specs.GUIDANCE.low, specs.GUIDANCE.high, value=DEFAULTS.guidance_scale,
-                                           step=specs.GUIDANCE.step, label=specs.GUIDANCE.label, elem_id="p2p-guidance")
+                form.place("seed", "steps", "guidance_scale")
             with gr.Accordion("Windows (fractions of the run)", open=True):
                 with gr.Row():
-                    cross_start = gr.Number(DEFAULTS.cross_start, label="Cross-attention start", minimum=0, maximum=1, step=0.05, elem_id="p2p-cross-start")
-                    cross_stop = gr.Number(DEFAULTS.cross_stop, label="Cross-attention stop", minimum=0, maximum=1, step=0.05, elem_id="p2p-cross-stop")
-                    self_start = gr.Number(DEFAULTS.self_start, label="Self-attention start", minimum=0, maximum=1, step=0.05, elem_id="p2p-self-start")
-                    self_stop = gr.Number(DEFAULTS.self_stop, label="Self-attention stop", minimum=0, maximum=1, step=0.05, elem_id="p2p-self-stop")
-                self_max_fraction = gr.Slider(SELF_LAYERS.low, SELF_LAYERS.high, value=DEFAULTS.self_max_fraction,
-                                              step=SELF_LAYERS.step, label=SELF_LAYERS.label, elem_id="p2p-self-layers")
-                word_windows = gr.Dataframe(
-                    value=[], headers=list(WINDOW_COLUMNS), datatype=["str", "number", "number"], type="array",
-                    column_count=(3, "fixed"), interactive=True, label="Per-word cross-attention windows",
-                    elem_id="p2p-word-windows",
-                )
-                style_alpha = gr.Slider(STYLE_ALPHA.low, STYLE_ALPHA.high, value=DEFAULTS.style_alpha, step=STYLE_ALPHA.step,
-                                        label="Style alpha (style edit: share of the target's own maps)", elem_id="p2p-style-alpha")
+                    form.place("cross_start", "cross_stop", "self_start", "self_stop")
+                form.place("self_max_fraction", "word_windows", "style_alpha")
             with gr.Accordion("Local blend", open=True):
-                blend_words = gr.Textbox("", label="Words (comma-separated, from either prompt)", elem_id="p2p-blend-words")
+                form.place("blend_words")
                 with gr.Row():
-                    blend_threshold = gr.Slider(BLEND_THRESHOLD.low, BLEND_THRESHOLD.high, value=DEFAULTS.blend_threshold,
-                                                step=BLEND_THRESHOLD.step, label=BLEND_THRESHOLD.label, elem_id="p2p-blend-threshold")
-                    blend_start = gr.Slider(0, 1, value=DEFAULTS.blend_start, step=0.05, label="Blend from",
-                                            elem_id="p2p-blend-start")
+                    form.place("blend_threshold", "blend_start")
         with gr.Column(scale=6, min_width=360):
             status = gr.HTML(progress_html(0, 0, "Ready.", "idle"), elem_id="p2p-status")
             images = gr.Gallery(label="Source | edited", columns=2, height=300, format="png", object_fit="contain",
@@ -249,95 +268,59 @@ def build_p2p_tab(engine: Any, inversion_state: gr.State | None = None) -> P2PTa
             return gr.skip()
         return [[word, source_word, weight] for word, source_word, weight in prepared.table()]
 
-    def run_edit(source: str, target: str = "", edit_type: str = DEFAULTS.edit, seed_value: Any = 0,
-                 steps_value: float = DEFAULTS.steps, guidance: float = DEFAULTS.guidance_scale,
-                 c_start: float = DEFAULTS.cross_start, c_stop: float = DEFAULTS.cross_stop,
-                 s_start: float = DEFAULTS.self_start, s_stop: float = DEFAULTS.self_stop,
-                 s_fraction: float = DEFAULTS.self_max_fraction, alpha: float = DEFAULTS.style_alpha,
-                 windows: Any = None, tokens: Any = None, words: str = "", threshold: float = DEFAULTS.blend_threshold,
-                 b_start: float = DEFAULTS.blend_start, use_inv: bool = False, inversion: Any = None,
-                 request: gr.Request = None) -> Iterator[tuple]:
+    def run_edit(request: gr.Request, **values: Any) -> Iterator[Outputs]:
         """Edit; streams progress, previews, attention maps and the blend mask.
         Returns (images, status HTML, maps state, mask, settings)."""
-        skip = gr.skip()
-        try:
-            spec = spec_from_form(source, target, edit_type, seed_value, steps_value, guidance, c_start, c_stop,
-                                  s_start, s_stop, s_fraction, alpha, windows, tokens, words, threshold, b_start)
-            if use_inv and inversion is None:
-                raise InvalidInputError("The Inversion tab has no inversion yet: invert an image there first.")
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
-        session = session_id(request)
-        job = jobs.start(session, spec.steps)
-        try:
-            events = engine.p2p(spec, inversion if use_inv else None, job.cancel)  # checks input, no model work yet
-        except StudioError as error:
-            jobs.finish(session, job)
-            raise gr.Error(str(error)) from error
-        started, step, total = time.monotonic(), 0, spec.steps
-        state: dict | None = None
-        previews: list[np.ndarray] | None = None
-        try:
-            yield skip, progress_html(0, total, "Starting…"), skip, skip, skip
-            for event in events:
-                if isinstance(event, Progress):
-                    step, total = event.step, event.total
-                    job.step, job.total = step, total
-                    text = event.message or f"Step {step} / {total} · {time.monotonic() - started:.1f} s"
-                    yield skip, progress_html(step, total, text), skip, skip, skip
-                elif isinstance(event, Preview):
-                    previews = [np.asarray(image.convert("RGB")) for image in event.images]
-                    yield event.images, skip, skip, skip, skip
-                elif isinstance(event, EditAttentionMaps):
-                    state = _maps_state(event, previews, state, engine)
-                    yield skip, skip, state, skip, skip
-                elif isinstance(event, Mask):
-                    yield skip, skip, skip, Image.fromarray(np.uint8(event.binary * 255)), skip
-                elif isinstance(event, P2PResult):
-                    finals = [np.asarray(image.convert("RGB")) for image in event.images]
-                    state = {**state, "images": finals} if state else state
-                    mask = Image.fromarray(np.uint8(event.mask * 255)) if event.mask is not None else None
-                    text = (f"Done in {event.timings['total']:.1f} s · {event.unet_evaluations} UNet evaluations · "
-                            f"{1000 * event.settings['seconds_per_step']:.0f} ms per step")
-                    yield (list(zip(event.images, ["source", "edited"])), progress_html(total, total, text, "done"),
-                           state, mask, event.settings)
-        except CancelledError as error:
-            yield skip, progress_html(step, total, f"Stopped: {error}", "stopped"), skip, skip, skip
-        except StudioError as error:
-            yield skip, progress_html(step, total, str(error), "failed"), skip, skip, skip
-            raise gr.Error(str(error)) from error
-        finally:
-            job.cancel.cancel()
-            if hasattr(events, "close"):
-                events.close()
-            jobs.finish(session, job)
+        shown: dict[str, Any] = {"previews": None, "maps": None}
 
-    def stop_job(request: gr.Request) -> Any:
-        job = jobs.cancel(session_id(request))
-        return gr.skip() if job is None else progress_html(job.step, job.total, f"Stopped after step {job.step}.", "stopped")
+        def start(cancel: CancelToken) -> Iterator:
+            spec = spec_from_values(values)
+            inversion = values.get("inversion") if values.get("use_inversion") else None
+            if values.get("use_inversion") and inversion is None:
+                raise InvalidInputError("The Inversion tab has no inversion yet: invert an image there first.")
+            return engine.p2p(spec, inversion, cancel)  # checks input, no model work yet
+
+        def render(event: Any) -> Outputs | None:
+            if isinstance(event, Preview):
+                shown["previews"] = [np.asarray(image.convert("RGB")) for image in event.images]
+                return {images: event.images}
+            if isinstance(event, EditAttentionMaps):
+                shown["maps"] = _maps_state(event, shown["previews"], shown["maps"], int(engine.native_size))
+                return {maps_state: shown["maps"]}
+            if isinstance(event, Mask):
+                return {mask_view: Image.fromarray(np.uint8(event.binary * 255))}
+            if isinstance(event, P2PResult):
+                finals = [np.asarray(image.convert("RGB")) for image in event.images]
+                state = {**shown["maps"], "images": finals} if shown["maps"] else shown["maps"]
+                mask = Image.fromarray(np.uint8(event.mask * 255)) if event.mask is not None else None
+                text = (f"Done in {event.timings['total']:.1f} s · {event.unet_evaluations} UNet evaluations · "
+                        f"{1000 * event.settings['seconds_per_step']:.0f} ms per step")
+                return {images: list(zip(event.images, ["source", "edited"])), status: done_html(text),
+                        maps_state: state, mask_view: mask, settings: event.settings}
+            return None
+
+        yield from stream_job("p2p", request, status, start, render, "Prompt-to-Prompt")
 
     # 3. wiring -----------------------------------------------------------------------------
-    extra_inputs = [use_inversion, inversion_state] if inversion_state is not None else []
-    form = [source_prompt, target_prompt, edit, seed, steps, guidance_scale, cross_start, cross_stop, self_start,
-            self_stop, self_max_fraction, style_alpha, word_windows, token_table, blend_words, blend_threshold,
-            blend_start, *extra_inputs]
-    run = gr.on([go.click, target_prompt.submit], run_edit, form, [images, status, maps_state, mask_view, settings],
-                api_name="p2p", concurrency_id="model", show_progress="hidden")
-    stop.click(stop_job, None, status, cancels=[run], api_name="p2p_stop", api_visibility="undocumented",
-               concurrency_limit=None, concurrency_id="stop", show_progress="hidden")
+    inputs = {**form.inputs, "inversion": inversion_state if inversion_state is not None else gr.State(None)}
+    run = gr.on([go.click, target_prompt.submit], run_edit, inputs_kwargs=inputs,
+                outputs=[images, status, maps_state, mask_view, settings], api_name="p2p", concurrency_id="model",
+                show_progress="hidden")
+    stop_button(stop, status, [run], tab="p2p", api_name="p2p_stop")
     gr.on([c.change for c in prompt_inputs[:3]], token_rows, prompt_inputs, token_table, api_visibility="private",
           concurrency_limit=None, concurrency_id="p2p-table", show_progress="hidden")
     view = dict(concurrency_limit=None, concurrency_id="p2p-view", show_progress="hidden", api_visibility="private")
     maps_state.change(render_maps, [maps_state, word_pick], [word_pick, source_map, target_map], **view)
     word_pick.input(lambda s, w: render_maps(s, w)[1:], [maps_state, word_pick], [source_map, target_map], **view)
-    gr.Examples(EXAMPLES, [source_prompt, target_prompt, edit, seed, cross_stop, self_stop, blend_words],
-                label="Edits on the embedded model", elem_id="p2p-examples")
+    gr.Examples(EXAMPLES, form.components(["source_prompt", "target_prompt", "edit", "seed", "cross_stop", "self_stop",
+                                           "blend_words"]), label="Edits on the embedded model", elem_id="p2p-examples")
     return P2PTab(source_prompt=source_prompt, target_prompt=target_prompt, images=images, settings=settings, run=run)
 
 
-def _maps_state(event: EditAttentionMaps, previews: list[np.ndarray] | None, previous: dict | None, engine: Any) -> dict:
+def _maps_state(event: EditAttentionMaps, previews: list[np.ndarray] | None, previous: dict | None,
+                native_size: int) -> dict:
     if previews is None:
-        previews = previous["images"] if previous else [np.full((engine.native_size,) * 2 + (3,), 96, np.uint8)] * 2
+        previews = previous["images"] if previous else [np.full((native_size, native_size, 3), 96, np.uint8)] * 2
     # which source word each target word's map came from, for the side-by-side view
     return {
         "source": {"tokens": list(event.source.tokens), "maps": np.asarray(event.source.maps)},

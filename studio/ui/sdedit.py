@@ -10,22 +10,24 @@ progress and ends with the strip, the images, a table of L2-to-guide and realism
 from __future__ import annotations
 
 import html
-import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
 
 from studio import specs
 from studio.editing import masks
-from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditSpec, SDEditResult
+from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditResult, SDEditSpec
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Preview
 from studio.shapes.vocabulary import COLOURS
-from studio.ui.stream import EditJobs, progress_html
+from studio.ui.form import Field, Form, optional_whole, resolve_seed, seed_box, slider, spec_values, text, textbox
+from studio.ui.stream import Outputs, done_html, progress_html, stop_button, stream_job
 
+if TYPE_CHECKING:
+    from studio.engine import Engine
 
 DEFAULTS = SDEditSpec()
 BRUSH_COLOURS = ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in COLOURS.values()]  # the shapes world's palette
@@ -89,48 +91,59 @@ def canvas_inputs(value: dict | None, size: int) -> tuple[np.ndarray, np.ndarray
     return guide.round().astype(np.uint8), (mask if mask.any() else None), original
 
 
-def build_sdedit_tab(engine: Any) -> dict[str, Any]:
+FIELDS = (
+    Field("canvas", lambda engine: gr.ImageEditor(
+        label="Canvas: paint strokes; paint the region that may change on the 'mask' layer (optional)",
+        type="numpy", image_mode="RGBA", format="png", canvas_size=(engine.native_size,) * 2, height=380,
+        brush=gr.Brush(default_size=12, colors=BRUSH_COLOURS, default_color=BRUSH_COLOURS[0]),
+        layers=gr.LayerOptions(allow_additional_layers=False, layers=["strokes", "mask"]),
+        transforms=(), elem_id="sdedit-canvas"), in_spec=False),
+    Field("prompt", textbox(label="Prompt (optional)", placeholder="a red circle on a blue background",
+                                              elem_id="sdedit-prompt"), text),
+    Field("strengths", textbox(
+        value=", ".join(f"{s:g}" for s in DEFAULTS.strengths), label="t0 values (0-1)",
+        info="Low t0 keeps the strokes; high t0 gives realism. One column each.", elem_id="sdedit-t0"), parse_strengths),
+    Field("repeats", slider(REPEATS, DEFAULTS.repeats, elem_id="sdedit-repeats"), int),
+    Field("steps", slider(specs.STEPS, DEFAULTS.steps, label="Steps (whole schedule)", elem_id="sdedit-steps"), int),
+    Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, elem_id="sdedit-guidance"), float),
+    Field("noise_form", lambda engine: gr.Radio(
+        list(NOISE_FORMS), value=DEFAULTS.noise_form, label="Noise form",
+        info="vp: sqrt(ab) x + sqrt(1-ab) eps, DDIM; ve: x + sigma eps, Euler", elem_id="sdedit-noise-form"), str),
+    Field("seed", seed_box("sdedit-seed"), optional_whole),
+    Field("random_seed", lambda engine: gr.Checkbox(label="Random seed", value=False, elem_id="sdedit-random-seed"),
+          in_spec=False),
+    Field("composite", lambda engine: gr.Checkbox(
+        label="Paste original pixels outside the mask", value=DEFAULTS.composite,
+        info="Masked runs: frozen latents come back exactly either way; the VAE blurs a few pixels across the mask "
+             "border unless this is on.", elem_id="sdedit-composite"), bool),
+)
+
+
+def spec_from_values(values: Mapping[str, Any]) -> SDEditSpec:
+    parsed = spec_values(FIELDS, values)
+    parsed["seed"] = resolve_seed(parsed.get("seed"), bool(values.get("random_seed", False)))
+    return SDEditSpec(**parsed)
+
+
+def build_sdedit_tab(engine: Engine) -> dict[str, Any]:
     """Lay out the SDEdit tab in the current Blocks/Tab and wire it; returns its main components by name."""
-    jobs = EditJobs()
+    form = Form(FIELDS, engine)
     native = int(engine.native_size)
 
     # 1. layout ---------------------------------------------------------------------------
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=320):
-            canvas = gr.ImageEditor(
-                label="Canvas: paint strokes; paint the region that may change on the 'mask' layer (optional)",
-                type="numpy", image_mode="RGBA", format="png", canvas_size=(native, native), height=380,
-                brush=gr.Brush(default_size=12, colors=BRUSH_COLOURS, default_color=BRUSH_COLOURS[0]),
-                layers=gr.LayerOptions(allow_additional_layers=False, layers=["strokes", "mask"]),
-                transforms=(), elem_id="sdedit-canvas",
-            )
-            prompt = gr.Textbox(label="Prompt (optional)", placeholder="a red circle on a blue background",
-                                elem_id="sdedit-prompt")
+            form.place("canvas", "prompt")
             with gr.Row():
                 go = gr.Button("Run SDEdit", variant="primary", elem_id="sdedit-btn", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="sdedit-stop", scale=1)
-            strengths = gr.Textbox(value=", ".join(f"{s:g}" for s in DEFAULTS.strengths), label="t0 values (0-1)",
-                                   info="Low t0 keeps the strokes; high t0 gives realism. One column each.",
-                                   elem_id="sdedit-t0")
+            form.place("strengths")
             with gr.Row():
-                repeats = gr.Slider(REPEATS.low, REPEATS.high, value=DEFAULTS.repeats, step=1, label=REPEATS.label,
-                                    elem_id="sdedit-repeats")
-                steps = gr.Slider(specs.STEPS.low, 100, value=DEFAULTS.steps, step=1, label="Steps (whole schedule)",
-                                  elem_id="sdedit-steps")
+                form.place("repeats", "steps")
             with gr.Row():
-                guidance = gr.Slider(specs.GUIDANCE.low, specs.GUIDANCE.high, value=DEFAULTS.guidance_scale,
-                                     step=specs.GUIDANCE.step, label=specs.GUIDANCE.label, elem_id="sdedit-guidance")
-                noise_form = gr.Radio(list(NOISE_FORMS), value=DEFAULTS.noise_form, label="Noise form",
-                                      info="vp: sqrt(ab) x + sqrt(1-ab) eps, DDIM; ve: x + sigma eps, Euler",
-                                      elem_id="sdedit-noise-form")
+                form.place("guidance_scale", "noise_form")
             with gr.Row():
-                seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=specs.SEED.high,
-                                 elem_id="sdedit-seed")
-                random_seed = gr.Checkbox(label="Random seed", value=False, elem_id="sdedit-random-seed")
-                composite = gr.Checkbox(label="Paste original pixels outside the mask", value=DEFAULTS.composite,
-                                        info="Masked runs: frozen latents come back exactly either way; the VAE "
-                                             "blurs a few pixels across the mask border unless this is on.",
-                                        elem_id="sdedit-composite")
+                form.place("seed", "random_seed", "composite")
         with gr.Column(scale=6, min_width=360):
             status = gr.HTML(progress_html(0, 0, "Ready.", "idle"), elem_id="sdedit-status")
             preview = gr.Image(label="Live preview", format="png", interactive=False, height=200, buttons=[],
@@ -143,58 +156,42 @@ def build_sdedit_tab(engine: Any) -> dict[str, Any]:
             settings = gr.JSON(label="Settings", elem_id="sdedit-settings", height=200)
 
     # 2. handlers ---------------------------------------------------------------------------
-    def run_sdedit(canvas_value: dict | None, prompt_text: str = "", t0_text: str = "0.3, 0.5, 0.7",
-                   repeats_value: float = DEFAULTS.repeats, steps_value: float = DEFAULTS.steps,
-                   guidance_value: float = DEFAULTS.guidance_scale, noise_form_value: str = DEFAULTS.noise_form,
-                   seed_value: float | None = 0, random: bool = False, composite_value: bool = DEFAULTS.composite,
-                   request: gr.Request = None) -> Iterator[tuple]:
+    def run_sdedit(request: gr.Request, **values: Any) -> Iterator[Outputs]:
         """SDEdit of the canvas: streams progress; ends with (status, preview, strip, table, gallery, settings)."""
-        skip = gr.skip()
 
         def start(cancel: CancelToken) -> Iterator:
-            if not random and seed_value is None:
-                raise InvalidInputError("Enter a seed, or tick 'random seed'.")
-            guide, mask, original = canvas_inputs(canvas_value, native)
-            spec = SDEditSpec(
-                prompt=prompt_text or "", strengths=parse_strengths(t0_text), repeats=int(repeats_value),
-                seed=secrets.randbelow(int(specs.SEED.high) - 8) if random else int(seed_value),
-                steps=int(steps_value), guidance_scale=float(guidance_value), noise_form=noise_form_value,
-                composite=bool(composite_value),
-            )
+            spec = spec_from_values(values)
+            guide, mask, original = canvas_inputs(values.get("canvas"), native)
             return engine.sdedit(spec, guide, mask=mask, original=original, cancel=cancel)
 
-        def render(event: Any, total: int) -> tuple | None:
+        def render(event: Any) -> Outputs | None:
             if isinstance(event, Preview):
-                return skip, event.images[0], skip, skip, skip, skip
+                return {preview: event.images[0]}
             if isinstance(event, SDEditResult):
-                rows = [[r["t0"], r["repeat"], r["seed"], round(r["l2_to_guide"], 4),
-                         None if r["realism"] is None else round(r["realism"], 3)] for r in event.rows]
+                rows = [[r.t0, r.repeat, r.seed, round(r.l2_to_guide, 4),
+                         None if r.realism is None else round(r.realism, 3)] for r in event.samples]
                 masked = "masked" if event.settings["masked"] else "unmasked"
                 text = (f"Done in {event.timings['total']:.1f} s · {masked} · seed {event.settings['seed']} · "
                         f"{event.unet_evaluations} UNet evaluations")
-                captions = [(image, f"t0 {r['t0']:g} · seed {r['seed']}") for image, r in zip(event.images, event.rows)]
-                return progress_html(total, total, text, "done"), skip, event.strip, rows, captions, event.settings
+                captions = [(image, f"t0 {r.t0:g} · seed {r.seed}") for image, r in zip(event.images, event.samples)]
+                return {status: done_html(text), strip: event.strip, table: rows, gallery: captions,
+                        settings: event.settings}
             return None
 
-        yield from jobs.run(request, start, 6, render, "SDEdit")
+        yield from stream_job("sdedit", request, status, start, render, "SDEdit")
 
     # 3. events -------------------------------------------------------------------------------
-    run = go.click(
-        run_sdedit,
-        [canvas, prompt, strengths, repeats, steps, guidance, noise_form, seed, random_seed, composite],
-        [status, preview, strip, table, gallery, settings],
-        api_name="sdedit", concurrency_id="model", show_progress="hidden",
-    )
-    stop.click(jobs.stop, None, status, cancels=[run], api_name="sdedit_stop", api_visibility="undocumented",
-               concurrency_limit=None, concurrency_id="stop", show_progress="hidden")
+    run = go.click(run_sdedit, inputs_kwargs=form.inputs, outputs=[status, preview, strip, table, gallery, settings],
+                   api_name="sdedit", concurrency_id="model", show_progress="hidden")
+    stop_button(stop, status, [run], tab="sdedit", api_name="sdedit_stop")
     gr.Examples(
         [[str(STROKE_EXAMPLES / "red_blob_on_blue.png"), "a red circle on a blue background", "0.3, 0.5, 0.7"],
          [str(STROKE_EXAMPLES / "purple_wedge_black_box_on_yellow.png"), "", "0.4, 0.6, 0.8"]],
-        [canvas, prompt, strengths], label="Stroke drawings", elem_id="sdedit-examples",
+        form.components(["canvas", "prompt", "strengths"]), label="Stroke drawings", elem_id="sdedit-examples",
     )
     gr.Markdown(
-        f"Model **{html.escape(str(engine.model_name))}** · canvas {native}×{native} px. SDEdit (seed §4.1): the guide "
+        f"Model **{html.escape(str(engine.model_name))}** · canvas {native}×{native} px. SDEdit (Meng et al. 2022): the guide "
         "is noised to t0 and denoised back; with a mask, frozen pixels are re-noised from the original at every "
         "step and end exactly as they were.", elem_id="sdedit-help",
     )
-    return {"canvas": canvas, "strip": strip, "gallery": gallery, "table": table, "status": status, "run": run}
+    return {"canvas": form["canvas"], "strip": strip, "gallery": gallery, "table": table, "status": status, "run": run}
