@@ -26,15 +26,12 @@ from studio.editing.diffedit import (
     NOISE_SAMPLES,
     PROBES,
     STARTS,
-    DiffEditResult,
     DiffEditSpec,
-    MaskResult,
     binary_mask,
     overlay,
 )
 from studio.errors import InvalidInputError
-from studio.events import CancelToken, Mask, Preview
-from studio.images import prepare_image
+from studio.events import CancelToken, DiffEditResult, Mask, MaskResult, Preview
 from studio.inversion import Inversion
 from studio.ui.form import Field, Form, optional_whole, resolve_seed, seed_box, slider, spec_values, text, textbox
 from studio.ui.stream import Outputs, done_html, progress_html, stop_button, stream_job
@@ -134,7 +131,6 @@ def chosen_inversion(values: Mapping[str, Any]) -> Inversion | None:
 def build_diffedit_tab(engine: Engine, inversion_state: gr.State | None = None) -> dict[str, Any]:
     """Lay out the DiffEdit tab; `inversion_state` holds the Inversion tab's latest Inversion (or None)."""
     form = Form(FIELDS, engine)
-    native = int(engine.native_size)
 
     # 1. layout ---------------------------------------------------------------------------
     with gr.Row(equal_height=False):
@@ -167,29 +163,24 @@ def build_diffedit_tab(engine: Engine, inversion_state: gr.State | None = None) 
 
     # 2. handlers ---------------------------------------------------------------------------
     def find_mask(request: gr.Request, **values: Any) -> Iterator[Outputs]:
-        """Stage I: streams (status, mask preview, mask editor, found state) after every probe."""
-        shown: dict[str, Any] = {}
+        """Stage I: streams (status, mask preview, mask editor, found state) after every probe. The mask is shown
+        on the image it belongs to (the event's: a keep-size inversion's own size, not the model's)."""
 
         def start(cancel: CancelToken) -> Iterator:
             spec, inversion = spec_from_values(values), chosen_inversion(values)
-            shown["image"] = _prepared(values.get("image"), inversion)
             return engine.diffedit_mask(spec, None if inversion is not None else values.get("image"), inversion, cancel)
 
         def render(event: Any) -> Outputs | None:
             if isinstance(event, MaskResult):
-                picture = np.asarray(shown["image"])
+                picture = np.asarray(event.image)
                 text = f"Mask found: {100 * event.binary.mean():.1f}% of the image · adjust, touch up, then Edit"
                 return {status: done_html(text), mask_preview: event.images[0],
                         mask_editor: editor_value(picture, event.binary), found: {"soft": event.soft, "image": picture}}
             if isinstance(event, Mask):
-                return {mask_preview: overlay(shown["image"], event.binary)}
+                return {mask_preview: overlay(event.image, event.binary)}
             return None
 
         yield from stream_job("diffedit", request, status, start, render, "DiffEdit mask")
-
-    def _prepared(image_value: np.ndarray | None, inversion: Inversion | None) -> Image.Image | None:
-        picture = inversion.image if inversion is not None else image_value
-        return None if picture is None else prepare_image(picture, native).image
 
     def rethreshold(state: dict | None, threshold_value: float, clean_value: float) -> tuple:
         """New threshold or kernel on the last soft map: preview and editor update at once (no model work)."""
@@ -205,7 +196,7 @@ def build_diffedit_tab(engine: Engine, inversion_state: gr.State | None = None) 
         def start(cancel: CancelToken) -> Iterator:
             spec, inversion = spec_from_values(values), chosen_inversion(values)
             mask, background = edited_mask(values.get("mask"))
-            # A touched-up mask belongs to the image on the editor (already at the model's size).
+            # A touched-up mask belongs to the image on the editor (the one Stage I worked on, at its size).
             picture = background if mask is not None and inversion is None else values.get("image")
             return engine.diffedit(spec, None if inversion is not None else picture, mask, inversion, cancel)
 
@@ -216,7 +207,7 @@ def build_diffedit_tab(engine: Engine, inversion_state: gr.State | None = None) 
                 return {result: event.images[0]}
             if isinstance(event, DiffEditResult):
                 text = (f"Done in {event.timings['total']:.1f} s · mask {100 * event.mask.mean():.1f}% "
-                        f"({event.settings['mask_from']}) · {event.unet_evaluations} UNet evaluations")
+                        f"({event.mask_from}) · {event.unet_evaluations} UNet evaluations")
                 return {status: done_html(text), result: event.images[0], settings: event.settings}
             return None
 

@@ -7,10 +7,10 @@ weight over the steps (from `engine.guidance_plan`, i.e. exactly what the sample
 the form into a typed `GenerateSpec`, runs `engine.generate(spec, cancel)` through the one stream helper and
 renders each event it yields:
 
-    Progress       -> progress bar text (the stream helper)
-    Preview        -> live preview image (and the image under the heat map)
-    AttentionMaps  -> attention state -> token picker + heat-map overlay (rendered by a .change event)
-    Result         -> gallery (PNGs carrying their settings), settings JSON, PNG downloads
+    Progress         -> progress bar text (the stream helper)
+    Preview          -> live preview image (and the image under the heat map)
+    AttentionMaps    -> attention state -> token picker + heat-map overlay (rendered by a .change event)
+    GenerationResult -> gallery (PNGs carrying their settings), settings JSON, PNG downloads
 
 Endpoints: ``/generate`` (streams; the last message holds the result) and ``/read_settings``
 (settings from a PNG made here, or one with A1111 ``parameters``).
@@ -33,7 +33,7 @@ from PIL import Image
 from studio import png_settings, specs
 from studio.attention.maps import heat_map_overlay
 from studio.errors import InvalidInputError
-from studio.events import AttentionMaps, CancelToken, Preview, Result
+from studio.events import AttentionMaps, CancelToken, GenerationResult, Preview
 from studio.plots import line_chart
 from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
 from studio.ui.form import (ComponentFactory, Field, Form, number, optional_whole, resolve_seed, saved, seed_box,
@@ -376,7 +376,7 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
             if isinstance(event, AttentionMaps):
                 shown["attention"] = attention_state(event, shown["image"])
                 return {attention: shown["attention"]}
-            if isinstance(event, Result):
+            if isinstance(event, GenerationResult):
                 if shown["attention"] is not None:
                     shown["attention"] = {**shown["attention"], "image": np.asarray(event.images[0].convert("RGB"))}
                 return {**finished(event, folder), attention: shown["attention"]}
@@ -387,17 +387,17 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
         with tempfile.TemporaryDirectory(prefix="dcs-run-") as folder:
             yield from stream_job("generate", request, status, start, render, "Generation")
 
-    def finished(result: Result, folder: str) -> Outputs:
+    def finished(result: GenerationResult, folder: str) -> Outputs:
         settings_record = dict(result.settings)
         tagged = [png_settings.with_settings(image, settings_record, index) for index, image in enumerate(result.images)]
-        caption = f"seed {settings_record.get('seed')}"
+        caption = f"seed {result.seed}"
         pictures = [(image, f"{caption} · #{index}" if len(tagged) > 1 else caption) for index, image in enumerate(tagged)]
         return {
             gallery: pictures,
             preview: result.images[0],
             status: done_html(result_text(result)),
             settings: settings_record,
-            downloads: _save_downloads(result.images, settings_record, Path(folder)),
+            downloads: _save_downloads(result, Path(folder)),
         }
 
     def read_settings(file: str | None) -> dict:
@@ -478,27 +478,26 @@ def attention_state(event: AttentionMaps, image: np.ndarray) -> dict[str, Any]:
     }
 
 
-def result_text(result: Result) -> str:
+def result_text(result: GenerationResult) -> str:
     """The status line of a finished generation: time, seed, UNet work, and the classifier's share of a step."""
-    settings = result.settings
     text = (
-        f"Done in {result.timings.get('total', 0.0):.1f} s · seed {settings.get('seed')} · "
-        f"{result.unet_evaluations} UNet evaluations ({settings.get('nfe_per_step')} predictions each)"
+        f"Done in {result.timings.get('total', 0.0):.1f} s · seed {result.seed} · "
+        f"{result.unet_evaluations} UNet evaluations ({result.nfe_per_step} predictions each)"
     )
-    if settings.get("classifier_gradient_evaluations") is not None:
+    if result.classifier_gradient_evaluations is not None:
         text += (
-            f" · classifier gradient {1000 * settings['classifier_seconds_per_step']:.0f} ms "
-            f"of {1000 * settings['sampling_seconds_per_step']:.0f} ms per step"
+            f" · classifier gradient {1000 * result.classifier_seconds_per_step:.0f} ms "
+            f"of {1000 * result.sampling_seconds_per_step:.0f} ms per step"
         )
     return text
 
 
-def _save_downloads(images: list[Image.Image], settings: dict, folder: Path) -> list[str]:
-    seed_value = settings.get("seed")
-    paths = []
+def _save_downloads(result: GenerationResult, folder: Path) -> list[str]:
+    """The PNG downloads, each carrying the settings (and its place in the batch)."""
+    images, paths = result.images, []
     for index, image in enumerate(images):
-        name = f"{seed_value}-{index}.png" if len(images) > 1 else f"{seed_value}.png"  # short: the UI truncates
-        paths.append(str(png_settings.save_png(image, settings, folder / name, batch_index=index)))
+        name = f"{result.seed}-{index}.png" if len(images) > 1 else f"{result.seed}.png"  # short: the UI truncates
+        paths.append(str(png_settings.save_png(image, result.settings, folder / name, batch_index=index)))
     return paths
 
 

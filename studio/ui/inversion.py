@@ -23,10 +23,9 @@ from PIL import Image, UnidentifiedImageError
 
 from studio import specs
 from studio.errors import InvalidInputError
-from studio.events import CancelToken
+from studio.events import CancelToken, InversionResult, NullTextLoss
 from studio.images import MAX_INPUT_PIXELS, prepare_image, working_size
-from studio.inversion import METHOD_LABELS, METHODS, Inversion, InversionResult, InversionSpec
-from studio.inversion.null_text import NullTextLoss
+from studio.inversion import METHOD_LABELS, METHODS, Inversion, InversionSpec
 from studio.inversion.result import (BDIA_GAMMA, EDICT_MIX, IMAGE_WEIGHT, INNER_STEPS, LEARNING_RATE, LR_DECAY,
                                      MIN_IMPROVEMENT, SMOOTHNESS, TOLERANCE)
 from studio.plots import line_chart
@@ -69,16 +68,15 @@ def table_rows(results: list[InversionResult]) -> list[list[Any]]:
     """One row per method plus the VAE ceiling (encode -> decode, no diffusion) first."""
     if not results:
         return []
-    first = results[0].settings
-    ddim_seconds = next((r.settings["inversion_seconds"] for r in results if r.settings["method"] == "ddim"), None)
-    rows = [["VAE encode → decode (ceiling)", round(first["vae_psnr"], 2), round(first["vae_ssim"], 4), 0.0,
+    first = results[0]
+    ddim_seconds = next((r.inversion_seconds for r in results if r.method == "ddim"), None)
+    rows = [["VAE encode → decode (ceiling)", round(first.vae_psnr, 2), round(first.vae_ssim, 4), 0.0,
              0, 0, 0, None, None]]
-    for result in results:
-        s = result.settings
-        ratio = None if not ddim_seconds else round(s["inversion_seconds"] / ddim_seconds, 2)
-        rows.append([METHOD_LABELS[s["method"]], round(s["psnr"], 2), round(s["ssim"], 4), float(f"{s['latent_mse']:.3g}"),
-                     s["inversion_unet_passes"], s["backward_passes"], s["reconstruction_unet_passes"],
-                     round(s["inversion_seconds"], 2), ratio])
+    for r in results:
+        ratio = None if not ddim_seconds else round(r.inversion_seconds / ddim_seconds, 2)
+        rows.append([METHOD_LABELS[r.method], round(r.psnr, 2), round(r.ssim, 4), float(f"{r.latent_mse:.3g}"),
+                     r.inversion_unet_passes, r.backward_passes, r.reconstruction_unet_passes,
+                     round(r.inversion_seconds, 2), ratio])
     return rows
 
 
@@ -89,7 +87,7 @@ def error_plot(results: list[InversionResult]) -> Image.Image | None:
     series = {}
     for result in results:
         errors = [math.log10(max(e, 1e-30)) for e in result.step_errors]
-        series[METHOD_LABELS[result.settings["method"]]] = (list(range(1, len(errors) + 1)), errors)
+        series[METHOD_LABELS[result.method]] = (list(range(1, len(errors) + 1)), errors)
     return line_chart(series, x_label="sampling step", y_label="log10 latent MSE to the inverted trajectory",
                       title="Error per step")
 
@@ -247,7 +245,7 @@ def build_inversion_tab(engine: Engine) -> InversionTab:
                 done.append(event)
                 inverted = [r.inversion for r in done]
                 pictures = [(done[0].inversion.image, "original")] + [
-                    (r.images[0], f"{METHOD_LABELS[r.settings['method']]}: {r.settings['psnr']:.2f} dB") for r in done]
+                    (r.images[0], f"{METHOD_LABELS[r.method]}: {r.psnr:.2f} dB") for r in done]
                 index = default_choice(inverted)
                 choices = [(choice_label(i, inv), i) for i, inv in enumerate(inverted)]
                 finished = len(done) == len(runs)

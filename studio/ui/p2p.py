@@ -37,13 +37,11 @@ from studio.editing.p2p import (
     SELF_LAYERS,
     STYLE_ALPHA,
     WEIGHT,
-    EditAttentionMaps,
-    P2PResult,
     P2PSpec,
     prepare_edit,
 )
 from studio.errors import InvalidInputError, StudioError
-from studio.events import CancelToken, Mask, Preview
+from studio.events import CancelToken, EditAttentionMaps, Mask, P2PResult, Preview
 from studio.prompt_weights import parse_weighted_prompt
 from studio.specs import Range
 from studio.ui.form import (ComponentFactory, Field, Form, number, optional_whole, resolve_seed, seed_box, slider,
@@ -294,7 +292,7 @@ def build_p2p_tab(engine: Engine, inversion_state: gr.State | None = None) -> P2
                 state = {**shown["maps"], "images": finals} if shown["maps"] else shown["maps"]
                 mask = Image.fromarray(np.uint8(event.mask * 255)) if event.mask is not None else None
                 text = (f"Done in {event.timings['total']:.1f} s · {event.unet_evaluations} UNet evaluations · "
-                        f"{1000 * event.settings['seconds_per_step']:.0f} ms per step")
+                        f"{1000 * event.seconds_per_step:.0f} ms per step")
                 return {images: list(zip(event.images, ["source", "edited"])), status: done_html(text),
                         maps_state: state, mask_view: mask, settings: event.settings}
             return None

@@ -19,9 +19,9 @@ import numpy as np
 
 from studio import specs
 from studio.editing import masks
-from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditResult, SDEditSpec
+from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditSpec
 from studio.errors import InvalidInputError
-from studio.events import CancelToken, Preview
+from studio.events import CancelToken, Preview, SDEditResult
 from studio.shapes.vocabulary import COLOURS
 from studio.ui.form import Field, Form, optional_whole, resolve_seed, seed_box, slider, spec_values, text, textbox
 from studio.ui.stream import Outputs, done_html, progress_html, stop_button, stream_job
@@ -170,8 +170,8 @@ def build_sdedit_tab(engine: Engine) -> dict[str, Any]:
             if isinstance(event, SDEditResult):
                 rows = [[r.t0, r.repeat, r.seed, round(r.l2_to_guide, 4),
                          None if r.realism is None else round(r.realism, 3)] for r in event.samples]
-                masked = "masked" if event.settings["masked"] else "unmasked"
-                text = (f"Done in {event.timings['total']:.1f} s · {masked} · seed {event.settings['seed']} · "
+                masked = "masked" if event.masked else "unmasked"
+                text = (f"Done in {event.timings['total']:.1f} s · {masked} · seed {event.seed} · "
                         f"{event.unet_evaluations} UNet evaluations")
                 captions = [(image, f"t0 {r.t0:g} · seed {r.seed}") for image, r in zip(event.images, event.samples)]
                 return {status: done_html(text), strip: event.strip, table: rows, gallery: captions,
