@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_description, timed  # noqa: E402
 
 from studio.editing import masks  # noqa: E402
-from studio.editing.diffedit import DiffEditResult, DiffEditSpec  # noqa: E402
+from studio.editing.diffedit import DiffEditSpec  # noqa: E402
+from studio.events import DiffEditResult  # noqa: E402
 from studio.engine import Engine  # noqa: E402
 from studio.metrics import psnr  # noqa: E402
 from studio.shapes.judge import judge_pixels  # noqa: E402

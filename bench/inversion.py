@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import device_description  # noqa: E402
 from studio.engine import Engine  # noqa: E402
-from studio.inversion import InversionResult, InversionSpec  # noqa: E402
+from studio.events import InversionResult  # noqa: E402
+from studio.inversion import InversionSpec  # noqa: E402
 from studio.shapes.render import HELD_OUT, Scene, make_object, render  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

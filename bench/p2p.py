@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from studio.editing.p2p import P2PResult, P2PSpec  # noqa: E402
+from studio.editing.p2p import P2PSpec  # noqa: E402
+from studio.events import P2PResult  # noqa: E402
 from studio.engine import Engine  # noqa: E402
 from studio.events import Result  # noqa: E402
 from studio.metrics import psnr  # noqa: E402

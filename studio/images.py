@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from studio.errors import InvalidInputError
 from studio.specs import SIZE
 
+ImageInput = Image.Image | np.ndarray  # an upload: any PIL image, or (H, W[, C]) uint8/uint16 pixels
 MAX_INPUT_PIXELS = 4096 * 4096  # larger uploads are refused: decoding them alone costs ~200 MB
 
 

@@ -25,9 +25,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
 from studio.denoiser import Denoiser
-from studio.errors import CancelledError
 from studio.events import CancelToken
 from studio.guidance import Guider
+from studio.jobs import check_cancelled
 
 # specs.SCHEDULERS name -> (class, overrides of the model's scheduler config)
 SCHEDULER_CLASSES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
@@ -105,8 +105,7 @@ def sample_steps(
     """
     rule = SchedulerSteps(scheduler, generator) if isinstance(scheduler, SchedulerMixin) else scheduler
     for i, t in enumerate(timesteps):
-        if cancel is not None and cancel.cancelled:
-            raise CancelledError(f"Cancelled after {i} of {len(timesteps)} steps.")
+        check_cancelled(cancel, i, len(timesteps))
         if on_step_begin is not None:
             on_step_begin(i, t)
         model_input = rule.scale_model_input(x, t)  # the VP x_t the network expects

@@ -23,9 +23,9 @@ from studio.attention.controllers import (
     swap_alignment,
 )
 from studio.conditioning import Tokens
-from studio.editing.p2p import EditAttentionMaps, P2PResult, P2PSpec
+from studio.editing.p2p import P2PSpec
 from studio.errors import CancelledError, InvalidInputError, UnknownWordError
-from studio.events import CancelToken, Mask, Progress
+from studio.events import CancelToken, EditAttentionMaps, Mask, P2PResult, Progress
 from studio.prompt_weights import parse_weighted_prompt
 
 

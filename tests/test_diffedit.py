@@ -16,10 +16,10 @@ from diffusers import DDIMScheduler
 from PIL import Image
 
 from studio.editing import masks
-from studio.editing.diffedit import DiffEditSpec, MaskedDDIM, MaskResult, masked_ddim_step, probe_timesteps
+from studio.editing.diffedit import DiffEditSpec, MaskedDDIM, masked_ddim_step, probe_timesteps
 from studio.editing.masks import follow_off_mask
 from studio.errors import InvalidInputError
-from studio.events import Mask, Progress
+from studio.events import Mask, MaskResult, Progress
 from studio.images import encode_image
 from studio.metrics import psnr
 from studio.models import decode_latents
@@ -166,7 +166,8 @@ def test_default_start_is_the_ddim_inversion_of_the_source(engine, scene):
 
 
 def test_the_inversion_tabs_inversion_is_edited_from_its_own_trajectory(engine, scene):
-    from studio.inversion import InversionResult, InversionSpec
+    from studio.events import InversionResult
+    from studio.inversion import InversionSpec
 
     inverted = list(engine.invert(InversionSpec(SOURCE, method="ddim", steps=10, guidance_scale=5.0), scene.image))
     inversion = next(e for e in inverted if isinstance(e, InversionResult)).inversion
@@ -181,3 +182,22 @@ def test_a_mask_smaller_than_a_latent_cell_is_refused_not_silently_ignored(engin
     speck[60:62, 60:62] = True  # 4 pixels of a 64-pixel latent cell
     with pytest.raises(InvalidInputError, match="paint a larger region"):
         list(engine.diffedit(DiffEditSpec(SOURCE, TARGET, start="noise", steps=4), scene.image, mask=speck))
+
+
+def test_the_mask_of_a_keep_size_inversion_comes_with_the_image_it_belongs_to(engine, scene):
+    """A keep-size inversion is worked at its own size, not the native one: the Mask events and the MaskResult
+    carry that image, at the mask's size, so a preview overlays the mask on the pixels it was found on."""
+    from studio.events import InversionResult
+    from studio.inversion import InversionSpec
+
+    upload = Image.fromarray(np.asarray(scene.image)).resize((96, 96))  # not the native 128 px
+    spec = InversionSpec(SOURCE, method="ddim", steps=4, keep_size=True)
+    inversion = next(e for e in engine.invert(spec, upload) if isinstance(e, InversionResult)).inversion
+    assert inversion.image.size == (96, 96)
+    events = list(engine.diffedit_mask(DiffEditSpec(SOURCE, TARGET, seed=0, probes=1, noise_samples=1), inversion=inversion))
+    mask_events = [e for e in events if isinstance(e, Mask)]
+    assert mask_events and all(e.image is not None and e.image.size == (96, 96) for e in mask_events)
+    assert all(e.mask.shape == e.binary.shape == (96, 96) for e in mask_events)
+    result = events[-1]
+    assert isinstance(result, MaskResult) and result.image.size == (96, 96) and result.binary.shape == (96, 96)
+    assert np.array_equal(np.asarray(result.image), np.asarray(inversion.image))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import studio.engine
+import studio.generation
 from studio.errors import InvalidInputError
 from studio.guidance import classifier_targets, target_log_prob
 from studio.models import decode_latents
@@ -111,7 +111,7 @@ def test_classifier_guidance_raises_log_p_of_the_target_on_the_tiny_model(tiny_c
         spec = GenerateSpec(PROMPT, seed=5, steps=3, classifier_guidance=guidance)
         captured = []
         # the last latents the engine decodes are the run's final ones
-        monkeypatch.setattr(studio.engine, "decode_latents",
+        monkeypatch.setattr(studio.generation, "decode_latents",
                             lambda vae, x, captured=captured: (captured.append(x), decode_latents(vae, x))[1])
         _result(engine, spec)
         latents[strength] = captured[-1]

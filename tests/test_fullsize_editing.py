@@ -26,14 +26,14 @@ from PIL import Image, ImageDraw
 from studio import schedule
 from studio.architectures import REPO_ROOT, SD15, SD21, random_pipeline
 from studio.editing import masks
-from studio.editing.diffedit import DiffEditResult, DiffEditSpec, MaskResult
-from studio.editing.p2p import EditAttentionMaps, P2PResult, P2PSpec
-from studio.editing.sdedit import SDEditResult, SDEditSpec
+from studio.editing.diffedit import DiffEditSpec
+from studio.editing.p2p import P2PSpec
+from studio.editing.sdedit import SDEditSpec
 from studio.engine import Engine
 from studio.errors import InvalidInputError
-from studio.events import AttentionMaps, Mask, Result
+from studio.events import AttentionMaps, DiffEditResult, EditAttentionMaps, InversionResult, Mask, MaskResult, P2PResult, Result, SDEditResult
 from studio.images import prepare_image, working_size
-from studio.inversion import METHODS, InversionResult, InversionSpec, StepGrid
+from studio.inversion import METHODS, InversionSpec, StepGrid
 from studio.sampling import make_scheduler
 from studio.specs import Condition, GenerateSpec
 

@@ -10,8 +10,8 @@ from diffusers import DDIMScheduler
 from PIL import Image
 
 from studio.errors import InvalidInputError, UnknownWordError
-from studio.events import Progress
-from studio.inversion import InversionResult, InversionSpec, PerStepUncondGuidance, StepGrid, ddim_coefficients
+from studio.events import InversionResult, Progress
+from studio.inversion import InversionSpec, PerStepUncondGuidance, StepGrid, ddim_coefficients
 from studio.inversion.steps import affine_step, solve_affine_step
 from studio.shapes.render import Scene, make_object, render
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from studio.errors import CancelledError
-from studio.events import CancelToken
-from studio.inversion import InversionResult, InversionSpec, StepGrid, reconstruction_steps
-from studio.inversion.null_text import NullTextLoss, stalled
+from studio.events import CancelToken, InversionResult, NullTextLoss
+from studio.inversion import InversionSpec, StepGrid, reconstruction_steps
+from studio.inversion.null_text import stalled
 from studio.denoiser import Denoiser
 from studio.sampling import make_scheduler
 from studio.shapes.render import Scene, make_object, render

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from studio.denoiser import Denoiser
-from studio.editing.p2p import P2PResult, P2PSpec
+from studio.editing.p2p import P2PSpec
 from studio.errors import InvalidInputError
-from studio.inversion import InversionResult, InversionSpec, reconstruction_steps
+from studio.events import InversionResult, P2PResult
+from studio.inversion import InversionSpec, reconstruction_steps
 from studio.sampling import make_scheduler
 from studio.shapes.judge import judge_pixels
 from studio.shapes.render import Scene, make_object, render

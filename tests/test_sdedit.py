@@ -58,11 +58,11 @@ def test_a_rough_red_blob_on_blue_becomes_a_red_circle_on_blue(engine, noise_for
 def test_result_strip_shows_faithfulness_falling_as_t0_rises(engine):
     spec = SDEditSpec(prompt="", strengths=(0.2, 0.8), repeats=2, seed=1, steps=20)
     result = run(engine, spec, blob_drawing(1))
-    assert len(result.images) == 4 and len(result.rows) == 4
-    l2 = {t0: np.mean([r["l2_to_guide"] for r in result.rows if r["t0"] == t0]) for t0 in (0.2, 0.8)}
+    assert len(result.images) == 4 and len(result.samples) == 4
+    l2 = {t0: np.mean([r.l2_to_guide for r in result.samples if r.t0 == t0]) for t0 in (0.2, 0.8)}
     assert l2[0.2] < l2[0.8]
-    assert all(0 < r["realism"] <= 1 for r in result.rows)  # the embedded model has a classifier
-    assert [r["seed"] for r in result.rows] == [1, 2, 1, 2]  # repeat k uses seed + k
+    assert all(0 < r.realism <= 1 for r in result.samples)  # the embedded model has a classifier
+    assert [r.seed for r in result.samples] == [1, 2, 1, 2]  # repeat k uses seed + k
     # strip: the guide plus one column per t0, one row per repeat
     assert result.strip.width == 3 * 128 and result.strip.height >= 2 * 128
 

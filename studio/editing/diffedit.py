@@ -28,15 +28,13 @@ as noise inside the mask, against 1 of 8 following the trajectory.
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import Tensor
@@ -44,12 +42,14 @@ from torch import Tensor
 from studio import schedule, specs
 from studio.denoiser import Denoiser
 from studio.editing import masks
-from studio.editing.sdedit import start_index, to_images
-from studio.errors import CancelledError, InvalidInputError
-from studio.events import CancelToken, Event, Mask, Preview, Progress, Result
-from studio.conditioning import Cond
+from studio.conditioning import Cond, Tokens
+from studio.editing.sdedit import start_index
+from studio.errors import InvalidInputError
+from studio.events import CancelToken, DiffEditResult, Event, Mask, MaskResult, Progress
 from studio.guidance import ClassifierFreeGuidance, Guider, cfg
-from studio.images import encode_image, prepare_image, working_size
+from studio.images import ImageInput, encode_image, prepare_image, working_size
+from studio.inversion.result import Inversion
+from studio.jobs import ModelHost, Stopwatch, check_cancelled, reproduction_record, resolve_seed, step_events, to_images
 from studio.inversion.ddim import ddim_inversion_steps
 from studio.inversion.methods import sampling_guider
 from studio.inversion.steps import StepGrid
@@ -115,25 +115,6 @@ class DiffEditSpec:
                 "The target prompt is the same as the source prompt: the two predictions agree everywhere, so the "
                 "mask would be empty. Change the words for what should change (e.g. 'red' -> 'green')."
             )
-
-
-@dataclass(frozen=True)
-class MaskResult(Result):
-    """Stage I's outcome: images = [the image with the mask overlaid]."""
-
-    soft: np.ndarray | None = None  # (H, W) float32 in [0, 1], the normalised deviation map
-    binary: np.ndarray | None = None  # (H, W) bool, thresholded and cleaned
-
-
-@dataclass(frozen=True)
-class DiffEditResult(Result):
-    """Stage II's outcome: images = [edited]."""
-
-    mask: np.ndarray | None = None  # (H, W) bool pixel mask used
-    soft: np.ndarray | None = None  # Stage I's soft map when Stage I ran here
-    latents: Tensor | None = None  # (1, C, h, w) final latents
-    original_latents: Tensor | None = None  # (1, C, h, w)
-    latent_mask: Tensor | None = None  # (1, 1, h, w), 1 = editable
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,16 +200,12 @@ def overlay(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] =
 # Jobs
 
 
-def _check_prompts(engine: Any, spec: DiffEditSpec) -> tuple[Any, Any]:
+def _check_prompts(engine: ModelHost, spec: DiffEditSpec) -> tuple[Tokens, Tokens]:
     spec.validate()
     return engine.tokenize(spec.source_prompt, "Source prompt"), engine.tokenize(spec.target_prompt, "Target prompt")
 
 
-def _seed(spec: DiffEditSpec) -> int:
-    return spec.seed if spec.seed is not None else secrets.randbelow(int(specs.SEED.high) + 1)
-
-
-def _image_of(engine: Any, spec: DiffEditSpec, image: Any, inversion: Any) -> Image.Image:
+def _image_of(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | None, inversion: Inversion | None) -> Image.Image:
     """The upload at the size the edit works at; an inversion's image at its own size, which its trajectory has."""
     if image is None and inversion is None:
         raise InvalidInputError("Upload an image to edit (or run an inversion first).")
@@ -239,18 +216,17 @@ def _image_of(engine: Any, spec: DiffEditSpec, image: Any, inversion: Any) -> Im
     return prepare_image(image, size).image
 
 
-def diffedit_mask(engine: Any, spec: DiffEditSpec, image: Any = None, inversion: Any = None,
-                  cancel: CancelToken | None = None) -> Iterator[Event]:
+def diffedit_mask(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | None = None,
+                  inversion: Inversion | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
     """Stage I alone: Mask events after every probe, then a MaskResult. Raises InvalidInputError first."""
     tokens = _check_prompts(engine, spec)
     prepared = _image_of(engine, spec, image, inversion)
-    seed = _seed(spec)
-    job = _stage_one(engine, spec, prepared, tokens, seed, cancel, finish=True)
+    job = _stage_one(engine, spec, prepared, tokens, resolve_seed(spec.seed), cancel, finish=True)
     return engine.exclusive(job, spec.probes, cancel, f"{spec.noise_samples} noise samples per probe")
 
 
-def diffedit(engine: Any, spec: DiffEditSpec, image: Any = None, mask: np.ndarray | None = None,
-             inversion: Any = None, cancel: CancelToken | None = None) -> Iterator[Event]:
+def diffedit(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | None = None, mask: np.ndarray | None = None,
+             inversion: Inversion | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
     """Stage II with `mask` ((H, W) bool at the image's size, True = edit), or Stages I and II when mask is None.
     `inversion` (a studio.inversion.Inversion) supplies the image and its DDIM inversion when given."""
     tokens = _check_prompts(engine, spec)
@@ -258,24 +234,23 @@ def diffedit(engine: Any, spec: DiffEditSpec, image: Any = None, mask: np.ndarra
     prepared = _image_of(engine, spec, image, inversion)
     if mask is not None:
         mask = masks.prepare_mask(mask, np.asarray(source).shape[:2], prepared.width)
-    seed = _seed(spec)
     edit_steps = round(spec.edit_strength * (inversion.steps if inversion is not None else spec.steps))
     inversion_steps = edit_steps if spec.start == "inversion" and inversion is None else 0
     total = edit_steps + inversion_steps + (spec.probes if mask is None else 0)
-    job = _diffedit(engine, spec, prepared, mask, inversion, tokens, seed, total, cancel)
+    job = _diffedit(engine, spec, prepared, mask, inversion, tokens, resolve_seed(spec.seed), total, cancel)
     return engine.exclusive(job, total, cancel, "one image")
 
 
 @torch.no_grad()
-def _stage_one(engine: Any, spec: DiffEditSpec, image: Image.Image, tokens: tuple[Any, Any], seed: int,
+def _stage_one(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, tokens: tuple[Tokens, Tokens], seed: int,
                cancel: CancelToken | None, finish: bool) -> Iterator[Event]:
     """Stage I; yields Mask events (and a MaskResult when `finish`), returns (soft, binary)."""
-    started = time.perf_counter()
+    clock = Stopwatch()
     model = engine.model
     # 1. the image, the prompts, and the scheduler's alpha_bar table
     latents = encode_image(model.vae, image).to(model.dtype)  # (1, C, h, w)
     source, target = (engine.encode_prompt(t) for t in tokens)
-    uncond = engine.encode_negative_prompt(engine.tokenize(""))
+    uncond = engine.null_conditioning()
     scheduler = make_scheduler("ddim", model.scheduler_config)
     denoiser = Denoiser(model, scheduler.alphas_cumprod)
     size = (image.height, image.width)
@@ -286,8 +261,7 @@ def _stage_one(engine: Any, spec: DiffEditSpec, image: Image.Image, tokens: tupl
     timesteps = probe_timesteps(spec.mask_strength, spec.probes, len(scheduler.alphas_cumprod))
     soft = binary = None
     for done, t in enumerate(timesteps, start=1):
-        if cancel is not None and cancel.cancelled:
-            raise CancelledError(f"Cancelled after {done - 1} of {len(timesteps)} probes.")
+        check_cancelled(cancel, done - 1, len(timesteps), "probes")
         alpha_bar = scheduler.alphas_cumprod[t]
         noise = randn_tensor((spec.noise_samples, *latents.shape[1:]), generator=generator, device=engine.device,
                              dtype=model.dtype)  # (S, C, h, w)
@@ -301,43 +275,35 @@ def _stage_one(engine: Any, spec: DiffEditSpec, image: Image.Image, tokens: tupl
         soft = upsample(normalise_deviation(total), size)
         binary = binary_mask(soft, spec.threshold, spec.clean_pixels)
         yield Progress(done, len(timesteps), f"Mask: probe {done} / {len(timesteps)} (t = {t})")
-        yield Mask(done, len(timesteps), soft, label="DiffEdit mask", binary=binary)
+        yield Mask(done, len(timesteps), soft, label="DiffEdit mask", binary=binary, image=image)
     if finish:
-        seconds = time.perf_counter() - started
+        timings = clock.timings()
+        mask_fraction = float(binary.mean())
+        # the mask's recipe (no timings: a mask is not an image the PNG settings describe)
         settings = {"model": engine.model_name, "method": "diffedit mask", **asdict(spec), "seed": seed,
-                    "probe_timesteps": timesteps, "mask_fraction": float(binary.mean())}
-        yield MaskResult([overlay(image, binary)], settings, {"total": seconds}, denoiser.unet_evaluations,
-                         soft=soft, binary=binary)
+                    "probe_timesteps": timesteps, "mask_fraction": mask_fraction}
+        yield MaskResult([overlay(image, binary)], settings, timings, denoiser.unet_evaluations, seed=seed,
+                         image=image, soft=soft, binary=binary, mask_fraction=mask_fraction, probe_timesteps=timesteps)
     return soft, binary
 
 
 @torch.no_grad()
-def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndarray | None, inversion: Any,
-              tokens: tuple[Any, Any], seed: int, total: int, cancel: CancelToken | None) -> Iterator[Event]:
-    started = time.perf_counter()
+def _diffedit(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, mask: np.ndarray | None,
+              inversion: Inversion | None, tokens: tuple[Tokens, Tokens], seed: int, total: int,
+              cancel: CancelToken | None) -> Iterator[Event]:
+    clock = Stopwatch()
     model = engine.model
-    soft = None
-    unet_evaluations = 0
     # 1. Stage I when no mask was given
+    soft = None
     if mask is None:
         soft, mask = yield from _stage_one(engine, spec, image, tokens, seed, cancel, finish=False)
-        unet_evaluations += spec.probes
-        if not mask.any():
-            raise InvalidInputError(
-                f"No pixel's deviation is above the threshold {spec.threshold:g}: lower the threshold, or make the "
-                "target prompt differ from the source in what should change."
-            )
-        if mask.all():
-            raise InvalidInputError(
-                f"Every pixel's deviation is above the threshold {spec.threshold:g}, so nothing would be kept: "
-                "raise the threshold."
-            )
-    masked = time.perf_counter()
+        _check_found_mask(spec, mask)
+    clock.lap("mask")
 
     # 2. encode the image and the prompts; the latent mask
     original = encode_image(model.vae, image).to(model.dtype)  # (1, C, h, w)
     source, target = (engine.encode_prompt(t) for t in tokens)
-    uncond = engine.encode_negative_prompt(engine.tokenize(""))
+    uncond = engine.null_conditioning()
     latent_mask = masks.to_latent_mask(mask, tuple(original.shape[2:]), engine.device, model.dtype, spec.cell_coverage)
     if not latent_mask.any():
         raise InvalidInputError(
@@ -346,11 +312,11 @@ def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndar
         )
 
     # 3. timesteps from t_edit and the start state: the given inversion's state at t_edit, the DDIM inversion
-    #    of the image under the source prompt up to t_edit, or the image noised to t_edit
+    #    of the image under the source prompt up to t_edit, or the image noised to t_edit; with an inversion,
+    #    `path` holds its states from t_edit down: what the latents off the mask follow
     scheduler = make_scheduler("ddim", model.scheduler_config)
     denoiser = Denoiser(model, scheduler.alphas_cumprod)  # counts the inverted start's passes and the edit's
     done = spec.probes if soft is not None else 0
-    #    (with an inversion, `path` holds its states from t_edit down: what the latents off the mask follow)
     path = None
     if inversion is not None:
         first = start_index(inversion.steps, spec.edit_strength)
@@ -364,8 +330,11 @@ def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndar
             path = yield from _inverted_start(engine, denoiser, original, source, uncond, scheduler, first, done,
                                               total, cancel)
             done += len(timesteps)
-    x = path[0] if path is not None else _noised_start(engine, original, scheduler.alphas_cumprod[int(timesteps[0])], seed)
-    inverted = time.perf_counter()
+    if path is not None:
+        x = path[0]
+    else:
+        x = _noised_start(engine, original, schedule.alpha_bar_at(scheduler.alphas_cumprod, timesteps[0]), seed)
+    clock.lap("start")
 
     # 4. Stage II: masked DDIM under the target prompt, through the one sampling loop
     guider = _edit_guider(spec, target, uncond, inversion, first)
@@ -373,28 +342,39 @@ def _diffedit(engine: Any, spec: DiffEditSpec, image: Image.Image, mask: np.ndar
     off_mask = masks.follow_off_mask(latent_mask, path[1:]) if path is not None else None
     for state in sample_steps(denoiser, guider, stepper, timesteps, x, cancel, after_step=off_mask):
         x = state["x"]
-        step = state["i"] + 1
-        yield Progress(done + step, total, f"Edit: step {step} / {len(timesteps)}")
-        if step % spec.preview_every == 0 and step < len(timesteps):
-            yield Preview(done + step, to_images(decode_latents(model.vae, state["denoised"])))
-    unet_evaluations += denoiser.unet_evaluations
-    sampled = time.perf_counter()
+        yield from step_events(state, len(timesteps), model.vae, spec.preview_every, done, total, "Edit: ")
+    clock.lap("edit")
 
     # 5. decode (optionally pasting the original pixels back outside the mask)
     pixels = decode_latents(model.vae, x)  # (1, H, W, 3)
     if spec.composite:
         pixels = masks.composite(pixels[0], np.asarray(image, dtype=np.float32) / 255, mask)[None]
-    finished = time.perf_counter()
-    timings = {"mask": masked - started, "start": inverted - masked, "edit": sampled - inverted,
-               "decode": finished - sampled, "total": finished - started}
-    settings = {"model": engine.model_name, "method": "diffedit", **asdict(spec), "seed": seed,
-                "mask_fraction": float(mask.mean()), "mask_from": "Stage I" if soft is not None else "given",
-                "timings": timings, "unet_evaluations": unet_evaluations}
-    yield DiffEditResult(to_images(pixels), settings, timings, unet_evaluations, pixels, mask=mask, soft=soft,
-                         latents=x, original_latents=original, latent_mask=latent_mask)
+    clock.lap("decode")
+    timings = clock.timings()
+    unet_evaluations = denoiser.unet_evaluations + (spec.probes if soft is not None else 0)
+    mask_from = "Stage I" if soft is not None else "given"
+    settings = reproduction_record(engine, {"method": "diffedit", **asdict(spec)}, timings, unet_evaluations,
+                                   seed=seed, mask_fraction=float(mask.mean()), mask_from=mask_from)
+    yield DiffEditResult(to_images(pixels), settings, timings, unet_evaluations, pixels, seed=seed, mask=mask,
+                         mask_from=mask_from, mask_fraction=float(mask.mean()), soft=soft, latents=x,
+                         original_latents=original, latent_mask=latent_mask)
 
 
-def _edit_guider(spec: DiffEditSpec, target: Cond, uncond: Cond, inversion: Any, first: int) -> Guider:
+def _check_found_mask(spec: DiffEditSpec, mask: np.ndarray) -> None:
+    """Stage I's mask must leave something to edit and something to keep."""
+    if not mask.any():
+        raise InvalidInputError(
+            f"No pixel's deviation is above the threshold {spec.threshold:g}: lower the threshold, or make the "
+            "target prompt differ from the source in what should change."
+        )
+    if mask.all():
+        raise InvalidInputError(
+            f"Every pixel's deviation is above the threshold {spec.threshold:g}, so nothing would be kept: "
+            "raise the threshold."
+        )
+
+
+def _edit_guider(spec: DiffEditSpec, target: Cond, uncond: Cond, inversion: Inversion | None, first: int) -> Guider:
     """CFG under the target prompt; an inversion is edited as it is sampled back from step `first` on (its own
     guidance scale and, for null-text and negative-prompt inversion, its per-step null embeddings), which is
     what reconstructs it."""
@@ -403,15 +383,15 @@ def _edit_guider(spec: DiffEditSpec, target: Cond, uncond: Cond, inversion: Any,
     return sampling_guider(inversion, target, uncond, first)
 
 
-def _noised_start(engine: Any, original: Tensor, alpha_bar: Tensor, seed: int) -> Tensor:
+def _noised_start(engine: ModelHost, original: Tensor, alpha_bar: Tensor, seed: int) -> Tensor:
     """x_{t_edit} = sqrt(ab) x_0 + sqrt(1 - ab) eps with the run's seed (start="noise")."""
     generator = torch.Generator("cpu").manual_seed(seed)
     noise = randn_tensor(original.shape, generator=generator, device=engine.device, dtype=original.dtype)
     return schedule.noise_to(original, noise, alpha_bar)
 
 
-def _inverted_start(engine: Any, denoiser: Denoiser, original: Tensor, source: Any, uncond: Any, scheduler: Any,
-                    first: int, done: int, total: int, cancel: CancelToken | None) -> Iterator[Event]:
+def _inverted_start(engine: ModelHost, denoiser: Denoiser, original: Tensor, source: Cond, uncond: Cond,
+                    scheduler: DDIMScheduler, first: int, done: int, total: int, cancel: CancelToken | None) -> Iterator[Event]:
     """DDIM inversion (studio.inversion) of the image under the source prompt, over the steps from t_edit down
     only (Couairon et al. 2023, Step 2: encoding). Guidance w = 1, the guidance-neutral map; yields
     Progress, returns its states from x_{t_edit} down to x_0 (the image's latents), as an Inversion's

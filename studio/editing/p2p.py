@@ -15,11 +15,8 @@ source's latents outside the blend mask (prompt-to-prompt's LocalBlend).
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -46,10 +43,10 @@ from studio.attention.processors import control_attention
 from studio.conditioning import Cond, Tokens
 from studio.denoiser import Denoiser
 from studio.errors import InvalidInputError
-from studio.events import AttentionMaps, CancelToken, Event, Mask, Preview, Progress, Result
-from studio.guidance import ClassifierFreeGuidance, Guider
-from studio.images import to_uint8
+from studio.events import AttentionMaps, CancelToken, EditAttentionMaps, Event, Mask, P2PResult
+from studio.guidance import ClassifierFreeGuidance
 from studio.inversion import METHOD_LABELS, Inversion, sampling_guider
+from studio.jobs import ModelHost, Stopwatch, reproduction_record, resolve_seed, step_events, to_images
 from studio.models import decode_latents
 from studio.prompt_weights import parse_weighted_prompt
 from studio.sampling import make_scheduler, sample_steps
@@ -129,26 +126,6 @@ class P2PSpec:
 
 
 @dataclass(frozen=True)
-class EditAttentionMaps:
-    """Cross-attention maps of the source and of the edited target (the fused Ã it used), streamed."""
-
-    step: int
-    source: AttentionMaps
-    target: AttentionMaps
-    aligned: list[str]  # per target word, the source word whose attention it takes ("" for a new word)
-
-
-@dataclass(frozen=True)
-class P2PResult(Result):
-    """images = [source, edited]; latents (2, C, h, w) before decoding; mask the local blend's last
-    binary mask at image resolution (None without local blend)."""
-
-    latents: Tensor | None = None
-    mask: np.ndarray | None = None
-    alignment: list[tuple[str, str]] = field(default_factory=list)  # (target word, source word or "")
-
-
-@dataclass(frozen=True)
 class PreparedEdit:
     """Everything checked and derived from a spec before model work (also the UI's token table)."""
 
@@ -166,7 +143,7 @@ class PreparedEdit:
         ]
 
 
-def prepare_edit(engine: Any, spec: P2PSpec, source_prompt: str) -> PreparedEdit:
+def prepare_edit(engine: ModelHost, spec: P2PSpec, source_prompt: str) -> PreparedEdit:
     """Check a spec against the model's tokenizer and derive the alignment; raises InvalidInputError."""
     if "(" in source_prompt or ")" in source_prompt:
         raise InvalidInputError("Source prompt: weights such as (word:1.3) belong in the target prompt (re-weighting).")
@@ -232,7 +209,7 @@ class LocalBlend:
         return blend_latents(x, self.binary)
 
 
-def prompt_to_prompt(engine: Any, spec: P2PSpec, inversion: Inversion | None = None,
+def prompt_to_prompt(engine: ModelHost, spec: P2PSpec, inversion: Inversion | None = None,
                      cancel: CancelToken | None = None) -> Iterator[Event]:
     """Validate (before any model work), then return the queued job's event stream."""
     # 1. check inputs
@@ -249,9 +226,8 @@ def prompt_to_prompt(engine: Any, spec: P2PSpec, inversion: Inversion | None = N
             "(leave it empty to use it)."
         )
     prepared = prepare_edit(engine, spec, source_prompt)
-    seed = spec.seed if spec.seed is not None else secrets.randbelow(int(specs.SEED.high) + 1)
     steps = len(inversion.timesteps) if inversion is not None else spec.steps
-    job = _edit(engine, spec, prepared, seed, inversion, cancel)
+    job = _edit(engine, spec, prepared, resolve_seed(spec.seed), inversion, cancel)
     size = inversion.image.width if inversion is not None else spec.size or engine.native_size
     return engine.exclusive(job, steps, cancel, f"Prompt-to-Prompt at {size}px (2 images)")
 
@@ -263,9 +239,9 @@ def stacked(source: Cond, target: Cond) -> Cond:
 
 
 @torch.no_grad()
-def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversion: Inversion | None,
+def _edit(engine: ModelHost, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversion: Inversion | None,
           cancel: CancelToken | None) -> Iterator[Event]:
-    started = time.perf_counter()
+    clock = Stopwatch()
     model = engine.model
 
     # 2. encode both prompts; the guider: plain CFG, or the inversion's own negative branch
@@ -274,84 +250,77 @@ def _edit(engine: Any, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversi
     scheduler.set_timesteps(inversion.steps if inversion is not None else spec.steps, device=engine.device)
     timesteps = scheduler.timesteps  # an inversion's are these: it was made on the same DDIM grid
     if inversion is not None:
-        guider = inversion_guider(engine, inversion, pair)
+        # its per-step null embeddings (NTI's optimised ones, NPI's source prompt) for both images, so the
+        # source branch reproduces its reconstruction
+        guider = sampling_guider(inversion, pair, engine.null_conditioning())
     else:
-        uncond = engine.encode_negative_prompt(engine.tokenize("", "Negative prompt"))
-        guider = ClassifierFreeGuidance(cond=pair, uncond=uncond, scale=spec.guidance_scale)
+        guider = ClassifierFreeGuidance(cond=pair, uncond=engine.null_conditioning(), scale=spec.guidance_scale)
     steps = len(timesteps)
     denoiser = Denoiser(model, scheduler.alphas_cumprod)
 
     # 3. the same initial latent for both images: the seed's noise, or the inversion's x_T
-    if inversion is not None:
-        noise = inversion.noise_latents.to(engine.device, model.dtype)
-    else:
-        generator = torch.Generator("cpu").manual_seed(seed)
-        latent_size = (spec.size or engine.native_size) // engine.size_multiple
-        shape = (1, model.unet.config.in_channels, latent_size, latent_size)
-        noise = randn_tensor(shape, generator=generator, device=engine.device, dtype=model.dtype)
-        noise = noise * scheduler.init_noise_sigma
-    latents = noise.expand(2, -1, -1, -1).clone()  # (2, C, h, w): source, target
+    latents = _initial_latent(engine, spec, seed, inversion, scheduler.init_noise_sigma).expand(2, -1, -1, -1).clone()
 
-    # 4. attention control for this run, and local blend after every step
-    plan = plan_for(spec, prepared, steps)
-    conditional = guider.primary
+    # 4. attention control for this run (source and target: the conditional branch's two images), and local blend
+    #    after every step
     controller = PromptToPromptController(
-        plan, source_index=denoiser.batch_index(conditional, 0, 2), target_index=denoiser.batch_index(conditional, 1, 2),
-        latent_size=tuple(latents.shape[2:]), device=latents.device,
+        plan_for(spec, prepared, steps), source_index=denoiser.batch_index(guider.primary, 0, 2),
+        target_index=denoiser.batch_index(guider.primary, 1, 2), latent_size=tuple(latents.shape[2:]),
+        device=latents.device,
     )
     blend = None
     if spec.blend_words:
         first_step = int(np.ceil(spec.blend_start * (steps - 1) - 1e-9))
         blend = LocalBlend(controller, prepared.blend_columns.to(latents.device), spec.blend_threshold, first_step)
-    encoded = time.perf_counter()
+    clock.lap("encode")
 
     # 5. the one loop, streaming progress, both images' previews, maps and the blend mask
     size = latents.shape[-1] * engine.size_multiple  # an inversion's own size, which may not be the native one
     with control_attention(model.unet, controller):
         for state in sample_steps(denoiser, guider, scheduler, timesteps, latents, cancel,
                                   on_step_begin=controller.begin_step, after_step=blend):
-            i, done = state["i"], state["i"] + 1
             latents = state["x"]
-            yield Progress(done, steps)
+            yield from step_events(state, steps, model.vae, spec.maps_every)
             # the blend mask streams with the maps: bringing it to the host every step would make each step wait
             # for the GPU
-            if done % spec.maps_every == 0 or i == steps - 1:
+            done = state["i"] + 1
+            if done % spec.maps_every == 0 or done == steps:
                 if blend is not None and blend.binary is not None:
                     yield Mask(done, steps, _to_image_size(blend.soft, size), "local blend",
                                _to_image_size(blend.binary.float(), size) > 0.5)
                 yield _maps_event(done, controller, prepared)
-            if done % spec.maps_every == 0 and i != steps - 1:
-                yield Preview(done, to_images(decode_latents(model.vae, state["denoised"])))
-    sampled = time.perf_counter()
+    sampling_seconds = clock.lap("sampling")
 
     # 6. decode both and report
     pixels = decode_latents(model.vae, latents)
-    finished = time.perf_counter()
-    timings = {"encode": encoded - started, "sampling": sampled - encoded, "decode": finished - sampled,
-               "total": finished - started}
-    settings = {
-        "model": engine.model_name,
-        **asdict(spec),
-        "source_prompt": inversion.prompt if inversion is not None else spec.source_prompt,
-        "seed": None if inversion is not None else seed,
-        "steps": steps,
-        "guidance_scale": inversion.guidance_scale if inversion is not None else spec.guidance_scale,
-        "inversion": inversion.method if inversion is not None else None,
-        "timings": timings,
-        "unet_evaluations": denoiser.unet_evaluations,
-        "seconds_per_step": (sampled - encoded) / steps,
-        "attention_maps_bytes": controller.stored_bytes,
-    }
+    clock.lap("decode")
+    timings = clock.timings()
+    seed_used = None if inversion is not None else seed
+    settings = reproduction_record(
+        engine, asdict(spec), timings, denoiser.unet_evaluations,
+        source_prompt=inversion.prompt if inversion is not None else spec.source_prompt,
+        seed=seed_used,
+        steps=steps,
+        guidance_scale=inversion.guidance_scale if inversion is not None else spec.guidance_scale,
+        inversion=inversion.method if inversion is not None else None,
+    )
+    settings.update(seconds_per_step=sampling_seconds / steps, attention_maps_bytes=controller.stored_bytes)
     mask = None if blend is None or blend.binary is None else _to_image_size(blend.binary.float(), size) > 0.5
-    yield P2PResult(to_images(pixels), settings, timings, denoiser.unet_evaluations, pixels,
-                    latents=latents, mask=mask, alignment=[(w, s) for w, s, _ in prepared.table()])
+    yield P2PResult(to_images(pixels), settings, timings, denoiser.unet_evaluations, pixels, seed=seed_used,
+                    latents=latents, mask=mask, alignment=[(w, s) for w, s, _ in prepared.table()],
+                    seconds_per_step=sampling_seconds / steps, attention_maps_bytes=controller.stored_bytes)
 
 
-def inversion_guider(engine: Any, inversion: Inversion, pair: Cond) -> Guider:
-    """The inversion's own sampling guider (its per-step null embeddings: NTI's optimised ones, NPI's
-    source prompt, Miyake et al. 2023) for both images, so the source branch reproduces its reconstruction."""
-    null = engine.encode_negative_prompt(engine.tokenize("", "Negative prompt"))
-    return sampling_guider(inversion, pair, null)
+def _initial_latent(engine: ModelHost, spec: P2PSpec, seed: int, inversion: Inversion | None,
+                    init_noise_sigma: float) -> Tensor:
+    """(1, C, h, w): the inversion's x_T, or the seed's noise at the spec's size (seeded on the CPU, as generation)."""
+    model = engine.model
+    if inversion is not None:
+        return inversion.noise_latents.to(engine.device, model.dtype)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    latent_size = (spec.size or engine.native_size) // engine.size_multiple
+    shape = (1, model.unet.config.in_channels, latent_size, latent_size)
+    return randn_tensor(shape, generator=generator, device=engine.device, dtype=model.dtype) * init_noise_sigma
 
 
 def _maps_event(step: int, controller: PromptToPromptController, prepared: PreparedEdit) -> EditAttentionMaps:
@@ -362,11 +331,6 @@ def _maps_event(step: int, controller: PromptToPromptController, prepared: Prepa
         AttentionMaps(step, prepared.target.words, combined_maps(target_means, prepared.target.word_tokens)),
         [source_word for _, source_word, _ in prepared.table()],
     )
-
-
-def to_images(pixels: np.ndarray) -> list[Image.Image]:
-    """(B, H, W, 3) float pixels -> PIL images, rounded as the engine rounds its results."""
-    return [Image.fromarray(to_uint8(p)) for p in pixels]
 
 
 def _to_image_size(latent_mask: Tensor, size: int) -> np.ndarray:

@@ -19,14 +19,12 @@ hook (masks.follow_off_mask).
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image, ImageDraw
 from torch import Tensor
@@ -35,9 +33,11 @@ from studio import schedule, specs
 from studio.denoiser import Denoiser
 from studio.editing import masks
 from studio.errors import InvalidInputError
-from studio.events import CancelToken, Event, Preview, Progress, Result
+from studio.conditioning import Tokens
+from studio.events import CancelToken, Event, SDEditResult, SDEditSample
 from studio.guidance import ClassifierFreeGuidance
-from studio.images import encode_image, prepare_image, to_uint8, working_size
+from studio.images import ImageInput, encode_image, prepare_image, working_size
+from studio.jobs import ModelHost, Stopwatch, reproduction_record, resolve_seed, step_events, to_images
 from studio.models import decode_latents
 from studio.sampling import make_scheduler, sample_steps
 
@@ -81,17 +81,6 @@ class SDEditSpec:
                 )
 
 
-@dataclass(frozen=True)
-class SDEditResult(Result):
-    """Result whose images are [t0_0 x K, t0_1 x K, ...]; `strip` shows them with the guide, one column per t0."""
-
-    strip: Image.Image | None = None
-    rows: list[dict[str, Any]] = field(default_factory=list)  # per image: t0, repeat, seed, l2_to_guide, realism
-    latents: Tensor | None = None  # (len(strengths) * K, C, h, w) final latents, before decoding
-    original_latents: Tensor | None = None  # (1, C, h, w) the frozen branch's target
-    latent_mask: Tensor | None = None  # (1, 1, h, w), 1 = editable; None when unmasked
-
-
 # --------------------------------------------------------------------------------------------
 # Pure maths
 
@@ -114,7 +103,7 @@ def start_index(steps: int, strength: float) -> int:
     return steps - round(strength * steps)
 
 
-def noise_levels(scheduler: Any, noise_form: str, start: int) -> list[Tensor]:
+def noise_levels(scheduler: SchedulerMixin, noise_form: str, start: int) -> list[Tensor]:
     """The noise level of the state before each step from `start` on, and after the last one (clean):
     alpha_bar (VP, DDIM) or sigma (VE, Euler) -- what `sdedit_start` takes."""
     if noise_form == "vp":
@@ -140,13 +129,8 @@ def l2_to_guide(pixels: np.ndarray, guide: np.ndarray) -> np.ndarray:
     return np.sqrt(((pixels - guide[None]) ** 2).mean(axis=(1, 2, 3)))
 
 
-def to_images(pixels: np.ndarray) -> list[Image.Image]:
-    """(B, H, W, 3) float pixels in [0, 1] -> PIL images, rounded like the engine's."""
-    return [Image.fromarray(to_uint8(p)) for p in pixels]
-
-
 def result_strip(guide: Image.Image, images: list[Image.Image], strengths: tuple[float, ...], repeats: int,
-                 rows: list[dict[str, Any]]) -> Image.Image:
+                 samples: list[SDEditSample]) -> Image.Image:
     """One picture of the trade-off: the guide, then one column per t0 (low to high), one row per repeat,
     each tile captioned with its L2 distance to the guide and realism."""
     size = guide.width
@@ -161,10 +145,10 @@ def result_strip(guide: Image.Image, images: list[Image.Image], strengths: tuple
         for column, s in enumerate(order, start=1):
             index = s * repeats + k
             strip.paste(images[index], (column * size, top))
-            row = rows[index]
-            realism = "" if row["realism"] is None else f" r {row['realism']:.2f}"
-            draw.text((column * size + 4, top + size + 2), f"t0 {row['t0']:.2f}", fill="black")
-            draw.text((column * size + 4, top + size + 12), f"L2 {row['l2_to_guide']:.3f}{realism}", fill="black")
+            sample = samples[index]
+            realism = "" if sample.realism is None else f" r {sample.realism:.2f}"
+            draw.text((column * size + 4, top + size + 2), f"t0 {sample.t0:.2f}", fill="black")
+            draw.text((column * size + 4, top + size + 12), f"L2 {sample.l2_to_guide:.3f}{realism}", fill="black")
     return strip
 
 
@@ -180,7 +164,7 @@ class _Inputs:
     notes: list[str]
 
 
-def prepare_inputs(guide: Any, mask: np.ndarray | None, original: Any, size: int) -> _Inputs:
+def prepare_inputs(guide: ImageInput | None, mask: np.ndarray | None, original: ImageInput | None, size: int) -> _Inputs:
     """Guide, mask and original checked against each other at their uploaded size, then brought to `size`
     the same way (centre crop, resize). Raises InvalidInputError."""
     if guide is None:
@@ -200,40 +184,37 @@ def prepare_inputs(guide: Any, mask: np.ndarray | None, original: Any, size: int
     return _Inputs(prepared_guide.image, prepared_original.image, prepared_mask, notes)
 
 
-def sdedit(engine: Any, spec: SDEditSpec, guide: Any, mask: np.ndarray | None = None, original: Any = None,
-           cancel: CancelToken | None = None) -> Iterator[Event]:
+def sdedit(engine: ModelHost, spec: SDEditSpec, guide: ImageInput | None, mask: np.ndarray | None = None,
+           original: ImageInput | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
     """Check the inputs (raising InvalidInputError before any model work), then queue the job on the engine."""
     # 1. check inputs
     spec.validate()
     tokens = engine.tokenize(spec.prompt, "Prompt")
     size = working_size(guide, engine.native_size, engine.size_multiple, spec.keep_size)
     inputs = prepare_inputs(guide, mask, original, size)
-    seed = spec.seed if spec.seed is not None else secrets.randbelow(int(specs.SEED.high) - REPEATS.high)
+    seed = resolve_seed(spec.seed, span=spec.repeats)
     total = sum(round(s * spec.steps) for s in spec.strengths)
     job = _sdedit(engine, spec, inputs, tokens, seed, total, cancel)
     return engine.exclusive(job, total, cancel, f"{len(spec.strengths)} t0 values x {spec.repeats} repeats")
 
 
 @torch.no_grad()
-def _sdedit(engine: Any, spec: SDEditSpec, inputs: _Inputs, tokens: Any, seed: int, total: int,
+def _sdedit(engine: ModelHost, spec: SDEditSpec, inputs: _Inputs, tokens: Tokens, seed: int, total: int,
             cancel: CancelToken | None) -> Iterator[Event]:
-    started = time.perf_counter()
+    clock = Stopwatch()
     model = engine.model
 
     # 2. encode the guide, the original and the prompt (no prompt: the unconditional prediction alone)
     guide_latents = encode_image(model.vae, inputs.guide).to(model.dtype)  # (1, C, h, w)
     same_image = inputs.original is inputs.guide  # unmasked, or masked on the guide itself: encode once
     original_latents = guide_latents if same_image else encode_image(model.vae, inputs.original).to(model.dtype)
-    prompt = engine.encode_prompt(tokens)
     scale = spec.guidance_scale if spec.prompt.strip() else 1.0
-    guider = ClassifierFreeGuidance(cond=prompt, uncond=engine.encode_negative_prompt(engine.tokenize("")), scale=scale)
-    latent_size = tuple(guide_latents.shape[2:])
+    guider = ClassifierFreeGuidance(cond=engine.encode_prompt(tokens), uncond=engine.null_conditioning(), scale=scale)
     latent_mask = None
+    start_latents = guide_latents
     if inputs.mask is not None:
-        latent_mask = masks.to_latent_mask(inputs.mask, latent_size, engine.device, model.dtype)
+        latent_mask = masks.to_latent_mask(inputs.mask, tuple(guide_latents.shape[2:]), engine.device, model.dtype)
         start_latents = masked_guide(original_latents, guide_latents, latent_mask)
-    else:
-        start_latents = guide_latents
 
     # 3. one noise per repeat, seeded on the CPU like generation (repeat k = seed + k)
     generators = [torch.Generator("cpu").manual_seed(seed + k) for k in range(spec.repeats)]
@@ -243,7 +224,6 @@ def _sdedit(engine: Any, spec: SDEditSpec, inputs: _Inputs, tokens: Any, seed: i
     # 4. one run of the sampling loop per t0, the K repeats batched
     results: list[Tensor] = []
     unet_evaluations = 0
-    done = 0
     for strength in spec.strengths:
         scheduler = make_scheduler(NOISE_FORMS[spec.noise_form], model.scheduler_config)
         scheduler.set_timesteps(spec.steps, device=engine.device)
@@ -260,51 +240,48 @@ def _sdedit(engine: Any, spec: SDEditSpec, inputs: _Inputs, tokens: Any, seed: i
             frozen = [sdedit_start(original_latents, noise, level, spec.noise_form) for level in levels[1:-1]]
             two_branch = masks.follow_off_mask(latent_mask, [*frozen, original_latents.expand_as(x)])
         denoiser = Denoiser(model, scheduler.alphas_cumprod)
+        done_before = sum(round(s * spec.steps) for s in spec.strengths[:len(results)])
         for state in sample_steps(denoiser, guider, scheduler, timesteps, x, cancel, generators[0],
                                   after_step=two_branch):
             x = state["x"]
-            done += 1
-            yield Progress(done, total, f"t0 {strength:g}: step {state['i'] + 1} / {len(timesteps)}")
-            if (state["i"] + 1) % spec.preview_every == 0 and state["i"] + 1 < len(timesteps):
-                yield Preview(done, to_images(decode_latents(model.vae, state["denoised"])))
+            yield from step_events(state, len(timesteps), model.vae, spec.preview_every, done_before, total,
+                                   f"t0 {strength:g}: ")
         results.append(x)
         unet_evaluations += denoiser.unet_evaluations
     latents = torch.cat(results)  # (S * K, C, h, w)
-    sampled = time.perf_counter()
+    clock.lap("sampling")
 
     # 5. decode; masked runs may paste the original pixels back outside the painted mask
     pixels = decode_latents(model.vae, latents)  # (S * K, H, W, 3) in [0, 1]
     if inputs.mask is not None and spec.composite:
         original_pixels = np.asarray(inputs.original, dtype=np.float32) / 255
         pixels = np.stack([masks.composite(p, original_pixels, inputs.mask) for p in pixels])
-    images = to_images(pixels)
 
     # 6. faithfulness and realism of every result
-    distances = l2_to_guide(pixels, np.asarray(inputs.guide, dtype=np.float32) / 255)
-    realism = classifier_confidence(model.classifier, latents).tolist() if model.classifier is not None else None
-    rows = []
-    for s, strength in enumerate(spec.strengths):
-        for k in range(spec.repeats):
-            index = s * spec.repeats + k
-            rows.append({
-                "t0": strength, "repeat": k, "seed": seed + k, "l2_to_guide": float(distances[index]),
-                "realism": None if realism is None else float(realism[index]),
-            })
-    strip = result_strip(inputs.guide, images, spec.strengths, spec.repeats, rows)
-    finished = time.perf_counter()
+    samples = measure_samples(model.classifier, spec, seed, pixels, latents, inputs.guide)
+    images = to_images(pixels)
+    strip = result_strip(inputs.guide, images, spec.strengths, spec.repeats, samples)
+    clock.lap("decode")
 
-    timings = {"sampling": sampled - started, "decode": finished - sampled, "total": finished - started}
-    settings = {
-        "model": engine.model_name,
-        "method": "sdedit",
-        **asdict(spec),
-        "seed": seed,
-        "masked": inputs.mask is not None,
-        "guidance_scale_used": scale,
-        "inputs": inputs.notes,
-        "results": rows,
-        "timings": timings,
-        "unet_evaluations": unet_evaluations,
-    }
-    yield SDEditResult(images, settings, timings, unet_evaluations, pixels, strip=strip, rows=rows,
-                       latents=latents, original_latents=original_latents, latent_mask=latent_mask)
+    timings = clock.timings()
+    settings = reproduction_record(
+        engine, {"method": "sdedit", **asdict(spec)}, timings, unet_evaluations, seed=seed,
+        masked=inputs.mask is not None, guidance_scale_used=scale, inputs=inputs.notes,
+        results=[asdict(sample) for sample in samples],
+    )
+    yield SDEditResult(images, settings, timings, unet_evaluations, pixels, seed=seed, samples=samples,
+                       masked=inputs.mask is not None, guidance_scale_used=scale, strip=strip, latents=latents,
+                       original_latents=original_latents, latent_mask=latent_mask)
+
+
+def measure_samples(classifier: torch.nn.Module | None, spec: SDEditSpec, seed: int, pixels: np.ndarray,
+                    latents: Tensor, guide: Image.Image) -> list[SDEditSample]:
+    """Each image's L2 distance to the guide and, with a noisy-latent classifier, its realism, in the
+    images' order ([t0_0 x K, t0_1 x K, ...])."""
+    distances = l2_to_guide(pixels, np.asarray(guide, dtype=np.float32) / 255)
+    realism = classifier_confidence(classifier, latents).tolist() if classifier is not None else None
+    return [
+        SDEditSample(t0=strength, repeat=k, seed=seed + k, l2_to_guide=float(distances[index]),
+                     realism=None if realism is None else float(realism[index]))
+        for index, (strength, k) in enumerate((s, k) for s in spec.strengths for k in range(spec.repeats))
+    ]

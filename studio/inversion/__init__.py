@@ -1,5 +1,6 @@
 """Inversion: map a real image into the model's latent trajectory so it can be reconstructed and
-edited like a generated one (seed section 3).
+edited like a generated one (DDIM inversion, Song et al. 2021 §4.3; null-text inversion, Mokady et al. 2023;
+negative-prompt inversion, Miyake et al. 2023; EDICT, Wallace et al. 2023; BDIA, Zhang et al. 2023).
 
     for event in engine.invert(InversionSpec("a red circle", method="null_text"), image):
         ...                                      # Progress, NullTextLoss, then one InversionResult
@@ -13,7 +14,8 @@ steps.py; DDIM inversion and every DDIM reconstruction run through studio.sampli
 from studio.inversion.ddim import ddim_inversion_steps
 from studio.inversion.guider import PerStepUncondGuidance
 from studio.inversion.methods import invert, reconstruction_steps, sampling_guider
-from studio.inversion.result import METHOD_LABELS, METHODS, Inversion, InversionResult, InversionSpec
+from studio.events import InversionResult  # the job's Result (defined with every event in studio.events)
+from studio.inversion.result import METHOD_LABELS, METHODS, Inversion, InversionSpec
 from studio.inversion.steps import StepGrid, ddim_coefficients
 
 __all__ = [

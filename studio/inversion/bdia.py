@@ -24,10 +24,12 @@ from collections.abc import Iterator
 
 from torch import Tensor
 
-from studio.errors import CancelledError
+from studio.denoiser import Denoiser
 from studio.events import CancelToken
+from studio.guidance import Guider
 from studio.inversion.guider import guided_output
 from studio.inversion.steps import StepGrid, affine_step, ddim_coefficients, solve_affine_step
+from studio.jobs import check_cancelled
 
 
 def _position_alpha_bars(grid: StepGrid) -> list:
@@ -35,14 +37,14 @@ def _position_alpha_bars(grid: StepGrid) -> list:
     return [*grid.alpha_bar, grid.alpha_bar_prev[-1]]
 
 
-def _both_steps(denoiser, guider, grid: StepGrid, alpha_bars: list, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _both_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, alpha_bars: list, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """(D(x_k -> k-1), D(x_k -> k+1)): the backward and forward DDIM steps from x_k with one network output."""
     out = guided_output(denoiser, guider, x, k, grid.timesteps[k].to(x.device))
     backward = affine_step(out, x, ddim_coefficients(alpha_bars[k], alpha_bars[k - 1], grid.prediction_type))
     return backward, affine_step(out, x, grid.coefficients(k))
 
 
-def bdia_sampling_steps(denoiser, guider, grid: StepGrid, x_start: Tensor, x_first: Tensor, gamma: float,
+def bdia_sampling_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, x_start: Tensor, x_first: Tensor, gamma: float,
                         cancel: CancelToken | None = None) -> Iterator[dict]:
     """Denoise from the pair (x_0 = x_T, x_1), yielding {i, t, x} after each sampling step i (step 0 lands
     on the given x_1)."""
@@ -50,14 +52,13 @@ def bdia_sampling_steps(denoiser, guider, grid: StepGrid, x_start: Tensor, x_fir
     previous, x = x_start, x_first
     yield {"i": 0, "t": grid.timesteps[0], "x": x}
     for k in range(1, len(grid)):
-        if cancel is not None and cancel.cancelled:
-            raise CancelledError(f"Cancelled after {k} of {len(grid)} steps.")
+        check_cancelled(cancel, k, len(grid))
         backward, forward = _both_steps(denoiser, guider, grid, alpha_bars, x, k)
         previous, x = x, forward + (1 - gamma) * (previous - backward)
         yield {"i": k, "t": grid.timesteps[k], "x": x}
 
 
-def bdia_inversion_steps(denoiser, guider, grid: StepGrid, latents: Tensor, gamma: float,
+def bdia_inversion_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, latents: Tensor, gamma: float,
                          cancel: CancelToken | None = None) -> Iterator[dict]:
     """Invert x_N = latents; yields {i, t, x}: the start state of sampling step i, i = N-1 down to 0."""
     alpha_bars = _position_alpha_bars(grid)
@@ -68,8 +69,7 @@ def bdia_inversion_steps(denoiser, guider, grid: StepGrid, latents: Tensor, gamm
                                               grid.coefficients(n - 1))
     yield {"i": n - 1, "t": t, "x": x}
     for k in range(n - 1, 0, -1):
-        if cancel is not None and cancel.cancelled:
-            raise CancelledError(f"Cancelled after {n - k} of {n} steps.")
+        check_cancelled(cancel, n - k, n)
         backward, forward = _both_steps(denoiser, guider, grid, alpha_bars, x, k)
         following, x = x, backward + (following - forward) / (1 - gamma)
         yield {"i": k - 1, "t": grid.timesteps[k - 1], "x": x}

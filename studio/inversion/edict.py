@@ -21,10 +21,12 @@ from collections.abc import Iterator
 
 from torch import Tensor
 
-from studio.errors import CancelledError
+from studio.denoiser import Denoiser
 from studio.events import CancelToken
+from studio.guidance import Guider
 from studio.inversion.guider import guided_output
 from studio.inversion.steps import StepGrid, affine_step, solve_affine_step
+from studio.jobs import check_cancelled
 
 
 def mix(a: Tensor, b: Tensor, p: float) -> Tensor:
@@ -37,16 +39,11 @@ def unmix(mixed: Tensor, b: Tensor, p: float) -> Tensor:
     return (mixed - (1 - p) * b) / p
 
 
-def _check(cancel: CancelToken | None, done: int, total: int) -> None:
-    if cancel is not None and cancel.cancelled:
-        raise CancelledError(f"Cancelled after {done} of {total} steps.")
-
-
-def edict_sampling_steps(denoiser, guider, grid: StepGrid, x: Tensor, y: Tensor, p: float,
+def edict_sampling_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, x: Tensor, y: Tensor, p: float,
                          cancel: CancelToken | None = None) -> Iterator[dict]:
     """Denoise the pair (x, y) from trajectory position 0 (x_T); yields {i, t, x, y} after each step."""
     for i, t in enumerate(grid.timesteps.to(x.device)):
-        _check(cancel, i, len(grid))
+        check_cancelled(cancel, i, len(grid))
         coefficients = grid.coefficients(i)
         x_inter = affine_step(guided_output(denoiser, guider, y, i, t), x, coefficients)
         y_inter = affine_step(guided_output(denoiser, guider, x_inter, i, t), y, coefficients)
@@ -55,13 +52,13 @@ def edict_sampling_steps(denoiser, guider, grid: StepGrid, x: Tensor, y: Tensor,
         yield {"i": i, "t": t, "x": x, "y": y}
 
 
-def edict_inversion_steps(denoiser, guider, grid: StepGrid, latents: Tensor, p: float,
+def edict_inversion_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, latents: Tensor, p: float,
                           cancel: CancelToken | None = None) -> Iterator[dict]:
     """Invert x_0 = y_0 = latents up to x_T; yields {i, t, x, y}: the start states of sampling step i,
     for i = N-1 down to 0."""
     x = y = latents
     for done, i in enumerate(reversed(range(len(grid)))):
-        _check(cancel, done, len(grid))
+        check_cancelled(cancel, done, len(grid))
         t = grid.timesteps[i].to(latents.device)
         coefficients = grid.coefficients(i)
         y_inter = unmix(y, x, p)

@@ -8,13 +8,13 @@ own encode -> decode (the ceiling no inversion can pass).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 from torch import Tensor
 
@@ -22,16 +22,18 @@ from studio import metrics
 from studio.conditioning import Cond
 from studio.denoiser import Denoiser
 from studio.errors import InvalidInputError
-from studio.events import CancelToken, Event, Progress
+from studio.conditioning import Tokens
+from studio.events import CancelToken, Event, InversionResult, Progress
 from studio.guidance import ClassifierFreeGuidance, Guider
-from studio.images import encode_image, prepare_image, to_uint8, working_size
+from studio.images import ImageInput, encode_image, prepare_image, to_uint8, working_size
 from studio.inversion.bdia import bdia_inversion_steps, bdia_sampling_steps
 from studio.inversion.ddim import ddim_inversion_steps
 from studio.inversion.edict import edict_inversion_steps, edict_sampling_steps
 from studio.inversion.guider import PerStepUncondGuidance
 from studio.inversion.null_text import null_text_optimisation
-from studio.inversion.result import METHOD_LABELS, Inversion, InversionResult, InversionSpec
+from studio.inversion.result import METHOD_LABELS, Inversion, InversionSpec
 from studio.inversion.steps import StepGrid
+from studio.jobs import ModelHost, Stopwatch, reproduction_record
 from studio.models import decode_latents
 from studio.sampling import StepState, make_scheduler, sample_steps
 
@@ -48,7 +50,7 @@ class Context:
     spec: InversionSpec
     cancel: CancelToken | None
     scheduler_config: dict[str, Any]
-    vae: Any = None  # the VAE, for NTI's optional image-space term
+    vae: AutoencoderKL | None = None  # the VAE, for NTI's optional image-space term
     image: Image.Image | None = None
     backward_passes: int = 0  # autograd passes through the UNet (NTI)
     steps_done: int = 0  # units of work for Progress: a step of inversion, optimisation or reconstruction
@@ -94,7 +96,7 @@ def _streamed_ddim(ctx: Context, guider: Guider) -> Iterator[Event]:
     return states[::-1]
 
 
-def _with_progress(ctx: Context, events: Iterator[Any], label: str) -> Iterator[Event]:
+def _with_progress(ctx: Context, events: Iterator[Event], label: str) -> Iterator[Event]:
     """Pass a method's per-step events on, each followed by a Progress; returns what the method returns."""
     while True:
         try:
@@ -177,7 +179,8 @@ def reconstruction_steps(denoiser: Denoiser, inversion: Inversion, cond: Cond, n
 # The job
 
 
-def invert(engine: Any, spec: InversionSpec, image: Any, cancel: CancelToken | None = None) -> Iterator[Event]:
+def invert(engine: ModelHost, spec: InversionSpec, image: ImageInput | None,
+           cancel: CancelToken | None = None) -> Iterator[Event]:
     """Invert `image` (any PIL image or array; cropped/resized to the model's size, or kept at its own with
     `spec.keep_size`, the change reported)
     with `spec.method`. Bad input raises InvalidInputError here, before any model work; the returned
@@ -196,14 +199,14 @@ def invert(engine: Any, spec: InversionSpec, image: Any, cancel: CancelToken | N
 
 
 @torch.no_grad()
-def _invert(engine: Any, spec: InversionSpec, image: Image.Image, note: str, tokens: Any,
+def _invert(engine: ModelHost, spec: InversionSpec, image: Image.Image, note: str, tokens: Tokens,
             cancel: CancelToken | None) -> Iterator[Event]:
-    started = time.perf_counter()
+    clock = Stopwatch()
     model = engine.model
 
     # 2. encode the prompt, the null prompt and the image
     cond = engine.encode_prompt(tokens)
-    null = engine.encode_negative_prompt(engine.tokenize(""))
+    null = engine.null_conditioning()
     latents = encode_image(model.vae, image).to(model.dtype)  # (1, C, h, w)
 
     # 3. the DDIM grid of the model's scheduler (trailing timesteps, zero terminal SNR handled in steps.py)
@@ -213,12 +216,12 @@ def _invert(engine: Any, spec: InversionSpec, image: Image.Image, note: str, tok
     denoiser = Denoiser(model, scheduler.alphas_cumprod)
     ctx = Context(denoiser, grid, cond, null, latents, spec, cancel, model.scheduler_config, vae=model.vae,
                   image=image)
-    encoded = time.perf_counter()
+    clock.lap("encode")
 
     # 4. invert
     inverted: Inverted = yield from METHOD_RUNNERS[spec.method](ctx)
     inversion_passes = denoiser.unet_evaluations
-    inverted_at = time.perf_counter()
+    clock.lap("inversion")
     inversion = Inversion(
         method=spec.method, image=image, prompt=spec.prompt, guidance_scale=spec.guidance_scale,
         timesteps=scheduler.timesteps.cpu(), latents=latents, trajectory=inverted.trajectory,
@@ -235,15 +238,13 @@ def _invert(engine: Any, spec: InversionSpec, image: Image.Image, note: str, tok
         x = state["x"]
         step_errors.append(float((x.double() - inversion.trajectory[state["i"] + 1].double()).pow(2).mean()))
         yield ctx.progress("reconstructing")
-    reconstruction_passes = denoiser.unet_evaluations - inversion_passes
-    reconstructed_at = time.perf_counter()
+    clock.lap("reconstruction")
 
     # 6. decode and compare with the image and with the VAE's own round trip
     pixels = decode_latents(model.vae, torch.cat([x.to(model.dtype), latents]))  # (2, H, W, 3)
     reconstruction, ceiling = to_uint8(pixels[0]), to_uint8(pixels[1])
     original = np.asarray(image)
-    timings = {"encode": encoded - started, "inversion": inverted_at - encoded,
-               "reconstruction": reconstructed_at - inverted_at, "total": time.perf_counter() - started}
+    timings = clock.timings()
     report = {
         "psnr": metrics.psnr(original, reconstruction),
         "ssim": metrics.ssim(original, reconstruction),
@@ -252,17 +253,17 @@ def _invert(engine: Any, spec: InversionSpec, image: Image.Image, note: str, tok
         "vae_ssim": metrics.ssim(original, ceiling),
         "inversion_unet_passes": inversion_passes,
         "backward_passes": ctx.backward_passes,
-        "reconstruction_unet_passes": reconstruction_passes,
+        "reconstruction_unet_passes": denoiser.unet_evaluations - inversion_passes,
         "inversion_seconds": timings["inversion"],
     }
-    inversion = replace(inversion, metrics=report)
-    settings = {"model": engine.model_name, **asdict(spec), "preparation": note, "timings": timings,
-                "unet_evaluations": denoiser.unet_evaluations, **report}
+    settings = reproduction_record(engine, asdict(spec), timings, denoiser.unet_evaluations, preparation=note,
+                                   **report)
     yield InversionResult([Image.fromarray(reconstruction)], settings, timings, denoiser.unet_evaluations,
-                          pixels[:1], inversion=inversion, step_errors=step_errors)
+                          pixels[:1], inversion=replace(inversion, metrics=report), step_errors=step_errors,
+                          method=spec.method, **report)
 
 
-def reconstruct_steps(ctx: Context, inversion: Inversion) -> Iterator[Any]:
+def reconstruct_steps(ctx: Context, inversion: Inversion) -> Iterator[StepState]:
     """The method's own sampler from x_T (states with "i" and "x" as sample_steps yields them)."""
     guider = _cfg(ctx.cond, ctx.null, inversion.guidance_scale)
     if inversion.method == "edict":

@@ -1,16 +1,18 @@
-"""Null-text inversion (Mokady et al. 2023; seed section 3.1).
+"""Null-text inversion (Mokady et al. 2023: pivotal inversion, then null-text optimization, Algorithm 1).
 
 Stage I pivots on the DDIM inversion at w = 1 (ddim.py). Stage II walks the sampling steps from
 x*_T and, at each step i, optimises the null embedding O_i with the network frozen so that the
 guided DDIM step from the current state lands on the pivot's next state:
 
-    L_rec(O_i) = || DDIMstep(x_i; O_i) - x*_{i+1} ||^2        (mean over latent elements)
+    L_rec(O_i) = || DDIMstep(x_i; O_i) - x*_{i+1} ||^2        (mean over latent elements; Mokady et al.'s loss)
     + lambda || O_i - O_{i-1} ||^2                             temporal smoothness (mean over elements)
-    + mu || Decoder(DDIMstep(x_{N-1}; O_{N-1})) - image ||_1   image-space term, last step only (seed 3.1)
+    + mu || Decoder(DDIMstep(x_{N-1}; O_{N-1})) - image ||_1   image-space term, last step only
+
+(the lambda and mu terms are optional additions of ours, not in Mokady et al. 2023; both default to 0)
 
 then moves on from the state the optimised step reaches (so the errors of step i are seen by
 step i + 1, as in the reference implementation). What makes it cheap, measured in bench/inversion.py:
-- start from negative-prompt inversion (seed 3.2, Miyake et al. 2023): O_0 starts from the caption's
+- start from negative-prompt inversion (Miyake et al. 2023): O_0 starts from the caption's
   embedding c, not the empty prompt's. With O = c the guided step is the w = 1 step whatever w, i.e. the
   step the pivot was inverted with, so the first L_rec is only DDIM inversion's own error and most steps
   are under the tolerance after 0-2 iterations (from the empty prompt, the guided step starts far off
@@ -29,7 +31,6 @@ are taken with torch.autograd.grad with respect to O_i alone, nothing accumulate
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,19 +38,11 @@ from torch import Tensor
 
 from studio.conditioning import Cond
 from studio.denoiser import Denoiser
-from studio.errors import CancelledError
+from studio.events import NullTextLoss
 from studio.guidance import cfg
 from studio.images import to_tensor
 from studio.inversion.steps import affine_step
-
-
-@dataclass(frozen=True)
-class NullTextLoss:
-    """Streamed after each outer step of null-text inversion, for the live loss plot."""
-
-    step: int  # outer steps done, 1..total
-    total: int
-    losses: list[float]  # L_rec at each inner iteration of this step (the last one is where it stopped)
+from studio.jobs import check_cancelled
 
 
 def learning_rate(base: float, decay: float, step: int, steps: int) -> float:
@@ -89,7 +82,7 @@ def null_text_optimisation(ctx, pivot: list[Tensor]) -> Iterator[NullTextLoss]:
     spec, grid, denoiser = ctx.spec, ctx.grid, ctx.denoiser
     steps = len(grid)
     # (1, T, D) O's starting point: the empty prompt's (Mokady et al.) or the caption's, where
-    # negative-prompt inversion already lands (seed 3.2), so NTI only corrects what NPI misses
+    # negative-prompt inversion already lands (Miyake et al. 2023), so NTI only corrects what NPI misses
     previous = (ctx.cond if spec.null_start == "prompt" else ctx.null).embeddings.detach()
     image_pixels = None
     if spec.image_weight > 0:
@@ -97,8 +90,7 @@ def null_text_optimisation(ctx, pivot: list[Tensor]) -> Iterator[NullTextLoss]:
     x = pivot[0]
     embeddings, all_losses = [], []
     for i, t in enumerate(grid.timesteps.to(x.device)):
-        if ctx.cancel is not None and ctx.cancel.cancelled:
-            raise CancelledError(f"Cancelled after {i} of {steps} null-text steps.")
+        check_cancelled(ctx.cancel, i, steps, "null-text steps")
         coefficients = grid.coefficients(i)
         cond_output = denoiser.predict(x, t, [ctx.cond])[0]  # reused by every inner iteration
         embedding = previous.clone().requires_grad_(True)  # warm start from O_{i-1}

@@ -10,7 +10,6 @@ from PIL import Image
 
 from studio import specs
 from studio.errors import InvalidInputError
-from studio.events import Result
 
 METHODS = ("ddim", "null_text", "negative_prompt", "edict", "bdia")
 METHOD_LABELS = {
@@ -43,7 +42,7 @@ class InversionSpec:
     guidance_scale: float = 7.5  # w the inversion is sampled and edited with
     inversion_guidance: float = 1.0  # w of the DDIM inversion itself (DDIM only; NTI pivots at w = 1)
     keep_size: bool = False  # invert at the image's own size (images.working_size) instead of the model's native one
-    # Null-text inversion (seed 3.1): Adam on O_t per step, lr decaying linearly to lr * (1 - lr_decay).
+    # Null-text inversion (Mokady et al. 2023): Adam on O_t per step, lr decaying linearly to lr * (1 - lr_decay).
     # lr and tolerance chosen on the embedded model (bench/results/inversion.md): the paper's 1e-2 barely
     # moves shapes-sd's null embedding in 10 iterations. Started from the caption's embedding (negative-prompt
     # inversion's answer) most steps are under the 5e-4 per-element L_rec tolerance after 0-2 iterations, and
@@ -125,11 +124,3 @@ class Inversion:
     @property
     def label(self) -> str:
         return METHOD_LABELS[self.method]
-
-
-@dataclass(frozen=True)
-class InversionResult(Result):
-    """images = [reconstruction]; settings and metrics as every Result; the Inversion for editing."""
-
-    inversion: Inversion | None = None
-    step_errors: list[float] = field(default_factory=list)  # latent MSE to the inverted trajectory, per step

@@ -1,0 +1,234 @@
+"""Text to image: a job like the others (studio.editing, studio.inversion), run through the engine.
+
+    for event in engine.generate(GenerateSpec("a red circle on the left", seed=1)):
+        ...                                # Progress, Preview, AttentionMaps, then one GenerationResult
+
+Plain generation is StableDiffusionPipeline's algorithm step for step (tests/test_parity.py): same
+latent initialisation, prompt encoding, CFG and decoding. With conditions, guidance rescale or
+classifier guidance it runs the scheduled multi-condition guider instead, whose per-step weights are
+the GuidancePlan the UI plots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+
+from studio.attention.maps import combined_maps, per_resolution_maps
+from studio.attention.processors import AttentionStore, capture_cross_attention
+from studio.conditioning import Cond, Tokens
+from studio.denoiser import Denoiser
+from studio.errors import InvalidInputError
+from studio.events import AttentionMaps, CancelToken, Event, GenerationResult
+from studio.guidance import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    Guider,
+    MultiConditionGuidance,
+    classifier_targets,
+    schedule_factors,
+    step_alpha_bars,
+)
+from studio.jobs import ModelHost, Stopwatch, reproduction_record, resolve_seed, step_events, to_images
+from studio.models import decode_latents
+from studio.sampling import make_scheduler, sample_steps
+from studio.specs import GenerateSpec
+
+
+@dataclass(frozen=True)
+class GuidancePlan:
+    """Every guidance weight of a run, per step: what the sampler will apply and the UI plots."""
+
+    timesteps: Tensor  # (N,)
+    labels: list[str]  # condition names: the prompt, then each condition row
+    weights: Tensor  # (N, K) signed weight w_k(t_i); column 0 is the prompt (guidance scale)
+    classifier_strengths: Tensor | None  # (N,) s(t_i), None without classifier guidance
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """A spec's prompts, tokenized and checked."""
+
+    prompt: Tokens
+    negative: Tokens
+    conditions: list[Tokens]
+
+
+def guidance_plan(host: ModelHost, spec: GenerateSpec) -> GuidancePlan:
+    """Per-step weights of the prompt and every condition (and the classifier strength) for `spec`:
+    no model work, so the UI can plot them while the user edits. Raises InvalidInputError."""
+    spec.validate(host.size_multiple)
+    scheduler = make_scheduler(spec.scheduler, host.model.scheduler_config)
+    scheduler.set_timesteps(spec.steps)
+    return plan_of(spec, scheduler.timesteps, scheduler.alphas_cumprod)
+
+
+def plan_of(spec: GenerateSpec, timesteps: Tensor, alphas_cumprod: Tensor) -> GuidancePlan:
+    alpha_bars = step_alpha_bars(timesteps, alphas_cumprod)
+    columns = [torch.full_like(alpha_bars, spec.guidance_scale)]
+    for c in spec.conditions:
+        columns.append(c.weight * schedule_factors(c.schedule, c.exponent, c.start, c.stop, alpha_bars))
+    strengths = None
+    if (cg := spec.classifier_guidance) is not None:
+        strengths = cg.strength * schedule_factors(cg.schedule, cg.exponent, cg.start, cg.stop, alpha_bars)
+    return GuidancePlan(
+        timesteps=timesteps.cpu(),
+        labels=[spec.prompt, *(c.prompt for c in spec.conditions)],
+        weights=torch.stack(columns, dim=1),
+        classifier_strengths=strengths,
+    )
+
+
+def generate(host: ModelHost, spec: GenerateSpec, cancel: CancelToken | None = None) -> Iterator[Event]:
+    """Bad input raises InvalidInputError here, before any model work; the returned generator waits for
+    its turn on the model, then streams the job's events."""
+    # 1. check inputs (spec ranges, size multiple, words the tokenizer knows, prompt length)
+    spec.validate(host.size_multiple)
+    prompts = Prompts(
+        prompt=host.tokenize(spec.prompt),
+        negative=host.tokenize(spec.negative_prompt, "Negative prompt"),
+        conditions=[host.tokenize(c.prompt, f"Condition {row}") for row, c in enumerate(spec.conditions, start=1)],
+    )
+    if spec.classifier_guidance is not None:
+        if host.model.classifier is None:
+            raise InvalidInputError(
+                f"{host.model_name} has no noisy-latent classifier (a classifier/ folder beside its weights): "
+                "turn classifier guidance off."
+            )
+        if spec.classifier_guidance.target not in classifier_targets():
+            raise InvalidInputError(
+                f"Classifier guidance: unknown target {spec.classifier_guidance.target!r}; choose one of "
+                f"{', '.join(classifier_targets())}."
+            )
+    width, height = spec.width or host.native_size, spec.height or host.native_size
+    job = _generate(host, spec, resolve_seed(spec.seed), prompts, cancel)
+    return host.exclusive(job, spec.steps, cancel, f"{width}x{height} with batch size {spec.batch_size}")
+
+
+@torch.no_grad()
+def _generate(host: ModelHost, spec: GenerateSpec, seed: int, prompts: Prompts,
+              cancel: CancelToken | None) -> Iterator[Event]:
+    clock = Stopwatch()
+    model = host.model
+    width, height = spec.width or host.native_size, spec.height or host.native_size
+
+    # 2. encode prompts (the negative prompt, "" by default, is the unconditional branch)
+    prompt = host.encode_prompt(prompts.prompt)
+    uncond = host.encode_negative_prompt(prompts.negative)
+    conditions = [host.encode_prompt(tokens) for tokens in prompts.conditions]
+    clock.lap("encode")
+
+    # 3. prepare the scheduler and its timesteps
+    scheduler = make_scheduler(spec.scheduler, model.scheduler_config)
+    scheduler.set_timesteps(spec.steps, device=host.device)
+    denoiser = Denoiser(model, scheduler.alphas_cumprod)
+    guider = choose_guider(host, spec, prompt, uncond, conditions, scheduler.timesteps, scheduler.alphas_cumprod)
+
+    # 4. initial latents: seeded on the CPU so a seed gives the same image on every device
+    generator = torch.Generator("cpu").manual_seed(seed)
+    latent_shape = (spec.batch_size, model.unet.config.in_channels, height // host.size_multiple,
+                    width // host.size_multiple)
+    latents = randn_tensor(latent_shape, generator=generator, device=host.device, dtype=model.dtype)
+    latents = latents * scheduler.init_noise_sigma
+
+    # 5. attention capture, installed only for this job and only when asked
+    store = None
+    if spec.capture_attention:
+        store = AttentionStore(
+            latent_size=latent_shape[2:],
+            batch_index=denoiser.batch_index(guider.primary, image=0, batch=spec.batch_size),
+        )
+    capture = capture_cross_attention(model.unet, store) if store is not None else nullcontext()
+
+    # 6. denoising loop, streaming progress, previews and attention maps
+    with capture:
+        for state in sample_steps(denoiser, guider, scheduler, scheduler.timesteps, latents, cancel, generator,
+                                  on_step_begin=store.begin_step if store is not None else None):
+            latents = state["x"]
+            yield from step_events(state, spec.steps, model.vae, spec.preview_every)
+            done = state["i"] + 1
+            if store is not None and (done % spec.attention_every == 0 or done == spec.steps):
+                yield attention_event(done, store, prompts.prompt)
+    sampling_seconds = clock.lap("sampling")
+
+    # 7. decode
+    pixels = decode_latents(model.vae, latents)
+    clock.lap("decode")
+
+    # 8. result: everything needed to make these images again, and what the guidance cost
+    yield _result(host, spec, seed, pixels, clock, guider, denoiser.unet_evaluations, sampling_seconds)
+
+
+def _result(host: ModelHost, spec: GenerateSpec, seed: int, pixels: np.ndarray, clock: Stopwatch, guider: Guider,
+            unet_evaluations: int, sampling_seconds: float) -> GenerationResult:
+    """The images, the settings that make them again, and per step: NFE (UNet predictions per image, all in
+    one batched call) and, with classifier guidance, its gradient evaluations and seconds beside the whole
+    sampling step's (UNet, guidance, scheduler, previews)."""
+    timings = clock.timings()
+    measured: dict = {"nfe_per_step": len(guider.conds_at(0))}
+    classified = isinstance(guider, ClassifierGuidance)
+    if classified:
+        timings["classifier_gradient"] = guider.gradient_seconds
+        measured.update({
+            "classifier_gradient_evaluations": guider.gradient_evaluations,
+            "classifier_seconds_per_step": guider.gradient_seconds / spec.steps,
+            "sampling_seconds_per_step": sampling_seconds / spec.steps,
+        })
+    spec_fields = {
+        "seed": seed,
+        "scheduler": spec.scheduler,
+        "steps": spec.steps,
+        "guidance_scale": spec.guidance_scale,
+        "prompt": spec.prompt,
+        "negative_prompt": spec.negative_prompt,
+        "width": spec.width or host.native_size,
+        "height": spec.height or host.native_size,
+        "batch_size": spec.batch_size,
+        "conditions": [asdict(c) for c in spec.conditions],
+        "guidance_rescale": spec.guidance_rescale,
+        "classifier_guidance": asdict(spec.classifier_guidance) if spec.classifier_guidance else None,
+    }
+    settings = reproduction_record(host, spec_fields, timings, unet_evaluations, **measured)
+    return GenerationResult(
+        to_images(pixels), settings, timings, unet_evaluations, pixels, seed=seed, steps=spec.steps,
+        nfe_per_step=measured["nfe_per_step"], sampling_seconds_per_step=sampling_seconds / spec.steps,
+        classifier_gradient_evaluations=guider.gradient_evaluations if classified else None,
+        classifier_seconds_per_step=measured.get("classifier_seconds_per_step"),
+    )
+
+
+def choose_guider(host: ModelHost, spec: GenerateSpec, prompt: Cond, uncond: Cond, conditions: list[Cond],
+                  timesteps: Tensor, alphas_cumprod: Tensor) -> Guider:
+    """Plain CFG exactly as StableDiffusionPipeline (parity); otherwise scheduled multi-condition CFG,
+    wrapped by classifier guidance when asked."""
+    if not spec.uses_global_guidance:
+        return ClassifierFreeGuidance(cond=prompt, uncond=uncond, scale=spec.guidance_scale)
+    plan = plan_of(spec, timesteps, alphas_cumprod)
+    shared = dict(alphas_cumprod=alphas_cumprod, prediction_type=host.model.prediction_type)
+    guider: Guider = MultiConditionGuidance(
+        uncond=uncond, conditions=[prompt, *conditions], weights=plan.weights, rescale=spec.guidance_rescale,
+        **shared,
+    )
+    if spec.classifier_guidance is not None:
+        guider = ClassifierGuidance(
+            inner=guider, classifier=host.model.classifier,
+            target=classifier_targets()[spec.classifier_guidance.target],
+            strengths=plan.classifier_strengths, **shared,
+        )
+    return guider
+
+
+def attention_event(step: int, store: AttentionStore, tokens: Tokens) -> AttentionMaps:
+    means = store.means()
+    return AttentionMaps(
+        step=step,
+        tokens=tokens.words,
+        maps=combined_maps(means, tokens.word_tokens),
+        per_resolution=per_resolution_maps(means, tokens.word_tokens),
+    )

@@ -1,0 +1,115 @@
+"""The skeleton every engine job shares, written once.
+
+A job (studio.generation, studio.editing.*, studio.inversion) is a module with an entry point that
+checks its inputs before any model work and returns `host.exclusive(job, ...)`, and a generator that
+does the work and streams events. What they all need from the engine is `ModelHost`; what they all
+do around the maths is here: the seed, the step events with throttled previews, the cancel check,
+pixels to images, phase timings and the common part of the reproduction record.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from studio import specs
+from studio.conditioning import Cond, Tokens
+from studio.errors import CancelledError
+from studio.events import CancelToken, Event, Preview, Progress
+from studio.images import to_uint8
+from studio.models import LoadedModel, decode_latents
+
+
+class ModelHost(Protocol):
+    """What a job needs from the engine (studio.engine.Engine): the resident model, prompt encoding and
+    a turn on the model."""
+
+    model: LoadedModel
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def native_size(self) -> int: ...
+
+    @property
+    def size_multiple(self) -> int: ...
+
+    def tokenize(self, prompt: str, label: str = "") -> Tokens: ...
+
+    def encode_prompt(self, tokens: Tokens) -> Cond: ...
+
+    def encode_negative_prompt(self, tokens: Tokens) -> Cond: ...
+
+    def null_conditioning(self) -> Cond: ...
+
+    def exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None,
+                  workload: str) -> Iterator[Event]: ...
+
+
+def resolve_seed(seed: int | None, span: int = 1) -> int:
+    """The seed a job runs with: `seed`, or a random one such that the `span` consecutive seeds a job
+    may use (SDEdit's repeat k runs with seed + k) all lie within specs.SEED."""
+    if seed is not None:
+        return seed
+    return secrets.randbelow(int(specs.SEED.high) - span + 2)
+
+
+def check_cancelled(cancel: CancelToken | None, done: int, total: int, unit: str = "steps") -> None:
+    """Raise CancelledError ("Cancelled after 3 of 25 steps.") once `cancel` is set; jobs call it between
+    units of work, never inside one."""
+    if cancel is not None and cancel.cancelled:
+        raise CancelledError(f"Cancelled after {done} of {total} {unit}.")
+
+
+def to_images(pixels: np.ndarray) -> list[Image.Image]:
+    """(B, H, W, 3) float pixels in [0, 1] -> 8-bit RGB images, rounded as StableDiffusionPipeline's
+    numpy_to_pil rounds (tests/test_parity.py)."""
+    return [Image.fromarray(to_uint8(p)) for p in pixels]
+
+
+def step_events(state: dict[str, Any], steps: int, vae: Any, preview_every: int, done_before: int = 0,
+                total: int | None = None, label: str = "") -> Iterator[Event]:
+    """The events after sampling step state["i"] of a run of `steps`: Progress (counting `done_before`
+    units of earlier work, out of `total`, default `steps`), and every `preview_every` steps a Preview of
+    the decoded x0 prediction (not after the last step: the Result follows with the final image).
+    `label` ("Edit: ") prefixes a "step k / n" message; without it the Progress has none."""
+    step = state["i"] + 1
+    message = f"{label}step {step} / {steps}" if label else ""
+    yield Progress(done_before + step, total if total is not None else steps, message)
+    if step % preview_every == 0 and step < steps:
+        yield Preview(done_before + step, to_images(decode_latents(vae, state["denoised"])))
+
+
+class Stopwatch:
+    """Seconds per phase of a job: `lap("sampling")` closes the phase that ran since the last lap."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> float:
+        now = time.perf_counter()
+        self.phases[phase] = now - self.last
+        self.last = now
+        return self.phases[phase]
+
+    def timings(self) -> dict[str, float]:
+        """Every phase and the "total" up to now."""
+        return {**self.phases, "total": time.perf_counter() - self.started}
+
+
+def reproduction_record(host: ModelHost, job_fields: dict[str, Any], timings: dict[str, float], unet_evaluations: int,
+                        **measured: Any) -> dict[str, Any]:
+    """Result.settings: the model, the job's parameters (`job_fields`, usually asdict(spec)), what the job
+    resolved or measured (`seed=` the seed used overrides a spec's None), its timings and UNet evaluations."""
+    return {"model": host.model_name, **job_fields, **measured, "timings": timings, "unet_evaluations": unet_evaluations}
