@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from studio.model_options import add_model_options, open_engine
 from studio.ui import diffedit, generate, inversion, p2p, sdedit
 
+if TYPE_CHECKING:
+    from studio.engine import Engine  # torch: imported at run time only by main()
+
 TITLE = "Diffusion Control Studio"
 QUEUE_MAX_SIZE = 16  # jobs waiting beyond this are refused with "queue full" instead of piling up
 MAX_FILE_SIZE = "20mb"  # uploads (settings PNGs) are small
 
 
-def build_app(engine: Any) -> gr.Blocks:
+def build_app(engine: Engine) -> gr.Blocks:
     """The Blocks app for a loaded engine, queued (one model job at a time), not launched."""
     # Cached uploads and outputs are deleted after an hour (checked hourly).
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
