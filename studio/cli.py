@@ -128,9 +128,8 @@ def run_generate(engine: Engine, args: argparse.Namespace) -> int:
     output = Output(args.out)
     for number, spec in enumerate(specs, start=1):
         result = finish(engine.generate(replace(spec)), f"[{number}/{len(specs)}] {spec.prompt!r}")
-        seed = result.settings["seed"]
         batch = len(result.images)
-        output.save(result, [f"seed{seed}" + (f"-{i}" if batch > 1 else "") for i in range(batch)])
+        output.save(result, [f"seed{result.seed}" + (f"-{i}" if batch > 1 else "") for i in range(batch)])
     print(f"{output.count} image(s) in {output.folder}", file=sys.stderr)
     return 0
 
@@ -193,9 +192,9 @@ def run_sdedit(engine: Engine, args: argparse.Namespace) -> int:
                       keep_size=args.keep_size)
     original = read_image(args.original) if args.original else None
     result = finish(engine.sdedit(spec, read_image(args.guide), read_mask(args.mask), original), "SDEdit")
-    names = [f"t0-{row['t0']:g}-seed{row['seed']}" for row in result.rows]
+    names = [f"t0-{sample.t0:g}-seed{sample.seed}" for sample in result.samples]
     Output(args.out).save(result, names)
-    for row in result.rows:
+    for row in result.settings["results"]:
         print(json.dumps(row, default=str), file=sys.stderr)
     return 0
 
