@@ -25,10 +25,10 @@ from studio.errors import DeviceOutOfMemoryError, InvalidInputError, UnknownWord
 from studio.events import CancelToken, Event, Progress
 from studio.fair_lock import FairLock
 from studio.generation import GuidancePlan
-from studio.guidance import classifier_targets
 from studio.images import ImageInput
 from studio.inversion import Inversion, InversionSpec, invert
 from studio.models import LoadedModel, load_model
+from studio.shapes.classifier import classifier_targets
 from studio.specs import GenerateSpec
 
 

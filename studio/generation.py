@@ -31,13 +31,13 @@ from studio.guidance import (
     ClassifierGuidance,
     Guider,
     MultiConditionGuidance,
-    classifier_targets,
     schedule_factors,
     step_alpha_bars,
 )
 from studio.jobs import ModelHost, Stopwatch, reproduction_record, resolve_seed, step_events, to_images
 from studio.models import decode_latents
 from studio.sampling import make_scheduler, sample_steps
+from studio.shapes.classifier import classifier_targets, target_log_prob_fn
 from studio.specs import GenerateSpec
 
 
@@ -216,9 +216,10 @@ def choose_guider(host: ModelHost, spec: GenerateSpec, prompt: Cond, uncond: Con
         **shared,
     )
     if spec.classifier_guidance is not None:
+        # the model's classifier is the shapes world's (models.py loads it from a classifier/ folder)
+        target = classifier_targets()[spec.classifier_guidance.target]
         guider = ClassifierGuidance(
-            inner=guider, classifier=host.model.classifier,
-            target=classifier_targets()[spec.classifier_guidance.target],
+            inner=guider, log_prob=target_log_prob_fn(host.model.classifier, target),
             strengths=plan.classifier_strengths, **shared,
         )
     return guider

@@ -1,7 +1,7 @@
 """Guidance: pure maths that combines per-condition predictions into one, and the guiders using it.
 
-A guider lists the conditions it needs (`conds`, evaluated by the denoiser in ONE batched call)
-and `combine`s their predictions for the current step. Predictions arrive in the model's own
+A guider lists the conditions it needs at step i (`conds_at(i)`, evaluated by the denoiser in ONE
+batched call) and `combine`s their predictions; the sampler tells it i. Predictions arrive in the model's own
 parameterisation (eps, v or x0). Affine rules whose weights sum to one -- CFG and its
 multi-condition form -- commute with the conversions between them (each conversion is affine in
 the prediction), so they run on the raw outputs. Guidance rescale (a ratio of standard deviations) and the
@@ -18,16 +18,15 @@ eps respectively) and back, so every prediction type gets the same result -- no 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from studio import schedule
 from studio.conditioning import Cond
-from studio.shapes.classifier import BACKGROUND_NAMES, COLOUR_NAMES, SHAPE_NAMES
 
 # --------------------------------------------------------------------------------------------
 # Pure maths
@@ -108,54 +107,17 @@ def step_alpha_bars(timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
     return alphas_cumprod.cpu().double()[indices]
 
 
-# --------------------------------------------------------------------------------------------
-# Classifier targets: what "red object" means to the noisy-latent classifier
+LogProb = Callable[[Tensor, Tensor], Tensor]  # log_prob(x_t, t) -> (B,) log p(c | x_t) of a noisy-latent classifier
 
 
-@dataclass(frozen=True)
-class ClassifierTarget:
-    name: str  # "red object", "circle object", "blue background"
-    head: str  # classifier output: "cell_colour", "cell_shape" (per latent cell) or "background"
-    index: int  # class index in that head's logits (per-cell heads: 0 is "none", i.e. background)
+def classifier_gradient(log_prob: LogProb, x_t: Tensor, t: Tensor) -> Tensor:
+    """grad_x log p(c | x_t) (B, C, h, w) by autograd through the classifier only.
 
-
-def classifier_targets() -> dict[str, ClassifierTarget]:
-    """Every class the shapes classifier can be asked for, by name."""
-    targets = [ClassifierTarget(f"{name} object", "cell_colour", i) for i, name in enumerate(COLOUR_NAMES) if i]
-    targets += [ClassifierTarget(f"{name} object", "cell_shape", i) for i, name in enumerate(SHAPE_NAMES) if i]
-    targets += [ClassifierTarget(f"{name} background", "background", i) for i, name in enumerate(BACKGROUND_NAMES)]
-    return {target.name: target for target in targets}
-
-
-def target_log_prob(logits: dict[str, Tensor], target: ClassifierTarget) -> Tensor:
-    """log p(target | x_t) per image (B,) from the classifier's logits.
-
-    Background: the background head's log-softmax. Object attributes are per latent cell: we take the
-    log-likelihood that the object's cells all show the attribute (cells independent given x_t), each
-    cell counted by the classifier's belief that it is object, pi = 1 - p(none):
-        sum_cells pi_cell log p(c | cell, object)
-    pi is held fixed (stop-gradient): the gradient changes what the object is, and cannot raise the
-    score by turning cells of other colours into background. A sum, not a mean over cells, so an
-    object's gradient does not shrink with the image size and strengths stay on Dhariwal & Nichol's scale.
-    """
-    if target.head == "background":
-        return logits["background"].log_softmax(dim=1)[:, target.index]
-    cells = logits[target.head].float()  # (B, C, h, w), class 0 = none
-    objectness = 1 - cells.softmax(dim=1)[:, 0].detach()  # (B, h, w)
-    log_p_given_object = cells[:, target.index] - cells[:, 1:].logsumexp(dim=1)  # renormalised over objects
-    return (objectness * log_p_given_object).sum(dim=(1, 2))
-
-
-def classifier_gradient(classifier: nn.Module, x_t: Tensor, t: Tensor, target: ClassifierTarget) -> Tensor:
-    """grad_x log p(target | x_t, t) (B, C, h, w) by autograd through the classifier only.
-
-    x_t is the scaled VP latent the UNet sees (scheduler.scale_model_input); t the integer timestep.
+    x_t is the scaled VP latent the UNet sees (scheduler.scale_model_input); t the step's timestep.
     Summing over the batch gives each image its own gradient (images do not interact)."""
-    timestep = torch.as_tensor(t, device=x_t.device).double().round().long().reshape(1)
     with torch.enable_grad():
         x = x_t.detach().float().requires_grad_(True)
-        log_prob = target_log_prob(classifier(x, timestep), target).sum()
-        (gradient,) = torch.autograd.grad(log_prob, x)
+        (gradient,) = torch.autograd.grad(log_prob(x, t).sum(), x)
     return gradient.to(x_t.dtype)
 
 
@@ -247,13 +209,14 @@ class MultiConditionGuidance:
 @dataclass
 class ClassifierGuidance:
     """Wraps any guider and adds the classifier's gradient (Dhariwal & Nichol 2021 §4), so it combines with CFG.
+    Any noisy-latent classifier plugs in as its log-probability `log_prob(x_t, t)` (the shapes world's:
+    studio.shapes.classifier.target_log_prob_fn).
 
     Only this part needs autograd; the UNet stays under no_grad. Counts its gradient evaluations and
     the seconds they took, so the cost per step can be shown beside the UNet's."""
 
     inner: Guider
-    classifier: nn.Module
-    target: ClassifierTarget
+    log_prob: LogProb
     strengths: Tensor  # (N,) s(t_i): strength times its schedule factor
     alphas_cumprod: Tensor
     prediction_type: str
@@ -275,7 +238,7 @@ class ClassifierGuidance:
         if strength == 0 or float(alpha_bar) == 0:
             return guided
         started = time.perf_counter()
-        gradient = classifier_gradient(self.classifier, x_t, t, self.target)
+        gradient = classifier_gradient(self.log_prob, x_t, t)
         if gradient.is_cuda:
             torch.cuda.synchronize()
         self.gradient_seconds += time.perf_counter() - started

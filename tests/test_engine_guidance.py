@@ -10,7 +10,7 @@ import torch
 
 import studio.generation
 from studio.errors import InvalidInputError
-from studio.guidance import classifier_targets, target_log_prob
+from studio.shapes.classifier import classifier_targets, target_log_prob
 from studio.models import decode_latents
 from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
 

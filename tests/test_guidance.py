@@ -16,13 +16,11 @@ from studio.guidance import (
     cfg,
     classifier_gradient,
     classifier_guided_eps,
-    classifier_targets,
     multi_condition_cfg,
     rescale_guidance,
     schedule_factors,
-    target_log_prob,
 )
-from studio.shapes.classifier import LatentClassifier
+from studio.shapes.classifier import LatentClassifier, classifier_targets, target_log_prob, target_log_prob_fn
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -115,7 +113,7 @@ def test_guidance_gives_the_same_result_for_eps_v_and_x0_predictions(with_classi
         )
         if with_classifier:
             guider = ClassifierGuidance(
-                inner=guider, classifier=classifier, target=classifier_targets()["red object"],
+                inner=guider, log_prob=target_log_prob_fn(classifier, classifier_targets()["red object"]),
                 strengths=torch.full((3,), 3.0), alphas_cumprod=alphas_cumprod,
                 prediction_type=prediction_type,
             )
@@ -164,7 +162,7 @@ def test_a_step_along_the_classifier_gradient_raises_log_p_of_the_target(target)
     chosen = classifier_targets()[target]
     x_t = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
     t = torch.tensor([400])
-    gradient = classifier_gradient(classifier, x_t, t, chosen)
+    gradient = classifier_gradient(target_log_prob_fn(classifier, chosen), x_t, t)
     with torch.no_grad():
         before = target_log_prob(classifier(x_t, t), chosen)
         after = target_log_prob(classifier(x_t + 1e-2 * gradient / gradient.abs().max(), t), chosen)
@@ -185,3 +183,12 @@ def test_targets_name_every_colour_shape_and_background():
     names = classifier_targets()
     assert {"red object", "circle object", "triangle object", "blue background"} <= set(names)
     assert "none object" not in names and len(names) == 8 + 3 + 8
+
+
+def test_classifier_guidance_takes_any_log_probability_function():
+    """Another model's classifier plugs in as log_prob(x_t, t): here log p = -||x_t - c||^2, whose gradient is
+    -2 (x_t - c), exactly."""
+    centre = torch.full((1, 4, 8, 8), 0.5, dtype=torch.float64)
+    x_t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    gradient = classifier_gradient(lambda x, t: -((x - centre) ** 2).sum(dim=(1, 2, 3)), x_t, torch.tensor(500))
+    torch.testing.assert_close(gradient, -2 * (x_t - centre), rtol=1e-6, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Noisy-latent classifier of the shapes world (seed section 2.2; Dhariwal & Nichol 2021 §4).
+"""Noisy-latent classifier of the shapes world (classifier guidance: Dhariwal & Nichol 2021 §4).
 
 A time-conditioned CNN on scaled latents x_t (4 x 16 x 16) that predicts, per latent cell, the
 colour and shape of the object covering it ("none" where background), and the background colour.
@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from studio.shapes.vocabulary import COLOURS, SHAPES
 
@@ -113,3 +115,52 @@ def load(folder: Path) -> LatentClassifier:
     config.pop("class")
     config["dilations"] = tuple(config["dilations"])
     return load_weights(folder / "model.safetensors", **config)
+
+
+# --------------------------------------------------------------------------------------------
+# Targets of classifier guidance: what "red object" means to this classifier
+
+
+@dataclass(frozen=True)
+class ClassifierTarget:
+    name: str  # "red object", "circle object", "blue background"
+    head: str  # classifier output: "cell_colour", "cell_shape" (per latent cell) or "background"
+    index: int  # class index in that head's logits (per-cell heads: 0 is "none", i.e. background)
+
+
+def classifier_targets() -> dict[str, ClassifierTarget]:
+    """Every class the shapes classifier can be asked for, by name."""
+    targets = [ClassifierTarget(f"{name} object", "cell_colour", i) for i, name in enumerate(COLOUR_NAMES) if i]
+    targets += [ClassifierTarget(f"{name} object", "cell_shape", i) for i, name in enumerate(SHAPE_NAMES) if i]
+    targets += [ClassifierTarget(f"{name} background", "background", i) for i, name in enumerate(BACKGROUND_NAMES)]
+    return {target.name: target for target in targets}
+
+
+def target_log_prob(logits: dict[str, Tensor], target: ClassifierTarget) -> Tensor:
+    """log p(target | x_t) per image (B,) from the classifier's logits.
+
+    Background: the background head's log-softmax. Object attributes are per latent cell: we take the
+    log-likelihood that the object's cells all show the attribute (cells independent given x_t), each
+    cell counted by the classifier's belief that it is object, pi = 1 - p(none):
+        sum_cells pi_cell log p(c | cell, object)
+    pi is held fixed (stop-gradient): the gradient changes what the object is, and cannot raise the
+    score by turning cells of other colours into background. A sum, not a mean over cells, so an
+    object's gradient does not shrink with the image size and strengths stay on Dhariwal & Nichol's scale.
+    """
+    if target.head == "background":
+        return logits["background"].log_softmax(dim=1)[:, target.index]
+    cells = logits[target.head].float()  # (B, C, h, w), class 0 = none
+    objectness = 1 - cells.softmax(dim=1)[:, 0].detach()  # (B, h, w)
+    log_p_given_object = cells[:, target.index] - cells[:, 1:].logsumexp(dim=1)  # renormalised over objects
+    return (objectness * log_p_given_object).sum(dim=(1, 2))
+
+
+def target_log_prob_fn(classifier: LatentClassifier, target: ClassifierTarget) -> Callable[[Tensor, Tensor], Tensor]:
+    """The log-probability classifier guidance takes (studio.guidance.LogProb): log p(target | x_t) (B,) of
+    scaled VP latents x_t at timestep t (float timesteps, Euler's, are rounded to the trained ones)."""
+
+    def log_prob(x_t: Tensor, t: Tensor) -> Tensor:
+        timestep = torch.as_tensor(t, device=x_t.device).double().round().long().reshape(1)
+        return target_log_prob(classifier(x_t, timestep), target)
+
+    return log_prob
