@@ -38,16 +38,11 @@ class Tokens:
 
 @dataclass(frozen=True)
 class Cond:
-    """One text condition for the denoiser; `weight` is for guiders that mix several conditions."""
+    """One text condition for the denoiser (guiders hold the weights that mix several)."""
 
     embeddings: torch.Tensor  # (1, T, D) text encoder's last hidden state (SDXL: both encoders', concatenated)
     tokens: Tokens
-    weight: float = 1.0
     pooled: torch.Tensor | None = None  # (1, P) SDXL's pooled text embedding (added conditioning); else None
-
-    @property
-    def token_ids(self) -> list[int]:
-        return self.tokens.ids
 
     @property
     def words(self) -> list[str]:
@@ -102,12 +97,12 @@ def _word_text(prompt: str, span: tuple[int, int]) -> str:
 
 
 @torch.no_grad()
-def encode(text_encoder: CLIPTextModel, tokens: Tokens, weight: float = 1.0, text_encoder_2: nn.Module | None = None) -> Cond:
+def encode(text_encoder: CLIPTextModel, tokens: Tokens, text_encoder_2: nn.Module | None = None) -> Cond:
     """Embed tokens exactly as StableDiffusionPipeline.encode_prompt does (no clip skip, no LoRA); with
     SDXL's `text_encoder_2`, as StableDiffusionXLPipeline does: both encoders' penultimate hidden states
     side by side, and the second encoder's pooled, projected embedding."""
     if text_encoder_2 is not None:
-        return _encode_sdxl(text_encoder, text_encoder_2, tokens, weight)
+        return _encode_sdxl(text_encoder, text_encoder_2, tokens)
     device = text_encoder.device
     ids = torch.tensor([tokens.ids], device=device)
     # SD 1.x/2.x text encoders attend to padding; a few models ask for a mask in their config.
@@ -115,21 +110,21 @@ def encode(text_encoder: CLIPTextModel, tokens: Tokens, weight: float = 1.0, tex
     if getattr(text_encoder.config, "use_attention_mask", False):
         attention_mask = torch.tensor([tokens.attention_mask], device=device)
     embeddings = text_encoder(ids, attention_mask=attention_mask)[0]
-    return Cond(embeddings=embeddings.to(dtype=text_encoder.dtype), tokens=tokens, weight=weight)
+    return Cond(embeddings=embeddings.to(dtype=text_encoder.dtype), tokens=tokens)
 
 
-def _encode_sdxl(text_encoder: CLIPTextModel, text_encoder_2: nn.Module, tokens: Tokens, weight: float) -> Cond:
+def _encode_sdxl(text_encoder: CLIPTextModel, text_encoder_2: nn.Module, tokens: Tokens) -> Cond:
     hidden = []
     for encoder, ids in ((text_encoder, tokens.ids), (text_encoder_2, tokens.ids_2)):
         output = encoder(torch.tensor([ids], device=encoder.device), output_hidden_states=True)
         hidden.append(output.hidden_states[-2])  # SDXL reads the penultimate layer of both
     pooled = output.text_embeds  # (1, P) from the second encoder's projection
     embeddings = torch.cat(hidden, dim=-1)  # (1, T, D1 + D2)
-    return Cond(embeddings=embeddings.to(dtype=text_encoder_2.dtype), tokens=tokens, weight=weight, pooled=pooled)
+    return Cond(embeddings=embeddings.to(dtype=text_encoder_2.dtype), tokens=tokens, pooled=pooled)
 
 
 def zeroed(cond: Cond) -> Cond:
     """The all-zero unconditional embedding SDXL uses for an empty negative prompt
     (its pipeline's `force_zeros_for_empty_prompt`)."""
     pooled = None if cond.pooled is None else torch.zeros_like(cond.pooled)
-    return Cond(embeddings=torch.zeros_like(cond.embeddings), tokens=cond.tokens, weight=cond.weight, pooled=pooled)
+    return Cond(embeddings=torch.zeros_like(cond.embeddings), tokens=cond.tokens, pooled=pooled)

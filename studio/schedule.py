@@ -1,9 +1,10 @@
 """Pure maths of the variance-preserving forward process x_t = sqrt(ab)*x0 + sqrt(1-ab)*eps.
 
 `ab` is alpha_bar_t (the scheduler's `alphas_cumprod[t]`), a float or a broadcastable tensor.
-Conversions between the three parameterisations a network may predict (eps, v, x0), the
-deterministic DDIM step (Song et al. 2021, eq. 12 with sigma=0) and its inverse (DDIM
-inversion, Song et al. 2021 §4.3; the pivot of null-text inversion, Mokady et al. 2023), and noising an image to a chosen t (SDEdit).
+Conversions between the three parameterisations a network may predict (eps, v, x0), alpha_bar of
+a timestep, and noising an image to a chosen t (SDEdit; with x0 and eps estimates it is also the
+deterministic DDIM step of Song et al. 2021, eq. 12 with sigma = 0, which masked DDIM takes). The
+DDIM step as the affine map inversion solves lives in studio/inversion/steps.py.
 With zero terminal SNR (ab = 0 at t = T) eps -> x0 divides by zero; v -> x0 does not, which is
 why v-prediction models are converted through v whenever possible.
 """
@@ -93,18 +94,6 @@ def from_eps(eps: Tensor, x_t: Tensor, alpha_bar: float | Tensor, prediction_typ
     Undefined at zero SNR (ab = 0) for v and x0: there eps = x_t says nothing about x0."""
     table = {"epsilon": _given, "v_prediction": v_from_eps, "sample": x0_from_eps}
     return _convert(table, prediction_type, eps, x_t, alpha_bar)
-
-
-def ddim_step(eps: Tensor, x_t: Tensor, alpha_bar_t: float | Tensor, alpha_bar_prev: float | Tensor) -> Tensor:
-    """Deterministic DDIM step t -> prev (eta = 0): x_prev = sqrt(ab_prev) x0 + sqrt(1-ab_prev) eps."""
-    x0 = x0_from_eps(eps, x_t, alpha_bar_t)
-    a_prev, s_prev = _roots(alpha_bar_prev)
-    return a_prev.to(x_t) * x0 + s_prev.to(x_t) * eps
-
-
-def ddim_inverse_step(eps: Tensor, x_t: Tensor, alpha_bar_t: float | Tensor, alpha_bar_next: float | Tensor) -> Tensor:
-    """DDIM inversion t -> next (noisier), reusing eps(x_t): the same map as ddim_step run backwards."""
-    return ddim_step(eps, x_t, alpha_bar_t, alpha_bar_next)
 
 
 def noise_to(x0: Tensor, noise: Tensor, alpha_bar: float | Tensor) -> Tensor:

@@ -145,8 +145,7 @@ def test_eps_v_and_x0_from_the_unet_give_diffusers_ddim_step(engine):
     x0 = schedule.to_x0(output, x_t, alpha_bar, engine.prediction_type)
     expected = scheduler.step(output, t, x_t, return_dict=True)
     torch.testing.assert_close(x0, expected.pred_original_sample, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(schedule.ddim_step(eps, x_t, alpha_bar, alpha_bar_prev), expected.prev_sample,
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(schedule.noise_to(x0, eps, alpha_bar_prev), expected.prev_sample, rtol=1e-4, atol=1e-4)
     for back in (schedule.from_eps(eps, x_t, alpha_bar, engine.prediction_type),
                  schedule.from_x0(x0, x_t, alpha_bar, engine.prediction_type)):
         torch.testing.assert_close(back, output, rtol=1e-4, atol=1e-4)

@@ -7,6 +7,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from studio import schedule
+from studio.inversion.steps import affine_step, ddim_coefficients, solve_affine_step
 
 
 def test_eps_v_x0_conversions_round_trip():
@@ -31,16 +32,20 @@ def test_v_gives_x0_at_zero_terminal_snr():
 
 
 def test_ddim_step_matches_diffusers_and_inverse_step_undoes_it():
+    """The engine's DDIM steps: x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev) eps (masked DDIM's form, through
+    x0_from_eps and noise_to) and the affine step inversion solves (studio.inversion.steps)."""
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
     scheduler.set_timesteps(10)
     t, prev = scheduler.timesteps[3], scheduler.timesteps[4]
+    alpha_bar, alpha_bar_prev = scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[prev]
     generator = torch.Generator().manual_seed(1)
     x_t, eps = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 4, 8, 8, generator=generator)
     expected = scheduler.step(eps, t, x_t, eta=0.0).prev_sample
-    stepped = schedule.ddim_step(eps, x_t, scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[prev])
+    torch.testing.assert_close(schedule.noise_to(schedule.x0_from_eps(eps, x_t, alpha_bar), eps, alpha_bar_prev), expected)
+    coefficients = ddim_coefficients(alpha_bar, alpha_bar_prev, "epsilon")
+    stepped = affine_step(eps, x_t, coefficients)
     torch.testing.assert_close(stepped, expected)
-    back = schedule.ddim_inverse_step(eps, stepped, scheduler.alphas_cumprod[prev], scheduler.alphas_cumprod[t])
-    torch.testing.assert_close(back, x_t)
+    torch.testing.assert_close(solve_affine_step(eps, stepped, coefficients), x_t)
 
 
 def test_training_targets_match_the_scheduler_including_zero_terminal_snr():
