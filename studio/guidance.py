@@ -10,7 +10,7 @@ eps respectively) and back, so every prediction type gets the same result -- no 
 
     cfg                      eps_u + w (eps_c - eps_u)                           (Ho & Salimans 2022 eq. 6)
     multi_condition_cfg      eps_u + sum_k w_k(t) (eps_k - eps_u), w_k < 0 negative  (Liu et al. 2022, AND/NOT)
-    rescale_guidance         std-matching of the guided x0 to the prompt's x0    (Lin et al. 2023 §3.4)
+    rescale_noise_cfg        std-matching of the guided x0 to the prompt's x0    (Lin et al. 2023 §3.4; diffusers')
     classifier_guided_eps    eps - sqrt(1-ab) s(t) grad log p(c | x_t)           (Dhariwal & Nichol 2021 eq. 14)
     schedule_factors         f(t) of w_k(t) = w_k f(t): constant, SNR^alpha, sigma^-beta, ramps, windows
 """
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from torch import Tensor
 
 from studio import schedule
@@ -45,15 +46,6 @@ def multi_condition_cfg(uncond: Tensor, conds: Sequence[Tensor], weights: Sequen
     for cond, weight in zip(conds, weights, strict=True):
         guided = guided + weight * (cond - uncond)
     return guided
-
-
-def rescale_guidance(guided: Tensor, positive: Tensor, phi: float) -> Tensor:
-    """Lin et al. 2023 §3.4 (eqs. 15-18): scale the guided prediction back to the standard deviation of
-    the positive (prompt) prediction, per image, and blend: phi x_rescaled + (1 - phi) x_cfg.
-    Large weights inflate the std of the guided x0 (over-exposure); this undoes it."""
-    dims = tuple(range(1, guided.ndim))
-    rescaled = guided * (positive.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
-    return phi * rescaled + (1 - phi) * guided
 
 
 def classifier_guided_eps(eps: Tensor, gradient: Tensor, alpha_bar: float | Tensor, strength: float) -> Tensor:
@@ -201,7 +193,9 @@ class MultiConditionGuidance:
             alpha_bar = schedule.alpha_bar_at(self.alphas_cumprod, t)
             guided_x0 = schedule.to_x0(guided, x_t, alpha_bar, self.prediction_type)
             positive_x0 = schedule.to_x0(conds[0], x_t, alpha_bar, self.prediction_type)
-            rescaled = rescale_guidance(guided_x0, positive_x0, self.rescale)
+            # diffusers' rescale_noise_cfg (Lin et al. 2023 §3.4, eqs. 15-18: the guided prediction scaled back to
+            # the prompt's standard deviation per image, blended by phi), on x0 rather than on the raw output
+            rescaled = rescale_noise_cfg(guided_x0, positive_x0, self.rescale)
             guided = schedule.from_x0(rescaled, x_t, alpha_bar, self.prediction_type)
         return guided
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 from studio import schedule
 from studio.conditioning import Cond
@@ -17,7 +18,6 @@ from studio.guidance import (
     classifier_gradient,
     classifier_guided_eps,
     multi_condition_cfg,
-    rescale_guidance,
     schedule_factors,
 )
 from studio.shapes.classifier import LatentClassifier, classifier_targets, target_log_prob, target_log_prob_fn
@@ -44,11 +44,12 @@ def test_one_condition_is_cfg_bit_for_bit():
 
 
 def test_guidance_rescale_matches_the_standard_deviation_of_the_positive_prediction():
+    """diffusers' rescale_noise_cfg, which the multi-condition guider applies to the x0 estimates."""
     positive = _tensor(0.0, 2.0).reshape(1, 2)  # std sqrt(2)
     guided = _tensor(0.0, 4.0).reshape(1, 2)  # std 2 sqrt(2): factor 1/2
-    assert torch.allclose(rescale_guidance(guided, positive, 1.0), _tensor(0.0, 2.0).reshape(1, 2))
-    assert torch.allclose(rescale_guidance(guided, positive, 0.5), _tensor(0.0, 3.0).reshape(1, 2))
-    assert torch.equal(rescale_guidance(guided, positive, 0.0), guided)
+    assert torch.allclose(rescale_noise_cfg(guided, positive, 1.0), _tensor(0.0, 2.0).reshape(1, 2))
+    assert torch.allclose(rescale_noise_cfg(guided, positive, 0.5), _tensor(0.0, 3.0).reshape(1, 2))
+    assert torch.equal(rescale_noise_cfg(guided, positive, 0.0), guided)
 
 
 def test_schedules_windows_and_ramps():
