@@ -8,7 +8,6 @@ way for every tab, and says in words what it changed so the UI can show it rathe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +87,7 @@ def prepare_image(image: Image.Image | np.ndarray, size: int, max_pixels: int = 
     return PreparedImage(image, changes)
 
 
-def working_size(image: Any, native_size: int, multiple: int, keep_size: bool) -> int:
+def working_size(image: ImageInput | None, native_size: int, multiple: int, keep_size: bool) -> int:
     """The square side an upload is worked at: the model's native size, or with `keep_size` the upload's own
     scale -- its shorter side (prepare_image crops to a square) down to a multiple of `multiple` (pixels per
     latent cell), so an upload already at such a size is only cropped, never resampled, and a small image

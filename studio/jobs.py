@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from studio import specs
@@ -77,7 +78,7 @@ def to_images(pixels: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray(to_uint8(p)) for p in pixels]
 
 
-def step_events(state: dict[str, Any], steps: int, vae: Any, preview_every: int, done_before: int = 0,
+def step_events(state: dict[str, Any], steps: int, vae: AutoencoderKL, preview_every: int, done_before: int = 0,
                 total: int | None = None, label: str = "") -> Iterator[Event]:
     """The events after sampling step state["i"] of a run of `steps`: Progress (counting `done_before`
     units of earlier work, out of `total`, default `steps`), and every `preview_every` steps a Preview of

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from studio.errors import CancelledError, DeviceOutOfMemoryError
-from studio.events import AttentionMaps, CancelToken, Preview, Progress, Result
+from studio.events import AttentionMaps, CancelToken, GenerationResult, Preview, Progress, Result
 from studio.fair_lock import FairLock
-from studio.specs import GenerateSpec
+from studio.jobs import resolve_seed
+from studio.specs import SEED, GenerateSpec
 
 FAST = {"steps": 5, "preview_every": 2}
 
@@ -35,6 +36,21 @@ def test_random_seed_is_reported_and_settings_reproduce_the_images(tiny_engine):
     for key in ("model", "scheduler", "steps", "guidance_scale", "prompt", "negative_prompt", "width",
                 "height", "batch_size", "timings", "unet_evaluations"):
         assert key in first.settings
+
+
+def test_the_result_reports_its_measurements_as_typed_fields_the_settings_agree_with(tiny_engine):
+    result = list(tiny_engine.generate(GenerateSpec("a small blue square on the right", seed=None, **FAST)))[-1]
+    assert isinstance(result, GenerationResult)
+    assert result.seed == result.settings["seed"] and result.steps == result.settings["steps"]
+    assert result.nfe_per_step == result.settings["nfe_per_step"] == 2  # uncond and prompt, one batched call
+    assert result.sampling_seconds_per_step > 0 and result.classifier_gradient_evaluations is None
+    assert result.unet_evaluations == result.steps and result.settings["unet_evaluations"] == result.unet_evaluations
+
+
+def test_a_drawn_seed_leaves_room_for_the_seeds_after_it():
+    """SDEdit's repeat k runs with seed + k: a random seed for K repeats keeps seed + K - 1 within the range."""
+    assert resolve_seed(7, span=8) == 7
+    assert all(0 <= resolve_seed(None, span=8) <= SEED.high - 7 for _ in range(200))
 
 
 def test_cancel_mid_run_raises_and_the_next_job_works(tiny_engine):
