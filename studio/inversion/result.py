@@ -30,6 +30,7 @@ EDICT_MIX = specs.Range(0.5, 1.0, 0.01, "EDICT mixing p")
 BDIA_GAMMA = specs.Range(0.0, 0.95, 0.05, "BDIA gamma")  # 1 would be plain DDIM, not invertible
 LR_DECAY = specs.Range(0.0, 1.0, 0.05, "NTI learning-rate decay")
 MIN_IMPROVEMENT = specs.Range(0.0, 1.0, 0.01, "NTI minimum improvement")
+INVERSION_STEPS = specs.Range(2, 150, 1, "Steps")  # specs.STEPS from 2: the range the Inversion tab offers
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,7 @@ class InversionSpec:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise InvalidInputError(f"Unknown inversion method {self.method!r}; choose one of {', '.join(METHODS)}.")
-        specs.STEPS.check("steps", self.steps)
-        if self.steps < 2:
-            raise InvalidInputError("Inversion needs at least 2 steps.")
+        INVERSION_STEPS.check("steps", self.steps)
         specs.GUIDANCE.check("guidance_scale", self.guidance_scale)
         specs.GUIDANCE.check("inversion_guidance", self.inversion_guidance)
         INNER_STEPS.check("inner_steps", self.inner_steps)
