@@ -161,3 +161,12 @@ def test_progress_covers_inversion_and_reconstruction(engine, scene_image):
     events = list(engine.invert(InversionSpec(CAPTION, steps=4), scene_image))
     progress = [e for e in events if isinstance(e, Progress)]
     assert [p.step for p in progress] == list(range(1, 9)) and progress[-1].total == 8
+
+
+@pytest.mark.parametrize("method", ["null_text", "edict", "bdia"])
+def test_progress_of_every_pass_is_told_its_step_not_counted(engine, scene_image, method):
+    """Progress numbers come from the pass and its step index: 1..total in order, for methods of 2 and 3 passes."""
+    events = list(engine.invert(InversionSpec(CAPTION, method=method, steps=3, inner_steps=2), scene_image))
+    progress = [e for e in events if isinstance(e, Progress)]
+    passes = 3 if method == "null_text" else 2
+    assert [p.step for p in progress] == list(range(1, 3 * passes + 1)) and progress[-1].total == 3 * passes

@@ -23,7 +23,7 @@ from studio.conditioning import Cond
 from studio.denoiser import Denoiser
 from studio.errors import InvalidInputError
 from studio.conditioning import Tokens
-from studio.events import CancelToken, Event, InversionResult, Progress
+from studio.events import CancelToken, Event, InversionResult, NullTextLoss, Progress
 from studio.guidance import ClassifierFreeGuidance, Guider
 from studio.images import ImageInput, encode_image, prepare_image, to_uint8, working_size
 from studio.inversion.bdia import bdia_inversion_steps, bdia_sampling_steps
@@ -53,15 +53,14 @@ class Context:
     vae: AutoencoderKL | None = None  # the VAE, for NTI's optional image-space term
     image: Image.Image | None = None
     backward_passes: int = 0  # autograd passes through the UNet (NTI)
-    steps_done: int = 0  # units of work for Progress: a step of inversion, optimisation or reconstruction
 
     @property
     def total_work(self) -> int:
         return PHASES[self.spec.method] * len(self.grid)
 
-    def progress(self, label: str) -> Progress:
-        self.steps_done += 1
-        return Progress(self.steps_done, self.total_work, f"{METHOD_LABELS[self.spec.method]}: {label}")
+    def progress(self, phase: int, done: int, label: str) -> Progress:
+        """Progress after `done` (1..N) steps of pass `phase` over the steps (0 inverts, the last reconstructs)."""
+        return Progress(phase * len(self.grid) + done, self.total_work, f"{METHOD_LABELS[self.spec.method]}: {label}")
 
 
 @dataclass
@@ -92,11 +91,11 @@ def _streamed_ddim(ctx: Context, guider: Guider) -> Iterator[Event]:
     states = [ctx.latents]
     for state in ddim_inversion_steps(ctx.denoiser, guider, ctx.grid, ctx.latents, ctx.cancel):
         states.append(state["x"])
-        yield ctx.progress("inverting")
+        yield ctx.progress(0, state["i"] + 1, "inverting")
     return states[::-1]
 
 
-def _with_progress(ctx: Context, events: Iterator[Event], label: str) -> Iterator[Event]:
+def _with_progress(ctx: Context, events: Iterator[NullTextLoss], phase: int, label: str) -> Iterator[Event]:
     """Pass a method's per-step events on, each followed by a Progress; returns what the method returns."""
     while True:
         try:
@@ -104,7 +103,7 @@ def _with_progress(ctx: Context, events: Iterator[Event], label: str) -> Iterato
         except StopIteration as stop:
             return stop.value
         yield event
-        yield ctx.progress(label)
+        yield ctx.progress(phase, event.step, label)
 
 
 def _cfg(cond: Cond, null: Cond, scale: float) -> ClassifierFreeGuidance:
@@ -114,7 +113,7 @@ def _cfg(cond: Cond, null: Cond, scale: float) -> ClassifierFreeGuidance:
 def _null_text(ctx: Context) -> Iterator[Event]:
     """Null-text inversion (Mokady et al. 2023, Algorithm 1): the w = 1 DDIM pivot, then per-step null embeddings (null_text.py)."""
     pivot = yield from _streamed_ddim(ctx, _cfg(ctx.cond, ctx.null, 1.0))
-    embeddings, losses = yield from _with_progress(ctx, null_text_optimisation(ctx, pivot), "optimising null text")
+    embeddings, losses = yield from _with_progress(ctx, null_text_optimisation(ctx, pivot), 1, "optimising null text")
     return Inverted(pivot, uncond_embeddings=embeddings, losses=losses)
 
 
@@ -123,10 +122,11 @@ def _edict(ctx: Context) -> Iterator[Event]:
     latents = ctx.latents.double() if ctx.spec.float64 else ctx.latents
     xs, ys = [latents], [latents]
     guider = _cfg(ctx.cond, ctx.null, ctx.spec.guidance_scale)
-    for state in edict_inversion_steps(ctx.denoiser, guider, ctx.grid, latents, ctx.spec.edict_mix, ctx.cancel):
+    steps = edict_inversion_steps(ctx.denoiser, guider, ctx.grid, latents, ctx.spec.edict_mix, ctx.cancel)
+    for done, state in enumerate(steps, start=1):
         xs.append(state["x"])
         ys.append(state["y"])
-        yield ctx.progress("inverting")
+        yield ctx.progress(0, done, "inverting")
     return Inverted(xs[::-1], coupled=ys[::-1], dtype=latents.dtype)
 
 
@@ -135,9 +135,10 @@ def _bdia(ctx: Context) -> Iterator[Event]:
     latents = ctx.latents.double() if ctx.spec.float64 else ctx.latents
     states = [latents]
     guider = _cfg(ctx.cond, ctx.null, ctx.spec.guidance_scale)
-    for state in bdia_inversion_steps(ctx.denoiser, guider, ctx.grid, latents, ctx.spec.bdia_gamma, ctx.cancel):
+    steps = bdia_inversion_steps(ctx.denoiser, guider, ctx.grid, latents, ctx.spec.bdia_gamma, ctx.cancel)
+    for done, state in enumerate(steps, start=1):
         states.append(state["x"])
-        yield ctx.progress("inverting")
+        yield ctx.progress(0, done, "inverting")
     return Inverted(states[::-1], dtype=latents.dtype)
 
 
@@ -237,7 +238,7 @@ def _invert(engine: ModelHost, spec: InversionSpec, image: Image.Image, note: st
     for state in reconstruct_steps(ctx, inversion):
         x = state["x"]
         step_errors.append(float((x.double() - inversion.trajectory[state["i"] + 1].double()).pow(2).mean()))
-        yield ctx.progress("reconstructing")
+        yield ctx.progress(PHASES[spec.method] - 1, state["i"] + 1, "reconstructing")
     clock.lap("reconstruction")
 
     # 6. decode and compare with the image and with the VAE's own round trip
