@@ -32,15 +32,15 @@ def build_app(engine: Engine) -> gr.Blocks:
                     elem_id="header")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
-                generate.build_generate_tab(engine)
+                generate.GenerateTab(engine)
             with gr.Tab("Inversion", id="inversion"):
-                inverted = inversion.build_inversion_tab(engine)
+                inverted = inversion.InversionTab(engine)
             with gr.Tab("SDEdit", id="sdedit"):
-                sdedit.build_sdedit_tab(engine)
+                sdedit.SDEditTab(engine)
             with gr.Tab("DiffEdit", id="diffedit"):
-                diffedit.build_diffedit_tab(engine, inversion_state=inverted.inversion_state)
+                diffedit.DiffEditTab(engine, inversion_state=inverted.inversion_state)
             with gr.Tab("Prompt-to-Prompt", id="p2p"):
-                p2p.build_p2p_tab(engine, inversion_state=inverted.inversion_state)
+                p2p.P2PTab(engine, inversion_state=inverted.inversion_state)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
     return demo
 

@@ -55,7 +55,7 @@ def test_p2p_edits_the_inversion_held_by_the_inversion_tabs_state(tiny_engine, t
     image = Image.new("RGB", (128, 128), (30, 70, 220))
     *_, inverted = tiny_engine.invert(InversionSpec(SOURCE, "negative_prompt", steps=3, guidance_scale=3.0), image)
     with gr.Blocks() as demo:
-        p2p.build_p2p_tab(tiny_engine, gr.State(inverted.inversion))
+        p2p.P2PTab(tiny_engine, gr.State(inverted.inversion))
     demo.queue()
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
     try:

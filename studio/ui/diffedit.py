@@ -8,7 +8,6 @@ runs both stages. Endpoints ``/diffedit_mask`` and ``/diffedit`` stream progress
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,16 +30,21 @@ from studio.editing.diffedit import (
     overlay,
 )
 from studio.errors import InvalidInputError
-from studio.events import CancelToken, DiffEditResult, Mask, MaskResult, Preview
-from studio.inversion import Inversion
+from studio.events import CancelToken, DiffEditResult, Event, Mask, MaskResult, Preview
 from studio.ui.form import Field, Form, optional_whole, resolve_seed, seed_box, slider, spec_values, text, textbox
-from studio.ui.stream import Outputs, done_html, progress_html, stop_button, stream_job
+from studio.ui.parts import chosen_inversion, instant, model_line, settings_view, with_inversion
+from studio.ui.stream import JOB_EVENT, Outputs, done_html, status_box, stop_button, stream_job
 
 if TYPE_CHECKING:
     from studio.engine import Engine
 
 DEFAULTS = DiffEditSpec("", "")
 MASK_RGBA = (255, 0, 255, 255)  # how the found mask is painted on the editor's layer
+NO_INVERSION = "There is no inversion yet: run one on the Inversion tab, or untick the box."
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers
 
 
 def mask_layer(mask: np.ndarray) -> np.ndarray:
@@ -70,6 +74,18 @@ def edited_mask(value: dict | None) -> tuple[np.ndarray | None, np.ndarray | Non
             )
         painted |= layer_mask
     return (painted if painted.any() else None), background
+
+
+def rethreshold(found: dict | None, threshold: float, clean_pixels: float) -> tuple:
+    """New threshold or kernel on the last soft map: preview and editor update at once (no model work)."""
+    if not found:
+        return gr.skip(), gr.skip()
+    binary = binary_mask(found["soft"], float(threshold), int(clean_pixels))
+    return overlay(Image.fromarray(found["image"]), binary), editor_value(found["image"], binary)
+
+
+# --------------------------------------------------------------------------------------------
+# The form
 
 
 FIELDS = (
@@ -119,119 +135,117 @@ def spec_from_values(values: Mapping[str, Any]) -> DiffEditSpec:
     return DiffEditSpec(**parsed)
 
 
-def chosen_inversion(values: Mapping[str, Any]) -> Inversion | None:
-    """The Inversion tab's inversion when the box is ticked; an error when there is none yet."""
-    if not values.get("use_inversion"):
-        return None
-    if values.get("inversion") is None:
-        raise InvalidInputError("There is no inversion yet: run one on the Inversion tab, or untick the box.")
-    return values["inversion"]
+STAGES = (  # the two accordions' rows of fields
+    ("Stage I: mask", (("deviation", "threshold"), ("probes", "noise_samples"), ("mask_strength", "clean_pixels"))),
+    ("Stage II: edit", (("edit_strength", "start"), ("steps", "guidance_scale"), ("seed", "composite"))),
+)
 
 
-def build_diffedit_tab(engine: Engine, inversion_state: gr.State | None = None) -> dict[str, Any]:
-    """Lay out the DiffEdit tab; `inversion_state` holds the Inversion tab's latest Inversion (or None)."""
-    form = Form(FIELDS, engine)
+# --------------------------------------------------------------------------------------------
+# The tab
+
+
+class DiffEditTab:
+    """The DiffEdit tab, built in the current Blocks/Tab: `layout` places the form and the outputs, `find_mask`
+    (Stage I) and `run` (Stage II) stream jobs through `render_mask` and `render`, `wire` connects the events.
+    `inversion_state` holds the Inversion tab's latest Inversion (or None)."""
+
+    def __init__(self, engine: Engine, inversion_state: gr.State | None = None) -> None:
+        self.engine, self.form, self.inversion_state = engine, Form(FIELDS, engine), inversion_state
+        self.layout()
+        self.wire()
 
     # 1. layout ---------------------------------------------------------------------------
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=4, min_width=320):
-            image, use_inversion = form.place("image", "use_inversion")
-            use_inversion.visible = inversion_state is not None
-            form.place("source_prompt", "target_prompt")
-            with gr.Row():
-                find = gr.Button("Find mask", elem_id="diffedit-mask-btn")
-                go = gr.Button("Edit", variant="primary", elem_id="diffedit-edit-btn")
-                stop = gr.Button("Stop", variant="stop", elem_id="diffedit-stop")
-            with gr.Accordion("Stage I: mask", open=True):
-                for row in (("deviation", "threshold"), ("probes", "noise_samples"), ("mask_strength", "clean_pixels")):
-                    with gr.Row():
-                        form.place(*row)
-            with gr.Accordion("Stage II: edit", open=True):
-                for row in (("edit_strength", "start"), ("steps", "guidance_scale"), ("seed", "composite")):
-                    with gr.Row():
-                        form.place(*row)
-        with gr.Column(scale=6, min_width=360):
-            status = gr.HTML(progress_html(0, 0, "Ready.", "idle"), elem_id="diffedit-status")
-            with gr.Row(equal_height=False):
-                mask_preview = gr.Image(label="Mask (live)", format="png", interactive=False, height=260, buttons=[],
-                                        elem_id="diffedit-mask-preview")
-                result = gr.Image(label="Edited", format="png", interactive=False, height=260,
-                                  elem_id="diffedit-result")
-            (mask_editor,) = form.place("mask")
-            settings = gr.JSON(label="Settings", elem_id="diffedit-settings", height=200)
-    found = gr.State(None)  # {"soft": (H, W) float map, "image": (H, W, 3) uint8} of the last Stage I
+    def layout(self) -> None:
+        form = self.form
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=320):
+                self.image, use_inversion = form.place("image", "use_inversion")
+                use_inversion.visible = self.inversion_state is not None
+                form.place("source_prompt", "target_prompt")
+                with gr.Row():
+                    self.find = gr.Button("Find mask", elem_id="diffedit-mask-btn")
+                    self.go = gr.Button("Edit", variant="primary", elem_id="diffedit-edit-btn")
+                    self.stop = gr.Button("Stop", variant="stop", elem_id="diffedit-stop")
+                for title, rows in STAGES:
+                    with gr.Accordion(title, open=True):
+                        for row in rows:
+                            with gr.Row():
+                                form.place(*row)
+            with gr.Column(scale=6, min_width=360):
+                self.status = status_box("diffedit-status")
+                with gr.Row(equal_height=False):
+                    self.mask_preview = gr.Image(label="Mask (live)", format="png", interactive=False, height=260,
+                                                 buttons=[], elem_id="diffedit-mask-preview")
+                    self.result = gr.Image(label="Edited", format="png", interactive=False, height=260,
+                                           elem_id="diffedit-result")
+                (self.mask_editor,) = form.place("mask")
+                self.settings = settings_view("diffedit-settings", "Settings")
+        self.found = gr.State(None)  # {"soft": (H, W) float map, "image": (H, W, 3) uint8} of the last Stage I
+        gr.Markdown(
+            f"{model_line(self.engine)}. DiffEdit (Couairon et al. 2023): the mask is where the source and "
+            "target predictions of the same noisy image disagree; the edit regenerates only there and puts the "
+            "original back everywhere else at every step.", elem_id="diffedit-help",
+        )
 
-    # 2. handlers ---------------------------------------------------------------------------
-    def find_mask(request: gr.Request, **values: Any) -> Iterator[Outputs]:
-        """Stage I: streams (status, mask preview, mask editor, found state) after every probe. The mask is shown
+    # 2. handlers -------------------------------------------------------------------------
+    def find_mask(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
+        """Stage I: streams the mask after every probe (preview, editor and the found state). The mask is shown
         on the image it belongs to (the event's: a keep-size inversion's own size, not the model's)."""
 
-        def start(cancel: CancelToken) -> Iterator:
-            spec, inversion = spec_from_values(values), chosen_inversion(values)
-            return engine.diffedit_mask(spec, None if inversion is not None else values.get("image"), inversion, cancel)
+        def start(cancel: CancelToken) -> Iterator[Event]:
+            spec, inversion = spec_from_values(values), chosen_inversion(values, NO_INVERSION)
+            return self.engine.diffedit_mask(spec, None if inversion is not None else values.get("image"), inversion,
+                                             cancel)
 
-        def render(event: Any) -> Outputs | None:
-            if isinstance(event, MaskResult):
-                picture = np.asarray(event.image)
-                text = f"Mask found: {100 * event.binary.mean():.1f}% of the image · adjust, touch up, then Edit"
-                return {status: done_html(text), mask_preview: event.images[0],
-                        mask_editor: editor_value(picture, event.binary), found: {"soft": event.soft, "image": picture}}
-            if isinstance(event, Mask):
-                return {mask_preview: overlay(event.image, event.binary)}
-            return None
+        yield from stream_job("diffedit", request, self.status, start, self.render_mask, "DiffEdit mask")
 
-        yield from stream_job("diffedit", request, status, start, render, "DiffEdit mask")
+    def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
+        """Stage II with the editor's mask (Stages I and II when it is empty): streams progress, the mask, previews,
+        then the edited image and the settings."""
 
-    def rethreshold(state: dict | None, threshold_value: float, clean_value: float) -> tuple:
-        """New threshold or kernel on the last soft map: preview and editor update at once (no model work)."""
-        if not state:
-            return gr.skip(), gr.skip()
-        binary = binary_mask(state["soft"], float(threshold_value), int(clean_value))
-        return overlay(Image.fromarray(state["image"]), binary), editor_value(state["image"], binary)
-
-    def run_edit(request: gr.Request, **values: Any) -> Iterator[Outputs]:
-        """Stage II with the editor's mask (Stages I and II when it is empty): streams (status, preview,
-        result, settings)."""
-
-        def start(cancel: CancelToken) -> Iterator:
-            spec, inversion = spec_from_values(values), chosen_inversion(values)
+        def start(cancel: CancelToken) -> Iterator[Event]:
+            spec, inversion = spec_from_values(values), chosen_inversion(values, NO_INVERSION)
             mask, background = edited_mask(values.get("mask"))
             # A touched-up mask belongs to the image on the editor (the one Stage I worked on, at its size).
             picture = background if mask is not None and inversion is None else values.get("image")
-            return engine.diffedit(spec, None if inversion is not None else picture, mask, inversion, cancel)
+            return self.engine.diffedit(spec, None if inversion is not None else picture, mask, inversion, cancel)
 
-        def render(event: Any) -> Outputs | None:
-            if isinstance(event, Mask):
-                return {mask_preview: Image.fromarray((event.binary * 255).astype(np.uint8))}
-            if isinstance(event, Preview):
-                return {result: event.images[0]}
-            if isinstance(event, DiffEditResult):
-                text = (f"Done in {event.timings['total']:.1f} s · mask {100 * event.mask.mean():.1f}% "
-                        f"({event.mask_from}) · {event.unet_evaluations} UNet evaluations")
-                return {status: done_html(text), result: event.images[0], settings: event.settings}
-            return None
+        yield from stream_job("diffedit", request, self.status, start, self.render, "DiffEdit")
 
-        yield from stream_job("diffedit", request, status, start, render, "DiffEdit")
+    def render_mask(self, event: Event) -> Outputs | None:
+        if isinstance(event, MaskResult):
+            picture = np.asarray(event.image)
+            text = f"Mask found: {100 * event.binary.mean():.1f}% of the image · adjust, touch up, then Edit"
+            return {self.status: done_html(text), self.mask_preview: event.images[0],
+                    self.mask_editor: editor_value(picture, event.binary),
+                    self.found: {"soft": event.soft, "image": picture}}
+        if isinstance(event, Mask):
+            return {self.mask_preview: overlay(event.image, event.binary)}
+        return None
 
-    # 3. events -------------------------------------------------------------------------------
-    inputs = {**form.inputs, "inversion": inversion_state if inversion_state is not None else gr.State(None)}
-    stage_one_inputs = {name: component for name, component in inputs.items() if name != "mask"}
-    finding = find.click(find_mask, inputs_kwargs=stage_one_inputs, outputs=[status, mask_preview, mask_editor, found],
-                         api_name="diffedit_mask", concurrency_id="model", show_progress="hidden")
-    editing = go.click(run_edit, inputs_kwargs=inputs, outputs=[status, mask_preview, result, settings],
-                       api_name="diffedit", concurrency_id="model", show_progress="hidden")
-    stop_button(stop, status, [finding, editing], tab="diffedit", api_name="diffedit_stop")
-    threshold, clean = form.components(["threshold", "clean_pixels"])
-    gr.on([threshold.release, clean.release], rethreshold, [found, threshold, clean], [mask_preview, mask_editor],
-          api_visibility="private", concurrency_limit=None, concurrency_id="diffedit-threshold",
-          show_progress="hidden")
-    # A new image makes the old mask meaningless.
-    image.change(lambda: (None, None), None, [mask_editor, found], api_visibility="private",
-                 concurrency_limit=None, concurrency_id="diffedit-threshold", show_progress="hidden")
-    gr.Markdown(
-        f"Model **{html.escape(str(engine.model_name))}**. DiffEdit (Couairon et al. 2023): the mask is where the source and "
-        "target predictions of the same noisy image disagree; the edit regenerates only there and puts the "
-        "original back everywhere else at every step.", elem_id="diffedit-help",
-    )
-    return {"image": image, "mask_preview": mask_preview, "mask_editor": mask_editor, "result": result,
-            "status": status, "run": editing, "find": finding}
+    def render(self, event: Event) -> Outputs | None:
+        if isinstance(event, Mask):
+            return {self.mask_preview: Image.fromarray((event.binary * 255).astype(np.uint8))}
+        if isinstance(event, Preview):
+            return {self.result: event.images[0]}
+        if isinstance(event, DiffEditResult):
+            text = (f"Done in {event.timings['total']:.1f} s · mask {100 * event.mask.mean():.1f}% "
+                    f"({event.mask_from}) · {event.unet_evaluations} UNet evaluations")
+            return {self.status: done_html(text), self.result: event.images[0], self.settings: event.settings}
+        return None
+
+    # 3. events ---------------------------------------------------------------------------
+    def wire(self) -> None:
+        inputs = with_inversion(self.form.inputs, self.inversion_state)
+        stage_one_inputs = {name: component for name, component in inputs.items() if name != "mask"}
+        finding = self.find.click(self.find_mask, inputs_kwargs=stage_one_inputs, api_name="diffedit_mask",
+                                  outputs=[self.status, self.mask_preview, self.mask_editor, self.found], **JOB_EVENT)
+        self.run_event = self.go.click(self.run, inputs_kwargs=inputs, api_name="diffedit", **JOB_EVENT,
+                                       outputs=[self.status, self.mask_preview, self.result, self.settings])
+        stop_button(self.stop, self.status, [finding, self.run_event], tab="diffedit", api_name="diffedit_stop")
+        threshold, clean = self.form.components(["threshold", "clean_pixels"])
+        gr.on([threshold.release, clean.release], rethreshold, [self.found, threshold, clean],
+              [self.mask_preview, self.mask_editor], **instant("diffedit-threshold"))
+        # A new image makes the old mask meaningless.
+        self.image.change(lambda: (None, None), None, [self.mask_editor, self.found], **instant("diffedit-threshold"))

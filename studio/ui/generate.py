@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
-import pandas as pd  # gr.Dataframe hands tables over as DataFrames unless type='array'
 from PIL import Image
 
 from studio import png_settings, specs
 from studio.attention.maps import heat_map_overlay
 from studio.errors import InvalidInputError
-from studio.events import AttentionMaps, CancelToken, GenerationResult, Preview
+from studio.events import AttentionMaps, CancelToken, Event, GenerationResult, Preview
 from studio.plots import line_chart
 from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
 from studio.ui.form import (ComponentFactory, Field, Form, number, optional_whole, resolve_seed, saved, seed_box,
                             slider, spec_values, text, textbox)
-from studio.ui.stream import Outputs, done_html, progress_html, stop_button, stream_job
+from studio.ui.parts import instant, model_line, settings_view, table_rows
+from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
 
 if TYPE_CHECKING:
     from studio.engine import Engine
@@ -55,12 +55,20 @@ COMPOSE_EXAMPLES = [
     ["a big red circle", [["a blue background", -2.0, "constant", 0.5, 0.0, 1.0],
                           ["a yellow background", 4.0, "snr", 0.5, 0.0, 1.0]], 5.0],
 ]
+CONDITIONS_HELP = (
+    "Each row adds *w(t)·(ε<sub>row</sub> − ε<sub>uncond</sub>)* to the prompt's guidance; a negative "
+    f"weight ({specs.CONDITION_WEIGHT.low:g} to {specs.CONDITION_WEIGHT.high:g}) steers away from the row. "
+    f"Schedules: {', '.join(specs.GUIDANCE_SCHEDULES)} (snr: SNR(t)<sup>exponent</sup>, "
+    "sigma: σ(t)<sup>−exponent</sup>); start/stop are fractions of the run. "
+    "The negative prompt above replaces ε<sub>uncond</sub> for every row. "
+    "Each row adds one prediction per image to every (batched) UNet call."
+)
 # Words a heat map is rarely wanted for; the picker starts on the first other word.
 _FUNCTION_WORDS = frozenset({"a", "an", "the", "and", "on", "in", "of", "with", "at", "to"})
 
 
 # --------------------------------------------------------------------------------------------
-# Rendering helpers (pure)
+# Pure helpers
 
 
 def _default_token(tokens: list[str]) -> int:
@@ -91,19 +99,68 @@ def render_attention(attention: dict | None, token: int | None, resolution: int 
     return gr.update(choices=word_choices, value=token), gr.update(choices=resolution_choices, value=resolution), overlay
 
 
+def weight_plot(labels: list[str], weights: Any, classifier_strengths: Any = None, classifier_target: str = "") -> Image.Image:
+    """Chart of a GuidancePlan: each condition's signed weight per step (steps from 1), and the classifier
+    strength s(t) when classifier guidance is on."""
+    weights = np.asarray(weights, dtype=np.float64)  # (N, K)
+    steps = list(range(1, len(weights) + 1))
+    series = {
+        ("prompt (guidance scale)" if k == 0 else f"{k}: {label}"): (steps, weights[:, k].tolist())
+        for k, label in enumerate(labels)
+    }
+    if classifier_strengths is not None:
+        series[f"classifier strength s(t): {classifier_target}"] = (steps, np.asarray(classifier_strengths).tolist())
+    return line_chart(series, x_label="step", y_label="weight per step", size=(460, 200), markers=len(steps) <= 12)
+
+
+def attention_state(event: AttentionMaps, image: np.ndarray) -> dict[str, Any]:
+    """What the heat-map view needs from an AttentionMaps event: the maps and the image under them."""
+    return {
+        "step": event.step,
+        "tokens": list(event.tokens),
+        "maps": np.asarray(event.maps, dtype=np.float32),
+        "per_resolution": dict(event.per_resolution),
+        "image": image,
+    }
+
+
+def result_text(result: GenerationResult) -> str:
+    """The status line of a finished generation: time, seed, UNet work, and the classifier's share of a step."""
+    text = (
+        f"Done in {result.timings.get('total', 0.0):.1f} s · seed {result.seed} · "
+        f"{result.unet_evaluations} UNet evaluations ({result.nfe_per_step} predictions each)"
+    )
+    if result.classifier_gradient_evaluations is not None:
+        text += (
+            f" · classifier gradient {1000 * result.classifier_seconds_per_step:.0f} ms "
+            f"of {1000 * result.sampling_seconds_per_step:.0f} ms per step"
+        )
+    return text
+
+
+def _save_downloads(result: GenerationResult, folder: Path) -> list[str]:
+    """The PNG downloads, each carrying the settings (and its place in the batch)."""
+    images, paths = result.images, []
+    for index, image in enumerate(images):
+        name = f"{result.seed}-{index}.png" if len(images) > 1 else f"{result.seed}.png"  # short: the UI truncates
+        paths.append(str(png_settings.save_png(image, result.settings, folder / name, batch_index=index)))
+    return paths
+
+
+def _blank(spec: GenerateSpec, native: int) -> np.ndarray:
+    """The grey image under attention maps that arrive before the first preview."""
+    return np.full((spec.height or native, spec.width or native, 3), 96, dtype=np.uint8)
+
+
+def reuse_last_seed(settings: dict | None) -> tuple:
+    """The seed of the result shown, fixed (the random-seed box unticked)."""
+    if not settings or settings.get("seed") is None:
+        raise gr.Error("Generate an image first; its seed is then reused.")
+    return int(settings["seed"]), False
+
+
 # --------------------------------------------------------------------------------------------
-# The form: condition table <-> typed Conditions, the weight plot, the table of fields
-
-
-def _rows(table: Any) -> list[list[Any]]:
-    """Rows of a gr.Dataframe value: a list of lists (type="array"), a DataFrame, or the API's dict."""
-    if table is None:
-        return []
-    if isinstance(table, pd.DataFrame):
-        return table.values.tolist()
-    if isinstance(table, dict):
-        return [list(row) for row in table.get("data") or []]
-    return [list(row) for row in table]
+# The form: the condition table <-> typed Conditions, and the table of fields
 
 
 def _empty(value: Any) -> bool:
@@ -123,7 +180,7 @@ def conditions_from_table(table: Any) -> tuple[Condition, ...]:
     """The condition table as typed Conditions; empty cells take the defaults, wholly empty rows are
     skipped. Range checks are the engine's (GenerateSpec.validate), with the row in the message."""
     conditions = []
-    for row, cells in enumerate(_rows(table), start=1):
+    for row, cells in enumerate(table_rows(table), start=1):
         cells = (list(cells) + [None] * len(CONDITION_COLUMNS))[: len(CONDITION_COLUMNS)]
         prompt, weight, schedule, exponent, start, stop = cells
         if all(_empty(cell) or cell == 0 for cell in cells):
@@ -148,20 +205,6 @@ def table_from_conditions(conditions: Any) -> list[list[Any]]:
             condition = Condition(**condition)
         rows.append([getattr(condition, column) for column in CONDITION_COLUMNS])
     return rows
-
-
-def weight_plot(labels: list[str], weights: Any, classifier_strengths: Any = None, classifier_target: str = "") -> Image.Image:
-    """Chart of a GuidancePlan: each condition's signed weight per step (steps from 1), and the classifier
-    strength s(t) when classifier guidance is on."""
-    weights = np.asarray(weights, dtype=np.float64)  # (N, K)
-    steps = list(range(1, len(weights) + 1))
-    series = {
-        ("prompt (guidance scale)" if k == 0 else f"{k}: {label}"): (steps, weights[:, k].tolist())
-        for k, label in enumerate(labels)
-    }
-    if classifier_strengths is not None:
-        series[f"classifier strength s(t): {classifier_target}"] = (steps, np.asarray(classifier_strengths).tolist())
-    return line_chart(series, x_label="step", y_label="weight per step", size=(460, 200), markers=len(steps) <= 12)
 
 
 def _size_slider(label: str, elem_id: str) -> ComponentFactory:
@@ -261,151 +304,147 @@ def spec_from_values(values: Mapping[str, Any]) -> GenerateSpec:
 
 
 @dataclass
+class Shown:
+    """What one run has shown so far: the latest image (under the heat map), the attention-map state, and the
+    folder its PNG downloads are written to."""
+
+    folder: Path
+    image: np.ndarray | None = None
+    attention: dict[str, Any] | None = None
+
+
 class GenerateTab:
-    """Handles on the tab's components (tests and app.py refer to them)."""
+    """The Generate tab, built in the current Blocks/Tab: `layout` places the form and the outputs, `run` streams a
+    job through `render`, `wire` connects the events."""
 
-    prompt: gr.Textbox
-    gallery: gr.Gallery
-    settings: gr.JSON
-    run: Any  # the /generate event (Dependency)
-
-
-def build_generate_tab(engine: Engine) -> GenerateTab:
-    """Lay out the Generate tab inside the current gr.Blocks/gr.Tab and wire its events."""
-    form = Form(FIELDS, engine)
-    native, targets = int(engine.native_size), list(engine.classifier_targets)
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.form = engine, Form(FIELDS, engine)
+        self.layout()
+        self.wire()
 
     # 1. layout ---------------------------------------------------------------------------
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=4, min_width=320):
-            form.place("prompt", "negative_prompt")
-            with gr.Row():
-                go = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
-                stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
-            with gr.Row():
-                form.place("seed")
-                with gr.Column(scale=2, min_width=120):
-                    form.place("random_seed")
-                    reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id="reuse-seed")
-            form.place("steps", "guidance_scale", "scheduler")
-            with gr.Accordion("Global guidance: conditions, rescale, classifier", open=True, elem_id="global-guidance"):
-                form.place("conditions")
-                gr.Markdown(
-                    "Each row adds *w(t)·(ε<sub>row</sub> − ε<sub>uncond</sub>)* to the prompt's guidance; a negative "
-                    f"weight ({specs.CONDITION_WEIGHT.low:g} to {specs.CONDITION_WEIGHT.high:g}) steers away from the row. "
-                    f"Schedules: {', '.join(specs.GUIDANCE_SCHEDULES)} (snr: SNR(t)<sup>exponent</sup>, "
-                    "sigma: σ(t)<sup>−exponent</sup>); start/stop are fractions of the run. "
-                    "The negative prompt above replaces ε<sub>uncond</sub> for every row. "
-                    "Each row adds one prediction per image to every (batched) UNet call.",
-                    elem_id="conditions-help",
-                )
-                initial = engine.guidance_plan(GenerateSpec(prompt="prompt"))
-                weight_plot_view = gr.Image(
-                    weight_plot(initial.labels, initial.weights.numpy()), type="pil", format="png", interactive=False,
-                    label="Weight of each condition per step", elem_id="weight-plot", buttons=[],
-                )
-                form.place("guidance_rescale")
-                with gr.Group(visible=bool(targets), elem_id="classifier-panel"):
-                    with gr.Row():
-                        form.place("classifier_target", "classifier_strength")
-                    with gr.Row():
-                        form.place("classifier_schedule", "classifier_exponent", "classifier_start", "classifier_stop")
-            with gr.Row():
-                form.place("width", "height")
-            form.place("batch_size", "capture_attention")
-            load_png = gr.File(
-                label="Load settings from PNG", file_types=[".png"], type="filepath", elem_id="load-png", height=120
-            )
-            gr.Markdown(
-                f"Model **{html.escape(str(engine.model_name))}** on `{html.escape(str(engine.device))}` · "
-                f"native size {native}px · sizes in steps of {engine.size_multiple}px",
-                elem_id="model-info",
-            )
+    def layout(self) -> None:
+        form, engine = self.form, self.engine
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=320):
+                form.place("prompt", "negative_prompt")
+                self.go, self.stop = run_and_stop("Generate", "generate-btn", "stop-btn")
+                with gr.Row():
+                    form.place("seed")
+                    with gr.Column(scale=2, min_width=120):
+                        form.place("random_seed")
+                        self.reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id="reuse-seed")
+                form.place("steps", "guidance_scale", "scheduler")
+                self.guidance_panel()
+                with gr.Row():
+                    form.place("width", "height")
+                form.place("batch_size", "capture_attention")
+                self.load_png = gr.File(label="Load settings from PNG", file_types=[".png"], type="filepath",
+                                        elem_id="load-png", height=120)
+                gr.Markdown(f"{model_line(engine)} on `{html.escape(str(engine.device))}` · native size "
+                            f"{int(engine.native_size)}px · sizes in steps of {engine.size_multiple}px",
+                            elem_id="model-info")
+            with gr.Column(scale=6, min_width=360):
+                self.results_panel()
+        # Latest attention maps and the image under them; a .change renders the overlay for the picked
+        # word, so picking a word mid-run sticks and browsing works after the run.
+        self.attention = gr.State(None)
+        gr.Examples(COMPOSE_EXAMPLES, form.components(["prompt", "conditions", "guidance_scale"]),
+                    label="Compose: sub-prompts with signed weights", elem_id="compose-examples")
 
-        with gr.Column(scale=6, min_width=360):
-            status = gr.HTML(progress_html(0, 0, "Ready.", "idle"), label="Progress", elem_id="status")
-            with gr.Row(equal_height=False):
-                preview = gr.Image(
-                    label="Live preview", format="png", interactive=False, elem_id="preview", height=300,
-                    buttons=[],
-                )
-                with gr.Column():
-                    heatmap = gr.Image(
-                        label="Attention heat map", format="png", interactive=False, elem_id="heatmap", height=300,
-                        buttons=[],
-                    )
-                    resolution_pick = gr.Radio(
-                        choices=[], label="Layers (UNet resolution of the maps)", elem_id="resolution-pick",
-                    )
-            token_pick = gr.Radio(choices=[], label="Attention for word", elem_id="token-pick")
-            with gr.Row(equal_height=False):
-                gallery = gr.Gallery(
-                    label="Results", format="png", columns=2, height=340, object_fit="contain", elem_id="gallery",
-                    buttons=["download", "fullscreen"], scale=3,
-                )
-                with gr.Column(scale=2, min_width=240):
-                    downloads = gr.File(label="PNG with settings", file_count="multiple", elem_id="downloads")
-                    settings = gr.JSON(label="Settings of this result", elem_id="settings", height=240)
+    def guidance_panel(self) -> None:
+        """Global guidance: the condition table, the plot of every weight per step, rescale and the classifier."""
+        form = self.form
+        with gr.Accordion("Global guidance: conditions, rescale, classifier", open=True, elem_id="global-guidance"):
+            form.place("conditions")
+            gr.Markdown(CONDITIONS_HELP, elem_id="conditions-help")
+            initial = self.engine.guidance_plan(GenerateSpec(prompt="prompt"))
+            self.weight_plot = gr.Image(
+                weight_plot(initial.labels, initial.weights.numpy()), type="pil", format="png", interactive=False,
+                label="Weight of each condition per step", elem_id="weight-plot", buttons=[])
+            form.place("guidance_rescale")
+            with gr.Group(visible=bool(self.engine.classifier_targets), elem_id="classifier-panel"):
+                with gr.Row():
+                    form.place("classifier_target", "classifier_strength")
+                with gr.Row():
+                    form.place("classifier_schedule", "classifier_exponent", "classifier_start", "classifier_stop")
 
-    # Latest attention maps and the image under them; a .change renders the overlay for the picked
-    # word, so picking a word mid-run sticks and browsing works after the run.
-    attention = gr.State(None)
+    def results_panel(self) -> None:
+        """Progress, the live preview beside the attention heat map, the images, their PNGs and settings."""
+        self.status = status_box("status")
+        with gr.Row(equal_height=False):
+            self.preview = gr.Image(label="Live preview", format="png", interactive=False, elem_id="preview",
+                                    height=300, buttons=[])
+            with gr.Column():
+                self.heatmap = gr.Image(label="Attention heat map", format="png", interactive=False,
+                                        elem_id="heatmap", height=300, buttons=[])
+                self.resolution_pick = gr.Radio(choices=[], label="Layers (UNet resolution of the maps)",
+                                                elem_id="resolution-pick")
+        self.token_pick = gr.Radio(choices=[], label="Attention for word", elem_id="token-pick")
+        with gr.Row(equal_height=False):
+            self.gallery = gr.Gallery(label="Results", format="png", columns=2, height=340, object_fit="contain",
+                                      elem_id="gallery", buttons=["download", "fullscreen"], scale=3)
+            with gr.Column(scale=2, min_width=240):
+                self.downloads = gr.File(label="PNG with settings", file_count="multiple", elem_id="downloads")
+                self.settings = settings_view("settings", "Settings of this result", height=240)
 
-    # 2. handlers ---------------------------------------------------------------------------
-    def generate(request: gr.Request, **values: Any) -> Iterator[Outputs]:
+    # 2. handlers -------------------------------------------------------------------------
+    def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
         """Generate images from a prompt; streams progress, previews and attention maps, then the result.
 
-        `conditions` rows are (prompt, weight, schedule, exponent, start, stop); a classifier target of
-        "none" turns classifier guidance off.
-        Returns (gallery, preview, status HTML, attention state, settings, PNG files).
+        Parameters:
+            conditions: rows of (prompt, weight, schedule, exponent, start, stop)
+            classifier_target: "none" turns classifier guidance off
+        Returns:
+            gallery: the images, each a PNG carrying its settings, captioned with the seed
+            preview: the latest preview; the first image once done
+            status: the progress line (HTML): step and time while running, then time, seed and UNet work
+            settings: the settings of the result, the seed used included
+            downloads: the images as PNG files carrying their settings
         """
-        shown: dict[str, Any] = {"image": None, "attention": None}  # this run's latest image and attention state
-
-        def start(cancel: CancelToken) -> Iterator:
-            spec = spec_from_values(values)
-            shown["image"] = _blank(spec, native)
-            return engine.generate(spec, cancel)
-
-        def render(event: Any) -> Outputs | None:
-            if isinstance(event, Preview):
-                shown["image"] = np.asarray(event.images[0].convert("RGB"))
-                if shown["attention"] is None:
-                    return {preview: event.images[0]}
-                shown["attention"] = {**shown["attention"], "image": shown["image"]}
-                return {preview: event.images[0], attention: shown["attention"]}
-            if isinstance(event, AttentionMaps):
-                shown["attention"] = attention_state(event, shown["image"])
-                return {attention: shown["attention"]}
-            if isinstance(event, GenerationResult):
-                if shown["attention"] is not None:
-                    shown["attention"] = {**shown["attention"], "image": np.asarray(event.images[0].convert("RGB"))}
-                return {**finished(event, folder), attention: shown["attention"]}
-            return None
-
         # The PNG downloads are written here; Gradio copies returned files into its cache (cleaned by
         # delete_cache) before the generator resumes, so the folder goes when the run ends.
         with tempfile.TemporaryDirectory(prefix="dcs-run-") as folder:
-            yield from stream_job("generate", request, status, start, render, "Generation")
+            shown = Shown(Path(folder))
 
-    def finished(result: GenerationResult, folder: str) -> Outputs:
-        settings_record = dict(result.settings)
-        tagged = [png_settings.with_settings(image, settings_record, index) for index, image in enumerate(result.images)]
-        caption = f"seed {result.seed}"
-        pictures = [(image, f"{caption} · #{index}" if len(tagged) > 1 else caption) for index, image in enumerate(tagged)]
-        return {
-            gallery: pictures,
-            preview: result.images[0],
-            status: done_html(result_text(result)),
-            settings: settings_record,
-            downloads: _save_downloads(result, Path(folder)),
-        }
+            def start(cancel: CancelToken) -> Iterator[Event]:
+                spec = spec_from_values(values)
+                shown.image = _blank(spec, int(self.engine.native_size))
+                return self.engine.generate(spec, cancel)
 
-    def read_settings(file: str | None) -> dict:
-        """Settings from a PNG made by this app (or one with A1111 'parameters'), for every form field.
+            yield from stream_job("generate", request, self.status, start, lambda event: self.render(event, shown),
+                                  "Generation")
 
-        Returns (prompt, negative prompt, seed, random seed, steps, guidance scale, scheduler, width,
-        height, batch size, conditions, guidance rescale, classifier target, strength, schedule, exponent,
-        start, stop). Whether attention maps are shown is a view option, not a setting.
+    def render(self, event: Event, shown: Shown) -> Outputs | None:
+        if isinstance(event, Preview):
+            shown.image = np.asarray(event.images[0].convert("RGB"))
+            if shown.attention is None:
+                return {self.preview: event.images[0]}
+            shown.attention = {**shown.attention, "image": shown.image}
+            return {self.preview: event.images[0], self.attention: shown.attention}
+        if isinstance(event, AttentionMaps):
+            shown.attention = attention_state(event, shown.image)
+            return {self.attention: shown.attention}
+        if isinstance(event, GenerationResult):
+            if shown.attention is not None:
+                shown.attention = {**shown.attention, "image": np.asarray(event.images[0].convert("RGB"))}
+            record = dict(event.settings)
+            tagged = [png_settings.with_settings(image, record, index) for index, image in enumerate(event.images)]
+            caption = f"seed {event.seed}"
+            pictures = [(image, f"{caption} · #{index}" if len(tagged) > 1 else caption) for index, image in enumerate(tagged)]
+            return {self.gallery: pictures, self.preview: event.images[0], self.status: done_html(result_text(event)),
+                    self.settings: record, self.downloads: _save_downloads(event, shown.folder),
+                    self.attention: shown.attention}
+        return None
+
+    def read_settings(self, file: str | None) -> Outputs:
+        """Settings from a PNG made by this app (or one with A1111 'parameters'), for every form field they hold.
+
+        Returns:
+            every restorable field of the form, by name in the form's order: prompt, negative_prompt, seed,
+            random_seed (unticked when the PNG holds a seed), steps, guidance_scale, scheduler, width, height,
+            batch_size, conditions, guidance_rescale and the classifier panel (classifier_target, _strength,
+            _schedule, _exponent, _start, _stop). Whether attention maps are shown is a view option, not a setting.
         """
         if not file:
             raise gr.Error("Upload a PNG to read its settings.")
@@ -413,97 +452,38 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
             found = png_settings.read_png_settings(file)
         except InvalidInputError as error:
             raise gr.Error(str(error)) from error
-        return form.restore(found)
+        return self.form.restore(found)
 
-    def plot_weights(**values: Any) -> Any:
+    def plot_weights(self, **values: Any) -> Any:
+        """The weight plot for the guidance plan as the form now stands; half-typed rows keep the last plot."""
         try:
             spec = spec_from_values({**values, "prompt": "prompt", "random_seed": True})
-            plan = engine.guidance_plan(spec)
+            plan = self.engine.guidance_plan(spec)
         except InvalidInputError:
             return gr.skip()  # the table is being edited: errors show when Generate is pressed
         target = spec.classifier_guidance.target if spec.classifier_guidance else ""
         return weight_plot(plan.labels, plan.weights.numpy(), plan.classifier_strengths, target)
 
-    def reuse_last_seed(shown: dict | None) -> tuple:
-        if not shown or shown.get("seed") is None:
-            raise gr.Error("Generate an image first; its seed is then reused.")
-        return int(shown["seed"]), False
-
-    # 3. events -----------------------------------------------------------------------------
-    run = gr.on(
-        triggers=[go.click, form["prompt"].submit],
-        fn=generate,
-        inputs_kwargs=form.inputs,
-        outputs=[gallery, preview, status, attention, settings, downloads],
-        api_name="generate",
-        concurrency_id="model",
-        show_progress="hidden",
-    )
-    stop_button(stop, status, [run], tab="generate", api_name="stop")
-    attention_view = dict(
-        concurrency_limit=None, concurrency_id="attention-view", show_progress="hidden", api_visibility="private"
-    )
-    pickers = [attention, token_pick, resolution_pick]
-    attention.change(render_attention, pickers, [token_pick, resolution_pick, heatmap], **attention_view)
-    gr.on(
-        [token_pick.input, resolution_pick.input], lambda *picks: render_attention(*picks)[2], pickers, heatmap,
-        **attention_view,
-    )
-    load_png.upload(read_settings, load_png, form.restorable, api_name="read_settings", concurrency_id="settings")
-
-    # The weight plot follows every input of the guidance plan; half-typed rows keep the last plot.
-    plan_inputs = {name: form[name] for name in PLAN_FIELDS}
-    gr.on(
-        [component.change for component in plan_inputs.values()], plot_weights, inputs_kwargs=plan_inputs,
-        outputs=weight_plot_view, concurrency_limit=None, concurrency_id="weight-plot", show_progress="hidden",
-        api_visibility="private",
-    )
-    gr.Examples(
-        COMPOSE_EXAMPLES, form.components(["prompt", "conditions", "guidance_scale"]),
-        label="Compose: sub-prompts with signed weights", elem_id="compose-examples",
-    )
-    reuse_seed.click(reuse_last_seed, settings, form.components(["seed", "random_seed"]), api_visibility="private",
-                     concurrency_id="settings")
-    return GenerateTab(prompt=form["prompt"], gallery=gallery, settings=settings, run=run)
-
-
-def attention_state(event: AttentionMaps, image: np.ndarray) -> dict[str, Any]:
-    """What the heat-map view needs from an AttentionMaps event: the maps and the image under them."""
-    return {
-        "step": event.step,
-        "tokens": list(event.tokens),
-        "maps": np.asarray(event.maps, dtype=np.float32),
-        "per_resolution": dict(event.per_resolution),
-        "image": image,
-    }
-
-
-def result_text(result: GenerationResult) -> str:
-    """The status line of a finished generation: time, seed, UNet work, and the classifier's share of a step."""
-    text = (
-        f"Done in {result.timings.get('total', 0.0):.1f} s · seed {result.seed} · "
-        f"{result.unet_evaluations} UNet evaluations ({result.nfe_per_step} predictions each)"
-    )
-    if result.classifier_gradient_evaluations is not None:
-        text += (
-            f" · classifier gradient {1000 * result.classifier_seconds_per_step:.0f} ms "
-            f"of {1000 * result.sampling_seconds_per_step:.0f} ms per step"
-        )
-    return text
-
-
-def _save_downloads(result: GenerationResult, folder: Path) -> list[str]:
-    """The PNG downloads, each carrying the settings (and its place in the batch)."""
-    images, paths = result.images, []
-    for index, image in enumerate(images):
-        name = f"{result.seed}-{index}.png" if len(images) > 1 else f"{result.seed}.png"  # short: the UI truncates
-        paths.append(str(png_settings.save_png(image, result.settings, folder / name, batch_index=index)))
-    return paths
-
-
-def _blank(spec: GenerateSpec, native: int) -> np.ndarray:
-    """The grey image under attention maps that arrive before the first preview."""
-    return np.full((spec.height or native, spec.width or native, 3), 96, dtype=np.uint8)
+    # 3. events ---------------------------------------------------------------------------
+    def wire(self) -> None:
+        form = self.form
+        self.run_event = gr.on(
+            [self.go.click, form["prompt"].submit], self.run, inputs_kwargs=form.inputs, api_name="generate",
+            outputs=[self.gallery, self.preview, self.status, self.attention, self.settings, self.downloads],
+            **JOB_EVENT)
+        stop_button(self.stop, self.status, [self.run_event], tab="generate", api_name="stop")
+        pickers = [self.attention, self.token_pick, self.resolution_pick]
+        self.attention.change(render_attention, pickers, [self.token_pick, self.resolution_pick, self.heatmap],
+                              **instant("attention-view"))
+        gr.on([self.token_pick.input, self.resolution_pick.input], lambda *picks: render_attention(*picks)[2],
+              pickers, self.heatmap, **instant("attention-view"))
+        self.load_png.upload(self.read_settings, self.load_png, form.restorable, api_name="read_settings",
+                             concurrency_id="settings")
+        plan_inputs = {name: form[name] for name in PLAN_FIELDS}  # the weight plot follows the guidance plan
+        gr.on([component.change for component in plan_inputs.values()], self.plot_weights, inputs_kwargs=plan_inputs,
+              outputs=self.weight_plot, **instant("weight-plot"))
+        self.reuse_seed.click(reuse_last_seed, self.settings, form.components(["seed", "random_seed"]),
+                              api_visibility="private", concurrency_id="settings")
 
 
 CSS = """

@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -23,14 +23,15 @@ from PIL import Image, UnidentifiedImageError
 
 from studio import specs
 from studio.errors import InvalidInputError
-from studio.events import CancelToken, InversionResult, NullTextLoss
+from studio.events import CancelToken, Event, InversionResult, NullTextLoss
 from studio.images import MAX_INPUT_PIXELS, prepare_image, working_size
 from studio.inversion import METHOD_LABELS, METHODS, Inversion, InversionSpec
-from studio.inversion.result import (BDIA_GAMMA, EDICT_MIX, IMAGE_WEIGHT, INNER_STEPS, LEARNING_RATE, LR_DECAY,
-                                     MIN_IMPROVEMENT, SMOOTHNESS, TOLERANCE)
+from studio.inversion.result import (BDIA_GAMMA, EDICT_MIX, IMAGE_WEIGHT, INNER_STEPS, INVERSION_STEPS, LEARNING_RATE,
+                                     LR_DECAY, MIN_IMPROVEMENT, SMOOTHNESS, TOLERANCE)
 from studio.plots import line_chart
 from studio.ui.form import Field, Form, number, slider, spec_values, text, textbox
-from studio.ui.stream import Outputs, progress_html, stop_button, stream_job
+from studio.ui.parts import instant, model_line, settings_view
+from studio.ui.stream import JOB_EVENT, Outputs, progress_html, run_and_stop, status_box, stop_button, stream_job
 
 if TYPE_CHECKING:
     from studio.engine import Engine
@@ -39,12 +40,6 @@ DEFAULTS = InversionSpec()
 TABLE_HEADERS = ["method", "PSNR (dB)", "SSIM", "latent MSE", "UNet passes (inversion)", "backward passes",
                  "UNet passes (reconstruction)", "seconds", "× DDIM seconds"]
 DEFAULT_METHODS = ["ddim", "null_text"]
-
-
-@dataclass
-class InversionTab:
-    inversion_state: gr.State  # the session's Inversion picked under "Edit this image" (None before any)
-    components: dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,7 +59,7 @@ def load_upload(path: str | None) -> Image.Image:
     return image
 
 
-def table_rows(results: list[InversionResult]) -> list[list[Any]]:
+def comparison_rows(results: list[InversionResult]) -> list[list[Any]]:
     """One row per method plus the VAE ceiling (encode -> decode, no diffusion) first."""
     if not results:
         return []
@@ -113,8 +108,15 @@ def default_choice(inversions: list[Inversion]) -> int | None:
     return 0 if inversions else None
 
 
+def chosen(index: int | None, inversions: list[Inversion]) -> Inversion | None:
+    """The inversion picked under "Edit this image"."""
+    if index is None or not inversions or not (0 <= int(index) < len(inversions)):
+        return None
+    return inversions[int(index)]
+
+
 # --------------------------------------------------------------------------------------------
-# The tab
+# The form
 
 
 FIELDS = (
@@ -130,7 +132,7 @@ FIELDS = (
                                               elem_id="inversion-prompt"), text),
     Field("methods", lambda engine: gr.CheckboxGroup([(METHOD_LABELS[m], m) for m in METHODS], value=DEFAULT_METHODS,
                                                      label="Methods", elem_id="inversion-methods"), in_spec=False),
-    Field("steps", slider(specs.STEPS, DEFAULTS.steps, elem_id="inversion-steps"), int),
+    Field("steps", slider(INVERSION_STEPS, DEFAULTS.steps, elem_id="inversion-steps"), int),
     Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, label="Guidance scale w",
                                    elem_id="inversion-guidance"), float),
     Field("inversion_guidance", slider(specs.GUIDANCE, DEFAULTS.inversion_guidance,
@@ -167,121 +169,134 @@ def specs_from_values(values: Mapping[str, Any]) -> list[InversionSpec]:
     return [InversionSpec(method=method, **common) for method in METHODS if method in chosen]
 
 
-def build_inversion_tab(engine: Engine) -> InversionTab:
-    """Lay out the Inversion tab in the current Blocks/Tab and wire it."""
-    form = Form(FIELDS, engine)
-    native = int(engine.native_size)
+# --------------------------------------------------------------------------------------------
+# The tab
+
+
+@dataclass
+class Shown:
+    """What one run has shown so far: the specs it runs, the results done, null-text inversion's live losses."""
+
+    runs: list[InversionSpec] = field(default_factory=list)
+    done: list[InversionResult] = field(default_factory=list)
+    losses: list[list[float]] = field(default_factory=list)
+
+
+class InversionTab:
+    """The Inversion tab, built in the current Blocks/Tab: `layout` places the form and the outputs, `run` streams
+    a job through `render`, `wire` connects the events. `inversion_state` is the session's Inversion picked under
+    "Edit this image" (None before any), which the DiffEdit and Prompt-to-Prompt tabs read."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.form = engine, Form(FIELDS, engine)
+        self.layout()
+        self.wire()
 
     # 1. layout ---------------------------------------------------------------------------
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=4, min_width=320):
-            upload, keep_size = form.place("upload", "keep_size")
-            prepared = gr.Image(label="As the model sees it", type="pil", format="png",
-                                interactive=False, height=200, elem_id="inversion-prepared")
-            note = gr.Markdown("", elem_id="inversion-note")
-            form.place("prompt", "methods")
-            with gr.Row():
-                form.place("steps", "guidance_scale")
-            with gr.Accordion("Method settings", open=False):
-                form.place("inversion_guidance")
+    def layout(self) -> None:
+        form = self.form
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=320):
+                self.upload, self.keep_size = form.place("upload", "keep_size")
+                self.prepared = gr.Image(label="As the model sees it", type="pil", format="png",
+                                         interactive=False, height=200, elem_id="inversion-prepared")
+                self.note = gr.Markdown("", elem_id="inversion-note")
+                form.place("prompt", "methods")
                 with gr.Row():
-                    form.place("inner_steps", "learning_rate", "lr_decay")
+                    form.place("steps", "guidance_scale")
+                with gr.Accordion("Method settings", open=False):
+                    form.place("inversion_guidance")
+                    for row in (("inner_steps", "learning_rate", "lr_decay"),
+                                ("tolerance", "min_improvement", "smoothness", "image_weight"),
+                                ("edict_mix", "bdia_gamma", "float64")):
+                        with gr.Row():
+                            form.place(*row)
+                    form.place("null_start")
+                self.go, self.stop = run_and_stop("Invert", "inversion-btn", "inversion-stop")
+                self.status = status_box("inversion-status")
+            with gr.Column(scale=6, min_width=360):
+                self.gallery = gr.Gallery(label="Original and reconstructions", columns=4, height=260, format="png",
+                                          elem_id="inversion-gallery")
+                self.table = gr.Dataframe(headers=TABLE_HEADERS, label="Comparison (seconds: inversion only, same run)",
+                                          interactive=False, wrap=True, elem_id="inversion-table")
                 with gr.Row():
-                    form.place("tolerance", "min_improvement", "smoothness", "image_weight")
-                with gr.Row():
-                    form.place("edict_mix", "bdia_gamma", "float64")
-                form.place("null_start")
-            with gr.Row():
-                go = gr.Button("Invert", variant="primary", elem_id="inversion-btn", scale=3)
-                stop = gr.Button("Stop", variant="stop", elem_id="inversion-stop", scale=1)
-            status = gr.HTML(progress_html(0, 1, "Ready"), elem_id="inversion-status")
-        with gr.Column(scale=6, min_width=360):
-            gallery = gr.Gallery(label="Original and reconstructions", columns=4, height=260, format="png",
-                                 elem_id="inversion-gallery")
-            table = gr.Dataframe(headers=TABLE_HEADERS, label="Comparison (seconds: inversion only, same run)",
-                                 interactive=False, wrap=True, elem_id="inversion-table")
-            with gr.Row():
-                errors = gr.Image(label="Latent error per step", type="pil", format="png", interactive=False,
-                                  elem_id="inversion-errors")
-                losses = gr.Image(label="Null-text loss (live)", type="pil", format="png", interactive=False,
-                                  elem_id="inversion-loss")
-            pick = gr.Dropdown([], label="Edit this image (DiffEdit and Prompt-to-Prompt tabs use it)",
-                               elem_id="inversion-pick", interactive=True)
-            settings = gr.JSON(label="Settings of the last inversion", elem_id="inversion-settings")
-    inversions = gr.State([])  # this session's Inversions of the last run, in table order
-    inversion_state = gr.State(None)
+                    self.errors = gr.Image(label="Latent error per step", type="pil", format="png", interactive=False,
+                                           elem_id="inversion-errors")
+                    self.losses = gr.Image(label="Null-text loss (live)", type="pil", format="png", interactive=False,
+                                           elem_id="inversion-loss")
+                self.pick = gr.Dropdown([], label="Edit this image (DiffEdit and Prompt-to-Prompt tabs use it)",
+                                        elem_id="inversion-pick", interactive=True)
+                self.settings = settings_view("inversion-settings", "Settings of the last inversion", height=None)
+        self.inversions = gr.State([])  # this session's Inversions of the last run, in table order
+        self.inversion_state = gr.State(None)
+        gr.Markdown(
+            f"{model_line(self.engine)}. Inversion finds the noise x_T (and, for null-text inversion, per-step null "
+            "embeddings) from which the sampler redraws your image. DDIM inversion runs the sampler backwards (Song "
+            "et al. 2021); null-text inversion (Mokady et al. 2023) optimises the unconditional embedding per step so "
+            "guided sampling retraces it; negative-prompt inversion (Miyake et al. 2023) uses the caption as the "
+            "negative prompt; EDICT (Wallace et al. 2023) and BDIA (Zhang et al. 2023) are exact to float precision. "
+            "The ceiling row is the VAE alone: no inversion can beat it.", elem_id="inversion-help",
+        )
 
     # 2. handlers -------------------------------------------------------------------------
-    def preview(path: str | None, keep: bool) -> tuple:
+    def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
+        """Invert the upload with each ticked method: streams progress and null-text inversion's loss, then after
+        each method the gallery, the table, the error plot, the pick and the settings."""
+        shown = Shown()
+
+        def start(cancel: CancelToken) -> Iterator[Event]:
+            shown.runs.extend(specs_from_values(values))
+            image = load_upload(values.get("upload"))
+            # every method's input is checked here, before the first one starts
+            jobs = [self.engine.invert(spec, image, cancel) for spec in shown.runs]
+            return (event for job in jobs for event in job)
+
+        yield from stream_job("inversion", request, self.status, start, lambda event: self.render(event, shown),
+                              "Inversion")
+
+    def render(self, event: Event, shown: Shown) -> Outputs | None:
+        if isinstance(event, NullTextLoss):
+            if event.step == 1:
+                shown.losses.clear()
+            shown.losses.append(event.losses)
+            return {self.losses: loss_plot(shown.losses)}
+        if isinstance(event, InversionResult):
+            done = shown.done
+            done.append(event)
+            inverted = [r.inversion for r in done]
+            pictures = [(done[0].inversion.image, "original")] + [
+                (r.images[0], f"{METHOD_LABELS[r.method]}: {r.psnr:.2f} dB") for r in done]
+            index = default_choice(inverted)
+            choices = [(choice_label(i, inv), i) for i, inv in enumerate(inverted)]
+            finished = len(done) == len(shown.runs)
+            text = (f"Done: {len(done)} method(s) · {html.escape(done[0].inversion.preparation or 'used as uploaded')}"
+                    if finished else f"{len(done)} of {len(shown.runs)} methods done")
+            return {self.status: progress_html(1, 1, text, "done" if finished else "running"), self.gallery: pictures,
+                    self.table: comparison_rows(done), self.errors: error_plot(done),
+                    self.pick: gr.update(choices=choices, value=index), self.settings: event.settings,
+                    self.inversions: inverted, self.inversion_state: inverted[index]}
+        return None
+
+    def show_prepared(self, path: str | None, keep_size: bool) -> tuple:
+        """The upload as the model will see it, and what was changed."""
         if not path:
             return None, ""
         try:
             image = load_upload(path)
-            ready = prepare_image(image, working_size(image, native, engine.size_multiple, bool(keep)))
+            size = working_size(image, int(self.engine.native_size), self.engine.size_multiple, bool(keep_size))
+            ready = prepare_image(image, size)
         except InvalidInputError as error:
             raise gr.Error(str(error)) from error
         return ready.image, f"Prepared: {html.escape(ready.note)}."
 
-    def invert(request: gr.Request, **values: Any) -> Iterator[Outputs]:
-        """Streams (status, gallery, table, error plot, loss plot, pick, settings, inversions, inversion_state)."""
-        done: list[InversionResult] = []
-        live_losses: list[list[float]] = []
-        runs: list[InversionSpec] = []
-
-        def start(cancel: CancelToken) -> Iterator:
-            runs.extend(specs_from_values(values))
-            image = load_upload(values.get("upload"))
-            # every method's input is checked here, before the first one starts
-            jobs = [engine.invert(spec, image, cancel) for spec in runs]
-            return (event for job in jobs for event in job)
-
-        def render(event: Any) -> Outputs | None:
-            if isinstance(event, NullTextLoss):
-                if event.step == 1:
-                    live_losses.clear()
-                live_losses.append(event.losses)
-                return {losses: loss_plot(live_losses)}
-            if isinstance(event, InversionResult):
-                done.append(event)
-                inverted = [r.inversion for r in done]
-                pictures = [(done[0].inversion.image, "original")] + [
-                    (r.images[0], f"{METHOD_LABELS[r.method]}: {r.psnr:.2f} dB") for r in done]
-                index = default_choice(inverted)
-                choices = [(choice_label(i, inv), i) for i, inv in enumerate(inverted)]
-                finished = len(done) == len(runs)
-                text = (f"Done: {len(done)} method(s) · {html.escape(done[0].inversion.preparation or 'used as uploaded')}"
-                        if finished else f"{len(done)} of {len(runs)} methods done")
-                return {status: progress_html(1, 1, text, "done" if finished else "running"), gallery: pictures,
-                        table: table_rows(done), errors: error_plot(done), pick: gr.update(choices=choices, value=index),
-                        settings: event.settings, inversions: inverted, inversion_state: inverted[index]}
-            return None
-
-        yield from stream_job("inversion", request, status, start, render, "Inversion")
-
-    def choose(index: int | None, held: list[Inversion]) -> Inversion | None:
-        if index is None or not held or not (0 <= int(index) < len(held)):
-            return None
-        return held[int(index)]
-
     # 3. events ---------------------------------------------------------------------------
-    for changed in (upload, keep_size):
-        changed.change(preview, [upload, keep_size], [prepared, note], api_visibility="private",
-                       concurrency_limit=None, concurrency_id="inversion-preview", show_progress="hidden")
-    running = go.click(invert, inputs_kwargs=form.inputs,
-                       outputs=[status, gallery, table, errors, losses, pick, settings, inversions, inversion_state],
-                       api_name="invert", concurrency_id="model", show_progress="hidden")
-    stop_button(stop, status, [running], tab="inversion", api_name="inversion_stop")
-    pick.input(choose, [pick, inversions], inversion_state, api_visibility="private", concurrency_limit=None,
-               concurrency_id="inversion-preview", show_progress="hidden")
-    gr.Markdown(
-        f"Model **{html.escape(str(engine.model_name))}**. Inversion finds the noise x_T (and, for "
-        "null-text inversion, per-step null embeddings) from which the sampler redraws your image. DDIM inversion "
-        "runs the sampler backwards (Song et al. 2021); null-text inversion (Mokady et al. 2023) optimises the "
-        "unconditional embedding per step so guided sampling retraces it; negative-prompt inversion (Miyake et al. "
-        "2023) uses the caption as the negative prompt; EDICT (Wallace et al. 2023) and BDIA (Zhang et al. 2023) "
-        "are exact to float precision. The ceiling row is the VAE alone: no inversion can beat it.",
-        elem_id="inversion-help",
-    )
-    components = {"upload": upload, "prepared": prepared, "note": note, "gallery": gallery, "table": table,
-                  "errors": errors, "losses": losses, "pick": pick, "status": status, "run": running}
-    return InversionTab(inversion_state=inversion_state, components=components)
+    def wire(self) -> None:
+        for changed in (self.upload, self.keep_size):
+            changed.change(self.show_prepared, [self.upload, self.keep_size], [self.prepared, self.note],
+                           **instant("inversion-preview"))
+        self.run_event = self.go.click(
+            self.run, inputs_kwargs=self.form.inputs, api_name="invert", **JOB_EVENT,
+            outputs=[self.status, self.gallery, self.table, self.errors, self.losses, self.pick, self.settings,
+                     self.inversions, self.inversion_state])
+        stop_button(self.stop, self.status, [self.run_event], tab="inversion", api_name="inversion_stop")
+        self.pick.input(chosen, [self.pick, self.inversions], self.inversion_state, **instant("inversion-preview"))

@@ -9,7 +9,6 @@ progress and ends with the strip, the images, a table of L2-to-guide and realism
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +20,11 @@ from studio import specs
 from studio.editing import masks
 from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditSpec
 from studio.errors import InvalidInputError
-from studio.events import CancelToken, Preview, SDEditResult
+from studio.events import CancelToken, Event, Preview, SDEditResult
 from studio.shapes.vocabulary import COLOURS
 from studio.ui.form import Field, Form, optional_whole, resolve_seed, seed_box, slider, spec_values, text, textbox
-from studio.ui.stream import Outputs, done_html, progress_html, stop_button, stream_job
+from studio.ui.parts import model_line, settings_view
+from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
 
 if TYPE_CHECKING:
     from studio.engine import Engine
@@ -34,6 +34,10 @@ BRUSH_COLOURS = ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in COLOURS.values()]
 TABLE_COLUMNS = ["t0", "repeat", "seed", "L2 to guide", "realism"]
 STROKES, MASK = 0, 1  # layer order in the editor
 STROKE_EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples" / "strokes"
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers
 
 
 def parse_strengths(text: str) -> tuple[float, ...]:
@@ -91,6 +95,10 @@ def canvas_inputs(value: dict | None, size: int) -> tuple[np.ndarray, np.ndarray
     return guide.round().astype(np.uint8), (mask if mask.any() else None), original
 
 
+# --------------------------------------------------------------------------------------------
+# The form
+
+
 FIELDS = (
     Field("canvas", lambda engine: gr.ImageEditor(
         label="Canvas: paint strokes; paint the region that may change on the 'mask' layer (optional)",
@@ -125,73 +133,79 @@ def spec_from_values(values: Mapping[str, Any]) -> SDEditSpec:
     return SDEditSpec(**parsed)
 
 
-def build_sdedit_tab(engine: Engine) -> dict[str, Any]:
-    """Lay out the SDEdit tab in the current Blocks/Tab and wire it; returns its main components by name."""
-    form = Form(FIELDS, engine)
-    native = int(engine.native_size)
+# --------------------------------------------------------------------------------------------
+# The tab
+
+
+class SDEditTab:
+    """The SDEdit tab, built in the current Blocks/Tab: `layout` places the form and the outputs, `run` streams a
+    job through `render`, `wire` connects the events."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.form = engine, Form(FIELDS, engine)
+        self.layout()
+        self.wire()
 
     # 1. layout ---------------------------------------------------------------------------
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=4, min_width=320):
-            form.place("canvas", "prompt")
-            with gr.Row():
-                go = gr.Button("Run SDEdit", variant="primary", elem_id="sdedit-btn", scale=3)
-                stop = gr.Button("Stop", variant="stop", elem_id="sdedit-stop", scale=1)
-            form.place("strengths")
-            with gr.Row():
-                form.place("repeats", "steps")
-            with gr.Row():
-                form.place("guidance_scale", "noise_form")
-            with gr.Row():
-                form.place("seed", "random_seed", "composite")
-        with gr.Column(scale=6, min_width=360):
-            status = gr.HTML(progress_html(0, 0, "Ready.", "idle"), elem_id="sdedit-status")
-            preview = gr.Image(label="Live preview", format="png", interactive=False, height=200, buttons=[],
-                               elem_id="sdedit-preview")
-            strip = gr.Image(label="Results: guide, then one column per t0 (rows: repeats)", format="png",
-                             interactive=False, elem_id="sdedit-strip")
-            table = gr.Dataframe(headers=TABLE_COLUMNS, label="Faithfulness (L2 to guide, 0-1 pixels) and realism "
-                                 "(classifier confidence)", interactive=False, elem_id="sdedit-table")
-            gallery = gr.Gallery(label="Images", format="png", columns=4, height=220, elem_id="sdedit-gallery")
-            settings = gr.JSON(label="Settings", elem_id="sdedit-settings", height=200)
+    def layout(self) -> None:
+        form, native = self.form, int(self.engine.native_size)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=320):
+                form.place("canvas", "prompt")
+                self.go, self.stop = run_and_stop("Run SDEdit", "sdedit-btn", "sdedit-stop")
+                form.place("strengths")
+                for row in (("repeats", "steps"), ("guidance_scale", "noise_form"), ("seed", "random_seed", "composite")):
+                    with gr.Row():
+                        form.place(*row)
+            with gr.Column(scale=6, min_width=360):
+                self.status = status_box("sdedit-status")
+                self.preview = gr.Image(label="Live preview", format="png", interactive=False, height=200, buttons=[],
+                                        elem_id="sdedit-preview")
+                self.strip = gr.Image(label="Results: guide, then one column per t0 (rows: repeats)", format="png",
+                                      interactive=False, elem_id="sdedit-strip")
+                self.table = gr.Dataframe(headers=TABLE_COLUMNS, label="Faithfulness (L2 to guide, 0-1 pixels) and "
+                                          "realism (classifier confidence)", interactive=False, elem_id="sdedit-table")
+                self.gallery = gr.Gallery(label="Images", format="png", columns=4, height=220, elem_id="sdedit-gallery")
+                self.settings = settings_view("sdedit-settings", "Settings")
+        gr.Examples(
+            [[str(STROKE_EXAMPLES / "red_blob_on_blue.png"), "a red circle on a blue background", "0.3, 0.5, 0.7"],
+             [str(STROKE_EXAMPLES / "purple_wedge_black_box_on_yellow.png"), "", "0.4, 0.6, 0.8"]],
+            form.components(["canvas", "prompt", "strengths"]), label="Stroke drawings", elem_id="sdedit-examples",
+        )
+        gr.Markdown(
+            f"{model_line(self.engine)} · canvas {native}×{native} px. SDEdit (Meng et al. 2022): the guide "
+            "is noised to t0 and denoised back; with a mask, frozen pixels are re-noised from the original at every "
+            "step and end exactly as they were.", elem_id="sdedit-help",
+        )
 
-    # 2. handlers ---------------------------------------------------------------------------
-    def run_sdedit(request: gr.Request, **values: Any) -> Iterator[Outputs]:
-        """SDEdit of the canvas: streams progress; ends with (status, preview, strip, table, gallery, settings)."""
+    # 2. handlers -------------------------------------------------------------------------
+    def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
+        """SDEdit of the canvas: streams progress, then the strip, the table, the images and the settings."""
 
-        def start(cancel: CancelToken) -> Iterator:
+        def start(cancel: CancelToken) -> Iterator[Event]:
             spec = spec_from_values(values)
-            guide, mask, original = canvas_inputs(values.get("canvas"), native)
-            return engine.sdedit(spec, guide, mask=mask, original=original, cancel=cancel)
+            guide, mask, original = canvas_inputs(values.get("canvas"), int(self.engine.native_size))
+            return self.engine.sdedit(spec, guide, mask=mask, original=original, cancel=cancel)
 
-        def render(event: Any) -> Outputs | None:
-            if isinstance(event, Preview):
-                return {preview: event.images[0]}
-            if isinstance(event, SDEditResult):
-                rows = [[r.t0, r.repeat, r.seed, round(r.l2_to_guide, 4),
-                         None if r.realism is None else round(r.realism, 3)] for r in event.samples]
-                masked = "masked" if event.masked else "unmasked"
-                text = (f"Done in {event.timings['total']:.1f} s · {masked} · seed {event.seed} · "
-                        f"{event.unet_evaluations} UNet evaluations")
-                captions = [(image, f"t0 {r.t0:g} · seed {r.seed}") for image, r in zip(event.images, event.samples)]
-                return {status: done_html(text), strip: event.strip, table: rows, gallery: captions,
-                        settings: event.settings}
-            return None
+        yield from stream_job("sdedit", request, self.status, start, self.render, "SDEdit")
 
-        yield from stream_job("sdedit", request, status, start, render, "SDEdit")
+    def render(self, event: Event) -> Outputs | None:
+        if isinstance(event, Preview):
+            return {self.preview: event.images[0]}
+        if isinstance(event, SDEditResult):
+            rows = [[r.t0, r.repeat, r.seed, round(r.l2_to_guide, 4),
+                     None if r.realism is None else round(r.realism, 3)] for r in event.samples]
+            masked = "masked" if event.masked else "unmasked"
+            text = (f"Done in {event.timings['total']:.1f} s · {masked} · seed {event.seed} · "
+                    f"{event.unet_evaluations} UNet evaluations")
+            captions = [(image, f"t0 {r.t0:g} · seed {r.seed}") for image, r in zip(event.images, event.samples)]
+            return {self.status: done_html(text), self.strip: event.strip, self.table: rows, self.gallery: captions,
+                    self.settings: event.settings}
+        return None
 
-    # 3. events -------------------------------------------------------------------------------
-    run = go.click(run_sdedit, inputs_kwargs=form.inputs, outputs=[status, preview, strip, table, gallery, settings],
-                   api_name="sdedit", concurrency_id="model", show_progress="hidden")
-    stop_button(stop, status, [run], tab="sdedit", api_name="sdedit_stop")
-    gr.Examples(
-        [[str(STROKE_EXAMPLES / "red_blob_on_blue.png"), "a red circle on a blue background", "0.3, 0.5, 0.7"],
-         [str(STROKE_EXAMPLES / "purple_wedge_black_box_on_yellow.png"), "", "0.4, 0.6, 0.8"]],
-        form.components(["canvas", "prompt", "strengths"]), label="Stroke drawings", elem_id="sdedit-examples",
-    )
-    gr.Markdown(
-        f"Model **{html.escape(str(engine.model_name))}** · canvas {native}×{native} px. SDEdit (Meng et al. 2022): the guide "
-        "is noised to t0 and denoised back; with a mask, frozen pixels are re-noised from the original at every "
-        "step and end exactly as they were.", elem_id="sdedit-help",
-    )
-    return {"canvas": form["canvas"], "strip": strip, "gallery": gallery, "table": table, "status": status, "run": run}
+    # 3. events ---------------------------------------------------------------------------
+    def wire(self) -> None:
+        self.run_event = self.go.click(
+            self.run, inputs_kwargs=self.form.inputs, api_name="sdedit", **JOB_EVENT,
+            outputs=[self.status, self.preview, self.strip, self.table, self.gallery, self.settings])
+        stop_button(self.stop, self.status, [self.run_event], tab="sdedit", api_name="sdedit_stop")

@@ -132,6 +132,23 @@ def done_html(text: str) -> str:
     return progress_html(1, 1, text, "done")
 
 
+def status_box(elem_id: str) -> gr.HTML:
+    """A tab's status line (the progress bar and what the job says), idle until a job starts."""
+    return gr.HTML(progress_html(0, 0, "Ready.", "idle"), elem_id=elem_id)
+
+
+def run_and_stop(label: str, elem_id: str, stop_id: str) -> tuple[gr.Button, gr.Button]:
+    """A tab's Run button with its Stop beside it."""
+    with gr.Row():
+        run = gr.Button(label, variant="primary", elem_id=elem_id, scale=3)
+        stop = gr.Button("Stop", variant="stop", elem_id=stop_id, scale=1)
+    return run, stop
+
+
+# Every job event queues on the one model (one job at a time); the status line shows its progress.
+JOB_EVENT = dict(concurrency_id="model", show_progress="hidden")
+
+
 def stop_button(button: gr.Button, status: Component, runs: list[Any], tab: str, api_name: str) -> None:
     """Wire a tab's Stop: cancel its running events (GeneratorExit at the handler's next yield) and set the engine's
     token so it stops between steps even while nothing is being yielded; say where it stopped. Runs beside the
