@@ -3,7 +3,7 @@
     "a (red:1.5) circle"        red x 1.5
     "a (big red:0.5) circle"    big and red x 0.5
     "a (red) circle"            red x 1.1 (a bare parenthesis, the common default)
-    "a (red:-1) circle"         negative weights are allowed (Prompt-to-Prompt re-weighting, seed 4.2.1)
+    "a (red:-1) circle"         negative weights are allowed (Hertz et al. 2022, "Attention Re-weighting")
 
 The weights become Prompt-to-Prompt's attention re-weighting (the column scale of the target's
 cross-attention), not a change of the text embedding. Parentheses do not nest; anything else

@@ -13,7 +13,7 @@ from studio.errors import InvalidInputError
 
 SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmpp_2m")  # names shown in the UI
 # How a condition's weight (or the classifier strength) varies over the run, w(t) = w * f(t)
-# (studio.guidance.schedule_factors): constant; SNR(t)^alpha and sigma(t)^-beta (seed 2.4.3,
+# (studio.guidance.schedule_factors): constant; SNR(t)^alpha and sigma(t)^-beta (our own schedules,
 # weaker at high noise); a linear ramp up from 0 or down to 0 across the start/stop window.
 GUIDANCE_SCHEDULES = ("constant", "snr", "sigma", "ramp_up", "ramp_down")
 
@@ -69,7 +69,7 @@ def _check(where: str, bounds: Range, value: float) -> None:
 
 @dataclass(frozen=True)
 class Condition:
-    """One extra text condition of multi-condition guidance (seed 2.4.3): its prediction eps_k joins
+    """One extra text condition of multi-condition guidance (Liu et al. 2022): its prediction eps_k joins
     the batch and adds w_k(t) (eps_k - eps_u) to the guided prediction; a negative weight subtracts it."""
 
     prompt: str
@@ -89,7 +89,7 @@ class Condition:
 
 @dataclass(frozen=True)
 class ClassifierGuidanceSpec:
-    """Classifier guidance (seed 2.2): push x_t along s(t) * grad log p(target | x_t) of the model's
+    """Classifier guidance (Dhariwal & Nichol 2021 §4): push x_t along s(t) * grad log p(target | x_t) of the model's
     noisy-latent classifier. `target` is one of the engine's `classifier_targets` ("red object", ...)."""
 
     target: str

@@ -1,11 +1,12 @@
-"""Prompt-to-Prompt attention control (Hertz et al. 2022; seed section 4.2.1).
+"""Prompt-to-Prompt attention control (Hertz et al. 2022, §3.2 "Controlling the Cross-Attention").
 
 Source and target prompts are denoised in one batch from the same initial latent. In every edited
-cross-attention layer the target's attention map is fused from the source's (seed 4.2.1):
+cross-attention layer the target's attention map is fused from the source's:
 
-    Ã = M ⊙ A_t + (1 − M) ⊙ A_s                                          (seed 4.2.1, fusion)
+    Ã = M ⊙ A_t + (1 − M) ⊙ A_s     (Hertz et al.'s Edit(M_t, M*_t, t) -- their maps M are our A -- as a column mask M)
 
-Every edit of the seed's table is a *column* operation: word swap and refinement move source columns
+Every edit -- Hertz et al.'s word swap, refinement and re-weighting, and our token reordering, degree-word
+insertion and style injection -- is a *column* operation: word swap and refinement move source columns
 to target columns (a mapper R, T_s x T_t), re-weighting scales columns (equalizer e), style injection
 blends them, and the replacement window c_i(word) switches columns over the run. So at step i
 
@@ -46,7 +47,7 @@ from studio.guidance import schedule_factors
 
 
 def swap_alignment(source_words: Sequence[str], target_words: Sequence[str]) -> list[int | None]:
-    """Word swap: target word j takes source word j's place (seed 4.2.1, token replacement)."""
+    """Word swap: target word j takes source word j's place (Hertz et al. 2022, §3.2 "Word Swap")."""
     if len(source_words) != len(target_words):
         raise InvalidInputError(
             f"Word swap replaces words one for one, but the source prompt has {len(source_words)} words and the "
@@ -56,11 +57,12 @@ def swap_alignment(source_words: Sequence[str], target_words: Sequence[str]) -> 
 
 
 def refine_alignment(source_words: Sequence[str], target_words: Sequence[str]) -> list[int | None]:
-    """Refinement (insertion, deletion, reordering): for each target word its source word, None if new.
+    """Refinement (insertion, deletion, reordering): for each target word its source word, None if new
+    (Hertz et al. 2022, §3.2 "Adding a New Phrase").
 
     Words in the longest matching blocks (difflib, Ratcliff-Obershelp) align in order; a word left
     over on both sides with the same text (a moved word, "a red big" -> "a big red") aligns to its
-    source occurrence, the seed's token reordering."""
+    source occurrence: token reordering, our extension of the paper's alignment."""
     lowered_source = [w.lower() for w in source_words]
     lowered_target = [w.lower() for w in target_words]
     alignment: list[int | None] = [None] * len(target_words)
@@ -124,8 +126,9 @@ class WordWindow:
 
 @dataclass(frozen=True)
 class DegreeWord:
-    """The seed's degree-word insertion ("a cute dog" -> "a very cute dog"): the inserted `word` takes
-    eta x the modified word's source column, and the modified word's column is scaled by 1 + boost."""
+    """Degree-word insertion ("a cute dog" -> "a very cute dog"), our edit built on Hertz et al. 2022's
+    re-weighting (not in the paper): the inserted `word` takes eta x the modified word's source column,
+    and the modified word's column is scaled by 1 + boost."""
 
     word: str
     modifies: str
@@ -164,8 +167,9 @@ def edit_plan(
 ) -> EditPlan:
     """Build the per-step column weights of `Ã_i = A_s R diag(s_i) + A_t diag(u_i)` (module docstring).
 
-    equalizer (T_t,) scales target columns (re-weighting; 1 = unchanged, negative allowed). style_alpha
-    blends every aligned column as (1 − α) A_s + α A_t (seed 4.2.1, style injection)."""
+    equalizer (T_t,) scales target columns (Hertz et al. 2022, §3.2 "Attention Re-weighting"; 1 = unchanged,
+    negative allowed). style_alpha blends every aligned column as (1 − α) A_s + α A_t (style injection, our
+    blend: the paper gets style edits from refinement)."""
     mapper, from_source = column_mapper(source, target, alignment)
     equalizer = torch.ones(len(target.ids)) if equalizer is None else equalizer.clone()
     for degree in degree_words:
