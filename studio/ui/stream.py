@@ -134,7 +134,7 @@ def done_html(text: str) -> str:
 
 def status_box(elem_id: str) -> gr.HTML:
     """A tab's status line (the progress bar and what the job says), idle until a job starts."""
-    return gr.HTML(progress_html(0, 0, "Ready.", "idle"), elem_id=elem_id)
+    return gr.HTML(progress_html(0, 0, "Ready.", "idle"), label="Progress", elem_id=elem_id)  # label: the API docs'
 
 
 def run_and_stop(label: str, elem_id: str, stop_id: str) -> tuple[gr.Button, gr.Button]:
