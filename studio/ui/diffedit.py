@@ -31,7 +31,7 @@ from studio.editing.diffedit import (
 )
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, DiffEditResult, Event, Mask, MaskResult, Preview
-from studio.ui.form import Field, Form, optional_whole, resolve_seed, seed_box, slider, spec_values, text, textbox
+from studio.ui.form import Field, Form, optional_whole, seed_from_form, seed_box, slider, spec_values, text, textbox
 from studio.ui.parts import chosen_inversion, instant, model_line, settings_view, with_inversion
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, status_box, stop_button, stream_job
 
@@ -131,7 +131,7 @@ FIELDS = (
 
 def spec_from_values(values: Mapping[str, Any]) -> DiffEditSpec:
     parsed = spec_values(FIELDS, values)
-    parsed["seed"] = resolve_seed(parsed.get("seed"))
+    parsed["seed"] = seed_from_form(parsed.get("seed"))
     return DiffEditSpec(**parsed)
 
 

@@ -84,7 +84,7 @@ def spec_values(fields: Iterable[Field], values: Mapping[str, Any]) -> dict[str,
     return parsed
 
 
-def resolve_seed(seed: int | None, random_seed: bool | None = None) -> int | None:
+def seed_from_form(seed: int | None, random_seed: bool | None = None) -> int | None:
     """The spec's seed: None leaves the draw to the engine (which reports the seed it used). `random_seed` is the
     form's "random seed" box (None: the form has none)."""
     if random_seed:

@@ -43,7 +43,7 @@ from studio.errors import InvalidInputError, StudioError
 from studio.events import CancelToken, EditAttentionMaps, Event, Mask, P2PResult, Preview
 from studio.inversion import Inversion
 from studio.prompt_weights import parse_weighted_prompt
-from studio.ui.form import Field, Form, number, optional_whole, resolve_seed, seed_box, slider, spec_values, text, textbox
+from studio.ui.form import Field, Form, number, optional_whole, seed_from_form, seed_box, slider, spec_values, text, textbox
 from studio.ui.parts import chosen_inversion, instant, settings_view, table_rows, with_inversion
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
 
@@ -194,7 +194,7 @@ FIELDS = (
 
 def spec_from_values(values: Mapping[str, Any]) -> P2PSpec:
     parsed = spec_values(FIELDS, values)
-    parsed["seed"] = resolve_seed(parsed.get("seed"))
+    parsed["seed"] = seed_from_form(parsed.get("seed"))
     parsed["reweights"] = reweights_from_table(values.get("reweights"), parsed.get("target_prompt", ""))
     return P2PSpec(**parsed)
 

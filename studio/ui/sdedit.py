@@ -22,7 +22,7 @@ from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditSpec
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Event, Preview, SDEditResult
 from studio.shapes.vocabulary import COLOURS
-from studio.ui.form import Field, Form, optional_whole, resolve_seed, seed_box, slider, spec_values, text, textbox
+from studio.ui.form import Field, Form, optional_whole, seed_from_form, seed_box, slider, spec_values, text, textbox
 from studio.ui.parts import model_line, settings_view
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
 
@@ -129,7 +129,7 @@ FIELDS = (
 
 def spec_from_values(values: Mapping[str, Any]) -> SDEditSpec:
     parsed = spec_values(FIELDS, values)
-    parsed["seed"] = resolve_seed(parsed.get("seed"), bool(values.get("random_seed", False)))
+    parsed["seed"] = seed_from_form(parsed.get("seed"), bool(values.get("random_seed", False)))
     return SDEditSpec(**parsed)
 
 
