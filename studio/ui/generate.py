@@ -35,7 +35,7 @@ from studio.errors import InvalidInputError
 from studio.events import AttentionMaps, CancelToken, Event, GenerationResult, Preview
 from studio.plots import line_chart
 from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
-from studio.ui.form import (ComponentFactory, Field, Form, number, optional_whole, resolve_seed, saved, seed_box,
+from studio.ui.form import (ComponentFactory, Field, Form, number, optional_whole, saved, seed_box, seed_from_form,
                             slider, spec_values, text, textbox)
 from studio.ui.parts import instant, model_line, settings_view, table_rows
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
@@ -295,7 +295,7 @@ def spec_from_values(values: Mapping[str, Any]) -> GenerateSpec:
     panel = {name[len(CLASSIFIER_PREFIX):]: parsed.pop(name) for name in list(parsed) if name.startswith(CLASSIFIER_PREFIX)}
     if panel.get("target", NO_CLASSIFIER) not in ("", NO_CLASSIFIER):
         parsed["classifier_guidance"] = ClassifierGuidanceSpec(**panel)
-    parsed["seed"] = resolve_seed(parsed.get("seed"), bool(values.get("random_seed", False)))
+    parsed["seed"] = seed_from_form(parsed.get("seed"), bool(values.get("random_seed", False)))
     return GenerateSpec(**parsed)
 
 
