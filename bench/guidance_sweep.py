@@ -74,7 +74,7 @@ class Judge:
             with torch.no_grad():
                 x = torch.from_numpy(result.pixels).permute(0, 3, 1, 2).to(model.device, model.dtype) * 2 - 1
                 latents = model.vae.encode(x).latent_dist.mean * model.vae.config.scaling_factor
-            judged["classifier"] = judge_latents(model.classifier, latents.float(), t=0)
+            judged["classifier"] = judge_latents(model.classifier.network, latents.float(), t=0)
         return judged
 
 

@@ -28,7 +28,6 @@ from studio.generation import GuidancePlan
 from studio.images import ImageInput
 from studio.inversion import Inversion, InversionSpec, invert
 from studio.models import LoadedModel, load_model
-from studio.shapes.classifier import classifier_targets
 from studio.specs import GenerateSpec
 
 
@@ -67,7 +66,7 @@ class Engine:
     @property
     def classifier_targets(self) -> list[str]:
         """Classes classifier guidance can steer towards; empty when the model has no classifier."""
-        return list(classifier_targets()) if self.model.classifier is not None else []
+        return list(self.model.classifier.targets) if self.model.classifier is not None else []
 
     def guidance_plan(self, spec: GenerateSpec) -> GuidancePlan:
         """Per-step guidance weights of `spec`, without model work (studio.generation)."""

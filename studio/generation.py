@@ -37,7 +37,6 @@ from studio.guidance import (
 from studio.jobs import ModelHost, Stopwatch, reproduction_record, resolve_seed, step_events, to_images
 from studio.models import decode_latents
 from studio.sampling import make_scheduler, sample_steps
-from studio.shapes.classifier import classifier_targets, target_log_prob_fn
 from studio.specs import GenerateSpec
 
 
@@ -96,15 +95,16 @@ def generate(host: ModelHost, spec: GenerateSpec, cancel: CancelToken | None = N
         conditions=[host.tokenize(c.prompt, f"Condition {row}") for row, c in enumerate(spec.conditions, start=1)],
     )
     if spec.classifier_guidance is not None:
-        if host.model.classifier is None:
+        classifier = host.model.classifier
+        if classifier is None:
             raise InvalidInputError(
                 f"{host.model_name} has no noisy-latent classifier (a classifier/ folder beside its weights): "
                 "turn classifier guidance off."
             )
-        if spec.classifier_guidance.target not in classifier_targets():
+        if spec.classifier_guidance.target not in classifier.targets:
             raise InvalidInputError(
                 f"Classifier guidance: unknown target {spec.classifier_guidance.target!r}; choose one of "
-                f"{', '.join(classifier_targets())}."
+                f"{', '.join(classifier.targets)}."
             )
     width, height = spec.width or host.native_size, spec.height or host.native_size
     job = _generate(host, spec, resolve_seed(spec.seed), prompts, cancel)
@@ -216,10 +216,8 @@ def choose_guider(host: ModelHost, spec: GenerateSpec, prompt: Cond, uncond: Con
         **shared,
     )
     if spec.classifier_guidance is not None:
-        # the model's classifier is the shapes world's (models.py loads it from a classifier/ folder)
-        target = classifier_targets()[spec.classifier_guidance.target]
         guider = ClassifierGuidance(
-            inner=guider, log_prob=target_log_prob_fn(host.model.classifier, target),
+            inner=guider, log_prob=host.model.classifier.log_prob(spec.classifier_guidance.target),
             strengths=plan.classifier_strengths, **shared,
         )
     return guider

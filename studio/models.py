@@ -22,6 +22,7 @@ from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from studio import single_file
 from studio.architectures import BY_CHECKPOINT_TYPE, config_folder
+from studio.classifier import NoisyClassifier
 from studio.errors import ModelLoadError
 from studio.shapes.architecture import TINY, make_pipeline
 
@@ -50,9 +51,9 @@ class LoadedModel:
     scheduler_config: dict[str, Any]  # every sampler is built fresh from this per job
     device: torch.device
     dtype: torch.dtype
-    # Noisy-latent classifier of a model folder's `classifier/` subfolder (shapes world), used for
+    # Noisy-latent classifier of a model folder's `classifier/` subfolder with its targets, used for
     # classifier guidance; None when the model has none. Kept in float32: it is small and needs grads.
-    classifier: nn.Module | None = None
+    classifier: NoisyClassifier | None = None
     # SDXL's second text encoder (CLIPTextModelWithProjection) and its tokenizer; None for SD 1.x/2.x
     text_encoder_2: nn.Module | None = None
     tokenizer_2: PreTrainedTokenizerBase | None = None
@@ -121,9 +122,7 @@ def load_model(source: str | None = None, device: str | None = None, dtype: torc
     if offload and resolved_device.type != "cuda":
         raise ModelLoadError("CPU offload moves components to a GPU as they run: it needs a CUDA device.")
     pipeline, name = _open_source(source)
-    classifier = _open_classifier(source)
-    if classifier is not None:
-        classifier.to(device=resolved_device).eval().requires_grad_(False)
+    classifier = _open_classifier(source, resolved_device)
     text_encoder_2 = getattr(pipeline, "text_encoder_2", None)
     offloaded = [pipeline.text_encoder, text_encoder_2, pipeline.unet] if offload else []
     for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder, text_encoder_2):
@@ -171,8 +170,9 @@ def offload_to_cpu(modules: list[nn.Module | None], device: torch.device) -> Non
     hooks[0].hook.prev_module_hook = hooks[-1]  # close the ring: a new job's prompt encoding evicts the UNet
 
 
-def _open_classifier(source: str | None) -> nn.Module | None:
-    """The `classifier/` beside a diffusers folder's components (config.json + model.safetensors), if any."""
+def _open_classifier(source: str | None, device: torch.device) -> NoisyClassifier | None:
+    """The `classifier/` beside a diffusers folder's components (config.json + model.safetensors), if any, on
+    `device`. The shapes world's is the only kind there is: its loader reads every such folder."""
     folder = EMBEDDED_MODEL_DIR if source is None else Path(source).expanduser()
     folder = folder / "classifier"
     if not (folder / "config.json").is_file():
@@ -180,12 +180,14 @@ def _open_classifier(source: str | None) -> nn.Module | None:
     from studio.shapes import classifier as latent_classifier
 
     try:
-        return latent_classifier.load(folder)
+        network = latent_classifier.load(folder)
     except LOAD_FAILURES as error:
         raise ModelLoadError(
             f"Could not load the classifier in {folder}: {error}. Remove the folder to use the model without "
             "classifier guidance."
         ) from error
+    network.to(device=device).eval().requires_grad_(False)
+    return latent_classifier.noisy_classifier(network)
 
 
 def _open_source(source: str | None) -> tuple[StableDiffusionPipeline, str]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import studio.generation
+from studio.classifier import NoisyClassifier
 from studio.errors import InvalidInputError
 from studio.shapes.classifier import classifier_targets, target_log_prob
 from studio.models import decode_latents
@@ -117,5 +118,23 @@ def test_classifier_guidance_raises_log_p_of_the_target_on_the_tiny_model(tiny_c
         latents[strength] = captured[-1]
     t = torch.tensor([1])
     with torch.no_grad():
-        log_p = {s: target_log_prob(engine.model.classifier(x, t), target).item() for s, x in latents.items()}
+        log_p = {s: target_log_prob(engine.model.classifier.network(x, t), target).item() for s, x in latents.items()}
     assert log_p[20.0] > log_p[0.0]
+
+
+def test_a_classifier_of_another_world_plugs_in_by_its_targets_and_log_prob(tiny_engine, monkeypatch):
+    """The jobs know a classifier only as studio.classifier.NoisyClassifier: no shapes targets assumed."""
+    asked = []
+
+    def log_prob(target):
+        asked.append(target)
+        return lambda x_t, t: -(x_t.float() ** 2).mean(dim=(1, 2, 3))  # "bright" = latents near zero
+
+    classifier = NoisyClassifier(network=torch.nn.Identity(), targets=("bright",), log_prob=log_prob)
+    monkeypatch.setattr(tiny_engine.model, "classifier", classifier)
+    assert tiny_engine.classifier_targets == ["bright"]
+    with pytest.raises(InvalidInputError, match="unknown target 'red object'; choose one of bright"):
+        tiny_engine.generate(GenerateSpec(PROMPT, classifier_guidance=ClassifierGuidanceSpec("red object")))
+    spec = GenerateSpec(PROMPT, seed=4, steps=3, classifier_guidance=ClassifierGuidanceSpec("bright", strength=5.0))
+    result = _result(tiny_engine, spec)
+    assert asked == ["bright"] and result.classifier_gradient_evaluations == spec.steps - 1

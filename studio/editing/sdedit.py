@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from studio import schedule, specs
+from studio.classifier import NoisyClassifier
 from studio.denoiser import Denoiser
 from studio.editing import masks
 from studio.errors import InvalidInputError
@@ -110,17 +111,6 @@ def noise_levels(scheduler: SchedulerMixin, noise_form: str, start: int) -> list
         alpha_bars = scheduler.alphas_cumprod[scheduler.timesteps[start:].long().cpu()]
         return [*alpha_bars, torch.tensor(1.0)]
     return list(scheduler.sigmas[start:].cpu())  # Euler's sigmas already end with 0
-
-
-def classifier_confidence(classifier: torch.nn.Module, latents: Tensor) -> Tensor:
-    """Realism score per image (B,) in [0, 1]: the noisy-latent classifier's mean confidence at t = 0 (its
-    background head and the colour and shape of every latent cell). A clean render of the shapes world scores
-    near 1; blurry strokes or shapes that are neither circle nor square score lower."""
-    logits = classifier(latents.float(), torch.zeros(1, dtype=torch.long, device=latents.device))
-    background = logits["background"].softmax(1).amax(1)  # (B,)
-    colour = logits["cell_colour"].softmax(1).amax(1).mean(dim=(1, 2))  # (B,)
-    shape = logits["cell_shape"].softmax(1).amax(1).mean(dim=(1, 2))  # (B,)
-    return ((background + colour + shape) / 3).cpu()
 
 
 def l2_to_guide(pixels: np.ndarray, guide: np.ndarray) -> np.ndarray:
@@ -274,12 +264,13 @@ def _sdedit(engine: ModelHost, spec: SDEditSpec, inputs: _Inputs, tokens: Tokens
                        original_latents=original_latents, latent_mask=latent_mask)
 
 
-def measure_samples(classifier: torch.nn.Module | None, spec: SDEditSpec, seed: int, pixels: np.ndarray,
+def measure_samples(classifier: NoisyClassifier | None, spec: SDEditSpec, seed: int, pixels: np.ndarray,
                     latents: Tensor, guide: Image.Image) -> list[SDEditSample]:
-    """Each image's L2 distance to the guide and, with a noisy-latent classifier, its realism, in the
-    images' order ([t0_0 x K, t0_1 x K, ...])."""
+    """Each image's L2 distance to the guide and, with a noisy-latent classifier that scores realism, its
+    realism, in the images' order ([t0_0 x K, t0_1 x K, ...])."""
     distances = l2_to_guide(pixels, np.asarray(guide, dtype=np.float32) / 255)
-    realism = classifier_confidence(classifier, latents).tolist() if classifier is not None else None
+    scores = classifier.realism if classifier is not None else None
+    realism = scores(latents).tolist() if scores is not None else None
     return [
         SDEditSample(t0=strength, repeat=k, seed=seed + k, l2_to_guide=float(distances[index]),
                      realism=None if realism is None else float(realism[index]))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from studio.classifier import NoisyClassifier
 from studio.shapes.vocabulary import COLOURS, SHAPES
 
 CELL = 8  # pixels per latent cell (the VAE's down-sampling factor)
@@ -164,3 +165,26 @@ def target_log_prob_fn(classifier: LatentClassifier, target: ClassifierTarget) -
         return target_log_prob(classifier(x_t, timestep), target)
 
     return log_prob
+
+
+def realism(classifier: LatentClassifier, latents: Tensor) -> Tensor:
+    """Realism score per image (B,) in [0, 1]: the classifier's mean confidence at t = 0 (its background head
+    and the colour and shape of every latent cell). A clean render of the shapes world scores near 1; blurry
+    strokes or shapes that are neither circle nor square score lower. SDEdit reports it beside the L2 distance."""
+    logits = classifier(latents.float(), torch.zeros(1, dtype=torch.long, device=latents.device))
+    background = logits["background"].softmax(1).amax(1)  # (B,)
+    colour = logits["cell_colour"].softmax(1).amax(1).mean(dim=(1, 2))  # (B,)
+    shape = logits["cell_shape"].softmax(1).amax(1).mean(dim=(1, 2))  # (B,)
+    return ((background + colour + shape) / 3).cpu()
+
+
+def noisy_classifier(classifier: LatentClassifier) -> NoisyClassifier:
+    """The shapes classifier as the jobs take it (studio.classifier): its targets, their log-probabilities
+    and its realism score."""
+    targets = classifier_targets()
+    return NoisyClassifier(
+        network=classifier,
+        targets=tuple(targets),
+        log_prob=lambda name: target_log_prob_fn(classifier, targets[name]),
+        realism=lambda latents: realism(classifier, latents),
+    )
