@@ -8,6 +8,7 @@ included); a cancelled job leaves the engine usable.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -19,6 +20,10 @@ from gradio_client.utils import Status
 from PIL import Image
 
 from studio import specs
+from studio.editing.diffedit import DiffEditSpec
+from studio.editing.p2p import P2PSpec
+from studio.editing.sdedit import SDEditSpec
+from studio.inversion import InversionSpec
 from studio import png_settings
 
 FAST = dict(steps=3)
@@ -130,3 +135,29 @@ def test_a_cancelled_job_stops_early_and_leaves_the_engine_usable(client):
     assert job.status().code == Status.CANCELLED
     # No result came out of the cancelled job (settings are only set by the final message).
     assert not any(isinstance(out[3], dict) and "seed" in out[3] for out in job.outputs())
+
+
+SPEC_OF_ENDPOINT = {
+    "/generate": specs.GenerateSpec(prompt="a"),
+    "/invert": InversionSpec(),
+    "/sdedit": SDEditSpec(prompt="a"),
+    "/diffedit_mask": DiffEditSpec(source_prompt="a", target_prompt="b"),
+    "/diffedit": DiffEditSpec(source_prompt="a", target_prompt="b"),
+    "/p2p": P2PSpec(source_prompt="a"),
+}
+
+
+@pytest.mark.parametrize("endpoint", sorted(SPEC_OF_ENDPOINT))
+def test_endpoint_parameters_are_named_after_the_spec_and_default_to_its_defaults(client, endpoint):
+    """README: each endpoint's parameters are named after its spec's fields and default to the spec's defaults."""
+    spec = SPEC_OF_ENDPOINT[endpoint]
+    parameters = {
+        p["parameter_name"]: p.get("parameter_default")
+        for p in client.view_api(return_format="dict", print_info=False)["named_endpoints"][endpoint]["parameters"]
+    }
+    offered = [f for f in dataclasses.fields(spec) if f.name in parameters]
+    assert len(offered) >= 6, f"{endpoint} names too few parameters after {type(spec).__name__}: {sorted(parameters)}"
+    for field in offered:
+        default = field.default  # required fields (the prompts) have none; None means "the engine decides"
+        if isinstance(default, (bool, int, float, str)):
+            assert parameters[field.name] == default, f"{endpoint} {field.name}: {parameters[field.name]!r} != {default!r}"
