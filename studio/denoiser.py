@@ -10,13 +10,16 @@ The denoiser knows nothing of guidance.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from studio import schedule
 from studio.conditioning import Cond
-from studio.models import LoadedModel
+
+if TYPE_CHECKING:  # a type only: the maths does not import the loaders
+    from studio.models import LoadedModel
 
 
 class Denoiser:

@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from studio.errors import CancelledError
+
 if TYPE_CHECKING:
     from studio.inversion.result import Inversion
 
@@ -204,3 +206,10 @@ class CancelToken:
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
+
+
+def check_cancelled(cancel: CancelToken | None, done: int, total: int, unit: str = "steps") -> None:
+    """Raise CancelledError ("Cancelled after 3 of 25 steps.") once `cancel` is set; the sampler and the jobs
+    call it between units of work, never inside one."""
+    if cancel is not None and cancel.cancelled:
+        raise CancelledError(f"Cancelled after {done} of {total} {unit}.")

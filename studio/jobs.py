@@ -3,8 +3,9 @@
 A job (studio.generation, studio.editing.*, studio.inversion) is a module with an entry point that
 checks its inputs before any model work and returns `host.exclusive(job, ...)`, and a generator that
 does the work and streams events. What they all need from the engine is `ModelHost`; what they all
-do around the maths is here: the seed, the step events with throttled previews, the cancel check,
-pixels to images, phase timings and the common part of the reproduction record.
+do around the maths is here: the seed, the step events with throttled previews, pixels to images, phase
+timings and the common part of the reproduction record. (The cancel check is studio.events.check_cancelled,
+beside the token: the sampler calls it too, and the maths does not import the job layer.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from PIL import Image
 
 from studio import specs
 from studio.conditioning import Cond, Tokens
-from studio.errors import CancelledError
 from studio.events import CancelToken, Event, Preview, Progress
 from studio.images import to_uint8
 from studio.models import LoadedModel, decode_latents
@@ -63,13 +63,6 @@ def resolve_seed(seed: int | None, span: int = 1) -> int:
     if seed is not None:
         return seed
     return secrets.randbelow(int(specs.SEED.high) - span + 2)
-
-
-def check_cancelled(cancel: CancelToken | None, done: int, total: int, unit: str = "steps") -> None:
-    """Raise CancelledError ("Cancelled after 3 of 25 steps.") once `cancel` is set; jobs call it between
-    units of work, never inside one."""
-    if cancel is not None and cancel.cancelled:
-        raise CancelledError(f"Cancelled after {done} of {total} {unit}.")
 
 
 def to_images(pixels: np.ndarray) -> list[Image.Image]:

@@ -25,9 +25,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
 from studio.denoiser import Denoiser
-from studio.events import CancelToken
+from studio.events import CancelToken, check_cancelled
 from studio.guidance import Guider
-from studio.jobs import check_cancelled
 
 # specs.SCHEDULERS name -> (class, overrides of the model's scheduler config)
 SCHEDULER_CLASSES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -63,3 +66,10 @@ def test_cfg_is_the_seed_mixing_rule():
     assert cfg(uncond, cond, 0.0) == uncond and cfg(uncond, cond, 1.0) == cond
     assert cfg(uncond, cond, 2.5) == uncond + 2.5 * (cond - uncond)
 
+
+
+def test_the_sampler_imports_neither_the_job_layer_nor_the_loaders():
+    """Data flows one way: the maths (sampling, denoiser, guidance, schedule) sits below the jobs and the models."""
+    code = "import sys, studio.sampling; print(sorted(m for m in sys.modules if m.startswith('studio')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "studio.jobs" not in loaded and "studio.models" not in loaded, loaded

@@ -45,11 +45,11 @@ from studio.editing import masks
 from studio.conditioning import Cond, Tokens
 from studio.editing.sdedit import start_index
 from studio.errors import InvalidInputError
-from studio.events import CancelToken, DiffEditResult, Event, Mask, MaskResult, Progress
+from studio.events import CancelToken, DiffEditResult, Event, Mask, MaskResult, Progress, check_cancelled
 from studio.guidance import ClassifierFreeGuidance, Guider, cfg
 from studio.images import ImageInput, encode_image, prepare_image, working_size
 from studio.inversion.result import Inversion
-from studio.jobs import ModelHost, Stopwatch, check_cancelled, reproduction_record, resolve_seed, step_events, to_images
+from studio.jobs import ModelHost, Stopwatch, reproduction_record, resolve_seed, step_events, to_images
 from studio.inversion.ddim import ddim_inversion_steps
 from studio.inversion.methods import sampling_guider
 from studio.inversion.steps import StepGrid

@@ -22,11 +22,10 @@ from collections.abc import Iterator
 from torch import Tensor
 
 from studio.denoiser import Denoiser
-from studio.events import CancelToken
+from studio.events import CancelToken, check_cancelled
 from studio.guidance import Guider
 from studio.inversion.guider import guided_output
 from studio.inversion.steps import StepGrid, affine_step, solve_affine_step
-from studio.jobs import check_cancelled
 
 
 def mix(a: Tensor, b: Tensor, p: float) -> Tensor:

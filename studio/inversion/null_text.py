@@ -38,11 +38,10 @@ from torch import Tensor
 
 from studio.conditioning import Cond
 from studio.denoiser import Denoiser
-from studio.events import NullTextLoss
+from studio.events import NullTextLoss, check_cancelled
 from studio.guidance import cfg
 from studio.images import to_tensor
 from studio.inversion.steps import affine_step
-from studio.jobs import check_cancelled
 
 
 def learning_rate(base: float, decay: float, step: int, steps: int) -> float:
