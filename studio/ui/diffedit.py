@@ -31,8 +31,8 @@ from studio.editing.diffedit import (
 )
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, DiffEditResult, Event, Mask, MaskResult, Preview
-from studio.ui.form import Field, Form, optional_whole, seed_from_form, seed_box, slider, spec_values, text, textbox
-from studio.ui.parts import chosen_inversion, instant, model_line, settings_view, with_inversion
+from studio.ui.form import Field, optional_whole, seed_from_form, seed_box, slider, spec_values, text, textbox
+from studio.ui.parts import Tab, chosen_inversion, instant, model_line, settings_view, with_inversion
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, status_box, stop_button, stream_job
 
 if TYPE_CHECKING:
@@ -145,15 +145,15 @@ STAGES = (  # the two accordions' rows of fields
 # The tab
 
 
-class DiffEditTab:
-    """The DiffEdit tab, built in the current Blocks/Tab: `layout` places the form and the outputs, `find_mask`
-    (Stage I) and `run` (Stage II) stream jobs through `render_mask` and `render`, `wire` connects the events.
-    `inversion_state` holds the Inversion tab's latest Inversion (or None)."""
+class DiffEditTab(Tab):
+    """The DiffEdit tab (the shape of every tab: `parts.Tab`), with two jobs: `find_mask` (Stage I, rendered by
+    `render_mask`) and `run` (Stage II). `inversion_state` holds the Inversion tab's latest Inversion (or None)."""
+
+    fields = FIELDS
 
     def __init__(self, engine: Engine, inversion_state: gr.State | None = None) -> None:
-        self.engine, self.form, self.inversion_state = engine, Form(FIELDS, engine), inversion_state
-        self.layout()
-        self.wire()
+        self.inversion_state = inversion_state
+        super().__init__(engine)
 
     # 1. layout ---------------------------------------------------------------------------
     def layout(self) -> None:

@@ -35,9 +35,9 @@ from studio.errors import InvalidInputError
 from studio.events import AttentionMaps, CancelToken, Event, GenerationResult, Preview
 from studio.plots import line_chart
 from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
-from studio.ui.form import (ComponentFactory, Field, Form, number, optional_whole, saved, seed_box, seed_from_form,
+from studio.ui.form import (ComponentFactory, Field, number, optional_whole, saved, seed_box, seed_from_form,
                             slider, spec_values, text, textbox)
-from studio.ui.parts import instant, model_line, settings_view, table_rows
+from studio.ui.parts import Tab, instant, model_line, settings_view, table_rows
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
 
 if TYPE_CHECKING:
@@ -313,14 +313,10 @@ class Shown:
     attention: dict[str, Any] | None = None
 
 
-class GenerateTab:
-    """The Generate tab, built in the current Blocks/Tab: `layout` places the form and the outputs, `run` streams a
-    job through `render`, `wire` connects the events."""
+class GenerateTab(Tab):
+    """The Generate tab (the shape of every tab: `parts.Tab`)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine, self.form = engine, Form(FIELDS, engine)
-        self.layout()
-        self.wire()
+    fields = FIELDS
 
     # 1. layout ---------------------------------------------------------------------------
     def layout(self) -> None:

@@ -16,7 +16,7 @@ import html
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
@@ -29,12 +29,9 @@ from studio.inversion import METHOD_LABELS, METHODS, Inversion, InversionSpec
 from studio.inversion.result import (BDIA_GAMMA, EDICT_MIX, IMAGE_WEIGHT, INNER_STEPS, INVERSION_STEPS, LEARNING_RATE,
                                      LR_DECAY, MIN_IMPROVEMENT, SMOOTHNESS, TOLERANCE)
 from studio.plots import line_chart
-from studio.ui.form import Field, Form, number, slider, spec_values, text, textbox
-from studio.ui.parts import instant, model_line, settings_view
+from studio.ui.form import Field, number, slider, spec_values, text, textbox
+from studio.ui.parts import Tab, instant, model_line, settings_view
 from studio.ui.stream import JOB_EVENT, Outputs, progress_html, run_and_stop, status_box, stop_button, stream_job
-
-if TYPE_CHECKING:
-    from studio.engine import Engine
 
 DEFAULTS = InversionSpec()
 TABLE_HEADERS = ["method", "PSNR (dB)", "SSIM", "latent MSE", "UNet passes (inversion)", "backward passes",
@@ -182,15 +179,11 @@ class Shown:
     losses: list[list[float]] = field(default_factory=list)
 
 
-class InversionTab:
-    """The Inversion tab, built in the current Blocks/Tab: `layout` places the form and the outputs, `run` streams
-    a job through `render`, `wire` connects the events. `inversion_state` is the session's Inversion picked under
-    "Edit this image" (None before any), which the DiffEdit and Prompt-to-Prompt tabs read."""
+class InversionTab(Tab):
+    """The Inversion tab (the shape of every tab: `parts.Tab`). `inversion_state` is the session's Inversion picked
+    under "Edit this image" (None before any), which the DiffEdit and Prompt-to-Prompt tabs read."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine, self.form = engine, Form(FIELDS, engine)
-        self.layout()
-        self.wire()
+    fields = FIELDS
 
     # 1. layout ---------------------------------------------------------------------------
     def layout(self) -> None:

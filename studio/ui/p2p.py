@@ -43,8 +43,8 @@ from studio.errors import InvalidInputError, StudioError
 from studio.events import CancelToken, EditAttentionMaps, Event, Mask, P2PResult, Preview
 from studio.inversion import Inversion
 from studio.prompt_weights import parse_weighted_prompt
-from studio.ui.form import Field, Form, number, optional_whole, seed_from_form, seed_box, slider, spec_values, text, textbox
-from studio.ui.parts import chosen_inversion, instant, settings_view, table_rows, with_inversion
+from studio.ui.form import Field, number, optional_whole, seed_from_form, seed_box, slider, spec_values, text, textbox
+from studio.ui.parts import Tab, chosen_inversion, instant, settings_view, table_rows, with_inversion
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
 
 if TYPE_CHECKING:
@@ -211,15 +211,15 @@ class Shown:
     maps: dict | None = None
 
 
-class P2PTab:
-    """The Prompt-to-Prompt tab, built in the current Blocks/Tab: `layout` places the form and the outputs, `run`
-    streams a job through `render`, `wire` connects the events. `inversion_state` holds the Inversion tab's latest
-    Inversion (or None) for editing a real image."""
+class P2PTab(Tab):
+    """The Prompt-to-Prompt tab (the shape of every tab: `parts.Tab`). `inversion_state` holds the Inversion tab's
+    latest Inversion (or None) for editing a real image."""
+
+    fields = FIELDS
 
     def __init__(self, engine: Engine, inversion_state: gr.State | None = None) -> None:
-        self.engine, self.form, self.inversion_state = engine, Form(FIELDS, engine), inversion_state
-        self.layout()
-        self.wire()
+        self.inversion_state = inversion_state
+        super().__init__(engine)
 
     # 1. layout ---------------------------------------------------------------------------
     def layout(self) -> None:

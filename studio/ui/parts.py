@@ -1,6 +1,6 @@
-"""Pieces several tabs share beside their form and their jobs: a table's rows, the settings view, the model
-line of a tab's help text, the options of view-only events, and the Inversion tab's inversion as an input of
-the editing tabs."""
+"""Pieces several tabs share beside their form and their jobs: the shape of a tab (`Tab`), a table's rows, the
+settings view, the model line of a tab's help text, the options of view-only events, and the Inversion tab's
+inversion as an input of the editing tabs."""
 
 from __future__ import annotations
 
@@ -12,12 +12,32 @@ import gradio as gr
 import pandas as pd  # gr.Dataframe hands tables over as DataFrames unless type='array'
 
 from studio.errors import InvalidInputError
+from studio.ui.form import Field, Form
 
 if TYPE_CHECKING:
     from gradio.components import Component
 
     from studio.engine import Engine
     from studio.inversion import Inversion
+
+
+class Tab:
+    """The shape every tab shares, built in the current Blocks/Tab from its module's field table (`fields`):
+    `layout` places the form and the outputs, `run` streams a job through `render(event)`, `wire` connects the
+    events."""
+
+    fields: tuple[Field, ...] = ()
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.form = engine, Form(self.fields, engine)
+        self.layout()
+        self.wire()
+
+    def layout(self) -> None:
+        raise NotImplementedError
+
+    def wire(self) -> None:
+        raise NotImplementedError
 
 
 def table_rows(table: Any) -> list[list[Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -22,12 +22,9 @@ from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditSpec
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Event, Preview, SDEditResult
 from studio.shapes.vocabulary import COLOURS
-from studio.ui.form import Field, Form, optional_whole, seed_from_form, seed_box, slider, spec_values, text, textbox
-from studio.ui.parts import model_line, settings_view
+from studio.ui.form import Field, optional_whole, seed_from_form, seed_box, slider, spec_values, text, textbox
+from studio.ui.parts import Tab, model_line, settings_view
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
-
-if TYPE_CHECKING:
-    from studio.engine import Engine
 
 DEFAULTS = SDEditSpec()
 BRUSH_COLOURS = ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in COLOURS.values()]  # the shapes world's palette
@@ -137,14 +134,10 @@ def spec_from_values(values: Mapping[str, Any]) -> SDEditSpec:
 # The tab
 
 
-class SDEditTab:
-    """The SDEdit tab, built in the current Blocks/Tab: `layout` places the form and the outputs, `run` streams a
-    job through `render`, `wire` connects the events."""
+class SDEditTab(Tab):
+    """The SDEdit tab (the shape of every tab: `parts.Tab`)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine, self.form = engine, Form(FIELDS, engine)
-        self.layout()
-        self.wire()
+    fields = FIELDS
 
     # 1. layout ---------------------------------------------------------------------------
     def layout(self) -> None:
