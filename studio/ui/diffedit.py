@@ -9,7 +9,7 @@ runs both stages. Endpoints ``/diffedit_mask`` and ``/diffedit`` stream progress
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -34,9 +34,6 @@ from studio.events import CancelToken, DiffEditResult, Event, Mask, MaskResult, 
 from studio.ui.form import Field, optional_whole, seed_from_form, seed_box, slider, spec_values, text, textbox
 from studio.ui.parts import Tab, chosen_inversion, instant, model_line, settings_view, with_inversion
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, status_box, stop_button, stream_job
-
-if TYPE_CHECKING:
-    from studio.engine import Engine
 
 DEFAULTS = DiffEditSpec("", "")
 MASK_RGBA = (255, 0, 255, 255)  # how the found mask is painted on the editor's layer
@@ -147,13 +144,9 @@ STAGES = (  # the two accordions' rows of fields
 
 class DiffEditTab(Tab):
     """The DiffEdit tab (the shape of every tab: `parts.Tab`), with two jobs: `find_mask` (Stage I, rendered by
-    `render_mask`) and `run` (Stage II). `inversion_state` holds the Inversion tab's latest Inversion (or None)."""
+    `render_mask`) and `run` (Stage II)."""
 
     fields = FIELDS
-
-    def __init__(self, engine: Engine, inversion_state: gr.State | None = None) -> None:
-        self.inversion_state = inversion_state
-        super().__init__(engine)
 
     # 1. layout ---------------------------------------------------------------------------
     def layout(self) -> None:

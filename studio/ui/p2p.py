@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -46,9 +46,6 @@ from studio.prompt_weights import parse_weighted_prompt
 from studio.ui.form import Field, number, optional_whole, seed_from_form, seed_box, slider, spec_values, text, textbox
 from studio.ui.parts import Tab, chosen_inversion, instant, settings_view, table_rows, with_inversion
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
-
-if TYPE_CHECKING:
-    from studio.engine import Engine
 
 DEFAULTS = P2PSpec(source_prompt="")
 TOKEN_COLUMNS = ("target word", "from source word", "re-weight")
@@ -212,14 +209,9 @@ class Shown:
 
 
 class P2PTab(Tab):
-    """The Prompt-to-Prompt tab (the shape of every tab: `parts.Tab`). `inversion_state` holds the Inversion tab's
-    latest Inversion (or None) for editing a real image."""
+    """The Prompt-to-Prompt tab (the shape of every tab: `parts.Tab`)."""
 
     fields = FIELDS
-
-    def __init__(self, engine: Engine, inversion_state: gr.State | None = None) -> None:
-        self.inversion_state = inversion_state
-        super().__init__(engine)
 
     # 1. layout ---------------------------------------------------------------------------
     def layout(self) -> None:

@@ -24,12 +24,13 @@ if TYPE_CHECKING:
 class Tab:
     """The shape every tab shares, built in the current Blocks/Tab from its module's field table (`fields`):
     `layout` places the form and the outputs, `run` streams a job through `render(event)`, `wire` connects the
-    events."""
+    events. `inversion_state` is the Inversion tab's picked Inversion, for the tabs that edit one (None: no
+    Inversion tab)."""
 
     fields: tuple[Field, ...] = ()
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine, self.form = engine, Form(self.fields, engine)
+    def __init__(self, engine: Engine, inversion_state: gr.State | None = None) -> None:
+        self.engine, self.form, self.inversion_state = engine, Form(self.fields, engine), inversion_state
         self.layout()
         self.wire()
 
