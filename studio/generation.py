@@ -20,6 +20,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
+from studio import schedule
 from studio.attention.maps import combined_maps, per_resolution_maps
 from studio.attention.processors import AttentionStore, capture_cross_attention
 from studio.conditioning import Cond, Tokens
@@ -32,7 +33,6 @@ from studio.guidance import (
     Guider,
     MultiConditionGuidance,
     schedule_factors,
-    step_alpha_bars,
 )
 from studio.jobs import ModelHost, Stopwatch, reproduction_record, resolve_seed, step_events, to_images
 from studio.models import decode_latents
@@ -69,7 +69,7 @@ def guidance_plan(host: ModelHost, spec: GenerateSpec) -> GuidancePlan:
 
 
 def plan_of(spec: GenerateSpec, timesteps: Tensor, alphas_cumprod: Tensor) -> GuidancePlan:
-    alpha_bars = step_alpha_bars(timesteps, alphas_cumprod)
+    alpha_bars = schedule.alpha_bars_at(alphas_cumprod, timesteps).double()  # (N,) the plan is float64
     columns = [torch.full_like(alpha_bars, spec.guidance_scale)]
     for c in spec.conditions:
         columns.append(c.weight * schedule_factors(c.schedule, c.exponent, c.start, c.stop, alpha_bars))

@@ -93,12 +93,6 @@ def schedule_factors(kind: str, exponent: float, start: float, stop: float, alph
     return torch.where(active, factors, torch.zeros_like(factors))
 
 
-def step_alpha_bars(timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """alpha_bar of each of a run's timesteps (N,); float timesteps (Euler) index the nearest trained one."""
-    indices = torch.as_tensor(timesteps).double().round().long().cpu()
-    return alphas_cumprod.cpu().double()[indices]
-
-
 LogProb = Callable[[Tensor, Tensor], Tensor]  # log_prob(x_t, t) -> (B,) log p(c | x_t) of a noisy-latent classifier
 
 

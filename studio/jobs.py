@@ -102,8 +102,10 @@ class Stopwatch:
         return {**self.phases, "total": time.perf_counter() - self.started}
 
 
-def reproduction_record(host: ModelHost, job_fields: dict[str, Any], timings: dict[str, float], unet_evaluations: int,
-                        **measured: Any) -> dict[str, Any]:
+def reproduction_record(host: ModelHost, job_fields: dict[str, Any], timings: dict[str, float] | None,
+                        unet_evaluations: int | None, **measured: Any) -> dict[str, Any]:
     """Result.settings: the model, the job's parameters (`job_fields`, usually asdict(spec)), what the job
-    resolved or measured (`seed=` the seed used overrides a spec's None), its timings and UNet evaluations."""
-    return {"model": host.model_name, **job_fields, **measured, "timings": timings, "unet_evaluations": unet_evaluations}
+    resolved or measured (`seed=` the seed used overrides a spec's None), its timings and UNet evaluations.
+    Timings and UNet evaluations of None are left out: a record that is a recipe only (DiffEdit's mask)."""
+    cost = {"timings": timings, "unet_evaluations": unet_evaluations}
+    return {"model": host.model_name, **job_fields, **measured, **{k: v for k, v in cost.items() if v is not None}}

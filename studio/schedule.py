@@ -20,6 +20,12 @@ def alpha_bar_at(alphas_cumprod: Tensor, t: Tensor | float) -> Tensor:
     return alphas_cumprod[int(torch.as_tensor(t).round().item())]
 
 
+def alpha_bars_at(alphas_cumprod: Tensor, timesteps: Tensor) -> Tensor:
+    """alpha_bar_at of each of a run's timesteps (N,), on the CPU in alphas_cumprod's dtype."""
+    indices = torch.as_tensor(timesteps).double().round().long().cpu()
+    return alphas_cumprod.cpu()[indices]
+
+
 def _roots(alpha_bar: float | Tensor) -> tuple[Tensor, Tensor]:
     alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
     return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()

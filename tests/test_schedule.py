@@ -58,3 +58,12 @@ def test_training_targets_match_the_scheduler_including_zero_terminal_snr():
     torch.testing.assert_close(schedule.noise_to(x0, noise, alpha_bar), scheduler.add_noise(x0, noise, t))
     torch.testing.assert_close(schedule.velocity(x0, noise, alpha_bar), scheduler.get_velocity(x0, noise, t))
     torch.testing.assert_close(schedule.velocity(x0, noise, alpha_bar)[2], -x0[2])  # zero SNR: v = -x0
+
+
+def test_alpha_bars_of_a_run_are_alpha_bar_at_each_timestep_euler_floats_rounded():
+    scheduler = DDIMScheduler(num_train_timesteps=1000)
+    timesteps = torch.tensor([999.0, 500.4, 120.6, 0.0])  # Euler's timesteps are floats
+    alpha_bars = schedule.alpha_bars_at(scheduler.alphas_cumprod, timesteps)
+    assert alpha_bars.dtype == scheduler.alphas_cumprod.dtype
+    assert alpha_bars.tolist() == [schedule.alpha_bar_at(scheduler.alphas_cumprod, t).item() for t in timesteps]
+    assert alpha_bars[1] == scheduler.alphas_cumprod[500] and alpha_bars[2] == scheduler.alphas_cumprod[121]

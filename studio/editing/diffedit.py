@@ -262,7 +262,7 @@ def _stage_one(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, tokens
     soft = binary = None
     for done, t in enumerate(timesteps, start=1):
         check_cancelled(cancel, done - 1, len(timesteps), "probes")
-        alpha_bar = scheduler.alphas_cumprod[t]
+        alpha_bar = schedule.alpha_bar_at(scheduler.alphas_cumprod, t)
         noise = randn_tensor((spec.noise_samples, *latents.shape[1:]), generator=generator, device=engine.device,
                              dtype=model.dtype)  # (S, C, h, w)
         x_t = schedule.noise_to(latents, noise, alpha_bar)
@@ -280,8 +280,8 @@ def _stage_one(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, tokens
         timings = clock.timings()
         mask_fraction = float(binary.mean())
         # the mask's recipe (no timings: a mask is not an image the PNG settings describe)
-        settings = {"model": engine.model_name, "method": "diffedit mask", **asdict(spec), "seed": seed,
-                    "probe_timesteps": timesteps, "mask_fraction": mask_fraction}
+        settings = reproduction_record(engine, {"method": "diffedit mask", **asdict(spec)}, None, None, seed=seed,
+                                       probe_timesteps=timesteps, mask_fraction=mask_fraction)
         yield MaskResult([overlay(image, binary)], settings, timings, denoiser.unet_evaluations, seed=seed,
                          image=image, soft=soft, binary=binary, mask_fraction=mask_fraction, probe_timesteps=timesteps)
     return soft, binary

@@ -76,7 +76,7 @@ class SDEditSpec:
         if self.seed is not None:
             specs.SEED.check("seed", self.seed)
         for strength in self.strengths:
-            if round(strength * self.steps) < 1:
+            if denoising_steps(self.steps, strength) < 1:
                 raise InvalidInputError(
                     f"t0 = {strength:g} with {self.steps} steps leaves no step to denoise: raise t0 or the steps."
                 )
@@ -99,16 +99,21 @@ def masked_guide(original: Tensor, guide: Tensor, mask: Tensor) -> Tensor:
     return (1 - mask) * original + mask * guide
 
 
+def denoising_steps(steps: int, strength: float) -> int:
+    """How many steps of a `steps`-step schedule a run from t0 = strength takes (diffusers img2img's convention)."""
+    return round(strength * steps)
+
+
 def start_index(steps: int, strength: float) -> int:
-    """Where the run from t0 = strength starts in a `steps`-step schedule (diffusers img2img's convention)."""
-    return steps - round(strength * steps)
+    """Where the run from t0 = strength starts in a `steps`-step schedule."""
+    return steps - denoising_steps(steps, strength)
 
 
 def noise_levels(scheduler: SchedulerMixin, noise_form: str, start: int) -> list[Tensor]:
     """The noise level of the state before each step from `start` on, and after the last one (clean):
     alpha_bar (VP, DDIM) or sigma (VE, Euler) -- what `sdedit_start` takes."""
     if noise_form == "vp":
-        alpha_bars = scheduler.alphas_cumprod[scheduler.timesteps[start:].long().cpu()]
+        alpha_bars = schedule.alpha_bars_at(scheduler.alphas_cumprod, scheduler.timesteps[start:])
         return [*alpha_bars, torch.tensor(1.0)]
     return list(scheduler.sigmas[start:].cpu())  # Euler's sigmas already end with 0
 
@@ -183,7 +188,7 @@ def sdedit(engine: ModelHost, spec: SDEditSpec, guide: ImageInput | None, mask: 
     size = working_size(guide, engine.native_size, engine.size_multiple, spec.keep_size)
     inputs = prepare_inputs(guide, mask, original, size)
     seed = resolve_seed(spec.seed, span=spec.repeats)
-    total = sum(round(s * spec.steps) for s in spec.strengths)
+    total = sum(denoising_steps(spec.steps, s) for s in spec.strengths)
     job = _sdedit(engine, spec, inputs, tokens, seed, total, cancel)
     return engine.exclusive(job, total, cancel, f"{len(spec.strengths)} t0 values x {spec.repeats} repeats")
 
@@ -230,7 +235,7 @@ def _sdedit(engine: ModelHost, spec: SDEditSpec, inputs: _Inputs, tokens: Tokens
             frozen = [sdedit_start(original_latents, noise, level, spec.noise_form) for level in levels[1:-1]]
             two_branch = masks.follow_off_mask(latent_mask, [*frozen, original_latents.expand_as(x)])
         denoiser = Denoiser(model, scheduler.alphas_cumprod)
-        done_before = sum(round(s * spec.steps) for s in spec.strengths[:len(results)])
+        done_before = sum(denoising_steps(spec.steps, s) for s in spec.strengths[:len(results)])
         for state in sample_steps(denoiser, guider, scheduler, timesteps, x, cancel, generators[0],
                                   after_step=two_branch):
             x = state["x"]

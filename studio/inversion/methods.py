@@ -25,7 +25,7 @@ from studio.errors import InvalidInputError
 from studio.conditioning import Tokens
 from studio.events import CancelToken, Event, InversionResult, NullTextLoss, Progress
 from studio.guidance import ClassifierFreeGuidance, Guider
-from studio.images import ImageInput, encode_image, prepare_image, to_uint8, working_size
+from studio.images import ImageInput, encode_image, prepare_image, working_size
 from studio.inversion.bdia import bdia_inversion_steps, bdia_sampling_steps
 from studio.inversion.ddim import ddim_inversion_steps
 from studio.inversion.edict import edict_inversion_steps, edict_sampling_steps
@@ -33,7 +33,7 @@ from studio.inversion.guider import PerStepUncondGuidance
 from studio.inversion.null_text import null_text_optimisation
 from studio.inversion.result import METHOD_LABELS, Inversion, InversionSpec
 from studio.inversion.steps import StepGrid
-from studio.jobs import ModelHost, Stopwatch, reproduction_record
+from studio.jobs import ModelHost, Stopwatch, reproduction_record, to_images
 from studio.models import decode_latents
 from studio.sampling import StepState, make_scheduler, sample_steps
 
@@ -243,7 +243,8 @@ def _invert(engine: ModelHost, spec: InversionSpec, image: Image.Image, note: st
 
     # 6. decode and compare with the image and with the VAE's own round trip
     pixels = decode_latents(model.vae, torch.cat([x.to(model.dtype), latents]))  # (2, H, W, 3)
-    reconstruction, ceiling = to_uint8(pixels[0]), to_uint8(pixels[1])
+    reconstruction_image, ceiling_image = to_images(pixels)
+    reconstruction, ceiling = np.asarray(reconstruction_image), np.asarray(ceiling_image)  # (H, W, 3) uint8
     original = np.asarray(image)
     timings = clock.timings()
     report = {
@@ -259,7 +260,7 @@ def _invert(engine: ModelHost, spec: InversionSpec, image: Image.Image, note: st
     }
     settings = reproduction_record(engine, asdict(spec), timings, denoiser.unet_evaluations, preparation=note,
                                    **report)
-    yield InversionResult([Image.fromarray(reconstruction)], settings, timings, denoiser.unet_evaluations,
+    yield InversionResult([reconstruction_image], settings, timings, denoiser.unet_evaluations,
                           pixels[:1], inversion=replace(inversion, metrics=report), step_errors=step_errors,
                           method=spec.method, **report)
 
