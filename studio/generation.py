@@ -171,7 +171,7 @@ def _result(host: ModelHost, spec: GenerateSpec, seed: int, pixels: np.ndarray, 
     one batched call) and, with classifier guidance, its gradient evaluations and seconds beside the whole
     sampling step's (UNet, guidance, scheduler, previews)."""
     timings = clock.timings()
-    measured: dict = {"nfe_per_step": len(guider.conds_at(0))}
+    measured: dict[str, float] = {"nfe_per_step": len(guider.conds_at(0))}
     classified = isinstance(guider, ClassifierGuidance)
     if classified:
         timings["classifier_gradient"] = guider.gradient_seconds

@@ -25,6 +25,7 @@ from studio.conditioning import Cond, Tokens
 from studio.events import CancelToken, Event, Preview, Progress
 from studio.images import to_uint8
 from studio.models import LoadedModel, decode_latents
+from studio.sampling import StepState
 
 
 class ModelHost(Protocol):
@@ -71,7 +72,7 @@ def to_images(pixels: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray(to_uint8(p)) for p in pixels]
 
 
-def step_events(state: dict[str, Any], steps: int, vae: AutoencoderKL, preview_every: int, done_before: int = 0,
+def step_events(state: StepState, steps: int, vae: AutoencoderKL, preview_every: int, done_before: int = 0,
                 total: int | None = None, label: str = "") -> Iterator[Event]:
     """The events after sampling step state["i"] of a run of `steps`: Progress (counting `done_before`
     units of earlier work, out of `total`, default `steps`), and every `preview_every` steps a Preview of

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, NotRequired, Protocol, TypedDict
 
 import torch
 from diffusers import (
@@ -36,7 +36,15 @@ SCHEDULER_CLASSES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
 }
 
-StepState = dict[str, Any]  # {"i": int, "t": Tensor, "x": Tensor, "denoised": Tensor}
+
+class StepState(TypedDict):
+    """What a loop reports after step i (a plain dict, as k-diffusion's callback gets)."""
+
+    i: int  # step index, 0-based
+    t: Tensor  # the step's timestep
+    x: Tensor  # (B, C, h, w) latents after the step
+    denoised: NotRequired[Tensor]  # (B, C, h, w) x0 prediction: sample_steps gives it, inversion loops do not
+    y: NotRequired[Tensor]  # (B, C, h, w) EDICT's second sequence (studio.inversion.edict)
 
 
 def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:

@@ -29,14 +29,15 @@ from studio.events import CancelToken, check_cancelled
 from studio.guidance import Guider
 from studio.inversion.guider import guided_output
 from studio.inversion.steps import StepGrid, affine_step, ddim_coefficients, solve_affine_step
+from studio.sampling import StepState
 
 
-def _position_alpha_bars(grid: StepGrid) -> list:
+def _position_alpha_bars(grid: StepGrid) -> list[Tensor]:
     """alpha_bar at each trajectory position 0..N (N: where the last sampling step lands)."""
     return [*grid.alpha_bar, grid.alpha_bar_prev[-1]]
 
 
-def _both_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, alpha_bars: list, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _both_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, alpha_bars: list[Tensor], x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """(D(x_k -> k-1), D(x_k -> k+1)): the backward and forward DDIM steps from x_k with one network output."""
     out = guided_output(denoiser, guider, x, k, grid.timesteps[k].to(x.device))
     backward = affine_step(out, x, ddim_coefficients(alpha_bars[k], alpha_bars[k - 1], grid.prediction_type))
@@ -44,7 +45,7 @@ def _both_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, alpha_bars: 
 
 
 def bdia_sampling_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, x_start: Tensor, x_first: Tensor, gamma: float,
-                        cancel: CancelToken | None = None) -> Iterator[dict]:
+                        cancel: CancelToken | None = None) -> Iterator[StepState]:
     """Denoise from the pair (x_0 = x_T, x_1), yielding {i, t, x} after each sampling step i (step 0 lands
     on the given x_1)."""
     alpha_bars = _position_alpha_bars(grid)
@@ -58,7 +59,7 @@ def bdia_sampling_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, x_st
 
 
 def bdia_inversion_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, latents: Tensor, gamma: float,
-                         cancel: CancelToken | None = None) -> Iterator[dict]:
+                         cancel: CancelToken | None = None) -> Iterator[StepState]:
     """Invert x_N = latents; yields {i, t, x}: the start state of sampling step i, i = N-1 down to 0."""
     alpha_bars = _position_alpha_bars(grid)
     n = len(grid)

@@ -26,6 +26,7 @@ from studio.events import CancelToken, check_cancelled
 from studio.guidance import Guider
 from studio.inversion.guider import guided_output
 from studio.inversion.steps import StepGrid, affine_step, solve_affine_step
+from studio.sampling import StepState
 
 
 def mix(a: Tensor, b: Tensor, p: float) -> Tensor:
@@ -39,7 +40,7 @@ def unmix(mixed: Tensor, b: Tensor, p: float) -> Tensor:
 
 
 def edict_sampling_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, x: Tensor, y: Tensor, p: float,
-                         cancel: CancelToken | None = None) -> Iterator[dict]:
+                         cancel: CancelToken | None = None) -> Iterator[StepState]:
     """Denoise the pair (x, y) from trajectory position 0 (x_T); yields {i, t, x, y} after each step."""
     for i, t in enumerate(grid.timesteps.to(x.device)):
         check_cancelled(cancel, i, len(grid))
@@ -52,7 +53,7 @@ def edict_sampling_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, x: 
 
 
 def edict_inversion_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, latents: Tensor, p: float,
-                          cancel: CancelToken | None = None) -> Iterator[dict]:
+                          cancel: CancelToken | None = None) -> Iterator[StepState]:
     """Invert x_0 = y_0 = latents up to x_T; yields {i, t, x, y}: the start states of sampling step i,
     for i = N-1 down to 0."""
     x = y = latents

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from PIL import Image
@@ -109,7 +108,7 @@ class Inversion:
     dtype: torch.dtype = torch.float32  # what the method computed in (EDICT/BDIA may use float64)
     preparation: str = ""  # what was done to the upload ("centre-cropped 640x480 to 480x480; ...")
     losses: list[list[float]] = field(default_factory=list)  # NTI: L_rec per inner iteration, per step
-    metrics: dict[str, Any] = field(default_factory=dict)  # psnr, ssim, latent_mse, nfe, seconds, ...
+    metrics: dict[str, float] = field(default_factory=dict)  # psnr, ssim, latent_mse, unet passes, seconds, ...
 
     @property
     def noise_latents(self) -> torch.Tensor:
