@@ -6,8 +6,9 @@ before touching the model, raising InvalidInputError with a message a user can a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from studio.errors import InvalidInputError
 
@@ -42,6 +43,15 @@ STOP = Range(0.0, 1.0, 0.01, "Stop")
 GUIDANCE_RESCALE = Range(0.0, 1.0, 0.05, "Guidance rescale")
 CLASSIFIER_STRENGTH = Range(0.0, 100.0, 0.5, "Classifier strength")
 MAX_CONDITIONS = 8  # each adds the batch of images to every UNet call
+
+
+def check_ranges(spec: object, ranges: Mapping[str, Range]) -> None:
+    """Check each named field of `spec` against its Range (a spec's RANGES: the table its validate() and its
+    UI form read); a field left None (a seed the engine draws, the native size) is not checked."""
+    for name, bounds in ranges.items():
+        value = getattr(spec, name)
+        if value is not None:
+            bounds.check(name, value)
 
 
 def check_size(name: str, value: int, size_multiple: int) -> None:
@@ -111,6 +121,10 @@ class ClassifierGuidanceSpec:
 class GenerateSpec:
     """Plain text-to-image generation (Generate tab, `studio generate`, /generate endpoint)."""
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "steps": STEPS, "guidance_scale": GUIDANCE, "batch_size": BATCH, "seed": SEED, "guidance_rescale": GUIDANCE_RESCALE,
+    }
+
     prompt: str
     negative_prompt: str = ""
     seed: int | None = None  # None: draw a random seed and report it in Result.settings
@@ -144,11 +158,7 @@ class GenerateSpec:
     def validate(self, size_multiple: int = 8) -> None:
         if not self.prompt.strip():
             raise InvalidInputError("The prompt is empty: describe the image you want.")
-        STEPS.check("steps", self.steps)
-        GUIDANCE.check("guidance_scale", self.guidance_scale)
-        BATCH.check("batch_size", self.batch_size)
-        if self.seed is not None:
-            SEED.check("seed", self.seed)
+        check_ranges(self, self.RANGES)
         if self.scheduler not in SCHEDULERS:
             raise InvalidInputError(f"Unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
         for name, value in (("width", self.width), ("height", self.height)):
@@ -160,7 +170,6 @@ class GenerateSpec:
             raise InvalidInputError(f"At most {MAX_CONDITIONS} conditions, got {len(self.conditions)}: remove some rows.")
         for row, condition in enumerate(self.conditions, start=1):
             condition.validate(row)
-        GUIDANCE_RESCALE.check("guidance_rescale", self.guidance_rescale)
         if self.classifier_guidance is not None:
             self.classifier_guidance.validate()
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -68,6 +69,12 @@ COVERAGE = specs.Range(0.0, 0.95, 0.05, "Latent cell coverage")
 
 @dataclass(frozen=True)
 class DiffEditSpec:
+    RANGES: ClassVar[dict[str, specs.Range]] = {
+        "steps": specs.STEPS, "guidance_scale": specs.GUIDANCE, "mask_strength": DIFFEDIT_STRENGTH,
+        "edit_strength": DIFFEDIT_STRENGTH, "probes": PROBES, "noise_samples": NOISE_SAMPLES, "threshold": MASK_THRESHOLD,
+        "clean_pixels": CLEAN, "cell_coverage": COVERAGE, "seed": specs.SEED,
+    }
+
     source_prompt: str
     target_prompt: str
     steps: int = 25
@@ -93,21 +100,11 @@ class DiffEditSpec:
     preview_every: int = 5
 
     def validate(self) -> None:
-        specs.STEPS.check("steps", self.steps)
-        specs.GUIDANCE.check("guidance_scale", self.guidance_scale)
-        DIFFEDIT_STRENGTH.check("mask_strength", self.mask_strength)
-        DIFFEDIT_STRENGTH.check("edit_strength", self.edit_strength)
-        PROBES.check("probes", self.probes)
-        NOISE_SAMPLES.check("noise_samples", self.noise_samples)
-        MASK_THRESHOLD.check("threshold", self.threshold)
-        CLEAN.check("clean_pixels", self.clean_pixels)
-        COVERAGE.check("cell_coverage", self.cell_coverage)
+        specs.check_ranges(self, self.RANGES)
         if self.deviation not in DEVIATIONS:
             raise InvalidInputError(f"Deviation must be one of {', '.join(DEVIATIONS)}, got {self.deviation!r}.")
         if self.start not in STARTS:
             raise InvalidInputError(f"Start must be one of {', '.join(STARTS)}, got {self.start!r}.")
-        if self.seed is not None:
-            specs.SEED.check("seed", self.seed)
         if round(self.edit_strength * self.steps) < 1:
             raise InvalidInputError(f"Strength {self.edit_strength:g} with {self.steps} steps leaves no step: raise either.")
         if " ".join(self.source_prompt.split()).lower() == " ".join(self.target_prompt.split()).lower():

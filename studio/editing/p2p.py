@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -65,6 +66,11 @@ class P2PSpec:
     are prompt-to-prompt's (cross-attention replaced for 80% of the steps, self-attention for 40%,
     local blend from 20%, style alpha 0.2)."""
 
+    RANGES: ClassVar[dict[str, specs.Range]] = {
+        "steps": specs.STEPS, "guidance_scale": specs.GUIDANCE, "seed": specs.SEED, "blend_start": specs.START,
+        "self_max_fraction": SELF_LAYERS, "style_alpha": STYLE_ALPHA, "blend_threshold": BLEND_THRESHOLD,
+    }
+
     source_prompt: str
     target_prompt: str = ""  # "" = the source prompt (re-weighting only); may carry (word:1.3) weights
     edit: str = "refine"
@@ -101,10 +107,7 @@ class P2PSpec:
             raise InvalidInputError("The source prompt is empty: describe the image to generate and edit.")
         if self.edit not in EDIT_TYPES:
             raise InvalidInputError(f"Unknown edit {self.edit!r}; choose one of {', '.join(EDIT_TYPES)}.")
-        specs.STEPS.check("steps", self.steps)
-        specs.GUIDANCE.check("guidance_scale", self.guidance_scale)
-        if self.seed is not None:
-            specs.SEED.check("seed", self.seed)
+        specs.check_ranges(self, self.RANGES)
         if self.size is not None:
             specs.check_size("size", self.size, size_multiple)
         windows = [("Cross-attention window", self.cross_start, self.cross_stop),
@@ -115,10 +118,6 @@ class P2PSpec:
             specs.STOP.check(f"{where} stop", stop)
             if start > stop:
                 raise InvalidInputError(f"{where}: start ({start:g}) must not be after stop ({stop:g}).")
-        specs.START.check("Local-blend start", self.blend_start)
-        SELF_LAYERS.check("self_max_fraction", self.self_max_fraction)
-        STYLE_ALPHA.check("style_alpha", self.style_alpha)
-        BLEND_THRESHOLD.check("blend_threshold", self.blend_threshold)
         for word, scale in self.reweights:
             WEIGHT.check(f"Re-weight of {word!r}", scale)
         if self.maps_every < 1:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -50,6 +51,10 @@ MAX_STRENGTHS = 6
 
 @dataclass(frozen=True)
 class SDEditSpec:
+    RANGES: ClassVar[dict[str, specs.Range]] = {
+        "steps": specs.STEPS, "guidance_scale": specs.GUIDANCE, "repeats": REPEATS, "seed": specs.SEED,
+    }
+
     prompt: str = ""  # "" = no text: the model's unconditional prediction (SDEdit needs none)
     strengths: tuple[float, ...] = (0.3, 0.5, 0.7)  # t0 / T; Meng et al.: [0.3, 0.6] balances faithfulness and realism
     repeats: int = 2  # K samples per t0
@@ -70,11 +75,7 @@ class SDEditSpec:
             raise InvalidInputError(f"At most {MAX_STRENGTHS} values of t0 per run, got {len(self.strengths)}.")
         for strength in self.strengths:
             T0.check("t0", strength)
-        specs.STEPS.check("steps", self.steps)
-        specs.GUIDANCE.check("guidance_scale", self.guidance_scale)
-        REPEATS.check("repeats", self.repeats)
-        if self.seed is not None:
-            specs.SEED.check("seed", self.seed)
+        specs.check_ranges(self, self.RANGES)
         for strength in self.strengths:
             if denoising_steps(self.steps, strength) < 1:
                 raise InvalidInputError(

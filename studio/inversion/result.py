@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from PIL import Image
@@ -36,6 +37,13 @@ INVERSION_STEPS = specs.Range(2, 150, 1, "Steps")  # specs.STEPS from 2: the ran
 class InversionSpec:
     """One inversion of an uploaded image (Inversion tab, /invert endpoint, bench/inversion.py)."""
 
+    RANGES: ClassVar[dict[str, specs.Range]] = {
+        "steps": INVERSION_STEPS, "guidance_scale": specs.GUIDANCE, "inversion_guidance": specs.GUIDANCE,
+        "inner_steps": INNER_STEPS, "learning_rate": LEARNING_RATE, "lr_decay": LR_DECAY, "tolerance": TOLERANCE,
+        "min_improvement": MIN_IMPROVEMENT, "smoothness": SMOOTHNESS, "image_weight": IMAGE_WEIGHT,
+        "edict_mix": EDICT_MIX, "bdia_gamma": BDIA_GAMMA,
+    }
+
     prompt: str = ""  # the caption; "" inverts with the null prompt
     method: str = "ddim"
     steps: int = 50
@@ -64,20 +72,9 @@ class InversionSpec:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise InvalidInputError(f"Unknown inversion method {self.method!r}; choose one of {', '.join(METHODS)}.")
-        INVERSION_STEPS.check("steps", self.steps)
-        specs.GUIDANCE.check("guidance_scale", self.guidance_scale)
-        specs.GUIDANCE.check("inversion_guidance", self.inversion_guidance)
-        INNER_STEPS.check("inner_steps", self.inner_steps)
-        LEARNING_RATE.check("learning_rate", self.learning_rate)
-        LR_DECAY.check("lr_decay", self.lr_decay)
-        TOLERANCE.check("tolerance", self.tolerance)
-        MIN_IMPROVEMENT.check("min_improvement", self.min_improvement)
+        specs.check_ranges(self, self.RANGES)
         if self.null_start not in NULL_STARTS:
             raise InvalidInputError(f"Unknown NTI start {self.null_start!r}; choose one of {', '.join(NULL_STARTS)}.")
-        SMOOTHNESS.check("smoothness", self.smoothness)
-        IMAGE_WEIGHT.check("image_weight", self.image_weight)
-        EDICT_MIX.check("edict_mix", self.edict_mix)
-        BDIA_GAMMA.check("bdia_gamma", self.bdia_gamma)
 
 
 @dataclass(frozen=True)
