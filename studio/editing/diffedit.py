@@ -218,7 +218,7 @@ def diffedit_mask(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | Non
     """Stage I alone: Mask events after every probe, then a MaskResult. Raises InvalidInputError first."""
     tokens = _check_prompts(engine, spec)
     prepared = _image_of(engine, spec, image, inversion)
-    job = _stage_one(engine, spec, prepared, tokens, resolve_seed(spec.seed), cancel, finish=True)
+    job = _mask_job(engine, spec, prepared, tokens, resolve_seed(spec.seed), cancel)
     return engine.exclusive(job, spec.probes, cancel, f"{spec.noise_samples} noise samples per probe")
 
 
@@ -238,16 +238,27 @@ def diffedit(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | None = N
     return engine.exclusive(job, total, cancel, "one image")
 
 
+def _encode(engine: ModelHost, image: Image.Image, tokens: tuple[Tokens, Tokens]) -> tuple[Tensor, Cond, Cond, Cond]:
+    """What both stages start from, encoded once: the image's latents (1, C, h, w), source, target, null."""
+    model = engine.model
+    latents = encode_image(model.vae, image).to(model.dtype)
+    source, target = (engine.encode_prompt(t) for t in tokens)
+    return latents, source, target, engine.null_conditioning()
+
+
 @torch.no_grad()
-def _stage_one(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, tokens: tuple[Tokens, Tokens], seed: int,
-               cancel: CancelToken | None, finish: bool) -> Iterator[Event]:
-    """Stage I; yields Mask events (and a MaskResult when `finish`), returns (soft, binary)."""
+def _mask_job(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, tokens: tuple[Tokens, Tokens], seed: int,
+              cancel: CancelToken | None) -> Iterator[Event]:
+    yield from _stage_one(engine, spec, image, _encode(engine, image, tokens), seed, cancel, finish=True)
+
+
+def _stage_one(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, encoded: tuple[Tensor, Cond, Cond, Cond],
+               seed: int, cancel: CancelToken | None, finish: bool) -> Iterator[Event]:
+    """Stage I on `_encode`'s tensors; yields Mask events (and a MaskResult when `finish`), returns (soft, binary)."""
     clock = Stopwatch()
     model = engine.model
-    # 1. the image, the prompts, and the scheduler's alpha_bar table
-    latents = encode_image(model.vae, image).to(model.dtype)  # (1, C, h, w)
-    source, target = (engine.encode_prompt(t) for t in tokens)
-    uncond = engine.null_conditioning()
+    # 1. the encoded image and prompts, and the scheduler's alpha_bar table
+    latents, source, target, uncond = encoded
     scheduler = make_scheduler("ddim", model.scheduler_config)
     denoiser = Denoiser(model, scheduler.alphas_cumprod)
     size = (image.height, image.width)
@@ -290,17 +301,16 @@ def _diffedit(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, mask: n
               cancel: CancelToken | None) -> Iterator[Event]:
     clock = Stopwatch()
     model = engine.model
-    # 1. Stage I when no mask was given
+    # 1. encode the image and the prompts (once: Stage I, when no mask was given, uses them too)
+    encoded = _encode(engine, image, tokens)
+    original, source, target, uncond = encoded  # original: (1, C, h, w)
     soft = None
     if mask is None:
-        soft, mask = yield from _stage_one(engine, spec, image, tokens, seed, cancel, finish=False)
+        soft, mask = yield from _stage_one(engine, spec, image, encoded, seed, cancel, finish=False)
         _check_found_mask(spec, mask)
     clock.lap("mask")
 
-    # 2. encode the image and the prompts; the latent mask
-    original = encode_image(model.vae, image).to(model.dtype)  # (1, C, h, w)
-    source, target = (engine.encode_prompt(t) for t in tokens)
-    uncond = engine.null_conditioning()
+    # 2. the latent mask
     latent_mask = masks.to_latent_mask(mask, tuple(original.shape[2:]), engine.device, model.dtype, spec.cell_coverage)
     if not latent_mask.any():
         raise InvalidInputError(
