@@ -106,7 +106,7 @@ def generate(host: ModelHost, spec: GenerateSpec, cancel: CancelToken | None = N
                 f"Classifier guidance: unknown target {spec.classifier_guidance.target!r}; choose one of "
                 f"{', '.join(classifier.targets)}."
             )
-    width, height = spec.width or host.native_size, spec.height or host.native_size
+    width, height = spec.size_on(host.native_size)
     job = _generate(host, spec, resolve_seed(spec.seed), prompts, cancel)
     return host.exclusive(job, spec.steps, cancel, f"{width}x{height} with batch size {spec.batch_size}")
 
@@ -116,7 +116,7 @@ def _generate(host: ModelHost, spec: GenerateSpec, seed: int, prompts: Prompts,
               cancel: CancelToken | None) -> Iterator[Event]:
     clock = Stopwatch()
     model = host.model
-    width, height = spec.width or host.native_size, spec.height or host.native_size
+    width, height = spec.size_on(host.native_size)
 
     # 2. encode prompts (the negative prompt, "" by default, is the unconditional branch)
     prompt = host.encode_prompt(prompts.prompt)
@@ -180,6 +180,7 @@ def _result(host: ModelHost, spec: GenerateSpec, seed: int, pixels: np.ndarray, 
             "classifier_seconds_per_step": guider.gradient_seconds / spec.steps,
             "sampling_seconds_per_step": sampling_seconds / spec.steps,
         })
+    width, height = spec.size_on(host.native_size)
     spec_fields = {
         "seed": seed,
         "scheduler": spec.scheduler,
@@ -187,8 +188,8 @@ def _result(host: ModelHost, spec: GenerateSpec, seed: int, pixels: np.ndarray, 
         "guidance_scale": spec.guidance_scale,
         "prompt": spec.prompt,
         "negative_prompt": spec.negative_prompt,
-        "width": spec.width or host.native_size,
-        "height": spec.height or host.native_size,
+        "width": width,
+        "height": height,
         "batch_size": spec.batch_size,
         "conditions": [asdict(c) for c in spec.conditions],
         "guidance_rescale": spec.guidance_rescale,

@@ -150,6 +150,10 @@ class GenerateSpec:
         if isinstance(self.classifier_guidance, dict):
             object.__setattr__(self, "classifier_guidance", ClassifierGuidanceSpec(**self.classifier_guidance))
 
+    def size_on(self, native_size: int) -> tuple[int, int]:
+        """(width, height) in pixels: the spec's, or the model's native size where it leaves them None."""
+        return self.width or native_size, self.height or native_size
+
     @property
     def uses_global_guidance(self) -> bool:
         """False for plain CFG, which runs exactly as StableDiffusionPipeline does."""

@@ -275,6 +275,8 @@ def _edit(engine: ModelHost, spec: P2PSpec, prepared: PreparedEdit, seed: int, i
 
     # 5. the one loop, streaming progress, both images' previews, maps and the blend mask
     size = latents.shape[-1] * engine.size_multiple  # an inversion's own size, which may not be the native one
+    aligned = [source_word for _, source_word, _ in prepared.table()]  # fixed for the run
+    mask = None  # the blend mask at image size, as last streamed (the last step always streams)
     with control_attention(model.unet, controller):
         for state in sample_steps(denoiser, guider, scheduler, timesteps, latents, cancel,
                                   on_step_begin=controller.begin_step, after_step=blend):
@@ -285,9 +287,9 @@ def _edit(engine: ModelHost, spec: P2PSpec, prepared: PreparedEdit, seed: int, i
             done = state["i"] + 1
             if done % spec.maps_every == 0 or done == steps:
                 if blend is not None and blend.binary is not None:
-                    yield Mask(done, steps, _to_image_size(blend.soft, size), "local blend",
-                               _to_image_size(blend.binary.float(), size) > 0.5)
-                yield _maps_event(done, controller, prepared)
+                    mask = _to_image_size(blend.binary.float(), size) > 0.5
+                    yield Mask(done, steps, _to_image_size(blend.soft, size), "local blend", mask)
+                yield _maps_event(done, controller, prepared, aligned)
     sampling_seconds = clock.lap("sampling")
 
     # 6. decode both and report
@@ -304,7 +306,6 @@ def _edit(engine: ModelHost, spec: P2PSpec, prepared: PreparedEdit, seed: int, i
         inversion=inversion.method if inversion is not None else None,
     )
     settings.update(seconds_per_step=sampling_seconds / steps, attention_maps_bytes=controller.stored_bytes)
-    mask = None if blend is None or blend.binary is None else _to_image_size(blend.binary.float(), size) > 0.5
     yield P2PResult(to_images(pixels), settings, timings, denoiser.unet_evaluations, pixels, seed=seed_used,
                     latents=latents, mask=mask, alignment=[(w, s) for w, s, _ in prepared.table()],
                     seconds_per_step=sampling_seconds / steps, attention_maps_bytes=controller.stored_bytes)
@@ -322,13 +323,14 @@ def _initial_latent(engine: ModelHost, spec: P2PSpec, seed: int, inversion: Inve
     return randn_tensor(shape, generator=generator, device=engine.device, dtype=model.dtype) * init_noise_sigma
 
 
-def _maps_event(step: int, controller: PromptToPromptController, prepared: PreparedEdit) -> EditAttentionMaps:
+def _maps_event(step: int, controller: PromptToPromptController, prepared: PreparedEdit,
+                aligned: list[str | None]) -> EditAttentionMaps:
     source_means, target_means = controller.means()
     return EditAttentionMaps(
         step,
         AttentionMaps(step, prepared.source.words, combined_maps(source_means, prepared.source.word_tokens)),
         AttentionMaps(step, prepared.target.words, combined_maps(target_means, prepared.target.word_tokens)),
-        [source_word for _, source_word, _ in prepared.table()],
+        aligned,
     )
 
 
