@@ -219,7 +219,7 @@ def _sdedit(engine: ModelHost, spec: SDEditSpec, inputs: _Inputs, tokens: Tokens
 
     # 4. one run of the sampling loop per t0, the K repeats batched
     results: list[Tensor] = []
-    unet_evaluations = 0
+    unet_evaluations = done_before = 0  # done_before: steps of the earlier t0 runs, for the progress count
     for strength in spec.strengths:
         scheduler = make_scheduler(NOISE_FORMS[spec.noise_form], model.scheduler_config)
         scheduler.set_timesteps(spec.steps, device=engine.device)
@@ -236,7 +236,6 @@ def _sdedit(engine: ModelHost, spec: SDEditSpec, inputs: _Inputs, tokens: Tokens
             frozen = [sdedit_start(original_latents, noise, level, spec.noise_form) for level in levels[1:-1]]
             two_branch = masks.follow_off_mask(latent_mask, [*frozen, original_latents.expand_as(x)])
         denoiser = Denoiser(model, scheduler.alphas_cumprod)
-        done_before = sum(denoising_steps(spec.steps, s) for s in spec.strengths[:len(results)])
         for state in sample_steps(denoiser, guider, scheduler, timesteps, x, cancel, generators[0],
                                   after_step=two_branch):
             x = state["x"]
@@ -244,6 +243,7 @@ def _sdedit(engine: ModelHost, spec: SDEditSpec, inputs: _Inputs, tokens: Tokens
                                    f"t0 {strength:g}: ")
         results.append(x)
         unet_evaluations += denoiser.unet_evaluations
+        done_before += len(timesteps)
     latents = torch.cat(results)  # (S * K, C, h, w)
     clock.lap("sampling")
 
