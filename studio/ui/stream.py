@@ -7,14 +7,15 @@ import html
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from studio.errors import CancelledError, StudioError
-from studio.events import CancelToken, Progress
+from studio.events import CancelToken, Progress, Result
+from studio.ui.history import HISTORY
 
 if TYPE_CHECKING:
     from gradio.components import Component
@@ -34,12 +35,27 @@ def progress_html(step: int, total: int, text: str, state: str = "running") -> s
 
 @dataclass
 class Job:
-    """A running job as Stop sees it: its cancel token and the last step it reported."""
+    """A running job as Stop sees it: its cancel token, the last progress it showed, the tab's result components
+    (name -> label) and `partial`, what the tab offers when the run is stopped ({component: value}), and whether
+    its handler has returned (after which nothing of this run reaches the browser)."""
 
     cancel: CancelToken
     step: int = 0
     total: int = 0
+    text: str = "Starting…"
     started: float = field(default_factory=time.monotonic)
+    results: Mapping[Component, str] = field(default_factory=dict)
+    partial: Callable[[], Outputs] | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def stopped(self) -> Outputs:
+        """The outputs of a stopped run: the status says where it stopped, in the words its progress used, and the
+        partial result is offered under labels that say so."""
+        text = f"Stopped after {self.text[:1].lower()}{self.text[1:]}"
+        outputs = _labelled(self.partial() if self.partial is not None else {}, self.results, "partial: stopped")
+        if outputs:
+            text += " · the partial result is shown"
+        return {**outputs, STATUS_KEY: progress_html(self.step, self.total, text, "stopped")}
 
 
 class SessionJobs:
@@ -50,13 +66,15 @@ class SessionJobs:
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], Job] = {}
 
-    def start(self, key: tuple[str, str]) -> Job:
-        job = Job(CancelToken())
+    def start(self, key: tuple[str, str], results: Mapping[Component, str] | None = None,
+              partial: Callable[[], Outputs] | None = None) -> Job:
+        job = Job(CancelToken(), results=dict(results or {}), partial=partial)
         with self._lock:
             self._jobs[key] = job
         return job
 
     def finish(self, key: tuple[str, str], job: Job) -> None:
+        job.finished.set()
         with self._lock:
             if self._jobs.get(key) is job:
                 del self._jobs[key]
@@ -77,17 +95,25 @@ def session_id(request: gr.Request | None) -> str:
 
 
 def stream_job(tab: str, request: gr.Request | None, status: Component, start: Callable[[CancelToken], Iterator[Any]],
-               render: Callable[[Any], Outputs | None], what: str) -> Iterator[Outputs]:
+               render: Callable[[Any], Outputs | None], what: str, *, results: Mapping[Component, str] | None = None,
+               partial: Callable[[], Outputs] | None = None) -> Iterator[Outputs]:
     """Run one engine job for a tab's handler and stream it to the tab's outputs.
 
     `start(cancel)` checks the form and returns the engine's events: a StudioError there (bad input) becomes
     gr.Error before any model work. Progress events update `status`; `render(event)` turns any other event into
-    outputs ({component: value}; None: nothing to show). A StudioError while running shows as a failed status and
-    a gr.Error; CancelledError (Stop) as a stopped status; any other exception is a bug: logged, shown as a
-    generic message, and the app stays up. The engine's generator is closed in every case, so its lock and
-    attention processors unwind before the next job (Stop raises GeneratorExit at this generator's yield)."""
-    key = (session_id(request), tab)
-    job = JOBS.start(key)
+    outputs ({component: value}; None: nothing to show). Every Result goes into the session's history.
+
+    `results` are the tab's result components and their labels: once a run starts they are labelled as the
+    previous run's until this run writes them ("live" while it streams into them, the plain label once its result
+    is in), so a stale gallery never passes for the current one. `partial()` gives what a stopped run offers (the
+    last preview, say); Stop shows it, or this loop when the engine stops first (an API caller's cancel).
+
+    Once the run is stopped nothing more of it is shown: Stop (`stop_button`) has the last word. A StudioError
+    while running shows as a failed status and a gr.Error; any other exception is a bug: logged, shown as a generic
+    message, and the app stays up. The engine's generator is closed in every case, so its lock and attention
+    processors unwind before the next job (Gradio's cancel raises GeneratorExit at this generator's yield)."""
+    key, results = (session_id(request), tab), dict(results or {})
+    job = JOBS.start(key, results, partial)
     try:
         events = start(job.cancel)
     except StudioError as error:
@@ -97,16 +123,23 @@ def stream_job(tab: str, request: gr.Request | None, status: Component, start: C
         JOBS.finish(key, job)
         raise gr.Error(_unexpected(what, error)) from error
     try:
-        yield {status: progress_html(0, 1, "Starting…")}
+        yield {status: progress_html(0, 1, job.text), **_labelled(dict.fromkeys(results, gr.skip()), results,
+                                                                    "previous run")}
         for event in events:
             if isinstance(event, Progress):
-                job.step, job.total = event.step, event.total  # for Stop's message
-                text = event.message or f"Step {event.step} / {event.total} · {time.monotonic() - job.started:.1f} s"
-                yield {status: progress_html(event.step, event.total, text)}
-            elif (outputs := render(event)) is not None:
+                job.step, job.total = event.step, event.total
+                job.text = event.message or f"Step {event.step} / {event.total} · {time.monotonic() - job.started:.1f} s"
+                outputs = {status: progress_html(event.step, event.total, job.text)}
+            else:
+                outputs = render(event)
+                if isinstance(event, Result):
+                    HISTORY.add(key[0], tab, event)
+                if outputs:
+                    outputs = _labelled(outputs, results, None if isinstance(event, Result) else "live")
+            if outputs and not job.cancel.cancelled:  # a stopped run shows nothing more: Stop said where it ended
                 yield outputs
-    except CancelledError as error:
-        yield {status: progress_html(job.step, job.total, f"Stopped: {error}", "stopped")}
+    except CancelledError:
+        yield _with_status(job.stopped(), status)
     except StudioError as error:
         yield {status: progress_html(job.step, job.total, str(error), "failed")}
         raise gr.Error(str(error)) from error
@@ -119,6 +152,25 @@ def stream_job(tab: str, request: gr.Request | None, status: Component, start: C
         if hasattr(events, "close"):
             events.close()  # unwinds the engine job (its lock, its attention processors) when stopped mid-run
         JOBS.finish(key, job)
+
+
+STATUS_KEY = "status"  # Job.stopped()'s place for the status line, which each caller maps to its component
+
+
+def _with_status(outputs: Outputs, status: Component) -> Outputs:
+    return {(status if component == STATUS_KEY else component): value for component, value in outputs.items()}
+
+
+def _labelled(outputs: Outputs, results: Mapping[Component, str], state: str | None) -> Outputs:
+    """`outputs` with each result component's label saying which run it shows (`state` None: this run's result)."""
+    labelled = {}
+    for component, value in outputs.items():
+        if component in results:
+            label = results[component] if state is None else f"{results[component]} · {state}"
+            is_update = isinstance(value, dict) and value.get("__type__") == "update"
+            value = {**value, "label": label} if is_update else gr.update(value=value, label=label)
+        labelled[component] = value
+    return labelled
 
 
 def _unexpected(what: str, error: Exception) -> str:
@@ -149,16 +201,24 @@ def run_and_stop(label: str, elem_id: str, stop_id: str) -> tuple[gr.Button, gr.
 JOB_EVENT = dict(concurrency_id="model", show_progress="hidden")
 
 
-def stop_button(button: gr.Button, status: Component, runs: list[Any], tab: str, api_name: str) -> None:
-    """Wire a tab's Stop: cancel its running events (GeneratorExit at the handler's next yield) and set the engine's
-    token so it stops between steps even while nothing is being yielded; say where it stopped. Runs beside the
-    job, not queued behind it."""
+STOP_SETTLE_S = 10.0  # how long Stop waits for the run's last step to land before it repeats its final word
 
-    def stop(request: gr.Request) -> Any:
+
+def stop_button(button: gr.Button, status: Component, runs: list[Any], tab: str, api_name: str,
+                results: Sequence[Component] = ()) -> None:
+    """Wire a tab's Stop: set the engine's token (it stops between steps) and cancel the running events (Gradio
+    raises GeneratorExit at the handler's next yield; a queued run is dropped). Stop says at once where the run
+    stopped and offers its partial result in `results`, then says it again once the run has unwound, so a step
+    that was in flight when Stop was pressed cannot overwrite it. Runs beside the job, not queued behind it."""
+
+    def stop(request: gr.Request) -> Iterator[Any]:
         job = JOBS.cancel((session_id(request), tab))
         if job is None:
-            return gr.skip()
-        return progress_html(job.step, job.total, f"Stopped after step {job.step} of {job.total}.", "stopped")
+            yield gr.skip()
+            return
+        yield _with_status(job.stopped(), status)
+        if job.finished.wait(STOP_SETTLE_S):
+            yield _with_status(job.stopped(), status)
 
-    button.click(stop, None, status, cancels=runs, api_name=api_name, api_visibility="undocumented",
+    button.click(stop, None, [status, *results], cancels=runs, api_name=api_name, api_visibility="undocumented",
                  concurrency_limit=None, concurrency_id="stop", show_progress="hidden")
