@@ -20,7 +20,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from studio import schedule
+from studio import schedule, specs
 from studio.attention.maps import combined_maps, per_resolution_maps
 from studio.attention.processors import AttentionStore, capture_cross_attention
 from studio.conditioning import Cond, Tokens
@@ -106,8 +106,13 @@ def generate(host: ModelHost, spec: GenerateSpec, cancel: CancelToken | None = N
                 f"Classifier guidance: unknown target {spec.classifier_guidance.target!r}; choose one of "
                 f"{', '.join(classifier.targets)}."
             )
+    if spec.seed is not None and spec.seed + spec.batch_size - 1 > specs.SEED.high:
+        raise InvalidInputError(
+            f"Seed {spec.seed} with batch size {spec.batch_size} would use seeds up to {spec.seed + spec.batch_size - 1}, "
+            f"past the largest seed {int(specs.SEED.high)}: lower the seed or the batch size."
+        )
     width, height = spec.size_on(host.native_size)
-    job = _generate(host, spec, resolve_seed(spec.seed), prompts, cancel)
+    job = _generate(host, spec, resolve_seed(spec.seed, span=spec.batch_size), prompts, cancel)
     return host.exclusive(job, spec.steps, cancel, f"{width}x{height} with batch size {spec.batch_size}")
 
 
@@ -130,11 +135,12 @@ def _generate(host: ModelHost, spec: GenerateSpec, seed: int, prompts: Prompts,
     denoiser = Denoiser(model, scheduler.alphas_cumprod)
     guider = choose_guider(host, spec, prompt, uncond, conditions, scheduler.timesteps, scheduler.alphas_cumprod)
 
-    # 4. initial latents: seeded on the CPU so a seed gives the same image on every device
-    generator = torch.Generator("cpu").manual_seed(seed)
+    # 4. initial latents: item i from its own CPU generator seeded seed + i (as AUTOMATIC1111 seeds a batch), so
+    #    batch item i is remade alone with seed + i, on every device; the generators also draw ancestral noise
+    generators = [torch.Generator("cpu").manual_seed(item_seed) for item_seed in batch_seeds(seed, spec.batch_size)]
     latent_shape = (spec.batch_size, model.unet.config.in_channels, height // host.size_multiple,
                     width // host.size_multiple)
-    latents = randn_tensor(latent_shape, generator=generator, device=host.device, dtype=model.dtype)
+    latents = randn_tensor(latent_shape, generator=generators, device=host.device, dtype=model.dtype)
     latents = latents * scheduler.init_noise_sigma
 
     # 5. attention capture, installed only for this job and only when asked
@@ -148,7 +154,7 @@ def _generate(host: ModelHost, spec: GenerateSpec, seed: int, prompts: Prompts,
 
     # 6. denoising loop, streaming progress, previews and attention maps
     with capture:
-        for state in sample_steps(denoiser, guider, scheduler, scheduler.timesteps, latents, cancel, generator,
+        for state in sample_steps(denoiser, guider, scheduler, scheduler.timesteps, latents, cancel, generators,
                                   on_step_begin=store.begin_step if store is not None else None):
             latents = state["x"]
             yield from step_events(state, spec.steps, model.vae, spec.preview_every)
@@ -183,6 +189,7 @@ def _result(host: ModelHost, spec: GenerateSpec, seed: int, pixels: np.ndarray, 
     width, height = spec.size_on(host.native_size)
     spec_fields = {
         "seed": seed,
+        "seeds": batch_seeds(seed, spec.batch_size),
         "scheduler": spec.scheduler,
         "steps": spec.steps,
         "guidance_scale": spec.guidance_scale,
@@ -195,13 +202,18 @@ def _result(host: ModelHost, spec: GenerateSpec, seed: int, pixels: np.ndarray, 
         "guidance_rescale": spec.guidance_rescale,
         "classifier_guidance": asdict(spec.classifier_guidance) if spec.classifier_guidance else None,
     }
-    settings = reproduction_record(host, spec_fields, timings, unet_evaluations, **measured)
+    settings = reproduction_record(host, "generate", spec_fields, timings, unet_evaluations, **measured)
     return GenerationResult(
         to_images(pixels), settings, timings, unet_evaluations, pixels, seed=seed, steps=spec.steps,
         nfe_per_step=measured["nfe_per_step"], sampling_seconds_per_step=sampling_seconds / spec.steps,
         classifier_gradient_evaluations=guider.gradient_evaluations if classified else None,
         classifier_seconds_per_step=measured.get("classifier_seconds_per_step"),
     )
+
+
+def batch_seeds(seed: int, batch_size: int) -> list[int]:
+    """The seed of each image of a batch: seed, seed + 1, ... (AUTOMATIC1111's convention)."""
+    return [seed + item for item in range(batch_size)]
 
 
 def choose_guider(host: ModelHost, spec: GenerateSpec, prompt: Cond, uncond: Cond, conditions: list[Cond],

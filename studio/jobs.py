@@ -10,10 +10,11 @@ beside the token: the sampler calls it too, and the maths does not import the jo
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -26,6 +27,16 @@ from studio.events import CancelToken, Event, Preview, Progress
 from studio.images import to_uint8
 from studio.models import LoadedModel, decode_latents
 from studio.sampling import StepState
+
+if TYPE_CHECKING:  # studio.inversion imports this module: the type only, to avoid the import cycle
+    from studio.inversion.result import Inversion
+
+# Result.settings["job"]: which job made a result, and how the UI names it ("this PNG was made by DiffEdit")
+JOB_LABELS = {
+    "generate": "Generate", "sdedit": "SDEdit", "diffedit_mask": "DiffEdit mask", "diffedit": "DiffEdit",
+    "p2p": "Prompt-to-Prompt", "invert": "Inversion",
+}
+JOBS = tuple(JOB_LABELS)
 
 
 class ModelHost(Protocol):
@@ -103,10 +114,45 @@ class Stopwatch:
         return {**self.phases, "total": time.perf_counter() - self.started}
 
 
-def reproduction_record(host: ModelHost, job_fields: dict[str, Any], timings: dict[str, float] | None,
+def reproduction_record(host: ModelHost, job: str, job_fields: dict[str, Any], timings: dict[str, float] | None,
                         unet_evaluations: int | None, **measured: Any) -> dict[str, Any]:
-    """Result.settings: the model, the job's parameters (`job_fields`, usually asdict(spec)), what the job
-    resolved or measured (`seed=` the seed used overrides a spec's None), its timings and UNet evaluations.
+    """Result.settings: the model, which job made the result (one of JOBS), the job's parameters (`job_fields`,
+    usually asdict(spec)), what the job resolved or measured (`seed=` the seed used overrides a spec's None;
+    its inputs as image_record / mask_record / inversion_record), its timings and UNet evaluations.
     Timings and UNet evaluations of None are left out: a record that is a recipe only (DiffEdit's mask)."""
+    if job not in JOBS:
+        raise ValueError(f"Unknown job {job!r} for a reproduction record; one of {', '.join(JOBS)}.")
     cost = {"timings": timings, "unet_evaluations": unet_evaluations}
-    return {"model": host.model_name, **job_fields, **measured, **{k: v for k, v in cost.items() if v is not None}}
+    return {"model": host.model_name, "job": job, **job_fields, **measured,
+            **{k: v for k, v in cost.items() if v is not None}}
+
+
+def _short_hash(data: bytes, shape: tuple[int, ...]) -> str:
+    """First 16 hex digits of sha256 over an array's shape and bytes: names the pixels, not the file."""
+    return hashlib.sha256(str(tuple(shape)).encode() + data).hexdigest()[:16]
+
+
+def image_record(image: Image.Image) -> dict[str, Any]:
+    """An input image as a record names it: the hash of its 8-bit RGB pixels, and its size. Of the image a job
+    worked on (after the crop/resize its "preparation" note describes), so an edit of an inversion names the
+    same pixels as the inversion did."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+    return {"hash": _short_hash(pixels.tobytes(), pixels.shape), "width": image.width, "height": image.height}
+
+
+def mask_record(mask: np.ndarray, source: str) -> dict[str, Any]:
+    """A (H, W) bool mask as a record names it: its hash, the fraction of pixels it selects, and where it came
+    from ("given": passed in, painted or sent; "Stage I": DiffEdit's own; "local blend": P2P's)."""
+    selected = np.asarray(mask, dtype=bool)
+    return {"hash": _short_hash(np.packbits(selected).tobytes(), selected.shape), "fraction": float(selected.mean()),
+            "from": source}
+
+
+def inversion_record(inversion: Inversion) -> dict[str, Any]:
+    """What an edit of `inversion` records about it: its method, caption, steps and guidance scale, the settings
+    its method read (Inversion.method_settings) and the inverted image."""
+    return {
+        "method": inversion.method, "prompt": inversion.prompt, "steps": inversion.steps,
+        "guidance_scale": inversion.guidance_scale, **inversion.method_settings,
+        "source_image": image_record(inversion.image),
+    }

@@ -1,8 +1,9 @@
 """Settings embedded in PNG text chunks, so an image carries what is needed to make it again.
 
+Any job's record (Result.settings, studio.jobs.reproduction_record; its "job" key says which) is stored.
 Two chunks are written:
 - ``parameters``: the AUTOMATIC1111 text format, which other tools (A1111, Forge, SD.Next, civitai,
-  image viewers) read::
+  image viewers) read; only for images a prompt made (generation, and edits under a target prompt)::
 
       <prompt>
       Negative prompt: <negative prompt>
@@ -10,7 +11,8 @@ Two chunks are written:
 
   Values containing ``,`` ``:`` or a newline are JSON-quoted (as A1111 does); the last line needs
   at least three ``key: value`` pairs to be recognised as the parameter line.
-- ``STUDIO_CHUNK``: our own JSON, lossless (types kept), preferred when reading.
+- ``STUDIO_CHUNK``: our own JSON, lossless (types kept), preferred when reading; always written, also for
+  masks, attention maps and previews of a job.
 
 Everything here is a pure function of its inputs; the UI only calls them.
 """
@@ -26,6 +28,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from studio.errors import InvalidInputError
+from studio.jobs import JOB_LABELS, JOBS
 from studio.specs import GenerateSpec
 
 STUDIO_CHUNK = "diffusion-control-studio"
@@ -60,7 +63,10 @@ _LINE_KEYS = (
 _PARAM = re.compile(r'\s*(\w[\w \-/+]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
-SPEC_FIELDS = tuple(f.name for f in fields(GenerateSpec))
+# Records written before the "job" key: SDEdit and DiffEdit named themselves in "method"
+_JOB_OF_METHOD = {"sdedit": "sdedit", "diffedit mask": "diffedit_mask", "diffedit": "diffedit"}
+# Jobs whose images a prompt made: the ones the A1111 line describes (SDEdit only with a prompt)
+_PROMPTED_JOBS = ("generate", "sdedit", "diffedit", "p2p")
 
 
 def _quote(value: Any) -> str:
@@ -85,9 +91,56 @@ def _fmt_number(value: Any) -> str:
     return str(value)
 
 
+def record_job(record: dict[str, Any]) -> str:
+    """Which job (one of studio.jobs.JOBS) made a record: its "job" key; "generate" for an A1111 PNG's settings.
+    JOB_LABELS[record_job(record)] names it for people ("DiffEdit")."""
+    job = record.get("job")
+    if job in JOBS:
+        return job
+    if record.get("method") in _JOB_OF_METHOD:
+        return _JOB_OF_METHOD[record["method"]]
+    if "target_prompt" in record and "edit" in record:  # an older Prompt-to-Prompt record
+        return "p2p"
+    if "inner_steps" in record:  # an older inversion record (InversionSpec's fields)
+        return "invert"
+    return "generate"
+
+
+def job_label(record: dict[str, Any]) -> str:
+    """The name people know the record's job by: "Generate", "DiffEdit", "Prompt-to-Prompt", ..."""
+    return JOB_LABELS[record_job(record)]
+
+
+def has_parameters_line(settings: dict[str, Any]) -> bool:
+    """Whether an image of this record gets the A1111 line: generated images and edits under a target prompt
+    (not inversions' reconstructions, DiffEdit's masks, or an SDEdit without a prompt)."""
+    job = record_job(settings)
+    return job in _PROMPTED_JOBS and (job != "sdedit" or bool(str(settings.get("prompt", "")).strip()))
+
+
+def _prompt_of(settings: dict[str, Any], batch_index: int | None) -> str:
+    """The prompt that made image `batch_index`: the edit's target prompt (P2P's image 0 is its source image;
+    an empty P2P target is the source prompt re-weighted), else "prompt"."""
+    job = record_job(settings)
+    if job == "p2p":
+        source = str(settings.get("source_prompt", ""))
+        return source if batch_index == 0 else str(settings.get("target_prompt") or source)
+    if job == "diffedit":
+        return str(settings.get("target_prompt", ""))
+    return str(settings.get("prompt", ""))
+
+
+def _seed_of(settings: dict[str, Any], batch_index: int | None) -> Any:
+    """Image `batch_index`'s own seed: "seeds" (one per image: a batch draws seed, seed + 1, ...), else "seed"."""
+    seeds = settings.get("seeds")
+    if batch_index is not None and isinstance(seeds, list) and 0 <= batch_index < len(seeds):
+        return seeds[batch_index]
+    return settings.get("seed")
+
+
 def format_parameters(settings: dict[str, Any], batch_index: int | None = None) -> str:
-    """The A1111 ``parameters`` text for one image made with `settings`."""
-    lines = [str(settings.get("prompt", ""))]
+    """The A1111 ``parameters`` text for image `batch_index` of a result made with `settings`."""
+    lines = [_prompt_of(settings, batch_index)]
     negative = settings.get("negative_prompt") or ""
     if negative:
         lines.append(f"Negative prompt: {negative}")
@@ -96,13 +149,15 @@ def format_parameters(settings: dict[str, Any], batch_index: int | None = None) 
         "steps": settings.get("steps"),
         "scheduler": A1111_SAMPLERS.get(str(settings.get("scheduler")), settings.get("scheduler")),
         "guidance_scale": settings.get("guidance_scale"),
-        "seed": settings.get("seed"),
+        "seed": _seed_of(settings, batch_index),
         "model": settings.get("model"),
         "batch_size": settings.get("batch_size"),
         "batch_index": batch_index,
     }
-    if settings.get("width") is not None and settings.get("height") is not None:
-        values["size"] = f"{settings['width']}x{settings['height']}"
+    source_image = settings.get("source_image") or {}
+    width, height = settings.get("width", source_image.get("width")), settings.get("height", source_image.get("height"))
+    if width is not None and height is not None:
+        values["size"] = f"{width}x{height}"
     pairs = [f"{key}: {_quote(_fmt_number(values[name]))}" for key, name in _LINE_KEYS if values.get(name) is not None]
     # Our scheduler name too, so a round trip through the A1111 line alone is exact.
     if settings.get("scheduler") is not None:
@@ -194,14 +249,15 @@ def parse_parameters(text: str) -> dict[str, Any]:
 
 
 def png_text_chunks(settings: dict[str, Any], batch_index: int | None = None) -> dict[str, str]:
-    """The text chunks to store in a PNG made with `settings` (image `batch_index` of its batch)."""
+    """The text chunks to store in a PNG made with `settings` (image `batch_index` of its result): our JSON
+    always, the A1111 line where has_parameters_line says so."""
     ours = {"format": FORMAT_ID, "version": FORMAT_VERSION, "settings": settings}
     if batch_index is not None:
         ours["batch_index"] = batch_index
-    return {
-        A1111_CHUNK: format_parameters(settings, batch_index),
-        STUDIO_CHUNK: json.dumps(ours, ensure_ascii=False, default=str),
-    }
+    chunks = {STUDIO_CHUNK: json.dumps(ours, ensure_ascii=False, default=str)}
+    if has_parameters_line(settings):
+        chunks[A1111_CHUNK] = format_parameters(settings, batch_index)
+    return chunks
 
 
 def with_settings(image: Image.Image, settings: dict[str, Any], batch_index: int | None = None) -> Image.Image:
@@ -229,9 +285,10 @@ def save_png(image: Image.Image, settings: dict[str, Any], path: str | Path, bat
 
 
 def read_png_settings(source: str | Path | Image.Image) -> dict[str, Any]:
-    """Settings stored in a PNG: our JSON chunk when present, else the A1111 ``parameters`` text.
+    """Settings stored in a PNG: the whole record of any job from our JSON chunk when present, else the
+    A1111 ``parameters`` text's settings (a PNG of another tool; record_job gives "generate").
 
-    Raises InvalidInputError when the file is not an image or carries no settings.
+    Raises InvalidInputError when the file is not an image, carries no settings, or its settings chunk is damaged.
     """
     if isinstance(source, Image.Image):
         text = _text_chunks(source)
@@ -249,6 +306,10 @@ def read_png_settings(source: str | Path | Image.Image) -> dict[str, Any]:
             stored = None
         if isinstance(stored, dict) and stored.get("format") == FORMAT_ID and isinstance(stored.get("settings"), dict):
             return dict(stored["settings"])
+        raise InvalidInputError(
+            f"This image's {STUDIO_CHUNK!r} settings are damaged (not the JSON this app writes), so they cannot be "
+            "loaded: use the PNG as downloaded from the app, not one re-saved by another program."
+        )
     if A1111_CHUNK in text:
         return parse_parameters(text[A1111_CHUNK])
     raise InvalidInputError(
@@ -263,6 +324,8 @@ def _text_chunks(image: Image.Image) -> dict[str, str]:
     return chunks
 
 
-def spec_fields(settings: dict[str, Any]) -> dict[str, Any]:
-    """The GenerateSpec fields found in a settings dict (others such as model or timings dropped)."""
-    return {name: settings[name] for name in SPEC_FIELDS if name in settings}
+def spec_fields(settings: dict[str, Any], spec_class: type = GenerateSpec) -> dict[str, Any]:
+    """The fields of `spec_class` (a spec dataclass: GenerateSpec, DiffEditSpec, ...) found in a settings dict;
+    others such as model or timings are dropped. JSON keeps tuples as lists: specs that hold tuples convert."""
+    names = {f.name for f in fields(spec_class)}
+    return {name: value for name, value in settings.items() if name in names}

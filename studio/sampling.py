@@ -53,7 +53,7 @@ def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
     return cls.from_config(config, **overrides)
 
 
-def step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None) -> dict[str, Any]:
+def step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
     """Pass a generator to stochastic steps (Euler ancestral) and eta=0 to DDIM, as the pipeline does."""
     accepted = inspect.signature(scheduler.step).parameters
     kwargs: dict[str, Any] = {}
@@ -78,7 +78,7 @@ class SchedulerSteps:
     """A diffusers scheduler as a StepRule: the scheduler keeps its own step state (multistep solvers),
     and gets eta = 0 (DDIM) and the generator (ancestral steps) as StableDiffusionPipeline passes them."""
 
-    def __init__(self, scheduler: SchedulerMixin, generator: torch.Generator | None):
+    def __init__(self, scheduler: SchedulerMixin, generator: torch.Generator | list[torch.Generator] | None):
         self.scheduler = scheduler
         self.extra = step_kwargs(scheduler, generator)
 
@@ -99,7 +99,7 @@ def sample_steps(
     timesteps: Tensor,
     x: Tensor,
     cancel: CancelToken | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,  # a list: one per batch item
     on_step_begin: Callable[[int, Tensor], None] | None = None,
     after_step: StepHook | None = None,
 ) -> Iterator[StepState]:

@@ -40,7 +40,8 @@ def test_engine_output_equals_stable_diffusion_pipeline(tiny_engine, stock_pipel
     expected = stock_pipeline(
         spec.prompt, negative_prompt=negative_prompt or None, num_inference_steps=spec.steps,
         guidance_scale=spec.guidance_scale, num_images_per_prompt=batch_size,
-        generator=torch.Generator().manual_seed(spec.seed), output_type="np",
+        # item i is drawn from seed + i, as AUTOMATIC1111 seeds a batch (diffusers: one generator per item)
+        generator=[torch.Generator().manual_seed(spec.seed + item) for item in range(batch_size)], output_type="np",
     ).images
 
     assert result.pixels.shape == expected.shape == (batch_size, 128, 128, 3)

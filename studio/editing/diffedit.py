@@ -50,7 +50,17 @@ from studio.events import CancelToken, DiffEditResult, Event, Mask, MaskResult, 
 from studio.guidance import ClassifierFreeGuidance, Guider, cfg
 from studio.images import ImageInput, encode_image, prepare_image, working_size
 from studio.inversion.result import Inversion
-from studio.jobs import ModelHost, Stopwatch, reproduction_record, resolve_seed, step_events, to_images
+from studio.jobs import (
+    ModelHost,
+    Stopwatch,
+    image_record,
+    inversion_record,
+    mask_record,
+    reproduction_record,
+    resolve_seed,
+    step_events,
+    to_images,
+)
 from studio.inversion.ddim import ddim_inversion_steps
 from studio.inversion.methods import sampling_guider
 from studio.inversion.steps import StepGrid
@@ -218,7 +228,7 @@ def diffedit_mask(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | Non
     """Stage I alone: Mask events after every probe, then a MaskResult. Raises InvalidInputError first."""
     tokens = _check_prompts(engine, spec)
     prepared = _image_of(engine, spec, image, inversion)
-    job = _mask_job(engine, spec, prepared, tokens, resolve_seed(spec.seed), cancel)
+    job = _mask_job(engine, spec, prepared, inversion, tokens, resolve_seed(spec.seed), cancel)
     return engine.exclusive(job, spec.probes, cancel, f"{spec.noise_samples} noise samples per probe")
 
 
@@ -247,14 +257,16 @@ def _encode(engine: ModelHost, image: Image.Image, tokens: tuple[Tokens, Tokens]
 
 
 @torch.no_grad()
-def _mask_job(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, tokens: tuple[Tokens, Tokens], seed: int,
-              cancel: CancelToken | None) -> Iterator[Event]:
-    yield from _stage_one(engine, spec, image, _encode(engine, image, tokens), seed, cancel, finish=True)
+def _mask_job(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, inversion: Inversion | None,
+              tokens: tuple[Tokens, Tokens], seed: int, cancel: CancelToken | None) -> Iterator[Event]:
+    yield from _stage_one(engine, spec, image, _encode(engine, image, tokens), seed, cancel, finish=True,
+                          inversion=inversion)
 
 
 def _stage_one(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, encoded: tuple[Tensor, Cond, Cond, Cond],
-               seed: int, cancel: CancelToken | None, finish: bool) -> Iterator[Event]:
-    """Stage I on `_encode`'s tensors; yields Mask events (and a MaskResult when `finish`), returns (soft, binary)."""
+               seed: int, cancel: CancelToken | None, finish: bool, inversion: Inversion | None = None) -> Iterator[Event]:
+    """Stage I on `_encode`'s tensors; yields Mask events (and a MaskResult when `finish`, whose record names
+    `inversion` when the image is one), returns (soft, binary)."""
     clock = Stopwatch()
     model = engine.model
     # 1. the encoded image and prompts, and the scheduler's alpha_bar table
@@ -288,8 +300,9 @@ def _stage_one(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, encode
         timings = clock.timings()
         mask_fraction = float(binary.mean())
         # the mask's recipe (no timings: a mask is not an image the PNG settings describe)
-        settings = reproduction_record(engine, {"method": "diffedit mask", **asdict(spec)}, None, None, seed=seed,
-                                       probe_timesteps=timesteps, mask_fraction=mask_fraction)
+        settings = reproduction_record(engine, "diffedit_mask", {"method": "diffedit mask", **asdict(spec)}, None, None,
+                                       seed=seed, probe_timesteps=timesteps, mask_fraction=mask_fraction,
+                                       **_inputs_record(image, binary, "Stage I", inversion))
         yield MaskResult([overlay(image, binary)], settings, timings, denoiser.unet_evaluations, seed=seed,
                          image=image, soft=soft, binary=binary, mask_fraction=mask_fraction, probe_timesteps=timesteps)
     return soft, binary
@@ -360,11 +373,19 @@ def _diffedit(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, mask: n
     timings = clock.timings()
     unet_evaluations = denoiser.unet_evaluations + (spec.probes if soft is not None else 0)
     mask_from = "Stage I" if soft is not None else "given"
-    settings = reproduction_record(engine, {"method": "diffedit", **asdict(spec)}, timings, unet_evaluations,
-                                   seed=seed, mask_fraction=float(mask.mean()), mask_from=mask_from)
+    settings = reproduction_record(engine, "diffedit", {"method": "diffedit", **asdict(spec)}, timings,
+                                   unet_evaluations, seed=seed, mask_fraction=float(mask.mean()), mask_from=mask_from,
+                                   **_inputs_record(image, mask, mask_from, inversion))
     yield DiffEditResult(to_images(pixels), settings, timings, unet_evaluations, pixels, seed=seed, mask=mask,
                          mask_from=mask_from, mask_fraction=float(mask.mean()), soft=soft, latents=x,
                          original_latents=original, latent_mask=latent_mask)
+
+
+def _inputs_record(image: Image.Image, mask: np.ndarray, mask_from: str,
+                   inversion: Inversion | None) -> dict[str, object]:
+    """What a DiffEdit record names of its inputs: the image edited, the mask, and the inversion it edits (or None)."""
+    return {"source_image": image_record(image), "mask": mask_record(mask, mask_from),
+            "source_inversion": inversion_record(inversion) if inversion is not None else None}
 
 
 def _check_found_mask(spec: DiffEditSpec, mask: np.ndarray) -> None:

@@ -47,7 +47,17 @@ from studio.errors import InvalidInputError
 from studio.events import AttentionMaps, CancelToken, EditAttentionMaps, Event, Mask, P2PResult
 from studio.guidance import ClassifierFreeGuidance
 from studio.inversion import METHOD_LABELS, Inversion, sampling_guider
-from studio.jobs import ModelHost, Stopwatch, reproduction_record, resolve_seed, step_events, to_images
+from studio.jobs import (
+    ModelHost,
+    Stopwatch,
+    image_record,
+    inversion_record,
+    mask_record,
+    reproduction_record,
+    resolve_seed,
+    step_events,
+    to_images,
+)
 from studio.models import decode_latents
 from studio.prompt_weights import parse_weighted_prompt
 from studio.sampling import make_scheduler, sample_steps
@@ -297,13 +307,19 @@ def _edit(engine: ModelHost, spec: P2PSpec, prepared: PreparedEdit, seed: int, i
     clock.lap("decode")
     timings = clock.timings()
     seed_used = None if inversion is not None else seed
+    inputs_used: dict[str, object] = {"source_inversion": inversion_record(inversion) if inversion is not None else None}
+    if inversion is not None:
+        inputs_used["source_image"] = image_record(inversion.image)
+    if mask is not None:
+        inputs_used["mask"] = mask_record(mask, "local blend")
     settings = reproduction_record(
-        engine, asdict(spec), timings, denoiser.unet_evaluations,
+        engine, "p2p", asdict(spec), timings, denoiser.unet_evaluations,
         source_prompt=inversion.prompt if inversion is not None else spec.source_prompt,
         seed=seed_used,
         steps=steps,
         guidance_scale=inversion.guidance_scale if inversion is not None else spec.guidance_scale,
         inversion=inversion.method if inversion is not None else None,
+        **inputs_used,
     )
     settings.update(seconds_per_step=sampling_seconds / steps, attention_maps_bytes=controller.stored_bytes)
     yield P2PResult(to_images(pixels), settings, timings, denoiser.unet_evaluations, pixels, seed=seed_used,

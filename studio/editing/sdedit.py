@@ -39,7 +39,16 @@ from studio.conditioning import Tokens
 from studio.events import CancelToken, Event, SDEditResult, SDEditSample
 from studio.guidance import ClassifierFreeGuidance
 from studio.images import ImageInput, encode_image, prepare_image, working_size
-from studio.jobs import ModelHost, Stopwatch, reproduction_record, resolve_seed, step_events, to_images
+from studio.jobs import (
+    ModelHost,
+    Stopwatch,
+    image_record,
+    mask_record,
+    reproduction_record,
+    resolve_seed,
+    step_events,
+    to_images,
+)
 from studio.models import decode_latents
 from studio.sampling import make_scheduler, sample_steps
 
@@ -260,10 +269,15 @@ def _sdedit(engine: ModelHost, spec: SDEditSpec, inputs: _Inputs, tokens: Tokens
     clock.lap("decode")
 
     timings = clock.timings()
+    inputs_used = {"source_image": image_record(inputs.guide)}
+    if inputs.original is not inputs.guide:
+        inputs_used["original_image"] = image_record(inputs.original)
+    if inputs.mask is not None:
+        inputs_used["mask"] = mask_record(inputs.mask, "given")
     settings = reproduction_record(
-        engine, {"method": "sdedit", **asdict(spec)}, timings, unet_evaluations, seed=seed,
-        masked=inputs.mask is not None, guidance_scale_used=scale, inputs=inputs.notes,
-        results=[asdict(sample) for sample in samples],
+        engine, "sdedit", {"method": "sdedit", **asdict(spec)}, timings, unet_evaluations, seed=seed,
+        seeds=[sample.seed for sample in samples], masked=inputs.mask is not None, guidance_scale_used=scale,
+        inputs=inputs.notes, results=[asdict(sample) for sample in samples], **inputs_used,
     )
     yield SDEditResult(images, settings, timings, unet_evaluations, pixels, seed=seed, samples=samples,
                        masked=inputs.mask is not None, guidance_scale_used=scale, strip=strip, latents=latents,

@@ -33,7 +33,7 @@ from studio.inversion.guider import PerStepUncondGuidance
 from studio.inversion.null_text import null_text_optimisation
 from studio.inversion.result import METHOD_LABELS, Inversion, InversionSpec
 from studio.inversion.steps import StepGrid
-from studio.jobs import ModelHost, Stopwatch, reproduction_record, to_images
+from studio.jobs import ModelHost, Stopwatch, image_record, reproduction_record, to_images
 from studio.models import decode_latents
 from studio.sampling import StepState, make_scheduler, sample_steps
 
@@ -143,6 +143,16 @@ def _bdia(ctx: Context) -> Iterator[Event]:
 
 
 PHASES = {"ddim": 2, "negative_prompt": 2, "null_text": 3, "edict": 2, "bdia": 2}  # passes over the steps
+# The InversionSpec fields each method reads beyond prompt, steps and guidance_scale: what an edit of its
+# inversion records about it (Inversion.method_settings, studio.jobs.inversion_record)
+METHOD_SETTINGS = {
+    "ddim": ("inversion_guidance",),
+    "negative_prompt": (),
+    "null_text": ("inner_steps", "learning_rate", "lr_decay", "tolerance", "min_improvement", "null_start",
+                  "smoothness", "image_weight"),
+    "edict": ("edict_mix", "float64"),
+    "bdia": ("bdia_gamma", "float64"),
+}
 METHOD_RUNNERS: dict[str, Callable[[Context], Iterator[Event]]] = {
     "ddim": _ddim,
     "negative_prompt": _negative_prompt,
@@ -230,6 +240,7 @@ def _invert(engine: ModelHost, spec: InversionSpec, image: Image.Image, note: st
         edict_mix=spec.edict_mix if spec.method == "edict" else None,
         bdia_gamma=spec.bdia_gamma if spec.method == "bdia" else None,
         dtype=inverted.dtype, preparation=note, losses=inverted.losses,
+        method_settings={name: getattr(spec, name) for name in METHOD_SETTINGS[spec.method]},
     )
 
     # 5. reconstruct with the method's own sampler, measuring the distance to the inverted trajectory
@@ -258,8 +269,8 @@ def _invert(engine: ModelHost, spec: InversionSpec, image: Image.Image, note: st
         "reconstruction_unet_passes": denoiser.unet_evaluations - inversion_passes,
         "inversion_seconds": timings["inversion"],
     }
-    settings = reproduction_record(engine, asdict(spec), timings, denoiser.unet_evaluations, preparation=note,
-                                   **report)
+    settings = reproduction_record(engine, "invert", asdict(spec), timings, denoiser.unet_evaluations,
+                                   preparation=note, source_image=image_record(image), **report)
     yield InversionResult([reconstruction_image], settings, timings, denoiser.unet_evaluations,
                           pixels[:1], inversion=replace(inversion, metrics=report), step_errors=step_errors,
                           method=spec.method, **report)

@@ -106,6 +106,9 @@ class Inversion:
     preparation: str = ""  # what was done to the upload ("centre-cropped 640x480 to 480x480; ...")
     losses: list[list[float]] = field(default_factory=list)  # NTI: L_rec per inner iteration, per step
     metrics: dict[str, float] = field(default_factory=dict)  # psnr, ssim, latent_mse, unet passes, seconds, ...
+    # the InversionSpec fields its method read (NTI's learning rate, EDICT's p, ...), for the records of edits made
+    # from it (studio.jobs.inversion_record); empty for an inversion made elsewhere
+    method_settings: dict[str, object] = field(default_factory=dict)
 
     @property
     def noise_latents(self) -> torch.Tensor:
