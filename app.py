@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from studio.model_options import add_model_options, open_engine
-from studio.ui import diffedit, generate, inversion, p2p, sdedit
+from studio.ui import diffedit, generate, history, inversion, p2p, parts, sdedit, send, stream
 
 if TYPE_CHECKING:
     from studio.engine import Engine  # torch: imported at run time only by main()
@@ -28,21 +28,31 @@ def build_app(engine: Engine) -> gr.Blocks:
     """The Blocks app for a loaded engine, queued (one model job at a time), not launched."""
     # Cached uploads and outputs are deleted after an hour (checked hourly).
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(f"# {TITLE}\nGenerate, invert and edit images with a diffusion model you can watch and steer.",
-                    elem_id="header")
-        with gr.Tabs():
+        gr.Markdown(f"# {TITLE}\nGenerate, invert and edit images with a diffusion model you can watch and steer. "
+                    f"{stream.KEYS_HELP}.", elem_id="header")
+        with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
-                generate.GenerateTab(engine)
+                generating = generate.GenerateTab(engine)
             with gr.Tab("Inversion", id="inversion"):
                 inverted = inversion.InversionTab(engine)
             with gr.Tab("SDEdit", id="sdedit"):
-                sdedit.SDEditTab(engine)
+                sdediting = sdedit.SDEditTab(engine)
             with gr.Tab("DiffEdit", id="diffedit"):
-                diffedit.DiffEditTab(engine, inversion_state=inverted.inversion_state)
+                diffediting = diffedit.DiffEditTab(engine, inversion_state=inverted.inversion_state)
             with gr.Tab("Prompt-to-Prompt", id="p2p"):
-                p2p.P2PTab(engine, inversion_state=inverted.inversion_state)
+                p2p_editing = p2p.P2PTab(engine, inversion_state=inverted.inversion_state)
+            with gr.Tab("History", id="history") as history_page:
+                past = history.HistoryTab(engine)
+        past.wire_page(history_page)
+        send.connect(tabs, [generating, inverted, sdediting, diffediting, p2p_editing, past])
+        demo.unload(history.forget_session)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
     return demo
+
+
+# Each module's styling, for its own elements (Gradio 6 takes css in launch).
+CSS = "\n".join(getattr(module, "CSS", "") for module in (stream, parts, generate, inversion, sdedit, diffedit, p2p,
+                                                          history))
 
 
 def launch_settings() -> dict[str, Any]:
@@ -52,7 +62,8 @@ def launch_settings() -> dict[str, Any]:
         max_file_size=MAX_FILE_SIZE,
         show_error=False,  # only gr.Error messages reach the browser, never tracebacks
         ssr_mode=False,
-        css=generate.CSS,
+        css=CSS,
+        js=stream.KEYBOARD_JS,
         theme=gr.themes.Soft(),
         footer_links=["api", "gradio"],
     )

@@ -64,7 +64,7 @@ class Tab:
 
     Sending between tabs (`studio.ui.send` wires it): a tab whose results can be sent has `sending` (a gr.State
     holding the `Sendable` of the result picked) and `send_buttons` (target tab id -> button, from `send_row`);
-    `mask_buttons` likewise for an attention map's mask. A tab that takes an image implements `receive` (and
+    `map_sending` and `mask_buttons` likewise for an attention map's mask (`mask_row`). A tab that takes an image implements `receive` (and
     `receive_mask` for a mask) and lists the components they write in `receives`."""
 
     name: ClassVar[str] = ""  # the tab's id (TAB_TITLES)
@@ -73,6 +73,7 @@ class Tab:
     def __init__(self, engine: Engine, inversion_state: gr.State | None = None) -> None:
         self.engine, self.form, self.inversion_state = engine, Form(self.fields, engine), inversion_state
         self.sending: gr.State | None = None
+        self.map_sending: gr.State | None = None
         self.send_buttons: dict[str, gr.Button] = {}
         self.mask_buttons: dict[str, gr.Button] = {}
         self.receives: list[Component] = []
@@ -106,6 +107,11 @@ class Tab:
             gr.Warning(f"This PNG was made in the {TAB_TITLES[made_by]} tab: only the settings the two tabs share are "
                        f"restored here. Load it in {TAB_TITLES[made_by]} for all of them.")
         return self.form.restore(record)
+
+
+def session_id(request: gr.Request | None) -> str:
+    """The browser session a request comes from ("api" for a caller without one)."""
+    return (request.session_hash if request is not None else None) or "api"
 
 
 def table_rows(table: Any) -> list[list[Any]]:
@@ -259,3 +265,15 @@ def tagged(image: Any, settings: Mapping[str, Any], **extra: Any) -> Image.Image
     what this picture is, e.g. {"picture": "heat map", "word": "circle"})."""
     picture = image if isinstance(image, Image.Image) else Image.fromarray(rgb(image))
     return png_settings.with_settings(picture, {**settings, **extra})
+
+
+# Shared look of results: small models make small images, shown whole and scaled up without blurring.
+CSS = """
+.dcs-image img, .dcs-gallery img { image-rendering: pixelated; object-fit: contain; }
+.dcs-image img { width: 100%; height: 100%; }
+.dcs-gallery .caption-label, .dcs-gallery figcaption { white-space: normal; overflow: visible; text-overflow: clip; }
+.dcs-send { align-items: center; gap: 6px; }
+.dcs-send-label { flex: 0 0 auto !important; min-width: 0 !important; }
+/* toasts: the newest few, not a pile over the previews */
+.toast-wrap > :nth-last-child(n+4) { display: none; }
+"""

@@ -16,6 +16,7 @@ import gradio as gr
 from studio.errors import CancelledError, StudioError
 from studio.events import CancelToken, Progress, Result
 from studio.ui.history import HISTORY
+from studio.ui.parts import session_id
 
 if TYPE_CHECKING:
     from gradio.components import Component
@@ -88,10 +89,6 @@ class SessionJobs:
 
 
 JOBS = SessionJobs()
-
-
-def session_id(request: gr.Request | None) -> str:
-    return (request.session_hash if request is not None else None) or "api"
 
 
 def stream_job(tab: str, request: gr.Request | None, status: Component, start: Callable[[CancelToken], Iterator[Any]],
@@ -189,12 +186,33 @@ def status_box(elem_id: str) -> gr.HTML:
     return gr.HTML(progress_html(0, 0, "Ready.", "idle"), label="Progress", elem_id=elem_id)  # label: the API docs'
 
 
+RUN_CLASS, STOP_CLASS = "dcs-run", "dcs-stop"  # what the keyboard shortcuts click (KEYBOARD_JS)
+KEYS_HELP = "Ctrl+Enter runs · Esc stops"
+
+
 def run_and_stop(label: str, elem_id: str, stop_id: str) -> tuple[gr.Button, gr.Button]:
-    """A tab's Run button with its Stop beside it."""
+    """A tab's Run button with its Stop beside it (Ctrl+Enter and Esc click them)."""
     with gr.Row():
-        run = gr.Button(label, variant="primary", elem_id=elem_id, scale=3)
-        stop = gr.Button("Stop", variant="stop", elem_id=stop_id, scale=1)
+        run = gr.Button(label, variant="primary", elem_id=elem_id, scale=3, elem_classes=[RUN_CLASS])
+        stop = gr.Button("Stop", variant="stop", elem_id=stop_id, scale=1, elem_classes=[STOP_CLASS])
     return run, stop
+
+
+# Ctrl+Enter (Cmd+Enter) clicks the visible tab's main action, Esc its Stop: the page-wide shortcuts, as the
+# web UIs users come from have them. Only the visible tab's buttons have a layout box (offsetParent).
+KEYBOARD_JS = f"""
+() => {{
+  document.addEventListener('keydown', (event) => {{
+    const run = event.key === 'Enter' && (event.ctrlKey || event.metaKey);
+    if (!run && event.key !== 'Escape') return;
+    const selector = run ? '.{RUN_CLASS}' : '.{STOP_CLASS}';
+    const button = [...document.querySelectorAll(selector)].find((element) => element.offsetParent !== null);
+    if (!button) return;
+    event.preventDefault();
+    button.click();
+  }});
+}}
+"""
 
 
 # Every job event queues on the one model (one job at a time); the status line shows its progress.
@@ -222,3 +240,15 @@ def stop_button(button: gr.Button, status: Component, runs: list[Any], tab: str,
 
     button.click(stop, None, [status, *results], cancels=runs, api_name=api_name, api_visibility="undocumented",
                  concurrency_limit=None, concurrency_id="stop", show_progress="hidden")
+
+
+CSS = """
+.dcs-progress { padding: 2px 0 6px; }
+.dcs-bar { height: 10px; border-radius: 5px; background: var(--neutral-200); overflow: hidden; }
+.dcs-fill { height: 100%; background: var(--color-accent); transition: width 0.2s; }
+.dcs-progress.done .dcs-fill { background: var(--color-green-500, #22c55e); }
+.dcs-progress.stopped .dcs-fill, .dcs-progress.failed .dcs-fill { background: var(--color-red-500, #ef4444); }
+.dcs-progress.failed .dcs-text { color: var(--color-red-500, #ef4444); }
+.dcs-progress.stopped .dcs-text { color: var(--color-red-600, #dc2626); font-weight: 600; }
+.dcs-text { font-size: var(--text-sm); color: var(--body-text-color-subdued); margin-top: 4px; }
+"""
