@@ -124,6 +124,8 @@ def stream_job(tab: str, request: gr.Request | None, status: Component, start: C
                                                                     "previous run")}
         for event in events:
             if isinstance(event, Progress):
+                if job.cancel.cancelled:
+                    continue  # Stop has said where the run stopped: the counter stays where it said
                 job.step, job.total = event.step, event.total
                 job.text = event.message or f"Step {event.step} / {event.total} · {time.monotonic() - job.started:.1f} s"
                 outputs = {status: progress_html(event.step, event.total, job.text)}
