@@ -15,28 +15,43 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from studio import specs
+from studio import png_settings, specs
 from studio.errors import InvalidInputError
-from studio.events import CancelToken, Event, InversionResult, NullTextLoss
+from studio.events import CancelToken, Event, InversionResult, NullTextLoss, Progress
 from studio.images import MAX_INPUT_PIXELS, prepare_image, working_size
 from studio.inversion import METHOD_LABELS, METHODS, Inversion, InversionSpec
+from studio.inversion.file import INVERSION_SUFFIX, load_inversion, save_inversion
 from studio.inversion.result import (BDIA_GAMMA, EDICT_MIX, IMAGE_WEIGHT, INNER_STEPS, INVERSION_STEPS, LEARNING_RATE,
                                      LR_DECAY, MIN_IMPROVEMENT, SMOOTHNESS, TOLERANCE)
+from studio.jobs import inversion_record
 from studio.plots import line_chart
-from studio.ui.form import Field, number, slider, spec_values, text, textbox
-from studio.ui.parts import Tab, instant, model_line, settings_view
+from studio.ui.form import Field, number, saved, slider, spec_values, text, textbox
+from studio.ui.parts import (DOWNLOADS, Sendable, Tab, downloads_box, instant, load_settings_box, model_line, rgb,
+                             send_row, settings_view, tagged)
 from studio.ui.stream import JOB_EVENT, Outputs, progress_html, run_and_stop, status_box, stop_button, stream_job
 
 DEFAULTS = InversionSpec()
-TABLE_HEADERS = ["method", "PSNR (dB)", "SSIM", "latent MSE", "UNet passes (inversion)", "backward passes",
-                 "UNet passes (reconstruction)", "seconds", "× DDIM seconds"]
+# short headers (the table's label says what the passes and seconds count), each word wider than no column
+TABLE_HEADERS = ["method", "PSNR dB", "SSIM", "latent MSE", "UNet inverting", "UNet backward", "UNet redrawing",
+                 "seconds", "× DDIM"]
+TABLE_WIDTHS = ["210px", "80px", "76px", "96px", "96px", "100px", "100px", "80px", "76px"]
+TABLE_LABEL = ("Comparison (UNet passes while inverting, backward through it, redrawing; seconds: inversion only, "
+               "same run)")
 DEFAULT_METHODS = ["ddim", "null_text"]
+GALLERY_COLUMNS = 3  # original + up to five reconstructions: two rows of three, each image whole
+NO_INVERSION_YET = "Invert an image (or load an inversion) first."
+
+CSS = """
+#inversion-gallery .caption-label { white-space: normal; max-width: 100%; overflow: visible; text-overflow: clip; }
+#inversion-gallery img, #inversion-prepared img { image-rendering: pixelated; }
+#inversion-table th, #inversion-table th * { overflow-wrap: normal; word-break: keep-all; hyphens: none; }
+"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,8 +107,58 @@ def loss_plot(losses: list[list[float]]) -> Image.Image:
                       x_label="step", y_label="log10 L_rec", title="Null-text inversion loss", markers=True)
 
 
+def run_progress(jobs: list[Iterator[Event]]) -> Iterator[Event]:
+    """The methods' events in turn, each Progress told as the whole run's (which method of how many, in the method's
+    own words and count), so the running line and Stop's "Stopped after …" say the same thing."""
+    for index, job in enumerate(jobs):
+        for event in job:
+            if isinstance(event, Progress):
+                text = f"method {index + 1} of {len(jobs)} · {event.message}"
+                if event.step:
+                    text += f" · step {event.step} / {event.total}"
+                event = Progress(index * event.total + event.step, len(jobs) * event.total, text)
+            yield event
+
+
+def gallery_pictures(results: list[InversionResult]) -> list[tuple[Image.Image, str]]:
+    """The original beside each reconstruction, captioned with its PSNR; every PNG carries its settings."""
+    first = results[0]
+    return [(tagged(first.inversion.image, first.settings, picture="original (prepared)"), "original")] + [
+        (tagged(r.images[0], r.settings, picture="reconstruction"), f"{METHOD_LABELS[r.method]}: {r.psnr:.2f} dB")
+        for r in results]
+
+
+def gallery_update(results: list[InversionResult]) -> dict[str, Any]:
+    pictures = gallery_pictures(results)
+    return gr.update(value=pictures, columns=min(GALLERY_COLUMNS, len(pictures)))
+
+
+def reconstruction_pngs(results: list[InversionResult]) -> list[str]:
+    """Each method's reconstruction as a PNG carrying the settings that made it."""
+    return DOWNLOADS.pngs([(f"{r.method}-reconstruction.png", r.images[0], r.settings) for r in results])
+
+
+def inversion_file(inversion: Inversion | None) -> str | None:
+    """The inversion as one `.inversion.safetensors` file (data only), for `studio edit ... --inversion` or
+    "Load an inversion"."""
+    if inversion is None:
+        return None
+    return str(save_inversion(inversion, DOWNLOADS.folder() / f"{inversion.method}{INVERSION_SUFFIX}"))
+
+
+def inversion_sendable(inversion: Inversion | None) -> Sendable | None:
+    """The inverted image as other tabs take it, with what the inversion was made with (its caption the prompt)."""
+    if inversion is None:
+        return None
+    return Sendable(rgb(inversion.image), {"job": "invert", **inversion_record(inversion)})
+
+
 def choice_label(index: int, inversion: Inversion) -> str:
     return f"{index + 1}. {inversion.label}"
+
+
+def choices(inversions: list[Inversion]) -> list[tuple[str, int]]:
+    return [(choice_label(i, inversion), i) for i, inversion in enumerate(inversions)]
 
 
 def default_choice(inversions: list[Inversion]) -> int | None:
@@ -116,7 +181,19 @@ def chosen(index: int | None, inversions: list[Inversion]) -> Inversion | None:
 # The form
 
 
-FIELDS = (
+def restored_methods(settings: Mapping[str, Any]) -> list[str] | None:
+    """An inversion's record names its one method (the run of several methods made one record per method)."""
+    method = settings.get("method")
+    return [method] if method in METHODS else None
+
+
+def with_restore(fields: tuple[Field, ...]) -> tuple[Field, ...]:
+    """Every spec field restores from a saved record (a PNG's), checked against the spec's range."""
+    return tuple(replace(f, restore=saved(f.name, InversionSpec.RANGES.get(f.name))) if f.in_spec else f
+                 for f in fields)
+
+
+FIELDS = with_restore((
     Field("upload", lambda engine: gr.File(
         label="Image (any size or mode: it is centre-cropped and resized to the model's size)", type="filepath",
         elem_id="inversion-upload"), in_spec=False),
@@ -128,7 +205,8 @@ FIELDS = (
                                               placeholder="a big red circle on a blue background",
                                               elem_id="inversion-prompt"), text),
     Field("methods", lambda engine: gr.CheckboxGroup([(METHOD_LABELS[m], m) for m in METHODS], value=DEFAULT_METHODS,
-                                                     label="Methods", elem_id="inversion-methods"), in_spec=False),
+                                                     label="Methods", elem_id="inversion-methods"),
+          restore=restored_methods, in_spec=False),
     Field("steps", slider(INVERSION_STEPS, DEFAULTS.steps, elem_id="inversion-steps"), int),
     Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, label="Guidance scale w",
                                    elem_id="inversion-guidance"), float),
@@ -154,7 +232,7 @@ FIELDS = (
     Field("null_start", lambda engine: gr.Radio(
         [("the caption's embedding (fast: where NPI lands)", "prompt"), ("the empty prompt's (Mokady et al.)", "empty")],
         value=DEFAULTS.null_start, label="NTI starts its null embedding from", elem_id="inversion-null-start"), str),
-)
+))
 
 
 def specs_from_values(values: Mapping[str, Any]) -> list[InversionSpec]:
@@ -181,8 +259,10 @@ class Shown:
 
 class InversionTab(Tab):
     """The Inversion tab (the shape of every tab: `parts.Tab`). `inversion_state` is the session's Inversion picked
-    under "Edit this image" (None before any), which the DiffEdit and Prompt-to-Prompt tabs read."""
+    under "Edit this image" (None before any), which the DiffEdit and Prompt-to-Prompt tabs read. It changes only
+    when a run has finished all its methods (or an inversion is loaded): a stopped run never replaces it."""
 
+    name = "inversion"
     fields = FIELDS
 
     # 1. layout ---------------------------------------------------------------------------
@@ -191,10 +271,10 @@ class InversionTab(Tab):
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=320):
                 self.upload, self.keep_size = form.place("upload", "keep_size")
-                self.prepared = gr.Image(label="As the model sees it", type="pil", format="png",
-                                         interactive=False, height=200, elem_id="inversion-prepared")
+                self.prepared = gr.Image(label="As the model sees it", type="pil", format="png", interactive=False,
+                                         height=200, elem_id="inversion-prepared", elem_classes=["dcs-image"])
                 self.note = gr.Markdown("", elem_id="inversion-note")
-                form.place("prompt", "methods")
+                self.prompt, _ = form.place("prompt", "methods")
                 with gr.Row():
                     form.place("steps", "guidance_scale")
                 with gr.Accordion("Method settings", open=False):
@@ -207,45 +287,62 @@ class InversionTab(Tab):
                     form.place("null_start")
                 self.go, self.stop = run_and_stop("Invert", "inversion-btn", "inversion-stop")
                 self.status = status_box("inversion-status")
-            with gr.Column(scale=6, min_width=360):
-                self.gallery = gr.Gallery(label="Original and reconstructions", columns=4, height=260, format="png",
-                                          elem_id="inversion-gallery")
-                self.table = gr.Dataframe(headers=TABLE_HEADERS, label="Comparison (seconds: inversion only, same run)",
-                                          interactive=False, wrap=True, elem_id="inversion-table")
                 with gr.Row():
-                    self.errors = gr.Image(label="Latent error per step", type="pil", format="png", interactive=False,
-                                           elem_id="inversion-errors")
-                    self.losses = gr.Image(label="Null-text loss (live)", type="pil", format="png", interactive=False,
-                                           elem_id="inversion-loss")
+                    self.load_file = gr.File(label=f"Load an inversion ({INVERSION_SUFFIX}, from here or `studio "
+                                                   "invert`)", file_types=[".safetensors"], type="filepath",
+                                             elem_id="inversion-load", height=100)
+                    self.load_settings = load_settings_box("inversion-load-settings")
+            with gr.Column(scale=6, min_width=360):
+                self.gallery = gr.Gallery(label="Original and reconstructions", columns=GALLERY_COLUMNS, height=540,
+                                          format="png", object_fit="contain", elem_id="inversion-gallery",
+                                          elem_classes=["dcs-gallery"])
+                self.send_buttons = send_row("inversion", own=self.name)
+                self.sending = gr.State(None)
                 self.pick = gr.Dropdown([], label="Edit this image (DiffEdit and Prompt-to-Prompt tabs use it)",
                                         elem_id="inversion-pick", interactive=True)
+                with gr.Row():
+                    self.inversion_download = gr.File(label="The picked inversion (for `studio edit … --inversion` "
+                                                            "or Load)", interactive=False,
+                                                      elem_id="inversion-file", height=100)
+                    self.downloads = downloads_box("inversion-downloads", "Reconstructions (PNGs with settings)")
+                self.table = gr.Dataframe(headers=TABLE_HEADERS, label=TABLE_LABEL, interactive=False, wrap=True,
+                                          column_widths=TABLE_WIDTHS, elem_id="inversion-table")
+                with gr.Row():  # the plots carry their own titles: no label chip over them
+                    self.errors = gr.Image(label="Latent error per step", show_label=False, type="pil", format="png",
+                                           interactive=False, elem_id="inversion-errors")
+                    self.losses = gr.Image(label="Null-text loss (live)", show_label=False, type="pil", format="png",
+                                           interactive=False, elem_id="inversion-loss")
                 self.settings = settings_view("inversion-settings", "Settings of the last inversion", height=None)
-        self.inversions = gr.State([])  # this session's Inversions of the last run, in table order
+        self.inversions = gr.State([])  # this session's Inversions (the last finished run's, and those loaded)
         self.inversion_state = gr.State(None)
+        self.receives = [self.upload, self.prompt]
+        self.results = {self.gallery: self.gallery.label, self.table: TABLE_LABEL, self.errors: self.errors.label}
         gr.Markdown(
             f"{model_line(self.engine)}. Inversion finds the noise x_T (and, for null-text inversion, per-step null "
             "embeddings) from which the sampler redraws your image. DDIM inversion runs the sampler backwards (Song "
             "et al. 2021); null-text inversion (Mokady et al. 2023) optimises the unconditional embedding per step so "
             "guided sampling retraces it; negative-prompt inversion (Miyake et al. 2023) uses the caption as the "
-            "negative prompt; EDICT (Wallace et al. 2023) and BDIA (Zhang et al. 2023) are exact to float precision. "
-            "The ceiling row is the VAE alone: no inversion can beat it.", elem_id="inversion-help",
+            "negative prompt; EDICT (Wallace et al. 2023) and BDIA (Zhang et al. 2024) are exact to float precision. "
+            "The ceiling row is the VAE alone: no inversion can beat it. **Ctrl+Enter** runs · **Esc** stops.",
+            elem_id="inversion-help",
         )
 
     # 2. handlers -------------------------------------------------------------------------
     def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
         """Invert the upload with each ticked method: streams progress and null-text inversion's loss, then after
-        each method the gallery, the table, the error plot, the pick and the settings."""
+        each method the gallery, the table and the error plot; once every method is done, the pick, the downloads
+        and the inversion the editing tabs use."""
         shown = Shown()
 
         def start(cancel: CancelToken) -> Iterator[Event]:
             shown.runs.extend(specs_from_values(values))
             image = load_upload(values.get("upload"))
             # every method's input is checked here, before the first one starts
-            jobs = [self.engine.invert(spec, image, cancel) for spec in shown.runs]
-            return (event for job in jobs for event in job)
+            return run_progress([self.engine.invert(spec, image, cancel) for spec in shown.runs])
 
-        yield from stream_job("inversion", request, self.status, start, lambda event: self.render(event, shown),
-                              "Inversion")
+        yield {self.losses: None}  # the previous run's loss plot is not this run's
+        yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
+                              "Inversion", results=self.results, partial=lambda: self.partial(shown))
 
     def render(self, event: Event, shown: Shown) -> Outputs | None:
         if isinstance(event, NullTextLoss):
@@ -253,22 +350,53 @@ class InversionTab(Tab):
                 shown.losses.clear()
             shown.losses.append(event.losses)
             return {self.losses: loss_plot(shown.losses)}
-        if isinstance(event, InversionResult):
-            done = shown.done
-            done.append(event)
-            inverted = [r.inversion for r in done]
-            pictures = [(done[0].inversion.image, "original")] + [
-                (r.images[0], f"{METHOD_LABELS[r.method]}: {r.psnr:.2f} dB") for r in done]
-            index = default_choice(inverted)
-            choices = [(choice_label(i, inv), i) for i, inv in enumerate(inverted)]
-            finished = len(done) == len(shown.runs)
-            text = (f"Done: {len(done)} method(s) · {html.escape(done[0].inversion.preparation or 'used as uploaded')}"
-                    if finished else f"{len(done)} of {len(shown.runs)} methods done")
-            return {self.status: progress_html(1, 1, text, "done" if finished else "running"), self.gallery: pictures,
-                    self.table: comparison_rows(done), self.errors: error_plot(done),
-                    self.pick: gr.update(choices=choices, value=index), self.settings: event.settings,
-                    self.inversions: inverted, self.inversion_state: inverted[index]}
-        return None
+        if not isinstance(event, InversionResult):
+            return None
+        done = shown.done
+        done.append(event)
+        shown_now = {self.gallery: gallery_update(done), self.table: comparison_rows(done), self.errors: error_plot(done)}
+        if len(done) < len(shown.runs):
+            return {**shown_now, self.status: progress_html(len(done), len(shown.runs),
+                                                            f"{len(done)} of {len(shown.runs)} methods done")}
+        inverted = [r.inversion for r in done]
+        index = default_choice(inverted)
+        text = f"Done: {len(done)} method(s) · {html.escape(done[0].inversion.preparation or 'used as uploaded')}"
+        return {**shown_now, self.status: progress_html(1, 1, text, "done"), self.settings: event.settings,
+                self.pick: gr.update(choices=choices(inverted), value=index), self.inversions: inverted,
+                self.inversion_state: inverted[index], self.inversion_download: inversion_file(inverted[index]),
+                self.downloads: reconstruction_pngs(done), self.sending: inversion_sendable(inverted[index])}
+
+    def partial(self, shown: Shown) -> Outputs:
+        """A stopped run offers the methods it finished (the inversion the editing tabs use stays the last
+        finished run's)."""
+        if not shown.done:
+            return {}
+        done = shown.done
+        return {self.gallery: gallery_update(done), self.table: comparison_rows(done), self.errors: error_plot(done)}
+
+    def picked(self, index: int | None, inversions: list[Inversion]) -> tuple[Inversion | None, str | None, Any]:
+        """The inversion picked under "Edit this image", its file and what the send buttons carry."""
+        inversion = chosen(index, inversions)
+        return inversion, inversion_file(inversion), inversion_sendable(inversion)
+
+    def load(self, path: str | None, inversions: list[Inversion]) -> tuple:
+        """An inversion file (written here or by `studio invert`) added to the session's inversions and picked."""
+        if not path:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        try:
+            inversion = load_inversion(path, self.engine.device)
+        except InvalidInputError as error:
+            raise gr.Error(str(error)) from error
+        inversions = [*inversions, inversion]
+        text = f"Loaded {inversion.label}: {inversion.steps} steps at w = {inversion.guidance_scale:g}, caption " \
+               f"{inversion.prompt!r}"
+        return (inversions, gr.update(choices=choices(inversions), value=len(inversions) - 1), inversion,
+                inversion_sendable(inversion), progress_html(1, 1, text, "done"))
+
+    def receive(self, item: Sendable) -> dict[Any, Any]:
+        """An image sent from another tab: it becomes the upload, its prompt the caption."""
+        path, = DOWNLOADS.pngs([("sent.png", item.image, item.settings)])
+        return {self.upload: path, self.prompt: item.prompt}
 
     def show_prepared(self, path: str | None, keep_size: bool) -> tuple:
         """The upload as the model will see it, and what was changed."""
@@ -290,6 +418,13 @@ class InversionTab(Tab):
         self.run_event = self.go.click(
             self.run, inputs_kwargs=self.form.inputs, api_name="invert", **JOB_EVENT,
             outputs=[self.status, self.gallery, self.table, self.errors, self.losses, self.pick, self.settings,
-                     self.inversions, self.inversion_state])
-        stop_button(self.stop, self.status, [self.run_event], tab="inversion", api_name="inversion_stop")
-        self.pick.input(chosen, [self.pick, self.inversions], self.inversion_state, **instant("inversion-preview"))
+                     self.inversions, self.inversion_state, self.inversion_download, self.downloads, self.sending])
+        stop_button(self.stop, self.status, [self.run_event], tab=self.name, api_name="inversion_stop",
+                    results=list(self.results))
+        self.pick.input(self.picked, [self.pick, self.inversions],
+                        [self.inversion_state, self.inversion_download, self.sending], **instant("inversion-preview"))
+        self.load_file.upload(self.load, [self.load_file, self.inversions],
+                              [self.inversions, self.pick, self.inversion_state, self.sending, self.status],
+                              api_name="load_inversion", concurrency_id="inversion-load")
+        self.load_settings.upload(self.read_settings, self.load_settings, self.form.restorable,
+                                  api_name="inversion_read_settings", concurrency_id="settings")

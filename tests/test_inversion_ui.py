@@ -1,0 +1,98 @@
+"""The Inversion tab through its API (gradio_client, launched app, tiny random model) and its pieces.
+
+Protects: /invert offers the picked inversion as an `.inversion.safetensors` file that `studio` reads and
+/load_inversion loads back, and each reconstruction as a PNG carrying its settings; a run that has not
+finished all its methods leaves the inversion the editing tabs use alone and offers what it finished when
+stopped; the progress line counts the whole run in the words Stop repeats; a sent image becomes the upload
+and its prompt the caption.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import pytest
+from app_harness import launched_app
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from studio import png_settings
+from studio.events import InversionResult, Progress
+from studio.inversion import InversionSpec
+from studio.inversion.file import INVERSION_SUFFIX, load_inversion
+from studio.ui import inversion
+from studio.ui.parts import Sendable
+
+CAPTION = "a big red circle on a blue background"
+
+
+def shown(output):
+    """An output's value: result components come labelled (a gr.update carrying value and label)."""
+    return output["value"] if isinstance(output, dict) and output.get("__type__") == "update" else output
+
+
+@pytest.fixture(scope="module")
+def client(tiny_engine, tmp_path_factory):
+    with launched_app(tiny_engine, tmp_path_factory.mktemp("gradio")) as url:
+        yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.new("RGB", (128, 128), (200, 30, 30)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tab(tiny_engine):
+    with gr.Blocks():
+        return inversion.InversionTab(tiny_engine)
+
+
+def test_invert_offers_the_inversion_file_and_reconstructions_with_settings(client, photo):
+    status, gallery, table, errors, losses, pick, settings, inversion_file, downloads = client.predict(
+        upload=handle_file(str(photo)), prompt=CAPTION, methods=["ddim", "negative_prompt"], steps=2,
+        api_name="/invert")
+    assert "Done: 2 method(s)" in status
+    assert inversion_file.endswith("negative_prompt" + INVERSION_SUFFIX)  # the pick prefers an editable inversion
+    loaded = load_inversion(inversion_file)
+    assert loaded.method == "negative_prompt" and loaded.prompt == CAPTION and loaded.steps == 2
+    assert [png_settings.read_png_settings(path)["method"] for path in downloads] == ["ddim", "negative_prompt"]
+    assert png_settings.read_png_settings(shown(gallery)[1]["image"])["job"] == "invert"  # gallery downloads carry them too
+
+    loaded_pick, loaded_status = client.predict(handle_file(inversion_file), api_name="/load_inversion")
+    assert "Loaded Negative-prompt inversion" in loaded_status
+
+
+def test_a_run_that_has_not_finished_every_method_leaves_the_edited_inversion_alone(tab, tiny_engine):
+    specs = [InversionSpec(CAPTION, method, steps=2) for method in ("ddim", "negative_prompt")]
+    image = Image.new("RGB", (128, 128), (30, 70, 220))
+    first = [e for e in tiny_engine.invert(specs[0], image) if isinstance(e, InversionResult)][0]
+    shown = inversion.Shown(runs=specs)
+
+    outputs = tab.render(first, shown)
+    assert tab.gallery in outputs and tab.table in outputs  # the method done is shown ...
+    assert not {tab.inversion_state, tab.inversions, tab.pick, tab.inversion_download} & set(outputs)  # ... not used
+    assert set(tab.partial(shown)) == {tab.gallery, tab.table, tab.errors}  # Stop offers it
+    assert tab.partial(inversion.Shown(runs=specs)) == {}
+
+
+def test_progress_counts_the_whole_run_in_the_words_stop_repeats():
+    def method(message):
+        yield Progress(0, 4, "Waiting for the previous job to finish…")
+        yield Progress(3, 4, message)
+
+    told = [(e.step, e.total, e.message) for e in inversion.run_progress([method("DDIM inversion: inverting"),
+                                                                           method("EDICT: inverting")])]
+    assert told[1] == (3, 8, "method 1 of 2 · DDIM inversion: inverting · step 3 / 4")
+    assert told[3] == (7, 8, "method 2 of 2 · EDICT: inverting · step 3 / 4")
+    assert told[2][2] == "method 2 of 2 · Waiting for the previous job to finish…"
+
+
+def test_a_sent_image_becomes_the_upload_and_its_prompt_the_caption(tab):
+    sent = np.full((64, 64, 3), 120, np.uint8)
+    received = tab.receive(Sendable(sent, {"job": "generate", "prompt": CAPTION, "seed": 3}))
+    assert received[tab.prompt] == CAPTION
+    assert png_settings.read_png_settings(received[tab.upload])["seed"] == 3
+    np.testing.assert_array_equal(np.asarray(Image.open(received[tab.upload]).convert("RGB")), sent)
