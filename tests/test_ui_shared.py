@@ -62,8 +62,9 @@ def test_stopped_run_says_where_in_its_progress_words_and_offers_the_partial_res
         shown.append(outputs)
         token_seen.set()
 
-    assert shown[0][GALLERY]["label"] == "Results · previous run"  # the old gallery is marked stale at once
-    assert shown[2][GALLERY] == gr.update(value=["preview"], label="Results · live")
+    assert shown[0][GALLERY] == gr.update(label="Results · previous run")  # the old gallery is marked stale at once
+    assert shown[2][GALLERY] == gr.update(label="Results · live")  # then the preview, a plain value
+    assert shown[3][GALLERY] == ["preview"]
     last = shown[-1]
     assert text_of(last[STATUS]) == "Stopped after edit: step 3 / 10 · the partial result is shown"
     assert 'data-state="stopped"' in last[STATUS]
@@ -77,7 +78,8 @@ def test_results_land_in_the_sessions_history_with_their_own_seeds_and_labels_re
     outputs = list(stream.stream_job("generate", FakeRequest(session), STATUS, start,
                                      lambda event: {GALLERY: ["done"]}, "Test", results={GALLERY: "Results"}))
 
-    assert outputs[-1][GALLERY] == gr.update(value=["done"], label="Results")
+    assert outputs[-2][GALLERY] == gr.update(label="Results")
+    assert outputs[-1][GALLERY] == ["done"]  # the result's value is plain: what an API caller receives
     entries = history.HISTORY.entries(session)
     assert [entry.caption for entry in entries] == ["Generate · a big blue square · seed 3 · #0",
                                                     "Generate · a big blue square · seed 4 · #1"]

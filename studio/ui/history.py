@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+from gradio.components import Component  # at run time: Gradio reads the handlers' hints for gr.Request
 from PIL import Image
 
 from studio.ui.parts import (DOWNLOADS, Sendable, Tab, compare_view, difference, downloads_box, instant, rgb, send_row,
                              session_id, settings_view, tagged)
 
 if TYPE_CHECKING:
-    from gradio.components import Component
-
     from studio.events import Result
 
 MAX_ENTRIES = 60  # images per session

@@ -9,15 +9,12 @@ local edit" is two clicks. No model work: the events are instant and private (no
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
+from gradio.components import Component
 
 from studio.ui.parts import Sendable, Tab, instant
-
-if TYPE_CHECKING:
-    from gradio.components import Component
-
 
 def connect(tabs: gr.Tabs, pages: Iterable[Tab]) -> None:
     """Wire every send and mask button of `pages` to the tab it names (in the app's gr.Tabs `tabs`)."""

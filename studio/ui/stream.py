@@ -7,7 +7,7 @@ import html
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -119,9 +119,9 @@ def stream_job(tab: str, request: gr.Request | None, status: Component, start: C
     except Exception as error:
         JOBS.finish(key, job)
         raise gr.Error(_unexpected(what, error)) from error
+    labels = ResultLabels(results)
     try:
-        yield {status: progress_html(0, 1, job.text), **_labelled(dict.fromkeys(results, gr.skip()), results,
-                                                                    "previous run")}
+        yield {status: progress_html(0, 1, job.text), **labels.mark(results, "previous run")}
         for event in events:
             if isinstance(event, Progress):
                 if job.cancel.cancelled:
@@ -133,10 +133,11 @@ def stream_job(tab: str, request: gr.Request | None, status: Component, start: C
                 outputs = render(event)
                 if isinstance(event, Result):
                     HISTORY.add(key[0], tab, event)
-                if outputs:
-                    outputs = _labelled(outputs, results, None if isinstance(event, Result) else "live")
-            if outputs and not job.cancel.cancelled:  # a stopped run shows nothing more: Stop said where it ended
-                yield outputs
+            if not outputs or job.cancel.cancelled:  # a stopped run shows nothing more: Stop said where it ended
+                continue
+            if relabelled := labels.mark(outputs, None if isinstance(event, Result) else "live"):
+                yield relabelled
+            yield outputs
     except CancelledError:
         yield _with_status(job.stopped(), status)
     except StudioError as error:
@@ -160,8 +161,28 @@ def _with_status(outputs: Outputs, status: Component) -> Outputs:
     return {(status if component == STATUS_KEY else component): value for component, value in outputs.items()}
 
 
+class ResultLabels:
+    """The labels of a tab's result components through one run: "<label> · previous run" once it starts, "· live"
+    while it streams into them, the plain label for its result. A change goes out as its own label-only update,
+    so the values themselves stay plain (what an API caller receives)."""
+
+    def __init__(self, results: Mapping[Component, str]) -> None:
+        self.results = results
+        self.shown: dict[Component, str | None] = {}
+
+    def mark(self, components: Iterable[Component], state: str | None) -> Outputs:
+        """Label updates for the result components among `components` whose state changes to `state`."""
+        changes = {}
+        for component in components:
+            if component in self.results and self.shown.get(component, "") != state:
+                self.shown[component] = state
+                label = self.results[component] if state is None else f"{self.results[component]} · {state}"
+                changes[component] = gr.update(label=label)
+        return changes
+
+
 def _labelled(outputs: Outputs, results: Mapping[Component, str], state: str | None) -> Outputs:
-    """`outputs` with each result component's label saying which run it shows (`state` None: this run's result)."""
+    """`outputs` with each result component's value and label in one update (Stop's outputs: the partial result)."""
     labelled = {}
     for component, value in outputs.items():
         if component in results:
