@@ -42,8 +42,7 @@ DIFFEDIT_TARGET = "a big green circle on a blue background"
 P2P_INVERSION_TARGET = "a big yellow circle on a blue background"  # word swap red -> yellow of the inverted scene
 INVERSION_METHODS = ("ddim", "null_text")
 
-# The walk's own marks on what was on screen before a click, so only what the click brings counts.
-STALE = "data-walk-stale"
+# The walk marks what was on screen before a click (data-walk-stale), so only what the click brings counts.
 MARK_STALE = """([status, result]) => {
   const marked = [...document.querySelectorAll('.toast-body.error')];
   if (status) marked.push(...document.querySelectorAll(status + ' .dcs-progress'));
@@ -107,6 +106,10 @@ class Timing:
     @property
     def ok(self) -> bool:
         return self.state == "done"
+
+    @property
+    def failed(self) -> bool:
+        return self.state not in ("done", "absent")
 
 
 @dataclass
@@ -411,10 +414,11 @@ def alternating(args: argparse.Namespace) -> tuple[Walk, Walk]:
     return peer, this
 
 
-def read_report(path: Path, walk: int = 0) -> Walk:
-    """A Walk from its JSON report, its timings numbered as walk `walk`."""
+def read_report(path: Path, walk: int | None = None) -> Walk:
+    """A Walk from its JSON report; with `walk`, its timings renumbered as that walk."""
     fields = {name: value for name, value in json.loads(path.read_text()).items() if name in Walk.__dataclass_fields__}
-    fields["timings"] = [Timing(**(timing | {"walk": walk})) for timing in fields["timings"]]
+    renumbered = {} if walk is None else {"walk": walk}
+    fields["timings"] = [Timing(**(timing | renumbered)) for timing in fields["timings"]]
     return Walk(**fields)
 
 
@@ -463,4 +467,4 @@ def main(argv: list[str] | None = None) -> list[Walk]:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if all(t.ok for walk in main() for t in walk.timings) else 1)
+    sys.exit(1 if any(t.failed for walk in main() for t in walk.timings) else 0)
