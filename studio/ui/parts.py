@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd  # gr.Dataframe hands tables over as DataFrames unless type='array'
 from PIL import Image
 
-from studio import png_settings
+from studio import model_limits, png_settings
 from studio.errors import InvalidInputError
 from studio.ui.form import Field, Form
 
@@ -128,6 +128,27 @@ def table_rows(table: Any) -> list[list[Any]]:
 def settings_view(elem_id: str, label: str = "Settings of this result", height: int = 200) -> gr.JSON:
     """The settings that produced the result shown (the reproduction record)."""
     return gr.JSON(label=label, elem_id=elem_id, height=height)
+
+
+def model_panel(engine: Engine, elem_id: str) -> None:
+    """What the model can draw, where a tab's prompt is: its native size and its words, and its model card."""
+    limits = engine.model_limits
+    with gr.Accordion(f"Model {limits.model_name}: {limits.native_size}×{limits.native_size} px"
+                      + (", a fixed vocabulary" if limits.vocabulary is not None else ""), open=False, elem_id=elem_id):
+        gr.Markdown(html.escape(model_limits.vocabulary_text(limits)), elem_id=f"{elem_id}-words")
+        if limits.card_text:
+            with gr.Accordion("Model card", open=False):
+                gr.Markdown(limits.card_text, elem_id=f"{elem_id}-card")
+
+
+def warn_about_limits(engine: Engine, prompts: Sequence[str], size: tuple[int, int] | None = None) -> None:
+    """gr.Warning for what the model was never trained to draw: reserved words in `prompts`, an off-native size."""
+    limits = engine.model_limits
+    found = [warning for prompt in prompts for warning in model_limits.prompt_warnings(limits, prompt or "")]
+    if size is not None and (warning := model_limits.size_warning(limits, *size)):
+        found.append(warning)
+    for warning in dict.fromkeys(found):
+        gr.Warning(warning)
 
 
 def model_line(engine: Engine) -> str:
@@ -276,4 +297,6 @@ CSS = """
 .dcs-send-label { flex: 0 0 auto !important; min-width: 0 !important; }
 /* toasts: the newest few, not a pile over the previews */
 .toast-wrap > :nth-last-child(n+4) { display: none; }
+/* Gradio groups a kind's messages in one toast that grows with each: show the newest (its title counts them) */
+.toast-messages > :not(:last-child) { display: none; }
 """
