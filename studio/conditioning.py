@@ -91,6 +91,11 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompt: str, model_name: str = 
     )
 
 
+def prompt_words(prompt: str) -> list[str]:
+    """The prompt's words as `tokenize` names them (whitespace-separated, outer punctuation stripped)."""
+    return [_word_text(prompt, match.span()) for match in WORD.finditer(prompt)]
+
+
 def _word_text(prompt: str, span: tuple[int, int]) -> str:
     text = prompt[span[0] : span[1]]
     return text.strip(PUNCTUATION) or text

@@ -12,6 +12,8 @@ take the engine as their studio.jobs.ModelHost; the entry points below only forw
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +29,8 @@ from studio.fair_lock import FairLock
 from studio.generation import GuidancePlan
 from studio.images import ImageInput
 from studio.inversion import Inversion, InversionSpec, invert
-from studio.models import LoadedModel, load_model
+from studio.model_limits import ModelLimits, model_limits
+from studio.models import EMBEDDED_MODEL_DIR, LoadedModel, load_model
 from studio.specs import GenerateSpec
 
 
@@ -38,6 +41,9 @@ class Engine:
                  offload: bool = False, compile_unet: bool = False):
         self.model: LoadedModel = load_model(source, device, dtype, offload=offload, compile_unet=compile_unet)
         self._lock = FairLock()
+        # the model's folder, where its card is: the embedded model's, or a local diffusers folder (not a file or hub id)
+        self.folder: Path | None = EMBEDDED_MODEL_DIR if source is None else (
+            Path(source).expanduser() if Path(source).expanduser().is_dir() else None)
 
     @property
     def model_name(self) -> str:
@@ -58,6 +64,11 @@ class Engine:
     @property
     def prediction_type(self) -> str:
         return self.model.prediction_type
+
+    @cached_property
+    def model_limits(self) -> ModelLimits:
+        """Native size, vocabulary, reserved words and model card, for the UI (studio.model_limits)."""
+        return model_limits(self.model_name, self.model.tokenizer, self.native_size, self.size_multiple, self.folder)
 
     @property
     def jobs_waiting(self) -> int:
