@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from studio.conditioning import WORD, _word_text
+from studio.conditioning import WORD, prompt_words
 from studio.errors import InvalidInputError
 
 BARE_WEIGHT = 1.1  # "(word)" without a number, as in the common front ends
@@ -30,7 +30,7 @@ class WeightedPrompt:
     def weights_of(self, words: list[str]) -> list[tuple[int, float]]:
         """(index into `words`, weight) for every weighted word, where `words` are the tokenized prompt's
         words (Tokens.words: the words of `text` that produced tokens, in order)."""
-        spans = [_word_text(self.text, match.span()) for match in WORD.finditer(self.text)]
+        spans = prompt_words(self.text)
         pairs, next_word = [], 0
         for span_text, weight in zip(spans, self.word_weights, strict=True):
             if next_word < len(words) and words[next_word] == span_text:
