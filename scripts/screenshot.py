@@ -1,8 +1,13 @@
-"""Retake the README screenshot: launch the app on the default (embedded) model, generate with
-attention maps in headless chromium, and save the page.
+"""Retake the README screenshots: launch the app on the default (embedded) model, generate with
+attention maps in headless chromium, and save the page; with --all, one page per tab after a realistic job.
 
     python scripts/screenshot.py                       # -> docs/screenshot-generate.png
     python scripts/screenshot.py --model PATH --prompt "..." --out shot.png
+    python scripts/screenshot.py --all                 # -> docs/screenshot-<tab>.png for every tab
+
+--all drives each tab as bench/ui_walk.py does (the same actions): Inversion after DDIM + null-text inversion of a
+rendered scene, SDEdit after its first stroke example, DiffEdit after Find mask + Edit, Prompt-to-Prompt after its
+first example.
 """
 
 from __future__ import annotations
@@ -14,11 +19,33 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+import ui_walk  # bench/ (on sys.path above): the walk through every tab
+
+TIMEOUT_MS = 300_000
+
+
+def generate_action(args: argparse.Namespace) -> ui_walk.Action:
+    """The README's Generate job: a fixed seed, a batch, attention maps."""
+    def prepare(page) -> None:
+        page.fill("#prompt textarea", args.prompt)
+        page.uncheck("#random-seed input")
+        for elem_id, value in (("seed", args.seed), ("steps", args.steps), ("batch-size", args.batch_size)):
+            ui_walk.set_number(page, elem_id, value)
+        page.check("#show-attention input")
+
+    return ui_walk.Action("Generate", "generate", "prompt -> gallery image", "#generate-btn", "#gallery img", "#status",
+                          prepare=prepare)
+
+
+def shoot(page, path: Path) -> None:
+    page.wait_for_timeout(1500)  # the last images and plots draw
+    page.evaluate("window.scrollTo(0, 0)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+    print(path)
 
 
 def main() -> None:
@@ -29,35 +56,35 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot-generate.png"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot-generate.png"), help="the Generate shot (without --all)")
+    parser.add_argument("--all", action="store_true", help="one shot per tab: OUT_DIR/screenshot-<tab>.png")
+    parser.add_argument("--out-dir", default=str(ROOT / "docs"))
     args = parser.parse_args()
 
     from app_harness import launched_app
-    from playwright.sync_api import sync_playwright
 
     from studio.engine import Engine
 
-    with launched_app(Engine(args.model), Path(tempfile.mkdtemp())) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(300_000)
-        page.goto(url)
-        page.fill("#prompt textarea", args.prompt)
-        page.uncheck("#random-seed input")
-        for elem_id, value in (("seed", args.seed), ("steps", args.steps), ("batch-size", args.batch_size)):
-            box = page.locator(f"#{elem_id} input[type=number]")
-            box.fill(str(value))
-            box.press("Enter")
-        page.check("#show-attention input")
-        page.click("#generate-btn")
-        page.wait_for_selector("#status [data-state=done]")
-        page.locator("#token-pick label", has_text=args.word).first.click()
-        page.wait_for_timeout(1500)
-        page.evaluate("window.scrollTo(0, 0)")
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=args.out, full_page=True)
-        browser.close()
-    print(args.out)
+    def path_of(tab_id: str) -> Path:
+        return Path(args.out_dir) / f"screenshot-{tab_id}.png" if args.all else Path(args.out)
+
+    with tempfile.TemporaryDirectory(prefix="screenshots-") as folder:
+        steps = [generate_action(args)]
+        if args.all:
+            steps += [action for action in ui_walk.actions(ui_walk.walk_inputs(Path(folder)))
+                      if action.tab_id != "generate" and not action.from_inversion]
+        last_of_tab = {action.tab_id: action for action in steps}
+
+        def after(page, action: ui_walk.Action, timing: ui_walk.Timing) -> None:
+            if not timing.ok:
+                raise SystemExit(f"{action.tab}: {action.name} did not finish ({timing.state}: {timing.said})")
+            if action.tab_id == "generate":
+                page.locator("#token-pick label", has_text=args.word).first.click()
+            if last_of_tab[action.tab_id] is action:
+                shoot(page, path_of(action.tab_id))
+
+        with launched_app(Engine(args.model), Path(folder)) as url:
+            ui_walk.walk_pages(url, steps, TIMEOUT_MS, after=after)
 
 
 if __name__ == "__main__":
