@@ -4,14 +4,26 @@ the caller as the gr.Error text; the token table's weights become re-weights."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
 import pytest
 from app_harness import launched_app
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from PIL import Image
 
+from studio import png_settings
 from studio.ui import p2p
+from studio.ui.parts import Sendable
 
 SOURCE, TARGET = "a big red circle on a blue background", "a big red square on a blue background"
+
+
+def shown(output):
+    """An output's value: result components come labelled (a gr.update carrying value and label)."""
+    return output["value"] if isinstance(output, dict) and output.get("__type__") == "update" else output
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +33,31 @@ def client(tiny_engine, tmp_path_factory):
 
 
 def test_p2p_endpoint_returns_source_and_edit_with_settings(client):
-    images, status, mask, settings = client.predict(
+    images, status, mask, settings, compare, difference, downloads, hint = client.predict(
         api_name="/p2p", source_prompt=SOURCE, target_prompt=TARGET, edit="word swap", seed=2, steps=3,
         blend_words="circle, square", blend_start=0.0,
     )
-    assert [item["caption"] for item in images] == ["source", "edited"]
+    assert [item["caption"] for item in shown(images)] == ["source", "edited"]
     assert settings["target_prompt"] == TARGET and settings["blend_words"] == ["circle", "square"]
-    assert mask is not None
+    assert shown(mask) is not None
+    # every download carries the edit's settings and says which picture it is
+    downloaded = {Path(path).name: png_settings.read_png_settings(path) for path in downloads}
+    assert {"p2p-source.png", "p2p-edited.png", "p2p-blend-mask.png"} <= set(downloaded)
+    assert any(name.startswith("p2p-heat-map-edited-") for name in downloaded)
+    assert all(record["target_prompt"] == TARGET and record["seed"] == 2 for record in downloaded.values())
+    assert downloaded["p2p-blend-mask.png"]["download"] == "blend mask"
+    assert hint  # a hint, or what to change when an edit fails
+
+
+def test_a_reweight_by_4_shows_in_the_difference_view(client):
+    images, _, _, _, compare, difference, _, _ = client.predict(
+        api_name="/p2p", source_prompt=SOURCE, target_prompt="a big (red:4) circle on a blue background",
+        edit="refine", seed=2, steps=3)
+    before, after = (np.asarray(Image.open(item["image"]).convert("RGB"), np.float32) for item in shown(images))
+    changed = np.abs(after - before).max(axis=2) > 0
+    with Image.open(shown(difference)) as view:
+        visible = np.asarray(view.convert("RGB")).max(axis=2) >= 8  # x4: a change of 2 levels reads as 8
+    assert changed.any() and (visible == (np.abs(after - before).max(axis=2) >= 2)).all()
 
 
 def test_p2p_bad_input_is_a_clear_error(client):
@@ -47,9 +77,6 @@ def test_token_table_weights_become_reweights_beside_the_prompt_syntax():
 
 def test_p2p_edits_the_inversion_held_by_the_inversion_tabs_state(tiny_engine, tmp_path):
     """The tab reads the Inversion tab's gr.State: its prompt is the source, its x_T the start."""
-    import gradio as gr
-    from PIL import Image
-
     from studio.inversion import InversionSpec
 
     image = Image.new("RGB", (128, 128), (30, 70, 220))
@@ -60,9 +87,46 @@ def test_p2p_edits_the_inversion_held_by_the_inversion_tabs_state(tiny_engine, t
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
     try:
         client = Client(url, verbose=False, download_files=str(tmp_path))
-        images, status, mask, settings = client.predict(api_name="/p2p", source_prompt="", target_prompt=TARGET,
-                                                        edit="word swap", use_inversion=True)
+        images, status, mask, settings, *_ = client.predict(api_name="/p2p", source_prompt="", target_prompt=TARGET,
+                                                            edit="word swap", use_inversion=True)
         assert settings["inversion"] == "negative_prompt" and settings["source_prompt"] == SOURCE
-        assert settings["steps"] == 3 and settings["seed"] is None and len(images) == 2
+        assert settings["steps"] == 3 and settings["seed"] is None and len(shown(images)) == 2
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def tab(tiny_engine):
+    with gr.Blocks():
+        return p2p.P2PTab(tiny_engine, gr.State(None))
+
+
+def test_a_generated_image_sent_here_sets_prompts_seed_steps_and_guidance(tab):
+    sent = Sendable(np.zeros((8, 8, 3), np.uint8), {"job": "generate", "prompt": SOURCE, "seed": 7, "steps": 12,
+                                                    "guidance_scale": 4.5})
+    source, target, seed, steps, guidance, use_inversion = tab.receives
+    assert tab.receive(sent) == {source: SOURCE, target: SOURCE, seed: 7, steps: 12, guidance: 4.5,
+                                 use_inversion: False}
+    with pytest.raises(gr.Error, match="send this image to Inversion first"):
+        tab.receive(Sendable(sent.image, {"job": "sdedit", "prompt": SOURCE}))
+    assert tab.receive_mask(Sendable(sent.image, {}, word="circle", mask=np.ones((8, 8), bool))) == {
+        tab.form["blend_words"]: "circle"}
+
+
+def test_the_inversion_fixes_source_steps_and_guidance_and_unticking_gives_the_form_back(tiny_engine):
+    from studio.inversion import InversionSpec
+
+    *_, inverted = tiny_engine.invert(InversionSpec(SOURCE, "negative_prompt", steps=3, guidance_scale=3.0),
+                                      Image.new("RGB", (128, 128), (30, 70, 220)))
+    source, steps, guidance, kept = p2p.inversion_view(True, inverted.inversion, None, "my prompt", 25, 5.0)
+    assert (source["value"], steps["value"], guidance["value"]) == (SOURCE, 3, 3.0)
+    assert not (source["interactive"] or steps["interactive"] or guidance["interactive"])
+    source, steps, guidance, kept = p2p.inversion_view(False, inverted.inversion, kept, SOURCE, 3, 3.0)
+    assert (source["value"], steps["value"], guidance["value"]) == ("my prompt", 25, 5.0) and kept is None
+    assert source["interactive"] and steps["interactive"] and guidance["interactive"]
+
+
+def test_reuse_seed_takes_the_last_edits_seed():
+    assert p2p.reuse_seed({"seed": 11}) == 11
+    with pytest.raises(gr.Error, match="no seed"):
+        p2p.reuse_seed({"seed": None})
