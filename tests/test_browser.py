@@ -137,3 +137,147 @@ def test_loading_a_png_restores_its_settings_into_the_form(page, tmp_path):
     assert not page.is_checked("#random-seed input")
     assert page.input_value("#steps input[type=number]") == "7"
     assert page.input_value("#height input[type=number]") == "72"
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #16: Stop, results shown whole, settings in every download, layout
+
+def rect(page, selector: str) -> dict:
+    return page.locator(selector).first.evaluate(
+        "e => { const b = e.getBoundingClientRect(); return {x: b.x, y: b.y, right: b.right, bottom: b.bottom, "
+        "width: b.width, height: b.height}; }")
+
+
+def inside(inner: dict, outer: dict, slack: float = 1.0) -> bool:
+    return (inner["x"] >= outer["x"] - slack and inner["y"] >= outer["y"] - slack
+            and inner["right"] <= outer["right"] + slack and inner["bottom"] <= outer["bottom"] + slack)
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    return a["x"] < b["right"] and b["x"] < a["right"] and a["y"] < b["bottom"] and b["y"] < a["bottom"]
+
+
+def downloaded_settings(page, link_selector: str, tmp_path) -> dict:
+    """The settings in the PNG behind a download link of the page."""
+    from studio.png_settings import read_png_settings
+
+    href = page.get_attribute(link_selector, "href")
+    target = tmp_path / f"download-{abs(hash(href))}.png"
+    target.write_bytes(page.request.get(href).body())
+    return read_png_settings(target)
+
+
+def generate_and_wait(page, steps: int, batch: int = 1) -> None:
+    page.fill("#prompt textarea", PROMPT)
+    set_slider(page, "steps", steps)
+    set_slider(page, "batch-size", batch)
+    before = page.inner_text("#status")
+    page.click("#generate-btn")
+    page.wait_for_function("before => { const s = document.querySelector('#status [data-state=done]');"
+                           " return s && s.innerText !== before; }", arg=before)
+
+
+def test_stop_says_where_it_stopped_keeps_saying_it_and_offers_the_partial_result(page, tmp_path):
+    import time
+
+    generate_and_wait(page, steps=3)
+    set_slider(page, "steps", 150)
+    page.click("#generate-btn")
+    # while the new run streams, the last run's gallery says it is stale
+    page.wait_for_function("() => document.querySelector('#gallery label').innerText.includes('previous run')")
+    # past this run's first preview (every 5 steps)
+    page.wait_for_function("() => Number((document.querySelector('#status').innerText.match(/Step (\\d+)/) || [0, 0])[1]) > 6")
+    page.click("#stop-btn")
+    pressed = time.monotonic()
+    page.wait_for_selector("#status [data-state=stopped]", timeout=5_000)
+    assert time.monotonic() - pressed < 2.0
+    stopped = page.inner_text("#status")
+    assert stopped.startswith("Stopped after step ") and "of 150" not in stopped and "/ 150" in stopped
+    time.sleep(3)
+    assert page.inner_text("#status") == stopped  # the run's last step did not overwrite it
+
+    assert "partial" in page.inner_text("#gallery label")
+    caption = page.inner_text("#gallery .caption-label")
+    assert caption.startswith("partial · step ") and "/ 150 · seed " in caption
+    settings = downloaded_settings(page, "#downloads a", tmp_path)
+    assert settings["prompt"] == PROMPT and settings["steps"] == 150
+    assert 0 < settings["stopped_at_step"] < 150 and settings["seed"] == int(caption.rsplit("seed ", 1)[1])
+
+
+def test_batch_results_are_whole_in_the_gallery_with_their_own_seeds_in_full_captions(page):
+    for batch in (1, 3):
+        generate_and_wait(page, steps=2, batch=batch)
+        page.wait_for_function("n => document.querySelectorAll('#gallery img').length === n", arg=batch)
+        assert image_loaded(page, "#gallery img")
+        box = rect(page, "#gallery .grid-wrap")
+        images = page.locator("#gallery img")
+        for index in range(batch):
+            shown = images.nth(index).evaluate("e => { const b = e.getBoundingClientRect(); return {x: b.x, y: b.y, "
+                                               "right: b.right, bottom: b.bottom, width: b.width, height: b.height}; }")
+            assert inside(shown, box), f"batch {batch}: image {index} {shown} is cut by its box {box}"
+            assert shown["width"] > 128 and shown["height"] > 128  # small images are scaled up to the box
+        captions = page.locator("#gallery .caption-label")
+        texts = captions.all_inner_texts()
+        seed = int(page.inner_text("#status").split("seed ")[1].split()[0])
+        assert [text.split(" · ")[0] for text in texts] == [f"seed {seed + i}" for i in range(batch)]
+        assert captions.evaluate_all("es => es.every(e => e.scrollWidth <= e.clientWidth)")
+
+
+def test_width_height_batch_and_attention_maps_are_above_the_fold_with_attention_on(browser, app_url):
+    page = open_tab(browser, app_url, ready="#prompt textarea", height=900)
+    try:
+        for elem_id in ("width", "height", "batch-size", "show-attention"):
+            box = rect(page, f"#{elem_id}")
+            assert box["bottom"] <= 900, f"#{elem_id} ends at {box['bottom']:.0f} px, below the 900 px fold"
+        assert page.is_checked("#show-attention input")
+        assert not page.locator("#weight-plot").is_visible()  # the global guidance accordion starts closed
+    finally:
+        page.close()
+
+
+def test_picture_labels_leave_the_plot_and_the_images_uncovered(page):
+    page.locator("#global-guidance").get_by_text("Global guidance").click()
+    page.wait_for_selector("#weight-plot img")
+    assert not overlaps(rect(page, "#weight-plot label"), rect(page, "#weight-plot img"))
+    generate_and_wait(page, steps=2)
+    for elem_id in ("preview", "heatmap"):
+        page.wait_for_selector(f"#{elem_id} img")
+        assert not overlaps(rect(page, f"#{elem_id} label"), rect(page, f"#{elem_id} img")), elem_id
+
+
+def test_errors_of_several_tabs_leave_the_previews_uncovered(page):
+    generate_and_wait(page, steps=2)
+    for word in ("dragon", "unicorn"):
+        page.fill("#prompt textarea", f"a red {word}")
+        page.click("#generate-btn")
+        page.locator(".toast-body", has_text=word).first.wait_for()
+    page.get_by_role("tab", name="SDEdit").click()
+    page.click("#sdedit-btn")  # no guide drawn: an error of another tab joins the toast
+    page.locator(".toast-body", has_text="canvas").first.wait_for()
+    page.get_by_role("tab", name="Generate").click()
+    toast = rect(page, ".toast-wrap")
+    for elem_id in ("preview", "heatmap"):
+        assert not overlaps(toast, rect(page, f"#{elem_id} img")), f"the error toasts cover #{elem_id}"
+
+
+def test_preview_and_heat_map_downloads_carry_the_settings_and_load_back(browser, app_url, page, tmp_path):
+    generate_and_wait(page, steps=2)
+    page.locator("#token-pick label", has_text="circle").click()
+    page.wait_for_function("() => document.querySelector('#heatmap a.download-link')")
+    heat = downloaded_settings(page, "#heatmap a.download-link", tmp_path)
+    assert (heat["picture"], heat["word"], heat["prompt"], heat["steps"]) == ("heat map", "circle", PROMPT, 2)
+    preview = downloaded_settings(page, "#preview a.download-link", tmp_path)
+    assert preview["prompt"] == PROMPT and preview["seed"] == heat["seed"]
+
+    # the heat map's PNG restores the form in a fresh page
+    png = tmp_path / "heat-map.png"
+    href = page.get_attribute("#heatmap a.download-link", "href")
+    png.write_bytes(page.request.get(href).body())
+    fresh = open_tab(browser, app_url, ready="#prompt textarea")
+    try:
+        fresh.locator("#load-png input[type=file]").set_input_files(str(png))
+        fresh.wait_for_function("p => document.querySelector('#prompt textarea').value === p", arg=PROMPT)
+        assert fresh.input_value("#seed input") == str(heat["seed"])
+        assert fresh.input_value("#steps input[type=number]") == "2"
+    finally:
+        fresh.close()

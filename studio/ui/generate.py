@@ -10,7 +10,12 @@ renders each event it yields:
     Progress         -> progress bar text (the stream helper)
     Preview          -> live preview image (and the image under the heat map)
     AttentionMaps    -> attention state -> token picker + heat-map overlay (rendered by a .change event)
-    GenerationResult -> gallery (PNGs carrying their settings), settings JSON, PNG downloads
+    GenerationResult -> gallery (PNGs carrying their settings, captioned with each item's own seed), settings
+                        JSON, PNG downloads, the item offered to other tabs
+
+A stopped run offers its last preview in the gallery, captioned and labelled partial, as PNGs carrying the run's
+settings and the step it shows (`stopped_at_step`). Every picture's own download carries its settings too: the
+live preview and the heat map (with its word), so any of them can be loaded back or remade.
 
 Endpoints: ``/generate`` (streams; the last message holds the result) and ``/read_settings``
 (settings from a PNG made here, or one with A1111 ``parameters``).
@@ -19,10 +24,9 @@ Endpoints: ``/generate`` (streams; the last message holds the result) and ``/rea
 from __future__ import annotations
 
 import html
-import tempfile
+import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -33,17 +37,22 @@ from studio import png_settings, specs
 from studio.attention.maps import heat_map_overlay
 from studio.errors import InvalidInputError
 from studio.events import AttentionMaps, CancelToken, Event, GenerationResult, Preview
+from studio.generation import batch_seeds
+from studio.jobs import resolve_seed
 from studio.plots import line_chart
 from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
 from studio.ui.form import (ComponentFactory, Field, number, optional_whole, saved, seed_box, seed_from_form,
                             slider, spec_values, text, textbox)
-from studio.ui.parts import Tab, instant, model_line, settings_view, table_rows
+from studio.ui.parts import (DOWNLOADS, Sendable, Tab, instant, load_settings_box, mask_from_map, mask_row, model_line,
+                             rgb, send_row, settings_view, table_rows, tagged)
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
 
 if TYPE_CHECKING:
     from studio.engine import Engine
 
-DEFAULTS = GenerateSpec(prompt="")
+# Attention maps are the tab's headline, so the form starts with them on; the engine's GenerateSpec leaves them off
+# (benchmarks and the diffusers parity run time and compare generation without the capture).
+DEFAULTS = GenerateSpec(prompt="", capture_attention=True)
 CLASSIFIER_DEFAULTS = ClassifierGuidanceSpec(target="")
 CONDITION_COLUMNS = ("prompt", "weight", "schedule", "exponent", "start", "stop")
 CONDITION_DEFAULTS = Condition(prompt="")
@@ -81,22 +90,51 @@ def _default_token(tokens: list[str]) -> int:
 ALL_LAYERS = 0  # resolution picker value for "all resolutions, upsampled and averaged"
 
 
-def render_attention(attention: dict | None, token: int | None, resolution: int | None = ALL_LAYERS) -> tuple[Any, Any, Any]:
-    """Word picker, resolution picker and heat-map image for the attention state and the picks."""
-    if not attention:
-        return gr.update(choices=[], value=None), gr.update(choices=[], value=None), None
+def _picked_map(attention: dict, token: int | None, resolution: int | None) -> tuple[int, int, np.ndarray]:
+    """The picks made valid (an unknown word: the first content word; an unknown resolution: all) and the map."""
     tokens: list[str] = attention["tokens"]
     if token is None or not (0 <= int(token) < len(tokens)):
         token = _default_token(tokens)
-    token = int(token)
     per_resolution: dict[int, np.ndarray] = attention.get("per_resolution") or {}
     if resolution not in per_resolution:
         resolution = ALL_LAYERS
     maps = attention["maps"] if resolution == ALL_LAYERS else per_resolution[resolution]
-    overlay = heat_map_overlay(Image.fromarray(attention["image"]), maps[token])
+    return int(token), resolution, maps[int(token)]
+
+
+def _layers_label(resolution: int) -> str:
+    return "all" if resolution == ALL_LAYERS else f"{resolution}×{resolution}"
+
+
+def render_attention(attention: dict | None, token: int | None, resolution: int | None = ALL_LAYERS) -> tuple[Any, Any, Any]:
+    """Word picker, resolution picker and heat-map image for the attention state and the picks. The heat map's
+    download carries the run's settings (when the state holds them) with the word and layers it shows."""
+    if not attention:
+        return gr.update(choices=[], value=None), gr.update(choices=[], value=None), None
+    tokens: list[str] = attention["tokens"]
+    token, resolution, attention_map = _picked_map(attention, token, resolution)
+    overlay = heat_map_overlay(Image.fromarray(attention["image"]), attention_map)
+    if attention.get("settings"):
+        overlay = tagged(overlay, attention["settings"], picture="heat map", word=tokens[token],
+                         layers=_layers_label(resolution), step=attention["step"])
     word_choices = [(word, index) for index, word in enumerate(tokens)]
-    resolution_choices = [("all", ALL_LAYERS)] + [(f"{size}×{size}", size) for size in sorted(per_resolution, reverse=True)]
+    resolution_choices = [(_layers_label(size), size) for size in (ALL_LAYERS, *sorted(attention.get("per_resolution") or {}, reverse=True))]
     return gr.update(choices=word_choices, value=token), gr.update(choices=resolution_choices, value=resolution), overlay
+
+
+def map_sendable(attention: dict | None, token: int | None, resolution: int | None = ALL_LAYERS) -> Sendable | None:
+    """The heat map shown as a mask for another tab: the picked word's map at the picked resolution, thresholded
+    at the image's size (parts.mask_from_map), with the image under it and the run's settings. None when there
+    is no map, or the map is flat (no region to mask)."""
+    if not attention:
+        return None
+    token, _, attention_map = _picked_map(attention, token, resolution)
+    image = attention["image"]
+    try:
+        mask = mask_from_map(attention_map, (image.shape[1], image.shape[0]))
+    except InvalidInputError:
+        return None
+    return Sendable(image=image, settings=attention.get("settings") or {}, word=attention["tokens"][token], mask=mask)
 
 
 def weight_plot(labels: list[str], weights: Any, classifier_strengths: Any = None, classifier_target: str = "") -> Image.Image:
@@ -113,14 +151,16 @@ def weight_plot(labels: list[str], weights: Any, classifier_strengths: Any = Non
     return line_chart(series, x_label="step", y_label="weight per step", size=(460, 200), markers=len(steps) <= 12)
 
 
-def attention_state(event: AttentionMaps, image: np.ndarray) -> dict[str, Any]:
-    """What the heat-map view needs from an AttentionMaps event: the maps and the image under them."""
+def attention_state(event: AttentionMaps, image: np.ndarray, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What the heat-map view needs from an AttentionMaps event: the maps, the image under them and the settings
+    of the run they belong to."""
     return {
         "step": event.step,
         "tokens": list(event.tokens),
         "maps": np.asarray(event.maps, dtype=np.float32),
         "per_resolution": dict(event.per_resolution),
         "image": image,
+        "settings": dict(settings),
     }
 
 
@@ -138,13 +178,64 @@ def result_text(result: GenerationResult) -> str:
     return text
 
 
-def _save_downloads(result: GenerationResult, folder: Path) -> list[str]:
+def item_seeds(settings: Mapping[str, Any]) -> list[int]:
+    """Each batch item's own seed (seed, seed + 1, ...: item i alone with seed + i makes the same image)."""
+    seeds = settings.get("seeds")
+    return list(seeds) if seeds else batch_seeds(int(settings["seed"]), int(settings.get("batch_size") or 1))
+
+
+def item_settings(settings: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """The settings that remake batch item `index` alone: its own seed, batch size 1."""
+    seed = item_seeds(settings)[index]
+    return {**settings, "seed": seed, "seeds": [seed], "batch_size": 1}
+
+
+def run_settings(spec: GenerateSpec, model_name: str, native_size: int) -> dict[str, Any]:
+    """The settings of a run known before its result (the seed already drawn): what a stopped run's partial
+    images, the live preview and the heat maps carry. The result's own record replaces them when it lands."""
+    width, height = spec.size_on(native_size)
+    fields = {name: value for name, value in asdict(spec).items()
+              if name not in ("capture_attention", "attention_every", "preview_every")}  # view options, not settings
+    return {"model": model_name, "job": "generate", **fields, "width": width, "height": height,
+            "seeds": batch_seeds(spec.seed, spec.batch_size)}
+
+
+def gallery_columns(count: int) -> int:
+    """Columns of a near-square grid for `count` images, so the whole batch fits the gallery's box."""
+    return max(1, math.ceil(math.sqrt(count)))
+
+
+def gallery_value(pictures: list[tuple[Image.Image, str]]) -> dict[str, Any]:
+    """The gallery showing `pictures` (image, caption) in columns that fit their count."""
+    return gr.update(value=pictures, columns=gallery_columns(len(pictures)))
+
+
+def result_pictures(result: GenerationResult) -> list[tuple[Image.Image, str]]:
+    """The result's images, each carrying the settings (and its place in the batch), captioned with its own seed."""
+    seeds, count = item_seeds(result.settings), len(result.images)
+    return [(png_settings.with_settings(image, dict(result.settings), index),
+             f"seed {seeds[index]}" + (f" · #{index}" if count > 1 else ""))
+            for index, image in enumerate(result.images)]
+
+
+def result_downloads(result: GenerationResult) -> list[str]:
     """The PNG downloads, each carrying the settings (and its place in the batch)."""
     images, paths = result.images, []
+    folder = DOWNLOADS.folder()
     for index, image in enumerate(images):
         name = f"{result.seed}-{index}.png" if len(images) > 1 else f"{result.seed}.png"  # short: the UI truncates
-        paths.append(str(png_settings.save_png(image, result.settings, folder / name, batch_index=index)))
+        paths.append(str(png_settings.save_png(image, dict(result.settings), folder / name, batch_index=index)))
     return paths
+
+
+def partial_settings(settings: Mapping[str, Any], step: int) -> dict[str, Any]:
+    """A stopped run's settings for its partial images: the run's, and the step whose x0 prediction they show."""
+    return {**settings, "stopped_at_step": step}
+
+
+def pick_item(items: list[Sendable], event: gr.SelectData) -> Sendable | None:
+    """The gallery image picked, as the send buttons carry it."""
+    return items[event.index] if items and 0 <= event.index < len(items) else None
 
 
 def _blank(spec: GenerateSpec, native: int) -> np.ndarray:
@@ -245,14 +336,14 @@ FIELDS = (
         elem_id="prompt"), text, saved("prompt")),
     Field("negative_prompt", textbox(label="Negative prompt", lines=1, elem_id="negative-prompt"),
           text, saved("negative_prompt")),
-    Field("seed", seed_box("seed", scale=3), optional_whole, saved("seed", specs.SEED)),
+    Field("seed", seed_box("seed", scale=2, min_width=120), optional_whole, saved("seed", specs.SEED)),
     Field("random_seed", lambda engine: gr.Checkbox(label="Random seed", value=True, elem_id="random-seed"),
           restore=_restored_seed_is_fixed, in_spec=False),
     Field("steps", slider(specs.STEPS, DEFAULTS.steps, elem_id="steps"), int, saved("steps", specs.STEPS)),
     Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, elem_id="guidance"), float,
           saved("guidance_scale", specs.GUIDANCE)),
     Field("scheduler", lambda engine: gr.Dropdown(list(specs.SCHEDULERS), value=DEFAULTS.scheduler, label="Scheduler",
-                                                  elem_id="scheduler"), str, saved("scheduler")),
+                                                  elem_id="scheduler", scale=2, min_width=120), str, saved("scheduler")),
     Field("width", _size_slider("Width", "width"), int, saved("width", specs.SIZE)),
     Field("height", _size_slider("Height", "height"), int, saved("height", specs.SIZE)),
     Field("batch_size", slider(specs.BATCH, DEFAULTS.batch_size, elem_id="batch-size"), int,
@@ -277,7 +368,7 @@ FIELDS = (
                                         elem_id="classifier-strength", scale=3), float, _saved_classifier("strength")),
     Field("classifier_schedule", lambda engine: gr.Dropdown(
         list(specs.GUIDANCE_SCHEDULES), value=CLASSIFIER_DEFAULTS.schedule, label="Schedule",
-        elem_id="classifier-schedule", min_width=100), str, _saved_classifier("schedule")),
+        elem_id="classifier-schedule", scale=2, min_width=150), str, _saved_classifier("schedule")),
     Field("classifier_exponent", number(specs.SCHEDULE_EXPONENT, CLASSIFIER_DEFAULTS.exponent, label="Exponent",
                                         elem_id="classifier-exponent", min_width=80), float, _saved_classifier("exponent")),
     Field("classifier_start", number(specs.START, CLASSIFIER_DEFAULTS.start, elem_id="classifier-start", min_width=80),
@@ -305,41 +396,50 @@ def spec_from_values(values: Mapping[str, Any]) -> GenerateSpec:
 
 @dataclass
 class Shown:
-    """What one run has shown so far: the latest image (under the heat map), the attention-map state, and the
-    folder its PNG downloads are written to."""
+    """What one run has shown so far: its settings (before the result: the run's, the seed drawn), the latest
+    image (under the heat map), the last preview (what a stopped run offers) and the attention-map state."""
 
-    folder: Path
+    settings: dict[str, Any]
     image: np.ndarray | None = None
+    preview: Preview | None = None
     attention: dict[str, Any] | None = None
+    offered: tuple[int, dict[Any, Any]] | None = None  # (preview step, partial outputs), made once per preview
+
+
+RESULT_LABELS = {"gallery": "Results", "downloads": "PNG with settings", "settings": "Settings of this result"}
+KEYS_HELP = "Ctrl+Enter runs · Esc stops"
 
 
 class GenerateTab(Tab):
     """The Generate tab (the shape of every tab: `parts.Tab`)."""
 
+    name = "generate"
     fields = FIELDS
 
     # 1. layout ---------------------------------------------------------------------------
     def layout(self) -> None:
-        form, engine = self.form, self.engine
+        form = self.form
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=320):
                 form.place("prompt", "negative_prompt")
                 self.go, self.stop = run_and_stop("Generate", "generate-btn", "stop-btn")
+                # the sizes, the batch and the attention maps stay above the fold (1400x900); the rest folds away
                 with gr.Row():
                     form.place("seed")
                     with gr.Column(scale=2, min_width=120):
                         form.place("random_seed")
                         self.reuse_seed = gr.Button("Reuse last seed", size="sm", elem_id="reuse-seed")
-                form.place("steps", "guidance_scale", "scheduler")
-                self.guidance_panel()
+                    form.place("scheduler")
+                with gr.Row():
+                    form.place("steps", "guidance_scale")
                 with gr.Row():
                     form.place("width", "height")
-                form.place("batch_size", "capture_attention")
-                self.load_png = gr.File(label="Load settings from PNG", file_types=[".png"], type="filepath",
-                                        elem_id="load-png", height=120)
-                gr.Markdown(f"{model_line(engine)} on `{html.escape(str(engine.device))}` · native size "
-                            f"{int(engine.native_size)}px · sizes in steps of {engine.size_multiple}px",
-                            elem_id="model-info")
+                self.size_note = gr.Markdown(visible=False, elem_id="size-note")
+                with gr.Row():
+                    form.place("batch_size", "capture_attention")
+                self.guidance_panel()
+                self.load_png = load_settings_box("load-png")
+                self.model_panel()
             with gr.Column(scale=6, min_width=360):
                 self.results_panel()
         # Latest attention maps and the image under them; a .change renders the overlay for the picked
@@ -348,10 +448,17 @@ class GenerateTab(Tab):
         gr.Examples(COMPOSE_EXAMPLES, form.components(["prompt", "conditions", "guidance_scale"]),
                     label="Compose: sub-prompts with signed weights", elem_id="compose-examples")
 
+    def model_panel(self) -> None:
+        """The model's name, device and limits: native size, sizes it takes, the words it knows."""
+        engine = self.engine
+        gr.Markdown(f"{model_line(engine)} on `{html.escape(str(engine.device))}` · native size "
+                    f"{int(engine.native_size)}px · sizes in steps of {engine.size_multiple}px · {KEYS_HELP}",
+                    elem_id="model-info")
+
     def guidance_panel(self) -> None:
         """Global guidance: the condition table, the plot of every weight per step, rescale and the classifier."""
         form = self.form
-        with gr.Accordion("Global guidance: conditions, rescale, classifier", open=True, elem_id="global-guidance"):
+        with gr.Accordion("Global guidance: conditions, rescale, classifier", open=False, elem_id="global-guidance"):
             form.place("conditions")
             gr.Markdown(CONDITIONS_HELP, elem_id="conditions-help")
             initial = self.engine.guidance_plan(GenerateSpec(prompt="prompt"))
@@ -366,23 +473,37 @@ class GenerateTab(Tab):
                     form.place("classifier_schedule", "classifier_exponent", "classifier_start", "classifier_stop")
 
     def results_panel(self) -> None:
-        """Progress, the live preview beside the attention heat map, the images, their PNGs and settings."""
+        """Progress, the live preview beside the attention heat map, the images, their PNGs and settings, and the
+        buttons that send the picked image (or the heat map as a mask) to the other tabs."""
         self.status = status_box("status")
         with gr.Row(equal_height=False):
             self.preview = gr.Image(label="Live preview", format="png", interactive=False, elem_id="preview",
-                                    height=300, buttons=[])
+                                    elem_classes=["dcs-image"], height=300, buttons=["download"])
             with gr.Column():
                 self.heatmap = gr.Image(label="Attention heat map", format="png", interactive=False,
-                                        elem_id="heatmap", height=300, buttons=[])
+                                        elem_id="heatmap", elem_classes=["dcs-image"], height=300, buttons=["download"])
                 self.resolution_pick = gr.Radio(choices=[], label="Layers (UNet resolution of the maps)",
                                                 elem_id="resolution-pick")
+                self.map_sending = gr.State(None)
+                self.mask_buttons = mask_row("generate", own=self.name)
         self.token_pick = gr.Radio(choices=[], label="Attention for word", elem_id="token-pick")
         with gr.Row(equal_height=False):
-            self.gallery = gr.Gallery(label="Results", format="png", columns=2, height=340, object_fit="contain",
-                                      elem_id="gallery", buttons=["download", "fullscreen"], scale=3)
+            with gr.Column(scale=3):
+                self.gallery = gr.Gallery(label=RESULT_LABELS["gallery"], format="png", columns=1, height="auto",
+                                          object_fit="contain", elem_id="gallery", elem_classes=["dcs-gallery"],
+                                          buttons=["download", "fullscreen"])
+                self.sending = gr.State(None)
+                self.items = gr.State([])  # a Sendable per gallery image, for the send buttons after a pick
+                self.send_buttons = send_row("generate", own=self.name)
             with gr.Column(scale=2, min_width=240):
-                self.downloads = gr.File(label="PNG with settings", file_count="multiple", elem_id="downloads")
-                self.settings = settings_view("settings", "Settings of this result", height=240)
+                self.downloads = gr.File(label=RESULT_LABELS["downloads"], file_count="multiple", elem_id="downloads")
+                self.settings = settings_view("settings", RESULT_LABELS["settings"], height=240)
+
+    @property
+    def results(self) -> dict[Any, str]:
+        """The result components and their labels, which say whose run they show (stream_job, stop_button)."""
+        return {self.gallery: RESULT_LABELS["gallery"], self.downloads: RESULT_LABELS["downloads"],
+                self.settings: RESULT_LABELS["settings"]}
 
     # 2. handlers -------------------------------------------------------------------------
     def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
@@ -392,63 +513,70 @@ class GenerateTab(Tab):
             conditions: rows of (prompt, weight, schedule, exponent, start, stop)
             classifier_target: "none" turns classifier guidance off
         Returns:
-            gallery: the images, each a PNG carrying its settings, captioned with the seed
+            gallery: the images, each a PNG carrying its settings, captioned with its own seed (seed, seed + 1, ...)
             preview: the latest preview; the first image once done
             status: the progress line (HTML): step and time while running, then time, seed and UNet work
             settings: the settings of the result, the seed used included
             downloads: the images as PNG files carrying their settings
         """
-        # The PNG downloads are written here; Gradio copies returned files into its cache (cleaned by
-        # delete_cache) before the generator resumes, so the folder goes when the run ends.
-        with tempfile.TemporaryDirectory(prefix="dcs-run-") as folder:
-            shown = Shown(Path(folder))
+        shown: Shown | None = None
 
-            def start(cancel: CancelToken) -> Iterator[Event]:
-                spec = spec_from_values(values)
-                shown.image = _blank(spec, int(self.engine.native_size))
-                return self.engine.generate(spec, cancel)
+        def start(cancel: CancelToken) -> Iterator[Event]:
+            nonlocal shown
+            spec = spec_from_values(values)
+            # the seed is drawn here, not in the engine, so a stopped run's partial images know theirs
+            spec = replace(spec, seed=resolve_seed(spec.seed, span=spec.batch_size))
+            self.warn_about_limits(spec)
+            shown = Shown(run_settings(spec, str(self.engine.model_name), int(self.engine.native_size)),
+                          image=_blank(spec, int(self.engine.native_size)))
+            return self.engine.generate(spec, cancel)
 
-            yield from stream_job("generate", request, self.status, start, lambda event: self.render(event, shown),
-                                  "Generation")
+        yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
+                              "Generation", results=self.results, partial=lambda: self.partial(shown))
+
+    def warn_about_limits(self, spec: GenerateSpec) -> None:
+        """gr.Warning for what the model was not trained on (it still runs: the user asked for it)."""
 
     def render(self, event: Event, shown: Shown) -> Outputs | None:
         if isinstance(event, Preview):
-            shown.image = np.asarray(event.images[0].convert("RGB"))
+            shown.preview, shown.image = event, np.asarray(event.images[0].convert("RGB"))
+            preview = tagged(event.images[0], shown.settings, picture="preview", step=event.step)
             if shown.attention is None:
-                return {self.preview: event.images[0]}
+                return {self.preview: preview}
             shown.attention = {**shown.attention, "image": shown.image}
-            return {self.preview: event.images[0], self.attention: shown.attention}
+            return {self.preview: preview, self.attention: shown.attention}
         if isinstance(event, AttentionMaps):
-            shown.attention = attention_state(event, shown.image)
+            shown.attention = attention_state(event, shown.image, shown.settings)
             return {self.attention: shown.attention}
         if isinstance(event, GenerationResult):
-            if shown.attention is not None:
-                shown.attention = {**shown.attention, "image": np.asarray(event.images[0].convert("RGB"))}
             record = dict(event.settings)
-            tagged = [png_settings.with_settings(image, record, index) for index, image in enumerate(event.images)]
-            caption = f"seed {event.seed}"
-            pictures = [(image, f"{caption} · #{index}" if len(tagged) > 1 else caption) for index, image in enumerate(tagged)]
-            return {self.gallery: pictures, self.preview: event.images[0], self.status: done_html(result_text(event)),
-                    self.settings: record, self.downloads: _save_downloads(event, shown.folder),
-                    self.attention: shown.attention}
+            if shown.attention is not None:
+                shown.attention = {**shown.attention, "image": rgb(event.images[0]), "settings": record}
+            items = [Sendable(rgb(image), item_settings(record, index)) for index, image in enumerate(event.images)]
+            return {self.gallery: gallery_value(result_pictures(event)),
+                    self.preview: png_settings.with_settings(event.images[0], record, 0),
+                    self.status: done_html(result_text(event)), self.settings: record,
+                    self.downloads: result_downloads(event), self.attention: shown.attention,
+                    self.items: items, self.sending: items[0]}
         return None
 
-    def read_settings(self, file: str | None) -> Outputs:
-        """Settings from a PNG made by this app (or one with A1111 'parameters'), for every form field they hold.
-
-        Returns:
-            every restorable field of the form, by name in the form's order: prompt, negative_prompt, seed,
-            random_seed (unticked when the PNG holds a seed), steps, guidance_scale, scheduler, width, height,
-            batch_size, conditions, guidance_rescale and the classifier panel (classifier_target, _strength,
-            _schedule, _exponent, _start, _stop). Whether attention maps are shown is a view option, not a setting.
-        """
-        if not file:
-            raise gr.Error("Upload a PNG to read its settings.")
-        try:
-            found = png_settings.read_png_settings(file)
-        except InvalidInputError as error:
-            raise gr.Error(str(error)) from error
-        return self.form.restore(found)
+    def partial(self, shown: Shown | None) -> Outputs:
+        """What a stopped run offers: its last preview in the gallery, captioned and labelled partial, and as PNGs
+        carrying the run's settings and the step they show (made once per preview: Stop asks twice)."""
+        if shown is None or shown.preview is None:
+            return {}
+        preview = shown.preview
+        if shown.offered is None or shown.offered[0] != preview.step:
+            settings = partial_settings(shown.settings, preview.step)
+            seeds, steps = item_seeds(settings), settings["steps"]
+            pictures = [(png_settings.with_settings(image, settings, index),
+                         f"partial · step {preview.step} / {steps} · seed {seeds[index]}")
+                        for index, image in enumerate(preview.images)]
+            downloads = DOWNLOADS.pngs([(f"{seeds[index]}-partial-step{preview.step}.png", image, settings)
+                                        for index, (image, _) in enumerate(pictures)])
+            shown.offered = (preview.step, {self.gallery: gallery_value(pictures), self.downloads: downloads,
+                                            self.settings: settings})
+        return shown.offered[1]
 
     def plot_weights(self, **values: Any) -> Any:
         """The weight plot for the guidance plan as the form now stands; half-typed rows keep the last plot."""
@@ -460,19 +588,26 @@ class GenerateTab(Tab):
         target = spec.classifier_guidance.target if spec.classifier_guidance else ""
         return weight_plot(plan.labels, plan.weights.numpy(), plan.classifier_strengths, target)
 
+    def show_attention(self, attention: dict | None, token: int | None, resolution: int | None) -> tuple[Any, ...]:
+        """The pickers, the heat map and the map offered as a mask, for the attention state and the picks."""
+        return (*render_attention(attention, token, resolution), map_sendable(attention, token, resolution))
+
     # 3. events ---------------------------------------------------------------------------
     def wire(self) -> None:
         form = self.form
         self.run_event = gr.on(
             [self.go.click, form["prompt"].submit], self.run, inputs_kwargs=form.inputs, api_name="generate",
-            outputs=[self.gallery, self.preview, self.status, self.attention, self.settings, self.downloads],
+            outputs=[self.gallery, self.preview, self.status, self.attention, self.settings, self.downloads,
+                     self.items, self.sending],
             **JOB_EVENT)
-        stop_button(self.stop, self.status, [self.run_event], tab="generate", api_name="stop")
+        stop_button(self.stop, self.status, [self.run_event], tab=self.name, api_name="stop", results=list(self.results))
         pickers = [self.attention, self.token_pick, self.resolution_pick]
-        self.attention.change(render_attention, pickers, [self.token_pick, self.resolution_pick, self.heatmap],
+        self.attention.change(self.show_attention, pickers,
+                              [self.token_pick, self.resolution_pick, self.heatmap, self.map_sending],
                               **instant("attention-view"))
-        gr.on([self.token_pick.input, self.resolution_pick.input], lambda *picks: render_attention(*picks)[2],
-              pickers, self.heatmap, **instant("attention-view"))
+        gr.on([self.token_pick.input, self.resolution_pick.input], lambda *picks: self.show_attention(*picks)[2:],
+              pickers, [self.heatmap, self.map_sending], **instant("attention-view"))
+        self.gallery.select(pick_item, self.items, self.sending, **instant("generate-pick"))
         self.load_png.upload(self.read_settings, self.load_png, form.restorable, api_name="read_settings",
                              concurrency_id="settings")
         plan_inputs = {name: form[name] for name in PLAN_FIELDS}  # the weight plot follows the guidance plan
@@ -483,14 +618,6 @@ class GenerateTab(Tab):
 
 
 CSS = """
-.dcs-progress { padding: 2px 0 6px; }
-.dcs-bar { height: 10px; border-radius: 5px; background: var(--neutral-200); overflow: hidden; }
-.dcs-fill { height: 100%; background: var(--color-accent); transition: width 0.2s; }
-.dcs-progress.done .dcs-fill { background: var(--color-green-500, #22c55e); }
-.dcs-progress.stopped .dcs-fill, .dcs-progress.failed .dcs-fill { background: var(--color-red-500, #ef4444); }
-.dcs-progress.failed .dcs-text { color: var(--color-red-500, #ef4444); }
-.dcs-text { font-size: var(--text-sm); color: var(--body-text-color-subdued); margin-top: 4px; }
-/* small models make small images: scale them up without blurring */
-#preview img, #heatmap img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-#gallery img { image-rendering: pixelated; }
+/* the chip over a picture's top-left corner would hide the top of the plot or image under it */
+#weight-plot .image-container, #preview .image-container, #heatmap .image-container { padding-top: 36px; }
 """
