@@ -128,8 +128,7 @@ def run_generate(engine: Engine, args: argparse.Namespace) -> int:
     output = Output(args.out)
     for number, spec in enumerate(specs, start=1):
         result = finish(engine.generate(replace(spec)), f"[{number}/{len(specs)}] {spec.prompt!r}")
-        batch = len(result.images)
-        output.save(result, [f"seed{result.seed}" + (f"-{i}" if batch > 1 else "") for i in range(batch)])
+        output.save(result, [f"seed{seed}" for seed in result.settings["seeds"]])  # each image's own seed
     print(f"{output.count} image(s) in {output.folder}", file=sys.stderr)
     return 0
 
@@ -244,7 +243,8 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=spec_default("guidance_scale"))
     gen.add_argument("--scheduler", default=spec_default("scheduler"), choices=list(SCHEDULERS))
     gen.add_argument("--size", type=int, default=None, help="width and height in pixels (default: the model's)")
-    gen.add_argument("--batch", type=int, default=1, help="images per seed")
+    gen.add_argument("--batch", type=int, default=1,
+                     help="images per seed, in one batch; image i uses seed + i (as AUTOMATIC1111)")
     gen.add_argument("--out", default="studio-output", help="folder for the PNGs and results.jsonl")
     gen.set_defaults(run=run_generate)
 

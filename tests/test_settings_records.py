@@ -190,3 +190,15 @@ def test_a_batch_past_the_largest_seed_is_refused_before_any_work(tiny_engine):
 
     with pytest.raises(InvalidInputError, match="lower the seed"):
         tiny_engine.generate(GenerateSpec(PROMPT, seed=int(SEED.high), batch_size=2))
+
+
+def test_the_cli_names_each_batch_image_by_its_own_seed(tiny_model_dir, tmp_path):
+    from studio.cli import main
+
+    out = tmp_path / "batch"
+    assert main(["--model", str(tiny_model_dir), "--device", "cpu", "generate", PROMPT, "--seeds", "4", "--batch", "2",
+                 "--steps", "2", "--out", str(out)]) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["0000-seed4.png", "0001-seed5.png"]
+    line = png_settings.parse_parameters(_chunks(pngs[1])[png_settings.A1111_CHUNK])
+    assert (line["seed"], line["batch_index"]) == (5, 1)
