@@ -84,7 +84,8 @@ def peer_pipeline(engine: Engine) -> StableDiffusionDiffEditPipeline:
 
 def run_ours(engine: Engine, case: dict, steps: int, start: str) -> tuple[np.ndarray, np.ndarray]:
     spec = DiffEditSpec(case["source"], case["target"], steps=steps, guidance_scale=GUIDANCE, start=start,
-                        seed=case["seed"], keep_size=True)  # the image's own size, as the peer works
+                        seed=case["seed"], keep_size=True,  # the image's own size, as the peer works
+                        composite=False)  # neither side composites
     result = next(e for e in engine.diffedit(spec, case["image"]) if isinstance(e, DiffEditResult))
     return np.asarray(result.images[0]), result.mask
 

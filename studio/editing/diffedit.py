@@ -104,7 +104,9 @@ class DiffEditSpec:
     # benchmark's scenes) keeps the background: "any pixel" (0) regenerated 1.4 dB more of it for the same success.
     cell_coverage: float = 0.25
     start: str = "inversion"
-    composite: bool = False  # original pixels outside the mask after decoding (see masks.composite)
+    # original pixels outside the mask after decoding (see masks.composite), as SDEdit: the decoder lets a big edit
+    # shift pixels far from the mask (bench/results/first_edits.md)
+    composite: bool = True
     keep_size: bool = False  # work at the upload's own size (images.working_size) instead of the model's native one
     seed: int | None = None
     preview_every: int = 5
