@@ -81,7 +81,9 @@ class InversionSpec:
             raise InvalidInputError(f"Unknown NTI start {self.null_start!r}; choose one of {', '.join(NULL_STARTS)}.")
 
 
-@dataclass(frozen=True)
+# eq=False: an Inversion is one object (hashed by identity), so a gr.State holding it can be watched for changes
+# (Gradio hashes watched states; its images and tensors are not hashable by value).
+@dataclass(frozen=True, eq=False)
 class Inversion:
     """An image mapped into the model's latent trajectory, with all it takes to reconstruct or edit it.
 
