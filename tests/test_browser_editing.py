@@ -7,11 +7,13 @@ the mask would be empty, and the tab keeps working.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from app_harness import launched_app
 from PIL import Image
-from test_browser import browser, image_loaded, open_tab  # noqa: F401 (browser: the shared fixture)
+from test_browser import browser, image_loaded, open_tab, set_slider  # noqa: F401 (browser: the shared fixture)
 
 from studio.shapes.render import Scene, make_object, render
 from studio.shapes.vocabulary import COLOURS
@@ -120,4 +122,125 @@ def test_strokes_and_a_painted_mask_run_a_masked_sdedit(browser, app_url, pictur
     page.wait_for_selector("#sdedit-status [data-state=done]")
     assert "· masked ·" in page.inner_text("#sdedit-status")
     assert image_loaded(page, "#sdedit-strip img")
+    page.close()
+
+
+def stopped_and_kept(page, status: str, stopped_after: str) -> str:
+    """Press the tab's Stop: within ~2 s the status says "Stopped after <stopped_after>…", and 3 s later it still
+    does (the step in flight at Stop may still be counted). Returns the final status text."""
+    page.click(f"#{status.split('-')[0]}-stop")
+    page.wait_for_selector(f"#{status} [data-state=stopped]", timeout=2_000)
+    assert page.inner_text(f"#{status}").startswith(f"Stopped after {stopped_after}"), page.inner_text(f"#{status}")
+    page.wait_for_timeout(3_000)
+    said = page.inner_text(f"#{status}")
+    assert page.locator(f"#{status} [data-state=stopped]").count() == 1, said
+    assert said.startswith(f"Stopped after {stopped_after}"), said
+    return said
+
+
+def test_diffedit_stop_says_where_find_mask_and_edit_stopped(browser, app_url, pictures):
+    page = open_tab(browser, app_url, "DiffEdit")
+    page.locator("#diffedit-image input[type=file]").set_input_files(str(pictures / "scene.png"))
+    page.wait_for_selector("#diffedit-image img")
+    page.fill("#diffedit-source textarea", SOURCE)
+    page.fill("#diffedit-target textarea", TARGET)
+    for elem_id, value in (("diffedit-probes", 10), ("diffedit-samples", 16), ("diffedit-steps", 150),
+                           ("diffedit-edit-strength", 1)):
+        set_slider(page, elem_id, value)
+
+    page.click("#diffedit-mask-btn")
+    page.wait_for_function("() => document.querySelector('#diffedit-status')?.innerText.includes('Mask: probe')")
+    stopped_and_kept(page, "diffedit-status", "mask: probe")
+
+    page.click("#diffedit-edit-btn")
+    page.wait_for_function("() => document.querySelector('#diffedit-status')?.innerText.includes('Edit: step')")
+    stopped_and_kept(page, "diffedit-status", "edit: step")
+    page.close()
+
+
+def test_sdedit_stop_says_the_step_its_counter_showed(browser, app_url, pictures):
+    page = open_tab(browser, app_url, "SDEdit")
+    page.locator("#sdedit-canvas input[type=file]").set_input_files(str(pictures / "strokes.png"))
+    page.wait_for_timeout(1000)
+    page.fill("#sdedit-t0 textarea, #sdedit-t0 input", "0.9, 1")
+    set_slider(page, "sdedit-steps", 150)
+    set_slider(page, "sdedit-repeats", 4)
+    page.click("#sdedit-btn")
+    page.wait_for_function("() => /t0 0.9: step [1-9]/.test(document.querySelector('#sdedit-status')?.innerText)")
+    running = page.inner_text("#sdedit-status")
+    said = stopped_and_kept(page, "sdedit-status", "t0 0.9: step")
+    counter = re.search(r"t0 (\S+): step (\d+) / (\d+)", said)
+    assert counter, said
+    assert counter[3] == "135"  # the counter of its own t0: round(0.9 * 150) steps, not the whole run's
+    assert int(counter[2]) >= int(re.search(r"step (\d+)", running)[1])
+    page.close()
+
+
+def canvas_pixel(page, box: dict, at: tuple[float, float]) -> tuple[int, int, int]:
+    """The colour on screen at `at` (fractions of `box`), as the user sees the canvas."""
+    import io
+
+    x, y = box["x"] + box["width"] * at[0], box["y"] + box["height"] * at[1]
+    shot = Image.open(io.BytesIO(page.screenshot(clip={"x": x - 1, "y": y - 1, "width": 3, "height": 3})))
+    return tuple(int(c) for c in np.asarray(shot.convert("RGB"))[1, 1])
+
+
+def zoom_text(editor) -> str:
+    return editor.get_by_text(re.compile(r"^\d+%$")).first.inner_text()
+
+
+def test_sdedit_fill_background_mask_overlay_and_clear_keep_the_canvas(browser, app_url):
+    page = open_tab(browser, app_url, "SDEdit")
+    editor = page.locator("#sdedit-canvas")
+    page.locator("#sdedit-background input").fill("blue")
+    page.keyboard.press("Enter")
+    page.click("#sdedit-fill")
+    page.wait_for_timeout(1500)
+    zoom = zoom_text(editor)
+    image_box = editor.locator("canvas").first.bounding_box()
+    # the image sits centred in the canvas box: a square of the box's height
+    side = image_box["height"] * 0.8
+    square = {"x": image_box["x"] + (image_box["width"] - side) / 2, "y": image_box["y"] + image_box["height"] * 0.1,
+              "width": side, "height": side}
+    assert canvas_pixel(page, square, (0.1, 0.1)) == COLOURS["blue"]  # the background is filled
+
+    page.locator("#sdedit-paint-on label", has_text="mask").click()
+    page.wait_for_timeout(800)
+    editor.get_by_role("button", name="Brush").first.click()
+    drag(page, square, (0.3, 0.5), (0.7, 0.5))
+    page.wait_for_timeout(500)
+    painted = canvas_pixel(page, square, (0.5, 0.5))
+    # translucent magenta over blue: red and blue both up, and not the opaque magenta of a stroke
+    assert painted[0] > 60 and painted[2] > 200 and painted != (255, 0, 255), painted
+    assert editor.locator("button[aria-label='Show Layers']").inner_text().strip().startswith("mask")
+
+    page.fill("#sdedit-t0 textarea, #sdedit-t0 input", "0.5")
+    page.click("#sdedit-btn")
+    page.wait_for_selector("#sdedit-status [data-state=done]")
+    assert "· masked ·" in page.inner_text("#sdedit-status")  # the mask layer, not the strokes, got the paint
+
+    editor.get_by_role("button", name="Clear canvas").click()
+    page.wait_for_timeout(1500)
+    assert zoom_text(editor) == zoom  # still fitted to the box, not drawn 1:1 at 128 px
+    page.close()
+
+
+def test_diffedit_shows_the_inversion_it_edits_greyed(browser, app_url, pictures):
+    page = open_tab(browser, app_url, "Inversion")
+    page.locator("#inversion-upload input[type=file]").set_input_files(str(pictures / "scene.png"))
+    page.fill("#inversion-prompt textarea", SOURCE)
+    page.get_by_label("Null-text inversion").uncheck()  # DDIM alone
+    set_slider(page, "inversion-steps", 10)
+    page.click("#inversion-btn")
+    page.wait_for_selector("#inversion-status [data-state=done]")
+
+    page.get_by_role("tab", name="DiffEdit").click()
+    page.click("#diffedit-use-inversion input")
+    page.wait_for_function("s => document.querySelector('#diffedit-source textarea')?.value === s", arg=SOURCE)
+    assert page.locator("#diffedit-source textarea").is_disabled()
+    assert page.input_value("#diffedit-steps input[type=number]") == "10"
+    assert page.locator("#diffedit-steps input[type=number]").is_disabled()
+    assert image_loaded(page, "#diffedit-image img")  # the image to edit is the inversion's
+    page.click("#diffedit-use-inversion input")
+    page.wait_for_function("() => !document.querySelector('#diffedit-source textarea')?.disabled")
     page.close()

@@ -27,9 +27,10 @@ def test_mask_preview_of_a_keep_size_inversion_is_at_the_inversions_size(client,
     client.predict(upload=handle_file(str(photo)), keep_size=True, prompt=SOURCE, methods=["ddim"], steps=2,
                    api_name="/invert")  # the session's inversion, which the DiffEdit tab reads
 
-    status, preview, editor = client.predict(image=None, use_inversion=True, source_prompt=SOURCE,
-                                             target_prompt=TARGET, probes=1, noise_samples=1, steps=4,
-                                             api_name="/diffedit_mask")
+    status, preview, editor, _hints, _downloads, _settings = client.predict(
+        image=None, use_inversion=True, source_prompt=SOURCE, target_prompt=TARGET, probes=1, noise_samples=1,
+        steps=4, api_name="/diffedit_mask")
     assert "Mask found" in status
+    preview = preview["value"] if isinstance(preview, dict) else preview  # a labelled update (stream._labelled)
     with Image.open(preview) as shown, Image.open(editor["background"]) as background:
         assert shown.size == background.size == (side, side)

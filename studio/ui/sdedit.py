@@ -2,9 +2,13 @@
 "mask" layer, and get a strip of results over several t0 (faithfulness to the strokes vs realism).
 
 The canvas is a gr.ImageEditor with two fixed layers: "strokes" (the guide's paint) and "mask" (where the
-image may change; leave it empty for unmasked SDEdit). The guide is the background with the strokes layer
-on top -- never the mask paint; the original (frozen pixels) is the background. Endpoint ``/sdedit`` streams
-progress and ends with the strip, the images, a table of L2-to-guide and realism per image, and the settings.
+image may change; leave it empty for unmasked SDEdit). The "Paint on" switch above it picks the layer and its
+brush: the shapes world's opaque colours for strokes, one translucent magenta for the mask, so the mask shows as
+an overlay of its own colour. "Fill background" paints the whole background one colour; Clear leaves a blank
+canvas of the model's size (the editor's own empty state is drawn at 1:1, a 128 px box). The guide is the
+background with the strokes layer on top -- never the mask paint; the original (frozen pixels) is the background.
+Endpoint ``/sdedit`` streams progress and ends with the strip, the images, a table of L2-to-guide and realism
+per image, the downloads (PNGs with their settings) and the settings.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from studio import specs
 from studio.editing import masks
@@ -22,14 +27,54 @@ from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditSpec
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Event, Preview, SDEditResult
 from studio.shapes.vocabulary import COLOURS
-from studio.ui.form import Field, optional_whole, seed_from_form, seed_box, slider, spec_values, text, textbox
-from studio.ui.parts import Tab, model_line, settings_view
-from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
+from studio.ui.diffedit import remembering
+from studio.ui.form import (
+    Field,
+    optional_whole,
+    saved,
+    seed_box,
+    seed_from_form,
+    slider,
+    spec_values,
+    text,
+    textbox,
+)
+from studio.ui.parts import (
+    DOWNLOADS,
+    Sendable,
+    Tab,
+    compare_view,
+    difference,
+    downloads_box,
+    instant,
+    load_settings_box,
+    model_line,
+    rgb,
+    send_row,
+    settings_view,
+    tagged,
+)
+from studio.ui.stream import (
+    JOB_EVENT,
+    KEYS_HELP,
+    Outputs,
+    done_html,
+    run_and_stop,
+    status_box,
+    stop_button,
+    stream_job,
+)
 
 DEFAULTS = SDEditSpec()
 BRUSH_COLOURS = ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in COLOURS.values()]  # the shapes world's palette
 TABLE_COLUMNS = ["t0", "repeat", "seed", "L2 to guide", "realism"]
 STROKES, MASK = 0, 1  # layer order in the editor
+PAINT_LAYERS = ("strokes", "mask")  # the "Paint on" switch's choices, in layer order
+MASK_COLOUR = ("#ff00ff", 0.5)  # the mask layer's brush: a colour of no shape, half transparent (an overlay)
+MASK_RGBA = (255, 0, 255, 128)  # the same paint on a mask layer written here (a mask sent from an attention map)
+BACKGROUNDS = tuple(COLOURS)  # "Fill background" colours: the shapes world's palette, by name
+LABELS = {"preview": "Live preview", "strip": "Results: guide, then one column per t0 (rows: repeats)",
+          "gallery": "Images"}  # result labels (Stop and a new run add "· partial" / "· previous run")
 STROKE_EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples" / "strokes"
 
 
@@ -92,35 +137,106 @@ def canvas_inputs(value: dict | None, size: int) -> tuple[np.ndarray, np.ndarray
     return guide.round().astype(np.uint8), (mask if mask.any() else None), original
 
 
+def brush_for(layer: str) -> gr.Brush:
+    """The brush of a "Paint on" choice: the shapes world's palette for strokes, the translucent mask colour."""
+    if layer == "mask":
+        return gr.Brush(default_size=12, colors=[MASK_COLOUR], default_color=MASK_COLOUR, color_mode="fixed")
+    return gr.Brush(default_size=12, colors=BRUSH_COLOURS, default_color=BRUSH_COLOURS[0])
+
+
+# Selects the "Paint on" layer in the editor's own layer menu (the only way to pick the layer brushes paint on).
+SELECT_LAYER_JS = f"""
+async (layer) => {{
+  const editor = document.querySelector('#sdedit-canvas');
+  const menu = editor?.querySelector('button[aria-label="Show Layers"]');
+  if (!menu) return layer;
+  const settle = () => new Promise((done) => setTimeout(done, 60));
+  const opened = !editor.querySelector('.layer-wrap li');
+  if (opened) {{ menu.click(); await settle(); }}
+  const entry = [...editor.querySelectorAll('.layer-wrap li')][{list(PAINT_LAYERS)}.indexOf(layer)];
+  const name = entry && [...entry.querySelectorAll('*')].find((e) => !e.children.length && e.textContent.trim());
+  name?.click();
+  if (opened) {{ await settle(); menu.click(); }}
+  return layer;
+}}
+"""
+
+
+def blank_canvas(size: int, colour: tuple[int, int, int] = (255, 255, 255), layers: list | None = None) -> dict:
+    """An editor value of one colour at the model's size (white: blank), keeping `layers` (the paint) when given."""
+    background = np.empty((size, size, 4), np.uint8)
+    background[...] = (*colour, 255)
+    return {"background": background, "layers": list(layers or []), "composite": None}
+
+
+def filled(value: dict | None, colour: str, size: int) -> dict:
+    """The canvas with its background painted `colour` (a shapes-world colour name), strokes and mask kept."""
+    if colour not in COLOURS:
+        raise InvalidInputError(f"Pick a background colour: one of {', '.join(BACKGROUNDS)}.")
+    layers = [layer for layer in ((value or {}).get("layers") or []) if layer is not None]
+    background = (value or {}).get("background")
+    side = np.asarray(background).shape[0] if background is not None else size
+    return blank_canvas(side, COLOURS[colour], layers)
+
+
+def canvas_of(image: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """An editor value with `image` as its background, an empty strokes layer and, given a mask, the mask layer
+    painted where it is (in the mask's own translucent colour)."""
+    picture = np.asarray(image)[..., :3]
+    strokes = np.zeros((*picture.shape[:2], 4), np.uint8)
+    mask_layer = strokes.copy()
+    if mask is not None:
+        mask_layer[np.asarray(mask, bool)] = MASK_RGBA
+    return {"background": np.dstack([picture, np.full(picture.shape[:2], 255, np.uint8)]),
+            "layers": [strokes, mask_layer], "composite": None}
+
+
+def strengths_text(settings: Mapping[str, Any]) -> str | None:
+    """A record's t0 values as the t0 box writes them (JSON gives a list); None when it holds none."""
+    strengths = settings.get("strengths")
+    return None if not strengths else ", ".join(f"{float(s):g}" for s in strengths)
+
+
+def seed_of(settings: Mapping[str, Any] | None) -> tuple[int, bool]:
+    """ "Reuse seed": (the seed the shown result was made with, random seed off)."""
+    if not settings or settings.get("seed") is None:
+        raise gr.Error("There is no result yet: its seed is reused once SDEdit has run.")
+    return int(settings["seed"]), False
+
+
 # --------------------------------------------------------------------------------------------
 # The form
 
 
 FIELDS = (
     Field("canvas", lambda engine: gr.ImageEditor(
-        label="Canvas: paint strokes; paint the region that may change on the 'mask' layer (optional)",
+        label="Canvas: paint strokes; with 'Paint on: mask', the region that may change (optional)",
         type="numpy", image_mode="RGBA", format="png", canvas_size=(engine.native_size,) * 2, height=380,
         brush=gr.Brush(default_size=12, colors=BRUSH_COLOURS, default_color=BRUSH_COLOURS[0]),
         layers=gr.LayerOptions(allow_additional_layers=False, layers=["strokes", "mask"]),
         transforms=(), elem_id="sdedit-canvas"), in_spec=False),
     Field("prompt", textbox(label="Prompt (optional)", placeholder="a red circle on a blue background",
-                                              elem_id="sdedit-prompt"), text),
+                                              elem_id="sdedit-prompt"), text, restore=saved("prompt")),
     Field("strengths", textbox(
         value=", ".join(f"{s:g}" for s in DEFAULTS.strengths), label="t0 values (0-1)",
-        info="Low t0 keeps the strokes; high t0 gives realism. One column each.", elem_id="sdedit-t0"), parse_strengths),
-    Field("repeats", slider(REPEATS, DEFAULTS.repeats, elem_id="sdedit-repeats"), int),
-    Field("steps", slider(specs.STEPS, DEFAULTS.steps, label="Steps (whole schedule)", elem_id="sdedit-steps"), int),
-    Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, elem_id="sdedit-guidance"), float),
+        info="Low t0 keeps the strokes; high t0 gives realism. One column each.", elem_id="sdedit-t0"), parse_strengths,
+          restore=strengths_text),
+    Field("repeats", slider(REPEATS, DEFAULTS.repeats, elem_id="sdedit-repeats"), int, restore=saved("repeats", REPEATS)),
+    Field("steps", slider(specs.STEPS, DEFAULTS.steps, label="Steps (whole schedule)", elem_id="sdedit-steps"), int,
+          restore=saved("steps", specs.STEPS)),
+    Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, elem_id="sdedit-guidance"), float,
+          restore=saved("guidance_scale", specs.GUIDANCE)),
     Field("noise_form", lambda engine: gr.Radio(
         list(NOISE_FORMS), value=DEFAULTS.noise_form, label="Noise form",
-        info="vp: sqrt(ab) x + sqrt(1-ab) eps, DDIM; ve: x + sigma eps, Euler", elem_id="sdedit-noise-form"), str),
-    Field("seed", seed_box("sdedit-seed"), optional_whole),
+        info="vp: sqrt(ab) x + sqrt(1-ab) eps, DDIM; ve: x + sigma eps, Euler", elem_id="sdedit-noise-form"), str,
+          restore=saved("noise_form")),
+    Field("seed", seed_box("sdedit-seed"), optional_whole, restore=saved("seed", specs.SEED)),
     Field("random_seed", lambda engine: gr.Checkbox(label="Random seed", value=False, elem_id="sdedit-random-seed"),
-          in_spec=False),
+          in_spec=False, restore=lambda settings: False if settings.get("seed") is not None else None),
     Field("composite", lambda engine: gr.Checkbox(
         label="Paste original pixels outside the mask", value=DEFAULTS.composite,
         info="Masked runs: frozen latents come back exactly either way; the VAE blurs a few pixels across the mask "
-             "border unless this is on.", elem_id="sdedit-composite"), bool),
+             "border unless this is on.", elem_id="sdedit-composite"), bool, restore=saved("composite")),
 )
 
 
@@ -137,6 +253,8 @@ def spec_from_values(values: Mapping[str, Any]) -> SDEditSpec:
 class SDEditTab(Tab):
     """The SDEdit tab (the shape of every tab: `parts.Tab`)."""
 
+    name = "sdedit"
+
     fields = FIELDS
 
     # 1. layout ---------------------------------------------------------------------------
@@ -144,22 +262,43 @@ class SDEditTab(Tab):
         form, native = self.form, int(self.engine.native_size)
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=320):
-                form.place("canvas", "prompt")
+                self.paint_on = gr.Radio(list(PAINT_LAYERS), value=PAINT_LAYERS[STROKES], label="Paint on",
+                                         info="strokes: the guide's colours · mask: where the image may change "
+                                              "(translucent magenta)", elem_id="sdedit-paint-on")
+                self.canvas, self.prompt = form.place("canvas", "prompt")
+                with gr.Row():
+                    self.background = gr.Dropdown(list(BACKGROUNDS), value="blue", label="Background colour",
+                                                  elem_id="sdedit-background", scale=2)
+                    self.fill = gr.Button("Fill background", size="sm", elem_id="sdedit-fill", scale=1)
                 self.go, self.stop = run_and_stop("Run SDEdit", "sdedit-btn", "sdedit-stop")
                 form.place("strengths")
                 for row in (("repeats", "steps"), ("guidance_scale", "noise_form"), ("seed", "random_seed", "composite")):
                     with gr.Row():
                         form.place(*row)
+                self.load_settings = load_settings_box("sdedit-load-settings")
             with gr.Column(scale=6, min_width=360):
                 self.status = status_box("sdedit-status")
-                self.preview = gr.Image(label="Live preview", format="png", interactive=False, height=200, buttons=[],
-                                        elem_id="sdedit-preview")
-                self.strip = gr.Image(label="Results: guide, then one column per t0 (rows: repeats)", format="png",
-                                      interactive=False, elem_id="sdedit-strip")
+                self.preview = gr.Image(label=LABELS["preview"], format="png", interactive=False, height=200,
+                                        buttons=[], elem_id="sdedit-preview", elem_classes=["dcs-image"])
+                self.strip = gr.Image(label=LABELS["strip"], format="png", interactive=False, height=300,
+                                      buttons=["download", "fullscreen"], elem_id="sdedit-strip",
+                                      elem_classes=["dcs-image"])
                 self.table = gr.Dataframe(headers=TABLE_COLUMNS, label="Faithfulness (L2 to guide, 0-1 pixels) and "
                                           "realism (classifier confidence)", interactive=False, elem_id="sdedit-table")
-                self.gallery = gr.Gallery(label="Images", format="png", columns=4, height=220, elem_id="sdedit-gallery")
+                self.gallery = gr.Gallery(label=LABELS["gallery"], format="png", columns=3, height="auto",
+                                          object_fit="contain", elem_id="sdedit-gallery", elem_classes=["dcs-gallery"])
+                self.sending = gr.State(None)
+                self.send_buttons = send_row("sdedit", own=self.name)
+                self.reuse_seed = gr.Button("Reuse this result's seed", size="sm", elem_id="sdedit-reuse-seed")
+                with gr.Row(equal_height=False):
+                    self.compare = compare_view("sdedit-compare", "Guide | picked result (drag the handle)")
+                    self.difference = gr.Image(label="Difference (|result - guide| x 4)", format="png",
+                                               interactive=False, height=260, buttons=[], elem_id="sdedit-difference",
+                                               elem_classes=["dcs-image"])
+                self.downloads = downloads_box("sdedit-downloads")
                 self.settings = settings_view("sdedit-settings", "Settings")
+        self.picks = gr.State(None)  # (guide RGB, [(image, its settings), ...]) of the last result, for picking
+        self.receives = [self.canvas, self.prompt]
         gr.Examples(
             [[str(STROKE_EXAMPLES / "red_blob_on_blue.png"), "a red circle on a blue background", "0.3, 0.5, 0.7"],
              [str(STROKE_EXAMPLES / "purple_wedge_black_box_on_yellow.png"), "", "0.4, 0.6, 0.8"]],
@@ -168,21 +307,26 @@ class SDEditTab(Tab):
         gr.Markdown(
             f"{model_line(self.engine)} · canvas {native}×{native} px. SDEdit (Meng et al. 2022): the guide "
             "is noised to t0 and denoised back; with a mask, frozen pixels are re-noised from the original at every "
-            "step and end exactly as they were.", elem_id="sdedit-help",
+            f"step and end exactly as they were. {KEYS_HELP}.", elem_id="sdedit-help",
         )
 
     # 2. handlers -------------------------------------------------------------------------
     def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
         """SDEdit of the canvas: streams progress, then the strip, the table, the images and the settings."""
+        guide_of_run: dict[str, np.ndarray] = {}
 
         def start(cancel: CancelToken) -> Iterator[Event]:
             spec = spec_from_values(values)
             guide, mask, original = canvas_inputs(values.get("canvas"), int(self.engine.native_size))
+            guide_of_run["guide"] = guide
             return self.engine.sdedit(spec, guide, mask=mask, original=original, cancel=cancel)
 
-        yield from stream_job("sdedit", request, self.status, start, self.render, "SDEdit")
+        render, partial = remembering(lambda event: self.render(event, guide_of_run.get("guide")), [self.preview])
+        yield from stream_job("sdedit", request, self.status, start, render, "SDEdit", partial=partial,
+                              results={self.preview: LABELS["preview"], self.strip: LABELS["strip"],
+                                       self.gallery: LABELS["gallery"]})
 
-    def render(self, event: Event) -> Outputs | None:
+    def render(self, event: Event, guide: np.ndarray | None = None) -> Outputs | None:
         if isinstance(event, Preview):
             return {self.preview: event.images[0]}
         if isinstance(event, SDEditResult):
@@ -191,14 +335,59 @@ class SDEditTab(Tab):
             masked = "masked" if event.masked else "unmasked"
             text = (f"Done in {event.timings['total']:.1f} s · {masked} · seed {event.seed} · "
                     f"{event.unet_evaluations} UNet evaluations")
-            captions = [(image, f"t0 {r.t0:g} · seed {r.seed}") for image, r in zip(event.images, event.samples)]
-            return {self.status: done_html(text), self.strip: event.strip, self.table: rows, self.gallery: captions,
-                    self.settings: event.settings}
+            # each image's own settings: the run's, with the t0, repeat and seed that made it
+            picks = [(image, {**event.settings, "seed": r.seed, "t0": r.t0, "repeat": r.repeat})
+                     for image, r in zip(event.images, event.samples)]
+            captions = [(tagged(image, settings), f"t0 {r.t0:g} · seed {r.seed}")
+                        for (image, settings), r in zip(picks, event.samples)]
+            names = [f"sdedit-t0-{r.t0:g}-seed-{r.seed}.png" for r in event.samples]
+            pngs = [("sdedit-strip.png", event.strip, {**event.settings, "download": "strip"}),
+                    *((name, image, settings) for name, (image, settings) in zip(names, picks))]
+            guide = rgb(event.images[0]) if guide is None else guide
+            return {self.status: done_html(text), self.strip: tagged(event.strip, event.settings, download="strip"),
+                    self.table: rows, self.gallery: captions, self.downloads: DOWNLOADS.pngs(pngs),
+                    self.picks: (guide, picks), **self.picked(guide, *picks[0]), self.settings: event.settings}
         return None
+
+    def picked(self, guide: np.ndarray, image: Image.Image, settings: Mapping[str, Any]) -> Outputs:
+        """The before/after of a result image against the guide, and what its send buttons carry."""
+        return {self.compare: (Image.fromarray(guide).resize(image.size, Image.NEAREST), image),
+                self.difference: difference(guide, image), self.sending: Sendable(rgb(image), settings)}
+
+    def pick(self, picks: tuple | None, event: gr.SelectData) -> Outputs:
+        if not picks or event.index is None:
+            return {}
+        guide, items = picks
+        return self.picked(guide, *items[int(event.index)])
+
+    def receive(self, item: Sendable) -> dict[Any, Any]:
+        """An image sent here: the canvas's background (paint strokes over it), its prompt as the prompt."""
+        return {self.canvas: canvas_of(item.image), self.prompt: item.prompt}
+
+    def receive_mask(self, item: Sendable) -> dict[Any, Any]:
+        """An attention map's mask sent here: the image as background, the mask painted on the mask layer."""
+        if item.mask is None:
+            raise gr.Error("This item carries no mask: send it with a 'Map as mask' button.")
+        return {self.canvas: canvas_of(item.image, item.mask), self.prompt: item.prompt}
 
     # 3. events ---------------------------------------------------------------------------
     def wire(self) -> None:
+        native = int(self.engine.native_size)
         self.run_event = self.go.click(
             self.run, inputs_kwargs=self.form.inputs, api_name="sdedit", **JOB_EVENT,
-            outputs=[self.status, self.preview, self.strip, self.table, self.gallery, self.settings])
-        stop_button(self.stop, self.status, [self.run_event], tab="sdedit", api_name="sdedit_stop")
+            outputs=[self.status, self.preview, self.strip, self.table, self.gallery, self.downloads, self.picks,
+                     self.compare, self.difference, self.sending, self.settings])
+        stop_button(self.stop, self.status, [self.run_event], tab="sdedit", api_name="sdedit_stop",
+                    results=[self.preview])
+        self.gallery.select(self.pick, self.picks, [self.compare, self.difference, self.sending],
+                            **instant("sdedit-view"))
+        self.paint_on.change(lambda layer: gr.update(brush=brush_for(layer)), self.paint_on, self.canvas,
+                             js=SELECT_LAYER_JS, **instant("sdedit-view"))
+        self.fill.click(lambda value, colour: filled(value, colour, native), [self.canvas, self.background],
+                        self.canvas, **instant("sdedit-view"))
+        # the editor's Clear leaves its empty state, drawn 1:1 (128 px on screen): a blank canvas fits the box
+        self.canvas.clear(lambda: blank_canvas(native), None, self.canvas, **instant("sdedit-view"))
+        seed, random_seed = self.form.components(["seed", "random_seed"])
+        self.reuse_seed.click(seed_of, self.settings, [seed, random_seed], **instant("sdedit-seed"))
+        self.load_settings.upload(self.read_settings, self.load_settings, self.form.restorable,
+                                  api_name="sdedit_read_settings", concurrency_id="settings")
