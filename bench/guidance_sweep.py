@@ -79,12 +79,13 @@ class Judge:
 
 
 def run_setting(engine: Engine, judge: Judge, samples: int, **spec_fields) -> tuple[dict[str, list[Judgement]], list[dict]]:
-    """`samples` images of one setting: batches of up to 8 with seeds 0, 1, ... (the same for every setting)."""
+    """`samples` images of one setting, sample k with seed k (the same for every setting), in batches of up to 8:
+    a batch with seed s draws its items from seeds s, s + 1, ..."""
     judged: dict[str, list[Judgement]] = {}
     settings = []
     batch = int(BATCH.high)
-    for seed, start in enumerate(range(0, samples, batch)):
-        spec = GenerateSpec(seed=seed, batch_size=min(batch, samples - start), **spec_fields)
+    for start in range(0, samples, batch):
+        spec = GenerateSpec(seed=start, batch_size=min(batch, samples - start), **spec_fields)
         result = [event for event in engine.generate(spec) if isinstance(event, Result)][-1]
         for name, judgements in judge(result).items():
             judged.setdefault(name, []).extend(judgements)
