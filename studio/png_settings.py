@@ -326,6 +326,7 @@ def _text_chunks(image: Image.Image) -> dict[str, str]:
 
 def spec_fields(settings: dict[str, Any], spec_class: type = GenerateSpec) -> dict[str, Any]:
     """The fields of `spec_class` (a spec dataclass: GenerateSpec, DiffEditSpec, ...) found in a settings dict;
-    others such as model or timings are dropped. JSON keeps tuples as lists: specs that hold tuples convert."""
+    others such as model or timings are dropped. Values read back from JSON are lists where a spec holds tuples
+    (SDEdit's strengths, P2P's word windows): the caller converts them."""
     names = {f.name for f in fields(spec_class)}
     return {name: value for name, value in settings.items() if name in names}
