@@ -57,10 +57,12 @@ from studio.ui.parts import (
     instant,
     load_settings_box,
     model_line,
+    model_panel,
     rgb,
     send_row,
     settings_view,
     tagged,
+    warn_about_limits,
     with_inversion,
 )
 from studio.ui.stream import (
@@ -246,6 +248,7 @@ class DiffEditTab(Tab):
                 self.image, self.use_inversion = form.place("image", "use_inversion")
                 self.use_inversion.visible = self.inversion_state is not None
                 self.source_prompt, _ = form.place("source_prompt", "target_prompt")
+                model_panel(self.engine, "diffedit-model")
                 with gr.Row():
                     self.find = gr.Button("Find mask", elem_id="diffedit-mask-btn")
                     self.go = gr.Button("Edit", variant="primary", elem_id="diffedit-edit-btn", elem_classes=[RUN_CLASS])
@@ -265,7 +268,7 @@ class DiffEditTab(Tab):
                     self.result = gr.Image(label=RESULT_LABEL, format="png", interactive=False, height=260,
                                            buttons=["download", "fullscreen"], elem_id="diffedit-result",
                                            elem_classes=["dcs-image"])
-                self.hints = gr.Markdown(hints.DIFFEDIT_IF_FAILED, elem_id="diffedit-hints")
+                self.hints = gr.Markdown(hints.DIFFEDIT_IF_FAILED, label="If the edit fails", elem_id="diffedit-hints")
                 self.sending = gr.State(None)
                 self.send_buttons = send_row("diffedit", own=self.name)
                 self.reuse_seed = gr.Button("Reuse this result's seed", size="sm", elem_id="diffedit-reuse-seed")
@@ -293,6 +296,7 @@ class DiffEditTab(Tab):
         def start(cancel: CancelToken) -> Iterator[Event]:
             inversion = chosen_inversion(values, NO_INVERSION)
             spec = spec_from_values(values, inversion)
+            warn_about_limits(self.engine, [spec.source_prompt, spec.target_prompt])  # uploads are resized
             return self.engine.diffedit_mask(spec, None if inversion is not None else values.get("image"), inversion,
                                              cancel)
 
@@ -308,6 +312,7 @@ class DiffEditTab(Tab):
         def start(cancel: CancelToken) -> Iterator[Event]:
             inversion = chosen_inversion(values, NO_INVERSION)
             spec = spec_from_values(values, inversion)
+            warn_about_limits(self.engine, [spec.source_prompt, spec.target_prompt])  # uploads are resized
             mask, background = edited_mask(values.get("mask"))
             # A touched-up mask belongs to the image on the editor (the one Stage I worked on, at its size).
             picture = background if mask is not None and inversion is None else values.get("image")

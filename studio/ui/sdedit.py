@@ -49,10 +49,12 @@ from studio.ui.parts import (
     instant,
     load_settings_box,
     model_line,
+    model_panel,
     rgb,
     send_row,
     settings_view,
     tagged,
+    warn_about_limits,
 )
 from studio.ui.stream import (
     JOB_EVENT,
@@ -266,6 +268,7 @@ class SDEditTab(Tab):
                                          info="strokes: the guide's colours · mask: where the image may change "
                                               "(translucent magenta)", elem_id="sdedit-paint-on")
                 self.canvas, self.prompt = form.place("canvas", "prompt")
+                model_panel(self.engine, "sdedit-model")
                 with gr.Row():
                     self.background = gr.Dropdown(list(BACKGROUNDS), value="blue", label="Background colour",
                                                   elem_id="sdedit-background", scale=2)
@@ -318,6 +321,7 @@ class SDEditTab(Tab):
         def start(cancel: CancelToken) -> Iterator[Event]:
             spec = spec_from_values(values)
             guide, mask, original = canvas_inputs(values.get("canvas"), int(self.engine.native_size))
+            warn_about_limits(self.engine, [spec.prompt])  # the guide is prepared to the model's size
             guide_of_run["guide"] = guide
             return self.engine.sdedit(spec, guide, mask=mask, original=original, cancel=cancel)
 
