@@ -1,12 +1,16 @@
-"""The History tab, send-to-tab and the keyboard shortcuts in a real browser (headless Debian chromium).
+"""What crosses tabs, in a real browser (headless Debian chromium): the History tab, send to tab, the keyboard.
 
 Protects: Ctrl+Enter runs the visible tab's main action and Esc stops it, with the stop kept on screen; every
 result of every tab lands in the History tab with its settings, survives switching tabs, can be compared with
 another (slider and difference) and downloaded as a PNG carrying its settings; a result sent from History to
-SDEdit arrives on its canvas and the SDEdit tab opens.
+SDEdit arrives on its canvas and the SDEdit tab opens; a word's attention map becomes DiffEdit's mask, which the
+edit then uses (attention map -> editable mask -> local edit), and a generated image sent to Prompt-to-Prompt
+arrives with its prompt and its own seed.
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from app_harness import PROMPT
@@ -75,3 +79,32 @@ def test_history_keeps_every_result_to_pick_compare_download_and_send(page, tmp_
     page.wait_for_selector("#sdedit-canvas", state="visible")
     page.wait_for_function("() => document.querySelector('#sdedit-prompt textarea')?.value.length > 0")
     assert page.input_value("#sdedit-prompt textarea") == PROMPT
+
+
+def test_an_attention_map_becomes_diffedits_mask_and_the_edit_uses_it(page):
+    generate_with_keyboard(page, PROMPT)
+    page.wait_for_selector("#status [data-state=done]")
+    page.locator("#token-pick label", has_text="circle").click()
+    page.click("#generate-mask-diffedit")
+
+    page.wait_for_selector("#diffedit-mask-editor", state="visible")
+    page.wait_for_function("() => document.querySelector('#diffedit-source textarea')?.value.length > 0")
+    assert page.input_value("#diffedit-source textarea") == PROMPT
+    page.fill("#diffedit-target textarea", PROMPT.replace("red", "blue"))
+    page.click("#diffedit-edit-btn")
+    page.wait_for_selector("#diffedit-status [data-state=done]")
+    assert "(given)" in page.inner_text("#diffedit-status")  # the sent mask, not one found by Stage I
+
+
+def test_a_generated_image_sent_to_p2p_arrives_with_its_prompt_and_its_own_seed(page):
+    set_slider(page, "batch-size", 2)
+    generate_with_keyboard(page, PROMPT)
+    page.wait_for_selector("#status [data-state=done]")
+    seed = int(re.search(r"\bseed\W+(\d+)", page.locator("#settings").inner_text()).group(1))
+    page.locator("#gallery img").nth(1).click()  # the second item: drawn from seed + 1
+    page.click("#generate-send-p2p")
+
+    page.wait_for_selector("#p2p-source", state="visible")
+    page.wait_for_function("() => document.querySelector('#p2p-source textarea')?.value.length > 0")
+    assert page.input_value("#p2p-source textarea") == PROMPT
+    assert page.input_value("#p2p-seed input") == str(seed + 1)
