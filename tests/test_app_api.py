@@ -138,7 +138,7 @@ def test_a_cancelled_job_stops_early_and_leaves_the_engine_usable(client):
 
 
 SPEC_OF_ENDPOINT = {
-    "/generate": specs.GenerateSpec(prompt="a"),
+    "/generate": specs.GenerateSpec(prompt="a", capture_attention=True),  # the tab shows attention maps by default
     "/invert": InversionSpec(),
     "/sdedit": SDEditSpec(prompt="a"),
     "/diffedit_mask": DiffEditSpec(source_prompt="a", target_prompt="b"),
@@ -158,6 +158,27 @@ def test_endpoint_parameters_are_named_after_the_spec_and_default_to_its_default
     offered = [f for f in dataclasses.fields(spec) if f.name in parameters]
     assert len(offered) >= 6, f"{endpoint} names too few parameters after {type(spec).__name__}: {sorted(parameters)}"
     for field in offered:
-        default = field.default  # required fields (the prompts) have none; None means "the engine decides"
+        # the spec's value where the field has a default (a tab may start a view option otherwise: Generate shows
+        # attention maps); required fields (the prompts) have none; None means "the engine decides"
+        default = field.default if field.default is dataclasses.MISSING else getattr(spec, field.name)
         if isinstance(default, (bool, int, float, str)):
             assert parameters[field.name] == default, f"{endpoint} {field.name}: {parameters[field.name]!r} != {default!r}"
+
+
+def test_generate_outputs_are_named(client):
+    """The API page names every output of /generate after its component's label (not value_NNN)."""
+    outputs = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["returns"]
+    labels = [output["label"] for output in outputs]
+    assert labels == ["Results", "Live preview", "Progress", "Settings of this result", "PNG with settings"]
+
+
+def test_each_batch_item_is_remade_alone_from_its_caption_seed(client):
+    """Seeds per batch item (A1111): item i of a batch with seed s is the image of batch size 1 with seed s + i."""
+    gallery, settings, _ = generate(client, random_seed=False, seed=41, batch_size=3)
+    captions = [item["caption"] for item in gallery]
+    assert [caption.split(" · ")[0] for caption in captions] == ["seed 41", "seed 42", "seed 43"]
+    assert settings["seeds"] == [41, 42, 43]
+    alone, _, _ = generate(client, random_seed=False, seed=int(captions[2].split()[1]), batch_size=1)
+    # the same image: the same noise, and float sums batched over 3 or 1 items round to 8 bits within one level
+    difference = np.abs(pixels(alone[0]["image"]).astype(int) - pixels(gallery[2]["image"]).astype(int))
+    assert difference.max() <= 1 and difference.mean() < 0.01

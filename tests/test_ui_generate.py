@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from studio import png_settings
 from studio.errors import InvalidInputError
+from studio.specs import GenerateSpec
 from studio.ui import generate
 
 FORM = dict(
@@ -114,3 +118,40 @@ def test_weight_plot_draws_every_condition_and_the_classifier_strength():
     without = generate.weight_plot(["a red circle", "a blue background"], weights)
     assert with_classifier.height > without.height  # one more legend row
     assert with_classifier.width == without.width
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #16: seeds per batch item, a stopped run's settings, the heat map as a mask
+
+
+def test_each_item_settings_remake_it_alone_with_its_own_seed():
+    record = {"prompt": "a red circle", "seed": 41, "seeds": [41, 42, 43], "batch_size": 3}
+    assert generate.item_seeds(record) == [41, 42, 43]
+    assert generate.item_settings(record, 2) == {"prompt": "a red circle", "seed": 43, "seeds": [43], "batch_size": 1}
+    assert generate.item_seeds({"seed": 7, "batch_size": 2}) == [7, 8]  # a record from before per-item seeds
+
+
+def test_run_settings_are_loadable_and_say_where_a_stopped_run_stopped():
+    spec = generate.spec_from_values(FORM)
+    settings = generate.partial_settings(generate.run_settings(spec, "tiny-sd", 128), step=10)
+    assert (settings["job"], settings["seed"], settings["seeds"]) == ("generate", 42, [42, 43])
+    assert (settings["width"], settings["height"], settings["stopped_at_step"]) == (64, 96, 10)
+    assert "capture_attention" not in settings  # a view option, not a setting
+    restored = png_settings.spec_fields(settings)
+    assert GenerateSpec(**restored) == replace(spec, capture_attention=False)
+    native = generate.run_settings(GenerateSpec("a red circle", seed=1), "tiny-sd", 128)
+    assert (native["width"], native["height"]) == (128, 128)  # the size the run draws, not "None"
+
+
+def test_the_heat_map_shown_is_sent_as_a_mask_of_its_word_at_the_image_size():
+    maps = np.zeros((2, 8, 8), np.float32)
+    maps[1, :4, :4] = 1.0  # "circle" attends to the top-left quarter
+    state = {"tokens": ["red", "circle"], "maps": maps, "per_resolution": {8: maps}, "step": 5,
+             "image": np.zeros((64, 64, 3), np.uint8), "settings": {"prompt": "red circle", "seed": 1}}
+    item = generate.map_sendable(state, 1, 8)
+    assert item.word == "circle" and item.mask.shape == (64, 64) and item.settings["seed"] == 1
+    assert item.mask[:28, :28].all() and not item.mask[36:, 36:].any()
+    assert generate.map_sendable({**state, "maps": np.zeros_like(maps), "per_resolution": {}}, 1) is None  # flat
+    heat_map = generate.render_attention(state, 1, 8)[2]
+    carried = png_settings.read_png_settings(heat_map)
+    assert (carried["picture"], carried["word"], carried["layers"], carried["seed"]) == ("heat map", "circle", "8×8", 1)
