@@ -24,7 +24,6 @@ Endpoints: ``/generate`` (streams; the last message holds the result) and ``/rea
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from studio import png_settings, specs
+from studio import model_limits, png_settings, specs
 from studio.attention.maps import heat_map_overlay
 from studio.errors import InvalidInputError
 from studio.events import AttentionMaps, CancelToken, Event, GenerationResult, Preview
@@ -44,7 +43,7 @@ from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
 from studio.ui.form import (ComponentFactory, Field, number, optional_whole, saved, seed_box, seed_from_form,
                             slider, spec_values, text, textbox)
 from studio.ui.parts import (DOWNLOADS, Sendable, Tab, instant, load_settings_box, mask_from_map, mask_row, model_line,
-                             rgb, send_row, settings_view, table_rows, tagged)
+                             model_panel, rgb, send_row, settings_view, table_rows, tagged, warn_about_limits)
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
 
 if TYPE_CHECKING:
@@ -198,16 +197,6 @@ def run_settings(spec: GenerateSpec, model_name: str, native_size: int) -> dict[
               if name not in ("capture_attention", "attention_every", "preview_every")}  # view options, not settings
     return {"model": model_name, "job": "generate", **fields, "width": width, "height": height,
             "seeds": batch_seeds(spec.seed, spec.batch_size)}
-
-
-def gallery_columns(count: int) -> int:
-    """Columns of a near-square grid for `count` images, so the whole batch fits the gallery's box."""
-    return max(1, math.ceil(math.sqrt(count)))
-
-
-def gallery_value(pictures: list[tuple[Image.Image, str]]) -> dict[str, Any]:
-    """The gallery showing `pictures` (image, caption) in columns that fit their count."""
-    return gr.update(value=pictures, columns=gallery_columns(len(pictures)))
 
 
 def result_pictures(result: GenerationResult) -> list[tuple[Image.Image, str]]:
@@ -406,6 +395,7 @@ class Shown:
     offered: tuple[int, dict[Any, Any]] | None = None  # (preview step, partial outputs), made once per preview
 
 
+GALLERY_COLUMNS = 3  # at most: each image stays above the model's 128 px in the tab's 420 px gallery
 RESULT_LABELS = {"gallery": "Results", "downloads": "PNG with settings", "settings": "Settings of this result"}
 KEYS_HELP = "Ctrl+Enter runs · Esc stops"
 
@@ -437,9 +427,11 @@ class GenerateTab(Tab):
                 self.size_note = gr.Markdown(visible=False, elem_id="size-note")
                 with gr.Row():
                     form.place("batch_size", "capture_attention")
+                model_panel(self.engine, "generate-model")  # native size, words, model card
                 self.guidance_panel()
                 self.load_png = load_settings_box("load-png")
-                self.model_panel()
+                gr.Markdown(f"{model_line(self.engine)} on `{html.escape(str(self.engine.device))}` · {KEYS_HELP}",
+                            elem_id="model-info")
             with gr.Column(scale=6, min_width=360):
                 self.results_panel()
         # Latest attention maps and the image under them; a .change renders the overlay for the picked
@@ -447,13 +439,6 @@ class GenerateTab(Tab):
         self.attention = gr.State(None)
         gr.Examples(COMPOSE_EXAMPLES, form.components(["prompt", "conditions", "guidance_scale"]),
                     label="Compose: sub-prompts with signed weights", elem_id="compose-examples")
-
-    def model_panel(self) -> None:
-        """The model's name, device and limits: native size, sizes it takes, the words it knows."""
-        engine = self.engine
-        gr.Markdown(f"{model_line(engine)} on `{html.escape(str(engine.device))}` · native size "
-                    f"{int(engine.native_size)}px · sizes in steps of {engine.size_multiple}px · {KEYS_HELP}",
-                    elem_id="model-info")
 
     def guidance_panel(self) -> None:
         """Global guidance: the condition table, the plot of every weight per step, rescale and the classifier."""
@@ -489,7 +474,9 @@ class GenerateTab(Tab):
         self.token_pick = gr.Radio(choices=[], label="Attention for word", elem_id="token-pick")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                self.gallery = gr.Gallery(label=RESULT_LABELS["gallery"], format="png", columns=1, height="auto",
+                # Gradio narrows the grid to the images' count; the height follows the rows, so a batch is whole
+                self.gallery = gr.Gallery(label=RESULT_LABELS["gallery"], format="png", columns=GALLERY_COLUMNS,
+                                          height="auto",
                                           object_fit="contain", elem_id="gallery", elem_classes=["dcs-gallery"],
                                           buttons=["download", "fullscreen"])
                 self.sending = gr.State(None)
@@ -526,16 +513,14 @@ class GenerateTab(Tab):
             spec = spec_from_values(values)
             # the seed is drawn here, not in the engine, so a stopped run's partial images know theirs
             spec = replace(spec, seed=resolve_seed(spec.seed, span=spec.batch_size))
-            self.warn_about_limits(spec)
+            warn_about_limits(self.engine, [spec.prompt, spec.negative_prompt, *(c.prompt for c in spec.conditions)],
+                              size=spec.size_on(int(self.engine.native_size)))
             shown = Shown(run_settings(spec, str(self.engine.model_name), int(self.engine.native_size)),
                           image=_blank(spec, int(self.engine.native_size)))
             return self.engine.generate(spec, cancel)
 
         yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
                               "Generation", results=self.results, partial=lambda: self.partial(shown))
-
-    def warn_about_limits(self, spec: GenerateSpec) -> None:
-        """gr.Warning for what the model was not trained on (it still runs: the user asked for it)."""
 
     def render(self, event: Event, shown: Shown) -> Outputs | None:
         if isinstance(event, Preview):
@@ -553,7 +538,7 @@ class GenerateTab(Tab):
             if shown.attention is not None:
                 shown.attention = {**shown.attention, "image": rgb(event.images[0]), "settings": record}
             items = [Sendable(rgb(image), item_settings(record, index)) for index, image in enumerate(event.images)]
-            return {self.gallery: gallery_value(result_pictures(event)),
+            return {self.gallery: result_pictures(event),
                     self.preview: png_settings.with_settings(event.images[0], record, 0),
                     self.status: done_html(result_text(event)), self.settings: record,
                     self.downloads: result_downloads(event), self.attention: shown.attention,
@@ -574,7 +559,7 @@ class GenerateTab(Tab):
                         for index, image in enumerate(preview.images)]
             downloads = DOWNLOADS.pngs([(f"{seeds[index]}-partial-step{preview.step}.png", image, settings)
                                         for index, (image, _) in enumerate(pictures)])
-            shown.offered = (preview.step, {self.gallery: gallery_value(pictures), self.downloads: downloads,
+            shown.offered = (preview.step, {self.gallery: pictures, self.downloads: downloads,
                                             self.settings: settings})
         return shown.offered[1]
 
@@ -587,6 +572,11 @@ class GenerateTab(Tab):
             return gr.skip()  # the table is being edited: errors show when Generate is pressed
         target = spec.classifier_guidance.target if spec.classifier_guidance else ""
         return weight_plot(plan.labels, plan.weights.numpy(), plan.classifier_strengths, target)
+
+    def show_size_note(self, width: float, height: float) -> Any:
+        """The note beside the size sliders at a size the model was not trained at (hidden at a trained size)."""
+        warning = model_limits.size_warning(self.engine.model_limits, int(width), int(height))
+        return gr.update(value=f"⚠ {warning}" if warning else "", visible=bool(warning))
 
     def show_attention(self, attention: dict | None, token: int | None, resolution: int | None) -> tuple[Any, ...]:
         """The pickers, the heat map and the map offered as a mask, for the attention state and the picks."""
@@ -607,6 +597,8 @@ class GenerateTab(Tab):
                               **instant("attention-view"))
         gr.on([self.token_pick.input, self.resolution_pick.input], lambda *picks: self.show_attention(*picks)[2:],
               pickers, [self.heatmap, self.map_sending], **instant("attention-view"))
+        gr.on([form["width"].change, form["height"].change], self.show_size_note, form.components(["width", "height"]),
+              self.size_note, **instant("size-note"))
         self.gallery.select(pick_item, self.items, self.sending, **instant("generate-pick"))
         self.load_png.upload(self.read_settings, self.load_png, form.restorable, api_name="read_settings",
                              concurrency_id="settings")
