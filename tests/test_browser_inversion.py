@@ -4,15 +4,23 @@ Protects what a user sees: uploading a photo shows it as the model will see it a
 changed; inverting with two methods fills the comparison table (ceiling row + one row per method) and
 shows the original beside both reconstructions, the error plot and the pick for editing; "keep the image's
 size" inverts at the upload's own size, without resampling it; a file that is
-not an image shows a clear error.
+not an image shows a clear error. Stop says where the run stopped within a second and keeps saying it, the
+stopped run leaves the inversion the editing tabs use alone and the last run's loss plot is gone; six images
+show whole in the gallery with full captions, the table's headers are readable and the plots carry no label
+chip; the picked inversion downloads as a file that a fresh page loads and Prompt-to-Prompt edits, showing the
+inversion's caption, steps and guidance greyed; a PNG's settings restore the form.
 """
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from PIL import Image
 from playwright.sync_api import expect
-from test_browser import app_url, browser, open_tab  # noqa: F401  (the shared app and chromium fixtures)
+from test_browser import app_url, browser, image_loaded, open_tab  # noqa: F401  (the shared app and chromium fixtures)
+
+from studio import png_settings
 
 pytestmark = pytest.mark.browser
 
@@ -72,3 +80,148 @@ def test_keep_size_inverts_the_image_at_its_own_size(page, tmp_path):
     reconstruction = page.locator("#inversion-gallery img").nth(1)
     reconstruction.wait_for()
     assert reconstruction.evaluate("img => img.complete ? img.naturalWidth : new Promise(r => img.onload = () => r(img.naturalWidth))") == 160
+
+
+CAPTION = "a big red circle"
+
+
+def upload(page, tmp_path, size=(128, 128)):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", size, (200, 30, 30)).save(photo)
+    page.locator("#inversion-upload input[type=file]").set_input_files(str(photo))
+    page.wait_for_selector("#inversion-prepared img")
+
+
+def set_steps(page, steps: int) -> None:
+    box = page.locator("#inversion-steps input[type=number]")
+    box.fill(str(steps))
+    box.press("Enter")
+
+
+def tick_only(page, *methods: str) -> None:
+    for label in ("DDIM inversion", "Null-text inversion", "Negative-prompt inversion", "EDICT", "BDIA"):
+        box = page.get_by_label(label, exact=True)
+        box.check() if label in methods else box.uncheck()
+
+
+def invert(page) -> None:
+    page.locator("#inversion-btn").click()
+    page.wait_for_selector("#inversion-status [data-state=done]")
+
+
+def test_stop_says_where_it_stopped_and_leaves_the_inversion_the_editing_tabs_use(page, tmp_path):
+    upload(page, tmp_path)
+    page.locator("#inversion-prompt textarea").fill(CAPTION)
+    set_steps(page, 2)
+    tick_only(page, "Null-text inversion")
+    invert(page)
+    page.wait_for_selector("#inversion-loss img")
+    finished = page.locator("#inversion-pick input").input_value()
+    assert "Null-text inversion" in finished
+
+    set_steps(page, 150)
+    tick_only(page, "DDIM inversion", "Null-text inversion")
+    page.locator("#inversion-btn").click()
+    status = page.locator("#inversion-status")
+    expect(status).to_contain_text("method 1 of 2 · DDIM inversion: inverting · step")
+    expect(page.locator("#inversion-loss img")).to_have_count(0)  # the last run's loss plot is gone
+    page.locator("#inversion-stop").click()
+    stopped = page.locator("#inversion-status [data-state=stopped]")
+    expect(stopped).to_contain_text("Stopped after method 1 of 2 · DDIM inversion: inverting · step", timeout=2_000)
+    said = stopped.inner_text()
+    time.sleep(3)
+    assert page.locator("#inversion-status").inner_text() == said  # nothing of the run overwrites it
+    assert page.locator("#inversion-pick input").input_value() == finished  # the finished run's inversion stays
+
+
+def test_six_images_whole_with_full_captions_readable_table_and_plots_without_chips(page, tmp_path):
+    upload(page, tmp_path)
+    page.locator("#inversion-prompt textarea").fill(CAPTION)
+    set_steps(page, 2)
+    tick_only(page, "DDIM inversion", "Null-text inversion", "Negative-prompt inversion", "EDICT", "BDIA")
+    invert(page)
+    images = page.locator("#inversion-gallery .grid-wrap img")
+    expect(images).to_have_count(6)
+    page.wait_for_function("() => [...document.querySelectorAll('#inversion-gallery .grid-wrap img')]"
+                           ".every(img => img.complete && img.naturalWidth > 0)")
+    boxes = page.evaluate("""() => {
+        const wrap = document.querySelector('#inversion-gallery .grid-wrap').getBoundingClientRect();
+        return [...document.querySelectorAll('#inversion-gallery .grid-wrap img')].map(img => {
+            const r = img.getBoundingClientRect();
+            return {inside: r.top >= wrap.top - 1 && r.bottom <= wrap.bottom + 1 && r.left >= wrap.left - 1
+                            && r.right <= wrap.right + 1, width: r.width, height: r.height};
+        });
+    }""")
+    assert all(box["inside"] for box in boxes), boxes  # every image whole, none cut by the gallery's box
+    assert all(min(box["width"], box["height"]) > 128 for box in boxes), boxes  # upscaled past the native 128 px
+    captions = page.evaluate("""() => [...document.querySelectorAll('#inversion-gallery .caption-label')]
+        .map(c => ({text: c.innerText, cut: c.scrollWidth > c.clientWidth}))""")
+    assert any(c["text"] == "Negative-prompt inversion: " + c["text"].split(": ")[-1] for c in captions)
+    assert not any(c["cut"] for c in captions), captions
+
+    # each header at least as wide as its longest word (no letter-by-letter wrapping)
+    headers = page.evaluate("""() => {
+        const canvas = document.createElement('canvas').getContext('2d');
+        return [...document.querySelectorAll('#inversion-table th')].map(th => {
+            const text = th.innerText.trim(), style = getComputedStyle(th);
+            canvas.font = style.font;
+            const longest = Math.max(0, ...text.split(/\\s+/).map(w => canvas.measureText(w).width));
+            const room = th.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+            return {text, longest, room};
+        }).filter(h => h.text);
+    }""")
+    assert len(headers) >= 9, headers
+    assert all(h["longest"] <= h["room"] + 1 for h in headers), headers
+    for plot in ("#inversion-errors", "#inversion-loss"):  # no label chip over the plot's own title
+        chip = page.locator(f"{plot} [data-testid=block-label]").evaluate_all(
+            "chips => chips.map(c => c.getBoundingClientRect().width)")
+        assert all(width <= 1 for width in chip), (plot, chip)  # screen-reader only
+
+
+def test_the_picked_inversion_downloads_loads_in_a_fresh_page_and_p2p_edits_it(page, browser, app_url, tmp_path):  # noqa: F811
+    upload(page, tmp_path)
+    page.locator("#inversion-prompt textarea").fill(CAPTION)
+    set_steps(page, 3)
+    page.locator("#inversion-guidance input[type=number]").fill("3")
+    page.locator("#inversion-guidance input[type=number]").press("Enter")
+    tick_only(page, "Negative-prompt inversion")
+    invert(page)
+    link = page.locator("#inversion-file a").first
+    link.wait_for()
+    saved = tmp_path / "negative_prompt.inversion.safetensors"
+    saved.write_bytes(page.request.get(link.get_attribute("href")).body())
+
+    fresh = open_tab(browser, app_url, "Inversion", ready="#inversion-prompt textarea", height=1200)
+    try:
+        fresh.locator("#inversion-load input[type=file]").set_input_files(str(saved))
+        expect(fresh.locator("#inversion-status")).to_contain_text("Loaded Negative-prompt inversion")
+        fresh.get_by_role("tab", name="Prompt-to-Prompt").click()
+        fresh.locator("#p2p-use-inversion input").check()
+        source = fresh.locator("#p2p-source textarea")
+        expect(source).to_have_value(CAPTION)  # the inversion's caption, not a placeholder
+        expect(source).to_be_disabled()
+        expect(fresh.locator("#p2p-steps input[type=number]")).to_have_value("3")
+        expect(fresh.locator("#p2p-steps input[type=number]")).to_be_disabled()
+        expect(fresh.locator("#p2p-guidance input[type=number]")).to_have_value("3")
+        fresh.locator("#p2p-target textarea").fill("a big red square")
+        fresh.get_by_label("word swap").check()
+        fresh.locator("#p2p-go").click()
+        fresh.wait_for_selector("#p2p-status [data-state=done]")
+        assert image_loaded(fresh, "#p2p-images img")
+        fresh.locator("#p2p-use-inversion input").uncheck()  # the form's own values come back
+        expect(source).to_have_value("")
+        expect(source).to_be_enabled()
+        expect(fresh.locator("#p2p-steps input[type=number]")).to_have_value("25")
+    finally:
+        fresh.close()
+
+
+def test_loading_a_reconstructions_png_restores_the_form(page, tmp_path):
+    record = {"job": "invert", "prompt": CAPTION, "method": "edict", "steps": 7, "guidance_scale": 2.5,
+              "edict_mix": 0.9}
+    png = png_settings.save_png(Image.new("RGB", (128, 128)), record, tmp_path / "edict-reconstruction.png")
+    page.locator("#inversion-load-settings input[type=file]").set_input_files(str(png))
+    expect(page.locator("#inversion-prompt textarea")).to_have_value(CAPTION)
+    expect(page.locator("#inversion-steps input[type=number]")).to_have_value("7")
+    assert page.get_by_label("EDICT", exact=True).is_checked()
+    assert not page.get_by_label("DDIM inversion", exact=True).is_checked()
