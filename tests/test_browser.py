@@ -281,3 +281,57 @@ def test_preview_and_heat_map_downloads_carry_the_settings_and_load_back(browser
         assert fresh.input_value("#steps input[type=number]") == "2"
     finally:
         fresh.close()
+
+
+@pytest.fixture(scope="module")
+def classifier_app_url(tiny_classifier_engine, tmp_path_factory):
+    with launched_app(tiny_classifier_engine, tmp_path_factory.mktemp("gradio-classifier")) as url:
+        yield url
+
+
+def test_the_classifier_schedule_reads_in_full(browser, classifier_app_url):
+    page = open_tab(browser, classifier_app_url, ready="#prompt textarea")
+    try:
+        page.locator("#global-guidance").get_by_text("Global guidance").click()
+        schedule = page.locator("#classifier-schedule input")
+        schedule.wait_for()
+        assert schedule.input_value() == "constant"
+        assert schedule.evaluate("e => e.scrollWidth <= e.clientWidth"), "the schedule's text is clipped"
+    finally:
+        page.close()
+
+
+def test_the_model_panel_shows_the_words_and_sizes_it_draws_and_running_warns_outside_them(page):
+    page.locator("#generate-model").get_by_text("128×128 px").click()
+    words = page.locator("#generate-model-words")
+    words.wait_for()
+    assert "circle" in words.inner_text() and "star" in words.inner_text() and "never drawn" in words.inner_text()
+
+    assert not page.locator("#size-note").is_visible()
+    set_slider(page, "width", 256)
+    page.locator("#size-note", has_text="trained at 128x128").wait_for()
+    page.fill("#prompt textarea", "a big red star")
+    set_slider(page, "steps", 1)
+    page.click("#generate-btn")
+    page.locator(".toast-body", has_text='"star"').first.wait_for()
+    page.locator(".toast-body", has_text="at 256x128").first.wait_for()
+    page.wait_for_selector("#status [data-state=done]")  # a warning, not an error: the run goes ahead
+
+
+def test_the_picked_image_goes_to_p2p_with_its_own_seed(page):
+    generate_and_wait(page, steps=2, batch=2)
+    seed = int(page.inner_text("#status").split("seed ")[1].split()[0])
+    page.locator("#gallery img").nth(1).click()  # the second image: seed + 1
+    page.click("#generate-send-p2p")
+    page.wait_for_function("p => document.querySelector('#p2p-source textarea, #p2p-source input')?.value === p",
+                           arg=PROMPT)
+    assert page.input_value("#p2p-seed input") == str(seed + 1)
+
+
+def test_the_heat_map_of_a_word_goes_to_p2p_as_its_local_blend(page):
+    generate_and_wait(page, steps=2)
+    page.locator("#token-pick label", has_text="circle").click()
+    page.wait_for_timeout(500)  # the heat map and the map offered follow the pick
+    page.click("#generate-mask-p2p")
+    page.wait_for_function("() => document.querySelector('#p2p-blend-words textarea, #p2p-blend-words input')"
+                           "?.value === 'circle'")
