@@ -278,7 +278,7 @@ DOWNLOADS = DownloadFolder()
 def load_settings_box(elem_id: str) -> gr.File:
     """*Load settings*: a PNG made here (or one with A1111 `parameters`) sets the form."""
     return gr.File(label="Load settings from a PNG", file_types=[".png"], type="filepath", elem_id=elem_id,
-                   height=100)
+                   height=130)  # lower clips Gradio's "Click to Upload"
 
 
 def tagged(image: Any, settings: Mapping[str, Any], **extra: Any) -> Image.Image:
