@@ -26,11 +26,6 @@ from studio.ui.parts import Sendable
 CAPTION = "a big red circle on a blue background"
 
 
-def shown(output):
-    """An output's value: result components come labelled (a gr.update carrying value and label)."""
-    return output["value"] if isinstance(output, dict) and output.get("__type__") == "update" else output
-
-
 @pytest.fixture(scope="module")
 def client(tiny_engine, tmp_path_factory):
     with launched_app(tiny_engine, tmp_path_factory.mktemp("gradio")) as url:
@@ -59,7 +54,7 @@ def test_invert_offers_the_inversion_file_and_reconstructions_with_settings(clie
     loaded = load_inversion(inversion_file)
     assert loaded.method == "negative_prompt" and loaded.prompt == CAPTION and loaded.steps == 2
     assert [png_settings.read_png_settings(path)["method"] for path in downloads] == ["ddim", "negative_prompt"]
-    assert png_settings.read_png_settings(shown(gallery)[1]["image"])["job"] == "invert"  # gallery downloads carry them too
+    assert png_settings.read_png_settings(gallery[1]["image"])["job"] == "invert"  # gallery downloads carry them too
 
     loaded_pick, loaded_status = client.predict(handle_file(inversion_file), api_name="/load_inversion")
     assert "Loaded Negative-prompt inversion" in loaded_status
@@ -96,3 +91,11 @@ def test_a_sent_image_becomes_the_upload_and_its_prompt_the_caption(tab):
     assert received[tab.prompt] == CAPTION
     assert png_settings.read_png_settings(received[tab.upload])["seed"] == 3
     np.testing.assert_array_equal(np.asarray(Image.open(received[tab.upload]).convert("RGB")), sent)
+
+
+@pytest.mark.parametrize("endpoint", ["/invert", "/load_inversion", "/inversion_read_settings"])
+def test_every_parameter_and_output_is_named(client, endpoint):
+    """The API page names parameters after their fields and outputs after their labels (never param_N/value_N)."""
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"][endpoint]
+    names = [p["parameter_name"] for p in api["parameters"]] + [r["label"] for r in api["returns"]]
+    assert names and not [name for name in names if name.startswith(("param_", "value_"))], names

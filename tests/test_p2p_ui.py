@@ -21,11 +21,6 @@ from studio.ui.parts import Sendable
 SOURCE, TARGET = "a big red circle on a blue background", "a big red square on a blue background"
 
 
-def shown(output):
-    """An output's value: result components come labelled (a gr.update carrying value and label)."""
-    return output["value"] if isinstance(output, dict) and output.get("__type__") == "update" else output
-
-
 @pytest.fixture(scope="module")
 def client(tiny_engine, tmp_path_factory):
     with launched_app(tiny_engine, tmp_path_factory.mktemp("gradio")) as url:
@@ -37,9 +32,9 @@ def test_p2p_endpoint_returns_source_and_edit_with_settings(client):
         api_name="/p2p", source_prompt=SOURCE, target_prompt=TARGET, edit="word swap", seed=2, steps=3,
         blend_words="circle, square", blend_start=0.0,
     )
-    assert [item["caption"] for item in shown(images)] == ["source", "edited"]
+    assert [item["caption"] for item in images] == ["source", "edited"]
     assert settings["target_prompt"] == TARGET and settings["blend_words"] == ["circle", "square"]
-    assert shown(mask) is not None
+    assert mask is not None
     # every download carries the edit's settings and says which picture it is
     downloaded = {Path(path).name: png_settings.read_png_settings(path) for path in downloads}
     assert {"p2p-source.png", "p2p-edited.png", "p2p-blend-mask.png"} <= set(downloaded)
@@ -53,9 +48,9 @@ def test_a_reweight_by_4_shows_in_the_difference_view(client):
     images, _, _, _, compare, difference, _, _ = client.predict(
         api_name="/p2p", source_prompt=SOURCE, target_prompt="a big (red:4) circle on a blue background",
         edit="refine", seed=2, steps=3)
-    before, after = (np.asarray(Image.open(item["image"]).convert("RGB"), np.float32) for item in shown(images))
+    before, after = (np.asarray(Image.open(item["image"]).convert("RGB"), np.float32) for item in images)
     changed = np.abs(after - before).max(axis=2) > 0
-    with Image.open(shown(difference)) as view:
+    with Image.open(difference) as view:
         visible = np.asarray(view.convert("RGB")).max(axis=2) >= 8  # x4: a change of 2 levels reads as 8
     assert changed.any() and (visible == (np.abs(after - before).max(axis=2) >= 2)).all()
 
@@ -90,7 +85,7 @@ def test_p2p_edits_the_inversion_held_by_the_inversion_tabs_state(tiny_engine, t
         images, status, mask, settings, *_ = client.predict(api_name="/p2p", source_prompt="", target_prompt=TARGET,
                                                             edit="word swap", use_inversion=True)
         assert settings["inversion"] == "negative_prompt" and settings["source_prompt"] == SOURCE
-        assert settings["steps"] == 3 and settings["seed"] is None and len(shown(images)) == 2
+        assert settings["steps"] == 3 and settings["seed"] is None and len(images) == 2
     finally:
         demo.close()
 
@@ -130,3 +125,11 @@ def test_reuse_seed_takes_the_last_edits_seed():
     assert p2p.reuse_seed({"seed": 11}) == 11
     with pytest.raises(gr.Error, match="no seed"):
         p2p.reuse_seed({"seed": None})
+
+
+@pytest.mark.parametrize("endpoint", ["/p2p", "/p2p_read_settings"])
+def test_every_parameter_and_output_is_named(client, endpoint):
+    """The API page names parameters after their fields and outputs after their labels (never param_N/value_N)."""
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"][endpoint]
+    names = [p["parameter_name"] for p in api["parameters"]] + [r["label"] for r in api["returns"]]
+    assert names and not [name for name in names if name.startswith(("param_", "value_"))], names

@@ -32,8 +32,8 @@ from studio.inversion.result import (BDIA_GAMMA, EDICT_MIX, IMAGE_WEIGHT, INNER_
 from studio.jobs import inversion_record
 from studio.plots import line_chart
 from studio.ui.form import Field, number, saved, slider, spec_values, text, textbox
-from studio.ui.parts import (DOWNLOADS, Sendable, Tab, downloads_box, instant, load_settings_box, model_line, rgb,
-                             send_row, settings_view, tagged)
+from studio.ui.parts import (DOWNLOADS, Sendable, Tab, downloads_box, instant, load_settings_box, model_line,
+                             model_panel, rgb, send_row, settings_view, tagged, warn_about_limits)
 from studio.ui.stream import JOB_EVENT, Outputs, progress_html, run_and_stop, status_box, stop_button, stream_job
 
 DEFAULTS = InversionSpec()
@@ -44,7 +44,7 @@ TABLE_WIDTHS = ["210px", "80px", "76px", "96px", "96px", "100px", "100px", "80px
 TABLE_LABEL = ("Comparison (UNet passes while inverting, backward through it, redrawing; seconds: inversion only, "
                "same run)")
 DEFAULT_METHODS = ["ddim", "null_text"]
-GALLERY_COLUMNS = 3  # original + up to five reconstructions: two rows of three, each image whole
+GALLERY_COLUMNS = 3  # original + up to five reconstructions: two rows of three (Gradio narrows to fewer)
 NO_INVERSION_YET = "Invert an image (or load an inversion) first."
 
 CSS = """
@@ -126,11 +126,6 @@ def gallery_pictures(results: list[InversionResult]) -> list[tuple[Image.Image, 
     return [(tagged(first.inversion.image, first.settings, picture="original (prepared)"), "original")] + [
         (tagged(r.images[0], r.settings, picture="reconstruction"), f"{METHOD_LABELS[r.method]}: {r.psnr:.2f} dB")
         for r in results]
-
-
-def gallery_update(results: list[InversionResult]) -> dict[str, Any]:
-    pictures = gallery_pictures(results)
-    return gr.update(value=pictures, columns=min(GALLERY_COLUMNS, len(pictures)))
 
 
 def reconstruction_pngs(results: list[InversionResult]) -> list[str]:
@@ -275,6 +270,7 @@ class InversionTab(Tab):
                                          height=200, elem_id="inversion-prepared", elem_classes=["dcs-image"])
                 self.note = gr.Markdown("", elem_id="inversion-note")
                 self.prompt, _ = form.place("prompt", "methods")
+                model_panel(self.engine, "inversion-model")  # native size, words, model card
                 with gr.Row():
                     form.place("steps", "guidance_scale")
                 with gr.Accordion("Method settings", open=False):
@@ -337,6 +333,7 @@ class InversionTab(Tab):
         def start(cancel: CancelToken) -> Iterator[Event]:
             shown.runs.extend(specs_from_values(values))
             image = load_upload(values.get("upload"))
+            warn_about_limits(self.engine, [shown.runs[0].prompt])  # the upload is prepared to the model's size
             # every method's input is checked here, before the first one starts
             return run_progress([self.engine.invert(spec, image, cancel) for spec in shown.runs])
 
@@ -354,7 +351,7 @@ class InversionTab(Tab):
             return None
         done = shown.done
         done.append(event)
-        shown_now = {self.gallery: gallery_update(done), self.table: comparison_rows(done), self.errors: error_plot(done)}
+        shown_now = {self.gallery: gallery_pictures(done), self.table: comparison_rows(done), self.errors: error_plot(done)}
         if len(done) < len(shown.runs):
             return {**shown_now, self.status: progress_html(len(done), len(shown.runs),
                                                             f"{len(done)} of {len(shown.runs)} methods done")}
@@ -372,7 +369,7 @@ class InversionTab(Tab):
         if not shown.done:
             return {}
         done = shown.done
-        return {self.gallery: gallery_update(done), self.table: comparison_rows(done), self.errors: error_plot(done)}
+        return {self.gallery: gallery_pictures(done), self.table: comparison_rows(done), self.errors: error_plot(done)}
 
     def picked(self, index: int | None, inversions: list[Inversion]) -> tuple[Inversion | None, str | None, Any]:
         """The inversion picked under "Edit this image", its file and what the send buttons carry."""

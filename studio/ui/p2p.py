@@ -47,8 +47,8 @@ from studio.prompt_weights import parse_weighted_prompt
 from studio.ui.form import (Field, number, optional_whole, saved, seed_from_form, seed_box, slider, spec_values, text,
                             textbox)
 from studio.ui.parts import (DIFFERENCE_GAIN, DOWNLOADS, Sendable, Tab, chosen_inversion, compare_view, difference,
-                             downloads_box, instant, load_settings_box, mask_from_map, mask_row, send_row, settings_view, table_rows,
-                             tagged, with_inversion)
+                             downloads_box, instant, load_settings_box, mask_from_map, mask_row, model_panel, send_row,
+                             settings_view, table_rows, tagged, warn_about_limits, with_inversion)
 from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
 
 DEFAULTS = P2PSpec(source_prompt="")
@@ -315,6 +315,7 @@ class P2PTab(Tab):
             with gr.Column(scale=4, min_width=320):
                 *_, use_inversion, edit = form.place("source_prompt", "target_prompt", "use_inversion", "edit")
                 use_inversion.visible = self.inversion_state is not None
+                model_panel(self.engine, "p2p-model")  # native size, words, model card
                 self.go, self.stop = run_and_stop("Edit", "p2p-go", "p2p-stop")
                 form.place("reweights")
                 self.token_sliders()
@@ -334,7 +335,7 @@ class P2PTab(Tab):
                 self.status = status_box("p2p-status")
                 self.images = gr.Gallery(label="Source | edited", columns=2, height=440, format="png",
                                          object_fit="contain", elem_id="p2p-images", elem_classes=["dcs-gallery"])
-                self.hint = gr.Markdown("", elem_id="p2p-hint")
+                self.hint = gr.Markdown("", label="Hints", elem_id="p2p-hint")
                 self.send_buttons = send_row("p2p", own=self.name)
                 with gr.Row():
                     self.compare = compare_view("p2p-compare", "Source | edited (drag the handle)")
@@ -403,6 +404,8 @@ class P2PTab(Tab):
 
         def start(cancel: CancelToken) -> Iterator[Event]:
             shown.spec, shown.inversion = spec_from_values(values), chosen_inversion(values, NO_INVERSION)
+            size = None if shown.inversion is not None else (shown.spec.size or self.engine.native_size,) * 2
+            warn_about_limits(self.engine, [shown.spec.source_prompt, shown.spec.target_prompt], size)
             return self.engine.p2p(shown.spec, shown.inversion, cancel)  # checks input, no model work yet
 
         yield {self.hint: ""}  # the last edit's hint is not this one's
