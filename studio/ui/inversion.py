@@ -21,7 +21,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from studio import png_settings, specs
+from studio import specs
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Event, InversionResult, NullTextLoss, Progress
 from studio.images import MAX_INPUT_PIXELS, prepare_image, working_size
@@ -45,7 +45,6 @@ TABLE_LABEL = ("Comparison (UNet passes while inverting, backward through it, re
                "same run)")
 DEFAULT_METHODS = ["ddim", "null_text"]
 GALLERY_COLUMNS = 3  # original + up to five reconstructions: two rows of three (Gradio narrows to fewer)
-NO_INVERSION_YET = "Invert an image (or load an inversion) first."
 
 CSS = """
 #inversion-gallery .caption-label { white-space: normal; max-width: 100%; overflow: visible; text-overflow: clip; }
