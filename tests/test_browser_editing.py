@@ -83,6 +83,16 @@ def test_diffedit_previews_the_mask_then_edits(browser, app_url, pictures):
     page.wait_for_selector("#diffedit-result img")
     assert image_loaded(page, "#diffedit-result img")
     assert "given" in page.inner_text("#diffedit-status")  # the found mask, from the editor, was used
+    for shown in ("#diffedit-result", "#diffedit-mask-preview", "#diffedit-difference"):
+        whole = shown_whole(page, shown)
+        assert whole["inside"] and min(whole["width"], whole["height"]) > 128, (shown, whole)  # upscaled, whole
+    page.locator("#diffedit-hints").wait_for()
+    files = "".join(page.inner_text("#diffedit-downloads").split())
+    assert "diffedit.png" in files and "diffedit-mask.png" in files, files
+
+    page.fill("#diffedit-seed input", "1")
+    page.click("#diffedit-reuse-seed")  # back to the seed the shown result was made with
+    page.wait_for_function("() => document.querySelector('#diffedit-seed input')?.value === '0'")
     page.close()
 
 
@@ -153,27 +163,41 @@ def test_diffedit_stop_says_where_find_mask_and_edit_stopped(browser, app_url, p
     stopped_and_kept(page, "diffedit-status", "mask: probe")
 
     page.click("#diffedit-edit-btn")
-    page.wait_for_function("() => document.querySelector('#diffedit-status')?.innerText.includes('Edit: step')")
-    stopped_and_kept(page, "diffedit-status", "edit: step")
+    page.wait_for_function("() => /Edit: step [1-9][0-9]/.test(document.querySelector('#diffedit-status')?.innerText)")
+    said = stopped_and_kept(page, "diffedit-status", "edit: step")
+    assert said.endswith("the partial result is shown"), said
+    assert "partial" in page.inner_text("#diffedit-result")  # the last preview, labelled as what it is
+    assert image_loaded(page, "#diffedit-result img")
     page.close()
 
 
 def test_sdedit_stop_says_the_step_its_counter_showed(browser, app_url, pictures):
     page = open_tab(browser, app_url, "SDEdit")
-    page.locator("#sdedit-canvas input[type=file]").set_input_files(str(pictures / "strokes.png"))
-    page.wait_for_timeout(1000)
     page.fill("#sdedit-t0 textarea, #sdedit-t0 input", "0.9, 1")
     set_slider(page, "sdedit-steps", 150)
     set_slider(page, "sdedit-repeats", 4)
+    page.locator("#sdedit-canvas input[type=file]").set_input_files(str(pictures / "strokes.png"))
+    page.wait_for_timeout(1500)
     page.click("#sdedit-btn")
-    page.wait_for_function("() => /t0 0.9: step [1-9]/.test(document.querySelector('#sdedit-status')?.innerText)")
+    page.wait_for_function("() => /t0 0.9: step [1-9][0-9]/.test(document.querySelector('#sdedit-status')?.innerText)")
     running = page.inner_text("#sdedit-status")
     said = stopped_and_kept(page, "sdedit-status", "t0 0.9: step")
     counter = re.search(r"t0 (\S+): step (\d+) / (\d+)", said)
     assert counter, said
     assert counter[3] == "135"  # the counter of its own t0: round(0.9 * 150) steps, not the whole run's
     assert int(counter[2]) >= int(re.search(r"step (\d+)", running)[1])
+    assert "partial" in page.inner_text("#sdedit-preview") and image_loaded(page, "#sdedit-preview img")
     page.close()
+
+
+def shown_whole(page, selector: str) -> dict:
+    """The <img> at `selector` inside its component's box, and its rendered size."""
+    return page.evaluate("""sel => {
+        const box = document.querySelector(sel).getBoundingClientRect();
+        const r = document.querySelector(sel + ' img').getBoundingClientRect();
+        return {inside: r.left >= box.left - 1 && r.right <= box.right + 1 && r.top >= box.top - 1
+                        && r.bottom <= box.bottom + 1, width: r.width, height: r.height};
+    }""", selector)
 
 
 def canvas_pixel(page, box: dict, at: tuple[float, float]) -> tuple[int, int, int]:
@@ -219,7 +243,7 @@ def test_sdedit_fill_background_mask_overlay_and_clear_keep_the_canvas(browser, 
     page.wait_for_selector("#sdedit-status [data-state=done]")
     assert "· masked ·" in page.inner_text("#sdedit-status")  # the mask layer, not the strokes, got the paint
 
-    editor.get_by_role("button", name="Clear canvas").click()
+    page.click("#sdedit-clear")
     page.wait_for_timeout(1500)
     assert zoom_text(editor) == zoom  # still fitted to the box, not drawn 1:1 at 128 px
     page.close()
@@ -243,4 +267,21 @@ def test_diffedit_shows_the_inversion_it_edits_greyed(browser, app_url, pictures
     assert image_loaded(page, "#diffedit-image img")  # the image to edit is the inversion's
     page.click("#diffedit-use-inversion input")
     page.wait_for_function("() => !document.querySelector('#diffedit-source textarea')?.disabled")
+    page.close()
+
+
+def test_an_sdedit_result_sent_to_diffedit_is_the_image_to_edit(browser, app_url, pictures):
+    page = open_tab(browser, app_url, "SDEdit")
+    page.locator("#sdedit-canvas input[type=file]").set_input_files(str(pictures / "strokes.png"))
+    page.wait_for_timeout(1000)
+    page.fill("#sdedit-prompt textarea, #sdedit-prompt input", "a red square on a blue background")
+    page.fill("#sdedit-t0 textarea, #sdedit-t0 input", "0.5")
+    page.click("#sdedit-btn")
+    page.wait_for_selector("#sdedit-status [data-state=done]")
+    assert image_loaded(page, "#sdedit-compare img")  # guide | result, before and after
+
+    page.click("#sdedit-send-diffedit")
+    page.wait_for_function("() => document.querySelector('#diffedit-source textarea')?.value"
+                           " === 'a red square on a blue background'")
+    assert image_loaded(page, "#diffedit-image img")
     page.close()

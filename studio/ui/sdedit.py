@@ -4,8 +4,8 @@
 The canvas is a gr.ImageEditor with two fixed layers: "strokes" (the guide's paint) and "mask" (where the
 image may change; leave it empty for unmasked SDEdit). The "Paint on" switch above it picks the layer and its
 brush: the shapes world's opaque colours for strokes, one translucent magenta for the mask, so the mask shows as
-an overlay of its own colour. "Fill background" paints the whole background one colour; Clear leaves a blank
-canvas of the model's size (the editor's own empty state is drawn at 1:1, a 128 px box). The guide is the
+an overlay of its own colour. "Fill background" paints the whole background one colour; "Clear canvas" leaves a
+blank canvas of the model's size (the editor's own Clear, hidden, left its empty state drawn 1:1: a 128 px box). The guide is the
 background with the strokes layer on top -- never the mask paint; the original (frozen pixels) is the background.
 Endpoint ``/sdedit`` streams progress and ends with the strip, the images, a table of L2-to-guide and realism
 per image, the downloads (PNGs with their settings) and the settings.
@@ -74,6 +74,7 @@ STROKES, MASK = 0, 1  # layer order in the editor
 PAINT_LAYERS = ("strokes", "mask")  # the "Paint on" switch's choices, in layer order
 MASK_COLOUR = ("#ff00ff", 0.5)  # the mask layer's brush: a colour of no shape, half transparent (an overlay)
 MASK_RGBA = (255, 0, 255, 128)  # the same paint on a mask layer written here (a mask sent from an attention map)
+GALLERY_COLUMNS = 4  # at most: fewer images take the gallery's width between them
 BACKGROUNDS = tuple(COLOURS)  # "Fill background" colours: the shapes world's palette, by name
 LABELS = {"preview": "Live preview", "strip": "Results: guide, then one column per t0 (rows: repeats)",
           "gallery": "Images"}  # result labels (Stop and a new run add "· partial" / "· previous run")
@@ -252,6 +253,11 @@ def spec_from_values(values: Mapping[str, Any]) -> SDEditSpec:
 # The tab
 
 
+CSS = """
+#sdedit-canvas button[aria-label="Clear canvas"] { display: none; }
+"""
+
+
 class SDEditTab(Tab):
     """The SDEdit tab (the shape of every tab: `parts.Tab`)."""
 
@@ -273,6 +279,7 @@ class SDEditTab(Tab):
                     self.background = gr.Dropdown(list(BACKGROUNDS), value="blue", label="Background colour",
                                                   elem_id="sdedit-background", scale=2)
                     self.fill = gr.Button("Fill background", size="sm", elem_id="sdedit-fill", scale=1)
+                    self.clear = gr.Button("Clear canvas", size="sm", elem_id="sdedit-clear", scale=1)
                 self.go, self.stop = run_and_stop("Run SDEdit", "sdedit-btn", "sdedit-stop")
                 form.place("strengths")
                 for row in (("repeats", "steps"), ("guidance_scale", "noise_form"), ("seed", "random_seed", "composite")):
@@ -349,7 +356,8 @@ class SDEditTab(Tab):
                     *((name, image, settings) for name, (image, settings) in zip(names, picks))]
             guide = rgb(event.images[0]) if guide is None else guide
             return {self.status: done_html(text), self.strip: tagged(event.strip, event.settings, download="strip"),
-                    self.table: rows, self.gallery: captions, self.downloads: DOWNLOADS.pngs(pngs),
+                    self.table: rows, self.gallery: gr.update(value=captions, columns=min(len(captions), GALLERY_COLUMNS)),
+                    self.downloads: DOWNLOADS.pngs(pngs),
                     self.picks: (guide, picks), **self.picked(guide, *picks[0]), self.settings: event.settings}
         return None
 
@@ -389,8 +397,9 @@ class SDEditTab(Tab):
                              js=SELECT_LAYER_JS, **instant("sdedit-view"))
         self.fill.click(lambda value, colour: filled(value, colour, native), [self.canvas, self.background],
                         self.canvas, **instant("sdedit-view"))
-        # the editor's Clear leaves its empty state, drawn 1:1 (128 px on screen): a blank canvas fits the box
-        self.canvas.clear(lambda: blank_canvas(native), None, self.canvas, **instant("sdedit-view"))
+        # The editor's own Clear (hidden: CSS) leaves its empty state, drawn 1:1 (128 px on screen); this one leaves a
+        # blank canvas that fits the box. (Its clear event cannot do it: an upload clears first and would be undone.)
+        self.clear.click(lambda: blank_canvas(native), None, self.canvas, **instant("sdedit-view"))
         seed, random_seed = self.form.components(["seed", "random_seed"])
         self.reuse_seed.click(seed_of, self.settings, [seed, random_seed], **instant("sdedit-seed"))
         self.load_settings.upload(self.read_settings, self.load_settings, self.form.restorable,
