@@ -140,7 +140,7 @@ def test_a_cancelled_job_stops_early_and_leaves_the_engine_usable(client):
 SPEC_OF_ENDPOINT = {
     "/generate": specs.GenerateSpec(prompt="a", capture_attention=True),  # the tab shows attention maps by default
     "/invert": InversionSpec(),
-    "/sdedit": SDEditSpec(prompt="a"),
+    "/sdedit": SDEditSpec(),
     "/diffedit_mask": DiffEditSpec(source_prompt="a", target_prompt="b"),
     "/diffedit": DiffEditSpec(source_prompt="a", target_prompt="b"),
     "/p2p": P2PSpec(source_prompt="a"),

@@ -358,7 +358,7 @@ class P2PTab(Tab):
         self.results = {self.images: self.images.label, self.compare: self.compare.label,
                         self.difference: self.difference.label, self.mask_view: self.mask_view.label}
         self.receives = form.components(["source_prompt", "target_prompt", "seed", "steps", "guidance_scale",
-                                         "use_inversion"])
+                                         "use_inversion", "blend_words"])  # receive's, then receive_mask's
         gr.Markdown("Prompt-to-Prompt (Hertz et al. 2023) edits by swapping, refining or re-weighting the words' "
                     "cross-attention maps while both images share their start. **Ctrl+Enter** runs · **Esc** stops.",
                     elem_id="p2p-help")
@@ -469,7 +469,7 @@ class P2PTab(Tab):
         if str(settings.get("job") or "") != "generate":
             raise gr.Error("Prompt-to-Prompt edits generated images (from their seed) or inverted ones: send this "
                            "image to Inversion first, invert it, then tick \"Edit the Inversion tab's image\" here.")
-        source, target, seed, steps, guidance, use_inversion = self.receives
+        source, target, seed, steps, guidance, use_inversion, _ = self.receives
         return {source: item.prompt, target: item.prompt, seed: settings.get("seed"), steps: settings.get("steps"),
                 guidance: settings.get("guidance_scale"), use_inversion: False}
 
