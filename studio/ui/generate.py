@@ -209,12 +209,9 @@ def result_pictures(result: GenerationResult) -> list[tuple[Image.Image, str]]:
 
 def result_downloads(result: GenerationResult) -> list[str]:
     """The PNG downloads, each carrying the settings (and its place in the batch)."""
-    images, paths = result.images, []
-    folder = DOWNLOADS.folder()
-    for index, image in enumerate(images):
-        name = f"{result.seed}-{index}.png" if len(images) > 1 else f"{result.seed}.png"  # short: the UI truncates
-        paths.append(str(png_settings.save_png(image, dict(result.settings), folder / name, batch_index=index)))
-    return paths
+    images = result.images
+    names = [f"{result.seed}-{index}.png" if len(images) > 1 else f"{result.seed}.png" for index in range(len(images))]
+    return DOWNLOADS.pngs([(name, image, result.settings) for name, image in zip(names, images)], batch=True)
 
 
 def partial_settings(settings: Mapping[str, Any], step: int) -> dict[str, Any]:

@@ -265,11 +265,13 @@ class DownloadFolder:
             folder.mkdir()
             return folder
 
-    def pngs(self, items: Sequence[tuple[str, Any, Mapping[str, Any]]]) -> list[str]:
-        """(file name, image, settings) -> paths of PNGs carrying the settings."""
+    def pngs(self, items: Sequence[tuple[str, Any, Mapping[str, Any]]], batch: bool = False) -> list[str]:
+        """(file name, image, settings) -> paths of PNGs carrying the settings; `batch`: the items are a batch, each
+        PNG says its place in it (and its own seed)."""
         folder = self.folder()
         return [str(png_settings.save_png(image if isinstance(image, Image.Image) else Image.fromarray(rgb(image)),
-                                          dict(settings), folder / name)) for name, image, settings in items]
+                                          dict(settings), folder / name, batch_index=index if batch else None))
+                for index, (name, image, settings) in enumerate(items)]
 
 
 DOWNLOADS = DownloadFolder()
