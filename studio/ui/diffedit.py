@@ -11,7 +11,7 @@ prompt (its caption), steps and guidance show the inversion's and are greyed: th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import gradio as gr
@@ -72,6 +72,7 @@ from studio.ui.stream import (
     STOP_CLASS,
     Outputs,
     done_html,
+    remembering,
     status_box,
     stop_button,
     stream_job,
@@ -143,19 +144,6 @@ def rethreshold(found: dict | None, threshold: float, clean_pixels: float) -> tu
         return gr.skip(), gr.skip()
     binary = binary_mask(found["soft"], float(threshold), int(clean_pixels))
     return overlay(Image.fromarray(found["image"]), binary), editor_value(found["image"], binary)
-
-
-def remembering(render: Callable[[Event], Outputs | None], kept: Sequence[Any]) -> tuple[Callable, Callable]:
-    """`render` that also remembers the last value it showed in each of the `kept` components, and `partial()`:
-    those values, what a stopped run offers (the last mask, the last preview)."""
-    last: Outputs = {}
-
-    def remember(event: Event) -> Outputs | None:
-        outputs = render(event)
-        last.update({component: value for component, value in (outputs or {}).items() if component in kept})
-        return outputs
-
-    return remember, lambda: dict(last)
 
 
 # --------------------------------------------------------------------------------------------

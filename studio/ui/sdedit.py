@@ -27,7 +27,6 @@ from studio.editing.sdedit import NOISE_FORMS, REPEATS, SDEditSpec
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Event, Preview, SDEditResult
 from studio.shapes.vocabulary import COLOURS
-from studio.ui.diffedit import remembering
 from studio.ui.form import (
     Field,
     optional_whole,
@@ -61,6 +60,7 @@ from studio.ui.stream import (
     KEYS_HELP,
     Outputs,
     done_html,
+    remembering,
     run_and_stop,
     status_box,
     stop_button,

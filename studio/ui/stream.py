@@ -154,6 +154,19 @@ def stream_job(tab: str, request: gr.Request | None, status: Component, start: C
         JOBS.finish(key, job)
 
 
+def remembering(render: Callable[[Any], Outputs | None], kept: Sequence[Any]) -> tuple[Callable, Callable]:
+    """`render` that also remembers the last value it showed in each of the `kept` components, and `partial()`:
+    those values, what a stopped run offers (the last mask, the last preview)."""
+    last: Outputs = {}
+
+    def remember(event: Any) -> Outputs | None:
+        outputs = render(event)
+        last.update({component: value for component, value in (outputs or {}).items() if component in kept})
+        return outputs
+
+    return remember, lambda: dict(last)
+
+
 STATUS_KEY = "status"  # Job.stopped()'s place for the status line, which each caller maps to its component
 
 
