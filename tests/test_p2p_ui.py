@@ -99,13 +99,13 @@ def tab(tiny_engine):
 def test_a_generated_image_sent_here_sets_prompts_seed_steps_and_guidance(tab):
     sent = Sendable(np.zeros((8, 8, 3), np.uint8), {"job": "generate", "prompt": SOURCE, "seed": 7, "steps": 12,
                                                     "guidance_scale": 4.5})
-    source, target, seed, steps, guidance, use_inversion = tab.receives
+    source, target, seed, steps, guidance, use_inversion, blend_words = tab.receives
     assert tab.receive(sent) == {source: SOURCE, target: SOURCE, seed: 7, steps: 12, guidance: 4.5,
                                  use_inversion: False}
     with pytest.raises(gr.Error, match="send this image to Inversion first"):
         tab.receive(Sendable(sent.image, {"job": "sdedit", "prompt": SOURCE}))
     assert tab.receive_mask(Sendable(sent.image, {}, word="circle", mask=np.ones((8, 8), bool))) == {
-        tab.form["blend_words"]: "circle"}
+        blend_words: "circle"}
 
 
 def test_the_inversion_fixes_source_steps_and_guidance_and_unticking_gives_the_form_back(tiny_engine):
