@@ -1,14 +1,18 @@
-"""The Generate tab's pure pieces: form values -> typed spec, heat-map overlay, word picker defaults."""
+"""The Generate tab's pure pieces: form values -> typed spec, heat-map overlay, word picker defaults, what a
+stopped run offers (and sends)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import gradio as gr
 import numpy as np
 import pytest
+from PIL import Image
 
 from studio import png_settings
 from studio.errors import InvalidInputError
+from studio.events import Preview
 from studio.specs import GenerateSpec
 from studio.ui import generate
 
@@ -155,3 +159,16 @@ def test_the_heat_map_shown_is_sent_as_a_mask_of_its_word_at_the_image_size():
     heat_map = generate.render_attention(state, 1, 8)[2]
     carried = png_settings.read_png_settings(heat_map)
     assert (carried["picture"], carried["word"], carried["layers"], carried["seed"]) == ("heat map", "circle", "8×8", 1)
+
+
+def test_a_stopped_runs_partial_images_are_what_the_send_buttons_carry(tiny_engine):
+    with gr.Blocks():
+        tab = generate.GenerateTab(tiny_engine)
+    spec = generate.spec_from_values(FORM)
+    shown = generate.Shown(generate.run_settings(spec, "tiny-sd", 128))
+    shown.preview = Preview(step=4, images=[Image.new("RGB", (64, 96), (200, 0, 0)), Image.new("RGB", (64, 96), 0)])
+    offered = tab.partial(shown)
+    items = offered[tab.items]
+    assert [item.settings["seed"] for item in items] == [42, 43]  # each partial image's own seed, not the last run's
+    assert all(item.settings["stopped_at_step"] == 4 for item in items)
+    assert (items[0].image == (200, 0, 0)).all() and offered[tab.sending] is items[0]

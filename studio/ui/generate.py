@@ -544,7 +544,8 @@ class GenerateTab(Tab):
 
     def partial(self, shown: Shown | None) -> Outputs:
         """What a stopped run offers: its last preview in the gallery, captioned and labelled partial, and as PNGs
-        carrying the run's settings and the step they show (made once per preview: Stop asks twice)."""
+        carrying the run's settings and the step they show (made once per preview: Stop asks twice). The send
+        buttons then carry these partial images, not the previous run's at the same place in the gallery."""
         if shown is None or shown.preview is None:
             return {}
         preview = shown.preview
@@ -556,8 +557,9 @@ class GenerateTab(Tab):
                         for index, image in enumerate(preview.images)]
             downloads = DOWNLOADS.pngs([(f"{seeds[index]}-partial-step{preview.step}.png", image, settings)
                                         for index, (image, _) in enumerate(pictures)])
+            items = [Sendable(rgb(image), item_settings(settings, index)) for index, image in enumerate(preview.images)]
             shown.offered = (preview.step, {self.gallery: pictures, self.downloads: downloads,
-                                            self.settings: settings})
+                                            self.settings: settings, self.items: items, self.sending: items[0]})
         return shown.offered[1]
 
     def plot_weights(self, **values: Any) -> Any:
@@ -587,7 +589,8 @@ class GenerateTab(Tab):
             outputs=[self.gallery, self.preview, self.status, self.attention, self.settings, self.downloads,
                      self.items, self.sending],
             **JOB_EVENT)
-        stop_button(self.stop, self.status, [self.run_event], tab=self.name, api_name="stop", results=list(self.results))
+        stop_button(self.stop, self.status, [self.run_event], tab=self.name, api_name="stop",
+                    results=[*self.results, self.items, self.sending])
         pickers = [self.attention, self.token_pick, self.resolution_pick]
         self.attention.change(self.show_attention, pickers,
                               [self.token_pick, self.resolution_pick, self.heatmap, self.map_sending],
