@@ -11,6 +11,7 @@ prompt (its caption), steps and guidance show the inversion's and are greyed: th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -79,7 +80,8 @@ from studio.ui.stream import (
 )
 
 DEFAULTS = DiffEditSpec("", "")
-MASK_RGBA = (255, 0, 255, 255)  # how the found mask is painted on the editor's layer
+MASK_COLOUR = ("#ff00ff", 0.5)  # the editor's brush: a colour of no shape, half transparent (an overlay)
+MASK_RGBA = (255, 0, 255, 128)  # the same paint for the found mask on the editor's layer (read back: alpha > 0)
 MASK_LABEL, RESULT_LABEL = "Mask", "Edited"  # result labels (Stop and a new run add "· partial" / "· previous run")
 NO_INVERSION = "There is no inversion yet: run one on the Inversion tab, or untick the box."
 
@@ -136,6 +138,12 @@ def seed_of(settings: Mapping[str, Any] | None) -> int:
     if not settings or settings.get("seed") is None:
         raise gr.Error("There is no result yet: its seed is reused once an edit or a mask has been made.")
     return int(settings["seed"])
+
+
+def run_settings(spec: DiffEditSpec) -> dict[str, Any]:
+    """What a run's previews carry: its spec (a Load settings restores the form from it; the result's record is
+    only known at the end)."""
+    return {**dataclasses.asdict(spec), "job": "diffedit"}
 
 
 def rethreshold(found: dict | None, threshold: float, clean_pixels: float) -> tuple:
@@ -195,7 +203,7 @@ FIELDS = (
     Field("mask", lambda engine: gr.ImageEditor(
         label="Touch up the mask (paint adds, eraser removes), then Edit", type="numpy", image_mode="RGBA",
         format="png", canvas_size=(engine.native_size,) * 2, height=300, sources=(), transforms=(),
-        brush=gr.Brush(default_size=8, colors=["#ff00ff"], color_mode="fixed"),
+        brush=gr.Brush(default_size=8, colors=[MASK_COLOUR], default_color=MASK_COLOUR, color_mode="fixed"),
         layers=gr.LayerOptions(allow_additional_layers=False, layers=["mask"]),
         elem_id="diffedit-mask-editor"), in_spec=False),
 )
@@ -270,6 +278,9 @@ class DiffEditTab(Tab):
                 self.settings = settings_view("diffedit-settings", "Settings")
         self.found = gr.State(None)  # {"soft": (H, W) float map, "image": (H, W, 3) uint8} of the last Stage I
         self.receives = [self.image, self.use_inversion, self.source_prompt, self.mask_editor, self.found]
+        # every result of an edit, labelled "previous run" / "partial" while a new run has not replaced it
+        self.results = {component: component.label for component in (
+            self.mask_preview, self.result, self.compare, self.difference, self.hints, self.downloads, self.settings)}
         gr.Markdown(
             f"{model_line(self.engine)}. DiffEdit (Couairon et al. 2023): the mask is where the source and "
             "target predictions of the same noisy image disagree; the edit regenerates only there and puts the "
@@ -285,12 +296,16 @@ class DiffEditTab(Tab):
             inversion = chosen_inversion(values, NO_INVERSION)
             spec = spec_from_values(values, inversion)
             warn_about_limits(self.engine, [spec.source_prompt, spec.target_prompt])  # uploads are resized
+            run["preview_settings"] = run_settings(spec)
             return self.engine.diffedit_mask(spec, None if inversion is not None else values.get("image"), inversion,
                                              cancel)
 
-        render, partial = remembering(self.render_mask, [self.mask_preview])
+        run: dict[str, Any] = {}  # the run's settings, for the previews
+        render, partial = remembering(lambda event: self.render_mask(event, **run), [self.mask_preview])
         yield from stream_job("diffedit", request, self.status, start, render, "DiffEdit mask",
-                              results={self.mask_preview: MASK_LABEL}, partial=partial)
+                              results={self.mask_preview: MASK_LABEL, self.hints: self.hints.label,
+                                       self.downloads: self.downloads.label, self.settings: self.settings.label},
+                              partial=partial)
 
     def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
         """Stage II with the editor's mask (Stages I and II when it is empty): streams progress, the mask, previews,
@@ -305,14 +320,15 @@ class DiffEditTab(Tab):
             # A touched-up mask belongs to the image on the editor (the one Stage I worked on, at its size).
             picture = background if mask is not None and inversion is None else values.get("image")
             before = inversion.image if inversion is not None else picture
-            edit.update(spec=spec, inversion=inversion, before=None if before is None else rgb(before))
+            edit.update(spec=spec, inversion=inversion, before=None if before is None else rgb(before),
+                        preview_settings=run_settings(spec))
             return self.engine.diffedit(spec, None if inversion is not None else picture, mask, inversion, cancel)
 
         render, partial = remembering(lambda event: self.render(event, **edit), [self.mask_preview, self.result])
         yield from stream_job("diffedit", request, self.status, start, render, "DiffEdit",
-                              results={self.mask_preview: MASK_LABEL, self.result: RESULT_LABEL}, partial=partial)
+                              results=self.results, partial=partial)
 
-    def render_mask(self, event: Event) -> Outputs | None:
+    def render_mask(self, event: Event, preview_settings: Mapping[str, Any] | None = None) -> Outputs | None:
         if isinstance(event, MaskResult):
             picture = np.asarray(event.image)
             text = f"Mask found: {100 * event.binary.mean():.1f}% of the image · adjust, touch up, then Edit"
@@ -324,15 +340,17 @@ class DiffEditTab(Tab):
                     self.downloads: DOWNLOADS.pngs([("diffedit-mask.png", mask_picture(event.binary), mask_settings)]),
                     self.settings: event.settings}
         if isinstance(event, Mask):
-            return {self.mask_preview: overlay(event.image, event.binary)}
+            return {self.mask_preview: tagged(overlay(event.image, event.binary), preview_settings or {},
+                                              picture="mask preview", step=event.step)}
         return None
 
     def render(self, event: Event, spec: DiffEditSpec | None = None, inversion: Inversion | None = None,
-               before: np.ndarray | None = None) -> Outputs | None:
+               before: np.ndarray | None = None, preview_settings: Mapping[str, Any] | None = None) -> Outputs | None:
         if isinstance(event, Mask):
-            return {self.mask_preview: Image.fromarray((event.binary * 255).astype(np.uint8))}
+            return {self.mask_preview: tagged(mask_picture(event.binary), preview_settings or {}, picture="mask preview",
+                                              step=event.step)}
         if isinstance(event, Preview):
-            return {self.result: event.images[0]}
+            return {self.result: tagged(event.images[0], preview_settings or {}, picture="preview", step=event.step)}
         if isinstance(event, DiffEditResult):
             edited, settings = event.images[0], event.settings
             text = (f"Done in {event.timings['total']:.1f} s · mask {100 * event.mask.mean():.1f}% "
@@ -374,7 +392,7 @@ class DiffEditTab(Tab):
             outputs=[self.status, self.mask_preview, self.result, self.compare, self.difference, self.hints,
                      self.downloads, self.sending, self.settings])
         stop_button(self.stop, self.status, [finding, self.run_event], tab="diffedit", api_name="diffedit_stop",
-                    results=[self.mask_preview, self.result])
+                    results=list(self.results))
         threshold, clean, seed, steps, guidance = self.form.components(
             ["threshold", "clean_pixels", "seed", "steps", "guidance_scale"])
         gr.on([threshold.release, clean.release], rethreshold, [self.found, threshold, clean],

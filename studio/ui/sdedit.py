@@ -13,6 +13,7 @@ per image, the downloads (PNGs with their settings) and the settings.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -289,7 +290,8 @@ class SDEditTab(Tab):
             with gr.Column(scale=6, min_width=360):
                 self.status = status_box("sdedit-status")
                 self.preview = gr.Image(label=LABELS["preview"], format="png", interactive=False, height=200,
-                                        buttons=[], elem_id="sdedit-preview", elem_classes=["dcs-image"])
+                                        buttons=["download", "fullscreen"], elem_id="sdedit-preview",
+                                        elem_classes=["dcs-image"])
                 self.strip = gr.Image(label=LABELS["strip"], format="png", interactive=False, height=300,
                                       buttons=["download", "fullscreen"], elem_id="sdedit-strip",
                                       elem_classes=["dcs-image"])
@@ -308,6 +310,10 @@ class SDEditTab(Tab):
                 self.downloads = downloads_box("sdedit-downloads")
                 self.settings = settings_view("sdedit-settings", "Settings")
         self.picks = gr.State(None)  # (guide RGB, [(image, its settings), ...]) of the last result, for picking
+        # every result of a run, labelled "previous run" / "partial" while a new run has not replaced it
+        self.results = {component: component.label for component in (
+            self.preview, self.strip, self.table, self.gallery, self.compare, self.difference, self.downloads,
+            self.settings)}
         self.receives = [self.canvas, self.prompt]
         gr.Examples(
             [[str(STROKE_EXAMPLES / "red_blob_on_blue.png"), "a red circle on a blue background", "0.3, 0.5, 0.7"],
@@ -323,23 +329,24 @@ class SDEditTab(Tab):
     # 2. handlers -------------------------------------------------------------------------
     def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
         """SDEdit of the canvas: streams progress, then the strip, the table, the images and the settings."""
-        guide_of_run: dict[str, np.ndarray] = {}
+        run: dict[str, Any] = {}  # what render needs of this run: the guide, and its settings for the previews
 
         def start(cancel: CancelToken) -> Iterator[Event]:
             spec = spec_from_values(values)
             guide, mask, original = canvas_inputs(values.get("canvas"), int(self.engine.native_size))
             warn_about_limits(self.engine, [spec.prompt])  # the guide is prepared to the model's size
-            guide_of_run["guide"] = guide
+            # the result's record is only known at the end: previews carry the spec (what a Load settings needs)
+            run.update(guide=guide, preview_settings={**dataclasses.asdict(spec), "job": "sdedit"})
             return self.engine.sdedit(spec, guide, mask=mask, original=original, cancel=cancel)
 
-        render, partial = remembering(lambda event: self.render(event, guide_of_run.get("guide")), [self.preview])
+        render, partial = remembering(lambda event: self.render(event, **run), [self.preview])
         yield from stream_job("sdedit", request, self.status, start, render, "SDEdit", partial=partial,
-                              results={self.preview: LABELS["preview"], self.strip: LABELS["strip"],
-                                       self.gallery: LABELS["gallery"]})
+                              results=self.results)
 
-    def render(self, event: Event, guide: np.ndarray | None = None) -> Outputs | None:
+    def render(self, event: Event, guide: np.ndarray | None = None,
+               preview_settings: Mapping[str, Any] | None = None) -> Outputs | None:
         if isinstance(event, Preview):
-            return {self.preview: event.images[0]}
+            return {self.preview: tagged(event.images[0], preview_settings or {}, picture="preview", step=event.step)}
         if isinstance(event, SDEditResult):
             rows = [[r.t0, r.repeat, r.seed, round(r.l2_to_guide, 4),
                      None if r.realism is None else round(r.realism, 3)] for r in event.samples]
@@ -390,7 +397,7 @@ class SDEditTab(Tab):
             outputs=[self.status, self.preview, self.strip, self.table, self.gallery, self.downloads, self.picks,
                      self.compare, self.difference, self.sending, self.settings])
         stop_button(self.stop, self.status, [self.run_event], tab="sdedit", api_name="sdedit_stop",
-                    results=[self.preview])
+                    results=list(self.results))
         self.gallery.select(self.pick, self.picks, [self.compare, self.difference, self.sending],
                             **instant("sdedit-view"))
         self.paint_on.change(lambda layer: gr.update(brush=brush_for(layer)), self.paint_on, self.canvas,
