@@ -108,6 +108,19 @@ def test_a_generated_image_sent_here_sets_prompts_seed_steps_and_guidance(tab):
         blend_words: "circle"}
 
 
+def test_previews_and_a_stopped_edits_partial_images_carry_the_runs_settings(tab, tiny_engine):
+    shown = p2p.Shown(spec=p2p.P2PSpec(SOURCE, TARGET, seed=5, steps=4))
+    shown.settings = p2p.run_settings(tiny_engine, shown.spec, None)
+    pictures = [Image.new("RGB", (16, 16), colour) for colour in ((200, 0, 0), (0, 0, 200))]
+    live = tab.render(p2p.Preview(step=2, images=pictures), shown)[tab.images]
+    stopped = [image for image, _ in tab.partial(shown)[tab.images]]
+    for image, extra in [*((image, {"step": 2}) for image in live), *((image, {"stopped_at_step": 2}) for image in stopped)]:
+        carried = png_settings.read_png_settings(image)
+        assert (carried["job"], carried["picture"], carried["target_prompt"], carried["seed"]) == (
+            "p2p", "preview", TARGET, 5)
+        assert extra.items() <= carried.items()
+
+
 def test_the_inversion_fixes_source_steps_and_guidance_and_unticking_gives_the_form_back(tiny_engine):
     from studio.inversion import InversionSpec
 

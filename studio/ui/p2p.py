@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import gradio as gr
@@ -43,6 +43,7 @@ from studio.editing import hints
 from studio.errors import InvalidInputError, StudioError
 from studio.events import CancelToken, EditAttentionMaps, Event, Mask, P2PResult, Preview
 from studio.inversion import Inversion
+from studio.jobs import inversion_record, reproduction_record
 from studio.prompt_weights import parse_weighted_prompt
 from studio.ui.form import (Field, number, optional_whole, saved, seed_from_form, seed_box, slider, spec_values, text,
                             textbox)
@@ -286,6 +287,13 @@ def spec_from_values(values: Mapping[str, Any]) -> P2PSpec:
     return P2PSpec(**parsed)
 
 
+def run_settings(engine: Any, spec: P2PSpec, inversion: Inversion | None) -> dict[str, Any]:
+    """The settings of an edit known before its result (previews, a stopped edit's partial images); the
+    result's own record replaces them when it lands."""
+    return reproduction_record(engine, "p2p", asdict(spec), None, None,
+                               source_inversion=inversion_record(inversion) if inversion is not None else None)
+
+
 # --------------------------------------------------------------------------------------------
 # The tab
 
@@ -300,6 +308,7 @@ class Shown:
     maps: dict | None = None
     spec: P2PSpec | None = None
     inversion: Inversion | None = None
+    settings: dict[str, Any] | None = None  # the run's, known before its result: what the previews carry
 
 
 class P2PTab(Tab):
@@ -404,6 +413,7 @@ class P2PTab(Tab):
 
         def start(cancel: CancelToken) -> Iterator[Event]:
             shown.spec, shown.inversion = spec_from_values(values), chosen_inversion(values, NO_INVERSION)
+            shown.settings = run_settings(self.engine, shown.spec, shown.inversion)
             size = None if shown.inversion is not None else (shown.spec.size or self.engine.native_size,) * 2
             warn_about_limits(self.engine, [shown.spec.source_prompt, shown.spec.target_prompt], size)
             return self.engine.p2p(shown.spec, shown.inversion, cancel)  # checks input, no model work yet
@@ -416,12 +426,14 @@ class P2PTab(Tab):
         if isinstance(event, Preview):
             shown.previews = [np.asarray(image.convert("RGB")) for image in event.images]
             shown.preview_step = event.step
-            return {self.images: event.images}
+            return {self.images: [tagged(image, shown.settings, picture="preview", step=event.step)
+                                  for image in event.images]}
         if isinstance(event, EditAttentionMaps):
             shown.maps = maps_state(event, shown.previews, shown.maps, int(self.engine.native_size))
             return {self.maps_state: shown.maps}
         if isinstance(event, Mask):
-            return {self.mask_view: Image.fromarray(np.uint8(event.binary * 255))}
+            return {self.mask_view: tagged(Image.fromarray(np.uint8(event.binary * 255)), shown.settings,
+                                            picture="blend mask")}
         if isinstance(event, P2PResult):
             return self.result_outputs(event, shown)
         return None
@@ -443,12 +455,13 @@ class P2PTab(Tab):
                 self.sending: Sendable(finals[1], result.settings)}
 
     def partial(self, shown: Shown) -> Outputs:
-        """A stopped edit offers its last previews (source and edited)."""
+        """A stopped edit offers its last previews (source and edited), carrying the run's settings and the step
+        they show."""
         if shown.previews is None:
             return {}
         caption = f"partial · step {shown.preview_step}"
-        return {self.images: [(Image.fromarray(image), f"{name} ({caption})")
-                              for image, name in zip(shown.previews, ("source", "edited"))]}
+        return {self.images: [(tagged(image, shown.settings, picture="preview", stopped_at_step=shown.preview_step),
+                               f"{name} ({caption})") for image, name in zip(shown.previews, ("source", "edited"))]}
 
     def token_rows(self, source: str, target: str, edit: str, use_inversion: bool = False,
                    inversion: Inversion | None = None) -> Any:
