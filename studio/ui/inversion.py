@@ -44,6 +44,8 @@ TABLE_WIDTHS = ["210px", "80px", "76px", "96px", "96px", "100px", "100px", "80px
 TABLE_LABEL = ("Comparison (UNet passes while inverting, backward through it, redrawing; seconds: inversion only, "
                "same run)")
 DEFAULT_METHODS = ["ddim", "null_text"]
+GUIDANCE_INFO = ("3, not 7.5: P2P and DiffEdit edits of this inversion keep its w, and at 7.5 a colour edit tints "
+                 "the background too (kept at 3 on shapes-sd)")
 GALLERY_COLUMNS = 3  # original + up to five reconstructions: two rows of three (Gradio narrows to fewer)
 
 CSS = """
@@ -203,7 +205,7 @@ FIELDS = with_restore((
           restore=restored_methods, in_spec=False),
     Field("steps", slider(INVERSION_STEPS, DEFAULTS.steps, elem_id="inversion-steps"), int),
     Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, label="Guidance scale w",
-                                   elem_id="inversion-guidance"), float),
+                                   info=GUIDANCE_INFO, elem_id="inversion-guidance"), float),
     Field("inversion_guidance", slider(specs.GUIDANCE, DEFAULTS.inversion_guidance,
                                        label="DDIM: guidance of the inversion itself (1 = guidance-neutral; try w to "
                                              "see why 1)", elem_id="inversion-ddim-w"), float),
