@@ -6,8 +6,8 @@ shows the original beside both reconstructions, the error plot and the pick for 
 size" inverts at the upload's own size, without resampling it; a file that is
 not an image shows a clear error. Stop says where the run stopped within a second and keeps saying it, the
 stopped run leaves the inversion the editing tabs use alone and the last run's loss plot is gone; six images
-show whole in the gallery with full captions, the table's headers are readable and the plots carry no label
-chip; the picked inversion downloads as a file that a fresh page loads and Prompt-to-Prompt edits, showing the
+show whole in the gallery with full captions, the table's headers are readable, its last column inside its box,
+the plots carry no label chip and the guidance slider says why it starts at 3; the picked inversion downloads as a file that a fresh page loads and Prompt-to-Prompt edits, showing the
 inversion's caption, steps and guidance greyed; a PNG's settings restore the form.
 """
 
@@ -172,6 +172,15 @@ def test_six_images_whole_with_full_captions_readable_table_and_plots_without_ch
     }""")
     assert len(headers) >= 9, headers
     assert all(h["longest"] <= h["room"] + 1 for h in headers), headers
+    # the last column is inside the table's box (not cut off at its right edge)
+    last_column = page.evaluate("""() => {
+        const block = document.querySelector('#inversion-table').getBoundingClientRect();
+        const last = [...document.querySelectorAll('#inversion-table th')].filter(th => th.innerText.trim()).pop();
+        return {right: last.getBoundingClientRect().right, edge: block.right, text: last.innerText.trim()};
+    }""")
+    assert last_column["right"] <= last_column["edge"] + 1, last_column
+    # the guidance slider says why it starts at 3
+    expect(page.locator("#inversion-guidance")).to_contain_text("at 7.5 a colour edit tints the background")
     for plot in ("#inversion-errors", "#inversion-loss"):  # no label chip over the plot's own title
         chip = page.locator(f"{plot} [data-testid=block-label]").evaluate_all(
             "chips => chips.map(c => c.getBoundingClientRect().width)")

@@ -40,7 +40,8 @@ DEFAULTS = InversionSpec()
 # short headers (the table's label says what the passes and seconds count), each word wider than no column
 TABLE_HEADERS = ["method", "PSNR dB", "SSIM", "latent MSE", "UNet inverting", "UNet backward", "UNet redrawing",
                  "seconds", "× DDIM"]
-TABLE_WIDTHS = ["210px", "80px", "76px", "96px", "96px", "100px", "100px", "80px", "76px"]
+# shares of the table's box, so the last column is inside it at any width the tab gets
+TABLE_WIDTHS = ["16%", "10%", "9%", "11%", "11%", "11%", "12%", "10%", "10%"]
 TABLE_LABEL = ("Comparison (UNet passes while inverting, backward through it, redrawing; seconds: inversion only, "
                "same run)")
 DEFAULT_METHODS = ["ddim", "null_text"]
