@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 from app_harness import launched_app
 from PIL import Image
-from test_browser import browser, image_loaded, open_tab, set_slider  # noqa: F401 (browser: the shared fixture)
+from test_browser import (  # noqa: F401 (browser: fixture)
+    browser,
+    downloaded_settings,
+    image_loaded,
+    open_tab,
+    set_slider,
+)
 
 from studio.shapes.render import Scene, make_object, render
 from studio.shapes.vocabulary import COLOURS
@@ -60,6 +66,15 @@ def test_sdedit_on_an_uploaded_guide_gives_a_result_strip(browser, app_url, pict
     assert image_loaded(page, "#sdedit-strip img")
     table = page.inner_text("#sdedit-table")
     assert "0.4" in table and "0.6" in table
+    for shown in ("#sdedit-strip", "#sdedit-gallery"):
+        whole = shown_whole(page, shown)
+        assert whole["inside"] and min(whole["width"], whole["height"]) > 128, (shown, whole)  # upscaled, whole
+    seed = re.search(r"seed (\d+)", page.inner_text("#sdedit-status"))[1]
+    page.fill("#sdedit-seed input", str(int(seed) + 5))
+    page.check("#sdedit-random-seed input")
+    page.click("#sdedit-reuse-seed")  # back to the seed the shown result was made with, and not a random one
+    page.wait_for_function("s => document.querySelector('#sdedit-seed input')?.value === s", arg=seed)
+    assert not page.is_checked("#sdedit-random-seed input")
     page.close()
 
 
@@ -93,6 +108,14 @@ def test_diffedit_previews_the_mask_then_edits(browser, app_url, pictures):
     page.fill("#diffedit-seed input", "1")
     page.click("#diffedit-reuse-seed")  # back to the seed the shown result was made with
     page.wait_for_function("() => document.querySelector('#diffedit-seed input')?.value === '0'")
+
+    # a new edit: until it replaces them, the finished edit's results say whose they are
+    set_slider(page, "diffedit-steps", 150)
+    page.click("#diffedit-edit-btn")
+    for result in ("#diffedit-compare", "#diffedit-difference", "#diffedit-downloads", "#diffedit-settings"):
+        page.wait_for_function("sel => document.querySelector(sel)?.innerText.includes('previous run')", arg=result)
+    page.click("#diffedit-stop")
+    page.wait_for_selector("#diffedit-status [data-state=stopped]")
     page.close()
 
 
@@ -148,7 +171,7 @@ def stopped_and_kept(page, status: str, stopped_after: str) -> str:
     return said
 
 
-def test_diffedit_stop_says_where_find_mask_and_edit_stopped(browser, app_url, pictures):
+def test_diffedit_stop_says_where_find_mask_and_edit_stopped(browser, app_url, pictures, tmp_path):
     page = open_tab(browser, app_url, "DiffEdit")
     page.locator("#diffedit-image input[type=file]").set_input_files(str(pictures / "scene.png"))
     page.wait_for_selector("#diffedit-image img")
@@ -168,10 +191,13 @@ def test_diffedit_stop_says_where_find_mask_and_edit_stopped(browser, app_url, p
     assert said.endswith("the partial result is shown"), said
     assert "partial" in page.inner_text("#diffedit-result")  # the last preview, labelled as what it is
     assert image_loaded(page, "#diffedit-result img")
+    settings = downloaded_settings(page, "#diffedit-result a.download-link", tmp_path)
+    assert (settings["job"], settings["target_prompt"], settings["steps"]) == ("diffedit", TARGET, 150), settings
+    assert settings["picture"] == "preview" and settings["step"] > 0, settings
     page.close()
 
 
-def test_sdedit_stop_says_the_step_its_counter_showed(browser, app_url, pictures):
+def test_sdedit_stop_says_the_step_its_counter_showed(browser, app_url, pictures, tmp_path):
     page = open_tab(browser, app_url, "SDEdit")
     page.fill("#sdedit-t0 textarea, #sdedit-t0 input", "0.9, 1")
     set_slider(page, "sdedit-steps", 150)
@@ -187,6 +213,9 @@ def test_sdedit_stop_says_the_step_its_counter_showed(browser, app_url, pictures
     assert counter[3] == "135"  # the counter of its own t0: round(0.9 * 150) steps, not the whole run's
     assert int(counter[2]) >= int(re.search(r"step (\d+)", running)[1])
     assert "partial" in page.inner_text("#sdedit-preview") and image_loaded(page, "#sdedit-preview img")
+    settings = downloaded_settings(page, "#sdedit-preview a.download-link", tmp_path)  # the preview's own download
+    assert (settings["job"], settings["strengths"], settings["steps"]) == ("sdedit", [0.9, 1], 150), settings
+    assert settings["picture"] == "preview" and settings["step"] > 0, settings
     page.close()
 
 
@@ -284,4 +313,24 @@ def test_an_sdedit_result_sent_to_diffedit_is_the_image_to_edit(browser, app_url
     page.wait_for_function("() => document.querySelector('#diffedit-source textarea')?.value"
                            " === 'a red square on a blue background'")
     assert image_loaded(page, "#diffedit-image img")
+    page.close()
+
+
+def test_an_attention_map_becomes_sdedits_mask_layer(browser, app_url):
+    page = open_tab(browser, app_url)
+    page.fill("#prompt textarea", SOURCE)
+    set_slider(page, "steps", 10)
+    page.click("#generate-btn")
+    page.wait_for_selector("#status [data-state=done]")
+    page.locator("#token-pick label", has_text="circle").click()
+    page.click("#generate-mask-sdedit")
+
+    page.wait_for_selector("#sdedit-canvas", state="visible")
+    page.wait_for_function("s => document.querySelector('#sdedit-prompt textarea, #sdedit-prompt input')?.value === s",
+                           arg=SOURCE)
+    page.wait_for_timeout(1000)  # the editor draws the image and its layers
+    page.fill("#sdedit-t0 textarea, #sdedit-t0 input", "0.5")
+    page.click("#sdedit-btn")
+    page.wait_for_selector("#sdedit-status [data-state=done]")
+    assert "· masked ·" in page.inner_text("#sdedit-status")  # the map's mask arrived on the mask layer
     page.close()

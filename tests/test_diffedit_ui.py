@@ -19,7 +19,7 @@ from PIL import Image
 from studio.editing import hints
 from studio.png_settings import read_png_settings
 from studio.shapes.render import Scene, make_object, render
-from studio.ui.diffedit import FIELDS, MASK_RGBA
+from studio.ui.diffedit import FIELDS, MASK_RGBA, edited_mask, editor_value
 
 SOURCE, TARGET = "a big red circle on a blue background", "a big green circle on a blue background"
 
@@ -72,3 +72,14 @@ def test_a_tiny_given_mask_gets_the_mask_hint_and_the_downloads_carry_settings_t
     form = dict(zip([field.name for field in FIELDS if field.restore is not None], restored))
     assert (form["source_prompt"], form["target_prompt"], form["steps"], form["seed"], form["composite"]) == (
         SOURCE, TARGET, 4, 3, False), form
+
+
+def test_the_found_mask_is_a_translucent_overlay_read_back_as_that_mask():
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[..., 2] = 200
+    mask = np.zeros((64, 64), bool)
+    mask[10:30, 20:50] = True
+    value = editor_value(image, mask)
+    assert 0 < value["layers"][0][15, 25, 3] < 255  # the image shows through the paint
+    read, background = edited_mask(value)
+    assert (read == mask).all() and (background == image).all()
