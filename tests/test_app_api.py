@@ -3,7 +3,8 @@
 Protects: /generate returns images and the settings that made them (the seed used included) and
 they reproduce; bad input reaches the caller as the gr.Error text and the app keeps working;
 /read_settings restores every field from a downloaded PNG (condition table and guidance controls
-included); a cancelled job leaves the engine usable.
+included); every tab's Load settings endpoint names its parameter and outputs; a cancelled job leaves the
+engine usable.
 """
 
 from __future__ import annotations
@@ -170,6 +171,19 @@ def test_generate_outputs_are_named(client):
     outputs = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["returns"]
     labels = [output["label"] for output in outputs]
     assert labels == ["Results", "Live preview", "Progress", "Settings of this result", "PNG with settings"]
+
+
+READ_SETTINGS_ENDPOINTS = ["/read_settings", "/sdedit_read_settings", "/diffedit_read_settings",
+                           "/inversion_read_settings", "/p2p_read_settings"]
+
+
+@pytest.mark.parametrize("endpoint", READ_SETTINGS_ENDPOINTS)
+def test_every_tabs_load_settings_names_its_parameter_and_the_fields_it_restores(client, endpoint):
+    """Each tab's Load settings endpoint names its PNG parameter and each field it restores (no param_N/value_N)."""
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"][endpoint]
+    names = [p["parameter_name"] for p in api["parameters"]] + [r["label"] for r in api["returns"]]
+    assert len(api["returns"]) >= 3 and all(names), (endpoint, names)
+    assert not [name for name in names if name.startswith(("param_", "value_"))], (endpoint, names)
 
 
 def test_each_batch_item_is_remade_alone_from_its_caption_seed(client):

@@ -16,7 +16,7 @@ from app_harness import launched_app
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from studio import png_settings
+from studio import cli, png_settings
 from studio.events import InversionResult, Progress
 from studio.inversion import InversionSpec
 from studio.inversion.file import INVERSION_SUFFIX, load_inversion
@@ -58,6 +58,16 @@ def test_invert_offers_the_inversion_file_and_reconstructions_with_settings(clie
 
     loaded_pick, loaded_status = client.predict(handle_file(inversion_file), api_name="/load_inversion")
     assert "Loaded Negative-prompt inversion" in loaded_status
+
+
+def test_the_downloaded_inversion_is_edited_by_the_studio_cli(client, photo, tiny_model_dir, tmp_path):
+    """README: the picked inversion's file is what `studio edit p2p --inversion` reads."""
+    *_, inversion_file, _ = client.predict(upload=handle_file(str(photo)), prompt=CAPTION, methods=["negative_prompt"],
+                                           steps=2, api_name="/invert")
+    assert cli.main(["--model", str(tiny_model_dir), "--device", "cpu", "edit", "p2p", "--inversion", inversion_file,
+                     "--target", "a big red square on a blue background", "--edit", "word swap",
+                     "--out", str(tmp_path / "p2p")]) == 0
+    assert len(list((tmp_path / "p2p").glob("*.png"))) == 2  # the source and the edit
 
 
 def test_a_run_that_has_not_finished_every_method_leaves_the_edited_inversion_alone(tab, tiny_engine):
