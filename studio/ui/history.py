@@ -105,7 +105,7 @@ class HistoryTab(Tab):
     name = "history"
 
     def layout(self) -> None:
-        gr.Markdown("Every result of this session, newest first (the last "
+        gr.Markdown("Every finished result of this session, newest first (the last "
                     f"{MAX_ENTRIES} images). Pick one to see its settings, compare it with another, download it "
                     "or send it to a tab. It fills as you work in the other tabs.", elem_id="history-help")
         with gr.Row():
@@ -135,13 +135,14 @@ class HistoryTab(Tab):
     def refresh(self, request: gr.Request) -> dict[Component, Any]:
         entries = HISTORY.entries(session_id(request))[::-1]
         choices = [(f"{entry.number}. {entry.caption}", entry.number) for entry in entries]
-        return {self.gallery: [(tagged(entry.image, entry.settings), f"{entry.number}. {entry.caption}")
-                               for entry in entries],
+        return {self.gallery: [(tagged(entry.image, entry.settings), f"{entry.number}. {entry.caption.split(' · ')[0]}")
+                               for entry in entries],  # short: a thumbnail's caption covers it; the full one shows when picked
                 self.shown: [entry.number for entry in entries], self.other: gr.update(choices=choices, value=None)}
 
     def pick(self, shown: list[int], event: gr.SelectData, request: gr.Request) -> dict[Component, Any]:
         entry = self._entry(request, shown[event.index] if 0 <= event.index < len(shown) else None)
-        return {self.picked: tagged(entry.image, entry.settings), self.settings: dict(entry.settings),
+        return {self.picked: gr.update(value=tagged(entry.image, entry.settings), label=f"{entry.number}. {entry.caption}"),
+                self.settings: dict(entry.settings),
                 self.picked_number: entry.number, self.sending: Sendable(rgb(entry.image), dict(entry.settings)),
                 self.downloads: DOWNLOADS.pngs([(f"history-{entry.number}.png", entry.image, entry.settings)])}
 
