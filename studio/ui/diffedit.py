@@ -5,7 +5,8 @@ open/close kernel re-threshold the last soft map at once (no model work), and th
 where the user can paint or erase before "Edit" runs Stage II with it. "Edit" without a mask on the editor
 runs both stages. Endpoints ``/diffedit_mask`` and ``/diffedit`` stream progress, then their results: the
 edited image beside a before/after view, what to change when the edit fails (studio.editing.hints), and PNGs of
-the edit and its mask carrying their settings. With the Inversion tab's inversion ticked, the image, the source
+the edit and its mask carrying their settings (the live previews carry the run's spec and their step). The mask
+is painted translucent, over the image it masks. With the Inversion tab's inversion ticked, the image, the source
 prompt (its caption), steps and guidance show the inversion's and are greyed: the edit uses those.
 """
 

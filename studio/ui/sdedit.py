@@ -7,8 +7,9 @@ brush: the shapes world's opaque colours for strokes, one translucent magenta fo
 an overlay of its own colour. "Fill background" paints the whole background one colour; "Clear canvas" leaves a
 blank canvas of the model's size (the editor's own Clear, hidden, left its empty state drawn 1:1: a 128 px box). The guide is the
 background with the strokes layer on top -- never the mask paint; the original (frozen pixels) is the background.
-Endpoint ``/sdedit`` streams progress and ends with the strip, the images, a table of L2-to-guide and realism
-per image, the downloads (PNGs with their settings) and the settings.
+Endpoint ``/sdedit`` streams progress and live previews (carrying the run's spec, the step they show), and ends
+with the strip, the images, a table of L2-to-guide and realism per image, the downloads (PNGs with their settings)
+and the settings.
 """
 
 from __future__ import annotations
