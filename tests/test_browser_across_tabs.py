@@ -5,7 +5,8 @@ result of every tab lands in the History tab with its settings, survives switchi
 another (slider and difference) and downloaded as a PNG carrying its settings; a result sent from History to
 SDEdit arrives on its canvas and the SDEdit tab opens; a word's attention map becomes DiffEdit's mask, which the
 edit then uses (attention map -> editable mask -> local edit), and a generated image sent to Prompt-to-Prompt
-arrives with its prompt and its own seed.
+arrives with its prompt and its own seed. Every tab's help says Ctrl+Enter and Esc, Ctrl+Enter runs the
+Prompt-to-Prompt edit, whose result History keeps under its tab's name and "Download all" offers.
 """
 
 from __future__ import annotations
@@ -110,3 +111,36 @@ def test_a_generated_image_sent_to_p2p_arrives_with_its_prompt_and_its_own_seed(
     page.wait_for_function("() => document.querySelector('#p2p-source textarea')?.value.length > 0")
     assert page.input_value("#p2p-source textarea") == PROMPT
     assert page.input_value("#p2p-seed input") == str(seed + 1)
+
+
+@pytest.mark.parametrize("tab, help_text", [("Generate", "#model-info"), ("Inversion", "#inversion-help"),
+                                            ("SDEdit", "#sdedit-help"), ("DiffEdit", "#diffedit-help"),
+                                            ("Prompt-to-Prompt", "#p2p-help")])
+def test_every_tab_says_ctrl_enter_runs_and_esc_stops(page, tab, help_text):
+    page.get_by_role("tab", name=tab, exact=True).click()
+    help_block = page.locator(help_text)
+    help_block.wait_for(state="visible")
+    assert "Ctrl+Enter runs · Esc stops" in help_block.inner_text()
+
+
+def test_ctrl_enter_in_p2p_runs_the_edit_and_history_keeps_it_for_download_all(page, tmp_path):
+    page.get_by_role("tab", name="Prompt-to-Prompt").click()
+    set_slider(page, "p2p-steps", 3)
+    page.locator("#p2p-target textarea").fill("a big red square on a blue background")
+    source = page.locator("#p2p-source textarea")  # no submit of its own: only the keyboard shortcut runs from here
+    source.fill("a big red circle on a blue background")
+    source.press("Control+Enter")
+    page.wait_for_selector("#p2p-status [data-state=done]")
+
+    page.get_by_role("tab", name="History").click()
+    page.wait_for_function("() => document.querySelectorAll('#history-gallery img').length >= 1")
+    assert "Prompt-to-Prompt" in page.locator("#history-gallery").inner_text()  # the edit, under its tab's name
+    shown = page.locator("#history-gallery img").count()
+    page.click("#history-download-all")
+    links = page.locator("#history-downloads a")
+    page.wait_for_function("count => document.querySelectorAll('#history-downloads a').length === count", arg=shown)
+    with page.expect_download() as download:
+        links.first.click()
+    saved = tmp_path / "history.png"
+    download.value.save_as(saved)
+    assert png_settings.read_png_settings(saved)["job"] == "p2p"

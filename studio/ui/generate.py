@@ -44,7 +44,8 @@ from studio.ui.form import (ComponentFactory, Field, number, optional_whole, sav
                             slider, spec_values, text, textbox)
 from studio.ui.parts import (DOWNLOADS, Sendable, Tab, instant, load_settings_box, mask_from_map, mask_row, model_line,
                              model_panel, rgb, send_row, settings_view, table_rows, tagged, warn_about_limits)
-from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
+from studio.ui.stream import (JOB_EVENT, KEYS_HELP, Outputs, done_html, run_and_stop, status_box, stop_button,
+                              stream_job)
 
 if TYPE_CHECKING:
     from studio.engine import Engine
@@ -394,7 +395,6 @@ class Shown:
 
 GALLERY_COLUMNS = 3  # at most: each image stays above the model's 128 px in the tab's 420 px gallery
 RESULT_LABELS = {"gallery": "Results", "downloads": "PNG with settings", "settings": "Settings of this result"}
-KEYS_HELP = "Ctrl+Enter runs · Esc stops"
 
 
 class GenerateTab(Tab):

@@ -34,7 +34,8 @@ from studio.plots import line_chart
 from studio.ui.form import Field, number, saved, slider, spec_values, text, textbox
 from studio.ui.parts import (DOWNLOADS, Sendable, Tab, downloads_box, instant, load_settings_box, model_line,
                              model_panel, rgb, send_row, settings_view, tagged, warn_about_limits)
-from studio.ui.stream import JOB_EVENT, Outputs, progress_html, run_and_stop, status_box, stop_button, stream_job
+from studio.ui.stream import (JOB_EVENT, KEYS_HELP, Outputs, progress_html, run_and_stop, status_box, stop_button,
+                              stream_job)
 
 DEFAULTS = InversionSpec()
 # short headers (the table's label says what the passes and seconds count), each word wider than no column
@@ -321,7 +322,7 @@ class InversionTab(Tab):
             "et al. 2021); null-text inversion (Mokady et al. 2023) optimises the unconditional embedding per step so "
             "guided sampling retraces it; negative-prompt inversion (Miyake et al. 2023) uses the caption as the "
             "negative prompt; EDICT (Wallace et al. 2023) and BDIA (Zhang et al. 2024) are exact to float precision. "
-            "The ceiling row is the VAE alone: no inversion can beat it. **Ctrl+Enter** runs · **Esc** stops.",
+            f"The ceiling row is the VAE alone: no inversion can beat it. {KEYS_HELP}.",
             elem_id="inversion-help",
         )
 

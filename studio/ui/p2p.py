@@ -50,7 +50,8 @@ from studio.ui.form import (Field, number, optional_whole, saved, seed_from_form
 from studio.ui.parts import (DIFFERENCE_GAIN, DOWNLOADS, Sendable, Tab, chosen_inversion, compare_view, difference,
                              downloads_box, instant, load_settings_box, mask_from_map, mask_row, model_panel, send_row,
                              settings_view, table_rows, tagged, warn_about_limits, with_inversion)
-from studio.ui.stream import JOB_EVENT, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
+from studio.ui.stream import (JOB_EVENT, KEYS_HELP, Outputs, done_html, run_and_stop, status_box, stop_button,
+                              stream_job)
 
 DEFAULTS = P2PSpec(source_prompt="")
 TOKEN_COLUMNS = ("target word", "from source word", "re-weight")
@@ -369,7 +370,7 @@ class P2PTab(Tab):
         self.receives = form.components(["source_prompt", "target_prompt", "seed", "steps", "guidance_scale",
                                          "use_inversion", "blend_words"])  # receive's, then receive_mask's
         gr.Markdown("Prompt-to-Prompt (Hertz et al. 2023) edits by swapping, refining or re-weighting the words' "
-                    "cross-attention maps while both images share their start. **Ctrl+Enter** runs · **Esc** stops.",
+                    f"cross-attention maps while both images share their start. {KEYS_HELP}.",
                     elem_id="p2p-help")
         gr.Examples(EXAMPLES, form.components(["source_prompt", "target_prompt", "edit", "seed", "cross_stop",
                                                "self_stop", "blend_words"]),
