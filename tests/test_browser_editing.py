@@ -2,7 +2,9 @@
 
 Protects what a user sees: an uploaded guide on the SDEdit canvas gives a result strip and its table; a blank
 canvas says so and the tab keeps working; DiffEdit previews the mask, then edits; equal prompts explain that
-the mask would be empty, and the tab keeps working.
+the mask would be empty, and the tab keeps working; results are whole and scaled up; Stop's partial previews
+download with the run's settings; a new run labels the last one's results "previous run"; an attention map sent
+from Generate becomes SDEdit's mask layer.
 """
 
 from __future__ import annotations
@@ -184,6 +186,9 @@ def test_diffedit_stop_says_where_find_mask_and_edit_stopped(browser, app_url, p
     page.click("#diffedit-mask-btn")
     page.wait_for_function("() => document.querySelector('#diffedit-status')?.innerText.includes('Mask: probe')")
     stopped_and_kept(page, "diffedit-status", "mask: probe")
+    assert "partial" in page.inner_text("#diffedit-mask-preview")  # the mask so far, labelled as what it is
+    settings = downloaded_settings(page, "#diffedit-mask-preview a.download-link", tmp_path)
+    assert (settings["job"], settings["probes"], settings["picture"]) == ("diffedit", 10, "mask preview"), settings
 
     page.click("#diffedit-edit-btn")
     page.wait_for_function("() => /Edit: step [1-9][0-9]/.test(document.querySelector('#diffedit-status')?.innerText)")
