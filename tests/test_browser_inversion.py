@@ -127,7 +127,7 @@ def test_stop_says_where_it_stopped_and_leaves_the_inversion_the_editing_tabs_us
     expect(page.locator("#inversion-loss img")).to_have_count(0)  # the last run's loss plot is gone
     page.locator("#inversion-stop").click()
     stopped = page.locator("#inversion-status [data-state=stopped]")
-    expect(stopped).to_contain_text("Stopped after method 1 of 2 · DDIM inversion: inverting · step", timeout=2_000)
+    expect(stopped).to_contain_text("Stopped after method 1 of 2 · DDIM inversion: inverting · step", timeout=1_000)
     said = stopped.inner_text()
     time.sleep(3)
     assert page.locator("#inversion-status").inner_text() == said  # nothing of the run overwrites it

@@ -73,7 +73,7 @@ def test_stop_says_where_it_stopped_keeps_it_and_offers_the_previews(page):
     page.wait_for_selector("#p2p-images img")  # a preview is in
     page.locator("#p2p-stop").click()
     stopped = page.locator("#p2p-status [data-state=stopped]")
-    expect(stopped).to_contain_text("Stopped after", timeout=2_000)
+    expect(stopped).to_contain_text("Stopped after", timeout=1_000)
     said = stopped.inner_text()
     time.sleep(3)
     assert page.locator("#p2p-status").inner_text() == said
