@@ -2,7 +2,8 @@
 
 Protects what a user sees: typing a prompt, ticking attention maps and pressing Generate gives a
 result image and an attention heat map (whose word can be picked afterwards); bad input shows the
-error message and the tab keeps working.
+error message and the tab keeps working; Stop says where the run stopped within a second and offers the partial
+images, which are then what Send carries.
 """
 
 from __future__ import annotations
@@ -202,6 +203,13 @@ def test_stop_says_where_it_stopped_keeps_saying_it_and_offers_the_partial_resul
     settings = downloaded_settings(page, "#downloads a", tmp_path)
     assert settings["prompt"] == PROMPT and settings["steps"] == 150
     assert 0 < settings["stopped_at_step"] < 150 and settings["seed"] == int(caption.rsplit("seed ", 1)[1])
+
+    # the partial image picked is what Send carries (not the previous 3-step run's image at its place)
+    page.locator("#gallery img").first.click()
+    page.click("#generate-send-p2p")
+    page.wait_for_selector("#p2p-seed", state="visible")
+    page.wait_for_function("() => document.querySelector('#p2p-steps input[type=number]')?.value === '150'")
+    assert page.input_value("#p2p-seed input") == str(settings["seed"])
 
 
 def test_batch_results_are_whole_in_the_gallery_with_their_own_seeds_in_full_captions(page):
