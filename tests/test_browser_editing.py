@@ -263,7 +263,10 @@ def test_sdedit_fill_background_mask_overlay_and_clear_keep_the_canvas(browser, 
     assert canvas_pixel(page, square, (0.1, 0.1)) == COLOURS["blue"]  # the background is filled
 
     page.locator("#sdedit-paint-on label", has_text="mask").click()
-    page.wait_for_timeout(800)
+    page.wait_for_function(  # the switch has picked the mask layer in the editor
+        "() => document.querySelector(\"#sdedit-canvas button[aria-label='Show Layers']\")?.innerText.trim()"
+        ".startsWith('mask')")
+    page.wait_for_timeout(2500)  # and its brush (the same event's output; slow on an app's first event)
     editor.get_by_role("button", name="Brush").first.click()
     drag(page, square, (0.3, 0.5), (0.7, 0.5))
     page.wait_for_timeout(500)
