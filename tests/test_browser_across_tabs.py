@@ -41,7 +41,7 @@ def test_ctrl_enter_runs_and_esc_stops_and_the_stop_stays(page):
 
     set_slider(page, "batch-size", 8)
     generate_with_keyboard(page, PROMPT, steps=150)  # long enough to stop mid-run
-    page.wait_for_selector("#status [data-state=running]")
+    page.wait_for_function("() => /Step \\d+ \\//.test(document.querySelector('#status')?.innerText)")
     page.keyboard.press("Escape")
     page.wait_for_selector("#status [data-state=stopped]", timeout=3000)
     page.wait_for_timeout(3000)

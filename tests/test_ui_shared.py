@@ -123,3 +123,8 @@ def test_downloads_and_shown_images_carry_their_settings(tmp_path):
     shown = parts.tagged(Image.new("RGB", (8, 8)), settings, picture="mask")
     shown.save(tmp_path / "shown.png", pnginfo=None)  # what Gradio does with format="png" keeps info's text
     assert png_settings.read_png_settings(shown)["picture"] == "mask"
+
+
+def test_a_run_stopped_before_its_first_step_says_so():
+    job = stream.Job(CancelToken())
+    assert text_of(job.stopped()[stream.STATUS_KEY]) == "Stopped before the first step"

@@ -34,6 +34,9 @@ def progress_html(step: int, total: int, text: str, state: str = "running") -> s
     )
 
 
+STARTING = "Starting…"  # a job's status until its first progress
+
+
 @dataclass
 class Job:
     """A running job as Stop sees it: its cancel token, the last progress it showed, the tab's result components
@@ -43,7 +46,7 @@ class Job:
     cancel: CancelToken
     step: int = 0
     total: int = 0
-    text: str = "Starting…"
+    text: str = STARTING
     started: float = field(default_factory=time.monotonic)
     results: Mapping[Component, str] = field(default_factory=dict)
     partial: Callable[[], Outputs] | None = None
@@ -52,7 +55,8 @@ class Job:
     def stopped(self) -> Outputs:
         """The outputs of a stopped run: the status says where it stopped, in the words its progress used, and the
         partial result is offered under labels that say so."""
-        text = f"Stopped after {self.text[:1].lower()}{self.text[1:]}"
+        text = (f"Stopped after {self.text[:1].lower()}{self.text[1:]}" if self.text != STARTING
+                else "Stopped before the first step")
         outputs = _labelled(self.partial() if self.partial is not None else {}, self.results, "partial: stopped")
         if outputs:
             text += " · the partial result is shown"
