@@ -309,10 +309,11 @@ def test_diffedit_shows_the_inversion_it_edits_greyed(browser, app_url, pictures
 
 def test_an_sdedit_result_sent_to_diffedit_is_the_image_to_edit(browser, app_url, pictures):
     page = open_tab(browser, app_url, "SDEdit")
-    page.locator("#sdedit-canvas input[type=file]").set_input_files(str(pictures / "strokes.png"))
-    page.wait_for_timeout(1000)
     page.fill("#sdedit-prompt textarea, #sdedit-prompt input", "a red square on a blue background")
     page.fill("#sdedit-t0 textarea, #sdedit-t0 input", "0.5")
+    # the form first, then the upload: an edit of the form just after an upload can leave the canvas blank
+    page.locator("#sdedit-canvas input[type=file]").set_input_files(str(pictures / "strokes.png"))
+    page.wait_for_timeout(1500)  # the editor draws the upload onto its canvas
     page.click("#sdedit-btn")
     page.wait_for_selector("#sdedit-status [data-state=done]")
     assert image_loaded(page, "#sdedit-compare img")  # guide | result, before and after
