@@ -20,6 +20,7 @@ import gradio as gr
 from gradio.components import Component  # at run time: Gradio reads the handlers' hints for gr.Request
 from PIL import Image
 
+from studio.jobs import JOB_LABELS
 from studio.ui.parts import (DOWNLOADS, Sendable, Tab, compare_view, difference, downloads_box, instant, rgb, send_row,
                              session_id, settings_view, tagged)
 
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
 
 MAX_ENTRIES = 60  # images per session
 MAX_SESSIONS = 64
-
-TAB_OF_JOB = {"generate": "Generate", "invert": "Inversion", "sdedit": "SDEdit", "diffedit_mask": "DiffEdit mask",
-              "diffedit": "DiffEdit", "p2p": "Prompt-to-Prompt"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class Entry:
 
 def caption(tab: str, settings: Mapping[str, Any], index: int, count: int) -> str:
     """What an entry is, in a gallery caption: the tab, the prompt it drew or edited to, the seed, its place."""
-    text = TAB_OF_JOB.get(str(settings.get("job") or ""), tab)
+    text = JOB_LABELS.get(str(settings.get("job") or ""), tab)
     prompt = settings.get("target_prompt") or settings.get("prompt")
     if prompt:
         text += f" · {prompt}"
