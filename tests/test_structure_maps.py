@@ -73,6 +73,15 @@ def test_canny_finds_a_rendered_squares_edges():
     assert not white(outline_from_image(np.full((64, 64, 3), 90, np.uint8))).any()  # a flat picture has no edges
 
 
+def test_canny_sees_colours_of_equal_grey():
+    """Red and blue of the shapes palette have the same luminance: a grey-only Canny found none of this circle."""
+    rendering = render(Scene("blue", (make_object("circle", "red", "big", "center"),)))
+    mask = rendering.masks[0]
+    boundary = mask & ~cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    near_edges = cv2.dilate(outline_from_image(rendering.image)[..., 0], np.ones((5, 5), np.uint8)) > 0
+    assert near_edges[boundary].mean() > 0.9
+
+
 def test_layout_from_a_shapes_picture_matches_its_masks(renderings):
     for rendering in renderings:
         found = white(layout_from_image(rendering.image))

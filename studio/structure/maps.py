@@ -82,9 +82,14 @@ def _far_from_border_colour(image: np.ndarray) -> np.ndarray:
 
 
 def outline_from_image(image: np.ndarray | Image.Image, low: int = 100, high: int = 200) -> np.ndarray:
-    """OpenCV Canny edges of any picture (hysteresis thresholds low/high, as ControlNet's canny preprocessor)."""
-    gray = cv2.cvtColor(_rgb_array(image), cv2.COLOR_RGB2GRAY)
-    return _white_on_black(cv2.Canny(gray, low, high) > 0)
+    """OpenCV Canny edges of any picture (hysteresis thresholds low/high, as ControlNet's canny preprocessor), found
+    in each RGB channel and OR-ed: on the grey image alone, colours of equal luminance show no edge (the shapes
+    palette's red and blue are both grey 87)."""
+    rgb = _rgb_array(image)
+    edges = np.zeros(rgb.shape[:2], dtype=bool)
+    for channel in range(3):
+        edges |= cv2.Canny(np.ascontiguousarray(rgb[:, :, channel]), low, high) > 0
+    return _white_on_black(edges)
 
 
 def layout_from_image(image: np.ndarray | Image.Image) -> np.ndarray:
