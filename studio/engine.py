@@ -11,7 +11,7 @@ take the engine as their studio.jobs.ModelHost; the entry points below only forw
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -32,14 +32,19 @@ from studio.inversion import Inversion, InversionSpec, invert
 from studio.model_limits import ModelLimits, model_limits
 from studio.models import EMBEDDED_MODEL_DIR, LoadedModel, load_model
 from studio.specs import GenerateSpec
+from studio.structure.spec import StructureImages
 
 
 class Engine:
     """Loads a model once (see studio.models for sources and device policy) and runs jobs on it."""
 
     def __init__(self, source: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
-                 offload: bool = False, compile_unet: bool = False):
-        self.model: LoadedModel = load_model(source, device, dtype, offload=offload, compile_unet=compile_unet)
+                 offload: bool = False, compile_unet: bool = False, controls: Sequence[str | Path] = (),
+                 ip_adapter: str | Path | None = None, image_encoder: str | Path | None = None):
+        """controls / ip_adapter / image_encoder: structure control files for the model (studio.models.load_model);
+        the embedded model also loads the controls shipped with it."""
+        self.model: LoadedModel = load_model(source, device, dtype, offload=offload, compile_unet=compile_unet,
+                                             controls=controls, ip_adapter=ip_adapter, image_encoder=image_encoder)
         self._lock = FairLock()
         # the model's folder, where its card is: the embedded model's, or a local diffusers folder (not a file or hub id)
         self.folder: Path | None = EMBEDDED_MODEL_DIR if source is None else (
@@ -107,10 +112,12 @@ class Engine:
         """Map a real image into the model's latent trajectory; ends with an InversionResult (studio.inversion)."""
         return invert(self, spec, image, cancel)
 
-    def generate(self, spec: GenerateSpec, cancel: CancelToken | None = None) -> Iterator[Event]:
-        """Text to image (studio.generation). Bad input raises InvalidInputError here, before any model work;
-        the returned generator waits for its turn on the model, then streams the job's events."""
-        return generation.generate(self, spec, cancel)
+    def generate(self, spec: GenerateSpec, structure_images: StructureImages | None = None,
+                 cancel: CancelToken | None = None) -> Iterator[Event]:
+        """Text to image (studio.generation), steered by `spec.structure` with its maps and reference image in
+        `structure_images`. Bad input raises InvalidInputError here, before any model work; the returned generator
+        waits for its turn on the model, then streams the job's events."""
+        return generation.generate(self, spec, structure_images, cancel)
 
     def exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None,
                   workload: str) -> Iterator[Event]:

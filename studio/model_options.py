@@ -1,4 +1,5 @@
-"""The model options the app and the `studio` command share (--model, --device, --offload, --compile)."""
+"""The model options the app and the `studio` command share (--model, --device, --offload, --compile, and the
+structure controls --controlnet, --t2i-adapter, --ip-adapter, --image-encoder)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,21 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                              "(GPUs too small for the whole model; slower)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet (the first job at each size compiles, then runs faster)")
+    structure = parser.add_argument_group("structure control (the embedded model loads its own controls)")
+    structure.add_argument("--controlnet", action="append", default=[], metavar="PATH",
+                           help="a ControlNet folder (diffusers) or single file (original layout); repeatable")
+    structure.add_argument("--t2i-adapter", action="append", default=[], metavar="PATH",
+                           help="a T2I-Adapter folder (diffusers); repeatable")
+    structure.add_argument("--ip-adapter", default=None, metavar="FILE",
+                           help="an IP-Adapter .safetensors or .bin file (image_proj.* and ip_adapter.* weights)")
+    structure.add_argument("--image-encoder", default=None, metavar="DIR",
+                           help="the IP-Adapter's CLIP image encoder folder (default: image_encoder/ beside the file)")
 
 
 def open_engine(args: argparse.Namespace) -> Engine:
     """The Engine these options describe; raises ModelLoadError. Imports torch, so only when called."""
     from studio.engine import Engine
 
-    return Engine(args.model, device=args.device, offload=args.offload, compile_unet=args.compile)
+    return Engine(args.model, device=args.device, offload=args.offload, compile_unet=args.compile,
+                  controls=[*args.controlnet, *args.t2i_adapter], ip_adapter=args.ip_adapter,
+                  image_encoder=args.image_encoder)

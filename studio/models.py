@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from studio.architectures import BY_CHECKPOINT_TYPE, config_folder
 from studio.classifier import NoisyClassifier
 from studio.errors import ModelLoadError
 from studio.shapes.architecture import TINY, make_pipeline
+
+if TYPE_CHECKING:
+    from studio.structure.adapters import ControlModel, ImagePromptAdapter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL_DIR = REPO_ROOT / "assets" / "models" / "shapes-sd"
@@ -58,6 +62,10 @@ class LoadedModel:
     text_encoder_2: nn.Module | None = None
     tokenizer_2: PreTrainedTokenizerBase | None = None
     zeros_for_empty_negative: bool = False  # SDXL: an empty negative prompt is an all-zero embedding
+    # Structure control (studio.structure.adapters): ControlNets and T2I-Adapters by name, and the IP-Adapter;
+    # checked against this model and resident with it (device, dtype, eval, no grad)
+    controls: dict[str, ControlModel] = field(default_factory=dict)
+    image_prompt: ImagePromptAdapter | None = None
 
     @property
     def uses_added_conditions(self) -> bool:
@@ -108,8 +116,12 @@ def tiny_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 
 
 def load_model(source: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
-                  offload: bool = False, compile_unet: bool = False) -> LoadedModel:
+                  offload: bool = False, compile_unet: bool = False, controls: Sequence[str | Path] = (),
+                  ip_adapter: str | Path | None = None, image_encoder: str | Path | None = None) -> LoadedModel:
     """Load `source` once and move its components to the device; raises ModelLoadError.
+
+    controls: ControlNet / T2I-Adapter folders or ControlNet files, and ip_adapter (with image_encoder, else the
+    `image_encoder/` beside it): structure control for this model (studio.structure.adapters), see attach_structure.
 
     offload: keep the text encoders and the UNet in CPU memory, each on the GPU only while it runs
     (for GPUs too small for the whole model; see offload_to_cpu). compile_unet: torch.compile the UNet's
@@ -141,7 +153,7 @@ def load_model(source: str | None = None, device: str | None = None, dtype: torc
         offload_to_cpu(offloaded, resolved_device)
     if compile_unet:
         pipeline.unet.compile()
-    return LoadedModel(
+    model = LoadedModel(
         name=name,
         unet=pipeline.unet,
         vae=pipeline.vae,
@@ -155,6 +167,31 @@ def load_model(source: str | None = None, device: str | None = None, dtype: torc
         tokenizer_2=getattr(pipeline, "tokenizer_2", None),
         zeros_for_empty_negative=bool(pipeline.config.get("force_zeros_for_empty_prompt", False)),
     )
+    attach_structure(model, embedded=source is None, controls=controls, ip_adapter=ip_adapter, image_encoder=image_encoder)
+    return model
+
+
+def attach_structure(model: LoadedModel, embedded: bool, controls: Sequence[str | Path] = (),
+                     ip_adapter: str | Path | None = None, image_encoder: str | Path | None = None) -> None:
+    """Load the control models and the IP-Adapter onto `model`, each checked against it (ModelLoadError naming both
+    when one does not fit). The embedded model starts with its shipped ones; a given control of the same name, or
+    a given IP-Adapter, replaces the shipped one. Two given controls of one name are refused: each needs its own."""
+    from studio.structure.adapters import embedded_controls, load_control, load_ip_adapter
+
+    if embedded:
+        model.controls, model.image_prompt = embedded_controls(model)
+    given: set[str] = set()
+    for path in controls:
+        control = load_control(path, model)
+        if control.name in given:
+            raise ModelLoadError(
+                f"Two controls are named {control.name!r} ({path} and one before it): rename one folder or file.")
+        given.add(control.name)
+        model.controls[control.name] = control
+    if ip_adapter is not None:
+        model.image_prompt = load_ip_adapter(ip_adapter, model, image_encoder)
+    elif image_encoder is not None:
+        raise ModelLoadError("An image encoder was given without an IP-Adapter: give the IP-Adapter file too (--ip-adapter FILE).")
 
 
 def offload_to_cpu(modules: list[nn.Module | None], device: torch.device) -> None:
