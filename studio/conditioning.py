@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from studio.errors import InvalidInputError, UnknownWordError
+
+if TYPE_CHECKING:  # a type only: conditioning does not import the structure runtime
+    from studio.structure.runtime import ControlInput
 
 WORD = re.compile(r"\S+")
 PUNCTUATION = ".,;:!?\"'()[]{}"
@@ -43,6 +47,11 @@ class Cond:
     embeddings: torch.Tensor  # (1, T, D) text encoder's last hidden state (SDXL: both encoders', concatenated)
     tokens: Tokens
     pooled: torch.Tensor | None = None  # (1, P) SDXL's pooled text embedding (added conditioning); else None
+    # Structure channels (studio.structure.runtime attaches them per step): control maps for ControlNets and
+    # T2I-Adapters, and the IP-Adapter image embedding with its lambda (Ye et al. 2023 eq. 5) for this condition.
+    controls: tuple[ControlInput, ...] = ()
+    image_embeds: torch.Tensor | None = None  # (1, E) image encoder embedding; zeros = the null image
+    image_scale: float = 0.0  # lambda; 0: this condition's image attention adds nothing
 
     @property
     def words(self) -> list[str]:

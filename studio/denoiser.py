@@ -4,13 +4,15 @@ Predictions stay in the model's own parameterisation (eps, v or x0, `prediction_
 schedulers expect exactly that, and CFG is affine with weights summing to one, so it commutes with
 the conversions. `to_x0` / `to_eps` give the common form when a caller needs it (previews,
 inversion, editing; guidance rescale and classifier guidance convert inside studio.guidance).
-The denoiser knows nothing of guidance.
+The denoiser knows nothing of guidance. Structure channels ride on the conditions (studio.structure.runtime):
+ControlNet residuals and T2I-Adapter features join the same UNet call, and the IP-Adapter's image tokens are set
+on the run's `image_tokens` holder before it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -18,8 +20,9 @@ from torch import Tensor
 from studio import schedule
 from studio.conditioning import Cond
 
-if TYPE_CHECKING:  # a type only: the maths does not import the loaders
+if TYPE_CHECKING:  # types only: the maths does not import the loaders
     from studio.models import LoadedModel
+    from studio.structure.runtime import ControlInput, ImageTokens
 
 
 class Denoiser:
@@ -30,6 +33,7 @@ class Denoiser:
         self.unet_evaluations = 0  # forward passes, one per predict()
         self.uses_added_conditions = model.uses_added_conditions
         self.size_multiple = model.size_multiple
+        self.image_tokens: ImageTokens | None = None  # set for a run with an image prompt (StructuredGuidance.attached)
 
     @torch.no_grad()
     def predict(self, x_t: Tensor, t: Tensor, conds: Sequence[Cond]) -> list[Tensor]:
@@ -42,10 +46,64 @@ class Denoiser:
         model_input = torch.cat([x_t] * len(conds))  # (N*B, C, h, w)
         embeddings = torch.cat([c.embeddings.expand(batch, -1, -1) for c in conds])  # (N*B, T, D)
         added = self.added_conditions(conds, x_t, embeddings.dtype) if self.uses_added_conditions else None
+        structure = self.control_residuals(conds, model_input, t, embeddings, added) if any(c.controls for c in conds) else {}
+        if self.image_tokens is not None:
+            self.image_tokens.set_batch(conds, batch)
         output = self.unet(model_input, t, encoder_hidden_states=embeddings, added_cond_kwargs=added,
-                           return_dict=False)[0]
+                           return_dict=False, **structure)[0]
         self.unet_evaluations += 1
         return list(output.chunk(len(conds)))
+
+    def control_residuals(self, conds: Sequence[Cond], model_input: Tensor, t: Tensor, embeddings: Tensor,
+                          added: dict[str, Tensor] | None) -> dict[str, Any]:
+        """The UNet's extra inputs from the conditions' controls, for the whole (N*B) batch.
+
+        Each ControlNet runs once over the samples it steers at a non-zero scale (a net no sample needs this step is
+        skipped: x + 0 is x), with each sample's own text, and its residuals are scaled per sample and per layer,
+        summed over nets as diffusers' MultiControlNetModel sums them, zero for the other samples. T2I-Adapter
+        features (computed once per run) are scaled and summed the same way into down_intrablock_additional_residuals.
+        """
+        batch = model_input.shape[0] // len(conds)
+        groups: dict[tuple[int, int], list[tuple[int, ControlInput]]] = {}  # one map of one model -> its conditions
+        for position, cond in enumerate(conds):
+            for control in cond.controls:
+                if control.scale != 0:
+                    groups.setdefault((id(control.model), id(control.image)), []).append((position, control))
+        residuals: dict[str, Any] = {}
+        for members in groups.values():
+            samples = torch.tensor([position * batch + image for position, _ in members for image in range(batch)],
+                                   device=model_input.device)
+            first = members[0][1]
+            if first.model.kind == "t2i_adapter":
+                features = first.features
+                factors = self._sample_factors(members, len(features), batch, model_input.device)  # (S, L)
+                summed = residuals.setdefault("down_intrablock_additional_residuals",
+                                              [model_input.new_zeros((len(model_input), *f.shape[1:])) for f in features])
+                for k, feature in enumerate(features):
+                    summed[k][samples] += feature * factors[:, k, None, None, None].to(feature.dtype)
+                continue
+            net_added = None if added is None else {key: value[samples] for key, value in added.items()}
+            down, mid = first.model.module(
+                model_input[samples], t, encoder_hidden_states=embeddings[samples],
+                controlnet_cond=first.image.expand(len(samples), -1, -1, -1), conditioning_scale=1.0,
+                added_cond_kwargs=net_added, return_dict=False,
+            )
+            factors = self._sample_factors(members, len(down) + 1, batch, model_input.device)  # (S, L)
+            summed_down = residuals.setdefault("down_block_additional_residuals",
+                                               [model_input.new_zeros((len(model_input), *d.shape[1:])) for d in down])
+            summed_mid = residuals.setdefault("mid_block_additional_residual",
+                                              model_input.new_zeros((len(model_input), *mid.shape[1:])))
+            for k, residual in enumerate(down):
+                summed_down[k][samples] += residual * factors[:, k, None, None, None].to(residual.dtype)
+            summed_mid[samples] += mid * factors[:, -1, None, None, None].to(mid.dtype)
+        return residuals
+
+    @staticmethod
+    def _sample_factors(members: Sequence[tuple[int, ControlInput]], layers: int, batch: int,
+                        device: torch.device) -> Tensor:
+        """(S, layers): each member condition's layer factors, repeated for its `batch` images."""
+        factors = torch.stack([control.layer_factors(layers, device) for _, control in members])
+        return factors.repeat_interleave(batch, dim=0)
 
     def added_conditions(self, conds: Sequence[Cond], x_t: Tensor, dtype: torch.dtype) -> dict[str, Tensor]:
         """SDXL's micro-conditioning, as its pipeline's defaults: the pooled text embedding per condition

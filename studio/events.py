@@ -30,6 +30,13 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """A note for the user about how the job read its inputs ("The control map was 256x256; resized to 128x128.")."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Preview:
     """Decoded x0 prediction of the current step (throttled)."""
 
@@ -191,7 +198,7 @@ class InversionResult(Result):
     inversion_seconds: float = 0.0
 
 
-Event = Progress | Preview | AttentionMaps | EditAttentionMaps | Mask | NullTextLoss | Result
+Event = Progress | Notice | Preview | AttentionMaps | EditAttentionMaps | Mask | NullTextLoss | Result
 
 
 class CancelToken:

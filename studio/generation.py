@@ -6,18 +6,22 @@
 Plain generation is StableDiffusionPipeline's algorithm step for step (tests/test_parity.py): same
 latent initialisation, prompt encoding, CFG and decoding. With conditions, guidance rescale or
 classifier guidance it runs the scheduled multi-condition guider instead, whose per-step weights are
-the GuidancePlan the UI plots.
+the GuidancePlan the UI plots. Structure (control maps, an image prompt: studio.structure) wraps whichever guider
+runs (studio.structure.runtime.StructuredGuidance); in diffusers' default mode it is StableDiffusionControlNetPipeline,
+StableDiffusionAdapterPipeline and the IP-Adapter path of StableDiffusionPipeline step for step
+(tests/test_structure_parity.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
 from torch import Tensor
 
 from studio import schedule, specs
@@ -26,7 +30,7 @@ from studio.attention.processors import AttentionStore, capture_cross_attention
 from studio.conditioning import Cond, Tokens
 from studio.denoiser import Denoiser
 from studio.errors import InvalidInputError
-from studio.events import AttentionMaps, CancelToken, Event, GenerationResult
+from studio.events import AttentionMaps, CancelToken, Event, GenerationResult, Notice
 from studio.guidance import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
@@ -34,10 +38,21 @@ from studio.guidance import (
     MultiConditionGuidance,
     schedule_factors,
 )
-from studio.jobs import ModelHost, Stopwatch, reproduction_record, resolve_seed, step_events, to_images
+from studio.jobs import (
+    ModelHost,
+    Stopwatch,
+    image_record,
+    reproduction_record,
+    resolve_seed,
+    step_events,
+    to_images,
+)
 from studio.models import decode_latents
 from studio.sampling import make_scheduler, sample_steps
 from studio.specs import GenerateSpec
+from studio.structure.maps import prepare_control_map
+from studio.structure.runtime import StructuredGuidance, structured_guider
+from studio.structure.spec import StructureImages, StructureSpec
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,51 @@ class Prompts:
     prompt: Tokens
     negative: Tokens
     conditions: list[Tokens]
+
+
+@dataclass(frozen=True)
+class PreparedStructure:
+    """A run's structure, checked: the spec, its control maps at the output size, the image prompt's reference, and
+    the notes on how the maps were read (resized, converted) for the user."""
+
+    spec: StructureSpec
+    maps: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8, one per control row
+    reference: np.ndarray | None = None  # (h, w, 3) uint8
+    notes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, object]:
+        """The maps and the reference as image records, for the reproduction record."""
+        return {
+            "controls": [image_record(Image.fromarray(m)) for m in self.maps],
+            "image_prompt": None if self.reference is None else image_record(Image.fromarray(self.reference)),
+        }
+
+
+def prepare_structure(host: ModelHost, structure: StructureSpec | None, images: StructureImages | None,
+                      width: int, height: int) -> PreparedStructure | None:
+    """Check a spec's structure against the loaded controls and its images (no model work); None when it has none.
+    Raises InvalidInputError: unknown control, no IP-Adapter loaded, missing or empty map, missing reference."""
+    if structure is None or structure.empty:
+        return None
+    controls = host.model.controls
+    structure.validate({name: f"{c.kind} for {c.trained_for or 'unknown maps'}" for name, c in controls.items()},
+                       host.model.image_prompt is not None)
+    if images is None:
+        raise InvalidInputError("The structure rows need their images: give each control row its map"
+                                + (" and the image prompt its reference." if structure.image_prompt else "."))
+    images.check_against(structure)
+    maps, notes = [], []
+    for row, (control, image) in enumerate(zip(structure.controls, images.controls, strict=True), start=1):
+        try:
+            prepared, map_notes = prepare_control_map(image, width, height)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"Control {row} ({control.control}): {error}") from None
+        maps.append(prepared)
+        notes.extend(f"Control {row} ({control.control}): {note}" for note in map_notes)
+    reference = None
+    if structure.image_prompt is not None:
+        reference = np.asarray(Image.fromarray(np.asarray(images.image_prompt, dtype=np.uint8)).convert("RGB"))
+    return PreparedStructure(structure, maps, reference, notes)
 
 
 def guidance_plan(host: ModelHost, spec: GenerateSpec) -> GuidancePlan:
@@ -84,9 +144,11 @@ def plan_of(spec: GenerateSpec, timesteps: Tensor, alphas_cumprod: Tensor) -> Gu
     )
 
 
-def generate(host: ModelHost, spec: GenerateSpec, cancel: CancelToken | None = None) -> Iterator[Event]:
+def generate(host: ModelHost, spec: GenerateSpec, structure_images: StructureImages | None = None,
+             cancel: CancelToken | None = None) -> Iterator[Event]:
     """Bad input raises InvalidInputError here, before any model work; the returned generator waits for
-    its turn on the model, then streams the job's events."""
+    its turn on the model, then streams the job's events. `structure_images` carry the maps and the reference
+    image of `spec.structure`'s rows."""
     # 1. check inputs (spec ranges, size multiple, words the tokenizer knows, prompt length)
     spec.validate(host.size_multiple)
     prompts = Prompts(
@@ -112,16 +174,19 @@ def generate(host: ModelHost, spec: GenerateSpec, cancel: CancelToken | None = N
             f"past the largest seed {int(specs.SEED.high)}: lower the seed or the batch size."
         )
     width, height = spec.size_on(host.native_size)
-    job = _generate(host, spec, resolve_seed(spec.seed, span=spec.batch_size), prompts, cancel)
+    structure = prepare_structure(host, spec.structure, structure_images, width, height)
+    job = _generate(host, spec, resolve_seed(spec.seed, span=spec.batch_size), prompts, structure, cancel)
     return host.exclusive(job, spec.steps, cancel, f"{width}x{height} with batch size {spec.batch_size}")
 
 
 @torch.no_grad()
-def _generate(host: ModelHost, spec: GenerateSpec, seed: int, prompts: Prompts,
+def _generate(host: ModelHost, spec: GenerateSpec, seed: int, prompts: Prompts, structure: PreparedStructure | None,
               cancel: CancelToken | None) -> Iterator[Event]:
     clock = Stopwatch()
     model = host.model
     width, height = spec.size_on(host.native_size)
+    for note in structure.notes if structure is not None else ():
+        yield Notice(note)
 
     # 2. encode prompts (the negative prompt, "" by default, is the unconditional branch)
     prompt = host.encode_prompt(prompts.prompt)
@@ -134,6 +199,11 @@ def _generate(host: ModelHost, spec: GenerateSpec, seed: int, prompts: Prompts,
     scheduler.set_timesteps(spec.steps, device=host.device)
     denoiser = Denoiser(model, scheduler.alphas_cumprod)
     guider = choose_guider(host, spec, prompt, uncond, conditions, scheduler.timesteps, scheduler.alphas_cumprod)
+    if structure is not None:  # control maps and image prompt on top of whichever guider runs
+        guider = structured_guider(guider, uncond, structure.spec, structure.maps, structure.reference,
+                                   model.controls, model.image_prompt, scheduler.timesteps, scheduler.alphas_cumprod,
+                                   host.device, model.dtype)
+        clock.lap("structure")  # the T2I-Adapter's features and the image embedding, once per run
 
     # 4. initial latents: item i from its own CPU generator seeded seed + i (as AUTOMATIC1111 seeds a batch), so
     #    batch item i is remade alone with seed + i, on every device; the generators also draw ancestral noise
@@ -151,9 +221,11 @@ def _generate(host: ModelHost, spec: GenerateSpec, seed: int, prompts: Prompts,
             batch_index=denoiser.batch_index(guider.primary, image=0, batch=spec.batch_size),
         )
     capture = capture_cross_attention(model.unet, store) if store is not None else nullcontext()
+    attached = guider.attached(model.unet, denoiser) if isinstance(guider, StructuredGuidance) else nullcontext()
 
-    # 6. denoising loop, streaming progress, previews and attention maps
-    with capture:
+    # 6. denoising loop, streaming progress, previews and attention maps (the image prompt's attention wraps the
+    #    stock processors first, so capture wraps it in turn)
+    with attached, capture:
         for state in sample_steps(denoiser, guider, scheduler, scheduler.timesteps, latents, cancel, generators,
                                   on_step_begin=store.begin_step if store is not None else None):
             latents = state["x"]
@@ -168,16 +240,20 @@ def _generate(host: ModelHost, spec: GenerateSpec, seed: int, prompts: Prompts,
     clock.lap("decode")
 
     # 8. result: everything needed to make these images again, and what the guidance cost
-    yield _result(host, spec, seed, pixels, clock, guider, denoiser.unet_evaluations, sampling_seconds)
+    yield _result(host, spec, seed, pixels, clock, guider, denoiser.unet_evaluations, sampling_seconds, structure)
 
 
 def _result(host: ModelHost, spec: GenerateSpec, seed: int, pixels: np.ndarray, clock: Stopwatch, guider: Guider,
-            unet_evaluations: int, sampling_seconds: float) -> GenerationResult:
+            unet_evaluations: int, sampling_seconds: float,
+            structure: PreparedStructure | None = None) -> GenerationResult:
     """The images, the settings that make them again, and per step: NFE (UNet predictions per image, all in
     one batched call) and, with classifier guidance, its gradient evaluations and seconds beside the whole
     sampling step's (UNet, guidance, scheduler, previews)."""
     timings = clock.timings()
     measured: dict[str, float] = {"nfe_per_step": len(guider.conds_at(0))}
+    if structure is not None:
+        measured["structure_images"] = structure.record()
+        guider = guider.inner  # the classifier's counters below
     classified = isinstance(guider, ClassifierGuidance)
     if classified:
         timings["classifier_gradient"] = guider.gradient_seconds
@@ -201,6 +277,7 @@ def _result(host: ModelHost, spec: GenerateSpec, seed: int, pixels: np.ndarray, 
         "conditions": [asdict(c) for c in spec.conditions],
         "guidance_rescale": spec.guidance_rescale,
         "classifier_guidance": asdict(spec.classifier_guidance) if spec.classifier_guidance else None,
+        "structure": asdict(spec.structure) if structure is not None else None,
     }
     settings = reproduction_record(host, "generate", spec_fields, timings, unet_evaluations, **measured)
     return GenerationResult(

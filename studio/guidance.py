@@ -115,6 +115,7 @@ class Guider(Protocol):
     """Combines per-condition predictions; the sampler tells it the step index i (nothing counts steps)."""
 
     primary: int  # position in `conds_at(i)` of the prompt being drawn (attention maps show it)
+    unconditional: tuple[int, ...]  # positions in `conds_at(i)` of the unconditional branch (structure modes read it)
 
     def conds_at(self, i: int) -> Sequence[Cond]:
         """What the denoiser evaluates at step i, in this order (the same number at every step)."""
@@ -139,6 +140,10 @@ class ClassifierFreeGuidance:
     @property
     def primary(self) -> int:
         return len(self.conds) - 1
+
+    @property
+    def unconditional(self) -> tuple[int, ...]:
+        return () if self.scale == 1 else (0,)
 
     def conds_at(self, i: int) -> list[Cond]:
         return self.conds
@@ -174,6 +179,10 @@ class MultiConditionGuidance:
     @property
     def primary(self) -> int:
         return 1
+
+    @property
+    def unconditional(self) -> tuple[int, ...]:
+        return (0,)
 
     def conds_at(self, i: int) -> list[Cond]:
         return self.conds
@@ -214,6 +223,10 @@ class ClassifierGuidance:
     @property
     def primary(self) -> int:
         return self.inner.primary
+
+    @property
+    def unconditional(self) -> tuple[int, ...]:
+        return self.inner.unconditional
 
     def conds_at(self, i: int) -> Sequence[Cond]:
         return self.inner.conds_at(i)

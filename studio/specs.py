@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from studio.errors import InvalidInputError
+
+if TYPE_CHECKING:  # studio.structure.spec reads this module's Ranges: the type only, to avoid the import cycle
+    from studio.structure.spec import StructureSpec
 
 SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmpp_2m")  # names shown in the UI
 # How a condition's weight (or the classifier strength) varies over the run, w(t) = w * f(t)
@@ -61,16 +64,18 @@ def check_size(name: str, value: int, size_multiple: int) -> None:
         raise InvalidInputError(f"The {name} must be a multiple of {size_multiple} for this model, got {value}.")
 
 
-def _check_schedule(where: str, schedule: str, exponent: float, start: float, stop: float) -> None:
+def check_schedule(where: str, schedule: str, exponent: float, start: float, stop: float) -> None:
+    """A guidance weight's schedule (GUIDANCE_SCHEDULES), exponent and start < stop window; `where` names the row."""
     if schedule not in GUIDANCE_SCHEDULES:
         raise InvalidInputError(f"{where}: unknown schedule {schedule!r}; choose one of {', '.join(GUIDANCE_SCHEDULES)}.")
     for bounds, value in ((SCHEDULE_EXPONENT, exponent), (START, start), (STOP, stop)):
-        _check(where, bounds, value)
+        check_field(where, bounds, value)
     if not start < stop:
         raise InvalidInputError(f"{where}: start ({start:g}) must be before stop ({stop:g}).")
 
 
-def _check(where: str, bounds: Range, value: float) -> None:
+def check_field(where: str, bounds: Range, value: float) -> None:
+    """bounds.check with the row named first ("Condition 2: Weight must be ...")."""
     try:
         bounds.check(bounds.label, value)
     except InvalidInputError as error:
@@ -93,8 +98,8 @@ class Condition:
         where = f"Condition {row}"
         if not self.prompt.strip():
             raise InvalidInputError(f"{where}: the prompt is empty; write one or remove the row.")
-        _check(where, CONDITION_WEIGHT, self.weight)
-        _check_schedule(where, self.schedule, self.exponent, self.start, self.stop)
+        check_field(where, CONDITION_WEIGHT, self.weight)
+        check_schedule(where, self.schedule, self.exponent, self.start, self.stop)
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,8 @@ class ClassifierGuidanceSpec:
         where = "Classifier guidance"
         if not self.target.strip():
             raise InvalidInputError(f"{where}: choose a target class.")
-        _check(where, CLASSIFIER_STRENGTH, self.strength)
-        _check_schedule(where, self.schedule, self.exponent, self.start, self.stop)
+        check_field(where, CLASSIFIER_STRENGTH, self.strength)
+        check_schedule(where, self.schedule, self.exponent, self.start, self.stop)
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,9 @@ class GenerateSpec:
     conditions: tuple[Condition, ...] = ()
     guidance_rescale: float = 0.0  # phi of Lin et al. 2023 section 3.4; 0 = off
     classifier_guidance: ClassifierGuidanceSpec | None = None
+    # Structure control (issue #17): control maps and an image prompt, checked against the loaded controls by the
+    # job (studio.generation); None or empty runs exactly as without.
+    structure: StructureSpec | None = None
 
     def __post_init__(self) -> None:
         # Settings (JSON, PNG chunks) hold conditions as dicts and lists; accept them as such.
@@ -149,6 +157,10 @@ class GenerateSpec:
         object.__setattr__(self, "conditions", conditions)
         if isinstance(self.classifier_guidance, dict):
             object.__setattr__(self, "classifier_guidance", ClassifierGuidanceSpec(**self.classifier_guidance))
+        if isinstance(self.structure, dict):
+            from studio.structure.spec import StructureSpec
+
+            object.__setattr__(self, "structure", StructureSpec(**self.structure))
 
     def size_on(self, native_size: int) -> tuple[int, int]:
         """(width, height) in pixels: the spec's, or the model's native size where it leaves them None."""

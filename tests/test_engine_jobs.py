@@ -55,7 +55,7 @@ def test_a_drawn_seed_leaves_room_for_the_seeds_after_it():
 
 def test_cancel_mid_run_raises_and_the_next_job_works(tiny_engine):
     cancel = CancelToken()
-    events = tiny_engine.generate(GenerateSpec("a red circle", seed=1, steps=6, capture_attention=True), cancel)
+    events = tiny_engine.generate(GenerateSpec("a red circle", seed=1, steps=6, capture_attention=True), cancel=cancel)
     processors_before = dict(tiny_engine.model.unet.attn_processors)
     with pytest.raises(CancelledError):
         for event in events:

@@ -32,6 +32,10 @@ class PerStepUncondGuidance:
     def primary(self) -> int:
         return 1
 
+    @property
+    def unconditional(self) -> tuple[int, ...]:
+        return (0,)
+
     def conds_at(self, i: int) -> list[Cond]:
         if not 0 <= i < len(self.unconds):
             raise IndexError(f"step {i} of a run with {len(self.unconds)} null embeddings")

@@ -4,7 +4,7 @@ Layout, a table of fields and render(event). The form (`FIELDS`: spec field, com
 global guidance too (issue #4): a condition table (prompt, signed weight, schedule, exponent, start/stop),
 guidance rescale, a classifier-guidance panel shown only when the model has a classifier, and a plot of every
 weight over the steps (from `engine.guidance_plan`, i.e. exactly what the sampler will apply). The handler turns
-the form into a typed `GenerateSpec`, runs `engine.generate(spec, cancel)` through the one stream helper and
+the form into a typed `GenerateSpec`, runs `engine.generate(spec, cancel=cancel)` through the one stream helper and
 renders each event it yields:
 
     Progress         -> progress bar text (the stream helper)
@@ -514,7 +514,7 @@ class GenerateTab(Tab):
                               size=spec.size_on(int(self.engine.native_size)))
             shown = Shown(run_settings(spec, str(self.engine.model_name), int(self.engine.native_size)),
                           image=_blank(spec, int(self.engine.native_size)))
-            return self.engine.generate(spec, cancel)
+            return self.engine.generate(spec, cancel=cancel)
 
         yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
                               "Generation", results=self.results, partial=lambda: self.partial(shown))

@@ -1,0 +1,312 @@
+"""Structure at sampling time: what a run attaches to the denoiser's conditions, step by step.
+
+`StructuredGuidance` wraps ANY guider (CFG, multi-condition, classifier guidance): at step i it hands the denoiser
+the inner guider's conditions with the control maps and the image embedding attached as each row's mode says
+(studio.structure.spec), plus one condition per "channel" row, and adds that row's own guidance term
+
+    eps = inner(eps_0 .. eps_n) + sum_k w_k(t_i) (eps_k - eps_u)
+
+eps_k = the null text with only channel k (Liu et al. 2022's composition; InstructPix2Pix, Brooks et al. 2023,
+eq. 3, guides its image and text channels this way). The per-step scales and weights are precomputed data, so a
+plot shows what runs. The denoiser (studio.denoiser) evaluates everything in one batched UNet call per step:
+ControlNet residuals (Zhang et al. 2023, eq. 1-4: the zero-convolution outputs added to the UNet's skip
+connections) summed over nets as diffusers' MultiControlNetModel does, T2I-Adapter features (Mou et al. 2024)
+computed once per run, and the IP-Adapter's image tokens read by `ImagePromptAttention` (Ye et al. 2023, eq. 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import ImageProjection
+from PIL import Image
+from torch import Tensor, nn
+
+from studio import schedule
+from studio.attention.processors import replaced_processors
+from studio.conditioning import Cond
+from studio.guidance import Guider, schedule_factors
+from studio.structure.adapters import ControlModel, ImagePromptAdapter
+from studio.structure.spec import ControlSpec, ImagePromptSpec, StructureSpec
+
+LAYER_SCALES = ("uniform", "soft", "guess")
+# A1111's "My prompt is more important": layer k of n at 0.825 ** (n - 1 - k) (sd-webui-controlnet's soft injection)
+SOFT_DECAY = 0.825
+UNCONDITIONAL_MODES = ("balanced", "prompt")  # the modes whose control also enters the unconditional branch
+MODE_LAYER_SCALES = {"balanced": "uniform", "prompt": "soft", "control": "uniform", "guess": "guess",
+                     "channel": "uniform"}
+
+
+@dataclass(frozen=True)
+class ControlInput:
+    """One control map for one condition at one step: what the denoiser feeds a ControlNet or adds as T2I features."""
+
+    model: ControlModel
+    image: Tensor  # (1, 3, H, W) in [0, 1], the model's device and dtype
+    scale: float  # 0: this condition runs without it at this step
+    layer_scales: str = "uniform"  # one of LAYER_SCALES
+    features: tuple[Tensor, ...] | None = None  # a T2I-Adapter's adapter(image), computed once per run
+
+    def layer_factors(self, n: int, device: torch.device) -> Tensor:
+        """(n,) float32 factor of each residual, deepest last (ControlNet: the down blocks' then the mid block's).
+        "guess" is diffusers' guess_mode, logspace(-1, 0, n) * scale, computed as ControlNetModel does."""
+        if self.layer_scales == "guess":
+            return torch.logspace(-1, 0, n, device=device) * self.scale
+        if self.layer_scales == "soft":
+            return torch.tensor([self.scale * SOFT_DECAY ** (n - 1 - k) for k in range(n)], device=device)
+        return torch.full((n,), self.scale, device=device)
+
+
+def control_tensor(control_map: np.ndarray, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) in [0, 1], as diffusers' control image processor (no normalisation)."""
+    pixels = torch.from_numpy(np.asarray(control_map, dtype=np.float32) / 255.0)  # (H, W, 3)
+    return pixels.permute(2, 0, 1)[None].to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def image_embeds(adapter: ImagePromptAdapter, reference: np.ndarray | Image.Image) -> Tensor:
+    """(1, E) embedding of the reference image, as diffusers' encode_image (its uncond is zeros_like of this)."""
+    encoder = adapter.image_encoder
+    picture = reference if isinstance(reference, Image.Image) else Image.fromarray(np.asarray(reference, np.uint8))
+    pixels = adapter.image_processor(picture.convert("RGB"), return_tensors="pt").pixel_values
+    return encoder(pixels.to(device=encoder.device, dtype=encoder.dtype)).image_embeds
+
+
+def controlnet_keep(steps: int, start: float, stop: float) -> Tensor:
+    """(N,) 1.0 where a ControlNet steers step i of N: diffusers' controlnet_keep, 1 - (i/N < start or (i+1)/N > stop)."""
+    return torch.tensor([1.0 - float(i / steps < start or (i + 1) / steps > stop) for i in range(steps)],
+                        dtype=torch.float64)
+
+
+def adapter_keep(steps: int, start: float, stop: float) -> Tensor:
+    """(N,) 1.0 where a T2I-Adapter steers step i: StableDiffusionXLAdapterPipeline's i < int(N * adapter_conditioning_factor), from N*start."""
+    return torch.tensor([float(steps * start <= i < int(steps * stop)) for i in range(steps)], dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class ControlRow:
+    """A ControlSpec made ready: its model, its map as a tensor (and T2I features), and its scale at each step."""
+
+    spec: ControlSpec
+    model: ControlModel
+    image: Tensor  # (1, 3, H, W)
+    features: tuple[Tensor, ...] | None
+    scales: Tensor  # (N,) scale at step i (0 outside the window); "channel": scale at every step
+
+    def input_at(self, i: int, scale: float | None = None) -> ControlInput:
+        return ControlInput(self.model, self.image, float(self.scales[i]) if scale is None else scale,
+                            MODE_LAYER_SCALES[self.spec.mode], self.features)
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """The ImagePromptSpec made ready: the reference's embedding, its null, and lambda at each step."""
+
+    spec: ImagePromptSpec
+    embeds: Tensor  # (1, E)
+    scales: Tensor  # (N,) lambda at step i
+
+    @property
+    def null(self) -> Tensor:
+        return torch.zeros_like(self.embeds)  # diffusers' unconditional image embedding
+
+
+@dataclass
+class StructuredGuidance:
+    """Any guider with structure attached (see the module docstring). `null` is the unconditional text (the inner
+    guider's), which every channel term's eps_k and eps_u share. Conditions, in order: the inner guider's, then the
+    pure null when eps_u needs one of its own (the inner guider has no unconditional branch, or its unconditional
+    branch carries a control), then one per channel row (controls in row order, then the image)."""
+
+    inner: Guider
+    null: Cond
+    controls: Sequence[ControlRow]
+    image: ImageRow | None
+    channel_weights: Tensor  # (N, K) w_k(t_i) of each channel row, schedules and windows applied
+    image_prompt: ImagePromptAdapter | None = None
+    inner_count: int = field(init=False)
+    adds_null: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inner_count = len(self.inner.conds_at(0))
+        shared_uncond = any(row.spec.mode in UNCONDITIONAL_MODES for row in self.controls)
+        self.adds_null = bool(self.channel_rows) and (not self.inner.unconditional or shared_uncond)
+
+    @property
+    def channel_rows(self) -> list[ControlRow | ImageRow]:
+        rows: list[ControlRow | ImageRow] = [row for row in self.controls if row.spec.mode == "channel"]
+        if self.image is not None and self.image.spec.mode == "channel":
+            rows.append(self.image)
+        return rows
+
+    @property
+    def primary(self) -> int:
+        return self.inner.primary
+
+    @property
+    def unconditional(self) -> tuple[int, ...]:
+        return (*self.inner.unconditional, *((self.inner_count,) if self.adds_null else ()))
+
+    @property
+    def null_position(self) -> int:
+        """Where eps_u of the channel terms sits in conds_at(i)."""
+        return self.inner_count if self.adds_null else self.inner.unconditional[0]
+
+    def _with_image(self, cond: Cond, i: int, use_reference: bool) -> Cond:
+        if self.image is None:
+            return cond
+        balanced = self.image.spec.mode == "balanced"
+        embeds = self.image.embeds if use_reference and balanced else self.image.null
+        return replace(cond, image_embeds=embeds, image_scale=float(self.image.scales[i]))
+
+    def conds_at(self, i: int) -> list[Cond]:
+        unconditional = set(self.inner.unconditional)
+        conds = []
+        for position, cond in enumerate(self.inner.conds_at(i)):
+            is_uncond = position in unconditional
+            controls = tuple(row.input_at(i) for row in self.controls if row.spec.mode != "channel"
+                             and float(row.scales[i]) != 0 and not (is_uncond and row.spec.mode not in UNCONDITIONAL_MODES))
+            conds.append(self._with_image(replace(cond, controls=controls), i, use_reference=not is_uncond))
+        if self.adds_null:
+            conds.append(self._with_image(self.null, i, use_reference=False))
+        for k, row in enumerate(self.channel_rows):
+            active = float(self.channel_weights[i, k]) != 0  # a zero-weight term is skipped, its net not run
+            if isinstance(row, ImageRow):
+                conds.append(replace(self.null, image_embeds=row.embeds, image_scale=float(row.scales[i]) * active))
+            else:
+                controls = (row.input_at(i),) if active else ()
+                conds.append(self._with_image(replace(self.null, controls=controls), i, use_reference=False))
+        return conds
+
+    def combine(self, predictions: Sequence[Tensor], i: int, t: Tensor, x_t: Tensor) -> Tensor:
+        guided = self.inner.combine(predictions[: self.inner_count], i, t, x_t)
+        channels = predictions[self.inner_count + self.adds_null :]
+        uncond = predictions[self.null_position]
+        for k, prediction in enumerate(channels):
+            weight = float(self.channel_weights[i, k])
+            if weight != 0:  # Liu et al. 2022: + w_k (eps_k - eps_u), affine: fine in the model's own parameterisation
+                guided = guided + weight * (prediction - uncond)
+        return guided
+
+    @contextmanager
+    def attached(self, unet: UNet2DConditionModel, denoiser: object) -> Iterator[None]:
+        """For the run: the image tokens' holder on the denoiser and ImagePromptAttention on the cross-attention
+        layers, when an image row is active; both removed on exit (also on error or cancel)."""
+        if self.image is None or self.image_prompt is None:
+            yield
+            return
+        tokens = ImageTokens(self.image_prompt.image_proj)
+        key_value = self.image_prompt.key_value
+
+        def wrap(key: str, layer: Attention, processor: object) -> object | None:
+            return ImagePromptAttention(processor, *key_value[key], tokens) if key in key_value else None
+
+        denoiser.image_tokens = tokens
+        try:
+            with replaced_processors(unet, wrap):
+                yield
+        finally:
+            denoiser.image_tokens = None
+
+
+def structured_guider(inner: Guider, null: Cond, structure: StructureSpec, maps: Sequence[np.ndarray],
+                      reference: np.ndarray | None, controls: dict[str, ControlModel],
+                      image_prompt: ImagePromptAdapter | None, timesteps: Tensor, alphas_cumprod: Tensor,
+                      device: torch.device, dtype: torch.dtype) -> StructuredGuidance:
+    """The run's StructuredGuidance: maps (prepared, one per control row) as tensors, T2I-Adapter features once,
+    the reference's image embedding, and every per-step scale and channel weight."""
+    steps = len(timesteps)
+    alpha_bars = schedule.alpha_bars_at(alphas_cumprod, timesteps).double()
+    rows, weights = [], []
+    for spec, control_map in zip(structure.controls, maps, strict=True):
+        model = controls[spec.control]
+        image = control_tensor(control_map, device, dtype)
+        features = None
+        if model.kind == "t2i_adapter":
+            with torch.no_grad():
+                features = tuple(model.module(image))  # Mou et al. 2024: once per generation, not per step
+        if spec.mode == "channel":
+            scales = torch.full((steps,), spec.scale, dtype=torch.float64)
+            weights.append(spec.weight * schedule_factors(spec.schedule, spec.exponent, spec.start, spec.stop, alpha_bars))
+        else:
+            keep = adapter_keep if model.kind == "t2i_adapter" else controlnet_keep
+            scales = spec.scale * keep(steps, spec.start, spec.stop)
+        rows.append(ControlRow(spec, model, image, features, scales))
+    image_row = None
+    if (spec := structure.image_prompt) is not None:
+        if spec.mode == "channel":
+            scales = torch.full((steps,), spec.scale, dtype=torch.float64)
+            weights.append(spec.weight * schedule_factors(spec.schedule, spec.exponent, spec.start, spec.stop, alpha_bars))
+        else:
+            scales = spec.scale * controlnet_keep(steps, spec.start, spec.stop)
+        image_row = ImageRow(spec, image_embeds(image_prompt, reference).to(dtype), scales)
+    channel_weights = torch.stack(weights, dim=1) if weights else torch.zeros((steps, 0), dtype=torch.float64)
+    return StructuredGuidance(inner, null, rows, image_row, channel_weights, image_prompt)
+
+
+class ImageTokens:
+    """The image tokens of the current UNet batch, shared by every ImagePromptAttention layer; the denoiser sets
+    them from the conditions before each call (`set_batch`)."""
+
+    def __init__(self, image_proj: ImageProjection):
+        self.image_proj = image_proj
+        self.tokens: Tensor | None = None  # (S, num_tokens, D) or None when no sample reads the image this step
+        self.scales: Tensor | None = None  # (S, 1, 1) lambda per sample
+
+    def set_batch(self, conds: Sequence[Cond], batch: int) -> None:
+        scales = [c.image_scale for c in conds]
+        if all(scale == 0 for scale in scales):
+            self.tokens = self.scales = None
+            return
+        embeds = torch.cat([c.image_embeds.expand(batch, -1) for c in conds])  # (N*B, E), condition-major
+        with torch.no_grad():
+            self.tokens = self.image_proj(embeds)  # (N*B, num_tokens, D)
+        self.scales = torch.tensor(scales, dtype=self.tokens.dtype, device=self.tokens.device)
+        self.scales = self.scales.repeat_interleave(batch).view(-1, 1, 1)
+
+
+class ImagePromptAttention:
+    """Decoupled cross-attention (Ye et al. 2023, eq. 5): Z = Attn(Q, K, V) + lambda Attn(Q, K', V'), K' = to_k_ip(c_i),
+    V' = to_v_ip(c_i) of the image tokens c_i. Wraps whatever processor the layer has (stock SDPA, attention capture,
+    Prompt-to-Prompt editing), which computes the text part with its output projection, bias and residual; this adds
+    lambda Attn(Q, K', V') through the output projection's linear part only, as diffusers' IPAdapterAttnProcessor2_0
+    adds it before that projection."""
+
+    def __init__(self, inner: object, to_k_ip: nn.Linear, to_v_ip: nn.Linear, tokens: ImageTokens):
+        self.inner = inner
+        self.to_k_ip = to_k_ip
+        self.to_v_ip = to_v_ip
+        self.tokens = tokens
+
+    def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, temb: Tensor | None = None, *args, **kwargs) -> Tensor:
+        output = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if self.tokens.tokens is None:
+            return output
+        # the query as the stock processor computes it (spatial norm, (B, C, h, w) -> (B, h*w, C), group norm)
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        spatial_shape = hidden_states.shape if hidden_states.ndim == 4 else None
+        if spatial_shape is not None:
+            hidden_states = hidden_states.flatten(2).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        batch, heads = query.shape[0], attn.heads
+        head_dim = query.shape[-1] // heads
+        query = query.view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, N, d)
+        key = self.to_k_ip(self.tokens.tokens).view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, T_i, d)
+        value = self.to_v_ip(self.tokens.tokens).view(batch, -1, heads, head_dim).transpose(1, 2)
+        image_part = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        image_part = image_part.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)  # (B, N, H*d)
+        added = F.linear(image_part * self.tokens.scales, attn.to_out[0].weight)  # the bias is the inner's
+        if spatial_shape is not None:
+            added = added.transpose(-1, -2).reshape(spatial_shape)
+        return output + added / attn.rescale_output_factor
