@@ -202,3 +202,45 @@ def test_load_model_attaches_given_controls_and_refuses_two_of_one_name(tiny_mod
     assert model.image_prompt is not None and len(model.image_prompt.key_value) == 7
     with pytest.raises(ModelLoadError, match="Two controls are named 'outline'"):
         load_model(str(tiny_model_dir), device="cpu", controls=[outline, outline])
+
+
+def test_the_embedded_models_shipped_controls_load_by_the_map_they_read(tiny_base, tmp_path, monkeypatch):
+    from studio.models import attach_structure
+    from studio.structure import adapters
+
+    monkeypatch.setattr(adapters, "EMBEDDED_CONTROLS_DIR", tmp_path / "none-yet")
+    assert adapters.embedded_controls(tiny_base) == ({}, None)  # before room B ships them: nothing, no error
+    shipped = tmp_path / "shapes-sd-controls"
+    save_control(new_control(tiny_base.unet, "controlnet", "c", "layout"), shipped / "controlnet-layout", reads="layout")
+    save_control(new_control(tiny_base.unet, "t2i_adapter", "t", "outline"), shipped / "t2i-adapter-outline", reads="outline")
+    save_ip_adapter(new_ip_adapter(tiny_base.unet, image_embed_dim=32), shipped / "ip-adapter")
+    monkeypatch.setattr(adapters, "EMBEDDED_CONTROLS_DIR", shipped)
+    controls, image_prompt = adapters.embedded_controls(tiny_base)
+    assert {name: (c.kind, c.trained_for) for name, c in controls.items()} == {
+        "layout": ("controlnet", "layout"), "t2i-outline": ("t2i_adapter", "outline")}
+    assert image_prompt is not None
+
+    retrained = new_control(tiny_base.unet, "controlnet", "r", "layout")
+    torch.nn.init.ones_(retrained.module.controlnet_mid_block.weight)  # zero at init: ones tell the two apart
+    attach_structure(tiny_base, embedded=True, controls=[save_control(retrained, tmp_path / "layout", reads="layout")])
+    try:
+        assert set(tiny_base.controls) == {"layout", "t2i-outline"}  # the given "layout" replaced the shipped one
+        assert torch.all(tiny_base.controls["layout"].module.controlnet_mid_block.weight == 1)
+    finally:
+        tiny_base.controls, tiny_base.image_prompt = {}, None  # the module's other tests see the plain model
+
+
+def test_the_command_line_and_the_app_pass_structure_files_to_the_engine(monkeypatch):
+    import studio.engine
+    from studio.cli import parser
+    from studio.model_options import open_engine
+
+    opened = {}
+    monkeypatch.setattr(studio.engine, "Engine", lambda source, **options: opened.update(source=source, **options))
+    args = parser().parse_args(["--model", "sd15", "--controlnet", "canny", "--controlnet", "depth.safetensors",
+                                "--t2i-adapter", "t2i-sketch", "--ip-adapter", "ip.bin", "--image-encoder", "enc",
+                                "generate", "a cat"])
+    open_engine(args)
+    assert opened["source"] == "sd15"
+    assert opened["controls"] == ["canny", "depth.safetensors", "t2i-sketch"]
+    assert (opened["ip_adapter"], opened["image_encoder"]) == ("ip.bin", "enc")

@@ -29,7 +29,11 @@ from diffusers.models.embeddings import ImageProjection
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 from studio.errors import InvalidInputError, ModelLoadError
 
@@ -211,7 +215,7 @@ def read_weights(path: Path) -> dict:
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as handle:
-                return {key: handle.get_tensor(key) for key in handle.keys()}
+                return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
         except (SafetensorError, OSError, ValueError) as error:
             raise ModelLoadError(f"{path} is not a readable .safetensors file ({error}); it may be truncated or corrupt.") from error
     try:
@@ -460,10 +464,9 @@ def check_ip_adapter(image_proj: dict[str, torch.Tensor], ip_layers: dict[str, t
             weight = ip_layers.get(f"{diffusers_ip_index(position)}.{projection}.weight")
             if weight is None or tuple(weight.shape) != (attention.to_k.out_features, cross_attention_dim):
                 found = "missing" if weight is None else tuple(weight.shape)
-                raise _refuse("The IP-Adapter", name, base, [
-                    f"layer {key.removesuffix('.processor')} {projection} is {found} "
-                    f"(the base needs {(attention.to_k.out_features, cross_attention_dim)})"],
-                    f"Load an IP-Adapter trained for {base.name}.")
+                needed = (attention.to_k.out_features, cross_attention_dim)
+                difference = f"layer {key.removesuffix('.processor')} {projection} is {found} (the base needs {needed})"
+                raise _refuse("The IP-Adapter", name, base, [difference], f"Load an IP-Adapter trained for {base.name}.")
     return keys
 
 
