@@ -25,6 +25,17 @@ if TYPE_CHECKING:  # types only: the maths does not import the loaders
     from studio.structure.runtime import ControlInput, ImageTokens
 
 
+def _add_at(total: Tensor | None, part: Tensor, samples: Tensor, size: int) -> Tensor:
+    """total + `part` placed at rows `samples` of a batch of `size` (zeros elsewhere; None is all zeros). A part
+    covering the whole batch is used as it is, so one net gives the UNet exactly its scaled residuals."""
+    if len(samples) == size:  # every row, in order (samples ascend)
+        return part if total is None else total + part
+    if total is None:
+        total = part.new_zeros((size, *part.shape[1:]))
+    total[samples] += part  # total is a sum made here: updating it in place is safe
+    return total
+
+
 class Denoiser:
     def __init__(self, model: LoadedModel, alphas_cumprod: Tensor):
         self.unet = model.unet
@@ -69,34 +80,34 @@ class Denoiser:
             for control in cond.controls:
                 if control.scale != 0:
                     groups.setdefault((id(control.model), id(control.image)), []).append((position, control))
-        residuals: dict[str, Any] = {}
+        size = len(model_input)
+        residuals: dict[str, list[Tensor | None]] = {}  # UNet keyword -> per-layer sums over the whole batch
         for members in groups.values():
             samples = torch.tensor([position * batch + image for position, _ in members for image in range(batch)],
-                                   device=model_input.device)
+                                   device=model_input.device)  # ascending: condition-major
             first = members[0][1]
             if first.model.kind == "t2i_adapter":
-                features = first.features
-                factors = self._sample_factors(members, len(features), batch, model_input.device)  # (S, L)
-                summed = residuals.setdefault("down_intrablock_additional_residuals",
-                                              [model_input.new_zeros((len(model_input), *f.shape[1:])) for f in features])
-                for k, feature in enumerate(features):
-                    summed[k][samples] += feature * factors[:, k, None, None, None].to(feature.dtype)
-                continue
-            net_added = None if added is None else {key: value[samples] for key, value in added.items()}
-            down, mid = first.model.module(
-                model_input[samples], t, encoder_hidden_states=embeddings[samples],
-                controlnet_cond=first.image.expand(len(samples), -1, -1, -1), conditioning_scale=1.0,
-                added_cond_kwargs=net_added, return_dict=False,
-            )
-            factors = self._sample_factors(members, len(down) + 1, batch, model_input.device)  # (S, L)
-            summed_down = residuals.setdefault("down_block_additional_residuals",
-                                               [model_input.new_zeros((len(model_input), *d.shape[1:])) for d in down])
-            summed_mid = residuals.setdefault("mid_block_additional_residual",
-                                              model_input.new_zeros((len(model_input), *mid.shape[1:])))
-            for k, residual in enumerate(down):
-                summed_down[k][samples] += residual * factors[:, k, None, None, None].to(residual.dtype)
-            summed_mid[samples] += mid * factors[:, -1, None, None, None].to(mid.dtype)
-        return residuals
+                parts = {"down_intrablock_additional_residuals": list(first.features)}
+            else:
+                net_added = None if added is None else {key: value[samples] for key, value in added.items()}
+                down, mid = first.model.module(
+                    model_input[samples], t, encoder_hidden_states=embeddings[samples],
+                    controlnet_cond=first.image.expand(len(samples), -1, -1, -1), conditioning_scale=1.0,
+                    added_cond_kwargs=net_added, return_dict=False,
+                )
+                parts = {"down_block_additional_residuals": list(down), "mid_block_additional_residual": [mid]}
+            layers = sum(len(tensors) for tensors in parts.values())  # ControlNet: the down blocks', then the mid's
+            factors = self._sample_factors(members, layers, batch, model_input.device)  # (S, layers)
+            layer = 0
+            for keyword, tensors in parts.items():
+                sums = residuals.setdefault(keyword, [None] * len(tensors))
+                for k, tensor in enumerate(tensors):
+                    scaled = tensor * factors[:, layer, None, None, None].to(tensor.dtype)  # (S, C, h, w)
+                    sums[k] = _add_at(sums[k], scaled, samples, size)
+                    layer += 1
+        # the UNet takes the mid block's residual as one tensor, the others as lists
+        return {keyword: sums[0] if keyword == "mid_block_additional_residual" else sums
+                for keyword, sums in residuals.items()}
 
     @staticmethod
     def _sample_factors(members: Sequence[tuple[int, ControlInput]], layers: int, batch: int,

@@ -15,7 +15,7 @@ StableDiffusionAdapterPipeline and the IP-Adapter path of StableDiffusionPipelin
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -47,7 +47,7 @@ from studio.jobs import (
     step_events,
     to_images,
 )
-from studio.models import decode_latents
+from studio.models import LoadedModel, decode_latents
 from studio.sampling import make_scheduler, sample_steps
 from studio.specs import GenerateSpec
 from studio.structure.maps import prepare_control_map
@@ -90,6 +90,20 @@ class PreparedStructure:
             "controls": [image_record(Image.fromarray(m)) for m in self.maps],
             "image_prompt": None if self.reference is None else image_record(Image.fromarray(self.reference)),
         }
+
+    def wrap(self, model: LoadedModel, inner: Guider, null: Cond, timesteps: Tensor,
+             alphas_cumprod: Tensor) -> StructuredGuidance:
+        """`inner` with this structure attached over the run's `timesteps` (windows are fractions of the steps it
+        runs, as diffusers' img2img ControlNet pipelines count them), on `model`'s controls: what every job that
+        samples uses."""
+        return structured_guider(inner, null, self.spec, self.maps, self.reference, model.controls,
+                                 model.image_prompt, timesteps, alphas_cumprod, model.device, model.dtype)
+
+
+def structure_attached(guider: Guider, unet: object, denoiser: Denoiser) -> AbstractContextManager[None]:
+    """For a run: the image prompt's attention installed when `guider` carries structure (see
+    StructuredGuidance.attached); nothing to install otherwise."""
+    return guider.attached(unet, denoiser) if isinstance(guider, StructuredGuidance) else nullcontext()
 
 
 def prepare_structure(host: ModelHost, structure: StructureSpec | None, images: StructureImages | None,
@@ -200,9 +214,7 @@ def _generate(host: ModelHost, spec: GenerateSpec, seed: int, prompts: Prompts, 
     denoiser = Denoiser(model, scheduler.alphas_cumprod)
     guider = choose_guider(host, spec, prompt, uncond, conditions, scheduler.timesteps, scheduler.alphas_cumprod)
     if structure is not None:  # control maps and image prompt on top of whichever guider runs
-        guider = structured_guider(guider, uncond, structure.spec, structure.maps, structure.reference,
-                                   model.controls, model.image_prompt, scheduler.timesteps, scheduler.alphas_cumprod,
-                                   host.device, model.dtype)
+        guider = structure.wrap(model, guider, uncond, scheduler.timesteps, scheduler.alphas_cumprod)
         clock.lap("structure")  # the T2I-Adapter's features and the image embedding, once per run
 
     # 4. initial latents: item i from its own CPU generator seeded seed + i (as AUTOMATIC1111 seeds a batch), so
@@ -221,11 +233,10 @@ def _generate(host: ModelHost, spec: GenerateSpec, seed: int, prompts: Prompts, 
             batch_index=denoiser.batch_index(guider.primary, image=0, batch=spec.batch_size),
         )
     capture = capture_cross_attention(model.unet, store) if store is not None else nullcontext()
-    attached = guider.attached(model.unet, denoiser) if isinstance(guider, StructuredGuidance) else nullcontext()
 
     # 6. denoising loop, streaming progress, previews and attention maps (the image prompt's attention wraps the
     #    stock processors first, so capture wraps it in turn)
-    with attached, capture:
+    with structure_attached(guider, model.unet, denoiser), capture:
         for state in sample_steps(denoiser, guider, scheduler, scheduler.timesteps, latents, cancel, generators,
                                   on_step_begin=store.begin_step if store is not None else None):
             latents = state["x"]

@@ -1,8 +1,8 @@
 """Protects: structure control in diffusers' default mode is diffusers' own pipelines, pixel for pixel (max abs
 difference <= 1e-4, CPU fp32, same model, seed and settings): StableDiffusionControlNetPipeline with one net, with two
 (MultiControlNetModel, different scales and windows) and in guess mode; StableDiffusionAdapterPipeline; and
-StableDiffusionPipeline.load_ip_adapter on a file in diffusers' layout. The controls are random (their zero
-convolutions perturbed, else every residual is 0 and a wrong wiring could not fail), on the tiny random model."""
+StableDiffusionPipeline.load_ip_adapter on a file in diffusers' layout. The controls are random
+(tests/structure_harness.py), on the tiny random model."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from structure_harness import square_map
+from structure_harness import structure_engine as random_structure_engine
 
 from studio.events import Result
 from studio.sampling import make_scheduler
 from studio.specs import GenerateSpec
-from studio.structure.adapters import new_control, new_ip_adapter, save_ip_adapter
+from studio.structure.adapters import save_ip_adapter
 from studio.structure.spec import (
     ControlSpec,
     ImagePromptSpec,
@@ -25,45 +27,12 @@ from studio.structure.spec import (
 TOLERANCE = 1e-4
 PROMPT = "a big red circle on the left"
 SETTINGS = dict(seed=3, steps=4, guidance_scale=6.0, scheduler="ddim")
-
-
-def layout_map(left: int, top: int, size: int) -> np.ndarray:
-    """(128, 128, 3) white square on black."""
-    pixels = np.zeros((128, 128, 3), np.uint8)
-    pixels[top : top + size, left : left + size] = 255
-    return pixels
-
-
-MAP_A, MAP_B = layout_map(10, 20, 60), layout_map(60, 50, 50)
-
-
-def random_controlnet(unet, seed: int):
-    """ControlNetModel.from_unet with its zero convolutions (the map's embedding output and every residual's)
-    drawn at random, so the map and the net change the image."""
-    model = new_control(unet, "controlnet", f"net{seed}", "layout")
-    generator = torch.Generator().manual_seed(seed)
-    net = model.module
-    for conv in (net.controlnet_cond_embedding.conv_out, *net.controlnet_down_blocks, net.controlnet_mid_block):
-        conv.weight.data = torch.randn(conv.weight.shape, generator=generator) * 0.05
-        conv.bias.data = torch.randn(conv.bias.shape, generator=generator) * 0.05
-    return model
+MAP_A, MAP_B = square_map(10, 20, 60), square_map(60, 50, 50)
 
 
 @pytest.fixture(scope="module")
 def structure_engine(tiny_model_dir):
-    """An engine of its own (the session's tiny_engine keeps no controls) with two ControlNets, a T2I-Adapter and
-    an IP-Adapter attached at random init."""
-    from studio.engine import Engine
-
-    engine = Engine(str(tiny_model_dir), device="cpu")
-    unet = engine.model.unet
-    engine.model.controls["layout"] = random_controlnet(unet, 1)
-    engine.model.controls["outline"] = random_controlnet(unet, 2)
-    torch.manual_seed(4)
-    engine.model.controls["t2i-outline"] = new_control(unet, "t2i_adapter", "t2i-outline", "outline")
-    torch.manual_seed(5)
-    engine.model.image_prompt = new_ip_adapter(unet, image_embed_dim=32)
-    return engine
+    return random_structure_engine(tiny_model_dir)
 
 
 def stock(tiny_model_dir, engine):

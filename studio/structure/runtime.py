@@ -230,6 +230,8 @@ def structured_guider(inner: Guider, null: Cond, structure: StructureSpec, maps:
         image = control_tensor(control_map, device, dtype)
         features = None
         if model.kind == "t2i_adapter":
+            if model.module.config.in_channels == 1:  # grey-map adapters (TencentARC's canny, sketch): white on
+                image = image.mean(dim=1, keepdim=True)  # black reads the same in any grey conversion
             with torch.no_grad():
                 features = tuple(model.module(image))  # Mou et al. 2024: once per generation, not per step
         if spec.mode == "channel":
