@@ -188,6 +188,8 @@ class StructuredGuidance:
     def combine(self, predictions: Sequence[Tensor], i: int, t: Tensor, x_t: Tensor) -> Tensor:
         guided = self.inner.combine(predictions[: self.inner_count], i, t, x_t)
         channels = predictions[self.inner_count + self.adds_null :]
+        if not channels:  # no channel row: nothing to add (and an inner guider at w = 1 has no eps_u)
+            return guided
         uncond = predictions[self.null_position]
         for k, prediction in enumerate(channels):
             weight = float(self.channel_weights[i, k])
@@ -276,39 +278,47 @@ class ImageTokens:
 
 class ImagePromptAttention:
     """Decoupled cross-attention (Ye et al. 2023, eq. 5): Z = Attn(Q, K, V) + lambda Attn(Q, K', V'), K' = to_k_ip(c_i),
-    V' = to_v_ip(c_i) of the image tokens c_i. Wraps whatever processor the layer has (stock SDPA, attention capture,
-    Prompt-to-Prompt editing), which computes the text part with its output projection, bias and residual; this adds
-    lambda Attn(Q, K', V') through the output projection's linear part only, as diffusers' IPAdapterAttnProcessor2_0
-    adds it before that projection."""
+    V' = to_v_ip(c_i) of the image tokens c_i.
+
+    Wraps whatever processor the layer has (stock SDPA, attention capture, Prompt-to-Prompt editing) and lets it
+    compute the layer: while it runs, the layer's own query (the output of attn.to_q) is kept, and lambda
+    Attn(Q, K', V') is added to the input of the output projection attn.to_out[0] -- where diffusers'
+    IPAdapterAttnProcessor2_0 adds it, so the maths and the cost are its own (no second query, no second projection).
+    """
 
     def __init__(self, inner: object, to_k_ip: nn.Linear, to_v_ip: nn.Linear, tokens: ImageTokens):
         self.inner = inner
         self.to_k_ip = to_k_ip
         self.to_v_ip = to_v_ip
         self.tokens = tokens
+        self.heads = 1
+        self.query: Tensor | None = None  # (B, N, H*d) the layer's query of the current call
 
     def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                  attention_mask: Tensor | None = None, temb: Tensor | None = None, *args, **kwargs) -> Tensor:
-        output = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         if self.tokens.tokens is None:
-            return output
-        # the query as the stock processor computes it (spatial norm, (B, C, h, w) -> (B, h*w, C), group norm)
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        spatial_shape = hidden_states.shape if hidden_states.ndim == 4 else None
-        if spatial_shape is not None:
-            hidden_states = hidden_states.flatten(2).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        batch, heads = query.shape[0], attn.heads
-        head_dim = query.shape[-1] // heads
-        query = query.view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, N, d)
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        self.heads = attn.heads
+        hooks = (attn.to_q.register_forward_hook(self._keep_query),
+                 attn.to_out[0].register_forward_pre_hook(self._add_image_attention))
+        try:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.query = None
+
+    def _keep_query(self, module: nn.Module, inputs: tuple[Tensor, ...], query: Tensor) -> None:
+        if len(query) == len(self.tokens.tokens):  # the layer's own call (a capture's one-sample query is not)
+            self.query = query
+
+    def _add_image_attention(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        (text_part,) = inputs  # (B, N, H*d) Attn(Q, K, V), heads merged
+        batch, heads = self.query.shape[0], self.heads
+        head_dim = self.query.shape[-1] // heads
+        query = self.query.view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, N, d)
         key = self.to_k_ip(self.tokens.tokens).view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, T_i, d)
         value = self.to_v_ip(self.tokens.tokens).view(batch, -1, heads, head_dim).transpose(1, 2)
         image_part = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
         image_part = image_part.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)  # (B, N, H*d)
-        added = F.linear(image_part * self.tokens.scales, attn.to_out[0].weight)  # the bias is the inner's
-        if spatial_shape is not None:
-            added = added.transpose(-1, -2).reshape(spatial_shape)
-        return output + added / attn.rescale_output_factor
+        return (text_part + image_part * self.tokens.scales,)
