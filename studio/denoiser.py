@@ -86,12 +86,13 @@ class Denoiser:
             samples = torch.tensor([position * batch + image for position, _ in members for image in range(batch)],
                                    device=model_input.device)  # ascending: condition-major
             first = members[0][1]
+            rows = slice(None) if len(samples) == size else samples  # the whole batch: no copies of its inputs
             if first.model.kind == "t2i_adapter":
                 parts = {"down_intrablock_additional_residuals": list(first.features)}
             else:
-                net_added = None if added is None else {key: value[samples] for key, value in added.items()}
+                net_added = None if added is None else {key: value[rows] for key, value in added.items()}
                 down, mid = first.model.module(
-                    model_input[samples], t, encoder_hidden_states=embeddings[samples],
+                    model_input[rows], t, encoder_hidden_states=embeddings[rows],
                     controlnet_cond=first.image.expand(len(samples), -1, -1, -1), conditioning_scale=1.0,
                     added_cond_kwargs=net_added, return_dict=False,
                 )
