@@ -3,6 +3,10 @@
     studio generate "a big red circle on a blue background" --seeds 0-7 --out runs/circles
     studio generate --prompts prompts.txt --steps 25 --guidance 7.5 --model path/to/sd15 --out runs/sd15
     studio generate --from-png runs/circles/0000-seed0.png --out runs/again  # remake an image from its settings
+    studio generate "a red circle on a blue background" --control layout layout.png --control outline edges.png \\
+        --control-scale 1 0.5 --image-prompt reference.png
+    studio --model sd15 --controlnet control_v11p_sd15_canny --ip-adapter ip-adapter_sd15.bin \\
+        generate "a house" --control control_v11p_sd15_canny canny.png --image-prompt colours.png --image-prompt-scale 0.6
     studio edit sdedit strokes.png --prompt "a red circle on a blue background" --t0 0.4,0.6 --out runs/sdedit
     studio edit diffedit photo.png --source "a red circle" --target "a blue circle" --out runs/diffedit
     studio edit p2p --source "a big red circle" --target "a big red square" --edit "word swap" --seed 3
@@ -32,6 +36,7 @@ from studio.errors import StudioError  # noqa: E402
 from studio.inversion.result import METHODS as INVERSION_METHODS  # noqa: E402
 from studio.model_options import add_model_options, open_engine  # noqa: E402
 from studio.specs import SCHEDULERS, GenerateSpec  # noqa: E402
+from studio.structure.spec import CONTROL_MODES  # noqa: E402
 
 if TYPE_CHECKING:  # for annotations only: each command imports what it runs
     import numpy as np
@@ -40,6 +45,7 @@ if TYPE_CHECKING:  # for annotations only: each command imports what it runs
     from studio.engine import Engine
     from studio.events import Event, Result
     from studio.inversion import Inversion
+    from studio.structure.spec import StructureImages, StructureSpec
 
 
 def spec_default(name: str) -> object:
@@ -73,13 +79,44 @@ def generate_specs(args: argparse.Namespace) -> Iterator[GenerateSpec]:
 
     for png in args.from_png or []:
         yield GenerateSpec(**spec_fields(read_png_settings(png)))
+    structure = structure_spec(args)
     for prompt in _prompts(args):
         for seed in args.seeds:
             yield GenerateSpec(
                 prompt=prompt, negative_prompt=args.negative, seed=seed, steps=args.steps,
                 guidance_scale=args.guidance, scheduler=args.scheduler, width=args.size, height=args.size,
-                batch_size=args.batch,
+                batch_size=args.batch, structure=structure,
             )
+
+
+def structure_spec(args: argparse.Namespace) -> StructureSpec | None:
+    """The structure rows of --control (each row at --control-mode) and --image-prompt; None without any."""
+    from studio.structure.spec import ControlSpec, ImagePromptSpec, StructureSpec
+
+    scales = args.control_scale or [1.0] * len(args.control)
+    if len(scales) != len(args.control):
+        raise StudioError(f"--control-scale gives {len(scales)} scale(s) for {len(args.control)} --control row(s): "
+                          "give one per row, in the same order.")
+    controls = tuple(ControlSpec(control=name, scale=scale, mode=args.control_mode)
+                     for (name, _), scale in zip(args.control, scales, strict=True))
+    image_prompt = ImagePromptSpec(scale=args.image_prompt_scale) if args.image_prompt else None
+    return StructureSpec(controls=controls, image_prompt=image_prompt) if controls or image_prompt else None
+
+
+def structure_images(args: argparse.Namespace) -> StructureImages | None:
+    """The control maps of --control and the reference image of --image-prompt, as read from their files (the job
+    converts and resizes them, with a note)."""
+    import numpy as np
+
+    from studio.structure.spec import StructureImages
+
+    def pixels(path: str) -> np.ndarray:
+        image = read_image(path)
+        return np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB"))
+
+    maps = tuple(pixels(path) for _, path in args.control)
+    reference = pixels(args.image_prompt) if args.image_prompt else None
+    return StructureImages(controls=maps, image_prompt=reference) if maps or reference is not None else None
 
 
 class Output:
@@ -106,10 +143,12 @@ class Output:
 
 
 def finish(events: Iterator[Event], label: str) -> Result:
-    """Run a job to its Result, reporting progress on stderr."""
-    from studio.events import Progress, Result
+    """Run a job to its Result, reporting progress and its notes about the inputs on stderr."""
+    from studio.events import Notice, Progress, Result
 
     for event in events:
+        if isinstance(event, Notice):
+            print(f"{label}: {event.text}", file=sys.stderr)
         if isinstance(event, Progress) and event.total:
             print(f"\r{label}: {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
         if isinstance(event, Result):
@@ -125,9 +164,10 @@ def run_generate(engine: Engine, args: argparse.Namespace) -> int:
     for spec in specs:  # check every job before running any: a typo on line 40 should not waste 39 jobs
         spec.validate(engine.size_multiple)
         engine.tokenize(spec.prompt)
+    images = structure_images(args)
     output = Output(args.out)
     for number, spec in enumerate(specs, start=1):
-        result = finish(engine.generate(replace(spec)), f"[{number}/{len(specs)}] {spec.prompt!r}")
+        result = finish(engine.generate(replace(spec), structure_images=images), f"[{number}/{len(specs)}] {spec.prompt!r}")
         output.save(result, [f"seed{seed}" for seed in result.settings["seeds"]])  # each image's own seed
     print(f"{output.count} image(s) in {output.folder}", file=sys.stderr)
     return 0
@@ -245,6 +285,18 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--size", type=int, default=None, help="width and height in pixels (default: the model's)")
     gen.add_argument("--batch", type=int, default=1,
                      help="images per seed, in one batch; image i uses seed + i (as AUTOMATIC1111)")
+    gen.add_argument("--control", action="append", default=[], nargs=2, metavar=("NAME", "MAP"),
+                     help="steer with a loaded control (layout, outline, t2i-outline, or a --controlnet/--t2i-adapter "
+                          "folder's or file's name) reading the control map image MAP; repeatable")
+    gen.add_argument("--control-scale", type=float, nargs="+", metavar="SCALE",
+                     help="each --control row's scale, in order (default 1 each)")
+    gen.add_argument("--control-mode", default="balanced", choices=list(CONTROL_MODES),
+                     help="how every control steers: balanced (diffusers' default), prompt / control (A1111's 'my prompt' "
+                          "/ 'ControlNet is more important'), guess (diffusers' guess mode), channel (its own guidance term)")
+    gen.add_argument("--image-prompt", metavar="IMAGE",
+                     help="an image prompt (IP-Adapter, --ip-adapter): these colours, this arrangement")
+    gen.add_argument("--image-prompt-scale", type=float, default=1.0, metavar="SCALE",
+                     help="lambda of the image prompt's attention (default 1)")
     gen.add_argument("--out", default="studio-output", help="folder for the PNGs and results.jsonl")
     gen.set_defaults(run=run_generate)
 
@@ -289,6 +341,10 @@ def parser() -> argparse.ArgumentParser:
     p2p.add_argument("--size", type=int, default=None, help="side of the generated pair in pixels (default: native)")
     p2p.set_defaults(run=run_p2p)
 
+    # listed for `studio --help`; main() hands everything after `train` to studio.train, which has its own options
+    commands.add_parser("train", add_help=False, help="train a structure control for the embedded model: "
+                        "controlnet, t2i-adapter or ip-adapter (`studio train --help`)")
+
     for command in (inv, sdedit, diffedit):
         command.add_argument("--keep-size", action="store_true",
                              help="work at the image's own size (its shorter side down to a multiple of 8) "
@@ -312,6 +368,12 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from studio.train import main as train
+
+        train(argv[1:])
+        return 0
     args = parser().parse_args(argv)
     quiet_libraries()
     try:

@@ -244,3 +244,34 @@ def test_the_command_line_and_the_app_pass_structure_files_to_the_engine(monkeyp
     assert opened["source"] == "sd15"
     assert opened["controls"] == ["canny", "depth.safetensors", "t2i-sketch"]
     assert (opened["ip_adapter"], opened["image_encoder"]) == ("ip.bin", "enc")
+
+
+def test_studio_generate_steers_with_given_controls_and_an_image_prompt(tiny_model_dir, tiny_base, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from studio.cli import main
+    from studio.png_settings import read_png_settings
+
+    controlnet = save_control(new_control(tiny_base.unet, "controlnet", "c", "layout"), tmp_path / "my-layout")
+    adapter = save_control(new_control(tiny_base.unet, "t2i_adapter", "t", "outline"), tmp_path / "my-outline")
+    ip_weights = save_ip_adapter(new_ip_adapter(tiny_base.unet, image_embed_dim=32), tmp_path / "ip")
+    layout = np.zeros((64, 64, 3), np.uint8)
+    layout[16:48, 16:48] = 255
+    Image.fromarray(layout).save(tmp_path / "layout.png")  # half the model's size: resized, with a note
+    Image.fromarray(np.full((128, 128, 4), 200, np.uint8)).save(tmp_path / "reference.png")
+    model = ["--model", str(tiny_model_dir), "--device", "cpu", "--controlnet", str(controlnet),
+             "--t2i-adapter", str(adapter), "--ip-adapter", str(ip_weights)]
+    rows = ["--control", "my-layout", str(tmp_path / "layout.png"), "--control", "my-outline", str(tmp_path / "layout.png")]
+    out = tmp_path / "out"
+    assert main([*model, "generate", "a red circle", "--steps", "2", *rows, "--control-scale", "1", "0.5",
+                 "--image-prompt", str(tmp_path / "reference.png"), "--image-prompt-scale", "0.6", "--out", str(out)]) == 0
+    assert "resized to 128x128" in capsys.readouterr().err
+    settings = read_png_settings(out / "0000-seed0.png")
+    assert [(row["control"], row["scale"]) for row in settings["structure"]["controls"]] == [("my-layout", 1.0), ("my-outline", 0.5)]
+    assert settings["structure"]["image_prompt"]["scale"] == 0.6
+
+    assert main([*model, "generate", "a red circle", "--steps", "2", *rows, "--control-scale", "1", "--out", str(out)]) == 2
+    assert "--control-scale gives 1 scale(s) for 2 --control row(s)" in capsys.readouterr().err
+    assert main([*model[:4], "generate", "a red circle", "--steps", "2", *rows[:3], "--out", str(out)]) == 2
+    assert "no control named 'my-layout' is loaded" in capsys.readouterr().err
