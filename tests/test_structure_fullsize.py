@@ -140,6 +140,42 @@ def test_sdxl_controls_fit_sdxl_and_are_refused_on_sd15(tmp_path):
         check_t2i_adapter(adapter_sd15, "t2i-adapter-canny-sd15", sdxl)
 
 
+def narrow_sdxl_unet() -> dict:
+    """SDXL's UNet structure (text_time added conditions, 2 transformer layers per block, no attention at the first
+    level) at a fraction of its width: what the SDXL paths read, in seconds."""
+    return {**SDXL.unet, "block_out_channels": [32, 64, 128], "transformer_layers_per_block": [1, 2, 2],
+            "attention_head_dim": [1, 2, 4], "cross_attention_dim": 64, "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 6 * 8 + 64, "sample_size": 16}
+
+
+def test_controlnet_t2i_adapter_and_ip_adapter_files_load_for_an_sdxl_shaped_unet(tmp_path):
+    import copy
+
+    base = base_model(narrow_sdxl_unet(), "sdxl-narrow")
+    control = new_control(base.unet, "controlnet", "made", "canny")
+    control.module.save_pretrained(tmp_path / "controlnet-canny-sdxl")
+    loaded = load_control(tmp_path / "controlnet-canny-sdxl", base)
+    assert loaded.module.config.addition_embed_type == "text_time"
+    assert_same_weights(loaded.module, control.module)
+
+    T2IAdapter(channels=[32, 64, 128, 128], adapter_type="full_adapter_xl", downscale_factor=16).save_pretrained(
+        tmp_path / "t2i-adapter-canny-sdxl")
+    assert load_control(tmp_path / "t2i-adapter-canny-sdxl", base).kind == "t2i_adapter"
+
+    adapter = new_ip_adapter(base.unet, image_embed_dim=32)
+    # cross-attention layers: down levels 1-2 (2 layers x 2 transformer layers each), mid (2), up levels 0-1 (3 x 2 each)
+    assert len(adapter.key_value) == 4 + 4 + 2 + 6 + 6
+    flat = ip_adapter_state_dict(adapter)
+    nested = {part: {key.removeprefix(part + "."): tensor for key, tensor in flat.items() if key.startswith(part + ".")}
+              for part in ("image_proj", "ip_adapter")}
+    diffusers_unet = copy.deepcopy(base.unet)
+    diffusers_unet._load_ip_adapter_weights([nested])  # what StableDiffusionXLPipeline.load_ip_adapter calls
+    processors = diffusers_unet.attn_processors
+    for key, (to_k_ip, to_v_ip) in adapter.key_value.items():
+        assert torch.equal(processors[key].to_k_ip[0].weight, to_k_ip.weight), key
+        assert torch.equal(processors[key].to_v_ip[0].weight, to_v_ip.weight), key
+
+
 # ---------------------------------------------------------------------------------------------
 # slow: full-size weights written and read
 
