@@ -2,7 +2,9 @@
 real weights) with the files users download, each written here in its layout: a ControlNet folder, a ControlNet
 single file in the original layout (lllyasviel/ControlNet's `control_model.*`), a T2I-Adapter folder, an IP-Adapter
 .bin and .safetensors with its image encoder; and the files that do not fit (SD 1.5's ControlNet on shapes-sd,
-SD 2's 1024-wide one on SD 1.5, SDXL's on SD 1.5) refused naming both models.
+SD 2's 1024-wide one on SD 1.5, SDXL's on SD 1.5) refused naming both models. SDXL's files (ControlNetModel.from_unet
+on its UNet, the "full_adapter_xl" T2I-Adapter, the IP-Adapter as diffusers' UNet loader reads it) load for SDXL's
+UNet structure at a fraction of its width: at full size they would need ~10 GB of memory here and test nothing more.
 
 Files whose weights are never read (a refused folder) hold only their config.json, and bases that only answer
 shape questions are built on the meta device: those tests are fast; the ones that write and read full-size weights
