@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -51,7 +51,12 @@ from studio.models import LoadedModel, decode_latents
 from studio.sampling import make_scheduler, sample_steps
 from studio.specs import GenerateSpec
 from studio.structure.maps import prepare_control_map
-from studio.structure.runtime import StructuredGuidance, structured_guider
+from studio.structure.runtime import (
+    StructuredGuidance,
+    StructureSchedule,
+    structure_schedule,
+    structured_guider,
+)
 from studio.structure.spec import StructureImages, StructureSpec
 
 
@@ -63,6 +68,7 @@ class GuidancePlan:
     labels: list[str]  # condition names: the prompt, then each condition row
     weights: Tensor  # (N, K) signed weight w_k(t_i); column 0 is the prompt (guidance scale)
     classifier_strengths: Tensor | None  # (N,) s(t_i), None without classifier guidance
+    structure: StructureSchedule | None = None  # each structure row's scale and channel weight per step; None without
 
 
 @dataclass(frozen=True)
@@ -106,15 +112,20 @@ def structure_attached(guider: Guider, unet: object, denoiser: Denoiser) -> Abst
     return guider.attached(unet, denoiser) if isinstance(guider, StructuredGuidance) else nullcontext()
 
 
+def check_structure(host: ModelHost, structure: StructureSpec) -> None:
+    """`structure` against the model's loaded controls and IP-Adapter; raises InvalidInputError."""
+    controls = host.model.controls
+    structure.validate({name: f"{c.kind} for {c.trained_for or 'unknown maps'}" for name, c in controls.items()},
+                       host.model.image_prompt is not None)
+
+
 def prepare_structure(host: ModelHost, structure: StructureSpec | None, images: StructureImages | None,
                       width: int, height: int) -> PreparedStructure | None:
     """Check a spec's structure against the loaded controls and its images (no model work); None when it has none.
     Raises InvalidInputError: unknown control, no IP-Adapter loaded, missing or empty map, missing reference."""
     if structure is None or structure.empty:
         return None
-    controls = host.model.controls
-    structure.validate({name: f"{c.kind} for {c.trained_for or 'unknown maps'}" for name, c in controls.items()},
-                       host.model.image_prompt is not None)
+    check_structure(host, structure)
     if images is None:
         raise InvalidInputError("The structure rows need their images: give each control row its map"
                                 + (" and the image prompt its reference." if structure.image_prompt else "."))
@@ -139,7 +150,12 @@ def guidance_plan(host: ModelHost, spec: GenerateSpec) -> GuidancePlan:
     spec.validate(host.size_multiple)
     scheduler = make_scheduler(spec.scheduler, host.model.scheduler_config)
     scheduler.set_timesteps(spec.steps)
-    return plan_of(spec, scheduler.timesteps, scheduler.alphas_cumprod)
+    plan = plan_of(spec, scheduler.timesteps, scheduler.alphas_cumprod)
+    if spec.structure is None or spec.structure.empty:
+        return plan
+    check_structure(host, spec.structure)
+    kinds = {name: control.kind for name, control in host.model.controls.items()}
+    return replace(plan, structure=structure_schedule(spec.structure, kinds, scheduler.timesteps, scheduler.alphas_cumprod))
 
 
 def plan_of(spec: GenerateSpec, timesteps: Tensor, alphas_cumprod: Tensor) -> GuidancePlan:

@@ -173,3 +173,14 @@ def test_an_image_row_without_an_ip_adapter_and_controls_on_a_bare_model_are_ref
     with pytest.raises(InvalidInputError, match=r"no control named 'layout' is loaded \(loaded: none\)"):
         tiny_engine.generate(GenerateSpec(PROMPT, structure=StructureSpec((ControlSpec("layout"),))),
                              structure_images=StructureImages((MAP,)))
+
+
+def test_the_guidance_plan_shows_each_rows_scale_and_channel_weight_per_step(structure_engine):
+    rows = (ControlSpec("layout", scale=0.5, start=0.25), ControlSpec("t2i-outline", stop=0.5),
+            ControlSpec("outline", mode="channel", weight=2.0, schedule="ramp_down"))
+    plan = structure_engine.guidance_plan(GenerateSpec(PROMPT, steps=4, structure=StructureSpec(rows))).structure
+    assert plan.labels == ["Control 1 (layout)", "Control 2 (t2i-outline)", "Control 3 (outline)"]
+    assert plan.scales[:, 0].tolist() == [0.0, 0.5, 0.5, 0.5]  # ControlNet: i/N >= start and (i+1)/N <= stop
+    assert plan.scales[:, 1].tolist() == [1.0, 1.0, 0.0, 0.0]  # T2I-Adapter: i < int(N * stop)
+    assert plan.channel_labels == ["Control 3 (outline)"]
+    assert plan.channel_weights[:, 0].tolist() == pytest.approx([2.0, 4 / 3, 2 / 3, 0.0])

@@ -16,7 +16,7 @@ computed once per run, and the IP-Adapter's image tokens read by `ImagePromptAtt
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -100,9 +100,9 @@ class ControlRow:
     features: tuple[Tensor, ...] | None
     scales: Tensor  # (N,) scale at step i (0 outside the window); "channel": scale at every step
 
-    def input_at(self, i: int, scale: float | None = None) -> ControlInput:
-        return ControlInput(self.model, self.image, float(self.scales[i]) if scale is None else scale,
-                            MODE_LAYER_SCALES[self.spec.mode], self.features)
+    def input_at(self, i: int) -> ControlInput:
+        return ControlInput(self.model, self.image, float(self.scales[i]), MODE_LAYER_SCALES[self.spec.mode],
+                            self.features)
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class StructuredGuidance:
     null: Cond
     controls: Sequence[ControlRow]
     image: ImageRow | None
-    channel_weights: Tensor  # (N, K) w_k(t_i) of each channel row, schedules and windows applied
+    plan: StructureSchedule  # every per-step scale and channel weight
     image_prompt: ImagePromptAdapter | None = None
     inner_count: int = field(init=False)
     adds_null: bool = field(init=False)
@@ -145,6 +145,10 @@ class StructuredGuidance:
         if self.image is not None and self.image.spec.mode == "channel":
             rows.append(self.image)
         return rows
+
+    @property
+    def channel_weights(self) -> Tensor:
+        return self.plan.channel_weights  # (N, K)
 
     @property
     def primary(self) -> int:
@@ -218,16 +222,51 @@ class StructuredGuidance:
             denoiser.image_tokens = None
 
 
+@dataclass(frozen=True)
+class StructureSchedule:
+    """Every per-step number of a run's structure rows: what the sampler applies, and what a plot shows."""
+
+    labels: list[str]  # one per row: "Control 1 (layout)", ..., "Image prompt"
+    scales: Tensor  # (N, R) float64 scale of row r at step i: 0 outside its window; a channel row's at every step
+    channel_labels: list[str]  # the channel rows, in row order
+    channel_weights: Tensor  # (N, K) w_k(t_i) of the channel rows (schedule and window applied)
+
+
+def structure_schedule(structure: StructureSpec, kinds: Mapping[str, str], timesteps: Tensor,
+                       alphas_cumprod: Tensor) -> StructureSchedule:
+    """The StructureSchedule of `structure` over a run's timesteps; `kinds`: control name -> "controlnet" or
+    "t2i_adapter" (their windows count steps differently, as diffusers' pipelines do). No model work."""
+    steps = len(timesteps)
+    alpha_bars = schedule.alpha_bars_at(alphas_cumprod, timesteps).double()
+    rows: list[tuple[str, ControlSpec | ImagePromptSpec, str]] = [
+        (f"Control {number} ({c.control})", c, kinds[c.control]) for number, c in enumerate(structure.controls, start=1)]
+    if structure.image_prompt is not None:
+        rows.append(("Image prompt", structure.image_prompt, "ip_adapter"))
+    scales, channel_labels, weights = [], [], []
+    for label, spec, kind in rows:
+        if spec.mode == "channel":  # the weight w_k(t) gates the term; the control runs at its scale inside it
+            scales.append(torch.full((steps,), spec.scale, dtype=torch.float64))
+            channel_labels.append(label)
+            weights.append(spec.weight * schedule_factors(spec.schedule, spec.exponent, spec.start, spec.stop, alpha_bars))
+        else:
+            keep = adapter_keep if kind == "t2i_adapter" else controlnet_keep
+            scales.append(spec.scale * keep(steps, spec.start, spec.stop))
+
+    def stacked(columns: list[Tensor]) -> Tensor:
+        return torch.stack(columns, dim=1) if columns else torch.zeros((steps, 0), dtype=torch.float64)
+
+    return StructureSchedule([label for label, _, _ in rows], stacked(scales), channel_labels, stacked(weights))
+
+
 def structured_guider(inner: Guider, null: Cond, structure: StructureSpec, maps: Sequence[np.ndarray],
-                      reference: np.ndarray | None, controls: dict[str, ControlModel],
+                      reference: np.ndarray | None, controls: Mapping[str, ControlModel],
                       image_prompt: ImagePromptAdapter | None, timesteps: Tensor, alphas_cumprod: Tensor,
                       device: torch.device, dtype: torch.dtype) -> StructuredGuidance:
     """The run's StructuredGuidance: maps (prepared, one per control row) as tensors, T2I-Adapter features once,
-    the reference's image embedding, and every per-step scale and channel weight."""
-    steps = len(timesteps)
-    alpha_bars = schedule.alpha_bars_at(alphas_cumprod, timesteps).double()
-    rows, weights = [], []
-    for spec, control_map in zip(structure.controls, maps, strict=True):
+    the reference's image embedding, and the structure_schedule."""
+    plan = structure_schedule(structure, {name: c.kind for name, c in controls.items()}, timesteps, alphas_cumprod)
+    rows = []
+    for column, (spec, control_map) in enumerate(zip(structure.controls, maps, strict=True)):
         model = controls[spec.control]
         image = control_tensor(control_map, device, dtype)
         features = None
@@ -236,23 +275,11 @@ def structured_guider(inner: Guider, null: Cond, structure: StructureSpec, maps:
                 image = image.mean(dim=1, keepdim=True)  # black reads the same in any grey conversion
             with torch.no_grad():
                 features = tuple(model.module(image))  # Mou et al. 2024: once per generation, not per step
-        if spec.mode == "channel":
-            scales = torch.full((steps,), spec.scale, dtype=torch.float64)
-            weights.append(spec.weight * schedule_factors(spec.schedule, spec.exponent, spec.start, spec.stop, alpha_bars))
-        else:
-            keep = adapter_keep if model.kind == "t2i_adapter" else controlnet_keep
-            scales = spec.scale * keep(steps, spec.start, spec.stop)
-        rows.append(ControlRow(spec, model, image, features, scales))
+        rows.append(ControlRow(spec, model, image, features, plan.scales[:, column]))
     image_row = None
-    if (spec := structure.image_prompt) is not None:
-        if spec.mode == "channel":
-            scales = torch.full((steps,), spec.scale, dtype=torch.float64)
-            weights.append(spec.weight * schedule_factors(spec.schedule, spec.exponent, spec.start, spec.stop, alpha_bars))
-        else:
-            scales = spec.scale * controlnet_keep(steps, spec.start, spec.stop)
-        image_row = ImageRow(spec, image_embeds(image_prompt, reference).to(dtype), scales)
-    channel_weights = torch.stack(weights, dim=1) if weights else torch.zeros((steps, 0), dtype=torch.float64)
-    return StructuredGuidance(inner, null, rows, image_row, channel_weights, image_prompt)
+    if structure.image_prompt is not None:
+        image_row = ImageRow(structure.image_prompt, image_embeds(image_prompt, reference).to(dtype), plan.scales[:, -1])
+    return StructuredGuidance(inner, null, rows, image_row, plan, image_prompt)
 
 
 class ImageTokens:
