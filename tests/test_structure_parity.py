@@ -45,13 +45,16 @@ def stock(tiny_model_dir, engine):
     return pipeline
 
 
-def ours(engine, structure: StructureSpec, images: StructureImages) -> Result:
-    return list(engine.generate(GenerateSpec(PROMPT, structure=structure, **SETTINGS), structure_images=images))[-1]
+def ours(engine, structure: StructureSpec, images: StructureImages, batch_size: int = 1) -> Result:
+    spec = GenerateSpec(PROMPT, structure=structure, batch_size=batch_size, **SETTINGS)
+    return list(engine.generate(spec, structure_images=images))[-1]
 
 
-def reference_call() -> dict:
+def reference_call(batch_size: int = 1) -> dict:
+    # item i is drawn from seed + i, as the engine seeds a batch (diffusers: one generator per item)
     return dict(num_inference_steps=SETTINGS["steps"], guidance_scale=SETTINGS["guidance_scale"],
-                generator=[torch.Generator().manual_seed(SETTINGS["seed"])], output_type="np")
+                num_images_per_prompt=batch_size, output_type="np",
+                generator=[torch.Generator().manual_seed(SETTINGS["seed"] + item) for item in range(batch_size)])
 
 
 def plain(engine) -> np.ndarray:
@@ -74,28 +77,29 @@ def test_one_controlnet_equals_controlnet_pipeline(structure_engine, tiny_model_
     assert len(result.settings["structure_images"]["controls"]) == 1
 
 
-def test_two_controlnets_equal_multicontrolnet_with_their_own_scales_and_windows(structure_engine, tiny_model_dir):
+def test_two_controlnets_equal_multicontrolnet_with_their_own_scales_and_windows_on_a_batch(structure_engine, tiny_model_dir):
     from diffusers import StableDiffusionControlNetPipeline
 
     nets = [structure_engine.model.controls[name].module for name in ("layout", "outline")]
     pipeline = StableDiffusionControlNetPipeline.from_pipe(stock(tiny_model_dir, structure_engine), controlnet=nets)
     expected = pipeline(PROMPT, image=[Image.fromarray(MAP_A), Image.fromarray(MAP_B)],
                         controlnet_conditioning_scale=[0.8, 1.3], control_guidance_start=[0.0, 0.25],
-                        control_guidance_end=[1.0, 0.75], **reference_call()).images
+                        control_guidance_end=[1.0, 0.75], **reference_call(batch_size=2)).images
     structure = StructureSpec((ControlSpec("layout", scale=0.8), ControlSpec("outline", scale=1.3, start=0.25, stop=0.75)))
-    result = ours(structure_engine, structure, StructureImages((MAP_A, MAP_B)))
+    result = ours(structure_engine, structure, StructureImages((MAP_A, MAP_B)), batch_size=2)
+    assert result.pixels.shape == expected.shape == (2, 128, 128, 3)
     assert np.abs(result.pixels - expected).max() <= TOLERANCE
 
 
-def test_guess_mode_equals_diffusers_guess_mode(structure_engine, tiny_model_dir):
+def test_guess_mode_equals_diffusers_guess_mode_on_a_batch(structure_engine, tiny_model_dir):
     from diffusers import StableDiffusionControlNetPipeline
 
     net = structure_engine.model.controls["layout"].module
     pipeline = StableDiffusionControlNetPipeline.from_pipe(stock(tiny_model_dir, structure_engine), controlnet=net)
     expected = pipeline(PROMPT, image=Image.fromarray(MAP_A), controlnet_conditioning_scale=1.2, guess_mode=True,
-                        **reference_call()).images
+                        **reference_call(batch_size=2)).images
     result = ours(structure_engine, StructureSpec((ControlSpec("layout", scale=1.2, mode="guess"),)),
-                  StructureImages((MAP_A,)))
+                  StructureImages((MAP_A,)), batch_size=2)
     assert np.abs(result.pixels - expected).max() <= TOLERANCE
 
 
