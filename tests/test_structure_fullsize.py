@@ -101,6 +101,14 @@ def test_an_original_layout_controlnet_file_loads_as_the_controlnet_it_was_made_
         assert (loaded.name, loaded.kind) == (file.removesuffix(".safetensors"), "controlnet")
         assert_same_weights(loaded.module, control.module)
 
+    wide_unet = UNet2DConditionModel.from_config({**base.unet.config, "cross_attention_dim": 64})
+    save_file(controlnet_to_ldm(new_control(wide_unet, "controlnet", "w", "").module), str(tmp_path / "wide.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"ControlNet wide .*: cross-attention 64 wide \(the base has 32 wide\)"):
+        load_control(tmp_path / "wide.safetensors", base)
+    save_file({"control_model.time_embed.0.weight": torch.zeros(4, 4)}, str(tmp_path / "stub.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"stub.safetensors is in a layout .*first keys: control_model.time_embed.0.weight"):
+        load_control(tmp_path / "stub.safetensors", base)
+
 
 def test_sd15_controlnet_on_shapes_sd_is_refused_naming_both(tmp_path):
     base = base_model(UNet2DConditionModel.load_config(EMBEDDED_MODEL_DIR / "unet"), "shapes-sd", meta=True)

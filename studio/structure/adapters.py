@@ -48,9 +48,9 @@ STUDIO_CARD = "studio.json"  # beside a control's weights: {"control": "layout"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 # config.json `_class_name` -> ControlModel.kind
 CONTROL_CLASSES = {"ControlNetModel": "controlnet", "T2IAdapter": "t2i_adapter"}
+FOLDER_LAYOUT = "a diffusers ControlNetModel or T2IAdapter folder (config.json + diffusion_pytorch_model.safetensors)"
 LAYOUTS_READ = (
-    "a diffusers ControlNetModel or T2IAdapter folder (config.json + diffusion_pytorch_model.safetensors), "
-    "a ControlNet single file in the original layout (control_model.* keys, lllyasviel/ControlNet) or diffusers' "
+    f"{FOLDER_LAYOUT}, a ControlNet single file in the original layout (control_model.* keys, lllyasviel/ControlNet) or diffusers' "
     "(controlnet_cond_embedding.* keys), an IP-Adapter file with image_proj.* and ip_adapter.* weights "
     "(.safetensors flat, .bin nested, h94/IP-Adapter)"
 )
@@ -99,7 +99,7 @@ def tiny_image_encoder_config(projection_dim: int = 128, image_size: int = 64, p
 
     No pretrained CLIP is reachable here (no hub), and the shapes world needs none: its pictures are flat colours and
     simple outlines. So the project trains this encoder jointly with the IP-Adapter's projections; published
-    IP-Adapters instead freeze OpenAI's CLIP ViT-H/14 (Ye et al. 2023, sec. 3.2). It saves as a standard
+    IP-Adapters instead freeze OpenAI's CLIP ViT-H/14 (Ye et al. 2023, sec. 3.2.1). It saves as a standard
     CLIPVisionModelWithProjection folder, so diffusers' `load_ip_adapter` reads it like any other encoder.
     """
     return CLIPVisionConfig(
@@ -134,8 +134,8 @@ def new_ip_adapter(base_unet: UNet2DConditionModel, image_embed_dim: int, num_to
 
     image_proj: diffusers' ImageProjection (image embedding -> num_tokens tokens, LayerNorm), as the paper's
     projection network. to_k_ip / to_v_ip of each cross-attention layer start as copies of that layer's to_k / to_v
-    (Ye et al. 2023, sec. 3.3; tencent-ailab's tutorial_train.py does the same), so at step 0 the image tokens are
-    read like text tokens. image_encoder: the one given, or a fresh `tiny_image_encoder_config` encoder whose
+    ("to speed up convergence", Ye et al. 2023, sec. 3.2.2; tencent-ailab's tutorial_train.py does the same), so at
+    step 0 the image tokens are read like text tokens. image_encoder: the one given, or a fresh `tiny_image_encoder_config` encoder whose
     projection is `image_embed_dim` wide (trained jointly). diffusers reads the saved file as 4 tokens: keep
     num_tokens at 4 for files diffusers should load.
     """
@@ -311,14 +311,20 @@ def _controlnet_template(base: LoadedModel, folder: Path) -> Path:
     return folder
 
 
-def _single_file_controlnet_facts(weights: dict) -> dict:
-    """What an original-layout ControlNet file says about the UNet it was made for, from its tensors' shapes."""
-    prefix = "control_model." if any(key.startswith("control_model.") for key in weights) else ""
-    conv_in = weights.get(f"{prefix}input_blocks.0.0.weight")
+def _single_file_controlnet_facts(weights: dict) -> dict | None:
+    """What a ControlNet file says about the UNet it was made for, from its tensors' shapes, in either naming:
+    original (`control_model.input_blocks.*`, or unprefixed as thibaud/controlnet-sd21's) or diffusers'
+    (`conv_in`, `down_blocks.*`). None when the tensors these are read from are missing."""
+    if "controlnet_cond_embedding.conv_in.weight" in weights:
+        conv_in_key, encoder = "conv_in.weight", "down_blocks."
+    else:
+        prefix = "control_model." if any(key.startswith("control_model.") for key in weights) else ""
+        conv_in_key, encoder = f"{prefix}input_blocks.0.0.weight", f"{prefix}input_blocks."
+    conv_in = weights.get(conv_in_key)
     cross_attention = next((tensor for key, tensor in weights.items()
-                            if key.startswith(prefix + "input_blocks.") and key.endswith("attn2.to_k.weight")), None)
+                            if key.startswith(encoder) and key.endswith("attn2.to_k.weight")), None)
     if conv_in is None or cross_attention is None:
-        return {}
+        return None
     return {"in_channels": conv_in.shape[1], "width": conv_in.shape[0], "cross_attention_dim": cross_attention.shape[1]}
 
 
@@ -329,17 +335,14 @@ def _load_controlnet_file(path: Path, name: str, base: LoadedModel) -> ControlNe
     keys = list(weights)
     if not any(key.startswith(("control_model.", "input_hint_block.", "controlnet_cond_embedding.")) for key in keys):
         raise unknown_layout(path, keys)
-    if "controlnet_cond_embedding.conv_in.weight" in weights:  # diffusers' key names: the shapes say the rest
-        facts = {"in_channels": weights["conv_in.weight"].shape[1], "width": weights["conv_in.weight"].shape[0],
-                 "cross_attention_dim": next(tensor.shape[1] for key, tensor in weights.items()
-                                             if key.startswith("down_blocks.") and key.endswith("attn2.to_k.weight"))}
-    else:
-        facts = _single_file_controlnet_facts(weights)
+    facts = _single_file_controlnet_facts(weights)
+    if facts is None:  # a ControlNet's names without its input convolution or cross-attention: not one we can read
+        raise unknown_layout(path, keys)
     unet = base.unet.config
     differences = _differences([
-        ("cross-attention", f"{facts.get('cross_attention_dim')} wide", f"{unet.cross_attention_dim} wide"),
-        ("latent channels", facts.get("in_channels"), unet.in_channels),
-        ("first block width", facts.get("width"), unet.block_out_channels[0]),
+        ("cross-attention", f"{facts['cross_attention_dim']} wide", f"{unet.cross_attention_dim} wide"),
+        ("latent channels", facts["in_channels"], unet.in_channels),
+        ("first block width", facts["width"], unet.block_out_channels[0]),
     ])
     if differences:
         raise _refuse("The ControlNet", name, base, differences, f"Load a ControlNet trained for {base.name}.")
@@ -357,7 +360,7 @@ def _load_control_folder(folder: Path, name: str, base: LoadedModel) -> tuple[st
     config_file = folder / "config.json"
     if not config_file.is_file():
         found = ", ".join(sorted(p.name for p in folder.iterdir())[:5]) or "nothing"
-        raise ModelLoadError(f"{folder} has no config.json (it holds {found}). It should be {LAYOUTS_READ.split(', a ControlNet')[0]}.")
+        raise ModelLoadError(f"{folder} has no config.json (it holds {found}). It should be {FOLDER_LAYOUT}.")
     try:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError) as error:
