@@ -6,6 +6,8 @@ gets a message that says what to change, before any model work."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -140,6 +142,16 @@ def test_a_map_of_another_size_is_resized_with_a_notice(structure_engine):
     notices = [e.text for e in events if isinstance(e, Notice)]
     assert notices == ["Control 1 (layout): The control map was 64x64; resized to 128x128."]
     assert isinstance(events[-1], Result)
+    record = events[-1].settings["structure_images"]["controls"][0]
+    assert (record["width"], record["height"]) == (128, 128)  # the map the run read, after the resize
+
+
+def test_the_settings_make_the_structure_spec_again(structure_engine):
+    structure = StructureSpec((ControlSpec("layout", scale=0.7, mode="channel", schedule="snr"),),
+                              ImagePromptSpec(scale=0.5, stop=0.5))
+    result = run(structure_engine, structure, StructureImages((MAP,), REFERENCE), steps=2)
+    settings = json.loads(json.dumps(result.settings))  # as a PNG's settings chunk carries them
+    assert GenerateSpec.from_settings(settings).structure == structure
 
 
 @pytest.mark.parametrize(("structure", "images", "message"), [
