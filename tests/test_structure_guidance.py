@@ -196,3 +196,10 @@ def test_the_guidance_plan_shows_each_rows_scale_and_channel_weight_per_step(str
     assert plan.scales[:, 1].tolist() == [1.0, 1.0, 0.0, 0.0]  # T2I-Adapter: i < int(N * stop)
     assert plan.channel_labels == ["Control 3 (outline)"]
     assert plan.channel_weights[:, 0].tolist() == pytest.approx([2.0, 4 / 3, 2 / 3, 0.0])
+
+
+def test_a_control_at_guidance_scale_one_steers_the_single_branch(structure_engine):
+    # CFG at w = 1 skips the unconditional branch; a control row then rides on the prompt's branch alone
+    steered = run(structure_engine, *control(ControlSpec("layout")), guidance_scale=1.0)
+    assert steered.settings["nfe_per_step"] == 1
+    assert np.abs(steered.pixels - run(structure_engine, guidance_scale=1.0).pixels).max() > 1e-2
