@@ -88,15 +88,18 @@ class Engine:
         """Per-step guidance weights of `spec`, without model work (studio.generation)."""
         return generation.guidance_plan(self, spec)
 
-    def p2p(self, spec: P2PSpec, inversion: Inversion | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
-        """Prompt-to-Prompt edit of a generated image, or of `inversion` (studio.editing.p2p)."""
-        return prompt_to_prompt(self, spec, inversion, cancel)
+    def p2p(self, spec: P2PSpec, inversion: Inversion | None = None, structure_images: StructureImages | None = None,
+            cancel: CancelToken | None = None) -> Iterator[Event]:
+        """Prompt-to-Prompt edit of a generated image, or of `inversion` (studio.editing.p2p); `structure_images`
+        carry the maps of `spec.structure` (an inversion made under structure brings its own)."""
+        return prompt_to_prompt(self, spec, inversion, structure_images, cancel)
 
     def sdedit(self, spec: SDEditSpec, guide: ImageInput | None, mask: np.ndarray | None = None,
-               original: ImageInput | None = None,
+               original: ImageInput | None = None, structure_images: StructureImages | None = None,
                cancel: CancelToken | None = None) -> Iterator[Event]:
-        """SDEdit of a stroke drawing or image, masked when `mask` is given (studio.editing.sdedit)."""
-        return sdedit(self, spec, guide, mask, original, cancel)
+        """SDEdit of a stroke drawing or image, masked when `mask` is given (studio.editing.sdedit), steered by
+        `spec.structure` with its maps in `structure_images`."""
+        return sdedit(self, spec, guide, mask, original, structure_images, cancel)
 
     def diffedit_mask(self, spec: DiffEditSpec, image: ImageInput | None = None, inversion: Inversion | None = None,
                       cancel: CancelToken | None = None) -> Iterator[Event]:
@@ -104,13 +107,17 @@ class Engine:
         return diffedit_mask(self, spec, image, inversion, cancel)
 
     def diffedit(self, spec: DiffEditSpec, image: ImageInput | None = None, mask: np.ndarray | None = None,
-                 inversion: Inversion | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
-        """DiffEdit: Stage II with `mask`, or Stages I and II without (studio.editing.diffedit)."""
-        return diffedit(self, spec, image, mask, inversion, cancel)
+                 inversion: Inversion | None = None, structure_images: StructureImages | None = None,
+                 cancel: CancelToken | None = None) -> Iterator[Event]:
+        """DiffEdit: Stage II with `mask`, or Stages I and II without (studio.editing.diffedit); `spec.structure`
+        (maps in `structure_images`) steers Stage II."""
+        return diffedit(self, spec, image, mask, inversion, structure_images, cancel)
 
-    def invert(self, spec: InversionSpec, image: ImageInput | None, cancel: CancelToken | None = None) -> Iterator[Event]:
-        """Map a real image into the model's latent trajectory; ends with an InversionResult (studio.inversion)."""
-        return invert(self, spec, image, cancel)
+    def invert(self, spec: InversionSpec, image: ImageInput | None, structure_images: StructureImages | None = None,
+               cancel: CancelToken | None = None) -> Iterator[Event]:
+        """Map a real image into the model's latent trajectory, under `spec.structure` (maps in `structure_images`)
+        when given; ends with an InversionResult (studio.inversion)."""
+        return invert(self, spec, image, structure_images, cancel)
 
     def generate(self, spec: GenerateSpec, structure_images: StructureImages | None = None,
                  cancel: CancelToken | None = None) -> Iterator[Event]:

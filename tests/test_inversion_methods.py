@@ -106,7 +106,7 @@ def test_public_reconstruction_retraces_the_job(engine, null_text):
 
 def test_cancel_mid_null_text_leaves_the_engine_usable(engine, image):
     cancel = CancelToken()
-    events = engine.invert(InversionSpec(CAPTION, method="null_text", steps=STEPS), image, cancel)
+    events = engine.invert(InversionSpec(CAPTION, method="null_text", steps=STEPS), image, cancel=cancel)
     seen = 0
     with pytest.raises(CancelledError):
         for event in events:

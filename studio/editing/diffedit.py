@@ -24,6 +24,13 @@ Couairon et al. do (their Step 3, y_t = M y_t + (1 - M) x_t; diffusers' pipeline
 x_prev = M x_prev + (1 - M) x_inv(t_prev). Re-noising x_0 off the mask instead (x0_mix alone) puts eps_hat,
 the target prompt's guided prediction, off the mask, which the inversion never had there; on the embedded model that made 4 of 8 colour edits of bench/diffedit.py come out
 as noise inside the mask, against 1 of 8 following the trajectory.
+
+Structure (studio.structure): `spec.structure`, its maps in `structure_images`, steers Stage II and the DDIM
+inversion it starts from (studio.structure.runtime.StructuredGuidance; a window is a fraction of the steps from
+t_edit, as diffusers' ControlNet inpaint pipeline counts it); an inversion made under structure is edited under
+it unless the spec brings its own. Stage I stays without it: its mask is where the two prompts' predictions for
+the image disagree, and the same control on both would add where the control disagrees with the image (an outline
+drawn elsewhere) to what the prompts change; the user draws that change with the control, not with the mask.
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ from studio.editing import masks
 from studio.conditioning import Cond, Tokens
 from studio.editing.sdedit import start_index
 from studio.errors import InvalidInputError
-from studio.events import CancelToken, DiffEditResult, Event, Mask, MaskResult, Progress, check_cancelled
+from studio.events import CancelToken, DiffEditResult, Event, Mask, MaskResult, Notice, Progress, check_cancelled
+from studio.generation import PreparedStructure, structure_attached
 from studio.guidance import ClassifierFreeGuidance, Guider, cfg
 from studio.images import ImageInput, encode_image, prepare_image, working_size
 from studio.inversion.result import Inversion
@@ -62,10 +70,11 @@ from studio.jobs import (
     to_images,
 )
 from studio.inversion.ddim import ddim_inversion_steps
-from studio.inversion.methods import sampling_guider
+from studio.inversion.methods import edit_structure, sampling_guider
 from studio.inversion.steps import StepGrid
 from studio.models import decode_latents
 from studio.sampling import make_scheduler, sample_steps
+from studio.structure.spec import StructureImages, StructureSpec
 
 DEVIATIONS = ("eps", "x0")  # what Stage I compares: noise estimates (Couairon et al.) or x0 estimates (ours)
 STARTS = ("inversion", "noise")  # where Stage II starts from
@@ -110,6 +119,13 @@ class DiffEditSpec:
     keep_size: bool = False  # work at the upload's own size (images.working_size) instead of the model's native one
     seed: int | None = None
     preview_every: int = 5
+    # control maps / image prompt (studio.structure) for Stage II, checked by the job; None edits an inversion under
+    # its own
+    structure: StructureSpec | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.structure, dict):  # settings (JSON, PNG chunks) hold it as a dict
+            object.__setattr__(self, "structure", StructureSpec(**self.structure))
 
     def validate(self) -> None:
         specs.check_ranges(self, self.RANGES)
@@ -227,7 +243,8 @@ def _image_of(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | None, i
 
 def diffedit_mask(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | None = None,
                   inversion: Inversion | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
-    """Stage I alone: Mask events after every probe, then a MaskResult. Raises InvalidInputError first."""
+    """Stage I alone: Mask events after every probe, then a MaskResult. Raises InvalidInputError first.
+    `spec.structure` is Stage II's (see the module docstring): the mask is found without it."""
     tokens = _check_prompts(engine, spec)
     prepared = _image_of(engine, spec, image, inversion)
     job = _mask_job(engine, spec, prepared, inversion, tokens, resolve_seed(spec.seed), cancel)
@@ -235,18 +252,21 @@ def diffedit_mask(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | Non
 
 
 def diffedit(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | None = None, mask: np.ndarray | None = None,
-             inversion: Inversion | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
+             inversion: Inversion | None = None, structure_images: StructureImages | None = None,
+             cancel: CancelToken | None = None) -> Iterator[Event]:
     """Stage II with `mask` ((H, W) bool at the image's size, True = edit), or Stages I and II when mask is None.
-    `inversion` (a studio.inversion.Inversion) supplies the image and its DDIM inversion when given."""
+    `inversion` (a studio.inversion.Inversion) supplies the image and its DDIM inversion when given;
+    `structure_images` the maps and reference image of `spec.structure`'s rows."""
     tokens = _check_prompts(engine, spec)
     source = image if image is not None else (inversion.image if inversion is not None else None)
     prepared = _image_of(engine, spec, image, inversion)
     if mask is not None:
         mask = masks.prepare_mask(mask, np.asarray(source).shape[:2], prepared.width)
+    structure = edit_structure(engine, spec.structure, structure_images, inversion, prepared.width, prepared.height)
     edit_steps = round(spec.edit_strength * (inversion.steps if inversion is not None else spec.steps))
     inversion_steps = edit_steps if spec.start == "inversion" and inversion is None else 0
     total = edit_steps + inversion_steps + (spec.probes if mask is None else 0)
-    job = _diffedit(engine, spec, prepared, mask, inversion, tokens, resolve_seed(spec.seed), total, cancel)
+    job = _diffedit(engine, spec, prepared, mask, inversion, tokens, resolve_seed(spec.seed), total, structure, cancel)
     return engine.exclusive(job, total, cancel, "one image")
 
 
@@ -313,9 +333,11 @@ def _stage_one(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, encode
 @torch.no_grad()
 def _diffedit(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, mask: np.ndarray | None,
               inversion: Inversion | None, tokens: tuple[Tokens, Tokens], seed: int, total: int,
-              cancel: CancelToken | None) -> Iterator[Event]:
+              structure: PreparedStructure | None, cancel: CancelToken | None) -> Iterator[Event]:
     clock = Stopwatch()
     model = engine.model
+    for note in structure.notes if structure is not None else ():
+        yield Notice(note)
     # 1. encode the image and the prompts (once: Stage I, when no mask was given, uses them too)
     encoded = _encode(engine, image, tokens)
     original, source, target, uncond = encoded  # original: (1, C, h, w)
@@ -339,32 +361,37 @@ def _diffedit(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, mask: n
     scheduler = make_scheduler("ddim", model.scheduler_config)
     denoiser = Denoiser(model, scheduler.alphas_cumprod)  # counts the inverted start's passes and the edit's
     done = spec.probes if soft is not None else 0
-    path = None
     if inversion is not None:
         first = start_index(inversion.steps, spec.edit_strength)
         timesteps = inversion.timesteps[first:].to(engine.device)
-        path = [state.to(device=engine.device, dtype=model.dtype) for state in inversion.trajectory[first:]]
     else:
         scheduler.set_timesteps(spec.steps, device=engine.device)
         first = start_index(spec.steps, spec.edit_strength)
         timesteps = scheduler.timesteps[first:]
-        if spec.start == "inversion":
-            path = yield from _inverted_start(engine, denoiser, original, source, uncond, scheduler, first, done,
-                                              total, cancel)
-            done += len(timesteps)
-    if path is not None:
-        x = path[0]
-    else:
-        x = _noised_start(engine, original, schedule.alpha_bar_at(scheduler.alphas_cumprod, timesteps[0]), seed)
-    clock.lap("start")
-
-    # 4. Stage II: masked DDIM under the target prompt, through the one sampling loop
+    # Stage II's guider: the target prompt, with the structure over the steps from t_edit
     guider = _edit_guider(spec, target, uncond, inversion, first)
-    stepper = MaskedDDIM(timesteps, scheduler.alphas_cumprod, model.prediction_type, latent_mask, original)
-    off_mask = masks.follow_off_mask(latent_mask, path[1:]) if path is not None else None
-    for state in sample_steps(denoiser, guider, stepper, timesteps, x, cancel, after_step=off_mask):
-        x = state["x"]
-        yield from step_events(state, len(timesteps), model.vae, spec.preview_every, done, total, "Edit: ")
+    if structure is not None:
+        guider = structure.wrap(model, guider, uncond, timesteps, scheduler.alphas_cumprod)
+    with structure_attached(guider, model.unet, denoiser):
+        path = None
+        if inversion is not None:
+            path = [state.to(device=engine.device, dtype=model.dtype) for state in inversion.trajectory[first:]]
+        elif spec.start == "inversion":
+            path = yield from _inverted_start(engine, denoiser, original, source, uncond, scheduler, first, done,
+                                              total, structure, cancel)
+            done += len(timesteps)
+        if path is not None:
+            x = path[0]
+        else:
+            x = _noised_start(engine, original, schedule.alpha_bar_at(scheduler.alphas_cumprod, timesteps[0]), seed)
+        clock.lap("start")
+
+        # 4. Stage II: masked DDIM under the target prompt, through the one sampling loop
+        stepper = MaskedDDIM(timesteps, scheduler.alphas_cumprod, model.prediction_type, latent_mask, original)
+        off_mask = masks.follow_off_mask(latent_mask, path[1:]) if path is not None else None
+        for state in sample_steps(denoiser, guider, stepper, timesteps, x, cancel, after_step=off_mask):
+            x = state["x"]
+            yield from step_events(state, len(timesteps), model.vae, spec.preview_every, done, total, "Edit: ")
     clock.lap("edit")
 
     # 5. decode (optionally pasting the original pixels back outside the mask)
@@ -377,17 +404,21 @@ def _diffedit(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, mask: n
     mask_from = "Stage I" if soft is not None else "given"
     settings = reproduction_record(engine, "diffedit", {"method": "diffedit", **asdict(spec)}, timings,
                                    unet_evaluations, seed=seed, mask_fraction=float(mask.mean()), mask_from=mask_from,
-                                   **_inputs_record(image, mask, mask_from, inversion))
+                                   **_inputs_record(image, mask, mask_from, inversion, structure))
     yield DiffEditResult(to_images(pixels), settings, timings, unet_evaluations, pixels, seed=seed, mask=mask,
                          mask_from=mask_from, mask_fraction=float(mask.mean()), soft=soft, latents=x,
                          original_latents=original, latent_mask=latent_mask)
 
 
-def _inputs_record(image: Image.Image, mask: np.ndarray, mask_from: str,
-                   inversion: Inversion | None) -> dict[str, object]:
-    """What a DiffEdit record names of its inputs: the image edited, the mask, and the inversion it edits (or None)."""
-    return {"source_image": image_record(image), "mask": mask_record(mask, mask_from),
-            "source_inversion": inversion_record(inversion) if inversion is not None else None}
+def _inputs_record(image: Image.Image, mask: np.ndarray, mask_from: str, inversion: Inversion | None,
+                   structure: PreparedStructure | None = None) -> dict[str, object]:
+    """What a DiffEdit record names of its inputs: the image edited, the mask, the inversion it edits (or None) and
+    the structure Stage II ran under (the spec's, or the inversion's own) with its maps."""
+    record = {"source_image": image_record(image), "mask": mask_record(mask, mask_from),
+              "source_inversion": inversion_record(inversion) if inversion is not None else None}
+    if structure is not None:
+        record.update(structure=asdict(structure.spec), structure_images=structure.record())
+    return record
 
 
 def _check_found_mask(spec: DiffEditSpec, mask: np.ndarray) -> None:
@@ -421,14 +452,18 @@ def _noised_start(engine: ModelHost, original: Tensor, alpha_bar: Tensor, seed: 
 
 
 def _inverted_start(engine: ModelHost, denoiser: Denoiser, original: Tensor, source: Cond, uncond: Cond,
-                    scheduler: DDIMScheduler, first: int, done: int, total: int, cancel: CancelToken | None) -> Iterator[Event]:
+                    scheduler: DDIMScheduler, first: int, done: int, total: int, structure: PreparedStructure | None,
+                    cancel: CancelToken | None) -> Iterator[Event]:
     """DDIM inversion (studio.inversion) of the image under the source prompt, over the steps from t_edit down
     only (Couairon et al. 2023, Step 2: encoding). Guidance w = 1, the guidance-neutral map; yields
     Progress, returns its states from x_{t_edit} down to x_0 (the image's latents), as an Inversion's
-    trajectory holds them."""
+    trajectory holds them. Under `structure` (the edit's), so the path the latents off the mask follow is the
+    image's under the same control."""
     grid = StepGrid.of(scheduler, engine.model.prediction_type)
     tail = StepGrid(grid.timesteps[first:], grid.alpha_bar[first:], grid.alpha_bar_prev[first:], grid.prediction_type)
-    guider = ClassifierFreeGuidance(cond=source, uncond=uncond, scale=1.0)
+    guider: Guider = ClassifierFreeGuidance(cond=source, uncond=uncond, scale=1.0)
+    if structure is not None:
+        guider = structure.wrap(engine.model, guider, uncond, tail.timesteps, scheduler.alphas_cumprod)
     states = [original]
     for state in ddim_inversion_steps(denoiser, guider, tail, original, cancel):
         states.append(state["x"])

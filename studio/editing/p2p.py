@@ -11,6 +11,11 @@ with null-text inversion's per-step unconditional embeddings or negative-prompt 
 prompt as the negative branch (Miyake et al. 2023), so the unedited source branch reproduces the inversion's
 reconstruction. Local blend is the loop's post-step hook: after every step the target keeps the
 source's latents outside the blend mask (prompt-to-prompt's LocalBlend).
+
+Structure (studio.structure): `spec.structure`, its maps in `structure_images`, wraps the guider
+(studio.structure.runtime.StructuredGuidance), so source and target are drawn under the same control maps and the
+source is Generate's image with that control and seed. An inversion made under structure is edited under the same
+structure unless the spec brings its own, so its unedited source branch still reproduces its reconstruction.
 """
 
 from __future__ import annotations
@@ -44,9 +49,10 @@ from studio.attention.processors import control_attention
 from studio.conditioning import Cond, Tokens
 from studio.denoiser import Denoiser
 from studio.errors import InvalidInputError
-from studio.events import AttentionMaps, CancelToken, EditAttentionMaps, Event, Mask, P2PResult
+from studio.events import AttentionMaps, CancelToken, EditAttentionMaps, Event, Mask, Notice, P2PResult
+from studio.generation import PreparedStructure, structure_attached
 from studio.guidance import ClassifierFreeGuidance
-from studio.inversion import METHOD_LABELS, Inversion, sampling_guider
+from studio.inversion import METHOD_LABELS, Inversion, edit_structure, sampling_guider
 from studio.jobs import (
     ModelHost,
     Stopwatch,
@@ -61,6 +67,7 @@ from studio.jobs import (
 from studio.models import decode_latents
 from studio.prompt_weights import parse_weighted_prompt
 from studio.sampling import make_scheduler, sample_steps
+from studio.structure.spec import StructureImages, StructureSpec
 
 EDIT_TYPES = ("word swap", "refine", "style")  # re-weighting combines with any of them
 EDITABLE_INVERSIONS = ("null_text", "negative_prompt", "ddim")  # sampled by plain DDIM with (per-step) CFG
@@ -102,9 +109,13 @@ class P2PSpec:
     blend_threshold: float = 0.5  # P2P used 0.3; on 16x16 latents (shapes-sd) 0.3 covers nearly the whole image
     blend_start: float = 0.2
     maps_every: int = 5  # stream attention maps and the blend mask every k steps (and at the last)
+    # control maps / image prompt (studio.structure), checked by the job; None edits an inversion under its own
+    structure: StructureSpec | None = None
 
     def __post_init__(self) -> None:
         # Settings (JSON) hold the nested tuples as lists and dicts; accept them as such.
+        if isinstance(self.structure, dict):
+            object.__setattr__(self, "structure", StructureSpec(**self.structure))
         windows = tuple(WordWindow(**w) if isinstance(w, dict) else w for w in self.word_windows)
         degrees = tuple(DegreeWord(**d) if isinstance(d, dict) else d for d in self.degree_words)
         object.__setattr__(self, "word_windows", windows)
@@ -219,6 +230,7 @@ class LocalBlend:
 
 
 def prompt_to_prompt(engine: ModelHost, spec: P2PSpec, inversion: Inversion | None = None,
+                     structure_images: StructureImages | None = None,
                      cancel: CancelToken | None = None) -> Iterator[Event]:
     """Validate (before any model work), then return the queued job's event stream."""
     # 1. check inputs
@@ -236,8 +248,9 @@ def prompt_to_prompt(engine: ModelHost, spec: P2PSpec, inversion: Inversion | No
         )
     prepared = prepare_edit(engine, spec, source_prompt)
     steps = len(inversion.timesteps) if inversion is not None else spec.steps
-    job = _edit(engine, spec, prepared, resolve_seed(spec.seed), inversion, cancel)
     size = inversion.image.width if inversion is not None else spec.size or engine.native_size
+    structure = edit_structure(engine, spec.structure, structure_images, inversion, size, size)
+    job = _edit(engine, spec, prepared, resolve_seed(spec.seed), inversion, structure, cancel)
     return engine.exclusive(job, steps, cancel, f"Prompt-to-Prompt at {size}px (2 images)")
 
 
@@ -249,21 +262,26 @@ def stacked(source: Cond, target: Cond) -> Cond:
 
 @torch.no_grad()
 def _edit(engine: ModelHost, spec: P2PSpec, prepared: PreparedEdit, seed: int, inversion: Inversion | None,
-          cancel: CancelToken | None) -> Iterator[Event]:
+          structure: PreparedStructure | None, cancel: CancelToken | None) -> Iterator[Event]:
     clock = Stopwatch()
     model = engine.model
+    for note in structure.notes if structure is not None else ():
+        yield Notice(note)
 
     # 2. encode both prompts; the guider: plain CFG, or the inversion's own negative branch
     pair = stacked(engine.encode_prompt(prepared.source), engine.encode_prompt(prepared.target))
     scheduler = make_scheduler("ddim", model.scheduler_config)
     scheduler.set_timesteps(inversion.steps if inversion is not None else spec.steps, device=engine.device)
     timesteps = scheduler.timesteps  # an inversion's are these: it was made on the same DDIM grid
+    null = engine.null_conditioning()
     if inversion is not None:
         # its per-step null embeddings (NTI's optimised ones, NPI's source prompt) for both images, so the
         # source branch reproduces its reconstruction
-        guider = sampling_guider(inversion, pair, engine.null_conditioning())
+        guider = sampling_guider(inversion, pair, null)
     else:
-        guider = ClassifierFreeGuidance(cond=pair, uncond=engine.null_conditioning(), scale=spec.guidance_scale)
+        guider = ClassifierFreeGuidance(cond=pair, uncond=null, scale=spec.guidance_scale)
+    if structure is not None:  # both images under the same maps: the batch's images share each control
+        guider = structure.wrap(engine.model, guider, null, timesteps, scheduler.alphas_cumprod)
     steps = len(timesteps)
     denoiser = Denoiser(model, scheduler.alphas_cumprod)
 
@@ -287,7 +305,8 @@ def _edit(engine: ModelHost, spec: P2PSpec, prepared: PreparedEdit, seed: int, i
     size = latents.shape[-1] * engine.size_multiple  # an inversion's own size, which may not be the native one
     aligned = [source_word for _, source_word, _ in prepared.table()]  # fixed for the run
     mask = None  # the blend mask at image size, as last streamed (the last step always streams)
-    with control_attention(model.unet, controller):
+    # the image prompt's attention, when there is one, wraps the editing processors
+    with control_attention(model.unet, controller), structure_attached(guider, model.unet, denoiser):
         for state in sample_steps(denoiser, guider, scheduler, timesteps, latents, cancel,
                                   on_step_begin=controller.begin_step, after_step=blend):
             latents = state["x"]
@@ -312,6 +331,8 @@ def _edit(engine: ModelHost, spec: P2PSpec, prepared: PreparedEdit, seed: int, i
         inputs_used["source_image"] = image_record(inversion.image)
     if mask is not None:
         inputs_used["mask"] = mask_record(mask, "local blend")
+    if structure is not None:  # what ran: the spec's, or the inversion's own
+        inputs_used.update(structure=asdict(structure.spec), structure_images=structure.record())
     settings = reproduction_record(
         engine, "p2p", asdict(spec), timings, denoiser.unet_evaluations,
         source_prompt=inversion.prompt if inversion is not None else spec.source_prompt,

@@ -15,6 +15,11 @@ noised; after every step of the loop the frozen latents (1-M) are replaced by th
 noise level the step reached, with the same eps as the start (the two-branch update), and by the original
 itself after the last step, so frozen latents end exactly equal to the original's. The loop is unchanged: the update is its post-step
 hook (masks.follow_off_mask).
+
+Structure (studio.structure: strokes plus an outline, say): `spec.structure` with its maps in `structure_images`
+wraps the guider of every t0 run (studio.structure.runtime.StructuredGuidance), the maps prepared at the working
+size; a window is a fraction of the steps a run takes from t0, as diffusers' ControlNet img2img pipeline counts it.
+Masked, the frozen latents are still the original's: the control steers only what the mask lets change.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from studio.denoiser import Denoiser
 from studio.editing import masks
 from studio.errors import InvalidInputError
 from studio.conditioning import Tokens
-from studio.events import CancelToken, Event, SDEditResult, SDEditSample
+from studio.events import CancelToken, Event, Notice, SDEditResult, SDEditSample
+from studio.generation import PreparedStructure, prepare_structure, structure_attached
 from studio.guidance import ClassifierFreeGuidance
 from studio.images import ImageInput, encode_image, prepare_image, working_size
 from studio.jobs import (
@@ -51,6 +57,7 @@ from studio.jobs import (
 )
 from studio.models import decode_latents
 from studio.sampling import make_scheduler, sample_steps
+from studio.structure.spec import StructureImages, StructureSpec
 
 NOISE_FORMS = {"vp": "ddim", "ve": "euler"}  # SDEdit's VP and VE forms -> the scheduler that integrates it
 T0 = specs.Range(0.05, 1.0, 0.05, "t0 (noise level, fraction of T)")
@@ -74,6 +81,11 @@ class SDEditSpec:
     composite: bool = True  # masked only: original pixels outside the painted mask after decoding (see masks.composite)
     keep_size: bool = False  # work at the guide's own size (images.working_size) instead of the model's native one
     preview_every: int = 5
+    structure: StructureSpec | None = None  # control maps / image prompt (studio.structure), checked by the job
+
+    def __post_init__(self) -> None:
+        if isinstance(self.structure, dict):  # settings (JSON, PNG chunks) hold it as a dict
+            object.__setattr__(self, "structure", StructureSpec(**self.structure))
 
     def validate(self) -> None:
         if self.noise_form not in NOISE_FORMS:
@@ -190,31 +202,37 @@ def prepare_inputs(guide: ImageInput | None, mask: np.ndarray | None, original: 
 
 
 def sdedit(engine: ModelHost, spec: SDEditSpec, guide: ImageInput | None, mask: np.ndarray | None = None,
-           original: ImageInput | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
-    """Check the inputs (raising InvalidInputError before any model work), then queue the job on the engine."""
+           original: ImageInput | None = None, structure_images: StructureImages | None = None,
+           cancel: CancelToken | None = None) -> Iterator[Event]:
+    """Check the inputs (raising InvalidInputError before any model work), then queue the job on the engine.
+    `structure_images` carry the maps and the reference image of `spec.structure`'s rows."""
     # 1. check inputs
     spec.validate()
     tokens = engine.tokenize(spec.prompt, "Prompt")
     size = working_size(guide, engine.native_size, engine.size_multiple, spec.keep_size)
     inputs = prepare_inputs(guide, mask, original, size)
+    structure = prepare_structure(engine, spec.structure, structure_images, size, size)
     seed = resolve_seed(spec.seed, span=spec.repeats)
     total = sum(denoising_steps(spec.steps, s) for s in spec.strengths)
-    job = _sdedit(engine, spec, inputs, tokens, seed, total, cancel)
+    job = _sdedit(engine, spec, inputs, tokens, seed, total, structure, cancel)
     return engine.exclusive(job, total, cancel, f"{len(spec.strengths)} t0 values x {spec.repeats} repeats")
 
 
 @torch.no_grad()
 def _sdedit(engine: ModelHost, spec: SDEditSpec, inputs: _Inputs, tokens: Tokens, seed: int, total: int,
-            cancel: CancelToken | None) -> Iterator[Event]:
+            structure: PreparedStructure | None, cancel: CancelToken | None) -> Iterator[Event]:
     clock = Stopwatch()
     model = engine.model
+    for note in structure.notes if structure is not None else ():
+        yield Notice(note)
 
     # 2. encode the guide, the original and the prompt (no prompt: the unconditional prediction alone)
     guide_latents = encode_image(model.vae, inputs.guide).to(model.dtype)  # (1, C, h, w)
     same_image = inputs.original is inputs.guide  # unmasked, or masked on the guide itself: encode once
     original_latents = guide_latents if same_image else encode_image(model.vae, inputs.original).to(model.dtype)
     scale = spec.guidance_scale if spec.prompt.strip() else 1.0
-    guider = ClassifierFreeGuidance(cond=engine.encode_prompt(tokens), uncond=engine.null_conditioning(), scale=scale)
+    null = engine.null_conditioning()
+    guider = ClassifierFreeGuidance(cond=engine.encode_prompt(tokens), uncond=null, scale=scale)
     latent_mask = None
     start_latents = guide_latents
     if inputs.mask is not None:
@@ -245,11 +263,15 @@ def _sdedit(engine: ModelHost, spec: SDEditSpec, inputs: _Inputs, tokens: Tokens
             frozen = [sdedit_start(original_latents, noise, level, spec.noise_form) for level in levels[1:-1]]
             two_branch = masks.follow_off_mask(latent_mask, [*frozen, original_latents.expand_as(x)])
         denoiser = Denoiser(model, scheduler.alphas_cumprod)
-        for state in sample_steps(denoiser, guider, scheduler, timesteps, x, cancel, generators[0],
-                                  after_step=two_branch):
-            x = state["x"]
-            yield from step_events(state, len(timesteps), model.vae, spec.preview_every, done_before, total,
-                                   f"t0 {strength:g}: ")
+        run_guider = guider
+        if structure is not None:  # the controls' windows over this run's steps, T2I features once per run
+            run_guider = structure.wrap(engine.model, guider, null, timesteps, scheduler.alphas_cumprod)
+        with structure_attached(run_guider, model.unet, denoiser):
+            for state in sample_steps(denoiser, run_guider, scheduler, timesteps, x, cancel, generators[0],
+                                      after_step=two_branch):
+                x = state["x"]
+                yield from step_events(state, len(timesteps), model.vae, spec.preview_every, done_before, total,
+                                       f"t0 {strength:g}: ")
         results.append(x)
         unet_evaluations += denoiser.unet_evaluations
         done_before += len(timesteps)
@@ -274,6 +296,8 @@ def _sdedit(engine: ModelHost, spec: SDEditSpec, inputs: _Inputs, tokens: Tokens
         inputs_used["original_image"] = image_record(inputs.original)
     if inputs.mask is not None:
         inputs_used["mask"] = mask_record(inputs.mask, "given")
+    if structure is not None:
+        inputs_used["structure_images"] = structure.record()
     settings = reproduction_record(
         engine, "sdedit", {"method": "sdedit", **asdict(spec)}, timings, unet_evaluations, seed=seed,
         seeds=[sample.seed for sample in samples], masked=inputs.mask is not None, guidance_scale_used=scale,

@@ -13,12 +13,13 @@ steps.py; DDIM inversion and every DDIM reconstruction run through studio.sampli
 
 from studio.inversion.ddim import ddim_inversion_steps
 from studio.inversion.guider import PerStepUncondGuidance
-from studio.inversion.methods import invert, reconstruction_steps, sampling_guider
+from studio.inversion.methods import edit_structure, invert, reconstruction_steps, sampling_guider
 from studio.events import InversionResult  # the job's Result (defined with every event in studio.events)
 from studio.inversion.result import METHOD_LABELS, METHODS, Inversion, InversionSpec
 from studio.inversion.steps import StepGrid, ddim_coefficients
 
 __all__ = [
     "METHODS", "METHOD_LABELS", "Inversion", "InversionResult", "InversionSpec", "PerStepUncondGuidance",
-    "StepGrid", "ddim_coefficients", "ddim_inversion_steps", "invert", "reconstruction_steps", "sampling_guider",
+    "StepGrid", "ddim_coefficients", "ddim_inversion_steps", "edit_structure", "invert", "reconstruction_steps",
+    "sampling_guider",
 ]

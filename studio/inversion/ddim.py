@@ -15,6 +15,7 @@ from torch import Tensor
 from studio.denoiser import Denoiser
 from studio.events import CancelToken
 from studio.guidance import Guider
+from studio.inversion.guider import InverseOrder
 from studio.inversion.steps import StepGrid, solve_affine_step
 from studio.sampling import StepState, sample_steps
 
@@ -42,8 +43,9 @@ def ddim_inversion_steps(denoiser: Denoiser, guider: Guider, grid: StepGrid, lat
                          cancel: CancelToken | None = None) -> Iterator[StepState]:
     """Invert `latents` (x_0, (B, C, h, w)) along `grid`, yielding the sampler's states; state k's "x" is
     the start point of sampling step N-1-k, so the last one is x_T. Guided by `guider` (w = 1: the
-    prompt alone, the guidance-neutral map NTI pivots on; any w to show why w = 1)."""
+    prompt alone, the guidance-neutral map NTI pivots on; any w to show why w = 1). The guider is a sampling one:
+    it is told the sampling step each inverse step undoes (structure's windows hold both ways)."""
     stepper = InverseDDIM(grid)
     timesteps = stepper.inverse_timesteps.to(latents.device)
-    return sample_steps(denoiser, guider, stepper, timesteps, latents, cancel)
+    return sample_steps(denoiser, InverseOrder(guider, len(grid)), stepper, timesteps, latents, cancel)
 

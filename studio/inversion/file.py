@@ -3,8 +3,8 @@
     save_inversion(result.inversion, "runs/inv/null_text.inversion.safetensors")
     inversion = load_inversion("runs/inv/null_text.inversion.safetensors")   # an Inversion, ready to edit
 
-The tensors (trajectory, null-text embeddings, EDICT's coupled states, the prepared image as uint8 pixels)
-are safetensors entries; every other field of `Inversion` is JSON in the same file's header metadata.
+The tensors (trajectory, null-text embeddings, EDICT's coupled states, the prepared image as uint8 pixels, the
+control maps and reference image of the structure it was made under) are safetensors entries; every other field of `Inversion` is JSON in the same file's header metadata.
 One file rather than tensors plus a JSON sidecar: the user shares and passes one path, and the two halves
 cannot be separated or mismatched. Pickles (`torch.save`, the old `.inversion.pt`) are refused: reading one
 can run any code it carries.
@@ -13,7 +13,7 @@ can run any code it carries.
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from studio.errors import InvalidInputError
+from studio.generation import PreparedStructure
 from studio.inversion.result import METHODS, Inversion
+from studio.structure.spec import StructureSpec
 
 INVERSION_SUFFIX = ".inversion.safetensors"
 FORMAT_KEY = "studio.inversion"  # header metadata: the JSON record of the non-tensor fields
@@ -52,6 +54,15 @@ def save_inversion(inversion: Inversion, path: str | Path) -> Path:
             record[field.name] = {"image": field.name}
         elif isinstance(value, torch.dtype):
             record[field.name] = {"dtype": str(value).removeprefix("torch.")}
+        elif isinstance(value, PreparedStructure):
+            images = {f"{field.name}.map.{index}": image for index, image in enumerate(value.maps)}  # (H, W, 3) uint8
+            if value.reference is not None:
+                images[f"{field.name}.reference"] = value.reference
+            tensors.update((name, torch.from_numpy(np.ascontiguousarray(image))) for name, image in images.items())
+            record[field.name] = {"structure": {
+                "spec": asdict(value.spec), "maps": [name for name in images if ".map." in name],
+                "reference": f"{field.name}.reference" if value.reference is not None else None,
+            }}
         else:
             record[field.name] = {"value": value}
     # safetensors refuses tensors that share storage (x_0 is both `latents` and the trajectory's last state)
@@ -123,6 +134,10 @@ def _decode(handle: safe_open, spec: dict[str, Any]) -> Any:
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown dtype {what!r}")
         return dtype
+    if kind == "structure":  # checked against the loaded controls when an edit uses it (inversion.edit_structure)
+        maps = [handle.get_tensor(name).cpu().numpy() for name in what["maps"]]
+        reference = None if what["reference"] is None else handle.get_tensor(what["reference"]).cpu().numpy()
+        return PreparedStructure(StructureSpec(**what["spec"]), maps, reference)
     if kind == "value":
         return what
     raise ValueError(f"unknown field kind {kind!r}")

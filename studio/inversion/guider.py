@@ -46,6 +46,29 @@ class PerStepUncondGuidance:
         return cfg(uncond, cond, self.scale)
 
 
+@dataclass
+class InverseOrder:
+    """`inner`, a guider for sampling, told the index of the sampling step an inversion step inverts (inverse step k
+    undoes sampling step N-1-k), so per-step data (a control's window, a schedule) is the same in both directions."""
+
+    inner: Guider
+    steps: int  # N
+
+    @property
+    def primary(self) -> int:
+        return self.inner.primary
+
+    @property
+    def unconditional(self) -> tuple[int, ...]:
+        return self.inner.unconditional
+
+    def conds_at(self, k: int) -> Sequence[Cond]:
+        return self.inner.conds_at(self.steps - 1 - k)
+
+    def combine(self, predictions: Sequence[Tensor], k: int, t: Tensor, x_t: Tensor | None = None) -> Tensor:
+        return self.inner.combine(predictions, self.steps - 1 - k, t, x_t)
+
+
 def guided_output(denoiser: Denoiser, guider: Guider, x: Tensor, i: int, t: Tensor) -> Tensor:
     """The guided network output of step i at (x, t) in x's dtype: the UNet runs in the model's dtype, so
     states kept in float64 (EDICT/BDIA on the CPU) see exactly the prediction their float32 copy would."""

@@ -4,6 +4,11 @@ Every method is a generator over the same context that streams its events and re
 `Inverted` (trajectory, null embeddings, coupled states); reconstruction samples it back with the
 method's own sampler; the report compares the reconstruction with the image and with the VAE's
 own encode -> decode (the ceiling no inversion can pass).
+
+Under structure (`spec.structure`, its maps in `structure_images`: the edit of a real image under a ControlNet that
+lllyasviel/ControlNet#359 asks for) every guided step of the method, the inversion's and the reconstruction's,
+runs with the controls attached (studio.structure.runtime.StructuredGuidance), so sampling the inversion back under
+the same control reconstructs the image, and an edit under it (P2P, DiffEdit) starts from a trajectory made for it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from studio.conditioning import Cond
 from studio.denoiser import Denoiser
 from studio.errors import InvalidInputError
 from studio.conditioning import Tokens
-from studio.events import CancelToken, Event, InversionResult, NullTextLoss, Progress
+from studio.events import CancelToken, Event, InversionResult, Notice, NullTextLoss, Progress
+from studio.generation import PreparedStructure, prepare_structure, structure_attached
 from studio.guidance import ClassifierFreeGuidance, Guider
 from studio.images import ImageInput, encode_image, prepare_image, working_size
 from studio.inversion.bdia import bdia_inversion_steps, bdia_sampling_steps
@@ -34,8 +40,9 @@ from studio.inversion.null_text import null_text_optimisation
 from studio.inversion.result import METHOD_LABELS, Inversion, InversionSpec
 from studio.inversion.steps import StepGrid
 from studio.jobs import ModelHost, Stopwatch, image_record, reproduction_record, to_images
-from studio.models import decode_latents
+from studio.models import LoadedModel, decode_latents
 from studio.sampling import StepState, make_scheduler, sample_steps
+from studio.structure.spec import StructureImages, StructureSpec
 
 
 @dataclass
@@ -52,7 +59,18 @@ class Context:
     scheduler_config: dict[str, Any]
     vae: AutoencoderKL | None = None  # the VAE, for NTI's optional image-space term
     image: Image.Image | None = None
+    model: LoadedModel | None = None  # its controls, when `structure` is given
+    structure: PreparedStructure | None = None
     backward_passes: int = 0  # autograd passes through the UNet (NTI)
+
+    def guidance(self, scale: float) -> Guider:
+        """CFG of the caption at `scale` (sampling step order), with the run's structure attached when it has one."""
+        guider = _cfg(self.cond, self.null, scale)
+        return with_structure(guider, self.structure, self.model, self.null, self.grid.timesteps, self.alphas_cumprod)
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self.denoiser.alphas_cumprod
 
     @property
     def total_work(self) -> int:
@@ -74,15 +92,14 @@ class Inverted:
 
 def _ddim(ctx: Context) -> Iterator[Event]:
     """DDIM inversion at `inversion_guidance` (1 = the prompt alone)."""
-    guider = _cfg(ctx.cond, ctx.null, ctx.spec.inversion_guidance)
-    trajectory = yield from _streamed_ddim(ctx, guider)
+    trajectory = yield from _streamed_ddim(ctx, ctx.guidance(ctx.spec.inversion_guidance))
     return Inverted(trajectory)
 
 
 def _negative_prompt(ctx: Context) -> Iterator[Event]:
     """Negative-prompt inversion (Miyake et al. 2023, §3): DDIM inversion at w = 1, then the
     prompt's embedding serves as the null one at every step, so CFG at any w samples the w = 1 path."""
-    trajectory = yield from _streamed_ddim(ctx, _cfg(ctx.cond, ctx.null, 1.0))
+    trajectory = yield from _streamed_ddim(ctx, ctx.guidance(1.0))
     return Inverted(trajectory, uncond_embeddings=[ctx.cond.embeddings] * len(ctx.grid))
 
 
@@ -112,7 +129,7 @@ def _cfg(cond: Cond, null: Cond, scale: float) -> ClassifierFreeGuidance:
 
 def _null_text(ctx: Context) -> Iterator[Event]:
     """Null-text inversion (Mokady et al. 2023, Algorithm 1): the w = 1 DDIM pivot, then per-step null embeddings (null_text.py)."""
-    pivot = yield from _streamed_ddim(ctx, _cfg(ctx.cond, ctx.null, 1.0))
+    pivot = yield from _streamed_ddim(ctx, ctx.guidance(1.0))
     embeddings, losses = yield from _with_progress(ctx, null_text_optimisation(ctx, pivot), 1, "optimising null text")
     return Inverted(pivot, uncond_embeddings=embeddings, losses=losses)
 
@@ -121,7 +138,7 @@ def _edict(ctx: Context) -> Iterator[Event]:
     """EDICT (edict.py): coupled x/y sequences, exact up to float rounding; float64 states on request."""
     latents = ctx.latents.double() if ctx.spec.float64 else ctx.latents
     xs, ys = [latents], [latents]
-    guider = _cfg(ctx.cond, ctx.null, ctx.spec.guidance_scale)
+    guider = ctx.guidance(ctx.spec.guidance_scale)
     steps = edict_inversion_steps(ctx.denoiser, guider, ctx.grid, latents, ctx.spec.edict_mix, ctx.cancel)
     for done, state in enumerate(steps, start=1):
         xs.append(state["x"])
@@ -134,7 +151,7 @@ def _bdia(ctx: Context) -> Iterator[Event]:
     """BDIA-DDIM (bdia.py): exact after its first DDIM inversion step; float64 states on request."""
     latents = ctx.latents.double() if ctx.spec.float64 else ctx.latents
     states = [latents]
-    guider = _cfg(ctx.cond, ctx.null, ctx.spec.guidance_scale)
+    guider = ctx.guidance(ctx.spec.guidance_scale)
     steps = bdia_inversion_steps(ctx.denoiser, guider, ctx.grid, latents, ctx.spec.bdia_gamma, ctx.cancel)
     for done, state in enumerate(steps, start=1):
         states.append(state["x"])
@@ -177,12 +194,38 @@ def sampling_guider(inversion: Inversion, cond: Cond, null: Cond, first_step: in
     return PerStepUncondGuidance(cond, unconds, inversion.guidance_scale)
 
 
+def with_structure(guider: Guider, structure: PreparedStructure | None, model: LoadedModel | None, null: Cond,
+                   timesteps: Tensor, alphas_cumprod: Tensor) -> Guider:
+    """`guider` with `structure` attached over `timesteps` (sampling order) on `model`'s controls; as it is without."""
+    if structure is None:
+        return guider
+    if model is None:
+        raise ValueError("an inversion made under structure samples with its controls: pass the model that holds them")
+    return structure.wrap(model, guider, null, timesteps, alphas_cumprod)
+
+
+def edit_structure(host: ModelHost, structure: StructureSpec | None, images: StructureImages | None,
+                   inversion: Inversion | None, width: int, height: int) -> PreparedStructure | None:
+    """The structure an edit samples under, checked: its own (`structure`, its maps in `images`), else the one
+    `inversion` was made under, so the unedited image is its reconstruction. The inversion's is checked again against
+    the loaded controls (one read from a file may name a control this model has not loaded); its notes were shown
+    when it was made. Raises InvalidInputError."""
+    prepared = prepare_structure(host, structure, images, width, height)
+    if prepared is not None or inversion is None or inversion.structure is None:
+        return prepared
+    made = inversion.structure
+    return prepare_structure(host, made.spec, StructureImages(tuple(made.maps), made.reference), width, height)
+
+
 def reconstruction_steps(denoiser: Denoiser, inversion: Inversion, cond: Cond, null: Cond, scheduler_config: dict,
-                         cancel: CancelToken | None = None) -> Iterator[StepState]:
-    """Sample the inversion back from x_T with its own sampler, yielding the sampler's states."""
+                         cancel: CancelToken | None = None, model: LoadedModel | None = None) -> Iterator[StepState]:
+    """Sample the inversion back from x_T with its own sampler, yielding the sampler's states; an inversion made under
+    structure is sampled under it, with the controls of `model` (run it inside `structure_attached` when the
+    structure has an image prompt)."""
     scheduler = make_scheduler("ddim", scheduler_config)
     scheduler.set_timesteps(inversion.steps, device=inversion.latents.device)
-    guider = sampling_guider(inversion, cond, null)
+    guider = with_structure(sampling_guider(inversion, cond, null), inversion.structure, model, null,
+                            scheduler.timesteps, scheduler.alphas_cumprod)
     return sample_steps(denoiser, guider, scheduler, scheduler.timesteps, inversion.noise_latents, cancel)
 
 
@@ -191,7 +234,7 @@ def reconstruction_steps(denoiser: Denoiser, inversion: Inversion, cond: Cond, n
 
 
 def invert(engine: ModelHost, spec: InversionSpec, image: ImageInput | None,
-           cancel: CancelToken | None = None) -> Iterator[Event]:
+           structure_images: StructureImages | None = None, cancel: CancelToken | None = None) -> Iterator[Event]:
     """Invert `image` (any PIL image or array; cropped/resized to the model's size, or kept at its own with
     `spec.keep_size`, the change reported)
     with `spec.method`. Bad input raises InvalidInputError here, before any model work; the returned
@@ -205,15 +248,18 @@ def invert(engine: ModelHost, spec: InversionSpec, image: ImageInput | None,
     tokens = engine.tokenize(spec.prompt, "Prompt")
     size = working_size(image, engine.native_size, engine.size_multiple, spec.keep_size)
     prepared = prepare_image(image, size)
-    job = _invert(engine, spec, prepared.image, prepared.note, tokens, cancel)
+    structure = prepare_structure(engine, spec.structure, structure_images, size, size)
+    job = _invert(engine, spec, prepared.image, prepared.note, tokens, structure, cancel)
     return engine.exclusive(job, PHASES[spec.method] * spec.steps, cancel, f"one {size}px image")
 
 
 @torch.no_grad()
 def _invert(engine: ModelHost, spec: InversionSpec, image: Image.Image, note: str, tokens: Tokens,
-            cancel: CancelToken | None) -> Iterator[Event]:
+            structure: PreparedStructure | None, cancel: CancelToken | None) -> Iterator[Event]:
     clock = Stopwatch()
     model = engine.model
+    for event_note in structure.notes if structure is not None else ():
+        yield Notice(event_note)
 
     # 2. encode the prompt, the null prompt and the image
     cond = engine.encode_prompt(tokens)
@@ -226,30 +272,35 @@ def _invert(engine: ModelHost, spec: InversionSpec, image: Image.Image, note: st
     grid = StepGrid.of(scheduler, model.prediction_type)
     denoiser = Denoiser(model, scheduler.alphas_cumprod)
     ctx = Context(denoiser, grid, cond, null, latents, spec, cancel, model.scheduler_config, vae=model.vae,
-                  image=image)
+                  image=image, model=model, structure=structure)
+    # the image prompt's attention (when the structure has one) for both passes, its tokens set per UNet call
+    attached = structure_attached(ctx.guidance(spec.guidance_scale), model.unet, denoiser)
     clock.lap("encode")
 
     # 4. invert
-    inverted: Inverted = yield from METHOD_RUNNERS[spec.method](ctx)
-    inversion_passes = denoiser.unet_evaluations
-    clock.lap("inversion")
-    inversion = Inversion(
-        method=spec.method, image=image, prompt=spec.prompt, guidance_scale=spec.guidance_scale,
-        timesteps=scheduler.timesteps.cpu(), latents=latents, trajectory=inverted.trajectory,
-        uncond_embeddings=inverted.uncond_embeddings, coupled=inverted.coupled,
-        edict_mix=spec.edict_mix if spec.method == "edict" else None,
-        bdia_gamma=spec.bdia_gamma if spec.method == "bdia" else None,
-        dtype=inverted.dtype, preparation=note, losses=inverted.losses,
-        method_settings={name: getattr(spec, name) for name in METHOD_SETTINGS[spec.method]},
-    )
+    with attached:
+        inverted: Inverted = yield from METHOD_RUNNERS[spec.method](ctx)
+        inversion_passes = denoiser.unet_evaluations
+        clock.lap("inversion")
+        inversion = Inversion(
+            method=spec.method, image=image, prompt=spec.prompt, guidance_scale=spec.guidance_scale,
+            timesteps=scheduler.timesteps.cpu(), latents=latents, trajectory=inverted.trajectory,
+            uncond_embeddings=inverted.uncond_embeddings, coupled=inverted.coupled,
+            edict_mix=spec.edict_mix if spec.method == "edict" else None,
+            bdia_gamma=spec.bdia_gamma if spec.method == "bdia" else None,
+            dtype=inverted.dtype, preparation=note, losses=inverted.losses,
+            method_settings={name: getattr(spec, name) for name in METHOD_SETTINGS[spec.method]},
+            structure=structure,
+        )
 
-    # 5. reconstruct with the method's own sampler, measuring the distance to the inverted trajectory
-    step_errors = []
-    x = inversion.noise_latents
-    for state in reconstruct_steps(ctx, inversion):
-        x = state["x"]
-        step_errors.append(float((x.double() - inversion.trajectory[state["i"] + 1].double()).pow(2).mean()))
-        yield ctx.progress(PHASES[spec.method] - 1, state["i"] + 1, "reconstructing")
+        # 5. reconstruct with the method's own sampler (under the same structure), measuring the distance to the
+        #    inverted trajectory
+        step_errors = []
+        x = inversion.noise_latents
+        for state in reconstruct_steps(ctx, inversion):
+            x = state["x"]
+            step_errors.append(float((x.double() - inversion.trajectory[state["i"] + 1].double()).pow(2).mean()))
+            yield ctx.progress(PHASES[spec.method] - 1, state["i"] + 1, "reconstructing")
     clock.lap("reconstruction")
 
     # 6. decode and compare with the image and with the VAE's own round trip
@@ -269,8 +320,11 @@ def _invert(engine: ModelHost, spec: InversionSpec, image: Image.Image, note: st
         "reconstruction_unet_passes": denoiser.unet_evaluations - inversion_passes,
         "inversion_seconds": timings["inversion"],
     }
+    inputs_used = {"source_image": image_record(image)}
+    if structure is not None:
+        inputs_used["structure_images"] = structure.record()
     settings = reproduction_record(engine, "invert", asdict(spec), timings, denoiser.unet_evaluations,
-                                   preparation=note, source_image=image_record(image), **report)
+                                   preparation=note, **inputs_used, **report)
     yield InversionResult([reconstruction_image], settings, timings, denoiser.unet_evaluations,
                           pixels[:1], inversion=replace(inversion, metrics=report), step_errors=step_errors,
                           method=spec.method, **report)
@@ -278,11 +332,12 @@ def _invert(engine: ModelHost, spec: InversionSpec, image: Image.Image, note: st
 
 def reconstruct_steps(ctx: Context, inversion: Inversion) -> Iterator[StepState]:
     """The method's own sampler from x_T (states with "i" and "x" as sample_steps yields them)."""
-    guider = _cfg(ctx.cond, ctx.null, inversion.guidance_scale)
+    guider = ctx.guidance(inversion.guidance_scale)
     if inversion.method == "edict":
         return edict_sampling_steps(ctx.denoiser, guider, ctx.grid, inversion.trajectory[0], inversion.coupled[0],
                                     inversion.edict_mix, ctx.cancel)
     if inversion.method == "bdia":
         return bdia_sampling_steps(ctx.denoiser, guider, ctx.grid, inversion.trajectory[0], inversion.trajectory[1],
                                    inversion.bdia_gamma, ctx.cancel)
-    return reconstruction_steps(ctx.denoiser, inversion, ctx.cond, ctx.null, ctx.scheduler_config, ctx.cancel)
+    return reconstruction_steps(ctx.denoiser, inversion, ctx.cond, ctx.null, ctx.scheduler_config, ctx.cancel,
+                                ctx.model)

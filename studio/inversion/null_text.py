@@ -26,6 +26,9 @@ step i + 1, as in the reference implementation). What makes it cheap, measured i
 - the prompt's prediction eps(x_i, c) is computed once per step and reused by every iteration.
 Autograd runs through the UNet only for the unconditional half; the weights stay frozen (gradients
 are taken with torch.autograd.grad with respect to O_i alone, nothing accumulates in the model).
+Under structure (a ControlNet, an image prompt) both branches carry the controls the sampler will give them at
+step i, so O_i is optimised for the step that reconstruction and edits take; a ControlNet on the unconditional
+branch reads O_i as its text, and autograd runs through it too.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from torch import Tensor
 from studio.conditioning import Cond
 from studio.denoiser import Denoiser
 from studio.events import NullTextLoss, check_cancelled
-from studio.guidance import cfg
+from studio.guidance import Guider, cfg
 from studio.images import to_tensor
 from studio.inversion.steps import affine_step
 
@@ -62,10 +65,15 @@ def stalled(losses: list[float], min_improvement: float) -> bool:
 def unet_output(denoiser: Denoiser, x: Tensor, t: Tensor, embedding: Tensor, like: Cond) -> Tensor:
     """The UNet's output (B, C, h, w) for one embedding (1, T, D), differentiable with respect to it.
     Denoiser.predict is no_grad by design (sampling never needs gradients); NTI does, so it calls the UNet
-    itself, with the added conditions of `like` (SDXL's pooled embedding), and counts the pass."""
+    itself, with the added conditions of `like` (SDXL's pooled embedding) and its structure (control residuals,
+    image tokens: as Denoiser.predict attaches them), and counts the pass."""
+    embeddings = embedding.expand(x.shape[0], -1, -1)  # (B, T, D)
     added = denoiser.added_conditions([like], x, embedding.dtype) if denoiser.uses_added_conditions else None
-    output = denoiser.unet(x, t, encoder_hidden_states=embedding.expand(x.shape[0], -1, -1),
-                           added_cond_kwargs=added, return_dict=False)[0]
+    structure = denoiser.control_residuals([like], x, t, embeddings, added) if like.controls else {}
+    if denoiser.image_tokens is not None:
+        denoiser.image_tokens.set_batch([like], x.shape[0])
+    output = denoiser.unet(x, t, encoder_hidden_states=embeddings, added_cond_kwargs=added, return_dict=False,
+                           **structure)[0]
     denoiser.unet_evaluations += 1
     return output
 
@@ -73,6 +81,13 @@ def unet_output(denoiser: Denoiser, x: Tensor, t: Tensor, embedding: Tensor, lik
 def decode_differentiable(vae, latents: Tensor) -> Tensor:
     """Scaled latents -> pixels in [-1, 1] with gradients (models.decode_latents returns detached numpy)."""
     return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+
+
+def branches_at(guider: Guider, i: int, null: Cond) -> tuple[Cond, Cond]:
+    """(unconditional, conditional) of CFG `guider` at step i, with what it attaches to each (structure); at w = 1
+    it has no unconditional branch: `null` then."""
+    conds = guider.conds_at(i)
+    return (conds[guider.unconditional[0]] if guider.unconditional else null), conds[guider.primary]
 
 
 def null_text_optimisation(ctx, pivot: list[Tensor]) -> Iterator[NullTextLoss]:
@@ -87,17 +102,19 @@ def null_text_optimisation(ctx, pivot: list[Tensor]) -> Iterator[NullTextLoss]:
     if spec.image_weight > 0:
         image_pixels = to_tensor(ctx.image, ctx.latents.device, ctx.vae.dtype)  # (1, 3, H, W)
     x = pivot[0]
+    guider = ctx.guidance(spec.guidance_scale)  # the caption's CFG at w with the run's structure, if any
     embeddings, all_losses = [], []
     for i, t in enumerate(grid.timesteps.to(x.device)):
         check_cancelled(ctx.cancel, i, steps, "null-text steps")
         coefficients = grid.coefficients(i)
-        cond_output = denoiser.predict(x, t, [ctx.cond])[0]  # reused by every inner iteration
+        null, cond = branches_at(guider, i, ctx.null)
+        cond_output = denoiser.predict(x, t, [cond])[0]  # reused by every inner iteration
         embedding = previous.clone().requires_grad_(True)  # warm start from O_{i-1}
         optimiser = torch.optim.Adam([embedding], lr=learning_rate(spec.learning_rate, spec.lr_decay, i, steps))
         losses, best = [], None  # best: (L_rec, embedding, x_next) of the best iterate so far
         for iteration in range(spec.inner_steps + 1):
             with torch.enable_grad():
-                uncond_output = unet_output(denoiser, x, t, embedding, ctx.null)
+                uncond_output = unet_output(denoiser, x, t, embedding, null)
                 x_next = affine_step(cfg(uncond_output, cond_output, spec.guidance_scale), x, coefficients)
                 reconstruction = F.mse_loss(x_next, pivot[i + 1])
                 losses.append(reconstruction.item())

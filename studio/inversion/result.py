@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from PIL import Image
 
 from studio import specs
 from studio.errors import InvalidInputError
+from studio.structure.spec import StructureSpec
+
+if TYPE_CHECKING:  # studio.generation imports the job layer, which imports this module: the type only
+    from studio.generation import PreparedStructure
 
 METHODS = ("ddim", "null_text", "negative_prompt", "edict", "bdia")
 METHOD_LABELS = {
@@ -25,6 +29,7 @@ LEARNING_RATE = specs.Range(1e-4, 1.0, 1e-4, "NTI learning rate")
 TOLERANCE = specs.Range(0.0, 1e-2, 1e-6, "NTI early-stop tolerance")
 SMOOTHNESS = specs.Range(0.0, 100.0, 0.1, "NTI temporal smoothness")
 IMAGE_WEIGHT = specs.Range(0.0, 100.0, 0.1, "NTI image-space weight")
+NULL_BRANCH_METHODS = ("null_text", "negative_prompt")  # the methods that sample with their own null branch
 NULL_STARTS = ("prompt", "empty")  # where NTI's null embedding starts: the caption's (NPI's) or the empty prompt's
 EDICT_MIX = specs.Range(0.5, 1.0, 0.01, "EDICT mixing p")
 BDIA_GAMMA = specs.Range(0.0, 0.95, 0.05, "BDIA gamma")  # 1 would be plain DDIM, not invertible
@@ -72,6 +77,13 @@ class InversionSpec:
     edict_mix: float = 0.93
     float64: bool = False  # EDICT/BDIA in float64 (CPU only)
     bdia_gamma: float = 0.0  # the symmetric scheme; inversion divides by 1 - gamma per step (bdia.py)
+    # control maps / image prompt (studio.structure) the image is inverted and reconstructed under, so that edits
+    # under the same control reconstruct it (lllyasviel/ControlNet#359); checked against the loaded controls by the job
+    structure: StructureSpec | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.structure, dict):  # settings (JSON, PNG chunks) hold it as a dict
+            object.__setattr__(self, "structure", StructureSpec(**self.structure))
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -79,6 +91,18 @@ class InversionSpec:
         specs.check_ranges(self, self.RANGES)
         if self.null_start not in NULL_STARTS:
             raise InvalidInputError(f"Unknown NTI start {self.null_start!r}; choose one of {', '.join(NULL_STARTS)}.")
+        channel_rows = [] if self.structure is None or self.method not in NULL_BRANCH_METHODS else [
+            *(f"Control {row}" for row, c in enumerate(self.structure.controls, start=1) if c.mode == "channel"),
+            *(["Image prompt"] if self.structure.image_prompt and self.structure.image_prompt.mode == "channel" else []),
+        ]
+        if channel_rows:
+            # NPI and NTI replace the null branch that a channel row's term w(t) (eps_k - eps_u) also reads: with
+            # NPI's eps_u = eps_c the term is no longer the one inverted, and NTI optimises the plain CFG step
+            raise InvalidInputError(
+                f"{', '.join(channel_rows)}: mode 'channel' adds its own guidance term, which "
+                f"{METHOD_LABELS[self.method]} does not invert; pick balanced, prompt, control or guess, or invert "
+                "with DDIM inversion, EDICT or BDIA."
+            )
 
 
 # eq=False: an Inversion is one object (hashed by identity), so a gr.State holding it can be watched for changes
@@ -115,6 +139,9 @@ class Inversion:
     # the InversionSpec fields its method read (NTI's learning rate, EDICT's p, ...), for the records of edits made
     # from it (studio.jobs.inversion_record); empty for an inversion made elsewhere
     method_settings: dict[str, object] = field(default_factory=dict)
+    # the structure (checked spec, maps at this image's size) it was inverted and reconstructed under; its edits
+    # sample under it unless they bring their own; None: no control
+    structure: PreparedStructure | None = None
 
     @property
     def noise_latents(self) -> torch.Tensor:

@@ -323,7 +323,7 @@ class DiffEditTab(Tab):
             before = inversion.image if inversion is not None else picture
             edit.update(spec=spec, inversion=inversion, before=None if before is None else rgb(before),
                         preview_settings=run_settings(spec))
-            return self.engine.diffedit(spec, None if inversion is not None else picture, mask, inversion, cancel)
+            return self.engine.diffedit(spec, None if inversion is not None else picture, mask, inversion, cancel=cancel)
 
         render, partial = remembering(lambda event: self.render(event, **edit), [self.mask_preview, self.result])
         yield from stream_job("diffedit", request, self.status, start, render, "DiffEdit",

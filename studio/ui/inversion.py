@@ -338,7 +338,7 @@ class InversionTab(Tab):
             image = load_upload(values.get("upload"))
             warn_about_limits(self.engine, [shown.runs[0].prompt])  # the upload is prepared to the model's size
             # every method's input is checked here, before the first one starts
-            return run_progress([self.engine.invert(spec, image, cancel) for spec in shown.runs])
+            return run_progress([self.engine.invert(spec, image, cancel=cancel) for spec in shown.runs])
 
         yield {self.losses: None}  # the previous run's loss plot is not this run's
         yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),

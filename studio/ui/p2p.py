@@ -417,7 +417,7 @@ class P2PTab(Tab):
             shown.settings = run_settings(self.engine, shown.spec, shown.inversion)
             size = None if shown.inversion is not None else (shown.spec.size or self.engine.native_size,) * 2
             warn_about_limits(self.engine, [shown.spec.source_prompt, shown.spec.target_prompt], size)
-            return self.engine.p2p(shown.spec, shown.inversion, cancel)  # checks input, no model work yet
+            return self.engine.p2p(shown.spec, shown.inversion, cancel=cancel)  # checks input, no model work yet
 
         yield {self.hint: ""}  # the last edit's hint is not this one's
         yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
