@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from studio.conditioning import Cond
 from studio.guidance import Guider, schedule_factors
 from studio.structure.adapters import ControlModel, ImagePromptAdapter
 from studio.structure.spec import ControlSpec, ImagePromptSpec, StructureSpec
+
+if TYPE_CHECKING:  # a type only: the denoiser reads these conditions, this module does not run it
+    from studio.denoiser import Denoiser
 
 LAYER_SCALES = ("uniform", "soft", "guess")
 # A1111's "My prompt is more important": layer k of n at 0.825 ** (n - 1 - k) (sd-webui-controlnet's soft injection)
@@ -202,7 +206,7 @@ class StructuredGuidance:
         return guided
 
     @contextmanager
-    def attached(self, unet: UNet2DConditionModel, denoiser: object) -> Iterator[None]:
+    def attached(self, unet: UNet2DConditionModel, denoiser: Denoiser) -> Iterator[None]:
         """For the run: the image tokens' holder on the denoiser and ImagePromptAttention on the cross-attention
         layers, when an image row is active; both removed on exit (also on error or cancel)."""
         if self.image is None or self.image_prompt is None:
