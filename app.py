@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from studio.model_options import add_model_options, open_engine
-from studio.ui import diffedit, generate, history, inversion, p2p, parts, sdedit, send, stream
+from studio.ui import diffedit, generate, history, inversion, p2p, parts, sdedit, send, stream, structure
 
 if TYPE_CHECKING:
     from studio.engine import Engine  # torch: imported at run time only by main()
@@ -33,6 +33,8 @@ def build_app(engine: Engine) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 generating = generate.GenerateTab(engine)
+            with gr.Tab("Structure", id="structure"):
+                structuring = structure.StructureTab(engine)
             with gr.Tab("Inversion", id="inversion"):
                 inverted = inversion.InversionTab(engine)
             with gr.Tab("SDEdit", id="sdedit"):
@@ -44,7 +46,7 @@ def build_app(engine: Engine) -> gr.Blocks:
             with gr.Tab("History", id="history") as history_page:
                 past = history.HistoryTab(engine)
         past.wire_page(history_page)
-        send.connect(tabs, [generating, inverted, sdediting, diffediting, p2p_editing, past])
+        send.connect(tabs, [generating, structuring, inverted, sdediting, diffediting, p2p_editing, past])
         demo.unload(history.forget_session)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
     return demo

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     from studio.inversion import Inversion
 
 
-TAB_TITLES = {"generate": "Generate", "inversion": "Inversion", "sdedit": "SDEdit", "diffedit": "DiffEdit",
-              "p2p": "Prompt-to-Prompt", "history": "History"}  # tab id -> its title (the ids app.py gives the tabs)
+# tab id -> its title (the ids app.py gives the tabs)
+TAB_TITLES = {"generate": "Generate", "structure": "Structure", "inversion": "Inversion", "sdedit": "SDEdit",
+              "diffedit": "DiffEdit", "p2p": "Prompt-to-Prompt", "history": "History"}
 JOB_TABS = {"generate": "generate", "invert": "inversion", "sdedit": "sdedit", "diffedit_mask": "diffedit",
             "diffedit": "diffedit", "p2p": "p2p"}  # a settings record's "job" -> the tab whose form it restores
 
@@ -102,11 +103,18 @@ class Tab:
             record = png_settings.read_png_settings(file)
         except InvalidInputError as error:
             raise gr.Error(str(error)) from error
-        made_by = JOB_TABS.get(str(record.get("job") or "generate"), "generate")
+        made_by = record_tab(record)
         if made_by != self.name:
             gr.Warning(f"This PNG was made in the {TAB_TITLES[made_by]} tab: only the settings the two tabs share are "
                        f"restored here. Load it in {TAB_TITLES[made_by]} for all of them.")
         return self.form.restore(record)
+
+
+def record_tab(record: Mapping[str, Any]) -> str:
+    """The tab whose form a settings record restores: its job's, and the Structure tab for a generation under
+    structure control (the Structure tab runs the generate job)."""
+    job = str(record.get("job") or "generate")
+    return "structure" if job == "generate" and record.get("structure") else JOB_TABS.get(job, "generate")
 
 
 def session_id(request: gr.Request | None) -> str:
@@ -180,7 +188,7 @@ def chosen_inversion(values: Mapping[str, Any], missing: str) -> Inversion | Non
 # What every result offers: send, compare, download, load settings
 
 
-SEND_TARGETS = ("inversion", "sdedit", "diffedit", "p2p")  # tabs an image can be sent to
+SEND_TARGETS = ("structure", "inversion", "sdedit", "diffedit", "p2p")  # tabs an image can be sent to
 MASK_TARGETS = {"sdedit": "SDEdit mask", "diffedit": "DiffEdit mask", "p2p": "P2P local blend"}
 
 

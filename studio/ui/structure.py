@@ -1,0 +1,535 @@
+"""The Structure tab: draw an outline or a layout (or upload a picture and derive one), pick the controls that read
+it, and generate under them: ControlNet (Zhang, Rao & Agrawala 2023), T2I-Adapter (Mou et al. 2024) and, when the
+model has one, an IP-Adapter image prompt (Ye et al. 2023, eq. 5: Z = Attn(Q, K, V) + lambda Attn(Q, K', V')).
+
+One canvas is the source of every control map; each control row derives its own map from it (`MAP_SOURCES`: the
+drawing as drawn, its OpenCV Canny outline, or the layout from a shapes picture's colours), so one upload feeds a
+layout control and an outline control at once. The maps show as soon as the canvas or a row changes (no model
+work), prepared at the model's size with the notes of `maps.prepare_control_map` ("resized to 128x128"); what a row
+shows is what the run sends.
+
+The job is Generate's (`engine.generate(spec, structure_images=...)`, a GenerateSpec with a StructureSpec), so
+the results are Generate's too: `StructureTab` reuses GenerateTab's render, partial result and attention-map view,
+and its PNGs load back in either tab. Endpoint ``/structure`` streams progress, live previews and attention maps and
+ends with the images, their PNGs (carrying the structure spec and the maps' records) and the settings;
+``/structure_maps`` derives the maps only; ``/structure_read_settings`` restores the form from a PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+import numpy as np
+
+from studio import specs
+from studio.errors import InvalidInputError
+from studio.events import CancelToken, Event
+from studio.jobs import resolve_seed
+from studio.specs import GenerateSpec
+from studio.structure import maps
+from studio.structure.spec import (
+    CONTROL_MODES,
+    CONTROL_SCALE,
+    IMAGE_PROMPT_MODES,
+    IMAGE_PROMPT_SCALE,
+    ControlSpec,
+    ImagePromptSpec,
+    StructureImages,
+    StructureSpec,
+)
+from studio.ui.form import (
+    Field,
+    number,
+    optional_whole,
+    saved,
+    seed_box,
+    seed_from_form,
+    slider,
+    spec_values,
+    text,
+    textbox,
+)
+from studio.ui.generate import GenerateTab, Shown, _blank, pick_item, run_settings
+from studio.ui.parts import (
+    Sendable,
+    instant,
+    load_settings_box,
+    mask_row,
+    model_line,
+    model_panel,
+    rgb,
+    send_row,
+    settings_view,
+    warn_about_limits,
+)
+from studio.ui.sdedit import BRUSH_COLOURS, STROKE_EXAMPLES, canvas_inputs
+from studio.ui.stream import (
+    JOB_EVENT,
+    KEYS_HELP,
+    Outputs,
+    run_and_stop,
+    status_box,
+    stop_button,
+    stream_job,
+)
+
+if TYPE_CHECKING:
+    from studio.engine import Engine
+
+DEFAULTS = GenerateSpec(prompt="", capture_attention=True)  # attention maps on, as the Generate tab starts
+CONTROL_DEFAULTS = ControlSpec(control="")
+IMAGE_PROMPT_DEFAULTS = ImagePromptSpec()
+ROWS = 2  # control rows: e.g. a layout ControlNet and an outline control at once, each with its own map
+NO_CONTROL = "none"
+BRUSH = ["#000000", "#ffffff", *BRUSH_COLOURS]  # black on the white canvas; the shapes palette for "layout (colours)"
+MAP_SOURCES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "drawing": maps.map_from_drawing,  # the strokes as drawn, any colour on a plain canvas
+    "outline (Canny)": maps.outline_from_image,  # any picture's edges, as ControlNet's canny preprocessor
+    "layout (colours)": maps.layout_from_image,  # a shapes picture: every object's region, flat white
+}
+# the map source that fits a control's trained_for
+SOURCE_FOR = {"layout": "layout (colours)", "outline": "outline (Canny)", "canny": "outline (Canny)"}
+MODE_LABELS = {  # the names users of diffusers and A1111 know
+    "balanced": "balanced · diffusers' default, A1111 'Balanced'",
+    "prompt": "prompt · A1111 'My prompt is more important'",
+    "control": "control · A1111 'ControlNet is more important'",
+    "guess": "guess · diffusers' guess_mode",
+    "channel": "channel · its own guidance weight w(t)·(ε_k − ε_u)",
+}
+KIND_LABELS = {"controlnet": "ControlNet", "t2i_adapter": "T2I-Adapter"}
+MODES_HELP = (
+    "**Modes.** balanced: the control on both classifier-free guidance branches, every layer at the scale "
+    "(diffusers' default). prompt: deeper layers weaker (scale·0.825^(n−1−k), A1111). control: the conditional branch "
+    "only (A1111). guess: conditional branch only, layer scales from 0.1 to 1 (diffusers' guess_mode). channel: a "
+    "guidance term of its own, w(t)·(ε<sub>control</sub> − ε<sub>uncond</sub>), with the row's weight and schedule "
+    "(composable guidance, Liu et al. 2022; InstructPix2Pix eq. 3), which per-channel dropout in training makes "
+    "meaningful. start/stop: the fraction of the run the control is on."
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers: the canvas -> control maps
+
+
+def canvas_picture(canvas: dict | None, size: int) -> np.ndarray:
+    """The canvas as one RGB picture (its background with the strokes on top); a blank canvas raises
+    InvalidInputError."""
+    picture, _, _ = canvas_inputs(canvas, size)  # SDEdit's canvas: background + strokes layer, blank refused
+    return picture
+
+
+def derive_map(picture: np.ndarray, source: str, size: int) -> tuple[np.ndarray, list[str]]:
+    """The control map a row reads from the canvas picture, prepared at the model's size, and the notes of what
+    the preparation changed. An empty map raises InvalidInputError."""
+    if source not in MAP_SOURCES:
+        raise InvalidInputError(f"Map from {source!r} is not offered: choose one of {', '.join(MAP_SOURCES)}.")
+    return maps.prepare_control_map(MAP_SOURCES[source](picture), size, size)
+
+
+def notes_text(notes: list[str]) -> str:
+    return " ".join(notes)
+
+
+def picture_canvas(image: np.ndarray) -> dict:
+    """An editor value with `image` as its background and nothing drawn over it (an image sent from a tab)."""
+    picture = rgb(image)
+    return {"background": np.dstack([picture, np.full(picture.shape[:2], 255, np.uint8)]), "layers": [],
+            "composite": None}
+
+
+def control_choices(engine: Engine) -> list[tuple[str, str]]:
+    """The control dropdown's choices: none, then each loaded control with its kind and the maps it was trained on."""
+    choices = [("none", NO_CONTROL)]
+    for name, control in engine.model.controls.items():
+        reads = f"trained for {control.trained_for} maps" if control.trained_for else "trained for unknown maps"
+        choices.append((f"{name} · {KIND_LABELS.get(control.kind, control.kind)} · {reads}", name))
+    return choices
+
+
+def default_controls(engine: Engine) -> list[str]:
+    """Each row's control at start: a layout control first, then an outline one, then any others; none after."""
+    names = sorted(engine.model.controls,
+                   key=lambda name: ({"layout": 0, "outline": 1}.get(engine.model.controls[name].trained_for, 2), name))
+    return (names + [NO_CONTROL] * ROWS)[:ROWS]
+
+
+def source_for(engine: Engine, control: str) -> str:
+    """The map source that fits a control: its trained_for's ("layout (colours)" for a layout control)."""
+    found = engine.model.controls.get(control)
+    return SOURCE_FOR.get(found.trained_for if found is not None else "", "drawing")
+
+
+def row_field(row: int, name: str) -> str:
+    """The form field of a control row's setting (rows count from 1)."""
+    return f"row{row}_{name}"
+
+
+IMAGE_PROMPT_PREFIX = "image_prompt_"
+
+
+def _popped(parsed: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {name[len(prefix):]: parsed.pop(name) for name in list(parsed) if name.startswith(prefix)}
+
+
+def structure_run(values: Mapping[str, Any], size: int) -> tuple[GenerateSpec, StructureImages]:
+    """The typed spec and the images of a run for the form's values: the rows with a control, each with the map it
+    derives from the canvas, and the image prompt when it is on. Raises InvalidInputError for what the user must
+    change (no control picked, a blank canvas or an empty map, an image prompt without its reference); ranges and
+    control names are the engine's to check (StructureSpec.validate)."""
+    parsed = spec_values(FIELDS, values)
+    rows = [_popped(parsed, f"row{row}_") for row in range(1, ROWS + 1)]
+    image_prompt = _popped(parsed, IMAGE_PROMPT_PREFIX)
+    parsed["seed"] = seed_from_form(parsed.get("seed"), bool(values.get("random_seed", False)))
+    picked = [(row, settings) for row, settings in enumerate(rows, start=1) if settings.get("control", NO_CONTROL) != NO_CONTROL]
+    use_image_prompt = bool(values.get("image_prompt_on"))
+    if not picked and not use_image_prompt:
+        raise InvalidInputError("Pick a control in at least one row (or turn the image prompt on): without one this "
+                                "is the Generate tab.")
+    controls, control_maps = [], []
+    if picked:
+        picture = canvas_picture(values.get("canvas"), size)
+        for row, settings in picked:
+            source = values.get(row_field(row, "map")) or "drawing"
+            try:
+                control_map, _ = derive_map(picture, source, size)
+            except InvalidInputError as error:
+                raise InvalidInputError(f"Row {row} ({settings['control']}, map from {source}): {error}") from error
+            controls.append(ControlSpec(**settings))
+            control_maps.append(control_map)
+    reference = None
+    if use_image_prompt:
+        reference = values.get("image_prompt_reference")
+        if reference is None:
+            raise InvalidInputError("The image prompt is on but has no reference image: upload one, or untick "
+                                    "'Image prompt'.")
+        reference = rgb(reference)
+    structure = StructureSpec(controls=tuple(controls),
+                              image_prompt=ImagePromptSpec(**image_prompt) if use_image_prompt else None)
+    return (GenerateSpec(**parsed, structure=structure),
+            StructureImages(controls=tuple(control_maps), image_prompt=reference))
+
+
+# --------------------------------------------------------------------------------------------
+# The form
+
+
+def _saved_row(row: int, name: str) -> Callable[[Mapping[str, Any]], Any]:
+    """Restore a control row's setting from a record's structure spec; a row the record has no control for is
+    set to none. Records without a structure leave the rows as they are."""
+
+    def restore(settings: Mapping[str, Any]) -> Any:
+        if "structure" not in settings:
+            return None
+        controls = list((settings.get("structure") or {}).get("controls") or [])
+        if row > len(controls):
+            return NO_CONTROL if name == "control" else None
+        return controls[row - 1].get(name)
+
+    return restore
+
+
+def _saved_image_prompt(name: str) -> Callable[[Mapping[str, Any]], Any]:
+    """Restore an image-prompt setting ("on": whether the record had an image prompt)."""
+
+    def restore(settings: Mapping[str, Any]) -> Any:
+        if "structure" not in settings:
+            return None
+        found = (settings.get("structure") or {}).get("image_prompt")
+        if name == "on":
+            return found is not None
+        return None if found is None else found.get(name)
+
+    return restore
+
+
+def _mode_box(elem_id: str, value: str) -> Callable[[Engine], gr.Dropdown]:
+    return lambda engine: gr.Dropdown([(MODE_LABELS[mode], mode) for mode in CONTROL_MODES], value=value,
+                                      label="Control mode", elem_id=elem_id, scale=3, min_width=200)
+
+
+def _schedule_box(elem_id: str, value: str, visible: bool) -> Callable[[Engine], gr.Dropdown]:
+    return lambda engine: gr.Dropdown(list(specs.GUIDANCE_SCHEDULES), value=value, label="Schedule (channel mode)",
+                                      elem_id=elem_id, min_width=120, visible=visible)
+
+
+def channel_only(mode: str) -> tuple[Any, Any]:
+    """The weight and schedule of a row show in the channel mode only (the other modes have no term of their own)."""
+    return gr.update(visible=mode == "channel"), gr.update(visible=mode == "channel")
+
+
+def _row_fields(row: int) -> tuple[Field, ...]:
+    """A control row: which control, where its map comes from, its scale and window, its mode, and for the channel
+    mode its guidance weight and schedule."""
+    prefix, defaults = f"structure-row{row}", CONTROL_DEFAULTS
+    channel = defaults.mode == "channel"
+
+    def control_box(engine: Engine) -> gr.Dropdown:
+        return gr.Dropdown(control_choices(engine), value=default_controls(engine)[row - 1], label=f"Control {row}",
+                           elem_id=f"{prefix}-control", scale=3, min_width=200)
+
+    def map_box(engine: Engine) -> gr.Radio:
+        return gr.Radio(list(MAP_SOURCES), value=source_for(engine, default_controls(engine)[row - 1]),
+                        label="Map from the canvas", elem_id=f"{prefix}-map", scale=3)
+
+    return (
+        Field(row_field(row, "control"), control_box, str, _saved_row(row, "control")),
+        Field(row_field(row, "map"), map_box, in_spec=False),  # how this run reads the canvas: not a setting
+        Field(row_field(row, "scale"), slider(CONTROL_SCALE, defaults.scale, elem_id=f"{prefix}-scale", scale=2,
+                                              info="controlnet_conditioning_scale / adapter_conditioning_scale"),
+              float, _saved_row(row, "scale")),
+        Field(row_field(row, "start"), number(specs.START, defaults.start, elem_id=f"{prefix}-start", min_width=80),
+              float, _saved_row(row, "start")),
+        Field(row_field(row, "stop"), number(specs.STOP, defaults.stop, elem_id=f"{prefix}-stop", min_width=80),
+              float, _saved_row(row, "stop")),
+        Field(row_field(row, "mode"), _mode_box(f"{prefix}-mode", defaults.mode), str, _saved_row(row, "mode")),
+        Field(row_field(row, "weight"), number(specs.CONDITION_WEIGHT, defaults.weight, label="Weight (channel mode)",
+                                               elem_id=f"{prefix}-weight", min_width=100, visible=channel), float,
+              _saved_row(row, "weight")),
+        Field(row_field(row, "schedule"), _schedule_box(f"{prefix}-schedule", defaults.schedule, channel), str,
+              _saved_row(row, "schedule")),
+    )
+
+
+IMAGE_PROMPT_FIELDS = (
+    Field("image_prompt_on", lambda engine: gr.Checkbox(
+        label="Image prompt", value=False, elem_id="structure-image-prompt-on",
+        info="IP-Adapter: the reference's colours and arrangement through a second cross-attention"),
+          restore=_saved_image_prompt("on"), in_spec=False),
+    Field("image_prompt_reference", lambda engine: gr.Image(
+        label="Reference image", type="numpy", image_mode="RGB", height=160, sources=["upload", "clipboard"],
+        elem_id="structure-image-prompt-reference"), in_spec=False),
+    Field("image_prompt_scale", slider(IMAGE_PROMPT_SCALE, IMAGE_PROMPT_DEFAULTS.scale,
+                                       elem_id="structure-image-prompt-scale", info="λ of IP-Adapter eq. 5"),
+          float, _saved_image_prompt("scale")),
+    Field("image_prompt_mode", lambda engine: gr.Dropdown(
+        [(MODE_LABELS[mode], mode) for mode in IMAGE_PROMPT_MODES],
+        value=IMAGE_PROMPT_DEFAULTS.mode, label="Image prompt mode", elem_id="structure-image-prompt-mode"),
+          str, _saved_image_prompt("mode")),
+    Field("image_prompt_weight", number(specs.CONDITION_WEIGHT, IMAGE_PROMPT_DEFAULTS.weight,
+                                        label="Weight (channel mode)", elem_id="structure-image-prompt-weight",
+                                        visible=IMAGE_PROMPT_DEFAULTS.mode == "channel"),
+          float, _saved_image_prompt("weight")),
+    Field("image_prompt_schedule", _schedule_box("structure-image-prompt-schedule", IMAGE_PROMPT_DEFAULTS.schedule,
+                        IMAGE_PROMPT_DEFAULTS.mode == "channel"),
+          str, _saved_image_prompt("schedule")),
+)
+
+FIELDS = (
+    Field("canvas", lambda engine: gr.ImageEditor(
+        label="Canvas: draw an outline or a layout, or upload a picture", type="numpy", image_mode="RGBA",
+        format="png", canvas_size=(engine.native_size,) * 2, height=340,
+        # no initial value: the editor sends an upload over a value it was given as that value, not the upload
+        brush=gr.Brush(default_size=8, colors=BRUSH, default_color=BRUSH[0]),
+        layers=gr.LayerOptions(allow_additional_layers=False, layers=["strokes"]), transforms=(),
+        elem_id="structure-canvas"), in_spec=False),
+    Field("prompt", textbox(label="Prompt", lines=2, placeholder="a big red circle on a blue background",
+                            elem_id="structure-prompt"), text, saved("prompt")),
+    Field("negative_prompt", textbox(label="Negative prompt", elem_id="structure-negative-prompt"), text,
+          saved("negative_prompt")),
+    *(field for row in range(1, ROWS + 1) for field in _row_fields(row)),
+    *IMAGE_PROMPT_FIELDS,
+    Field("seed", seed_box("structure-seed", scale=2, min_width=120), optional_whole, saved("seed", specs.SEED)),
+    Field("random_seed", lambda engine: gr.Checkbox(label="Random seed", value=True, elem_id="structure-random-seed"),
+          restore=lambda settings: False if settings.get("seed") is not None else None, in_spec=False),
+    Field("steps", slider(specs.STEPS, DEFAULTS.steps, elem_id="structure-steps"), int, saved("steps", specs.STEPS)),
+    Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, elem_id="structure-guidance"), float,
+          saved("guidance_scale", specs.GUIDANCE)),
+    # a view option, not a setting: never restored
+    Field("capture_attention", lambda engine: gr.Checkbox(
+        label="Show attention maps", value=DEFAULTS.capture_attention, elem_id="structure-show-attention"), bool),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# The tab
+
+
+class StructureTab(GenerateTab):
+    """The Structure tab: Generate's job with control rows and an image prompt (the shape of every tab:
+    `parts.Tab`; its results, partial result and attention view are GenerateTab's)."""
+
+    name = "structure"
+    fields = FIELDS
+
+    # 1. layout ---------------------------------------------------------------------------
+    def layout(self) -> None:
+        form, native = self.form, int(self.engine.native_size)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5, min_width=340):
+                self.canvas, self.prompt, _ = form.place("canvas", "prompt", "negative_prompt")
+                self.go, self.stop = run_and_stop("Generate with structure", "structure-btn", "structure-stop")
+                self.map_views = [self.control_row(row) for row in range(1, ROWS + 1)]
+                if not self.engine.model.controls:
+                    gr.Markdown("No control models are loaded for this model: load a ControlNet or T2I-Adapter "
+                                "made for it (`--controlnet`, `--t2i-adapter`).", elem_id="structure-no-controls")
+                self.image_prompt_row()
+                gr.Markdown(MODES_HELP, elem_id="structure-modes-help")
+                with gr.Row():
+                    form.place("seed", "random_seed")
+                with gr.Row():
+                    form.place("steps", "guidance_scale")
+                form.place("capture_attention")
+                model_panel(self.engine, "structure-model")
+                self.load_settings = load_settings_box("structure-load-settings")
+            with gr.Column(scale=6, min_width=360):
+                self.results_panel()
+        self.attention = gr.State(None)
+        self.receives = [self.canvas, self.prompt]
+        gr.Examples(
+            [[str(STROKE_EXAMPLES / "red_blob_on_blue.png"), "a big red circle on a blue background"],
+             [str(STROKE_EXAMPLES / "purple_wedge_black_box_on_yellow.png"), "a purple triangle on a yellow background"]],
+            form.components(["canvas", "prompt"]), label="Pictures to derive maps from", elem_id="structure-examples")
+        gr.Markdown(
+            f"{model_line(self.engine)} · maps at {native}×{native} px · {KEYS_HELP}. Each row's control reads its own "
+            "map, derived from the canvas; the maps above are what the run sends.", elem_id="structure-help")
+
+    def control_row(self, row: int) -> tuple[gr.Image, gr.Markdown]:
+        """A control row's settings beside the map it reads; the weight and schedule show in the channel mode."""
+        form, name = self.form, lambda setting: row_field(row, setting)
+        with gr.Group(elem_id=f"structure-row{row}"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3, min_width=240):
+                    with gr.Row():
+                        form.place(name("control"), name("map"))
+                    with gr.Row():
+                        form.place(name("scale"), name("start"), name("stop"))
+                    with gr.Row():
+                        form.place(name("mode"), name("weight"), name("schedule"))
+                with gr.Column(scale=1, min_width=120):
+                    view = gr.Image(label=f"Map {row}", format="png", interactive=False, height=140, buttons=[],
+                                    elem_id=f"structure-row{row}-map-view", elem_classes=["dcs-image"])
+                    notes = gr.Markdown(elem_id=f"structure-row{row}-notes")
+        return view, notes
+
+    def image_prompt_row(self) -> None:
+        """The IP-Adapter row when the model has one; otherwise a line that says why there is none."""
+        form, loaded = self.form, self.engine.model.image_prompt is not None
+        with gr.Group(visible=loaded, elem_id="structure-image-prompt"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3, min_width=240):
+                    form.place("image_prompt_on", "image_prompt_scale")
+                    with gr.Row():
+                        form.place("image_prompt_mode", "image_prompt_weight", "image_prompt_schedule")
+                with gr.Column(scale=2, min_width=160):
+                    form.place("image_prompt_reference")
+        if not loaded:
+            gr.Markdown("No image prompt: this model has no IP-Adapter loaded (`--ip-adapter FILE`).",
+                        elem_id="structure-no-image-prompt")
+
+    def results_panel(self) -> None:
+        """Progress, the live preview beside the attention heat map, the images with their send row, the PNGs and
+        the settings (the components GenerateTab's render and partial write)."""
+        self.status = status_box("structure-status")
+        with gr.Row(equal_height=False):
+            self.preview = gr.Image(label="Live preview", format="png", interactive=False, elem_id="structure-preview",
+                                    elem_classes=["dcs-image"], height=260, buttons=["download"])
+            with gr.Column():
+                self.heatmap = gr.Image(label="Attention heat map", format="png", interactive=False,
+                                        elem_id="structure-heatmap", elem_classes=["dcs-image"], height=260,
+                                        buttons=["download"])
+                self.resolution_pick = gr.Radio(choices=[], label="Layers (UNet resolution of the maps)",
+                                                elem_id="structure-resolution-pick")
+                self.map_sending = gr.State(None)
+                self.mask_buttons = mask_row("structure", own=self.name)
+        self.token_pick = gr.Radio(choices=[], label="Attention for word", elem_id="structure-token-pick")
+        self.gallery = gr.Gallery(label="Results", format="png", columns=3, height="auto", object_fit="contain",
+                                  elem_id="structure-gallery", elem_classes=["dcs-gallery"],
+                                  buttons=["download", "fullscreen"])
+        self.sending = gr.State(None)
+        self.items = gr.State([])
+        self.send_buttons = send_row("structure", own=self.name)
+        with gr.Row(equal_height=False):
+            self.downloads = gr.File(label="PNG with settings", file_count="multiple", elem_id="structure-downloads")
+            self.settings = settings_view("structure-settings", "Settings of this result", height=240)
+
+    # 2. handlers -------------------------------------------------------------------------
+    def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
+        """Generate under the control rows (and the image prompt); streams progress, previews and attention maps,
+        then the result.
+
+        Parameters:
+            canvas: the drawing or picture every row derives its control map from
+            row1_control: a loaded control's name, or "none" (likewise row2_control)
+            row1_map: how the row reads the canvas: drawing, outline (Canny) or layout (colours)
+            image_prompt_reference: the image prompt's reference (with image_prompt_on)
+        Returns:
+            gallery: the images, each a PNG carrying its settings (the structure spec and the maps' records)
+            preview: the latest preview; the first image once done
+            status: the progress line (HTML)
+            settings: the settings of the result, the seed used included
+            downloads: the images as PNG files carrying their settings
+        """
+        shown: Shown | None = None
+        native = int(self.engine.native_size)
+
+        def start(cancel: CancelToken) -> Iterator[Event]:
+            nonlocal shown
+            spec, images = structure_run(values, native)
+            spec = replace(spec, seed=resolve_seed(spec.seed, span=spec.batch_size))  # partial images know their seed
+            warn_about_limits(self.engine, [spec.prompt, spec.negative_prompt])
+            shown = Shown(run_settings(spec, str(self.engine.model_name), native), image=_blank(spec, native))
+            return self.engine.generate(spec, structure_images=images, cancel=cancel)
+
+        yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
+                              "Structure", results=self.results, partial=lambda: self.partial(shown))
+
+    def show_maps(self, canvas: dict | None, *sources: str) -> list[Any]:
+        """Each row's map and its notes for the canvas as it stands (no model work); a blank canvas says so."""
+        native = int(self.engine.native_size)
+        try:
+            picture = canvas_picture(canvas, native)
+        except InvalidInputError as error:
+            return [value for _ in sources for value in (None, str(error))]
+        shown = []
+        for source in sources:
+            try:
+                control_map, notes = derive_map(picture, source, native)
+                shown += [control_map, notes_text(notes)]
+            except InvalidInputError as error:
+                shown += [None, str(error)]
+        return shown
+
+    def pick_source(self, control: str) -> str:
+        """The map source that fits a control just picked."""
+        return source_for(self.engine, control)
+
+    def receive(self, item: Sendable) -> dict[Any, Any]:
+        """An image sent here: the canvas's picture (each row derives its map from it), its prompt as the prompt."""
+        return {self.canvas: picture_canvas(item.image), self.prompt: item.prompt}
+
+    # 3. events ---------------------------------------------------------------------------
+    def wire(self) -> None:
+        form = self.form
+        self.run_event = gr.on(
+            [self.go.click, form["prompt"].submit], self.run, inputs_kwargs=form.inputs, api_name="structure",
+            outputs=[self.gallery, self.preview, self.status, self.attention, self.settings, self.downloads,
+                     self.items, self.sending],
+            **JOB_EVENT)
+        stop_button(self.stop, self.status, [self.run_event], tab=self.name, api_name="structure_stop",
+                    results=[*self.results, self.items, self.sending])
+        sources = form.components([row_field(row, "map") for row in range(1, ROWS + 1)])
+        map_outputs = [component for view in self.map_views for component in view]
+        # the editor's change misses uploads and strokes in Gradio 6 (its input and upload have them); change has the
+        # values events set (a sent image, an example, Clear)
+        gr.on([self.canvas.input, self.canvas.upload, self.canvas.change, *(source.change for source in sources)],
+              self.show_maps, [self.canvas, *sources], map_outputs, api_name="structure_maps", concurrency_limit=None,
+              concurrency_id="structure-maps", trigger_mode="always_last", show_progress="hidden")
+        for row in range(1, ROWS + 1):
+            form[row_field(row, "control")].input(self.pick_source, form[row_field(row, "control")],
+                                                  form[row_field(row, "map")], **instant("structure-view"))
+        for prefix in [*(f"row{row}_" for row in range(1, ROWS + 1)), IMAGE_PROMPT_PREFIX]:
+            form[f"{prefix}mode"].change(channel_only, form[f"{prefix}mode"],
+                                         form.components([f"{prefix}weight", f"{prefix}schedule"]),
+                                         **instant("structure-view"))
+        pickers = [self.attention, self.token_pick, self.resolution_pick]
+        self.attention.change(self.show_attention, pickers,
+                              [self.token_pick, self.resolution_pick, self.heatmap, self.map_sending],
+                              **instant("structure-view"))
+        gr.on([self.token_pick.input, self.resolution_pick.input], lambda *picks: self.show_attention(*picks)[2:],
+              pickers, [self.heatmap, self.map_sending], **instant("structure-view"))
+        self.gallery.select(pick_item, self.items, self.sending, **instant("structure-view"))
+        self.load_settings.upload(self.read_settings, self.load_settings, form.restorable,
+                                  api_name="structure_read_settings", concurrency_id="settings")
