@@ -96,9 +96,10 @@ def test_an_original_layout_controlnet_file_loads_as_the_controlnet_it_was_made_
         parameter.data.normal_()
     save_file(controlnet_to_ldm(control.module), str(tmp_path / "control_outline.safetensors"))
     save_file(control.module.state_dict(), str(tmp_path / "diffusers_names.safetensors"))
-    for file in ("control_outline.safetensors", "diffusers_names.safetensors"):
+    torch.save(controlnet_to_ldm(control.module), tmp_path / "control_outline.pth")  # lllyasviel's .pth: a pickle
+    for file in ("control_outline.safetensors", "diffusers_names.safetensors", "control_outline.pth"):
         loaded = load_control(tmp_path / file, base)
-        assert (loaded.name, loaded.kind) == (file.removesuffix(".safetensors"), "controlnet")
+        assert (loaded.name, loaded.kind) == (file.rsplit(".", 1)[0], "controlnet")
         assert_same_weights(loaded.module, control.module)
 
     wide_unet = UNet2DConditionModel.from_config({**base.unet.config, "cross_attention_dim": 64})
