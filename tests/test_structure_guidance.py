@@ -85,7 +85,7 @@ def guider_for(engine, rows: tuple[ControlSpec, ...], guidance_scale: float = 6.
 @pytest.mark.parametrize(("mode", "on_uncond", "layer_factors"), [
     ("balanced", True, [1.5] * 13),
     ("prompt", True, [1.5 * SOFT_DECAY ** (12 - k) for k in range(13)]),
-    ("control", False, [1.5] * 13),
+    ("control", False, [1.5 * SOFT_DECAY ** (12 - k) for k in range(13)]),  # A1111 softens it too
     ("guess", False, (torch.logspace(-1, 0, 13) * 1.5).tolist()),
 ])
 def test_each_mode_puts_the_control_on_the_branches_it_names(structure_engine, mode, on_uncond, layer_factors):

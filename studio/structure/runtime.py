@@ -41,10 +41,11 @@ if TYPE_CHECKING:  # a type only: the denoiser reads these conditions, this modu
     from studio.denoiser import Denoiser
 
 LAYER_SCALES = ("uniform", "soft", "guess")
-# A1111's "My prompt is more important": layer k of n at 0.825 ** (n - 1 - k) (sd-webui-controlnet's soft injection)
+# sd-webui-controlnet's "soft injection", layer k of n at 0.825 ** (n - 1 - k): A1111 applies it in every mode but
+# "Balanced" (soft_injection = mode != BALANCED; cfg_injection, the conditional branch only, = mode == CONTROL)
 SOFT_DECAY = 0.825
 UNCONDITIONAL_MODES = ("balanced", "prompt")  # the modes whose control also enters the unconditional branch
-MODE_LAYER_SCALES = {"balanced": "uniform", "prompt": "soft", "control": "uniform", "guess": "guess",
+MODE_LAYER_SCALES = {"balanced": "uniform", "prompt": "soft", "control": "soft", "guess": "guess",
                      "channel": "uniform"}
 
 

@@ -8,7 +8,7 @@ The modes say where a control enters classifier-free guidance (Ho & Salimans 202
     balanced  diffusers' default and A1111's "Balanced": the control on both CFG branches, every layer at `scale`
     prompt    A1111's "My prompt is more important": both branches, layer k of n at scale * 0.825 ** (n - 1 - k)
     control   A1111's "ControlNet is more important": the conditional branch only (the unconditional one runs
-              without the control, so CFG amplifies it)
+              without the control, so CFG amplifies it), layers as "prompt" (A1111 softens them in both modes)
     guess     diffusers' guess_mode: the conditional branch only, layer k at logspace(-1, 0, n)[k] * scale
     channel   its own guidance term w(t) (eps_k - eps_u) with eps_k = the null text plus this control alone: the
               multi-condition form of Liu et al. 2022 that InstructPix2Pix (Brooks et al. 2023, eq. 3) uses per
