@@ -25,7 +25,7 @@ controls (assets/models/shapes-sd-controls/, loaded with the embedded model); wi
 would show). `--random-controls` runs (a)-(d) on such stand-ins too (the smoke test; the numbers mean nothing).
 Writes bench/results/structure.{json,md,png}.
 
-    python bench/structure.py [--scenes 32] [--sweep-scenes 8] [--image-scenes 16] [--steps 25] [--threads 1]
+    python bench/structure.py [--scenes 32] [--sweep-scenes 8] [--image-scenes 12] [--steps 25] [--threads 1]
 """
 
 from __future__ import annotations
@@ -46,18 +46,28 @@ from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_description, interleaved, peer_pipeline, sd15_engine  # noqa: E402
+from common import device_description, interleaved, peer_pipeline, sd15_engine
 
-from studio.engine import Engine  # noqa: E402
-from studio.events import Result  # noqa: E402
-from studio.plots import line_chart  # noqa: E402
-from studio.shapes.judge import judge_pixels  # noqa: E402
-from studio.shapes.render import Rendering, caption, describe_object, render  # noqa: E402
-from studio.specs import GenerateSpec  # noqa: E402
-from studio.structure.adapters import new_control, new_ip_adapter, save_ip_adapter  # noqa: E402
-from studio.structure.maps import control_map, layout_from_image, prepare_control_map  # noqa: E402
-from studio.structure.spec import ControlSpec, ImagePromptSpec, StructureImages, StructureSpec  # noqa: E402
-from studio.structure.training import held_out_scenes, mask_iou  # noqa: E402
+from studio.engine import Engine
+from studio.events import Result
+from studio.plots import line_chart
+from studio.shapes.judge import judge_pixels
+from studio.shapes.render import Rendering, caption, describe_object, render
+from studio.specs import GenerateSpec
+from studio.structure.adapters import (
+    EMBEDDED_CONTROLS_DIR,
+    new_control,
+    new_ip_adapter,
+    save_ip_adapter,
+)
+from studio.structure.maps import control_map, layout_from_image, prepare_control_map
+from studio.structure.spec import (
+    ControlSpec,
+    ImagePromptSpec,
+    StructureImages,
+    StructureSpec,
+)
+from studio.structure.training import held_out_scenes, mask_iou
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_IOU = 0.85
@@ -72,12 +82,13 @@ class ControlRow(NamedTuple):  # a NamedTuple: bench scripts load without a sys.
     control: str  # the loaded control's name (studio.structure.adapters.embedded_controls)
     map_kind: str  # the map it reads (studio.structure.maps.CONTROL_KINDS)
     kind: str  # "controlnet" | "t2i_adapter"
+    folder: str  # its folder in assets/models/shapes-sd-controls (its card's training.json)
 
 
 CONTROL_ROWS = (
-    ControlRow("layout ControlNet", "layout", "layout", "controlnet"),
-    ControlRow("outline ControlNet", "outline", "outline", "controlnet"),
-    ControlRow("outline T2I-Adapter", "t2i-outline", "outline", "t2i_adapter"),
+    ControlRow("layout ControlNet", "layout", "layout", "controlnet", "controlnet-layout"),
+    ControlRow("outline ControlNet", "outline", "outline", "controlnet", "controlnet-outline"),
+    ControlRow("outline T2I-Adapter", "t2i-outline", "outline", "t2i_adapter", "t2i-adapter-outline"),
 )
 SWEEP_CONTROL = CONTROL_ROWS[0]
 SCALES = (0.0, 0.25, 0.5, 1.0, 1.5)
@@ -97,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=5.0, help="the prompt's CFG weight in (a)-(d)")
     parser.add_argument("--scenes", type=int, default=32, help="(a)/(b) held-out scenes per control")
     parser.add_argument("--sweep-scenes", type=int, default=8, help="(c) scenes per setting")
-    parser.add_argument("--image-scenes", type=int, default=16, help="(d) reference images")
+    parser.add_argument("--image-scenes", type=int, default=12, help="(d) reference images")
     parser.add_argument("--cost-steps", type=int, default=25, help="(e) steps on the first model")
     parser.add_argument("--repeats", type=int, default=3, help="(e) timed runs of each side after a warm-up")
     parser.add_argument("--sd15-size", type=int, default=128, help="(e) SD 1.5's architecture at this size; 0 skips it")
@@ -207,17 +218,28 @@ def run_scenes(engine: Engine, renderings: list[Rendering], args: argparse.Names
 # ---------------------------------------------------------------------------------------------- (a)-(d)
 
 
-def fidelity(engine: Engine, renderings: list[Rendering], args: argparse.Namespace, measurable: set[str]) -> list[dict]:
-    """(a) and (b): each control on its own maps, and the same prompts and seeds without control."""
+def fidelity(engine: Engine, renderings: list[Rendering], args: argparse.Namespace, measurable: set[str],
+             cards: bool) -> list[dict]:
+    """(a) and (b): each control on its own maps, and the same prompts and seeds without control; `cards`: beside
+    the IoU its shipped card measured."""
     rows = [{"label": "no control (same prompts and seeds)", "control": None, **run_scenes(engine, renderings, args)}]
     for row in CONTROL_ROWS:
         if row.control not in measurable:
             rows.append({"label": row.label, "control": row.control, "skipped": "not loaded (not trained yet)"})
             continue
         structure = StructureSpec((ControlSpec(row.control),))
-        rows.append({"label": row.label, "control": row.control, "map": row.map_kind,
+        rows.append({"label": row.label, "control": row.control, "map": row.map_kind, "card_iou_mean": card_iou(row) if cards else None,
                      **run_scenes(engine, renderings, args, structure=structure, map_kind=row.map_kind)})
     return rows
+
+
+def card_iou(row: ControlRow) -> float | None:
+    """The IoU its training run measured (studio.structure.training.control_fidelity: the same held-out scenes and
+    seeds, through diffusers' own pipeline): a check of this bench's, with the shipped control only."""
+    path = EMBEDDED_CONTROLS_DIR / row.folder / "training.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("fidelity", {}).get("iou_mean")
 
 
 def sweep_settings() -> list[dict]:
@@ -303,7 +325,11 @@ def cost_and_parity(engine: Engine, prompt: str, size: int, steps: int, repeats:
     warm-up; the layout ControlNet reads the layout map, the T2I-Adapter the outline map, the IP-Adapter the picture
     (each at the run's size). The IP-Adapter's pipeline gets its own copy of the UNet: load_ip_adapter replaces its
     attention processors."""
-    from diffusers import StableDiffusionAdapterPipeline, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+    from diffusers import (
+        StableDiffusionAdapterPipeline,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionPipeline,
+    )
 
     model = engine.model
     layout, _ = prepare_control_map(control_map(rendering, "layout"), size, size)
@@ -384,7 +410,7 @@ def measure(args: argparse.Namespace) -> dict:
     report = {**device_description(engine.device), "model": engine.model_name, "steps": args.steps,
               "guidance_scale": args.guidance, "trained_controls": sorted(trained), "trained_image_prompt": trained_image,
               "random_stand_ins": stand_ins, "goals": {"iou": GOAL_IOU, "text_obeyed": GOAL_TEXT, "time_ratio": TARGET_RATIO}}
-    report["fidelity"] = fidelity(engine, scenes[: args.scenes], args, measurable)
+    report["fidelity"] = fidelity(engine, scenes[: args.scenes], args, measurable, cards=args.model is None)
     lap("fidelity")
     if SWEEP_CONTROL.control in measurable:
         report["sweep"] = channel_sweep(engine, scenes[: args.sweep_scenes], args)
@@ -418,41 +444,44 @@ def table(report: dict) -> str:
     lines = [
         "# Structure control: fidelity, text under control, channel independence, image prompt, cost",
         "",
-        f"Model `{report['model']}` on {report['device']} ({report['device_name']}, {report['torch_threads']} torch "
-        f"threads); DDIM {report['steps']} steps, prompt weight {report['guidance_scale']:g}, control scale 1 unless "
-        f"said; held-out scenes (studio.structure.training.held_out_scenes), scene k with seed k. Trained controls: "
-        f"{', '.join(report['trained_controls']) or 'none'}; image prompt trained: "
-        f"{'yes' if report['trained_image_prompt'] else 'no'}"
-        + (f"; random-init stand-ins: {', '.join(report['random_stand_ins'])}" if report["random_stand_ins"] else "")
-        + f". Whole run: {report['seconds']['total'] / 60:.1f} min.",
+        (f"Model `{report['model']}` on {report['device']} ({report['device_name']}, {report['torch_threads']} torch "
+         f"threads); DDIM {report['steps']} steps, prompt weight {report['guidance_scale']:g}, control scale 1 unless "
+         f"said; held-out scenes (studio.structure.training.held_out_scenes), scene k with seed k. Trained controls: "
+         f"{', '.join(report['trained_controls']) or 'none'}; image prompt trained: "
+         f"{'yes' if report['trained_image_prompt'] else 'no'}"
+         + (f"; random-init stand-ins: {', '.join(report['random_stand_ins'])}" if report["random_stand_ins"] else "")
+         + f". Whole run: {report['seconds']['total'] / 60:.1f} min."),
         "",
         f"## (a, b) Control fidelity and the text under control (goals: layout IoU >= {GOAL_IOU:g}, text >= {GOAL_TEXT:.0%})",
         "",
-        "IoU: the generated objects' mask (pixels far from the generated background colour) vs the scene's object mask the "
-        "map was drawn from. Text: each object's colour and shape and the background, named in the prompt, judged by pixels.",
+        ("IoU: the generated objects' mask (pixels far from the generated background colour) vs the scene's object mask the "
+         "map was drawn from. Text: each object's colour and shape and the background, named in the prompt, judged by pixels. "
+         "The card's IoU: the control's training run on the same scenes and seeds through diffusers' own pipeline."),
         "",
-        f"| control | scenes | IoU mean | IoU median | IoU >= {GOAL_IOU:g} | background | colour | shape | text obeyed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        (f"| control | scenes | IoU mean | IoU median | IoU >= {GOAL_IOU:g} | background | colour | shape | text obeyed | "
+         "card's IoU (diffusers) |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["fidelity"]:
         if "skipped" in row:
-            lines.append(f"| {row['label']} | skipped: {row['skipped']} |||||||")
+            lines.append(f"| {row['label']} | skipped: {row['skipped']} ||||||||")
             continue
+        card = "–" if row.get("card_iou_mean") is None else f"{row['card_iou_mean']:.3f}"
         lines.append(f"| {row['label']} | {row['scenes']} | **{row['iou_mean']:.3f}** | {row['iou_median']:.3f} | "
                      f"{_pct(row['iou_at_goal'])} | {_pct(row['background'])} | {_pct(row['colour'])} | "
-                     f"{_pct(row['shape'])} | **{_pct(row['text_obeyed'])}** |")
+                     f"{_pct(row['shape'])} | **{_pct(row['text_obeyed'])}** | {card} |")
     sweep = report["sweep"]
     lines += ["", f"## (c) Channel independence: the {SWEEP_CONTROL.label}", ""]
     if "skipped" in sweep:
         lines.append(f"Skipped: {sweep['skipped']}.")
     else:
         lines += [
-            f"{sweep['scenes']} scenes per setting. 'channel': the control as its own guidance term w(t) (eps_k - eps_u), "
-            "eps_k = the null text with this control only; 'text weight' is the prompt's CFG weight beside a channel "
-            f"weight of {CHANNEL_WEIGHT:g}. Windows are fractions of the run (diffusers' control_guidance_start/end).",
+            (f"{sweep['scenes']} scenes per setting. 'channel': the control as its own guidance term w(t) (eps_k - eps_u), "
+             "eps_k = the null text with this control only; 'text weight' is the prompt's CFG weight beside a channel "
+             f"weight of {CHANNEL_WEIGHT:g}. Windows are fractions of the run (diffusers' control_guidance_start/end)."),
             "",
-            "| family | setting | text weight | mode | scale | window | channel weight | schedule | IoU mean | "
-            "background | colour | shape |",
+            ("| family | setting | text weight | mode | scale | window | channel weight | schedule | IoU mean | "
+             "background | colour | shape |"),
             "|---|---|---:|---|---:|---|---:|---|---:|---:|---:|---:|",
         ]
         for row in sweep["rows"]:
@@ -469,8 +498,8 @@ def table(report: dict) -> str:
         lines.append(f"Skipped: {image['skipped']}.")
     else:
         lines += [
-            "The reference is the scene's own rendering; background / colour / shape: the judged generated ones equal "
-            "the reference's; IoU: its arrangement.",
+            ("The reference is the scene's own rendering; background / colour / shape: the judged generated ones equal "
+             "the reference's; IoU: its arrangement."),
             "",
             "| setting | scenes | background | object colour | shape | IoU mean |", "|---|---:|---:|---:|---:|---:|",
         ]
@@ -478,10 +507,10 @@ def table(report: dict) -> str:
                   f"{_pct(row['shape'])} | {row['iou_mean']:.3f} |" for row in image["rows"]]
     cost = report["cost"]
     lines += [
-        "", f"## (e) Cost and parity vs diffusers (diffusers' default mode, guidance {PEER_GUIDANCE:g}; target <= "
-        f"{TARGET_RATIO:g}x)", "",
-        "Same modules, seed 0, DDIM; medians of interleaved runs after a warm-up. 'vs plain': our structured run over our "
-        "plain generation (same prompt, seed and steps).",
+        "", (f"## (e) Cost and parity vs diffusers (diffusers' default mode, guidance {PEER_GUIDANCE:g}; target <= "
+             f"{TARGET_RATIO:g}x)"), "",
+        ("Same modules, seed 0, DDIM; medians of interleaved runs after a warm-up. 'vs plain': our structured run over our "
+         "plain generation (same prompt, seed and steps)."),
         "",
         "| model | size | steps | dtype | peer | ours s | diffusers s | ratio | s/step (plain) | vs plain | max pixel diff |",
         "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
@@ -492,8 +521,8 @@ def table(report: dict) -> str:
                          f"{row['median_ours_s']:.3f} | {row['median_diffusers_s']:.3f} | **{row['ratio']:.3f}x** | "
                          f"{row['seconds_per_step']:.4f} ({model['plain_seconds_per_step']:.4f}) | {row['vs_plain']:.2f}x | "
                          f"{row['max_abs_pixel_difference']:.1e} |")
-    lines += ["", f"Pixel parity (<= 1e-4, fp32): {'yes' if cost['parity'] else '**no**'}; every ratio within target: "
-              f"{'yes' if cost['meets_target'] else '**no**'}."]
+    lines += ["", (f"Pixel parity (<= 1e-4, fp32): {'yes' if cost['parity'] else '**no**'}; every ratio within target: "
+                   f"{'yes' if cost['meets_target'] else '**no**'}.")]
     return "\n".join(lines) + "\n"
 
 

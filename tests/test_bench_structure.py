@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 
-from PIL import Image
-
 from bench_scripts import load
+from PIL import Image
 
 
 def test_structure_bench_reports_fidelity_sweep_image_prompt_and_parity(tiny_model_dir, tmp_path):
