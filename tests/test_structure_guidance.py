@@ -20,7 +20,7 @@ from studio.guidance import ClassifierFreeGuidance, schedule_factors
 from studio.sampling import make_scheduler
 from studio.schedule import alpha_bars_at
 from studio.specs import GenerateSpec
-from studio.structure.runtime import SOFT_DECAY, structured_guider
+from studio.structure.runtime import SOFT_DECAY, ControlInput, structured_guider
 from studio.structure.spec import (
     ControlSpec,
     ImagePromptSpec,
@@ -203,3 +203,9 @@ def test_a_control_at_guidance_scale_one_steers_the_single_branch(structure_engi
     steered = run(structure_engine, *control(ControlSpec("layout")), guidance_scale=1.0)
     assert steered.settings["nfe_per_step"] == 1
     assert np.abs(steered.pixels - run(structure_engine, guidance_scale=1.0).pixels).max() > 1e-2
+
+
+def test_soft_layer_weights_of_an_sd_t2i_adapter_are_a1111s_table(structure_engine):
+    adapter = structure_engine.model.controls["t2i-outline"]
+    factors = ControlInput(adapter, torch.zeros(1, 3, 8, 8), 2.0, "soft").layer_factors(4, torch.device("cpu"))
+    assert factors.tolist() == pytest.approx([2.0 * w for w in (0.25, 0.62, 0.825, 1.0)])

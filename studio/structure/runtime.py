@@ -44,6 +44,7 @@ LAYER_SCALES = ("uniform", "soft", "guess")
 # sd-webui-controlnet's "soft injection", layer k of n at 0.825 ** (n - 1 - k): A1111 applies it in every mode but
 # "Balanced" (soft_injection = mode != BALANCED; cfg_injection, the conditional branch only, = mode == CONTROL)
 SOFT_DECAY = 0.825
+T2I_SOFT_WEIGHTS = (0.25, 0.62, 0.825, 1.0)  # A1111's soft weights for a T2I-Adapter's four feature levels
 UNCONDITIONAL_MODES = ("balanced", "prompt")  # the modes whose control also enters the unconditional branch
 MODE_LAYER_SCALES = {"balanced": "uniform", "prompt": "soft", "control": "soft", "guess": "guess",
                      "channel": "uniform"}
@@ -61,10 +62,13 @@ class ControlInput:
 
     def layer_factors(self, n: int, device: torch.device) -> Tensor:
         """(n,) float32 factor of each residual, deepest last (ControlNet: the down blocks' then the mid block's).
-        "guess" is diffusers' guess_mode, logspace(-1, 0, n) * scale, computed as ControlNetModel does."""
+        "guess" is diffusers' guess_mode, logspace(-1, 0, n) * scale, computed as ControlNetModel does; "soft" is
+        A1111's: 0.825 ** (n - 1 - k), or its own table for an SD T2I-Adapter's four levels."""
         if self.layer_scales == "guess":
             return torch.logspace(-1, 0, n, device=device) * self.scale
         if self.layer_scales == "soft":
+            if self.model.kind == "t2i_adapter" and n == len(T2I_SOFT_WEIGHTS):
+                return torch.tensor([self.scale * w for w in T2I_SOFT_WEIGHTS], device=device)
             return torch.tensor([self.scale * SOFT_DECAY ** (n - 1 - k) for k in range(n)], device=device)
         return torch.full((n,), self.scale, device=device)
 
