@@ -248,6 +248,15 @@ def make_ema(parameters: list[torch.nn.Parameter], decay: float) -> EMAModel:
     return EMAModel(parameters, decay=decay, update_after_step=-1)
 
 
+def v_prediction_loss(prediction: torch.Tensor, target: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The embedded model's loss: min-SNR-5 weighting (Hang et al. 2023) of a v-target MSE,
+    min(SNR + 1, 6) / (SNR + 1) per sample; alpha_bar is (B,), each sample's cumulative alpha."""
+    snr = alpha_bar / (1 - alpha_bar).clamp(min=1e-8)
+    weight = torch.minimum(snr + 1, torch.full_like(snr, 6.0)) / (snr + 1)
+    per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))
+    return (weight * per_sample).mean()
+
+
 def stage_unet(args) -> None:
     latents, scaling = load_latents(args)
     latents = (latents * scaling).to(args.device)
@@ -273,11 +282,7 @@ def stage_unet(args) -> None:
         # bf16 only on CUDA: on the CPU the small UNet ran slower under autocast (attention, group norm)
         with torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16 and args.device_type == "cuda"):
             prediction = unet(x_t, t, text_encoder(ids).last_hidden_state).sample.float()
-        # min-SNR-5 weighting (Hang et al. 2023) of a v-target loss: min(SNR + 1, 6) / (SNR + 1)
-        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t]).clamp(min=1e-8)
-        weight = torch.minimum(snr + 1, torch.full_like(snr, 6.0)) / (snr + 1)
-        per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))
-        return (weight * per_sample).mean(), {}
+        return v_prediction_loss(prediction, target, alphas_cumprod[t]), {}
 
     train_loop("unet", args.work, args.unet_steps, {"text_encoder": text_encoder, "unet": unet, "ema": ema}, optimizer,
                args.unet_lr, 200, loss_fn, args.seed + 2, minutes=args.minutes.get("unet", 0),
