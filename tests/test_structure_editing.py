@@ -180,10 +180,15 @@ def test_an_inversion_file_keeps_its_control_and_a_model_without_that_control_re
         tiny_engine.p2p(P2PSpec("", TARGET, edit="word swap"), loaded)
 
 
-def test_ddim_inversion_under_a_control_reconstructs_as_well_as_without_and_diffedit_edits_it_under_it(
+def test_ddim_inversion_under_a_windowed_control_reconstructs_as_well_as_without_and_diffedit_edits_it_under_it(
         engine, picture):
-    plain = invert(engine, picture, "ddim", structure=None, guidance_scale=1.0)
-    controlled = invert(engine, picture, "ddim", guidance_scale=1.0)
+    # a window (the first half of the steps): the inversion must apply it at the steps sampling will. Measured on
+    # this model, 10 steps: latent MSE 0.0134 without control, 0.0139 under it, 0.0217 with the window's steps
+    # mirrored (inverse step k told k instead of N-1-k). PSNR moves little here: the tiny random VAE bounds it.
+    windowed = StructureSpec(controls=(ControlSpec("layout", scale=1.5, stop=0.5),))
+    plain = invert(engine, picture, "ddim", structure=None, guidance_scale=1.0, steps=10)
+    controlled = invert(engine, picture, "ddim", structure=windowed, guidance_scale=1.0, steps=10)
+    assert controlled.settings["latent_mse"] <= 1.2 * plain.settings["latent_mse"]
     assert controlled.settings["psnr"] >= plain.settings["psnr"] - 1.0
     mask = np.zeros((128, 128), bool)
     mask[16:88, 10:84] = True
