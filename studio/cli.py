@@ -8,6 +8,7 @@
     studio --model sd15 --controlnet control_v11p_sd15_canny --ip-adapter ip-adapter_sd15.bin \\
         generate "a house" --control control_v11p_sd15_canny canny.png --image-prompt colours.png --image-prompt-scale 0.6
     studio edit sdedit strokes.png --prompt "a red circle on a blue background" --t0 0.4,0.6 --out runs/sdedit
+    studio edit sdedit strokes.png --prompt "a red circle on a blue background" --control outline outline.png
     studio edit diffedit photo.png --source "a red circle" --target "a blue circle" --out runs/diffedit
     studio edit p2p --source "a big red circle" --target "a big red square" --edit "word swap" --seed 3
     studio invert photo.png --prompt "a red circle on a blue background" --method null_text edict --out runs/inv
@@ -202,11 +203,12 @@ def run_invert(engine: Engine, args: argparse.Namespace) -> int:
     from studio.inversion.file import INVERSION_SUFFIX, save_inversion
 
     image = read_image(args.image)
+    structure, images = structure_spec(args), structure_images(args)
     output = Output(args.out)
     for method in args.method:
         spec = InversionSpec(prompt=args.prompt, method=method, steps=args.steps, guidance_scale=args.guidance,
-                             keep_size=args.keep_size)
-        result = finish(engine.invert(spec, image), method)
+                             keep_size=args.keep_size, structure=structure)
+        result = finish(engine.invert(spec, image, structure_images=images), method)
         output.save(result, [f"{method}-reconstruction"])
         save_inversion(result.inversion, output.folder / f"{method}{INVERSION_SUFFIX}")
         metrics = {k: v for k, v in result.inversion.metrics.items() if isinstance(v, (int, float, str))}
@@ -228,9 +230,10 @@ def run_sdedit(engine: Engine, args: argparse.Namespace) -> int:
 
     spec = SDEditSpec(prompt=args.prompt, strengths=tuple(args.t0), repeats=args.repeats, seed=args.seed,
                       steps=args.steps, guidance_scale=args.guidance, noise_form=args.noise_form,
-                      keep_size=args.keep_size)
+                      keep_size=args.keep_size, structure=structure_spec(args))
     original = read_image(args.original) if args.original else None
-    result = finish(engine.sdedit(spec, read_image(args.guide), read_mask(args.mask), original), "SDEdit")
+    result = finish(engine.sdedit(spec, read_image(args.guide), read_mask(args.mask), original,
+                                  structure_images=structure_images(args)), "SDEdit")
     names = [f"t0-{sample.t0:g}-seed{sample.seed}" for sample in result.samples]
     Output(args.out).save(result, names)
     for row in result.settings["results"]:
@@ -243,12 +246,13 @@ def run_diffedit(engine: Engine, args: argparse.Namespace) -> int:
 
     spec = DiffEditSpec(source_prompt=args.source, target_prompt=args.target, steps=args.steps,
                         guidance_scale=args.guidance, threshold=args.threshold, edit_strength=args.strength,
-                        seed=args.seed, keep_size=args.keep_size)
+                        seed=args.seed, keep_size=args.keep_size, structure=structure_spec(args))
     inversion = read_inversion(engine, args.inversion)
     image = read_image(args.image) if args.image else None
     if (image is None) == (inversion is None):
         raise StudioError("Give an image or --inversion (one of them).")
-    result = finish(engine.diffedit(spec, image, read_mask(args.mask), inversion), "DiffEdit")
+    result = finish(engine.diffedit(spec, image, read_mask(args.mask), inversion,
+                                    structure_images=structure_images(args)), "DiffEdit")
     output = Output(args.out)
     output.save(result, ["edited"])
     from PIL import Image
@@ -262,10 +266,29 @@ def run_p2p(engine: Engine, args: argparse.Namespace) -> int:
 
     spec = P2PSpec(source_prompt=args.source, target_prompt=args.target, edit=args.edit, seed=args.seed,
                    steps=args.steps, guidance_scale=args.guidance, blend_words=tuple(args.blend or ()),
-                   size=args.size)
-    result = finish(engine.p2p(spec, read_inversion(engine, args.inversion)), "Prompt-to-Prompt")
+                   size=args.size, structure=structure_spec(args))
+    result = finish(engine.p2p(spec, read_inversion(engine, args.inversion), structure_images=structure_images(args)),
+                    "Prompt-to-Prompt")
     Output(args.out).save(result, ["source", "edited"])
     return 0
+
+
+def add_structure_options(command: argparse.ArgumentParser) -> None:
+    """Structure control rows (studio.structure) for a command that samples: read by structure_spec/structure_images."""
+    group = command.add_argument_group("structure control")
+    group.add_argument("--control", action="append", default=[], nargs=2, metavar=("NAME", "MAP"),
+                       help="steer with a loaded control (layout, outline, t2i-outline, or a --controlnet/--t2i-adapter "
+                            "folder's or file's name) reading the control map image MAP; repeatable")
+    group.add_argument("--control-scale", type=float, nargs="+", metavar="SCALE",
+                       help="each --control row's scale, in order (default 1 each)")
+    group.add_argument("--control-mode", default="balanced", choices=list(CONTROL_MODES),
+                       help="how every control steers: balanced (diffusers' default), prompt / control (A1111's 'my "
+                            "prompt' / 'ControlNet is more important'), guess (diffusers' guess mode), channel (its own "
+                            "guidance term)")
+    group.add_argument("--image-prompt", metavar="IMAGE",
+                       help="an image prompt (IP-Adapter, --ip-adapter): these colours, this arrangement")
+    group.add_argument("--image-prompt-scale", type=float, default=1.0, metavar="SCALE",
+                       help="lambda of the image prompt's attention (default 1)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -285,18 +308,6 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--size", type=int, default=None, help="width and height in pixels (default: the model's)")
     gen.add_argument("--batch", type=int, default=1,
                      help="images per seed, in one batch; image i uses seed + i (as AUTOMATIC1111)")
-    gen.add_argument("--control", action="append", default=[], nargs=2, metavar=("NAME", "MAP"),
-                     help="steer with a loaded control (layout, outline, t2i-outline, or a --controlnet/--t2i-adapter "
-                          "folder's or file's name) reading the control map image MAP; repeatable")
-    gen.add_argument("--control-scale", type=float, nargs="+", metavar="SCALE",
-                     help="each --control row's scale, in order (default 1 each)")
-    gen.add_argument("--control-mode", default="balanced", choices=list(CONTROL_MODES),
-                     help="how every control steers: balanced (diffusers' default), prompt / control (A1111's 'my prompt' "
-                          "/ 'ControlNet is more important'), guess (diffusers' guess mode), channel (its own guidance term)")
-    gen.add_argument("--image-prompt", metavar="IMAGE",
-                     help="an image prompt (IP-Adapter, --ip-adapter): these colours, this arrangement")
-    gen.add_argument("--image-prompt-scale", type=float, default=1.0, metavar="SCALE",
-                     help="lambda of the image prompt's attention (default 1)")
     gen.add_argument("--out", default="studio-output", help="folder for the PNGs and results.jsonl")
     gen.set_defaults(run=run_generate)
 
@@ -345,6 +356,8 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("train", add_help=False, help="train a structure control for the embedded model: "
                         "controlnet, t2i-adapter or ip-adapter (`studio train --help`)")
 
+    for command in (gen, inv, sdedit, diffedit, p2p):
+        add_structure_options(command)
     for command in (inv, sdedit, diffedit):
         command.add_argument("--keep-size", action="store_true",
                              help="work at the image's own size (its shorter side down to a multiple of 8) "

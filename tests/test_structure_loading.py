@@ -270,6 +270,10 @@ def test_studio_generate_steers_with_given_controls_and_an_image_prompt(tiny_mod
     settings = read_png_settings(out / "0000-seed0.png")
     assert [(row["control"], row["scale"]) for row in settings["structure"]["controls"]] == [("my-layout", 1.0), ("my-outline", 0.5)]
     assert settings["structure"]["image_prompt"]["scale"] == 0.6
+    assert main([*model, "edit", "sdedit", str(tmp_path / "reference.png"), "--prompt", "a red circle", "--t0", "0.5",
+                 "--repeats", "1", "--steps", "2", *rows[:3], "--out", str(tmp_path / "sdedit")]) == 0
+    edited = read_png_settings(next((tmp_path / "sdedit").glob("*.png")))
+    assert [row["control"] for row in edited["structure"]["controls"]] == ["my-layout"]
 
     assert main([*model, "generate", "a red circle", "--steps", "2", *rows, "--control-scale", "1", "--out", str(out)]) == 2
     assert "--control-scale gives 1 scale(s) for 2 --control row(s)" in capsys.readouterr().err
