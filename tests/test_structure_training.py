@@ -130,3 +130,16 @@ def test_two_cpu_processes_share_one_run(tiny_base, tmp_path):
     ControlNetModel.from_pretrained(model)
     summary = json.loads((model / "training.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 2
+
+
+def test_studio_train_is_the_same_entry(capsys):
+    from studio.cli import main as studio_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        studio_main(["train", "--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: studio train") and "--high-noise-dropout" in usage and "--resume" in usage
+    with pytest.raises(SystemExit):
+        studio_main(["--help"])
+    assert "train a structure control" in capsys.readouterr().out
