@@ -4,6 +4,7 @@ structure controls --controlnet, --t2i-adapter, --ip-adapter, --image-encoder)."
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,7 +33,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def open_engine(args: argparse.Namespace) -> Engine:
     """The Engine these options describe; raises ModelLoadError. Imports torch, so only when called."""
     from studio.engine import Engine
+    from studio.errors import ModelLoadError
+    from studio.structure.adapters import control_kind
 
+    flags = {"controlnet": "--controlnet", "t2i_adapter": "--t2i-adapter"}
+    for kind, paths in (("controlnet", args.controlnet), ("t2i_adapter", args.t2i_adapter)):
+        for path in paths:  # a missing path is load_control's to report
+            found = control_kind(path) if Path(path).expanduser().exists() else kind
+            if found != kind:
+                raise ModelLoadError(f"{flags[kind]} {path} is a {found.replace('_', '-')}: pass it with {flags[found]}.")
     return Engine(args.model, device=args.device, offload=args.offload, compile_unet=args.compile,
                   controls=[*args.controlnet, *args.t2i_adapter], ip_adapter=args.ip_adapter,
                   image_encoder=args.image_encoder)

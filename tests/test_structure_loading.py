@@ -279,3 +279,5 @@ def test_studio_generate_steers_with_given_controls_and_an_image_prompt(tiny_mod
     assert "--control-scale gives 1 scale(s) for 2 --control row(s)" in capsys.readouterr().err
     assert main([*model[:4], "generate", "a red circle", "--steps", "2", *rows[:3], "--out", str(out)]) == 2
     assert "no control named 'my-layout' is loaded" in capsys.readouterr().err
+    assert main([*model[:4], "--controlnet", str(adapter), "generate", "a red circle", "--out", str(out)]) == 2
+    assert f"--controlnet {adapter} is a t2i-adapter: pass it with --t2i-adapter." in capsys.readouterr().err

@@ -356,7 +356,8 @@ def _load_controlnet_file(path: Path, name: str, base: LoadedModel) -> ControlNe
             ) from error
 
 
-def _load_control_folder(folder: Path, name: str, base: LoadedModel) -> tuple[str, ControlNetModel | T2IAdapter]:
+def _folder_config(folder: Path) -> tuple[dict, str]:
+    """A control folder's config.json and the kind its `_class_name` names; raises ModelLoadError for anything else."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         found = ", ".join(sorted(p.name for p in folder.iterdir())[:5]) or "nothing"
@@ -371,6 +372,19 @@ def _load_control_folder(folder: Path, name: str, base: LoadedModel) -> tuple[st
         raise ModelLoadError(
             f"{folder.name} holds a {class_name or 'unnamed'} model; the controls this studio loads are "
             f"{' and '.join(CONTROL_CLASSES)} folders.")
+    return config, kind
+
+
+def control_kind(path: str | Path) -> str:
+    """"controlnet" or "t2i_adapter": what a control folder's config names (a single file is a ControlNet), without
+    loading it."""
+    path = Path(path).expanduser()
+    return _folder_config(path)[1] if path.is_dir() else "controlnet"
+
+
+def _load_control_folder(folder: Path, name: str, base: LoadedModel) -> tuple[str, ControlNetModel | T2IAdapter]:
+    config, kind = _folder_config(folder)
+    class_name = config["_class_name"]
     model_class = ControlNetModel if kind == "controlnet" else T2IAdapter
     if kind == "controlnet":
         check_controlnet(config, name, base)  # before the weights: a mismatch should not cost a load
