@@ -15,6 +15,7 @@ naming both models and what differs, an unknown layout names the first keys foun
 
 from __future__ import annotations
 
+import inspect
 import json
 import tempfile
 from collections.abc import Iterator
@@ -255,12 +256,17 @@ def _card_control(folder: Path) -> str:
 
 
 def _differences(checks: list[tuple[str, object, object]]) -> list[str]:
-    """(facet, the adapter's value, the base model's value) -> "<facet> <theirs>; ... has <ours>" for each mismatch."""
+    """(facet, the adapter's value, the base model's value) -> "<facet> <theirs> (the base has <ours>)" per mismatch."""
     return [f"{facet} {theirs} (the base has {ours})" for facet, theirs, ours in checks if theirs != ours]
 
 
 def _refuse(what: str, name: str, base: LoadedModel, differences: list[str], advice: str) -> ModelLoadError:
     return ModelLoadError(f"{what} {name} was made for a different base model than {base.name}: {'; '.join(differences)}. {advice}")
+
+
+def _init_defaults(model_class: type) -> dict:
+    return {name: parameter.default for name, parameter in inspect.signature(model_class.__init__).parameters.items()
+            if parameter.default is not inspect.Parameter.empty}
 
 
 def _family(unet_config) -> str:
@@ -271,6 +277,7 @@ def check_controlnet(config, name: str, base: LoadedModel) -> None:
     """A ControlNet's residuals are added to the UNet's skip connections: same latent channels, same levels, widths
     and layers per level, same cross-attention width (its own copy reads the prompt) and the same model family."""
     unet = base.unet.config
+    config = {**_init_defaults(ControlNetModel), **config}  # a config.json may leave out arguments at their default
     differences = _differences([
         ("model family", _family(config), _family(unet)),
         ("cross-attention", f"{config['cross_attention_dim']} wide", f"{unet.cross_attention_dim} wide"),
