@@ -219,6 +219,10 @@ def test_the_embedded_models_shipped_controls_load_by_the_map_they_read(tiny_bas
     assert {name: (c.kind, c.trained_for) for name, c in controls.items()} == {
         "layout": ("controlnet", "layout"), "t2i-outline": ("t2i_adapter", "outline")}
     assert image_prompt is not None
+    (shipped / "t2i-adapter-outline" / "diffusion_pytorch_model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ModelLoadError, match=r"control t2i-adapter-outline is damaged: .*Restore it with `git checkout"):
+        adapters.embedded_controls(tiny_base)
+    save_control(new_control(tiny_base.unet, "t2i_adapter", "t", "outline"), shipped / "t2i-adapter-outline", reads="outline")
 
     retrained = new_control(tiny_base.unet, "controlnet", "r", "layout")
     torch.nn.init.ones_(retrained.module.controlnet_mid_block.weight)  # zero at init: ones tell the two apart

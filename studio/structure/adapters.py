@@ -544,11 +544,18 @@ def embedded_controls(base: LoadedModel) -> tuple[dict[str, ControlModel], Image
     controls: dict[str, ControlModel] = {}
     image_prompt = None
     for folder in _embedded_folders():
-        if (folder / IP_ADAPTER_FILE).is_file():
-            image_prompt = load_ip_adapter(folder / IP_ADAPTER_FILE, base)
-        elif (folder / "config.json").is_file():
-            control = load_control(folder, base)
-            reads = control.trained_for or folder.name
-            control.name = reads if control.kind == "controlnet" else f"t2i-{reads}"
-            controls[control.name] = control
+        try:
+            if (folder / IP_ADAPTER_FILE).is_file():
+                image_prompt = load_ip_adapter(folder / IP_ADAPTER_FILE, base)
+            elif (folder / "config.json").is_file():
+                control = load_control(folder, base)
+                reads = control.trained_for or folder.name
+                control.name = reads if control.kind == "controlnet" else f"t2i-{reads}"
+                controls[control.name] = control
+        except ModelLoadError as error:  # shipped files: damaged, never silently left out
+            relative = folder.relative_to(REPO_ROOT) if folder.is_relative_to(REPO_ROOT) else folder
+            raise ModelLoadError(
+                f"The embedded model's control {folder.name} is damaged: {error} Restore it with "
+                f"`git checkout -- {relative}` in the repository, or retrain it (the recipe is in {relative}/README.md)."
+            ) from error
     return controls, image_prompt
