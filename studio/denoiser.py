@@ -70,8 +70,8 @@ class Denoiser:
         """The UNet's extra inputs from the conditions' controls, for the whole (N*B) batch.
 
         Each ControlNet runs once over the samples it steers at a non-zero scale (a net no sample needs this step is
-        skipped: x + 0 is x), with each sample's own text, and its residuals are scaled per sample and per layer,
-        summed over nets as diffusers' MultiControlNetModel sums them, zero for the other samples. T2I-Adapter
+        skipped: x + 0 is x), with each sample's own text, and its residuals are scaled per layer, summed over nets
+        as diffusers' MultiControlNetModel sums them, zero for the other samples. T2I-Adapter
         features (computed once per run) are scaled and summed the same way into down_intrablock_additional_residuals.
         """
         batch = model_input.shape[0] // len(conds)
@@ -98,24 +98,22 @@ class Denoiser:
                 )
                 parts = {"down_block_additional_residuals": list(down), "mid_block_additional_residual": [mid]}
             layers = sum(len(tensors) for tensors in parts.values())  # ControlNet: the down blocks', then the mid's
-            factors = self._sample_factors(members, layers, batch, model_input.device)  # (S, layers)
+            # a map steers every condition it is attached to at one scale per step (StructuredGuidance attaches it
+            # so): each layer's residual is one scalar product, as diffusers scales it
+            factors = first.layer_factors(layers)
+            if any(control.layer_factors(layers) != factors for _, control in members):
+                raise ValueError(f"{first.model.name}: one control map at several scales in one step")
             layer = 0
             for keyword, tensors in parts.items():
                 sums = residuals.setdefault(keyword, [None] * len(tensors))
                 for k, tensor in enumerate(tensors):
-                    scaled = tensor * factors[:, layer, None, None, None].to(tensor.dtype)  # (S, C, h, w)
+                    # (S, C, h, w), a new tensor (a T2I feature, computed once, serves every sample)
+                    scaled = tensor.expand(len(samples), *tensor.shape[1:]) * factors[layer]
                     sums[k] = _add_at(sums[k], scaled, samples, size)
                     layer += 1
         # the UNet takes the mid block's residual as one tensor, the others as lists
         return {keyword: sums[0] if keyword == "mid_block_additional_residual" else sums
                 for keyword, sums in residuals.items()}
-
-    @staticmethod
-    def _sample_factors(members: Sequence[tuple[int, ControlInput]], layers: int, batch: int,
-                        device: torch.device) -> Tensor:
-        """(S, layers): each member condition's layer factors, repeated for its `batch` images."""
-        factors = torch.stack([control.layer_factors(layers, device) for _, control in members])
-        return factors.repeat_interleave(batch, dim=0)
 
     def added_conditions(self, conds: Sequence[Cond], x_t: Tensor, dtype: torch.dtype) -> dict[str, Tensor]:
         """SDXL's micro-conditioning, as its pipeline's defaults: the pooled text embedding per condition

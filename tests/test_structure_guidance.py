@@ -93,7 +93,7 @@ def test_each_mode_puts_the_control_on_the_branches_it_names(structure_engine, m
     uncond, prompt = guider.conds_at(0)
     assert len(uncond.controls) == on_uncond
     (attached,) = prompt.controls
-    assert attached.layer_factors(13, torch.device("cpu")).tolist() == pytest.approx(layer_factors)
+    assert attached.layer_factors(13) == pytest.approx(layer_factors)
 
 
 def test_channel_rows_bring_their_own_null_when_the_uncond_branch_is_taken(structure_engine):
@@ -207,5 +207,5 @@ def test_a_control_at_guidance_scale_one_steers_the_single_branch(structure_engi
 
 def test_soft_layer_weights_of_an_sd_t2i_adapter_are_a1111s_table(structure_engine):
     adapter = structure_engine.model.controls["t2i-outline"]
-    factors = ControlInput(adapter, torch.zeros(1, 3, 8, 8), 2.0, "soft").layer_factors(4, torch.device("cpu"))
-    assert factors.tolist() == pytest.approx([2.0 * w for w in (0.25, 0.62, 0.825, 1.0)])
+    factors = ControlInput(adapter, torch.zeros(1, 3, 8, 8), 2.0, "soft").layer_factors(4)
+    assert factors == pytest.approx([2.0 * w for w in (0.25, 0.62, 0.825, 1.0)])

@@ -60,17 +60,17 @@ class ControlInput:
     layer_scales: str = "uniform"  # one of LAYER_SCALES
     features: tuple[Tensor, ...] | None = None  # a T2I-Adapter's adapter(image), computed once per run
 
-    def layer_factors(self, n: int, device: torch.device) -> Tensor:
-        """(n,) float32 factor of each residual, deepest last (ControlNet: the down blocks' then the mid block's).
-        "guess" is diffusers' guess_mode, logspace(-1, 0, n) * scale, computed as ControlNetModel does; "soft" is
-        A1111's: 0.825 ** (n - 1 - k), or its own table for an SD T2I-Adapter's four levels."""
+    def layer_factors(self, n: int) -> list[float]:
+        """The factor of each of n residuals, deepest last (ControlNet: the down blocks' then the mid block's).
+        "guess" is diffusers' guess_mode, logspace(-1, 0, n) * scale in float32 as ControlNetModel computes it;
+        "soft" is A1111's: 0.825 ** (n - 1 - k), or its own table for an SD T2I-Adapter's four levels."""
         if self.layer_scales == "guess":
-            return torch.logspace(-1, 0, n, device=device) * self.scale
+            return (torch.logspace(-1, 0, n) * self.scale).tolist()
         if self.layer_scales == "soft":
             if self.model.kind == "t2i_adapter" and n == len(T2I_SOFT_WEIGHTS):
-                return torch.tensor([self.scale * w for w in T2I_SOFT_WEIGHTS], device=device)
-            return torch.tensor([self.scale * SOFT_DECAY ** (n - 1 - k) for k in range(n)], device=device)
-        return torch.full((n,), self.scale, device=device)
+                return [self.scale * w for w in T2I_SOFT_WEIGHTS]
+            return [self.scale * SOFT_DECAY ** (n - 1 - k) for k in range(n)]
+        return [self.scale] * n
 
 
 def control_tensor(control_map: np.ndarray, device: torch.device, dtype: torch.dtype) -> Tensor:
