@@ -4,8 +4,9 @@ inversion each come out different with a control than without; masked SDEdit and
 the latents and pixels off the mask exactly (the bounds of test_sdedit / test_diffedit); P2P's source under a
 control (and an image prompt) is Generate's image with the same control and seed; an image inverted under a
 control and edited with its source prompt reproduces its reconstruction (test_p2p_real's 1e-4 bound), for
-negative-prompt and null-text inversion, also once saved to and read from a file (a model without that control
-refuses to edit it), and DDIM inversion's reconstruction keeps its quality under the control;
+negative-prompt inversion and null-text inversion (a control and an image prompt on both of NTI's branches), also
+once saved to and read from a file (a model without that control refuses to edit it), and DDIM inversion's
+reconstruction keeps its latent error under a windowed control;
 a bad structure (unknown control, missing map, a channel row NPI cannot invert) is refused in every job by name."""
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ LAYOUT = StructureSpec(controls=(ControlSpec("layout", scale=1.5),))
 MAP = square_map(10, 20, 60)  # (128, 128, 3) white square on black
 MAPS = StructureImages(controls=(MAP,))
 REFERENCE = np.random.default_rng(7).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+LAYOUT_AND_IMAGE = StructureSpec(controls=(ControlSpec("layout", scale=1.5),), image_prompt=ImagePromptSpec(scale=1.0))
+MAPS_AND_IMAGE = StructureImages(controls=(MAP,), image_prompt=REFERENCE)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +139,8 @@ def test_diffedit_stage_two_under_a_control_differs_and_keeps_every_pixel_off_th
 def invert(engine, picture, method: str, structure: StructureSpec | None = LAYOUT, **changes):
     spec = InversionSpec(**{"prompt": PROMPT, "method": method, "steps": STEPS, "guidance_scale": 3.0,
                             "structure": structure, **changes})
-    return last(engine.invert(spec, picture, structure_images=MAPS if structure is not None else None))
+    images = None if structure is None else MAPS_AND_IMAGE if structure.image_prompt is not None else MAPS
+    return last(engine.invert(spec, picture, structure_images=images))
 
 
 def reconstruction(engine, inversion) -> torch.Tensor:
@@ -153,10 +157,11 @@ def reconstruction(engine, inversion) -> torch.Tensor:
     return state["x"]
 
 
-@pytest.mark.parametrize("method", ["negative_prompt", "null_text"])
+@pytest.mark.parametrize(("method", "structure"), [("negative_prompt", LAYOUT), ("null_text", LAYOUT_AND_IMAGE)],
+                         ids=["npi-control", "nti-control-and-image-prompt"])
 def test_an_image_inverted_under_a_control_and_edited_with_its_prompt_reproduces_its_reconstruction(
-        engine, picture, method):
-    inverted = invert(engine, picture, method, inner_steps=2)
+        engine, picture, method, structure):
+    inverted = invert(engine, picture, method, structure, inner_steps=2)
     inversion = inverted.inversion
     assert inversion.structure is not None and inverted.settings["structure_images"]["controls"]
     plain = invert(engine, picture, method, structure=None, inner_steps=2).inversion
@@ -170,10 +175,11 @@ def test_an_inversion_file_keeps_its_control_and_a_model_without_that_control_re
         engine, tiny_engine, picture, tmp_path):
     from studio.inversion.file import load_inversion, save_inversion
 
-    inversion = invert(engine, picture, "negative_prompt").inversion
+    inversion = invert(engine, picture, "negative_prompt", LAYOUT_AND_IMAGE).inversion
     loaded = load_inversion(save_inversion(inversion, tmp_path / "controlled.inversion.safetensors"))
     assert loaded.structure.spec == inversion.structure.spec
     assert np.array_equal(loaded.structure.maps[0], inversion.structure.maps[0])
+    assert np.array_equal(loaded.structure.reference, inversion.structure.reference)
     edit = last(engine.p2p(P2PSpec("", "", edit="refine"), loaded))
     assert float((edit.latents[:1] - reconstruction(engine, inversion)).abs().max()) < 1e-4
     with pytest.raises(InvalidInputError, match="no control named 'layout' is loaded"):

@@ -58,7 +58,7 @@ def save_inversion(inversion: Inversion, path: str | Path) -> Path:
             images = {f"{field.name}.map.{index}": image for index, image in enumerate(value.maps)}  # (H, W, 3) uint8
             if value.reference is not None:
                 images[f"{field.name}.reference"] = value.reference
-            tensors.update((name, torch.from_numpy(np.ascontiguousarray(image))) for name, image in images.items())
+            tensors.update((name, torch.from_numpy(np.array(image, dtype=np.uint8))) for name, image in images.items())
             record[field.name] = {"structure": {
                 "spec": asdict(value.spec), "maps": [name for name in images if ".map." in name],
                 "reference": f"{field.name}.reference" if value.reference is not None else None,

@@ -62,11 +62,15 @@ class Context:
     model: LoadedModel | None = None  # its controls, when `structure` is given
     structure: PreparedStructure | None = None
     backward_passes: int = 0  # autograd passes through the UNet (NTI)
+    guiders: dict[float, Guider] = field(default_factory=dict)  # by scale: structure's T2I features, embedding once
 
     def guidance(self, scale: float) -> Guider:
         """CFG of the caption at `scale` (sampling step order), with the run's structure attached when it has one."""
-        guider = _cfg(self.cond, self.null, scale)
-        return with_structure(guider, self.structure, self.model, self.null, self.grid.timesteps, self.alphas_cumprod)
+        if scale not in self.guiders:
+            guider = _cfg(self.cond, self.null, scale)
+            self.guiders[scale] = with_structure(guider, self.structure, self.model, self.null, self.grid.timesteps,
+                                                 self.alphas_cumprod)
+        return self.guiders[scale]
 
     @property
     def alphas_cumprod(self) -> Tensor:
@@ -220,13 +224,19 @@ def edit_structure(host: ModelHost, structure: StructureSpec | None, images: Str
 def reconstruction_steps(denoiser: Denoiser, inversion: Inversion, cond: Cond, null: Cond, scheduler_config: dict,
                          cancel: CancelToken | None = None, model: LoadedModel | None = None) -> Iterator[StepState]:
     """Sample the inversion back from x_T with its own sampler, yielding the sampler's states; an inversion made under
-    structure is sampled under it, with the controls of `model` (run it inside `structure_attached` when the
-    structure has an image prompt)."""
+    structure is sampled under it, with the controls of `model`."""
     scheduler = make_scheduler("ddim", scheduler_config)
     scheduler.set_timesteps(inversion.steps, device=inversion.latents.device)
     guider = with_structure(sampling_guider(inversion, cond, null), inversion.structure, model, null,
                             scheduler.timesteps, scheduler.alphas_cumprod)
-    return sample_steps(denoiser, guider, scheduler, scheduler.timesteps, inversion.noise_latents, cancel)
+    steps = sample_steps(denoiser, guider, scheduler, scheduler.timesteps, inversion.noise_latents, cancel)
+    return attached_steps(guider, denoiser, steps)
+
+
+def attached_steps(guider: Guider, denoiser: Denoiser, steps: Iterator[StepState]) -> Iterator[StepState]:
+    """`steps` with the image prompt's attention installed while they run, when `guider` has one (structure)."""
+    with structure_attached(guider, denoiser.unet, denoiser):
+        yield from steps
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,34 +283,32 @@ def _invert(engine: ModelHost, spec: InversionSpec, image: Image.Image, note: st
     denoiser = Denoiser(model, scheduler.alphas_cumprod)
     ctx = Context(denoiser, grid, cond, null, latents, spec, cancel, model.scheduler_config, vae=model.vae,
                   image=image, model=model, structure=structure)
-    # the image prompt's attention (when the structure has one) for both passes, its tokens set per UNet call
-    attached = structure_attached(ctx.guidance(spec.guidance_scale), model.unet, denoiser)
     clock.lap("encode")
 
-    # 4. invert
-    with attached:
+    # 4. invert (the image prompt's attention, when the structure has one, installed for the method's passes)
+    with structure_attached(ctx.guidance(spec.guidance_scale), model.unet, denoiser):
         inverted: Inverted = yield from METHOD_RUNNERS[spec.method](ctx)
-        inversion_passes = denoiser.unet_evaluations
-        clock.lap("inversion")
-        inversion = Inversion(
-            method=spec.method, image=image, prompt=spec.prompt, guidance_scale=spec.guidance_scale,
-            timesteps=scheduler.timesteps.cpu(), latents=latents, trajectory=inverted.trajectory,
-            uncond_embeddings=inverted.uncond_embeddings, coupled=inverted.coupled,
-            edict_mix=spec.edict_mix if spec.method == "edict" else None,
-            bdia_gamma=spec.bdia_gamma if spec.method == "bdia" else None,
-            dtype=inverted.dtype, preparation=note, losses=inverted.losses,
-            method_settings={name: getattr(spec, name) for name in METHOD_SETTINGS[spec.method]},
-            structure=structure,
-        )
+    inversion_passes = denoiser.unet_evaluations
+    clock.lap("inversion")
+    inversion = Inversion(
+        method=spec.method, image=image, prompt=spec.prompt, guidance_scale=spec.guidance_scale,
+        timesteps=scheduler.timesteps.cpu(), latents=latents, trajectory=inverted.trajectory,
+        uncond_embeddings=inverted.uncond_embeddings, coupled=inverted.coupled,
+        edict_mix=spec.edict_mix if spec.method == "edict" else None,
+        bdia_gamma=spec.bdia_gamma if spec.method == "bdia" else None,
+        dtype=inverted.dtype, preparation=note, losses=inverted.losses,
+        method_settings={name: getattr(spec, name) for name in METHOD_SETTINGS[spec.method]},
+        structure=structure,
+    )
 
-        # 5. reconstruct with the method's own sampler (under the same structure), measuring the distance to the
-        #    inverted trajectory
-        step_errors = []
-        x = inversion.noise_latents
-        for state in reconstruct_steps(ctx, inversion):
-            x = state["x"]
-            step_errors.append(float((x.double() - inversion.trajectory[state["i"] + 1].double()).pow(2).mean()))
-            yield ctx.progress(PHASES[spec.method] - 1, state["i"] + 1, "reconstructing")
+    # 5. reconstruct with the method's own sampler (under the same structure), measuring the distance to the
+    #    inverted trajectory
+    step_errors = []
+    x = inversion.noise_latents
+    for state in reconstruct_steps(ctx, inversion):
+        x = state["x"]
+        step_errors.append(float((x.double() - inversion.trajectory[state["i"] + 1].double()).pow(2).mean()))
+        yield ctx.progress(PHASES[spec.method] - 1, state["i"] + 1, "reconstructing")
     clock.lap("reconstruction")
 
     # 6. decode and compare with the image and with the VAE's own round trip
@@ -334,10 +342,11 @@ def reconstruct_steps(ctx: Context, inversion: Inversion) -> Iterator[StepState]
     """The method's own sampler from x_T (states with "i" and "x" as sample_steps yields them)."""
     guider = ctx.guidance(inversion.guidance_scale)
     if inversion.method == "edict":
-        return edict_sampling_steps(ctx.denoiser, guider, ctx.grid, inversion.trajectory[0], inversion.coupled[0],
-                                    inversion.edict_mix, ctx.cancel)
+        return attached_steps(guider, ctx.denoiser, edict_sampling_steps(
+            ctx.denoiser, guider, ctx.grid, inversion.trajectory[0], inversion.coupled[0], inversion.edict_mix, ctx.cancel))
     if inversion.method == "bdia":
-        return bdia_sampling_steps(ctx.denoiser, guider, ctx.grid, inversion.trajectory[0], inversion.trajectory[1],
-                                   inversion.bdia_gamma, ctx.cancel)
+        return attached_steps(guider, ctx.denoiser, bdia_sampling_steps(
+            ctx.denoiser, guider, ctx.grid, inversion.trajectory[0], inversion.trajectory[1], inversion.bdia_gamma,
+            ctx.cancel))
     return reconstruction_steps(ctx.denoiser, inversion, ctx.cond, ctx.null, ctx.scheduler_config, ctx.cancel,
                                 ctx.model)
