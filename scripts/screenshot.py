@@ -4,10 +4,11 @@ attention maps in headless chromium, and save the page; with --all, one page per
     python scripts/screenshot.py                       # -> docs/screenshot-generate.png
     python scripts/screenshot.py --model PATH --prompt "..." --out shot.png
     python scripts/screenshot.py --all                 # -> docs/screenshot-<tab>.png for every tab
+    python scripts/screenshot.py --structure           # -> docs/screenshot-structure.png only
 
 --all drives each tab as bench/ui_walk.py does (the same actions): Inversion after DDIM + null-text inversion of a
 rendered scene, SDEdit after its first stroke example, DiffEdit after Find mask + Edit, Prompt-to-Prompt after its
-first example.
+first example; and Structure after a run on a rendered scene (its layout and outline maps derived from it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import ui_walk  # bench/ (on sys.path above): the walk through every tab
 
 TIMEOUT_MS = 300_000
+WORD_PICKERS = {"generate": "#token-pick", "structure": "#structure-token-pick"}  # tabs whose shot shows a word's map
 
 
 def generate_action(args: argparse.Namespace) -> ui_walk.Action:
@@ -38,6 +40,29 @@ def generate_action(args: argparse.Namespace) -> ui_walk.Action:
 
     return ui_walk.Action("Generate", "generate", "prompt -> gallery image", "#generate-btn", "#gallery img", "#status",
                           prepare=prepare)
+
+
+def structure_action(args: argparse.Namespace, folder: Path) -> ui_walk.Action:
+    """The README's Structure job: a rendered shapes scene on the canvas, each row's map derived from it, a fixed
+    seed, attention maps on."""
+    from PIL import Image
+
+    from studio.shapes.render import Scene, make_object, render
+
+    scene = folder / "structure-scene.png"
+    Image.fromarray(render(Scene("blue", (make_object("circle", "red", "big", "left"),
+                                          make_object("square", "yellow", "small", "right")))).image).save(scene)
+
+    def prepare(page) -> None:
+        page.locator("#structure-canvas input[type=file]").set_input_files(str(scene))
+        page.wait_for_selector("#structure-row1-map-view img")
+        page.fill("#structure-prompt textarea", "a big green circle on the left and a small yellow square on the right")
+        page.uncheck("#structure-random-seed input")
+        for elem_id, value in (("structure-seed", args.seed), ("structure-steps", args.steps)):
+            ui_walk.set_number(page, elem_id, value)
+
+    return ui_walk.Action("Structure", "structure", "canvas -> maps -> gallery image", "#structure-btn",
+                          "#structure-gallery img", "#structure-status", prepare=prepare)
 
 
 def shoot(page, path: Path) -> None:
@@ -58,6 +83,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot-generate.png"), help="the Generate shot (without --all)")
     parser.add_argument("--all", action="store_true", help="one shot per tab: OUT_DIR/screenshot-<tab>.png")
+    parser.add_argument("--structure", action="store_true", help="the Structure tab's shot only (OUT_DIR)")
     parser.add_argument("--out-dir", default=str(ROOT / "docs"))
     args = parser.parse_args()
 
@@ -66,11 +92,12 @@ def main() -> None:
     from studio.engine import Engine
 
     def path_of(tab_id: str) -> Path:
-        return Path(args.out_dir) / f"screenshot-{tab_id}.png" if args.all else Path(args.out)
+        return Path(args.out_dir) / f"screenshot-{tab_id}.png" if args.all or args.structure else Path(args.out)
 
     with tempfile.TemporaryDirectory(prefix="screenshots-") as folder:
-        steps = [generate_action(args)]
+        steps = [structure_action(args, Path(folder))] if args.structure else [generate_action(args)]
         if args.all:
+            steps.append(structure_action(args, Path(folder)))
             steps += [action for action in ui_walk.actions(ui_walk.walk_inputs(Path(folder)))
                       if action.tab_id != "generate" and not action.from_inversion]
         last_of_tab = {action.tab_id: action for action in steps}
@@ -80,8 +107,8 @@ def main() -> None:
                 raise SystemExit(f"{action.tab}: {action.name} did not finish ({timing.state}: {timing.said})")
             if not timing.ok:
                 return  # a tab this app does not have
-            if action.tab_id == "generate":
-                page.locator("#token-pick label", has_text=args.word).first.click()
+            if action.tab_id in WORD_PICKERS:
+                page.locator(f"{WORD_PICKERS[action.tab_id]} label", has_text=args.word).first.click()
             if last_of_tab[action.tab_id] is action:
                 shoot(page, path_of(action.tab_id))
 

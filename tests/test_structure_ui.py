@@ -15,6 +15,7 @@ import cv2
 import gradio as gr
 import numpy as np
 import pytest
+from PIL import Image
 
 from studio import png_settings
 from studio.errors import InvalidInputError
@@ -163,3 +164,14 @@ def test_a_png_made_here_is_read_as_this_tabs_and_a_plain_one_as_generates():
     assert record_tab({"job": "generate", "structure": {"controls": [{"control": "layout"}]}}) == "structure"
     assert record_tab({"job": "generate", "structure": None}) == "generate"
     assert record_tab({"job": "sdedit"}) == "sdedit"
+
+
+def test_the_plot_follows_the_rows_and_keeps_its_last_picture_while_a_row_is_wrong(tab):
+    plan_values = {name: value for name, value in form(**{row_field(2, "mode"): "channel"}).items()
+                   if name in structure.PLAN_FIELDS}
+    plot = tab.plot_structure(**plan_values)
+    assert isinstance(plot, Image.Image) and plot.width > 0
+    assert tab.plot_structure(**{**plan_values, row_field(1, "control"): NO_CONTROL,
+                                 row_field(2, "control"): NO_CONTROL}) is None
+    unchanged = tab.plot_structure(**{**plan_values, row_field(1, "start"): 0.8, row_field(1, "stop"): 0.2})
+    assert unchanged == gr.skip()

@@ -23,13 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from studio import specs
 from studio.errors import InvalidInputError
-from studio.events import CancelToken, Event
+from studio.events import CancelToken, Event, Notice
 from studio.jobs import resolve_seed
+from studio.plots import line_chart
 from studio.specs import GenerateSpec
 from studio.structure import maps
+from studio.structure.runtime import StructureSchedule
 from studio.structure.spec import (
     CONTROL_MODES,
     CONTROL_SCALE,
@@ -106,7 +109,8 @@ MODES_HELP = (
     "only (A1111). guess: conditional branch only, layer scales from 0.1 to 1 (diffusers' guess_mode). channel: a "
     "guidance term of its own, w(t)·(ε<sub>control</sub> − ε<sub>uncond</sub>), with the row's weight and schedule "
     "(composable guidance, Liu et al. 2022; InstructPix2Pix eq. 3), which per-channel dropout in training makes "
-    "meaningful. start/stop: the fraction of the run the control is on."
+    "meaningful. Control scale: diffusers' controlnet_conditioning_scale / adapter_conditioning_scale. start/stop: "
+    "the fraction of the run the control is on."
 )
 
 
@@ -174,42 +178,58 @@ def _popped(parsed: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {name[len(prefix):]: parsed.pop(name) for name in list(parsed) if name.startswith(prefix)}
 
 
-def structure_run(values: Mapping[str, Any], size: int) -> tuple[GenerateSpec, StructureImages]:
-    """The typed spec and the images of a run for the form's values: the rows with a control, each with the map it
-    derives from the canvas, and the image prompt when it is on. Raises InvalidInputError for what the user must
-    change (no control picked, a blank canvas or an empty map, an image prompt without its reference); ranges and
-    control names are the engine's to check (StructureSpec.validate)."""
+def form_spec(values: Mapping[str, Any]) -> tuple[GenerateSpec, list[int]]:
+    """The typed spec for the form's values and the rows (counted from 1) its controls come from: the rows with a
+    control picked, and the image prompt when it is on. No images: `structure_run` adds them."""
     parsed = spec_values(FIELDS, values)
     rows = [_popped(parsed, f"row{row}_") for row in range(1, ROWS + 1)]
     image_prompt = _popped(parsed, IMAGE_PROMPT_PREFIX)
     parsed["seed"] = seed_from_form(parsed.get("seed"), bool(values.get("random_seed", False)))
-    picked = [(row, settings) for row, settings in enumerate(rows, start=1) if settings.get("control", NO_CONTROL) != NO_CONTROL]
-    use_image_prompt = bool(values.get("image_prompt_on"))
-    if not picked and not use_image_prompt:
+    picked = [row for row, settings in enumerate(rows, start=1) if settings.get("control", NO_CONTROL) != NO_CONTROL]
+    structure = StructureSpec(controls=tuple(ControlSpec(**rows[row - 1]) for row in picked),
+                              image_prompt=ImagePromptSpec(**image_prompt) if values.get("image_prompt_on") else None)
+    return GenerateSpec(**parsed, structure=structure), picked
+
+
+def structure_run(values: Mapping[str, Any], size: int) -> tuple[GenerateSpec, StructureImages]:
+    """The typed spec and the images of a run for the form's values: each row's control with the map it derives
+    from the canvas, and the image prompt's reference. Raises InvalidInputError for what the user must change (no
+    control picked, a blank canvas or an empty map, an image prompt without its reference); ranges and control
+    names are the engine's to check (StructureSpec.validate)."""
+    spec, rows = form_spec(values)
+    if spec.structure.empty:
         raise InvalidInputError("Pick a control in at least one row (or turn the image prompt on): without one this "
                                 "is the Generate tab.")
-    controls, control_maps = [], []
-    if picked:
+    control_maps = []
+    if rows:
         picture = canvas_picture(values.get("canvas"), size)
-        for row, settings in picked:
+        for row, control in zip(rows, spec.structure.controls):
             source = values.get(row_field(row, "map")) or "drawing"
             try:
-                control_map, _ = derive_map(picture, source, size)
+                control_maps.append(derive_map(picture, source, size)[0])
             except InvalidInputError as error:
-                raise InvalidInputError(f"Row {row} ({settings['control']}, map from {source}): {error}") from error
-            controls.append(ControlSpec(**settings))
-            control_maps.append(control_map)
+                raise InvalidInputError(f"Row {row} ({control.control}, map from {source}): {error}") from error
     reference = None
-    if use_image_prompt:
+    if spec.structure.image_prompt is not None:
         reference = values.get("image_prompt_reference")
         if reference is None:
             raise InvalidInputError("The image prompt is on but has no reference image: upload one, or untick "
                                     "'Image prompt'.")
         reference = rgb(reference)
-    structure = StructureSpec(controls=tuple(controls),
-                              image_prompt=ImagePromptSpec(**image_prompt) if use_image_prompt else None)
-    return (GenerateSpec(**parsed, structure=structure),
-            StructureImages(controls=tuple(control_maps), image_prompt=reference))
+    return spec, StructureImages(controls=tuple(control_maps), image_prompt=reference)
+
+
+def schedule_plot(schedule: StructureSchedule) -> Image.Image:
+    """Chart of a run's StructureSchedule (steps from 1): each row's scale per step (0 outside its window) and each
+    channel row's guidance weight w(t)."""
+    scales, weights = schedule.scales.numpy(), schedule.channel_weights.numpy()  # (N, R), (N, K)
+    steps = list(range(1, len(scales) + 1))
+    series = {f"{label}: scale": (steps, scales[:, r].tolist()) for r, label in enumerate(schedule.labels)}
+    series.update({f"{label}: weight w(t)": (steps, weights[:, k].tolist())
+                   for k, label in enumerate(schedule.channel_labels)})
+    top = max([1.0, *scales.ravel().tolist(), *weights.ravel().tolist()])
+    return line_chart(series, x_label="step", y_label="per step", size=(460, 180), markers=len(steps) <= 12,
+                      y_range=(0.0, 1.1 * top))  # headroom: a scale of 1 all along is a line, not the frame
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,8 +297,7 @@ def _row_fields(row: int) -> tuple[Field, ...]:
     return (
         Field(row_field(row, "control"), control_box, str, _saved_row(row, "control")),
         Field(row_field(row, "map"), map_box, in_spec=False),  # how this run reads the canvas: not a setting
-        Field(row_field(row, "scale"), slider(CONTROL_SCALE, defaults.scale, elem_id=f"{prefix}-scale", scale=2,
-                                              info="controlnet_conditioning_scale / adapter_conditioning_scale"),
+        Field(row_field(row, "scale"), slider(CONTROL_SCALE, defaults.scale, elem_id=f"{prefix}-scale", scale=2),
               float, _saved_row(row, "scale")),
         Field(row_field(row, "start"), number(specs.START, defaults.start, elem_id=f"{prefix}-start", min_width=80),
               float, _saved_row(row, "start")),
@@ -343,6 +362,11 @@ FIELDS = (
 )
 
 
+# the fields the structure plot follows: every row's and the image prompt's settings, and the steps
+PLAN_FIELDS = (*(field.name for field in FIELDS if field.name.startswith(("row", IMAGE_PROMPT_PREFIX))
+                 and field.name.rpartition("_")[2] not in ("map", "reference")), "steps")
+
+
 # --------------------------------------------------------------------------------------------
 # The tab
 
@@ -371,6 +395,11 @@ class StructureTab(GenerateTab):
                     form.place("seed", "random_seed")
                 with gr.Row():
                     form.place("steps", "guidance_scale")
+                initial = self.plot_structure(**{name: form[name].value for name in PLAN_FIELDS})
+                self.schedule_view = gr.Image(
+                    initial if isinstance(initial, Image.Image) else None, type="pil",
+                    format="png", interactive=False, buttons=[], elem_id="structure-plot",
+                    label="Each row per step: its scale (0 outside its window), a channel row's weight")
                 form.place("capture_attention")
                 model_panel(self.engine, "structure-model")
                 self.load_settings = load_settings_box("structure-load-settings")
@@ -435,15 +464,18 @@ class StructureTab(GenerateTab):
                 self.map_sending = gr.State(None)
                 self.mask_buttons = mask_row("structure", own=self.name)
         self.token_pick = gr.Radio(choices=[], label="Attention for word", elem_id="structure-token-pick")
-        self.gallery = gr.Gallery(label="Results", format="png", columns=3, height="auto", object_fit="contain",
-                                  elem_id="structure-gallery", elem_classes=["dcs-gallery"],
-                                  buttons=["download", "fullscreen"])
-        self.sending = gr.State(None)
-        self.items = gr.State([])
-        self.send_buttons = send_row("structure", own=self.name)
         with gr.Row(equal_height=False):
-            self.downloads = gr.File(label="PNG with settings", file_count="multiple", elem_id="structure-downloads")
-            self.settings = settings_view("structure-settings", "Settings of this result", height=240)
+            with gr.Column(scale=3):
+                self.gallery = gr.Gallery(label="Results", format="png", columns=3, height="auto",
+                                          object_fit="contain", elem_id="structure-gallery",
+                                          elem_classes=["dcs-gallery"], buttons=["download", "fullscreen"])
+                self.sending = gr.State(None)
+                self.items = gr.State([])
+                self.send_buttons = send_row("structure", own=self.name)
+            with gr.Column(scale=2, min_width=240):
+                self.downloads = gr.File(label="PNG with settings", file_count="multiple",
+                                         elem_id="structure-downloads")
+                self.settings = settings_view("structure-settings", "Settings of this result", height=240)
 
     # 2. handlers -------------------------------------------------------------------------
     def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
@@ -475,6 +507,24 @@ class StructureTab(GenerateTab):
 
         yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
                               "Structure", results=self.results, partial=lambda: self.partial(shown))
+
+    def render(self, event: Event, shown: Shown) -> Outputs | None:
+        if isinstance(event, Notice):  # how the job read an input (the reference image, say): the maps come prepared
+            gr.Info(event.text)
+            return None
+        return super().render(event, shown)
+
+    def plot_structure(self, **values: Any) -> Any:
+        """The plot of what the sampler will apply for the rows as they stand (engine.guidance_plan, no model work);
+        rows being edited keep the last plot."""
+        try:
+            spec, _ = form_spec({**values, "prompt": "prompt", "random_seed": True})  # the plan reads no prompt
+            if spec.structure.empty:
+                return None
+            schedule = self.engine.guidance_plan(spec).structure
+        except InvalidInputError:
+            return gr.skip()
+        return schedule_plot(schedule)
 
     def show_maps(self, canvas: dict | None, *sources: str) -> list[Any]:
         """Each row's map and its notes for the canvas as it stands (no model work); a blank canvas says so."""
@@ -531,5 +581,8 @@ class StructureTab(GenerateTab):
         gr.on([self.token_pick.input, self.resolution_pick.input], lambda *picks: self.show_attention(*picks)[2:],
               pickers, [self.heatmap, self.map_sending], **instant("structure-view"))
         self.gallery.select(pick_item, self.items, self.sending, **instant("structure-view"))
+        plan_inputs = {name: form[name] for name in PLAN_FIELDS}
+        gr.on([component.change for component in plan_inputs.values()], self.plot_structure, inputs_kwargs=plan_inputs,
+              outputs=self.schedule_view, **instant("structure-plot"))
         self.load_settings.upload(self.read_settings, self.load_settings, form.restorable,
                                   api_name="structure_read_settings", concurrency_id="settings")
