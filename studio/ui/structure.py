@@ -106,7 +106,7 @@ KIND_LABELS = {"controlnet": "ControlNet", "t2i_adapter": "T2I-Adapter"}
 MODES_HELP = (
     "**Modes.** balanced: the control on both classifier-free guidance branches, every layer at the scale "
     "(diffusers' default). prompt: deeper layers weaker (scale·0.825^(n−1−k), A1111). control: the conditional branch "
-    "only (A1111). guess: conditional branch only, layer scales from 0.1 to 1 (diffusers' guess_mode). channel: a "
+    "only, layers as in prompt (A1111). guess: conditional branch only, layer scales from 0.1 to 1 (diffusers' guess_mode). channel: a "
     "guidance term of its own, w(t)·(ε<sub>control</sub> − ε<sub>uncond</sub>), with the row's weight and schedule "
     "(composable guidance, Liu et al. 2022; InstructPix2Pix eq. 3), which per-channel dropout in training makes "
     "meaningful. Control scale: diffusers' controlnet_conditioning_scale / adapter_conditioning_scale. start/stop: "
