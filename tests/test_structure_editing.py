@@ -7,9 +7,12 @@ control and edited with its source prompt reproduces its reconstruction (test_p2
 negative-prompt inversion and null-text inversion (a control and an image prompt on both of NTI's branches), also
 once saved to and read from a file (a model without that control refuses to edit it), and DDIM inversion's
 reconstruction keeps its latent error under a windowed control;
-a bad structure (unknown control, missing map, a channel row NPI cannot invert) is refused in every job by name."""
+a bad structure (unknown control, missing or empty map, a channel row NPI cannot invert) is refused in every job by
+name, a map of another size is resized with a note, and every edit spec reads its structure back from settings."""
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -20,7 +23,7 @@ from studio.editing.diffedit import DiffEditSpec
 from studio.editing.p2p import P2PSpec
 from studio.editing.sdedit import SDEditSpec
 from studio.errors import InvalidInputError
-from studio.events import Result
+from studio.events import Notice, Result
 from studio.inversion import InversionSpec
 from studio.specs import GenerateSpec
 from studio.structure.spec import ControlSpec, ImagePromptSpec, StructureImages, StructureSpec
@@ -93,6 +96,22 @@ def test_masked_sdedit_under_a_control_keeps_the_frozen_latents_and_pixels_exact
     frozen = 1 - result.latent_mask
     assert torch.equal(result.latents * frozen, result.original_latents.expand_as(result.latents) * frozen)
     assert np.array_equal(np.asarray(result.images[0])[~mask], picture[~mask])
+
+
+def test_a_map_of_another_size_is_resized_to_the_working_size_with_a_note(engine, picture):
+    events = list(engine.sdedit(sdedit_spec(structure=LAYOUT), picture,
+                                structure_images=StructureImages(controls=(square_map(20, 40, 120, side=256),))))
+    notes = [event.text for event in events if isinstance(event, Notice)]
+    assert notes == ["Control 1 (layout): The control map was 256x256; resized to 128x128."]
+    assert isinstance(events[-1], Result)
+
+
+@pytest.mark.parametrize("spec_class", [SDEditSpec, P2PSpec, DiffEditSpec, InversionSpec])
+def test_every_edit_spec_reads_its_structure_back_from_settings(spec_class):
+    required = {SDEditSpec: {}, P2PSpec: {"source_prompt": PROMPT}, DiffEditSpec: {"source_prompt": PROMPT,
+                "target_prompt": TARGET}, InversionSpec: {}}[spec_class]
+    spec = spec_class(**required, structure=LAYOUT_AND_IMAGE)
+    assert spec_class(**asdict(spec)).structure == LAYOUT_AND_IMAGE  # settings hold the structure as a dict
 
 
 # --------------------------------------------------------------------------------------------
