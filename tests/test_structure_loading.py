@@ -285,3 +285,14 @@ def test_studio_generate_steers_with_given_controls_and_an_image_prompt(tiny_mod
     assert "no control named 'my-layout' is loaded" in capsys.readouterr().err
     assert main([*model[:4], "--controlnet", str(adapter), "generate", "a red circle", "--out", str(out)]) == 2
     assert f"--controlnet {adapter} is a t2i-adapter: pass it with --t2i-adapter." in capsys.readouterr().err
+
+
+def test_the_embedded_engine_carries_every_shipped_control_with_the_map_it_reads(engine):
+    from studio.structure.adapters import EMBEDDED_CONTROLS_DIR, control_kind
+
+    shipped = sorted(folder for folder in EMBEDDED_CONTROLS_DIR.glob("*") if (folder / "config.json").is_file())
+    assert sorted(c.kind for c in engine.model.controls.values()) == sorted(control_kind(folder) for folder in shipped)
+    for name, control in engine.model.controls.items():
+        assert control.trained_for, f"{name}: its studio.json should say which map it reads"
+        assert name == (control.trained_for if control.kind == "controlnet" else f"t2i-{control.trained_for}")
+    assert (engine.model.image_prompt is not None) == (EMBEDDED_CONTROLS_DIR / "ip-adapter" / IP_ADAPTER_FILE).is_file()

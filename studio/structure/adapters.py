@@ -69,7 +69,7 @@ class ControlModel:
     trained_for: str  # the control map it reads: "outline", "layout", "canny", ... ("" when unknown)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> ControlModel:
-        self.module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        _resident(self.module, device, dtype)
         return self
 
 
@@ -90,8 +90,17 @@ class ImagePromptAdapter:
 
     def to(self, device: torch.device, dtype: torch.dtype) -> ImagePromptAdapter:
         for module in self.modules():
-            module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+            _resident(module, device, dtype)
         return self
+
+
+def _resident(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """On `device` in `dtype`, for inference (eval, no grads); cast only when the dtype differs, as studio.models does
+    (diffusers warns on every `to(dtype)`)."""
+    module.to(device=device)
+    if next(module.parameters()).dtype != dtype:
+        module.to(dtype=dtype)
+    module.eval().requires_grad_(False)
 
 
 def tiny_image_encoder_config(projection_dim: int = 128, image_size: int = 64, patch_size: int = 8,
