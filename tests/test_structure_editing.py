@@ -26,7 +26,12 @@ from studio.errors import InvalidInputError
 from studio.events import Notice, Result
 from studio.inversion import InversionSpec
 from studio.specs import GenerateSpec
-from studio.structure.spec import ControlSpec, ImagePromptSpec, StructureImages, StructureSpec
+from studio.structure.spec import (
+    ControlSpec,
+    ImagePromptSpec,
+    StructureImages,
+    StructureSpec,
+)
 
 PROMPT = "a big red circle on the left"
 TARGET = "a big red square on the left"
