@@ -9,6 +9,8 @@ negative-prompt inversion, Miyake et al. 2023; EDICT, Wallace et al. 2023; BDIA,
 Methods: DDIM inversion (ddim.py), null-text inversion (null_text.py), negative-prompt inversion
 (methods.py, no optimisation), EDICT (edict.py), BDIA (bdia.py). All share the pure affine DDIM step of
 steps.py; DDIM inversion and every DDIM reconstruction run through studio.sampling.sample_steps.
+Under structure (InversionSpec.structure: ControlNet, T2I-Adapter, IP-Adapter) the method inverts and reconstructs
+with the controls attached; the Inversion keeps them, and its edits sample under them (edit_structure).
 """
 
 from studio.inversion.ddim import ddim_inversion_steps
