@@ -508,12 +508,15 @@ def write_card(out: Path, summary: dict) -> None:
          "image_encoder/ is a tiny CLIPVisionModelWithProjection trained jointly from scratch with the adapter: no "
          "pretrained CLIP is reachable here, and the shapes world's colours and arrangement need no web-scale encoder."
          if summary["method"] == "ip-adapter" else
-         f"{TITLES[summary['method']]} reading a **{summary['control']}** map (white on black, 128x128; black "
-         "everywhere is the null control), trained for the embedded shapes-sd model with the base frozen."), "",
-        "Recipe (CPU, this repository):", "", f"    {summary['recipe']}", "",
+         f"{TITLES[summary['method']]} reads the **{summary['control']}** map (white on black, 128x128; black "
+         "everywhere is the null control); trained for the embedded shapes-sd model with the base frozen."), "",
+        "Recipe (CPU, this repository; scripts/train_structure_cpu.sh runs the four shipped runs side by side):", "",
+        f"    {summary['recipe']}", "",
         f"- steps: {summary['steps']} at batch {summary['batch']} x {summary['processes']} process(es) x "
         f"{summary['grad_accum']} accumulation, peak lr {summary['lr']:g} (warm-up, cosine to 10%)",
-        f"- time: {summary['seconds'] / 60:.1f} min; final loss {summary['final_loss']:.4f} (v-prediction, min-SNR-5)",
+        f"- time: {summary['seconds'] / 60:.1f} min on {summary['processes']} process(es) of one torch thread, the CPU "
+        "shared with the recipe's other runs; loss of the last step's batch "
+        f"{summary['final_loss']:.4f} (v-prediction, min-SNR-5; one batch: noisy)",
         f"- per-channel dropout: text {dropout.text:g} (-> empty caption), "
         + (f"image {dropout.image:g} (-> zero image embedding)" if channel == "image" else
            f"control {dropout.control:g} (-> black map)")
