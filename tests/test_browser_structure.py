@@ -3,7 +3,7 @@ controls (a layout ControlNet, an outline T2I-Adapter, an IP-Adapter).
 
 Protects what a user sees: a blank canvas says so and the tab keeps working; an uploaded picture shows each row's
 control map at once (before any run); a run gives a result whose download carries the structure; Stop says where
-the run stopped; an image sent from Generate becomes the canvas the maps come from.
+the run stopped; an image sent from Generate becomes the canvas the maps come from; a drawing is a row's map at once.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from test_browser import (  # noqa: F401 (browser: fixture)
     open_tab,
     set_slider,
 )
+from test_browser_editing import drag
 from test_structure_ui import structure_engine  # noqa: F401 (fixture)
 
 from studio.shapes.render import Scene, make_object, render
@@ -75,4 +76,15 @@ def test_an_image_sent_from_generate_is_the_canvas_every_map_comes_from(browser,
     page.wait_for_function("p => document.querySelector('#structure-prompt textarea')?.value === p", arg=PROMPT)
     for row in (1, 2):
         assert image_loaded(page, f"#structure-row{row}-map-view img"), row
+    page.close()
+
+
+def test_a_drawing_on_the_empty_canvas_is_a_rows_map_at_once(browser, app_url):
+    page = open_tab(browser, app_url, "Structure", ready="#structure-canvas")
+    editor = page.locator("#structure-canvas")
+    editor.get_by_role("button", name="Brush").first.click()
+    drag(page, editor.locator("canvas").first.bounding_box(), (0.3, 0.3), (0.6, 0.55))
+    page.click("#structure-row2-map label:has-text('drawing')")
+    assert image_loaded(page, "#structure-row2-map-view img")
+    assert page.inner_text("#structure-row2-notes") == ""  # nothing to say: drawn at the model's size
     page.close()
