@@ -32,7 +32,8 @@ from studio.ui.structure import (
 )
 
 SIZE = 128
-SCENE = render(Scene("blue", (make_object("circle", "red", "big", "left"), make_object("square", "yellow", "small", "right"))))
+SCENE = render(Scene("blue", (make_object("circle", "red", "big", "left"),
+                              make_object("square", "yellow", "small", "right"))))
 
 
 def form(**changes):
@@ -89,7 +90,8 @@ def test_what_the_user_must_change_is_said(changes, message):
 def test_an_empty_map_names_its_row():
     faint = np.full((SIZE, SIZE, 3), 40, np.uint8)
     faint[10, 10:20] = 200  # one thin line: the layout's opening removes it, the map is empty
-    with pytest.raises(InvalidInputError, match=r"Row 1 \(layout, map from layout \(colours\)\): The control map is empty"):
+    with pytest.raises(InvalidInputError,
+                       match=r"Row 1 \(layout, map from layout \(colours\)\): The control map is empty"):
         structure_run(form(canvas=picture_canvas(faint)), SIZE)
 
 
@@ -102,8 +104,8 @@ def structure_engine(tiny_model_dir):
 
     engine = Engine(str(tiny_model_dir), device="cpu")
     model = engine.model
-    model.controls = {"layout": new_control(model.unet, "controlnet", "layout", "layout").to(model.device, model.dtype),
-                      "outline": new_control(model.unet, "t2i_adapter", "outline", "outline").to(model.device, model.dtype)}
+    model.controls = {name: new_control(model.unet, kind, name, name).to(model.device, model.dtype)
+                      for name, kind in (("layout", "controlnet"), ("outline", "t2i_adapter"))}
     model.image_prompt = new_ip_adapter(model.unet, image_embed_dim=32).to(model.device, model.dtype)
     return engine
 
@@ -127,9 +129,9 @@ def test_the_rows_start_on_the_loaded_controls_with_their_maps(tab):
     assert rows == [("layout", "layout (colours)"), ("outline", "outline (Canny)")]
     choices = {value: label for label, value in tab.form[row_field(1, "control")].choices}
     assert choices["outline"] == "outline · T2I-Adapter · trained for outline maps" and NO_CONTROL in choices
-    shown = tab.show_maps(picture_canvas(SCENE.image), "layout (colours)", "drawing")
+    shown = tab.show_maps(picture_canvas(SCENE.image), row1_map="layout (colours)", row2_map="drawing")
     assert shown[0].shape == (SIZE, SIZE, 3) and shown[1] == "" and shown[2].any()
-    assert tab.show_maps(blank_canvas(SIZE), "drawing", "drawing")[1].startswith(
+    assert tab.show_maps(blank_canvas(SIZE), row1_map="drawing", row2_map="drawing")[1].startswith(
         "The canvas is blank")
 
 
@@ -175,3 +177,19 @@ def test_the_plot_follows_the_rows_and_keeps_its_last_picture_while_a_row_is_wro
                                  row_field(2, "control"): NO_CONTROL}) is None
     unchanged = tab.plot_structure(**{**plan_values, row_field(1, "start"): 0.8, row_field(1, "stop"): 0.2})
     assert unchanged == gr.skip()
+
+
+@pytest.fixture(scope="module")
+def endpoints(structure_engine, tmp_path_factory):
+    from app_harness import launched_app
+    from gradio_client import Client
+
+    with launched_app(structure_engine, tmp_path_factory.mktemp("gradio")) as url:
+        return Client(url, verbose=False).view_api(return_format="dict", print_info=False)["named_endpoints"]
+
+
+@pytest.mark.parametrize("endpoint", ["/structure", "/structure_maps", "/structure_read_settings"])
+def test_every_parameter_and_output_of_the_structure_endpoints_is_named(endpoints, endpoint):
+    api = endpoints[endpoint]
+    names = [p["parameter_name"] for p in api["parameters"]] + [r.get("label") for r in api["returns"]]
+    assert all(names) and not [name for name in names if name.startswith(("param_", "value_"))], names

@@ -105,8 +105,9 @@ MODE_LABELS = {  # the names users of diffusers and A1111 know
 KIND_LABELS = {"controlnet": "ControlNet", "t2i_adapter": "T2I-Adapter"}
 MODES_HELP = (
     "**Modes.** balanced: the control on both classifier-free guidance branches, every layer at the scale "
-    "(diffusers' default). prompt: deeper layers weaker (scale·0.825^(n−1−k), A1111). control: the conditional branch "
-    "only, layers as in prompt (A1111). guess: conditional branch only, layer scales from 0.1 to 1 (diffusers' guess_mode). channel: a "
+    "(diffusers' default). prompt: deeper layers weaker (scale·0.825^(n−1−k), A1111). control: the conditional "
+    "branch only, layers as in prompt (A1111). guess: conditional branch only, layer scales from 0.1 to 1 "
+    "(diffusers' guess_mode). channel: a "
     "guidance term of its own, w(t)·(ε<sub>control</sub> − ε<sub>uncond</sub>), with the row's weight and schedule "
     "(composable guidance, Liu et al. 2022; InstructPix2Pix eq. 3), which per-channel dropout in training makes "
     "meaningful. Control scale: diffusers' controlnet_conditioning_scale / adapter_conditioning_scale. start/stop: "
@@ -409,7 +410,8 @@ class StructureTab(GenerateTab):
         self.receives = [self.canvas, self.prompt]
         gr.Examples(
             [[str(STROKE_EXAMPLES / "red_blob_on_blue.png"), "a big red circle on a blue background"],
-             [str(STROKE_EXAMPLES / "purple_wedge_black_box_on_yellow.png"), "a purple triangle on a yellow background"]],
+             [str(STROKE_EXAMPLES / "purple_wedge_black_box_on_yellow.png"),
+              "a purple triangle on a yellow background"]],
             form.components(["canvas", "prompt"]), label="Pictures to derive maps from", elem_id="structure-examples")
         gr.Markdown(
             f"{model_line(self.engine)} · maps at {native}×{native} px · {KEYS_HELP}. Each row's control reads its own "
@@ -430,7 +432,7 @@ class StructureTab(GenerateTab):
                 with gr.Column(scale=1, min_width=120):
                     view = gr.Image(label=f"Map {row}", format="png", interactive=False, height=140, buttons=[],
                                     elem_id=f"structure-row{row}-map-view", elem_classes=["dcs-image"])
-                    notes = gr.Markdown(elem_id=f"structure-row{row}-notes")
+                    notes = gr.Markdown(label=f"Map {row} notes", elem_id=f"structure-row{row}-notes")
         return view, notes
 
     def image_prompt_row(self) -> None:
@@ -526,9 +528,15 @@ class StructureTab(GenerateTab):
             return gr.skip()
         return schedule_plot(schedule)
 
-    def show_maps(self, canvas: dict | None, *sources: str) -> list[Any]:
-        """Each row's map and its notes for the canvas as it stands (no model work); a blank canvas says so."""
+    def show_maps(self, canvas: dict | None = None, **sources: str) -> list[Any]:
+        """Each row's map and its notes for the canvas as it stands (no model work); a blank canvas says so.
+
+        Parameters:
+            canvas: the drawing or picture every row derives its control map from
+            row1_map: how row 1 reads the canvas: drawing, outline (Canny) or layout (colours) (likewise row2_map)
+        """
         native = int(self.engine.native_size)
+        sources = [sources.get(row_field(row, "map")) or "drawing" for row in range(1, ROWS + 1)]
         try:
             picture = canvas_picture(canvas, native)
         except InvalidInputError as error:
@@ -560,13 +568,15 @@ class StructureTab(GenerateTab):
             **JOB_EVENT)
         stop_button(self.stop, self.status, [self.run_event], tab=self.name, api_name="structure_stop",
                     results=[*self.results, self.items, self.sending])
-        sources = form.components([row_field(row, "map") for row in range(1, ROWS + 1)])
+        sources = {row_field(row, "map"): form[row_field(row, "map")] for row in range(1, ROWS + 1)}
         map_outputs = [component for view in self.map_views for component in view]
         # the editor's change misses uploads and strokes in Gradio 6 (its input and upload have them); change has the
         # values events set (a sent image, an example, Clear)
-        gr.on([self.canvas.input, self.canvas.upload, self.canvas.change, *(source.change for source in sources)],
-              self.show_maps, [self.canvas, *sources], map_outputs, api_name="structure_maps", concurrency_limit=None,
-              concurrency_id="structure-maps", trigger_mode="always_last", show_progress="hidden")
+        gr.on([self.canvas.input, self.canvas.upload, self.canvas.change,
+               *(source.change for source in sources.values())],
+              self.show_maps, inputs_kwargs={"canvas": self.canvas, **sources}, outputs=map_outputs,
+              api_name="structure_maps", concurrency_limit=None, concurrency_id="structure-maps",
+              trigger_mode="always_last", show_progress="hidden")
         for row in range(1, ROWS + 1):
             form[row_field(row, "control")].input(self.pick_source, form[row_field(row, "control")],
                                                   form[row_field(row, "map")], **instant("structure-view"))
