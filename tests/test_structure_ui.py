@@ -129,9 +129,13 @@ def test_the_rows_start_on_the_loaded_controls_with_their_maps(tab):
     assert rows == [("layout", "layout (colours)"), ("outline", "outline (Canny)")]
     choices = {value: label for label, value in tab.form[row_field(1, "control")].choices}
     assert choices["outline"] == "outline · T2I-Adapter · trained for outline maps" and NO_CONTROL in choices
-    shown = tab.show_maps(picture_canvas(SCENE.image), row1_map="layout (colours)", row2_map="drawing")
+    rows = {row_field(1, "control"): "layout", row_field(1, "map"): "layout (colours)",
+            row_field(2, "control"): "outline", row_field(2, "map"): "drawing"}
+    shown = tab.show_maps(picture_canvas(SCENE.image), **rows)
     assert shown[0].shape == (SIZE, SIZE, 3) and shown[1] == "" and shown[2].any()
-    assert tab.show_maps(blank_canvas(SIZE), row1_map="drawing", row2_map="drawing")[1].startswith(
+    assert tab.show_maps(picture_canvas(SCENE.image), **{**rows, row_field(2, "control"): NO_CONTROL})[2:] == [
+        None, "No control in this row."]  # what the run sends: nothing for this row
+    assert tab.show_maps(blank_canvas(SIZE), **rows)[1].startswith(
         "The canvas is blank")
 
 

@@ -528,21 +528,27 @@ class StructureTab(GenerateTab):
             return gr.skip()
         return schedule_plot(schedule)
 
-    def show_maps(self, canvas: dict | None = None, **sources: str) -> list[Any]:
-        """Each row's map and its notes for the canvas as it stands (no model work); a blank canvas says so.
+    def show_maps(self, canvas: dict | None = None, **rows: str) -> list[Any]:
+        """Each row's map and its notes for the canvas as it stands (no model work): what the run sends. A blank
+        canvas says so; a row without a control shows no map.
 
         Parameters:
             canvas: the drawing or picture every row derives its control map from
+            row1_control: the row's control ("none": the row is off) (likewise row2_control)
             row1_map: how row 1 reads the canvas: drawing, outline (Canny) or layout (colours) (likewise row2_map)
         """
         native = int(self.engine.native_size)
-        sources = [sources.get(row_field(row, "map")) or "drawing" for row in range(1, ROWS + 1)]
+        picked = [(rows.get(row_field(row, "control"), NO_CONTROL), rows.get(row_field(row, "map")) or "drawing")
+                  for row in range(1, ROWS + 1)]
         try:
             picture = canvas_picture(canvas, native)
         except InvalidInputError as error:
-            return [value for _ in sources for value in (None, str(error))]
+            return [value for _ in picked for value in (None, str(error))]
         shown = []
-        for source in sources:
+        for control, source in picked:
+            if control == NO_CONTROL:
+                shown += [None, "No control in this row."]
+                continue
             try:
                 control_map, notes = derive_map(picture, source, native)
                 shown += [control_map, notes_text(notes)]
@@ -568,13 +574,14 @@ class StructureTab(GenerateTab):
             **JOB_EVENT)
         stop_button(self.stop, self.status, [self.run_event], tab=self.name, api_name="structure_stop",
                     results=[*self.results, self.items, self.sending])
-        sources = {row_field(row, "map"): form[row_field(row, "map")] for row in range(1, ROWS + 1)}
+        row_inputs = {row_field(row, name): form[row_field(row, name)] for row in range(1, ROWS + 1)
+                      for name in ("control", "map")}
         map_outputs = [component for view in self.map_views for component in view]
         # the editor's change misses uploads and strokes in Gradio 6 (its input and upload have them); change has the
-        # values events set (a sent image, an example, Clear)
+        # values events set (a sent image, an example)
         gr.on([self.canvas.input, self.canvas.upload, self.canvas.change,
-               *(source.change for source in sources.values())],
-              self.show_maps, inputs_kwargs={"canvas": self.canvas, **sources}, outputs=map_outputs,
+               *(component.change for component in row_inputs.values())],
+              self.show_maps, inputs_kwargs={"canvas": self.canvas, **row_inputs}, outputs=map_outputs,
               api_name="structure_maps", concurrency_limit=None, concurrency_id="structure-maps",
               trigger_mode="always_last", show_progress="hidden")
         for row in range(1, ROWS + 1):
