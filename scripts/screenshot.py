@@ -108,6 +108,7 @@ def main() -> None:
             if not timing.ok:
                 return  # a tab this app does not have
             if action.tab_id in WORD_PICKERS:
+                page.wait_for_timeout(3000)  # the result's attention state resets the picker: pick after it
                 page.locator(f"{WORD_PICKERS[action.tab_id]} label", has_text=args.word).first.click()
             if last_of_tab[action.tab_id] is action:
                 shoot(page, path_of(action.tab_id))
