@@ -347,3 +347,36 @@ def test_the_heat_map_of_a_word_goes_to_p2p_as_its_local_blend(page):
     page.click("#generate-mask-p2p")
     page.wait_for_function("() => document.querySelector('#p2p-blend-words textarea, #p2p-blend-words input')"
                            "?.value === 'circle'")
+
+
+@pytest.fixture(scope="module")
+def structure_app_url(tiny_model_dir, tmp_path_factory):
+    """The app on the tiny model with random-init controls (structure_harness): Generate shows its structure rows."""
+    from structure_harness import structure_engine
+
+    with launched_app(structure_engine(tiny_model_dir), tmp_path_factory.mktemp("gradio")) as url:
+        yield url
+
+
+def test_a_control_row_in_the_condition_table_runs_and_its_png_carries_the_structure(browser, structure_app_url,
+                                                                                        tmp_path):
+    from PIL import Image
+    from structure_harness import square_map
+
+    layout = tmp_path / "layout.png"
+    Image.fromarray(square_map(20, 30, 60)).save(layout)
+    page = open_tab(browser, structure_app_url, ready="#prompt textarea")
+    page.fill("#prompt textarea", PROMPT)
+    set_slider(page, "steps", 3)
+    page.locator("#global-guidance").get_by_text("Global guidance").click()
+    page.locator("#generate-row1-control input").click()
+    page.get_by_role("option", name="layout · ControlNet").click()
+    page.wait_for_selector("#generate-row1-map input[value='layout (colours)']:checked")  # the map it reads
+    page.locator("#generate-row1-image input[type=file]").set_input_files(str(layout))
+    page.wait_for_selector("#generate-structure-plot img", state="attached")  # the row's scale per step (below the fold)
+    page.click("#generate-btn")
+    page.wait_for_selector("#status [data-state=done]")
+    settings = downloaded_settings(page, "#downloads a", tmp_path)
+    assert [row["control"] for row in settings["structure"]["controls"]] == ["layout"]
+    assert len(settings["structure_images"]["controls"]) == 1
+    page.close()

@@ -172,3 +172,84 @@ def test_a_stopped_runs_partial_images_are_what_the_send_buttons_carry(tiny_engi
     assert [item.settings["seed"] for item in items] == [42, 43]  # each partial image's own seed, not the last run's
     assert all(item.settings["stopped_at_step"] == 4 for item in items)
     assert (items[0].image == (200, 0, 0)).all() and offered[tab.sending] is items[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #17: structure rows in the condition table (a control row is a condition like a sub-prompt)
+
+STRUCTURE_FORM = {**FORM, "steps": 3.0, "batch_size": 1.0, "capture_attention": False}
+
+
+@pytest.fixture(scope="module")
+def structure_tab(tiny_model_dir):
+    from structure_harness import structure_engine
+
+    with gr.Blocks():
+        return generate.GenerateTab(structure_engine(tiny_model_dir))
+
+
+def last_outputs(outputs) -> dict:
+    """Every output a handler streamed, the last value of each component."""
+    last = {}
+    for update in outputs:
+        last.update(update)
+    return last
+
+
+def test_without_a_picked_control_generate_runs_without_structure(tiny_engine):
+    from studio.ui.structure_rows import NO_CONTROL, row_field
+
+    assert generate.spec_from_values(FORM).structure is None
+    with gr.Blocks():
+        tab = generate.GenerateTab(tiny_engine)  # no controls loaded: the rows are hidden, a line says why
+    assert tab.form[row_field(1, "control")].value == NO_CONTROL
+    assert tab.form[row_field(1, "control")].choices == [("none", NO_CONTROL)]
+
+
+def test_a_channel_control_row_and_the_image_prompt_run_and_their_png_restores_them(structure_tab):
+    from structure_harness import square_map
+
+    from studio.ui.structure_rows import row_field
+
+    tab, row = structure_tab, lambda name: row_field(1, name)
+    reference = np.zeros((32, 32, 3), np.uint8)
+    reference[:] = (40, 40, 200)
+    values = {**STRUCTURE_FORM, row("control"): "layout", row("image"): square_map(20, 30, 50), row("map"): "drawing",
+              row("mode"): "channel", row("weight"): 3.0, row("schedule"): "snr", row("stop"): 0.5,
+              "image_prompt_on": True, "image_prompt_reference": reference, "image_prompt_scale": 0.5}
+    spec = generate.spec_from_values(values)
+    (control,) = spec.structure.controls
+    assert (control.control, control.mode, control.weight, control.schedule, control.stop) == (
+        "layout", "channel", 3.0, "snr", 0.5)
+    plan_values = {name: value for name, value in values.items() if name in generate.PLAN_FIELDS}
+    _, structure_plot = tab.plot_weights(**plan_values)
+    assert structure_plot["visible"] and structure_plot["value"].width > 0
+
+    last = last_outputs(tab.run(None, **values))
+    settings = last[tab.settings]
+    assert settings["structure"]["controls"][0]["mode"] == "channel"
+    assert settings["structure"]["image_prompt"]["scale"] == 0.5
+    map_record = settings["structure_images"]["controls"][0]
+    assert (map_record["width"], map_record["height"]) == (64, 96)  # the 128 px map resized to the image
+    record = png_settings.read_png_settings(last[tab.downloads][0])
+    restored = tab.form.restore(record)
+    assert {name: restored[tab.form[name]] for name in (row("control"), row("mode"), row("stop"), "image_prompt_on")} \
+        == {row("control"): "layout", row("mode"): "channel", row("stop"): 0.5, "image_prompt_on": True}
+    plain = tab.form.restore({"prompt": "a red circle", "structure": None})
+    assert plain[tab.form[row("control")]] == "none" and plain[tab.form["image_prompt_on"]] is False
+    _, hidden = tab.plot_weights(**{name: value for name, value in FORM.items() if name in generate.PLAN_FIELDS})
+    assert hidden["visible"] is False
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"row1_image": None}, r"Control row 1 \(layout, map from drawing\) has no image"),
+    ({"row1_image": np.zeros((64, 64, 3), np.uint8)}, r"Control row 1 \(layout, map from drawing\): The control map is empty"),
+    ({"row1_control": "nope"}, "nope"),
+    ({"row1_control": "none", "image_prompt_on": True}, "no reference image"),
+])
+def test_a_structure_row_that_cannot_run_is_a_gradio_error(structure_tab, change, message):
+    from structure_harness import square_map
+
+    values = {**STRUCTURE_FORM, "row1_control": "layout", "row1_image": square_map(20, 30, 50), **change}
+    with pytest.raises(gr.Error, match=message):
+        last_outputs(structure_tab.run(None, **values))

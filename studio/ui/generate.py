@@ -26,6 +26,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -35,17 +36,21 @@ from PIL import Image
 from studio import model_limits, png_settings, specs
 from studio.attention.maps import heat_map_overlay
 from studio.errors import InvalidInputError
-from studio.events import AttentionMaps, CancelToken, Event, GenerationResult, Preview
+from studio.events import AttentionMaps, CancelToken, Event, GenerationResult, Notice, Preview
 from studio.generation import batch_seeds
 from studio.jobs import resolve_seed
 from studio.plots import line_chart
 from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
+from studio.structure.spec import StructureImages, StructureSpec
 from studio.ui.form import (ComponentFactory, Field, number, optional_whole, saved, seed_box, seed_from_form,
                             slider, spec_values, text, textbox)
 from studio.ui.parts import (DOWNLOADS, Sendable, Tab, instant, load_settings_box, mask_from_map, mask_row, model_line,
                              model_panel, rgb, send_row, settings_view, table_rows, tagged, warn_about_limits)
 from studio.ui.stream import (JOB_EVENT, KEYS_HELP, Outputs, done_html, run_and_stop, status_box, stop_button,
                               stream_job)
+from studio.ui.structure_rows import (IMAGE_PROMPT_PREFIX, MODES_HELP, ROWS, channel_only, control_row_fields,
+                                      derive_map, image_prompt_fields, image_prompt_reference, row_field,
+                                      schedule_plot, source_for, structure_from_values)
 
 if TYPE_CHECKING:
     from studio.engine import Engine
@@ -71,6 +76,12 @@ CONDITIONS_HELP = (
     "sigma: σ(t)<sup>−exponent</sup>); start/stop are fractions of the run. "
     "The negative prompt above replaces ε<sub>uncond</sub> for every row. "
     "Each row adds one prediction per image to every (batched) UNet call."
+)
+STRUCTURE_HELP = (
+    "**Control rows** steer where things go: each reads its own map, an uploaded map (white on black) or a "
+    "picture it is derived from, resized to the image with a note. **Image prompt**: the reference's colours and "
+    "arrangement (IP-Adapter). A row in the channel mode is a condition like a sub-prompt: its own weight, "
+    "schedule and window, one more prediction per image in the same batched UNet call. " + MODES_HELP
 )
 # Words a heat map is rarely wanted for; the picker starts on the first other word.
 _FUNCTION_WORDS = frozenset({"a", "an", "the", "and", "on", "in", "of", "with", "at", "to"})
@@ -312,6 +323,22 @@ def _saved_conditions(settings: Mapping[str, Any]) -> list[list[Any]] | None:
     return table_from_conditions(settings["conditions"]) if "conditions" in settings else None
 
 
+def _map_image(row: int) -> Field:
+    """A control row's image: a map (white on black), a drawing, or a picture the row derives its map from."""
+    return Field(row_field(row, "image"), lambda engine: gr.Image(
+        label=f"Map {row} (or a picture to derive it from)", type="numpy", image_mode="RGB", height=140,
+        sources=["upload", "clipboard"], elem_id=f"generate-row{row}-image", elem_classes=["dcs-image"]),
+        in_spec=False)
+
+
+# control rows (off at start: Generate runs without structure unless a row picks a control) and the image prompt
+STRUCTURE_FIELDS = (
+    *(field for row in range(1, ROWS + 1)
+      for field in (*control_row_fields(row, "generate", start_off=True, picture="its image"), _map_image(row))),
+    *image_prompt_fields("generate"),
+)
+
+
 def _restored_seed_is_fixed(settings: Mapping[str, Any]) -> bool | None:
     return False if settings.get("seed") is not None else None  # a restored seed means "this exact image"
 
@@ -344,6 +371,7 @@ FIELDS = (
         column_count=(len(CONDITION_COLUMNS), "fixed"), type="array", interactive=True, label="Conditions",
         show_label=True, elem_id="conditions", column_widths=["34%", "14%", "18%", "12%", "11%", "11%"]),
         conditions_from_table, _saved_conditions),
+    *STRUCTURE_FIELDS,
     Field("guidance_rescale", slider(
         specs.GUIDANCE_RESCALE, DEFAULTS.guidance_rescale, elem_id="guidance-rescale",
         info="Match the guided image estimate's spread to the prompt's (Lin et al. 2023): less over-saturation at "
@@ -364,17 +392,50 @@ FIELDS = (
           float, _saved_classifier("stop")),
 )
 PLAN_FIELDS = ("steps", "guidance_scale", "scheduler", "conditions", "guidance_rescale",
-               *(name for name in (f.name for f in FIELDS) if name.startswith(CLASSIFIER_PREFIX)))
+               *(name for name in (f.name for f in FIELDS) if name.startswith(CLASSIFIER_PREFIX)),
+               *(field.name for field in STRUCTURE_FIELDS
+                 if field.name.rpartition("_")[2] not in ("map", "image", "reference")))  # what the plan reads
 
 
-def spec_from_values(values: Mapping[str, Any]) -> GenerateSpec:
-    """The typed spec for the form's values (fields left out keep the spec's defaults); the engine checks ranges."""
+def spec_and_rows(values: Mapping[str, Any]) -> tuple[GenerateSpec, list[int]]:
+    """The typed spec for the form's values (fields left out keep the spec's defaults; no control picked and no
+    image prompt: no structure) and the control rows (counted from 1) its structure's controls come from."""
     parsed = spec_values(FIELDS, values)
+    structure, rows = structure_from_values(parsed, values)
     panel = {name[len(CLASSIFIER_PREFIX):]: parsed.pop(name) for name in list(parsed) if name.startswith(CLASSIFIER_PREFIX)}
     if panel.get("target", NO_CLASSIFIER) not in ("", NO_CLASSIFIER):
         parsed["classifier_guidance"] = ClassifierGuidanceSpec(**panel)
     parsed["seed"] = seed_from_form(parsed.get("seed"), bool(values.get("random_seed", False)))
-    return GenerateSpec(**parsed)
+    return GenerateSpec(**parsed, structure=None if structure.empty else structure), rows
+
+
+def spec_from_values(values: Mapping[str, Any]) -> GenerateSpec:
+    """The typed spec for the form's values; the engine checks ranges and control names."""
+    return spec_and_rows(values)[0]
+
+
+def structure_images(values: Mapping[str, Any], structure: StructureSpec | None, rows: list[int],
+                     size: tuple[int, int]) -> tuple[StructureImages | None, list[str]]:
+    """The images of a run's structure: each control row's map derived from its image as the row's map source
+    says, prepared at the image size (width, height), and the image prompt's reference; with the notes of what
+    the preparation changed. A row without an image, an empty map or an image prompt without a reference raises
+    InvalidInputError naming what to change."""
+    if structure is None:
+        return None, []
+    control_maps, notes = [], []
+    for row, control in zip(rows, structure.controls):
+        image, source = values.get(row_field(row, "image")), values.get(row_field(row, "map")) or "drawing"
+        what = f"Control row {row} ({control.control}, map from {source})"
+        if image is None:
+            raise InvalidInputError(f"{what} has no image: upload its map or a picture to derive it from, or set "
+                                    "the row's control to none.")
+        try:
+            control_map, row_notes = derive_map(rgb(image), source, *size)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"{what}: {error}") from error
+        control_maps.append(control_map)
+        notes += [f"{what}: {note}" for note in row_notes]
+    return StructureImages(controls=tuple(control_maps), image_prompt=image_prompt_reference(values)), notes
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,16 +504,54 @@ class GenerateTab(Tab):
         with gr.Accordion("Global guidance: conditions, rescale, classifier", open=False, elem_id="global-guidance"):
             form.place("conditions")
             gr.Markdown(CONDITIONS_HELP, elem_id="conditions-help")
+            self.structure_rows()
             initial = self.engine.guidance_plan(GenerateSpec(prompt="prompt"))
             self.weight_plot = gr.Image(
                 weight_plot(initial.labels, initial.weights.numpy()), type="pil", format="png", interactive=False,
                 label="Weight of each condition per step", elem_id="weight-plot", buttons=[])
+            self.structure_plot = gr.Image(
+                type="pil", format="png", interactive=False, visible=False, elem_id="generate-structure-plot",
+                label="Each structure row per step: its scale (0 outside its window), a channel row's weight",
+                buttons=[])
             form.place("guidance_rescale")
             with gr.Group(visible=bool(self.engine.classifier_targets), elem_id="classifier-panel"):
                 with gr.Row():
                     form.place("classifier_target", "classifier_strength")
                 with gr.Row():
                     form.place("classifier_schedule", "classifier_exponent", "classifier_start", "classifier_stop")
+
+    def structure_rows(self) -> None:
+        """The condition table's structure rows: control rows when the model has controls, the image-prompt row
+        when it has an IP-Adapter; otherwise a line that says why there are none."""
+        form, model = self.form, self.engine.model
+        with gr.Group(visible=bool(model.controls), elem_id="generate-structure"):
+            for row in range(1, ROWS + 1):
+                name = partial(row_field, row)  # the row's field names
+                with gr.Row(equal_height=False, elem_id=f"generate-row{row}"):
+                    with gr.Column(scale=3, min_width=240):
+                        with gr.Row():
+                            form.place(name("control"), name("map"))
+                        with gr.Row():
+                            form.place(name("scale"), name("start"), name("stop"))
+                        with gr.Row():
+                            form.place(name("mode"), name("weight"), name("schedule"))
+                    with gr.Column(scale=1, min_width=140):
+                        form.place(name("image"))
+        if not model.controls:
+            gr.Markdown("No control rows: this model has no ControlNet or T2I-Adapter loaded (`--controlnet`, "
+                        "`--t2i-adapter`).", elem_id="generate-no-controls")
+        with gr.Group(visible=model.image_prompt is not None, elem_id="generate-image-prompt"), gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=240):
+                form.place("image_prompt_on", "image_prompt_scale")
+                with gr.Row():
+                    form.place("image_prompt_mode", "image_prompt_weight", "image_prompt_schedule")
+            with gr.Column(scale=2, min_width=160):
+                form.place("image_prompt_reference")
+        if model.image_prompt is None:
+            gr.Markdown("No image-prompt row: this model has no IP-Adapter loaded (`--ip-adapter FILE`).",
+                        elem_id="generate-no-image-prompt")
+        if model.controls or model.image_prompt is not None:
+            gr.Markdown(STRUCTURE_HELP, elem_id="generate-structure-help")
 
     def results_panel(self) -> None:
         """Progress, the live preview beside the attention heat map, the images, their PNGs and settings, and the
@@ -496,6 +595,10 @@ class GenerateTab(Tab):
         Parameters:
             conditions: rows of (prompt, weight, schedule, exponent, start, stop)
             classifier_target: "none" turns classifier guidance off
+            row1_control: a loaded control's name, or "none" (likewise row2_control)
+            row1_image: the row's map, or a picture it derives its map from (likewise row2_image)
+            row1_map: how the row reads its image: drawing, outline (Canny) or layout (colours)
+            image_prompt_reference: the image prompt's reference (with image_prompt_on)
         Returns:
             gallery: the images, each a PNG carrying its settings, captioned with its own seed (seed, seed + 1, ...)
             preview: the latest preview; the first image once done
@@ -507,19 +610,26 @@ class GenerateTab(Tab):
 
         def start(cancel: CancelToken) -> Iterator[Event]:
             nonlocal shown
-            spec = spec_from_values(values)
+            spec, rows = spec_and_rows(values)
             # the seed is drawn here, not in the engine, so a stopped run's partial images know theirs
             spec = replace(spec, seed=resolve_seed(spec.seed, span=spec.batch_size))
+            size = spec.size_on(int(self.engine.native_size))
+            images, notes = structure_images(values, spec.structure, rows, size)
             warn_about_limits(self.engine, [spec.prompt, spec.negative_prompt, *(c.prompt for c in spec.conditions)],
-                              size=spec.size_on(int(self.engine.native_size)))
+                              size=size)
+            for note in notes:
+                gr.Info(note)
             shown = Shown(run_settings(spec, str(self.engine.model_name), int(self.engine.native_size)),
                           image=_blank(spec, int(self.engine.native_size)))
-            return self.engine.generate(spec, cancel=cancel)
+            return self.engine.generate(spec, structure_images=images, cancel=cancel)
 
         yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
                               "Generation", results=self.results, partial=lambda: self.partial(shown))
 
     def render(self, event: Event, shown: Shown) -> Outputs | None:
+        if isinstance(event, Notice):  # how the job read an input (the reference image, say)
+            gr.Info(event.text)
+            return None
         if isinstance(event, Preview):
             shown.preview, shown.image = event, np.asarray(event.images[0].convert("RGB"))
             preview = tagged(event.images[0], shown.settings, picture="preview", step=event.step)
@@ -562,15 +672,18 @@ class GenerateTab(Tab):
                                             self.settings: settings, self.items: items, self.sending: items[0]})
         return shown.offered[1]
 
-    def plot_weights(self, **values: Any) -> Any:
-        """The weight plot for the guidance plan as the form now stands; half-typed rows keep the last plot."""
+    def plot_weights(self, **values: Any) -> tuple[Any, Any]:
+        """The weight plot for the guidance plan as the form now stands, and the structure rows' plot (hidden
+        without structure); half-typed rows keep the last plots."""
         try:
             spec = spec_from_values({**values, "prompt": "prompt", "random_seed": True})
             plan = self.engine.guidance_plan(spec)
         except InvalidInputError:
-            return gr.skip()  # the table is being edited: errors show when Generate is pressed
+            return gr.skip(), gr.skip()  # the table is being edited: errors show when Generate is pressed
         target = spec.classifier_guidance.target if spec.classifier_guidance else ""
-        return weight_plot(plan.labels, plan.weights.numpy(), plan.classifier_strengths, target)
+        structure = (gr.update(value=None, visible=False) if plan.structure is None
+                     else gr.update(value=schedule_plot(plan.structure), visible=True))
+        return weight_plot(plan.labels, plan.weights.numpy(), plan.classifier_strengths, target), structure
 
     def show_size_note(self, width: float, height: float) -> Any:
         """The note beside the size sliders at a size the model was not trained at (hidden at a trained size)."""
@@ -604,7 +717,15 @@ class GenerateTab(Tab):
                              concurrency_id="settings")
         plan_inputs = {name: form[name] for name in PLAN_FIELDS}  # the weight plot follows the guidance plan
         gr.on([component.change for component in plan_inputs.values()], self.plot_weights, inputs_kwargs=plan_inputs,
-              outputs=self.weight_plot, **instant("weight-plot"))
+              outputs=[self.weight_plot, self.structure_plot], **instant("weight-plot"))
+        for row in range(1, ROWS + 1):  # a control just picked reads its image as its maps were made
+            control = form[row_field(row, "control")]
+            control.input(lambda picked: source_for(self.engine, picked), control, form[row_field(row, "map")],
+                          **instant("generate-structure"))
+        for prefix in [*(f"row{row}_" for row in range(1, ROWS + 1)), IMAGE_PROMPT_PREFIX]:
+            form[f"{prefix}mode"].change(channel_only, form[f"{prefix}mode"],
+                                         form.components([f"{prefix}weight", f"{prefix}schedule"]),
+                                         **instant("generate-structure"))
         self.reuse_seed.click(reuse_last_seed, self.settings, form.components(["seed", "random_seed"]),
                               api_visibility="private", concurrency_id="settings")
 
