@@ -2,7 +2,7 @@
 it, and generate under them: ControlNet (Zhang, Rao & Agrawala 2023), T2I-Adapter (Mou et al. 2024) and, when the
 model has one, an IP-Adapter image prompt (Ye et al. 2023, eq. 5: Z = Attn(Q, K, V) + lambda Attn(Q, K', V')).
 
-One canvas is the source of every control map; each control row derives its own map from it (`MAP_SOURCES`: the
+One canvas is the source of every control map; each control row derives its own map from it (`structure_rows.MAP_SOURCES`: the
 drawing as drawn, its OpenCV Canny outline, or the layout from a shapes picture's colours), so one upload feeds a
 layout control and an outline control at once. The maps show as soon as the canvas or a row changes (no model
 work), prepared at the model's size with the notes of `maps.prepare_control_map` ("resized to 128x128"); what a row
@@ -13,13 +13,15 @@ the results are Generate's too: `StructureTab` reuses GenerateTab's render, part
 and its PNGs load back in either tab. Endpoint ``/structure`` streams progress, live previews and attention maps and
 ends with the images, their PNGs (carrying the structure spec and the maps' records) and the settings;
 ``/structure_maps`` derives the maps only; ``/structure_read_settings`` restores the form from a PNG.
+The rows themselves (their fields, parsing, map sources and plot) are `studio.ui.structure_rows`', which Generate's
+condition table and the editing tabs share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -27,25 +29,12 @@ from PIL import Image
 
 from studio import specs
 from studio.errors import InvalidInputError
-from studio.events import CancelToken, Event, Notice
+from studio.events import CancelToken, Event
 from studio.jobs import resolve_seed
-from studio.plots import line_chart
 from studio.specs import GenerateSpec
-from studio.structure import maps
-from studio.structure.runtime import StructureSchedule
-from studio.structure.spec import (
-    CONTROL_MODES,
-    CONTROL_SCALE,
-    IMAGE_PROMPT_MODES,
-    IMAGE_PROMPT_SCALE,
-    ControlSpec,
-    ImagePromptSpec,
-    StructureImages,
-    StructureSpec,
-)
+from studio.structure.spec import StructureImages, StructureSpec
 from studio.ui.form import (
     Field,
-    number,
     optional_whole,
     saved,
     seed_box,
@@ -78,41 +67,25 @@ from studio.ui.stream import (
     stop_button,
     stream_job,
 )
-
-if TYPE_CHECKING:
-    from studio.engine import Engine
+from studio.ui.structure_rows import (
+    IMAGE_PROMPT_PREFIX,
+    MODES_HELP,
+    NO_CONTROL,
+    ROWS,
+    channel_only,
+    control_row_fields,
+    derive_map,
+    image_prompt_fields,
+    image_prompt_reference,
+    notes_text,
+    row_field,
+    schedule_plot,
+    source_for,
+    structure_from_values,
+)
 
 DEFAULTS = GenerateSpec(prompt="", capture_attention=True)  # attention maps on, as the Generate tab starts
-CONTROL_DEFAULTS = ControlSpec(control="")
-IMAGE_PROMPT_DEFAULTS = ImagePromptSpec()
-ROWS = 2  # control rows: e.g. a layout ControlNet and an outline control at once, each with its own map
-NO_CONTROL = "none"
 BRUSH = ["#000000", "#ffffff", *BRUSH_COLOURS]  # black on the white canvas; the shapes palette for "layout (colours)"
-MAP_SOURCES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "drawing": maps.map_from_drawing,  # the strokes as drawn, any colour on a plain canvas
-    "outline (Canny)": maps.outline_from_image,  # any picture's edges, as ControlNet's canny preprocessor
-    "layout (colours)": maps.layout_from_image,  # a shapes picture: every object's region, flat white
-}
-# the map source that fits a control's trained_for
-SOURCE_FOR = {"layout": "layout (colours)", "outline": "outline (Canny)", "canny": "outline (Canny)"}
-MODE_LABELS = {  # the names users of diffusers and A1111 know
-    "balanced": "balanced · diffusers' default, A1111 'Balanced'",
-    "prompt": "prompt · A1111 'My prompt is more important'",
-    "control": "control · A1111 'ControlNet is more important'",
-    "guess": "guess · diffusers' guess_mode",
-    "channel": "channel · its own guidance weight w(t)·(ε_k − ε_u)",
-}
-KIND_LABELS = {"controlnet": "ControlNet", "t2i_adapter": "T2I-Adapter"}
-MODES_HELP = (
-    "**Modes.** balanced: the control on both classifier-free guidance branches, every layer at the scale "
-    "(diffusers' default). prompt: deeper layers weaker (scale·0.825^(n−1−k), A1111). control: the conditional "
-    "branch only, layers as in prompt (A1111). guess: conditional branch only, layer scales from 0.1 to 1 "
-    "(diffusers' guess_mode). channel: a "
-    "guidance term of its own, w(t)·(ε<sub>control</sub> − ε<sub>uncond</sub>), with the row's weight and schedule "
-    "(composable guidance, Liu et al. 2022; InstructPix2Pix eq. 3), which per-channel dropout in training makes "
-    "meaningful. Control scale: diffusers' controlnet_conditioning_scale / adapter_conditioning_scale. start/stop: "
-    "the fraction of the run the control is on."
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,18 +99,6 @@ def canvas_picture(canvas: dict | None, size: int) -> np.ndarray:
     return picture
 
 
-def derive_map(picture: np.ndarray, source: str, size: int) -> tuple[np.ndarray, list[str]]:
-    """The control map a row reads from the canvas picture, prepared at the model's size, and the notes of what
-    the preparation changed. An empty map raises InvalidInputError."""
-    if source not in MAP_SOURCES:
-        raise InvalidInputError(f"Map from {source!r} is not offered: choose one of {', '.join(MAP_SOURCES)}.")
-    return maps.prepare_control_map(MAP_SOURCES[source](picture), size, size)
-
-
-def notes_text(notes: list[str]) -> str:
-    return " ".join(notes)
-
-
 def picture_canvas(image: np.ndarray) -> dict:
     """An editor value with `image` as its background and nothing drawn over it (an image sent from a tab)."""
     picture = rgb(image)
@@ -145,50 +106,12 @@ def picture_canvas(image: np.ndarray) -> dict:
             "composite": None}
 
 
-def control_choices(engine: Engine) -> list[tuple[str, str]]:
-    """The control dropdown's choices: none, then each loaded control with its kind and the maps it was trained on."""
-    choices = [("none", NO_CONTROL)]
-    for name, control in engine.model.controls.items():
-        reads = f"trained for {control.trained_for} maps" if control.trained_for else "trained for unknown maps"
-        choices.append((f"{name} · {KIND_LABELS.get(control.kind, control.kind)} · {reads}", name))
-    return choices
-
-
-def default_controls(engine: Engine) -> list[str]:
-    """Each row's control at start: a layout control first, then an outline one, then any others; none after."""
-    names = sorted(engine.model.controls,
-                   key=lambda name: ({"layout": 0, "outline": 1}.get(engine.model.controls[name].trained_for, 2), name))
-    return (names + [NO_CONTROL] * ROWS)[:ROWS]
-
-
-def source_for(engine: Engine, control: str) -> str:
-    """The map source that fits a control: its trained_for's ("layout (colours)" for a layout control)."""
-    found = engine.model.controls.get(control)
-    return SOURCE_FOR.get(found.trained_for if found is not None else "", "drawing")
-
-
-def row_field(row: int, name: str) -> str:
-    """The form field of a control row's setting (rows count from 1)."""
-    return f"row{row}_{name}"
-
-
-IMAGE_PROMPT_PREFIX = "image_prompt_"
-
-
-def _popped(parsed: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {name[len(prefix):]: parsed.pop(name) for name in list(parsed) if name.startswith(prefix)}
-
-
 def form_spec(values: Mapping[str, Any]) -> tuple[GenerateSpec, list[int]]:
     """The typed spec for the form's values and the rows (counted from 1) its controls come from: the rows with a
     control picked, and the image prompt when it is on. No images: `structure_run` adds them."""
     parsed = spec_values(FIELDS, values)
-    rows = [_popped(parsed, f"row{row}_") for row in range(1, ROWS + 1)]
-    image_prompt = _popped(parsed, IMAGE_PROMPT_PREFIX)
+    structure, picked = structure_from_values(parsed, values)
     parsed["seed"] = seed_from_form(parsed.get("seed"), bool(values.get("random_seed", False)))
-    picked = [row for row, settings in enumerate(rows, start=1) if settings.get("control", NO_CONTROL) != NO_CONTROL]
-    structure = StructureSpec(controls=tuple(ControlSpec(**rows[row - 1]) for row in picked),
-                              image_prompt=ImagePromptSpec(**image_prompt) if values.get("image_prompt_on") else None)
     return GenerateSpec(**parsed, structure=structure), picked
 
 
@@ -201,141 +124,32 @@ def structure_run(values: Mapping[str, Any], size: int) -> tuple[GenerateSpec, S
     if spec.structure.empty:
         raise InvalidInputError("Pick a control in at least one row (or turn the image prompt on): without one this "
                                 "is the Generate tab.")
+    picture = canvas_picture(values.get("canvas"), size) if rows else None
+    return spec, structure_images(values, spec.structure, rows, picture, size)
+
+
+def structure_images(values: Mapping[str, Any], structure: StructureSpec, rows: list[int], picture: np.ndarray | None,
+                     size: int) -> StructureImages:
+    """The images of a structure: each picked row's map derived from `picture` by the row's map source, and the
+    image prompt's reference from `values`. An empty map names its row; an image prompt without its reference
+    says so (InvalidInputError). Shared by every tab with control rows."""
     control_maps = []
-    if rows:
-        picture = canvas_picture(values.get("canvas"), size)
-        for row, control in zip(rows, spec.structure.controls):
-            source = values.get(row_field(row, "map")) or "drawing"
-            try:
-                control_maps.append(derive_map(picture, source, size)[0])
-            except InvalidInputError as error:
-                raise InvalidInputError(f"Row {row} ({control.control}, map from {source}): {error}") from error
-    reference = None
-    if spec.structure.image_prompt is not None:
-        reference = values.get("image_prompt_reference")
-        if reference is None:
-            raise InvalidInputError("The image prompt is on but has no reference image: upload one, or untick "
-                                    "'Image prompt'.")
-        reference = rgb(reference)
-    return spec, StructureImages(controls=tuple(control_maps), image_prompt=reference)
+    for row, control in zip(rows, structure.controls):
+        source = values.get(row_field(row, "map")) or "drawing"
+        try:
+            control_maps.append(derive_map(picture, source, size)[0])
+        except InvalidInputError as error:
+            raise InvalidInputError(f"Row {row} ({control.control}, map from {source}): {error}") from error
+    return StructureImages(controls=tuple(control_maps), image_prompt=image_prompt_reference(values))
 
 
-def schedule_plot(schedule: StructureSchedule) -> Image.Image:
-    """Chart of a run's StructureSchedule (steps from 1): each row's scale per step (0 outside its window) and each
-    channel row's guidance weight w(t)."""
-    scales, weights = schedule.scales.numpy(), schedule.channel_weights.numpy()  # (N, R), (N, K)
-    steps = list(range(1, len(scales) + 1))
-    series = {f"{label}: scale": (steps, scales[:, r].tolist()) for r, label in enumerate(schedule.labels)}
-    series.update({f"{label}: weight w(t)": (steps, weights[:, k].tolist())
-                   for k, label in enumerate(schedule.channel_labels)})
-    top = max([1.0, *scales.ravel().tolist(), *weights.ravel().tolist()])
-    return line_chart(series, x_label="step", y_label="per step", size=(460, 180), markers=len(steps) <= 12,
-                      y_range=(0.0, 1.1 * top))  # headroom: a scale of 1 all along is a line, not the frame
 
 
 # --------------------------------------------------------------------------------------------
 # The form
 
 
-def _saved_row(row: int, name: str) -> Callable[[Mapping[str, Any]], Any]:
-    """Restore a control row's setting from a record's structure spec; a row the record has no control for is
-    set to none. Records without a structure leave the rows as they are."""
-
-    def restore(settings: Mapping[str, Any]) -> Any:
-        if "structure" not in settings:
-            return None
-        controls = list((settings.get("structure") or {}).get("controls") or [])
-        if row > len(controls):
-            return NO_CONTROL if name == "control" else None
-        return controls[row - 1].get(name)
-
-    return restore
-
-
-def _saved_image_prompt(name: str) -> Callable[[Mapping[str, Any]], Any]:
-    """Restore an image-prompt setting ("on": whether the record had an image prompt)."""
-
-    def restore(settings: Mapping[str, Any]) -> Any:
-        if "structure" not in settings:
-            return None
-        found = (settings.get("structure") or {}).get("image_prompt")
-        if name == "on":
-            return found is not None
-        return None if found is None else found.get(name)
-
-    return restore
-
-
-def _mode_box(elem_id: str, value: str) -> Callable[[Engine], gr.Dropdown]:
-    return lambda engine: gr.Dropdown([(MODE_LABELS[mode], mode) for mode in CONTROL_MODES], value=value,
-                                      label="Control mode", elem_id=elem_id, scale=3, min_width=200)
-
-
-def _schedule_box(elem_id: str, value: str, visible: bool) -> Callable[[Engine], gr.Dropdown]:
-    return lambda engine: gr.Dropdown(list(specs.GUIDANCE_SCHEDULES), value=value, label="Schedule (channel mode)",
-                                      elem_id=elem_id, min_width=120, visible=visible)
-
-
-def channel_only(mode: str) -> tuple[Any, Any]:
-    """The weight and schedule of a row show in the channel mode only (the other modes have no term of their own)."""
-    return gr.update(visible=mode == "channel"), gr.update(visible=mode == "channel")
-
-
-def _row_fields(row: int) -> tuple[Field, ...]:
-    """A control row: which control, where its map comes from, its scale and window, its mode, and for the channel
-    mode its guidance weight and schedule."""
-    prefix, defaults = f"structure-row{row}", CONTROL_DEFAULTS
-    channel = defaults.mode == "channel"
-
-    def control_box(engine: Engine) -> gr.Dropdown:
-        return gr.Dropdown(control_choices(engine), value=default_controls(engine)[row - 1], label=f"Control {row}",
-                           elem_id=f"{prefix}-control", scale=3, min_width=200)
-
-    def map_box(engine: Engine) -> gr.Radio:
-        return gr.Radio(list(MAP_SOURCES), value=source_for(engine, default_controls(engine)[row - 1]),
-                        label="Map from the canvas", elem_id=f"{prefix}-map", scale=3)
-
-    return (
-        Field(row_field(row, "control"), control_box, str, _saved_row(row, "control")),
-        Field(row_field(row, "map"), map_box, in_spec=False),  # how this run reads the canvas: not a setting
-        Field(row_field(row, "scale"), slider(CONTROL_SCALE, defaults.scale, elem_id=f"{prefix}-scale", scale=2),
-              float, _saved_row(row, "scale")),
-        Field(row_field(row, "start"), number(specs.START, defaults.start, elem_id=f"{prefix}-start", min_width=80),
-              float, _saved_row(row, "start")),
-        Field(row_field(row, "stop"), number(specs.STOP, defaults.stop, elem_id=f"{prefix}-stop", min_width=80),
-              float, _saved_row(row, "stop")),
-        Field(row_field(row, "mode"), _mode_box(f"{prefix}-mode", defaults.mode), str, _saved_row(row, "mode")),
-        Field(row_field(row, "weight"), number(specs.CONDITION_WEIGHT, defaults.weight, label="Weight (channel mode)",
-                                               elem_id=f"{prefix}-weight", min_width=100, visible=channel), float,
-              _saved_row(row, "weight")),
-        Field(row_field(row, "schedule"), _schedule_box(f"{prefix}-schedule", defaults.schedule, channel), str,
-              _saved_row(row, "schedule")),
-    )
-
-
-IMAGE_PROMPT_FIELDS = (
-    Field("image_prompt_on", lambda engine: gr.Checkbox(
-        label="Image prompt", value=False, elem_id="structure-image-prompt-on",
-        info="IP-Adapter: the reference's colours and arrangement through a second cross-attention"),
-          restore=_saved_image_prompt("on"), in_spec=False),
-    Field("image_prompt_reference", lambda engine: gr.Image(
-        label="Reference image", type="numpy", image_mode="RGB", height=160, sources=["upload", "clipboard"],
-        elem_id="structure-image-prompt-reference"), in_spec=False),
-    Field("image_prompt_scale", slider(IMAGE_PROMPT_SCALE, IMAGE_PROMPT_DEFAULTS.scale,
-                                       elem_id="structure-image-prompt-scale", info="λ of IP-Adapter eq. 5"),
-          float, _saved_image_prompt("scale")),
-    Field("image_prompt_mode", lambda engine: gr.Dropdown(
-        [(MODE_LABELS[mode], mode) for mode in IMAGE_PROMPT_MODES],
-        value=IMAGE_PROMPT_DEFAULTS.mode, label="Image prompt mode", elem_id="structure-image-prompt-mode"),
-          str, _saved_image_prompt("mode")),
-    Field("image_prompt_weight", number(specs.CONDITION_WEIGHT, IMAGE_PROMPT_DEFAULTS.weight,
-                                        label="Weight (channel mode)", elem_id="structure-image-prompt-weight",
-                                        visible=IMAGE_PROMPT_DEFAULTS.mode == "channel"),
-          float, _saved_image_prompt("weight")),
-    Field("image_prompt_schedule", _schedule_box("structure-image-prompt-schedule", IMAGE_PROMPT_DEFAULTS.schedule,
-                        IMAGE_PROMPT_DEFAULTS.mode == "channel"),
-          str, _saved_image_prompt("schedule")),
-)
+IMAGE_PROMPT_FIELDS = image_prompt_fields()
 
 FIELDS = (
     Field("canvas", lambda engine: gr.ImageEditor(
@@ -349,7 +163,7 @@ FIELDS = (
                             elem_id="structure-prompt"), text, saved("prompt")),
     Field("negative_prompt", textbox(label="Negative prompt", elem_id="structure-negative-prompt"), text,
           saved("negative_prompt")),
-    *(field for row in range(1, ROWS + 1) for field in _row_fields(row)),
+    *(field for row in range(1, ROWS + 1) for field in control_row_fields(row)),
     *IMAGE_PROMPT_FIELDS,
     Field("seed", seed_box("structure-seed", scale=2, min_width=120), optional_whole, saved("seed", specs.SEED)),
     Field("random_seed", lambda engine: gr.Checkbox(label="Random seed", value=True, elem_id="structure-random-seed"),
@@ -509,12 +323,6 @@ class StructureTab(GenerateTab):
 
         yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
                               "Structure", results=self.results, partial=lambda: self.partial(shown))
-
-    def render(self, event: Event, shown: Shown) -> Outputs | None:
-        if isinstance(event, Notice):  # how the job read an input (the reference image, say): the maps come prepared
-            gr.Info(event.text)
-            return None
-        return super().render(event, shown)
 
     def plot_structure(self, **values: Any) -> Any:
         """The plot of what the sampler will apply for the rows as they stand (engine.guidance_plan, no model work);
