@@ -79,6 +79,7 @@ from studio.ui.stream import (
     stop_button,
     stream_job,
 )
+from studio.ui.structure_panel import StructurePanel
 
 DEFAULTS = DiffEditSpec("", "")
 MASK_COLOUR = ("#ff00ff", 0.5)  # the editor's brush: a colour of no shape, half transparent (an overlay)
@@ -235,7 +236,8 @@ class DiffEditTab(Tab):
 
     name = "diffedit"
 
-    fields = FIELDS
+    structure_panel = StructurePanel(name)  # Stage II samples under it (Stage I, the mask, stays without control)
+    fields = (*FIELDS, *structure_panel.fields)
 
     # 1. layout ---------------------------------------------------------------------------
     def layout(self) -> None:
@@ -255,6 +257,7 @@ class DiffEditTab(Tab):
                         for row in rows:
                             with gr.Row():
                                 form.place(*row)
+                self.structure_panel.place(form, self.engine)
                 self.load_settings = load_settings_box("diffedit-load-settings")
             with gr.Column(scale=6, min_width=360):
                 self.status = status_box("diffedit-status")
@@ -308,9 +311,17 @@ class DiffEditTab(Tab):
                                        self.downloads: self.downloads.label, self.settings: self.settings.label},
                               partial=partial)
 
-    def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
+    def run(self, request: gr.Request, structure_picture: dict | None = None,
+            image_prompt_reference: np.ndarray | None = None, **values: Any) -> Iterator[Outputs]:
         """Stage II with the editor's mask (Stages I and II when it is empty): streams progress, the mask, previews,
-        then the edited image, its before/after, the hints, the downloads and the settings."""
+        then the edited image, its before/after, the hints, the downloads and the settings.
+
+        Parameters:
+            structure_picture: the Structure panel's own picture (optional: its rows read this tab's image)
+            image_prompt_reference: the image prompt's reference (with image_prompt_on)
+        """
+        # optional images (None by default, so API callers may leave them out): the panel reads them from values
+        values.update(structure_picture=structure_picture, image_prompt_reference=image_prompt_reference)
         edit: dict[str, Any] = {}  # what render needs of this run: its spec, inversion and the image before
 
         def start(cancel: CancelToken) -> Iterator[Event]:
@@ -321,9 +332,13 @@ class DiffEditTab(Tab):
             # A touched-up mask belongs to the image on the editor (the one Stage I worked on, at its size).
             picture = background if mask is not None and inversion is None else values.get("image")
             before = inversion.image if inversion is not None else picture
-            edit.update(spec=spec, inversion=inversion, before=None if before is None else rgb(before),
-                        preview_settings=run_settings(spec))
-            return self.engine.diffedit(spec, None if inversion is not None else picture, mask, inversion, cancel=cancel)
+            before = None if before is None else rgb(before)
+            # the rows read the image being edited; without rows an inversion edits under its own structure
+            structure, images = self.structure_panel.structure(values, before, int(self.engine.native_size))
+            spec = dataclasses.replace(spec, structure=structure)
+            edit.update(spec=spec, inversion=inversion, before=before, preview_settings=run_settings(spec))
+            return self.engine.diffedit(spec, None if inversion is not None else picture, mask, inversion,
+                                        structure_images=images, cancel=cancel)
 
         render, partial = remembering(lambda event: self.render(event, **edit), [self.mask_preview, self.result])
         yield from stream_job("diffedit", request, self.status, start, render, "DiffEdit",
@@ -384,7 +399,8 @@ class DiffEditTab(Tab):
     # 3. events ---------------------------------------------------------------------------
     def wire(self) -> None:
         inputs = with_inversion(self.form.inputs, self.inversion_state)
-        stage_one_inputs = {name: component for name, component in inputs.items() if name != "mask"}
+        stage_one = set(inputs) - {"mask", *(field.name for field in self.structure_panel.fields)}  # no control
+        stage_one_inputs = {name: component for name, component in inputs.items() if name in stage_one}
         finding = self.find.click(self.find_mask, inputs_kwargs=stage_one_inputs, api_name="diffedit_mask",
                                   outputs=[self.status, self.mask_preview, self.mask_editor, self.found, self.hints,
                                            self.downloads, self.settings], **JOB_EVENT)
@@ -404,6 +420,7 @@ class DiffEditTab(Tab):
         self.reuse_seed.click(seed_of, self.settings, seed, **instant("diffedit-seed"))
         self.load_settings.upload(self.read_settings, self.load_settings, self.form.restorable,
                                   api_name="diffedit_read_settings", concurrency_id="settings")
+        self.structure_panel.wire(self.form, self.engine)
         if self.inversion_state is not None:
             shown, watched = [self.image, self.source_prompt, steps, guidance], [self.use_inversion, self.inversion_state]
             # Ticking or unticking changes the image edited (its old mask goes); a new inversion shows when ticked.

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gradio as gr
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from studio import specs
@@ -36,6 +37,7 @@ from studio.ui.parts import (DOWNLOADS, Sendable, Tab, downloads_box, instant, l
                              model_panel, rgb, send_row, settings_view, tagged, warn_about_limits)
 from studio.ui.stream import (JOB_EVENT, KEYS_HELP, Outputs, progress_html, run_and_stop, status_box, stop_button,
                               stream_job)
+from studio.ui.structure_panel import StructurePanel
 
 DEFAULTS = InversionSpec()
 # short headers (the table's label says what the passes and seconds count), each word wider than no column
@@ -261,7 +263,8 @@ class InversionTab(Tab):
     when a run has finished all its methods (or an inversion is loaded): a stopped run never replaces it."""
 
     name = "inversion"
-    fields = FIELDS
+    structure_panel = StructurePanel(name)  # an inversion made under structure carries it to its edits
+    fields = (*FIELDS, *structure_panel.fields)
 
     # 1. layout ---------------------------------------------------------------------------
     def layout(self) -> None:
@@ -284,6 +287,7 @@ class InversionTab(Tab):
                         with gr.Row():
                             form.place(*row)
                     form.place("null_start")
+                self.structure_panel.place(form, self.engine)
                 self.go, self.stop = run_and_stop("Invert", "inversion-btn", "inversion-stop")
                 self.status = status_box("inversion-status")
                 with gr.Row():
@@ -327,18 +331,29 @@ class InversionTab(Tab):
         )
 
     # 2. handlers -------------------------------------------------------------------------
-    def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
+    def run(self, request: gr.Request, structure_picture: dict | None = None,
+            image_prompt_reference: np.ndarray | None = None, **values: Any) -> Iterator[Outputs]:
         """Invert the upload with each ticked method: streams progress and null-text inversion's loss, then after
         each method the gallery, the table and the error plot; once every method is done, the pick, the downloads
-        and the inversion the editing tabs use."""
+        and the inversion the editing tabs use.
+
+        Parameters:
+            structure_picture: the Structure panel's own picture (optional: its rows read this tab's image)
+            image_prompt_reference: the image prompt's reference (with image_prompt_on)
+        """
+        # optional images (None by default, so API callers may leave them out): the panel reads them from values
+        values.update(structure_picture=structure_picture, image_prompt_reference=image_prompt_reference)
         shown = Shown()
 
         def start(cancel: CancelToken) -> Iterator[Event]:
-            shown.runs.extend(specs_from_values(values))
+            runs = specs_from_values(values)
             image = load_upload(values.get("upload"))
+            structure, images = self.structure_panel.structure(values, rgb(image), int(self.engine.native_size))
+            shown.runs.extend(replace(spec, structure=structure) for spec in runs)
             warn_about_limits(self.engine, [shown.runs[0].prompt])  # the upload is prepared to the model's size
             # every method's input is checked here, before the first one starts
-            return run_progress([self.engine.invert(spec, image, cancel=cancel) for spec in shown.runs])
+            return run_progress([self.engine.invert(spec, image, structure_images=images, cancel=cancel)
+                                 for spec in shown.runs])
 
         yield {self.losses: None}  # the previous run's loss plot is not this run's
         yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
@@ -428,3 +443,4 @@ class InversionTab(Tab):
                               api_name="load_inversion", concurrency_id="inversion-load")
         self.load_settings.upload(self.read_settings, self.load_settings, self.form.restorable,
                                   api_name="inversion_read_settings", concurrency_id="settings")
+        self.structure_panel.wire(self.form, self.engine)

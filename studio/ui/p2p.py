@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import gradio as gr
@@ -52,6 +52,7 @@ from studio.ui.parts import (DIFFERENCE_GAIN, DOWNLOADS, Sendable, Tab, chosen_i
                              settings_view, table_rows, tagged, warn_about_limits, with_inversion)
 from studio.ui.stream import (JOB_EVENT, KEYS_HELP, Outputs, done_html, run_and_stop, status_box, stop_button,
                               stream_job)
+from studio.ui.structure_panel import StructurePanel
 
 DEFAULTS = P2PSpec(source_prompt="")
 TOKEN_COLUMNS = ("target word", "from source word", "re-weight")
@@ -313,10 +314,12 @@ class Shown:
 
 
 class P2PTab(Tab):
-    """The Prompt-to-Prompt tab (the shape of every tab: `parts.Tab`)."""
+    """The Prompt-to-Prompt tab (the shape of every tab: `parts.Tab`), with the Structure accordion
+    (`structure_panel`): the rows read the inversion's image, or a picture of their own."""
 
     name = "p2p"
-    fields = FIELDS
+    structure_panel = StructurePanel(name)
+    fields = (*FIELDS, *structure_panel.fields)
 
     # 1. layout ---------------------------------------------------------------------------
     def layout(self) -> None:
@@ -340,6 +343,7 @@ class P2PTab(Tab):
                     form.place("blend_words")
                     with gr.Row():
                         form.place("blend_threshold", "blend_start")
+                self.structure_panel.place(form, self.engine)
                 self.load_settings = load_settings_box("p2p-load-settings")
             with gr.Column(scale=6, min_width=360):
                 self.status = status_box("p2p-status")
@@ -407,17 +411,30 @@ class P2PTab(Tab):
                           [weight_slider, token_table], token_table, **instant("p2p-sliders"))
 
     # 2. handlers -------------------------------------------------------------------------
-    def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
+    def run(self, request: gr.Request, structure_picture: dict | None = None,
+            image_prompt_reference: np.ndarray | None = None, **values: Any) -> Iterator[Outputs]:
         """Edit the source image by its prompt: streams progress, previews, attention maps and the blend mask,
-        then the source and edited images, their comparison and difference, the downloads and the settings."""
+        then the source and edited images, their comparison and difference, the downloads and the settings.
+
+        Parameters:
+            structure_picture: the Structure panel's own picture (optional: its rows read this tab's image)
+            image_prompt_reference: the image prompt's reference (with image_prompt_on)
+        """
+        # optional images (None by default, so API callers may leave them out): the panel reads them from values
+        values.update(structure_picture=structure_picture, image_prompt_reference=image_prompt_reference)
         shown = Shown()
 
         def start(cancel: CancelToken) -> Iterator[Event]:
             shown.spec, shown.inversion = spec_from_values(values), chosen_inversion(values, NO_INVERSION)
+            image = None if shown.inversion is None else np.asarray(shown.inversion.image.convert("RGB"))
+            # no rows: an inversion made under structure edits under its own (the engine's rule)
+            structure, images = self.structure_panel.structure(values, image, int(self.engine.native_size))
+            shown.spec = replace(shown.spec, structure=structure)
             shown.settings = run_settings(self.engine, shown.spec, shown.inversion)
             size = None if shown.inversion is not None else (shown.spec.size or self.engine.native_size,) * 2
             warn_about_limits(self.engine, [shown.spec.source_prompt, shown.spec.target_prompt], size)
-            return self.engine.p2p(shown.spec, shown.inversion, cancel=cancel)  # checks input, no model work yet
+            # checks input, no model work yet
+            return self.engine.p2p(shown.spec, shown.inversion, structure_images=images, cancel=cancel)
 
         yield {self.hint: ""}  # the last edit's hint is not this one's
         yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
@@ -513,6 +530,7 @@ class P2PTab(Tab):
         self.reuse_seed.click(reuse_seed, self.settings, self.form["seed"], **instant("p2p-seed"))
         self.load_settings.upload(self.read_settings, self.load_settings, self.form.restorable,
                                   api_name="p2p_read_settings", concurrency_id="settings")
+        self.structure_panel.wire(self.form, self.engine)
         if self.inversion_state is not None:
             fixed = self.form.components(["source_prompt", "steps", "guidance_scale"])
             gr.on([self.form["use_inversion"].change, self.inversion_state.change], inversion_view,

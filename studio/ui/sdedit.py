@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
@@ -68,6 +68,9 @@ from studio.ui.stream import (
     stop_button,
     stream_job,
 )
+
+if TYPE_CHECKING:
+    from studio.engine import Engine
 
 DEFAULTS = SDEditSpec()
 BRUSH_COLOURS = ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in COLOURS.values()]  # the shapes world's palette
@@ -261,11 +264,19 @@ CSS = """
 
 
 class SDEditTab(Tab):
-    """The SDEdit tab (the shape of every tab: `parts.Tab`)."""
+    """The SDEdit tab (the shape of every tab: `parts.Tab`), with the Structure accordion (`structure_panel`):
+    strokes plus an outline or layout of them."""
 
     name = "sdedit"
 
-    fields = FIELDS
+    def __init__(self, engine: Engine, inversion_state: gr.State | None = None) -> None:
+        # imported here, not at the top: studio.ui.structure (which the panel reuses) imports this module's canvas
+        # helpers
+        from studio.ui.structure_panel import StructurePanel
+
+        self.structure_panel = StructurePanel(self.name)
+        self.fields = (*FIELDS, *self.structure_panel.fields)
+        super().__init__(engine, inversion_state)
 
     # 1. layout ---------------------------------------------------------------------------
     def layout(self) -> None:
@@ -287,6 +298,7 @@ class SDEditTab(Tab):
                 for row in (("repeats", "steps"), ("guidance_scale", "noise_form"), ("seed", "random_seed", "composite")):
                     with gr.Row():
                         form.place(*row)
+                self.structure_panel.place(form, self.engine)
                 self.load_settings = load_settings_box("sdedit-load-settings")
             with gr.Column(scale=6, min_width=360):
                 self.status = status_box("sdedit-status")
@@ -328,17 +340,28 @@ class SDEditTab(Tab):
         )
 
     # 2. handlers -------------------------------------------------------------------------
-    def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
-        """SDEdit of the canvas: streams progress, then the strip, the table, the images and the settings."""
+    def run(self, request: gr.Request, structure_picture: dict | None = None,
+            image_prompt_reference: np.ndarray | None = None, **values: Any) -> Iterator[Outputs]:
+        """SDEdit of the canvas: streams progress, then the strip, the table, the images and the settings.
+
+        Parameters:
+            structure_picture: the Structure panel's own picture (optional: its rows read this tab's image)
+            image_prompt_reference: the image prompt's reference (with image_prompt_on)
+        """
+        # optional images (None by default, so API callers may leave them out): the panel reads them from values
+        values.update(structure_picture=structure_picture, image_prompt_reference=image_prompt_reference)
         run: dict[str, Any] = {}  # what render needs of this run: the guide, and its settings for the previews
 
         def start(cancel: CancelToken) -> Iterator[Event]:
-            spec = spec_from_values(values)
-            guide, mask, original = canvas_inputs(values.get("canvas"), int(self.engine.native_size))
+            spec, native = spec_from_values(values), int(self.engine.native_size)
+            guide, mask, original = canvas_inputs(values.get("canvas"), native)
+            structure, images = self.structure_panel.structure(values, guide, native)  # the rows read the guide
+            spec = dataclasses.replace(spec, structure=structure)
             warn_about_limits(self.engine, [spec.prompt])  # the guide is prepared to the model's size
             # the result's record is only known at the end: previews carry the spec (what a Load settings needs)
             run.update(guide=guide, preview_settings={**dataclasses.asdict(spec), "job": "sdedit"})
-            return self.engine.sdedit(spec, guide, mask=mask, original=original, cancel=cancel)
+            return self.engine.sdedit(spec, guide, mask=mask, original=original, structure_images=images,
+                                      cancel=cancel)
 
         render, partial = remembering(lambda event: self.render(event, **run), [self.preview])
         yield from stream_job("sdedit", request, self.status, start, render, "SDEdit", partial=partial,
@@ -412,3 +435,4 @@ class SDEditTab(Tab):
         self.reuse_seed.click(seed_of, self.settings, [seed, random_seed], **instant("sdedit-seed"))
         self.load_settings.upload(self.read_settings, self.load_settings, self.form.restorable,
                                   api_name="sdedit_read_settings", concurrency_id="settings")
+        self.structure_panel.wire(self.form, self.engine)
