@@ -86,5 +86,25 @@ def test_a_drawing_on_the_empty_canvas_is_a_rows_map_at_once(browser, app_url):
     drag(page, editor.locator("canvas").first.bounding_box(), (0.3, 0.3), (0.6, 0.55))
     page.click("#structure-row2-map label:has-text('drawing')")
     assert image_loaded(page, "#structure-row2-map-view img")
-    assert page.inner_text("#structure-row2-notes") == ""  # nothing to say: drawn at the model's size
+    # nothing to say once the maps are in (drawn at the model's size); while they come, the box says "processing"
+    page.wait_for_function("() => document.querySelector('#structure-row2-notes')?.innerText.trim() === ''",
+                           timeout=10_000)
+    page.close()
+
+
+def test_sdedit_strokes_plus_an_outline_of_them_run_under_a_control(browser, app_url, picture, tmp_path):
+    page = open_tab(browser, app_url, "SDEdit", ready="#sdedit-canvas")
+    page.fill("#sdedit-t0 textarea, #sdedit-t0 input", "0.5")
+    set_slider(page, "sdedit-steps", 4)
+    page.locator("#sdedit-canvas input[type=file]").set_input_files(str(picture))
+    page.wait_for_timeout(1000)  # the editor draws the upload onto its canvas
+    page.locator("#sdedit-structure").get_by_text("Structure: ControlNet").click()  # closed until asked
+    page.locator("#sdedit-row1-control input").click()
+    page.get_by_role("option", name="outline · T2I-Adapter").click()
+    page.wait_for_selector("#sdedit-row1-map input[value='outline (Canny)']:checked")  # the map it reads
+    page.click("#sdedit-btn")
+    page.wait_for_selector("#sdedit-status [data-state=done]")
+    settings = downloaded_settings(page, "#sdedit-downloads a", tmp_path)
+    assert [row["control"] for row in settings["structure"]["controls"]] == ["outline"]
+    assert len(settings["structure_images"]["controls"]) == 1
     page.close()
