@@ -219,27 +219,29 @@ def run_scenes(engine: Engine, renderings: list[Rendering], args: argparse.Names
 
 
 def fidelity(engine: Engine, renderings: list[Rendering], args: argparse.Namespace, measurable: set[str],
-             cards: bool) -> list[dict]:
-    """(a) and (b): each control on its own maps, and the same prompts and seeds without control; `cards`: beside
-    the IoU its shipped card measured."""
+             cards: dict[str, dict]) -> list[dict]:
+    """(a) and (b): each control on its own maps, and the same prompts and seeds without control, beside the IoU its
+    shipped card measured (`cards`: control name -> card())."""
     rows = [{"label": "no control (same prompts and seeds)", "control": None, **run_scenes(engine, renderings, args)}]
     for row in CONTROL_ROWS:
         if row.control not in measurable:
             rows.append({"label": row.label, "control": row.control, "skipped": "not loaded (not trained yet)"})
             continue
         structure = StructureSpec((ControlSpec(row.control),))
-        rows.append({"label": row.label, "control": row.control, "map": row.map_kind, "card_iou_mean": card_iou(row) if cards else None,
+        rows.append({"label": row.label, "control": row.control, "map": row.map_kind, "card_iou_mean": (cards.get(row.control) or {}).get("iou_mean"),
                      **run_scenes(engine, renderings, args, structure=structure, map_kind=row.map_kind)})
     return rows
 
 
-def card_iou(row: ControlRow) -> float | None:
-    """The IoU its training run measured (studio.structure.training.control_fidelity: the same held-out scenes and
-    seeds, through diffusers' own pipeline): a check of this bench's, with the shipped control only."""
+def card(row: ControlRow) -> dict | None:
+    """The shipped control's training steps and the IoU its training run measured
+    (studio.structure.training.control_fidelity: the same held-out scenes and seeds, through diffusers' own pipeline):
+    which weights were measured, and a check of this bench's IoU. Read when the engine loads them."""
     path = EMBEDDED_CONTROLS_DIR / row.folder / "training.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text()).get("fidelity", {}).get("iou_mean")
+    training = json.loads(path.read_text())
+    return {"steps": training.get("steps"), "iou_mean": training.get("fidelity", {}).get("iou_mean")}
 
 
 def sweep_settings() -> list[dict]:
@@ -396,6 +398,7 @@ def measure(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     engine = Engine(args.model, device=args.device)
+    cards = {row.control: card(row) for row in CONTROL_ROWS} if args.model is None else {}
     trained = {row.control for row in CONTROL_ROWS if row.control in engine.model.controls}
     trained_image = engine.model.image_prompt is not None
     stand_ins = attach_stand_ins(engine, CONTROL_ROWS)
@@ -408,7 +411,7 @@ def measure(args: argparse.Namespace) -> dict:
     lap("load")
     scenes = [render(scene) for scene in held_out_scenes(max(args.scenes, args.sweep_scenes, args.image_scenes))]
     report = {**device_description(engine.device), "model": engine.model_name, "steps": args.steps,
-              "guidance_scale": args.guidance, "trained_controls": sorted(trained), "trained_image_prompt": trained_image,
+              "guidance_scale": args.guidance, "trained_controls": sorted(trained), "trained_image_prompt": trained_image, "cards": cards,
               "random_stand_ins": stand_ins, "goals": {"iou": GOAL_IOU, "text_obeyed": GOAL_TEXT, "time_ratio": TARGET_RATIO},
               "arguments": {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}}
     # (e) first: its SD 1.5 engine is the likeliest to fail (memory), and it needs no trained control
@@ -422,7 +425,7 @@ def measure(args: argparse.Namespace) -> dict:
                                     if m["dtype"] == "float32"),
                       "meets_target": all(r["ratio"] <= TARGET_RATIO for m in cost for r in m["rows"])}
     lap("cost")
-    report["fidelity"] = fidelity(engine, scenes[: args.scenes], args, measurable, cards=args.model is None)
+    report["fidelity"] = fidelity(engine, scenes[: args.scenes], args, measurable, cards)
     lap("fidelity")
     if SWEEP_CONTROL.control in measurable:
         report["sweep"] = channel_sweep(engine, scenes[: args.sweep_scenes], args)
@@ -438,6 +441,13 @@ def measure(args: argparse.Namespace) -> dict:
     return report
 
 
+def _trained(report: dict) -> str:
+    """The trained controls measured, each with its training steps when its card says."""
+    cards = report["cards"]
+    return ", ".join(f"{name} ({cards[name]['steps']} steps)" if cards.get(name) else name
+                     for name in report["trained_controls"]) or "none"
+
+
 def _pct(value: float) -> str:
     return f"{value:.0%}"
 
@@ -449,10 +459,10 @@ def table(report: dict) -> str:
         (f"Model `{report['model']}` on {report['device']} ({report['device_name']}, {report['torch_threads']} torch "
          f"threads); DDIM {report['steps']} steps, prompt weight {report['guidance_scale']:g}, control scale 1 unless "
          f"said; held-out scenes (studio.structure.training.held_out_scenes), scene k with seed k. Trained controls: "
-         f"{', '.join(report['trained_controls']) or 'none'}; image prompt trained: "
+         f"{_trained(report)}; image prompt trained: "
          f"{'yes' if report['trained_image_prompt'] else 'no'}"
          + (f"; random-init stand-ins: {', '.join(report['random_stand_ins'])}" if report["random_stand_ins"] else "")
-         + f". Whole run: {report['seconds']['total'] / 60:.1f} min."),
+         + f". Whole run: {report['seconds']['total'] / 60:.1f} min: `{report['command']}`."),
         "",
         f"## (a, b) Control fidelity and the text under control (goals: layout IoU >= {GOAL_IOU:g}, text >= {GOAL_TEXT:.0%})",
         "",
@@ -559,8 +569,9 @@ def figure(report: dict) -> Image.Image:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    report = measure(args)
+    report = {"command": " ".join(["python bench/structure.py", *argv]), **measure(args)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "structure.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "structure.md").write_text(table(report))
