@@ -422,7 +422,7 @@ def train(config: TrainConfig, recipe: str) -> dict:
     log = LossLog(run_dir / "loss.jsonl") if accelerator.is_main_process else None
     bar = tqdm(initial=progress.step, total=config.steps, desc=config.name, mininterval=10,
                disable=not accelerator.is_main_process)
-    started, mean_loss = time.perf_counter() - progress.seconds, float("nan")
+    started, mean_loss, resumed_from = time.perf_counter() - progress.seconds, float("nan"), progress.step
     # a resumed run continues its epoch where the checkpoint left it
     batches = accelerator.skip_first_batches(loader, progress.step * config.grad_accum % len(loader))
     while progress.step < config.steps:
@@ -472,7 +472,7 @@ def train(config: TrainConfig, recipe: str) -> dict:
     summary = {"method": config.method, "control": config.control, "steps": progress.step, "batch": config.batch,
                "processes": accelerator.num_processes, "grad_accum": config.grad_accum, "lr": config.lr,
                "seconds": round(progress.seconds, 1), "final_loss": mean_loss,
-               "dropout": asdict(config.dropout), "recipe": recipe}
+               "dropout": asdict(config.dropout), "recipe": recipe, "resumed_from": resumed_from}
     if accelerator.is_main_process:
         trained = accelerator.unwrap_model(module).eval()
         if adapter is None:
@@ -495,6 +495,9 @@ TITLES = {"controlnet": "ControlNet (Zhang et al. 2023)", "t2i-adapter": "T2I-Ad
           "ip-adapter": "IP-Adapter (Ye et al. 2023)"}
 
 
+UNDERTRAINED_MARGIN = 0.02  # a control that gains less than this over no control is reported as undertrained
+
+
 def write_card(out: Path, summary: dict) -> None:
     """README.md beside the weights: what map it reads, the recipe, dropout, time, loss and measured fidelity."""
     dropout = ChannelDropout(**summary["dropout"])
@@ -502,7 +505,7 @@ def write_card(out: Path, summary: dict) -> None:
     fractions = ", ".join(f"{name} {share:.1%}" for name, share in dropout.fractions(channel).items())
     lines = [
         "---", f"control: {summary['control']}", f"kind: {summary['method']}", "base_model: shapes-sd", "---", "",
-        f"# {summary['method']}-{summary['control']} for shapes-sd", "",
+        f"# {summary['method'] if channel == 'image' else summary['method'] + '-' + summary['control']} for shapes-sd", "",
         (f"{TITLES['ip-adapter']} for the embedded shapes-sd model, base frozen: decoupled cross-attention on the "
          "embedding of a reference image, 4 image tokens, diffusers' load_ip_adapter layout (ip-adapter.safetensors). "
          "image_encoder/ is a tiny CLIPVisionModelWithProjection trained jointly from scratch with the adapter: no "
@@ -512,6 +515,9 @@ def write_card(out: Path, summary: dict) -> None:
          "everywhere is the null control); trained for the embedded shapes-sd model with the base frozen."), "",
         "Recipe (CPU, this repository; scripts/train_structure_cpu.sh runs the four shipped runs side by side):", "",
         f"    {summary['recipe']}", "",
+        *([f"- resumed at step {summary['resumed_from']} from the checkpoint of the same run's first command "
+            "(scripts/train_structure_cpu.sh); the learning rate follows the command above from there"]
+          if summary.get("resumed_from") else []),
         f"- steps: {summary['steps']} at batch {summary['batch']} x {summary['processes']} process(es) x "
         f"{summary['grad_accum']} accumulation, peak lr {summary['lr']:g} (warm-up, cosine to 10%)",
         f"- time: {summary['seconds'] / 60:.1f} min on {summary['processes']} process(es) of one torch thread, the CPU "
@@ -534,6 +540,9 @@ def write_card(out: Path, summary: dict) -> None:
             f"| given | empty | {agreement['image alone']:.0%} |",
             f"| zero embedding | empty | {agreement['neither']:.0%} (chance) |",
         ]
+        if agreement["image alone"] <= agreement["neither"] + UNDERTRAINED_MARGIN:
+            lines += ["", "**Undertrained**: the image alone does not carry the reference's colours (no better than "
+                      "chance); the CPU budget ended first. Train longer (scripts/train_structure_gpu.sh)."]
     if "fidelity" in summary:
         with_control, without = summary["fidelity"], summary["fidelity_without_control"]
         lines += [
@@ -545,4 +554,8 @@ def write_card(out: Path, summary: dict) -> None:
             "IoU: the generated objects' mask (pixels far from the generated background colour) vs the scene's object "
             "mask the control map was drawn from.",
         ]
+        if with_control["iou_mean"] <= without["iou_mean"] + UNDERTRAINED_MARGIN:
+            lines += ["", f"**Undertrained**: the IoU is within {UNDERTRAINED_MARGIN:g} of the one without control, so "
+                      "the control barely steers yet (a ControlNet starts from zero convolutions and follows its map "
+                      "only after enough steps); the CPU budget ended first. Train longer (scripts/train_structure_gpu.sh)."]
     (out / "README.md").write_text("\n".join(lines) + "\n")
