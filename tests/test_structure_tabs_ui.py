@@ -2,8 +2,8 @@
 (spec.structure and structure_images=), its PNG carries them and Load settings restores them; what the user must
 change is a gr.Error.
 
-Protects: SDEdit under a layout control read from its own strokes (strokes plus an outline/layout of them); the
-rows start off (an edit runs without structure unless asked); a row reads the panel's own picture when one is
+Protects: SDEdit under a layout control read from its own strokes (strokes plus an outline/layout of them) and
+under an image prompt; P2P, DiffEdit's Stage II and an inversion under a control; the rows start off (an edit runs without structure unless asked); a row reads the panel's own picture when one is
 given; an empty map names its row; a model without controls hides the rows and says why.
 """
 
@@ -83,6 +83,16 @@ def test_sdedit_under_a_layout_of_its_strokes_carries_it_and_loads_back(sdedit_t
 def test_sdedit_without_rows_runs_as_before(sdedit_tab):
     settings = finished(sdedit_tab.run(None, **sdedit_values()))[sdedit_tab.settings]
     assert not settings.get("structure") and "structure_images" not in settings
+
+
+def test_sdedit_with_an_image_prompt_carries_it_and_asks_for_its_reference(sdedit_tab):
+    reference = np.empty((SIZE, SIZE, 3), np.uint8)
+    reference[:] = COLOURS["green"]
+    settings = finished(sdedit_tab.run(None, image_prompt_reference=reference,
+                                       **sdedit_values(image_prompt_on=True, image_prompt_scale=0.5)))[sdedit_tab.settings]
+    assert settings["structure"]["image_prompt"]["scale"] == 0.5 and settings["structure_images"]["image_prompt"]
+    with pytest.raises(gr.Error, match="no reference image"):
+        finished(sdedit_tab.run(None, **sdedit_values(image_prompt_on=True)))
 
 
 def test_a_row_reads_the_panels_own_picture_when_one_is_given(engine):
