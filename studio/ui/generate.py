@@ -26,7 +26,6 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -36,21 +35,74 @@ from PIL import Image
 from studio import model_limits, png_settings, specs
 from studio.attention.maps import heat_map_overlay
 from studio.errors import InvalidInputError
-from studio.events import AttentionMaps, CancelToken, Event, GenerationResult, Notice, Preview
+from studio.events import (
+    AttentionMaps,
+    CancelToken,
+    Event,
+    GenerationResult,
+    Notice,
+    Preview,
+)
 from studio.generation import batch_seeds
 from studio.jobs import resolve_seed
 from studio.plots import line_chart
 from studio.specs import ClassifierGuidanceSpec, Condition, GenerateSpec
 from studio.structure.spec import StructureImages, StructureSpec
-from studio.ui.form import (ComponentFactory, Field, number, optional_whole, saved, seed_box, seed_from_form,
-                            slider, spec_values, text, textbox)
-from studio.ui.parts import (DOWNLOADS, Sendable, Tab, instant, load_settings_box, mask_from_map, mask_row, model_line,
-                             model_panel, rgb, send_row, settings_view, table_rows, tagged, warn_about_limits)
-from studio.ui.stream import (JOB_EVENT, KEYS_HELP, Outputs, done_html, run_and_stop, status_box, stop_button,
-                              stream_job)
-from studio.ui.structure_rows import (IMAGE_PROMPT_PREFIX, MODES_HELP, ROWS, channel_only, control_row_fields,
-                                      derive_map, image_prompt_fields, image_prompt_reference, row_field,
-                                      schedule_plot, source_for, structure_from_values)
+from studio.ui.form import (
+    ComponentFactory,
+    Field,
+    number,
+    optional_whole,
+    saved,
+    seed_box,
+    seed_from_form,
+    slider,
+    spec_values,
+    text,
+    textbox,
+)
+from studio.ui.parts import (
+    DOWNLOADS,
+    Sendable,
+    Tab,
+    instant,
+    load_settings_box,
+    mask_from_map,
+    mask_row,
+    model_line,
+    model_panel,
+    rgb,
+    send_row,
+    settings_view,
+    table_rows,
+    tagged,
+    warn_about_limits,
+)
+from studio.ui.stream import (
+    JOB_EVENT,
+    KEYS_HELP,
+    Outputs,
+    done_html,
+    run_and_stop,
+    status_box,
+    stop_button,
+    stream_job,
+)
+from studio.ui.structure_rows import (
+    IMAGE_PROMPT_PREFIX,
+    MODES_HELP,
+    ROWS,
+    channel_only,
+    control_row_fields,
+    derive_map,
+    image_prompt_fields,
+    image_prompt_reference,
+    place_row_settings,
+    row_field,
+    schedule_plot,
+    source_for,
+    structure_from_values,
+)
 
 if TYPE_CHECKING:
     from studio.engine import Engine
@@ -526,17 +578,11 @@ class GenerateTab(Tab):
         form, model = self.form, self.engine.model
         with gr.Group(visible=bool(model.controls), elem_id="generate-structure"):
             for row in range(1, ROWS + 1):
-                name = partial(row_field, row)  # the row's field names
                 with gr.Row(equal_height=False, elem_id=f"generate-row{row}"):
                     with gr.Column(scale=3, min_width=240):
-                        with gr.Row():
-                            form.place(name("control"), name("map"))
-                        with gr.Row():
-                            form.place(name("scale"), name("start"), name("stop"))
-                        with gr.Row():
-                            form.place(name("mode"), name("weight"), name("schedule"))
+                        place_row_settings(form, row)
                     with gr.Column(scale=1, min_width=140):
-                        form.place(name("image"))
+                        form.place(row_field(row, "image"))
         if not model.controls:
             gr.Markdown("No control rows: this model has no ControlNet or T2I-Adapter loaded (`--controlnet`, "
                         "`--t2i-adapter`).", elem_id="generate-no-controls")

@@ -78,6 +78,7 @@ from studio.ui.structure_rows import (
     image_prompt_fields,
     image_prompt_reference,
     notes_text,
+    place_row_settings,
     row_field,
     schedule_plot,
     source_for,
@@ -233,16 +234,10 @@ class StructureTab(GenerateTab):
 
     def control_row(self, row: int) -> tuple[gr.Image, gr.Markdown]:
         """A control row's settings beside the map it reads; the weight and schedule show in the channel mode."""
-        form, name = self.form, lambda setting: row_field(row, setting)
         with gr.Group(elem_id=f"structure-row{row}"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=3, min_width=240):
-                    with gr.Row():
-                        form.place(name("control"), name("map"))
-                    with gr.Row():
-                        form.place(name("scale"), name("start"), name("stop"))
-                    with gr.Row():
-                        form.place(name("mode"), name("weight"), name("schedule"))
+                    place_row_settings(self.form, row)
                 with gr.Column(scale=1, min_width=120):
                     view = gr.Image(label=f"Map {row}", format="png", interactive=False, height=140, buttons=[],
                                     elem_id=f"structure-row{row}-map-view", elem_classes=["dcs-image"])

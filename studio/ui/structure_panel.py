@@ -34,6 +34,7 @@ from studio.ui.structure import (
     structure_from_values,
     structure_images,
 )
+from studio.ui.structure_rows import place_row_settings
 
 if TYPE_CHECKING:
     from studio.engine import Engine
@@ -81,9 +82,7 @@ class StructurePanel:
             with gr.Group(visible=controls):
                 form.place(PICTURE)
                 for row in range(1, ROWS + 1):
-                    for settings in (("control", "map"), ("scale", "start", "stop"), ("mode", "weight", "schedule")):
-                        with gr.Row():
-                            form.place(*(row_field(row, setting) for setting in settings))
+                    place_row_settings(form, row)
             with gr.Group(visible=image_prompt):
                 with gr.Row():
                     form.place("image_prompt_on", "image_prompt_scale")

@@ -30,7 +30,7 @@ from studio.structure.spec import (
     ImagePromptSpec,
     StructureSpec,
 )
-from studio.ui.form import Field, number, slider
+from studio.ui.form import Field, Form, number, slider
 from studio.ui.parts import rgb
 
 if TYPE_CHECKING:
@@ -111,6 +111,16 @@ def row_field(row: int, name: str) -> str:
 
 
 IMAGE_PROMPT_PREFIX = "image_prompt_"
+
+
+ROW_LAYOUT = (("control", "map"), ("scale", "start", "stop"), ("mode", "weight", "schedule"))  # a control row's lines
+
+
+def place_row_settings(form: Form, row: int) -> None:
+    """A control row's settings, line by line (ROW_LAYOUT), wherever a tab shows the row."""
+    for settings in ROW_LAYOUT:
+        with gr.Row():
+            form.place(*(row_field(row, setting) for setting in settings))
 
 
 def _popped(parsed: dict[str, Any], prefix: str) -> dict[str, Any]:
