@@ -10,6 +10,7 @@ a run's result carries the structure spec and the maps' records, and Load settin
 from __future__ import annotations
 
 import json
+import warnings
 
 import cv2
 import gradio as gr
@@ -197,3 +198,25 @@ def test_every_parameter_and_output_of_the_structure_endpoints_is_named(endpoint
     api = endpoints[endpoint]
     names = [p["parameter_name"] for p in api["parameters"]] + [r.get("label") for r in api["returns"]]
     assert all(names) and not [name for name in names if name.startswith(("param_", "value_"))], names
+
+
+def test_history_names_the_structure_tab_and_its_pngs_load_in_generate_without_a_warning(tab, structure_engine, tmp_path):
+    from studio.png_settings import save_png
+    from studio.ui.generate import GenerateTab
+    from studio.ui.history import caption
+
+    settings = {"job": "generate", "prompt": "a big red circle", "seed": 3,
+                "structure": {"controls": [{"control": "layout"}]}}
+    assert caption("structure", settings, 0, 1) == "Structure · a big red circle · seed 3"
+    assert caption("generate", settings, 0, 1) == "Generate · a big red circle · seed 3"
+    assert caption("diffedit", {"job": "diffedit_mask", "seed": 1}, 0, 1) == "DiffEdit mask · seed 1"
+
+    png = tmp_path / "structure.png"
+    save_png(Image.new("RGB", (8, 8)), settings, png)
+    with gr.Blocks():
+        generate = GenerateTab(structure_engine)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate.read_settings(str(png))
+        tab.read_settings(str(png))
+    assert not [w for w in caught if "was made in the" in str(w.message)]

@@ -514,6 +514,7 @@ class GenerateTab(Tab):
     """The Generate tab (the shape of every tab: `parts.Tab`)."""
 
     name = "generate"
+    restores_records_of = ("structure",)  # the condition table holds the Structure tab's control rows too
     fields = FIELDS
 
     # 1. layout ---------------------------------------------------------------------------

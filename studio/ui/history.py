@@ -21,8 +21,8 @@ from gradio.components import Component  # at run time: Gradio reads the handler
 from PIL import Image
 
 from studio.jobs import JOB_LABELS
-from studio.ui.parts import (DOWNLOADS, Sendable, Tab, compare_view, difference, downloads_box, instant, rgb, send_row,
-                             session_id, settings_view, tagged)
+from studio.ui.parts import (DOWNLOADS, JOB_TABS, TAB_TITLES, Sendable, Tab, compare_view, difference, downloads_box,
+                             instant, rgb, send_row, session_id, settings_view, tagged)
 
 if TYPE_CHECKING:
     from studio.events import Result
@@ -46,7 +46,9 @@ class Entry:
 
 def caption(tab: str, settings: Mapping[str, Any], index: int, count: int) -> str:
     """What an entry is, in a gallery caption: the tab, the prompt it drew or edited to, the seed, its place."""
-    text = JOB_LABELS.get(str(settings.get("job") or ""), tab)
+    job = str(settings.get("job") or "")
+    # a job's own label where its tab made it ("DiffEdit mask"); else the tab's title (the Structure tab's generations)
+    text = JOB_LABELS.get(job, tab) if JOB_TABS.get(job, tab) == tab else TAB_TITLES.get(tab, tab)
     prompt = settings.get("target_prompt") or settings.get("prompt")
     if prompt:
         text += f" · {prompt}"

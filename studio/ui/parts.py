@@ -69,6 +69,7 @@ class Tab:
     `receive_mask` for a mask) and lists the components they write in `receives`."""
 
     name: ClassVar[str] = ""  # the tab's id (TAB_TITLES)
+    restores_records_of: ClassVar[tuple[str, ...]] = ()  # other tabs whose PNGs this tab's form restores in full
     fields: tuple[Field, ...] = ()
 
     def __init__(self, engine: Engine, inversion_state: gr.State | None = None) -> None:
@@ -104,7 +105,7 @@ class Tab:
         except InvalidInputError as error:
             raise gr.Error(str(error)) from error
         made_by = record_tab(record)
-        if made_by != self.name:
+        if made_by != self.name and made_by not in self.restores_records_of:
             gr.Warning(f"This PNG was made in the {TAB_TITLES[made_by]} tab: only the settings the two tabs share are "
                        f"restored here. Load it in {TAB_TITLES[made_by]} for all of them.")
         return self.form.restore(record)

@@ -192,6 +192,7 @@ class StructureTab(GenerateTab):
     `parts.Tab`; its results, partial result and attention view are GenerateTab's)."""
 
     name = "structure"
+    restores_records_of = ("generate",)  # every field of Generate's form is one of this tab's
     fields = FIELDS
 
     # 1. layout ---------------------------------------------------------------------------
