@@ -4,8 +4,9 @@
                   joined to the frozen UNet by zero convolutions (eq. 1-4), so training starts from the base model
     t2i-adapter   diffusers T2IAdapter (Mou et al. 2024): a small encoder of the map whose features are added inside
                   the UNet's down blocks (down_intrablock_additional_residuals); it runs once per generation
-    ip-adapter    decoupled cross-attention on an image embedding (Ye et al. 2023, eq. 5): room C's modules, trained
-                  with the tiny image encoder; the reference image is the target image itself, as IP-Adapter trains
+    ip-adapter    decoupled cross-attention on an image embedding (Ye et al. 2023, eq. 5): the modules of
+                  studio.structure.adapters, trained with its tiny image encoder; the reference image is the target
+                  image itself, as IP-Adapter trains
 
 The base UNet, VAE and text encoder are frozen; the loss is the base model's own (studio.shapes.train: v-prediction
 with zero terminal SNR, timesteps uniform over the 1000 training steps, min-SNR-5 weight).
@@ -38,12 +39,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import (
-    ControlNetModel,
     DDIMScheduler,
     StableDiffusionAdapterPipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
-    T2IAdapter,
 )
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
@@ -55,10 +54,22 @@ from tqdm import tqdm
 from studio import schedule
 from studio.models import EMBEDDED_MODEL_DIR, decode_latents, open_folder
 from studio.shapes.judge import judge_pixels
-from studio.shapes.render import HELD_OUT, Scene, caption, make_object, render, sample_scene
+from studio.shapes.render import (
+    HELD_OUT,
+    Scene,
+    caption,
+    make_object,
+    render,
+    sample_scene,
+)
 from studio.shapes.train import LossLog, lr_at, to_unit_range, v_prediction_loss
 from studio.shapes.vocabulary import MAX_LENGTH
-from studio.structure.adapters import ImagePromptAdapter, new_ip_adapter, save_ip_adapter
+from studio.structure.adapters import (
+    ImagePromptAdapter,
+    new_control,
+    new_ip_adapter,
+    save_ip_adapter,
+)
 from studio.structure.maps import CONTROL_KINDS, control_map, layout_from_image
 
 METHODS = ("controlnet", "t2i-adapter", "ip-adapter")
@@ -162,20 +173,6 @@ def load_data(path: Path) -> TrainingData:
 
 
 # ---------------------------------------------------------------------------------------------- models
-
-
-def new_control_module(method: str, unet) -> nn.Module:
-    """A fresh ControlNet or T2I-Adapter for this UNet.
-
-    The T2I-Adapter's channels are the UNet's block_out_channels (32, 64, 128 for shapes-sd): its full adapter
-    downsamples 8x (pixel unshuffle) and then 2x per block after the first, so its features come at 16, 8 and 4
-    latent cells, which are where the shapes UNet's three down blocks add them."""
-    if method == "controlnet":
-        return ControlNetModel.from_unet(unet, conditioning_channels=3)
-    if method == "t2i-adapter":
-        return T2IAdapter(in_channels=3, channels=list(unet.config.block_out_channels), num_res_blocks=2,
-                          downscale_factor=8, adapter_type="full_adapter")
-    raise ValueError(f"No control module for {method!r}: choose controlnet or t2i-adapter.")
 
 
 def predict(method: str, module: nn.Module, unet, x_t, t, text, condition: tuple) -> torch.Tensor:
@@ -403,7 +400,8 @@ def train(config: TrainConfig, recipe: str) -> dict:
         attach_ip_adapter(pipe.unet, adapter)
         module = ImagePromptTrainee(adapter)
     else:
-        module = new_control_module(config.method, pipe.unet)
+        # adapters.new_control: the T2I-Adapter's features come at 16, 8 and 4 latent cells, one per down block
+        module = new_control(pipe.unet, config.method.replace("-", "_"), config.control, config.control).module
     module.train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=1e-2)
     # each item is a scene index; accelerate shards the batches over the processes
