@@ -192,6 +192,9 @@ def actions(inputs: WalkInputs, attention_maps: bool = True) -> list[Action]:
     return [
         Action("Generate", "generate", "prompt -> gallery image", "#generate-btn", "#gallery img", "#status",
                prepare=generate),
+        Action("Structure", "structure", "example picture -> result under its maps", "#structure-btn",
+               "#structure-gallery img", "#structure-status",
+               prepare=first_example("#structure-examples", "#structure-prompt")),
         Action("Inversion", "inversion", "upload -> preview", upload_to_inversion, "#inversion-prepared img"),
         Action("Inversion", "inversion", "invert ddim+null_text -> table", "#inversion-btn", "#inversion-table",
                "#inversion-status", result_text=inversion_label, prepare=invert),
