@@ -112,7 +112,8 @@ def test_read_settings_restores_every_field_from_a_downloaded_png(client, engine
     classifier_panel = ("none", default.strength, default.schedule, default.exponent, default.start, default.stop)  # off: the panel's defaults
     assert tuple(restored[:10]) == (PROMPT, *fields.values())
     assert restored[10]["data"] == rows
-    assert tuple(restored[11:]) == (guidance["guidance_rescale"], *classifier_panel)
+    assert tuple(restored[11:18]) == (guidance["guidance_rescale"], *classifier_panel)
+    assert restored[18] == "none"  # the structure rows come last (no control in this PNG)
 
 
 def test_read_settings_of_an_image_without_settings_says_so(client, tmp_path):

@@ -423,7 +423,6 @@ FIELDS = (
         column_count=(len(CONDITION_COLUMNS), "fixed"), type="array", interactive=True, label="Conditions",
         show_label=True, elem_id="conditions", column_widths=["34%", "14%", "18%", "12%", "11%", "11%"]),
         conditions_from_table, _saved_conditions),
-    *STRUCTURE_FIELDS,
     Field("guidance_rescale", slider(
         specs.GUIDANCE_RESCALE, DEFAULTS.guidance_rescale, elem_id="guidance-rescale",
         info="Match the guided image estimate's spread to the prompt's (Lin et al. 2023): less over-saturation at "
@@ -442,6 +441,7 @@ FIELDS = (
           float, _saved_classifier("start")),
     Field("classifier_stop", number(specs.STOP, CLASSIFIER_DEFAULTS.stop, elem_id="classifier-stop", min_width=80),
           float, _saved_classifier("stop")),
+    *STRUCTURE_FIELDS,  # last: the endpoints' earlier parameters and outputs keep their places for API callers
 )
 PLAN_FIELDS = ("steps", "guidance_scale", "scheduler", "conditions", "guidance_rescale",
                *(name for name in (f.name for f in FIELDS) if name.startswith(CLASSIFIER_PREFIX)),
@@ -636,7 +636,8 @@ class GenerateTab(Tab):
                 self.settings: RESULT_LABELS["settings"]}
 
     # 2. handlers -------------------------------------------------------------------------
-    def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
+    def run(self, request: gr.Request, row1_image: np.ndarray | None = None, row2_image: np.ndarray | None = None,
+            image_prompt_reference: np.ndarray | None = None, **values: Any) -> Iterator[Outputs]:
         """Generate images from a prompt; streams progress, previews and attention maps, then the result.
 
         Parameters:
@@ -654,6 +655,9 @@ class GenerateTab(Tab):
             downloads: the images as PNG files carrying their settings
         """
         shown: Shown | None = None
+        # the structure images default to None (API callers without structure leave them out); the rows read values
+        values.update({row_field(1, "image"): row1_image, row_field(2, "image"): row2_image,
+                       "image_prompt_reference": image_prompt_reference})
 
         def start(cancel: CancelToken) -> Iterator[Event]:
             nonlocal shown

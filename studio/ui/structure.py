@@ -290,7 +290,8 @@ class StructureTab(GenerateTab):
                 self.settings = settings_view("structure-settings", "Settings of this result", height=240)
 
     # 2. handlers -------------------------------------------------------------------------
-    def run(self, request: gr.Request, **values: Any) -> Iterator[Outputs]:
+    def run(self, request: gr.Request, image_prompt_reference: np.ndarray | None = None,
+            **values: Any) -> Iterator[Outputs]:
         """Generate under the control rows (and the image prompt); streams progress, previews and attention maps,
         then the result.
 
@@ -308,6 +309,7 @@ class StructureTab(GenerateTab):
         """
         shown: Shown | None = None
         native = int(self.engine.native_size)
+        values["image_prompt_reference"] = image_prompt_reference  # optional: API callers without an image prompt
 
         def start(cancel: CancelToken) -> Iterator[Event]:
             nonlocal shown
