@@ -52,6 +52,7 @@ def pictures(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_sdedit_on_an_uploaded_guide_gives_a_result_strip(browser, app_url, pictures):
     page = open_tab(browser, app_url, "SDEdit")
     page.fill("#sdedit-t0 textarea, #sdedit-t0 input", "0.4, 0.6")
@@ -80,6 +81,7 @@ def test_sdedit_on_an_uploaded_guide_gives_a_result_strip(browser, app_url, pict
     page.close()
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_diffedit_previews_the_mask_then_edits(browser, app_url, pictures):
     page = open_tab(browser, app_url, "DiffEdit")
     page.locator("#diffedit-image input[type=file]").set_input_files(str(pictures / "scene.png"))
@@ -141,6 +143,7 @@ def drag(page, box: dict, start: tuple[float, float], end: tuple[float, float]) 
     page.mouse.up()
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_strokes_and_a_painted_mask_run_a_masked_sdedit(browser, app_url, pictures):
     page = open_tab(browser, app_url, "SDEdit")
     editor = page.locator("#sdedit-canvas")
@@ -173,6 +176,7 @@ def stopped_and_kept(page, status: str, stopped_after: str) -> str:
     return said
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_diffedit_stop_says_where_find_mask_and_edit_stopped(browser, app_url, pictures, tmp_path):
     page = open_tab(browser, app_url, "DiffEdit")
     page.locator("#diffedit-image input[type=file]").set_input_files(str(pictures / "scene.png"))
@@ -247,6 +251,7 @@ def zoom_text(editor) -> str:
     return editor.get_by_text(re.compile(r"^\d+%$")).first.inner_text()
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_sdedit_fill_background_mask_overlay_and_clear_keep_the_canvas(browser, app_url):
     page = open_tab(browser, app_url, "SDEdit")
     editor = page.locator("#sdedit-canvas")
@@ -325,6 +330,7 @@ def test_an_sdedit_result_sent_to_diffedit_is_the_image_to_edit(browser, app_url
     page.close()
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_an_attention_map_becomes_sdedits_mask_layer(browser, app_url):
     page = open_tab(browser, app_url)
     page.fill("#prompt textarea", SOURCE)

@@ -66,6 +66,7 @@ def test_unknown_target_word_shows_the_message(page):
     page.get_by_text("Target prompt: ", exact=False).and_(page.get_by_text("'dog'", exact=False)).first.wait_for()
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_stop_says_where_it_stopped_keeps_it_and_offers_the_previews(page):
     fill_prompts(page)
     set_slider(page, "p2p-steps", 150)

@@ -69,6 +69,7 @@ def unet_work(settings: dict) -> int:
     return settings["inversion_unet_passes"] + 2 * settings["backward_passes"]
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_null_text_matches_the_reference_recipe_at_under_a_third_of_its_work(engine, image, null_text):
     """The reference recipe (Mokady et al.: every step 10 Adam iterations from the empty prompt's embedding,
     no early stop) against ours (started from the caption's embedding, early stop): same reconstruction

@@ -20,6 +20,7 @@ def bench():
     return load("p2p")
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_word_swap_flips_the_shape_and_keeps_the_rest(engine, bench):
     report = bench.word_swap(engine, seeds=list(range(10)), steps=STEPS)
     assert report["p2p_preserved"] >= 0.9

@@ -116,6 +116,7 @@ def test_t2i_adapter_and_ip_adapter_write_files_diffusers_loads(tiny_base, tmp_p
     assert pipe.image_encoder is not None
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_two_cpu_processes_share_one_run(tiny_base, tmp_path):
     """The path `accelerate launch --num_processes N` takes on N GPUs, here with two CPU processes (accelerate's
     debug_launcher: `accelerate launch --cpu` starts one process unless MPI is installed), in a fresh interpreter so
