@@ -35,6 +35,20 @@ class CheckpointHeader:
     metadata: dict[str, str]  # safetensors header metadata; empty for .ckpt
 
 
+def read_pickled_weights(path: Path) -> dict:
+    """The (possibly nested) dict of weights of a pickled checkpoint (.ckpt, .pth, .bin), memory-mapped with
+    `weights_only=True`: no code runs. Raises ModelLoadError for a file that is not one."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, ValueError, EOFError) as error:
+        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({error}); it may be truncated or corrupt.") from error
+    while isinstance(loaded, dict) and "state_dict" in loaded:  # Lightning checkpoints nest the weights
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise ModelLoadError(f"{path} holds a {type(loaded).__name__}, not a state dict of weights.")
+    return loaded
+
+
 def read_header(path: Path) -> CheckpointHeader:
     """The model type (from key names and shapes) and metadata of a .safetensors or .ckpt file.
 
@@ -50,14 +64,7 @@ def read_header(path: Path) -> CheckpointHeader:
         except (SafetensorError, OSError, ValueError) as error:
             raise ModelLoadError(f"{path} is not a readable .safetensors file ({error}); it may be truncated or corrupt.") from error
     else:
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except (RuntimeError, OSError, ValueError, EOFError) as error:
-            raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({error}); it may be truncated or corrupt.") from error
-        while isinstance(loaded, dict) and "state_dict" in loaded:  # Lightning checkpoints nest the weights
-            loaded = loaded["state_dict"]
-        if not isinstance(loaded, dict):
-            raise ModelLoadError(f"{path} holds a {type(loaded).__name__}, not a state dict of weights.")
+        loaded = read_pickled_weights(path)
         shapes, metadata = {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}, {}
     if not shapes:
         raise ModelLoadError(f"{path} holds no tensors; it is not a model checkpoint.")

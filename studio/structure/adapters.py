@@ -37,6 +37,7 @@ from transformers import (
 )
 
 from studio.errors import InvalidInputError, ModelLoadError
+from studio.single_file import read_pickled_weights
 
 if TYPE_CHECKING:  # studio.models imports this module to load the embedded controls
     from studio.models import LoadedModel
@@ -228,15 +229,7 @@ def read_weights(path: Path) -> dict:
                 return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
         except (SafetensorError, OSError, ValueError) as error:
             raise ModelLoadError(f"{path} is not a readable .safetensors file ({error}); it may be truncated or corrupt.") from error
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, ValueError, EOFError) as error:
-        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({error}); it may be truncated or corrupt.") from error
-    while isinstance(loaded, dict) and "state_dict" in loaded:  # Lightning checkpoints nest the weights
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise ModelLoadError(f"{path} holds a {type(loaded).__name__}, not a dict of weights.")
-    return loaded
+    return read_pickled_weights(path)
 
 
 def unknown_layout(path: Path, keys: list[str]) -> ModelLoadError:
