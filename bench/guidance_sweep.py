@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from studio.engine import Engine  # noqa: E402
 from studio.events import Result  # noqa: E402
-from studio.plots import line_chart  # noqa: E402
+from studio.plots import line_chart, side_by_side  # noqa: E402
 from studio.shapes.judge import Judgement, judge_latents, judge_pixels  # noqa: E402
 from studio.specs import BATCH, ClassifierGuidanceSpec, Condition, GenerateSpec  # noqa: E402
 
@@ -244,12 +244,7 @@ def figure(report: dict) -> Image.Image:
         charts.append(line_chart(series(report["classifier_guidance"]["rows"], "strength", "red_object"),
                                  "classifier strength", "% red objects", "(c) classifier: red object",
                                  size=(340, 220), markers=True, y_range=(0, 100)))
-    canvas = Image.new("RGB", (sum(c.width for c in charts), max(c.height for c in charts)), "white")
-    x = 0
-    for chart in charts:
-        canvas.paste(chart, (x, 0))
-        x += chart.width
-    return canvas
+    return side_by_side(charts)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -50,7 +50,7 @@ from common import device_description, interleaved, peer_pipeline, sd15_engine
 
 from studio.engine import Engine
 from studio.events import Result
-from studio.plots import line_chart
+from studio.plots import line_chart, side_by_side
 from studio.shapes.judge import judge_pixels
 from studio.shapes.render import Rendering, caption, describe_object, render
 from studio.specs import GenerateSpec
@@ -560,12 +560,7 @@ def figure(report: dict) -> Image.Image:
         line_chart(series("text weight"), f"text weight (control channel {CHANNEL_WEIGHT:g})", "IoU x100 / %",
                    "text weight beside the control", size=(340, 220), markers=True, y_range=(0, 100)),
     ]
-    canvas = Image.new("RGB", (sum(c.width for c in charts), max(c.height for c in charts)), "white")
-    x = 0
-    for chart in charts:
-        canvas.paste(chart, (x, 0))
-        x += chart.width
-    return canvas
+    return side_by_side(charts)
 
 
 def main(argv: list[str] | None = None) -> dict:

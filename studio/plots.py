@@ -99,3 +99,13 @@ def line_chart(
         text = name if len(name) <= 70 else name[:67] + "…"
         draw.text((left + 20, row_y), text, fill=_TEXT, font=font)
     return image
+
+
+def side_by_side(charts: list[Image.Image]) -> Image.Image:
+    """Charts in one row, top-aligned on white: the figure a benchmark commits."""
+    canvas = Image.new("RGB", (sum(chart.width for chart in charts), max(chart.height for chart in charts)), "white")
+    x = 0
+    for chart in charts:
+        canvas.paste(chart, (x, 0))
+        x += chart.width
+    return canvas
