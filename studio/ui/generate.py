@@ -94,14 +94,13 @@ from studio.ui.structure_rows import (
     ROWS,
     channel_only,
     control_row_fields,
-    derive_map,
     image_prompt_fields,
-    image_prompt_reference,
     place_row_settings,
     row_field,
     schedule_plot,
     source_for,
     structure_from_values,
+    structure_images,
 )
 
 if TYPE_CHECKING:
@@ -466,28 +465,18 @@ def spec_from_values(values: Mapping[str, Any]) -> GenerateSpec:
     return spec_and_rows(values)[0]
 
 
-def structure_images(values: Mapping[str, Any], structure: StructureSpec | None, rows: list[int],
-                     size: tuple[int, int]) -> tuple[StructureImages | None, list[str]]:
-    """The images of a run's structure: each control row's map derived from its image as the row's map source
-    says, prepared at the image size (width, height), and the image prompt's reference; with the notes of what
-    the preparation changed. A row without an image, an empty map or an image prompt without a reference raises
-    InvalidInputError naming what to change."""
+def row_images(values: Mapping[str, Any], structure: StructureSpec | None, rows: list[int],
+               size: tuple[int, int]) -> tuple[StructureImages | None, list[str]]:
+    """The images of a run's structure, each control row's map from the row's own image (structure_rows'
+    structure_images), with the notes of what the preparation changed; (None, []) without structure."""
     if structure is None:
         return None, []
-    control_maps, notes = [], []
-    for row, control in zip(rows, structure.controls):
-        image, source = values.get(row_field(row, "image")), values.get(row_field(row, "map")) or "drawing"
-        what = f"Control row {row} ({control.control}, map from {source})"
-        if image is None:
-            raise InvalidInputError(f"{what} has no image: upload its map or a picture to derive it from, or set "
-                                    "the row's control to none.")
-        try:
-            control_map, row_notes = derive_map(rgb(image), source, *size)
-        except InvalidInputError as error:
-            raise InvalidInputError(f"{what}: {error}") from error
-        control_maps.append(control_map)
-        notes += [f"{what}: {note}" for note in row_notes]
-    return StructureImages(controls=tuple(control_maps), image_prompt=image_prompt_reference(values)), notes
+
+    def picture_of(row: int) -> np.ndarray | None:
+        image = values.get(row_field(row, "image"))
+        return None if image is None else rgb(image)
+
+    return structure_images(values, structure, rows, picture_of, size, label="Control row")
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,7 +654,7 @@ class GenerateTab(Tab):
             # the seed is drawn here, not in the engine, so a stopped run's partial images know theirs
             spec = replace(spec, seed=resolve_seed(spec.seed, span=spec.batch_size))
             size = spec.size_on(int(self.engine.native_size))
-            images, notes = structure_images(values, spec.structure, rows, size)
+            images, notes = row_images(values, spec.structure, rows, size)
             warn_about_limits(self.engine, [spec.prompt, spec.negative_prompt, *(c.prompt for c in spec.conditions)],
                               size=size)
             for note in notes:

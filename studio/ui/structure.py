@@ -32,7 +32,7 @@ from studio.errors import InvalidInputError
 from studio.events import CancelToken, Event
 from studio.jobs import resolve_seed
 from studio.specs import GenerateSpec
-from studio.structure.spec import StructureImages, StructureSpec
+from studio.structure.spec import StructureImages
 from studio.ui.form import (
     Field,
     optional_whole,
@@ -76,13 +76,13 @@ from studio.ui.structure_rows import (
     control_row_fields,
     derive_map,
     image_prompt_fields,
-    image_prompt_reference,
     notes_text,
     place_row_settings,
     row_field,
     schedule_plot,
     source_for,
     structure_from_values,
+    structure_images,
 )
 
 DEFAULTS = GenerateSpec(prompt="", capture_attention=True)  # attention maps on, as the Generate tab starts
@@ -126,24 +126,7 @@ def structure_run(values: Mapping[str, Any], size: int) -> tuple[GenerateSpec, S
         raise InvalidInputError("Pick a control in at least one row (or turn the image prompt on): without one this "
                                 "is the Generate tab.")
     picture = canvas_picture(values.get("canvas"), size) if rows else None
-    return spec, structure_images(values, spec.structure, rows, picture, size)
-
-
-def structure_images(values: Mapping[str, Any], structure: StructureSpec, rows: list[int], picture: np.ndarray | None,
-                     size: int) -> StructureImages:
-    """The images of a structure: each picked row's map derived from `picture` by the row's map source, and the
-    image prompt's reference from `values`. An empty map names its row; an image prompt without its reference
-    says so (InvalidInputError). Shared by every tab with control rows."""
-    control_maps = []
-    for row, control in zip(rows, structure.controls):
-        source = values.get(row_field(row, "map")) or "drawing"
-        try:
-            control_maps.append(derive_map(picture, source, size)[0])
-        except InvalidInputError as error:
-            raise InvalidInputError(f"Row {row} ({control.control}, map from {source}): {error}") from error
-    return StructureImages(controls=tuple(control_maps), image_prompt=image_prompt_reference(values))
-
-
+    return spec, structure_images(values, spec.structure, rows, lambda row: picture, (size, size))[0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -114,4 +114,4 @@ class StructurePanel:
         if rows and picture is None:
             raise InvalidInputError("The structure rows have no picture to read: draw or upload a control picture "
                                     "in the Structure panel (or give this tab its image).")
-        return structure, structure_images(values, structure, rows, picture, size)
+        return structure, structure_images(values, structure, rows, lambda row: picture, (size, size))[0]

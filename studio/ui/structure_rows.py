@@ -28,6 +28,7 @@ from studio.structure.spec import (
     IMAGE_PROMPT_SCALE,
     ControlSpec,
     ImagePromptSpec,
+    StructureImages,
     StructureSpec,
 )
 from studio.ui.form import Field, Form, number, slider
@@ -77,6 +78,30 @@ def derive_map(picture: np.ndarray, source: str, width: int, height: int | None 
     if source not in MAP_SOURCES:
         raise InvalidInputError(f"Map from {source!r} is not offered: choose one of {', '.join(MAP_SOURCES)}.")
     return maps.prepare_control_map(MAP_SOURCES[source](picture), width, width if height is None else height)
+
+
+def structure_images(values: Mapping[str, Any], structure: StructureSpec, rows: list[int],
+                     picture_of: Callable[[int], np.ndarray | None], size: tuple[int, int],
+                     label: str = "Row") -> tuple[StructureImages, list[str]]:
+    """The images of a structure: each picked row's map derived from its picture (`picture_of(row)`, RGB uint8) by
+    the row's map source, prepared at size (width, height), and the image prompt's reference from `values`; with
+    the notes of what the preparation changed. A row without a picture, an empty map (both naming the row) or an
+    image prompt without its reference raises InvalidInputError. Shared by every tab with control rows."""
+    control_maps, notes = [], []
+    for row, control in zip(rows, structure.controls):
+        source = values.get(row_field(row, "map")) or "drawing"
+        what = f"{label} {row} ({control.control}, map from {source})"
+        picture = picture_of(row)
+        if picture is None:
+            raise InvalidInputError(f"{what} has no image: upload its map or a picture to derive it from, or set "
+                                    "the row's control to none.")
+        try:
+            control_map, row_notes = derive_map(picture, source, *size)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"{what}: {error}") from error
+        control_maps.append(control_map)
+        notes += [f"{what}: {note}" for note in row_notes]
+    return StructureImages(controls=tuple(control_maps), image_prompt=image_prompt_reference(values)), notes
 
 
 def notes_text(notes: list[str]) -> str:
