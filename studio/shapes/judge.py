@@ -67,8 +67,40 @@ def classify_shape(mask: np.ndarray) -> str:
     return max(SHAPES, key=iou)
 
 
-def judge_pixels(image: np.ndarray) -> Judgement:
-    """Judge an (H, W, 3) uint8 RGB image by colours and geometry alone."""
+STAR_MAX_SOLIDITY = 0.8  # a drawn star fills ~55% of its convex hull; the convex shapes fill > 90%
+HEART_MAX_SOLIDITY = 0.97
+DEEP_DEFECT = 0.08  # a concavity deeper than this fraction of the blob's extent is a notch, not a ragged edge
+
+
+def shape_features(mask: np.ndarray) -> dict[str, float]:
+    """Geometry of a blob's outline: vertices of its approxPolyDP polygon (epsilon 4% of the perimeter), solidity
+    (area / convex hull area) and the number of deep convexity defects (notches between points or lobes)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contour = max(contours, key=cv2.contourArea)
+    hull_area = cv2.contourArea(cv2.convexHull(contour))
+    vertices = len(cv2.approxPolyDP(contour, 0.04 * cv2.arcLength(contour, True), True))
+    extent = max(cv2.boundingRect(contour)[2:])
+    defects = cv2.convexityDefects(contour, cv2.convexHull(contour, returnPoints=False)) if len(contour) > 3 else None
+    depths = np.zeros(0) if defects is None else defects.reshape(-1, 4)[:, 3] / 256.0  # fixed point, 8 fraction bits
+    deep = int((depths > DEEP_DEFECT * extent).sum())
+    return {"vertices": vertices, "solidity": cv2.contourArea(contour) / max(hull_area, 1.0), "deep_defects": deep}
+
+
+def judge_concept_shape(mask: np.ndarray) -> str:
+    """circle / square / triangle / star / heart from pixels: a star is a low-solidity outline with several deep
+    notches (or about ten polygon vertices), a heart a nearly convex one with one or two notches (between its lobes,
+    and where its sides meet the point); anything convex is one of the base shapes, told apart by classify_shape."""
+    features = shape_features(mask)
+    if features["solidity"] < STAR_MAX_SOLIDITY and (features["deep_defects"] >= 3 or features["vertices"] >= 8):
+        return "star"
+    if features["solidity"] < HEART_MAX_SOLIDITY and 1 <= features["deep_defects"] <= 2:
+        return "heart"
+    return classify_shape(mask)
+
+
+def judge_pixels(image: np.ndarray, concept_shapes: bool = False) -> Judgement:
+    """Judge an (H, W, 3) uint8 RGB image by colours and geometry alone; with `concept_shapes` the shapes are
+    told by judge_concept_shape (star and heart too), else by classify_shape (the base model's three)."""
     pixels = image.astype(np.float32)
     distances = np.linalg.norm(pixels[:, :, None, :] - PALETTE[None, None], axis=-1)  # (H, W, 8)
     nearest = distances.argmin(-1)
@@ -86,7 +118,8 @@ def judge_pixels(image: np.ndarray) -> Judgement:
         mask = labels == i
         colour = int(np.bincount(nearest[mask], minlength=len(PALETTE)).argmax())
         cx, cy = centroids[i]
-        objects.append(JudgedObject(PALETTE_NAMES[colour], classify_shape(mask), nearest_position(cx / w, cy / h), mask))
+        shape = judge_concept_shape(mask) if concept_shapes else classify_shape(mask)
+        objects.append(JudgedObject(PALETTE_NAMES[colour], shape, nearest_position(cx / w, cy / h), mask))
     return Judgement(PALETTE_NAMES[background], tuple(objects))
 
 

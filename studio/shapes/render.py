@@ -106,6 +106,32 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 2, allow_held_out:
             return scene
 
 
+def _star_outline(inner: float = 0.45) -> tuple[tuple[float, float], ...]:
+    """A 5-point star pointing up, outer radius 1, its box's centre at the origin (the points reach y = -1 and
+    y = cos 36 deg, so it is shifted down by half the difference); `inner` is the inner radius."""
+    shift = (1 - math.cos(math.pi / 5)) / 2
+    return tuple(
+        ((1 if k % 2 == 0 else inner) * math.sin(k * math.pi / 5),
+         -(1 if k % 2 == 0 else inner) * math.cos(k * math.pi / 5) + shift)
+        for k in range(10)
+    )
+
+
+def _heart_outline(points: int = 64) -> tuple[tuple[float, float], ...]:
+    """The classic heart curve x = 16 sin^3 t, y = 13 cos t - 5 cos 2t - 2 cos 3t - cos 4t, scaled into the
+    square [-1, 1]^2 (lobes up, point down)."""
+    curve = [(16 * math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)))
+             for t in (2 * math.pi * i / points for i in range(points))]
+    top, bottom = min(y for _, y in curve), max(y for _, y in curve)
+    half = max(16, (bottom - top) / 2)
+    middle = (top + bottom) / 2
+    return tuple((px / half, (py - middle) / half) for px, py in curve)
+
+
+STAR_OUTLINE = _star_outline()
+HEART_OUTLINE = _heart_outline()
+
+
 def _outline(obj: ShapeObject, scale: float) -> tuple[str, list[tuple[float, float]]]:
     x, y, r = obj.center[0] * scale, obj.center[1] * scale, obj.half_extent * scale
     if obj.shape == "circle":
@@ -114,6 +140,10 @@ def _outline(obj: ShapeObject, scale: float) -> tuple[str, list[tuple[float, flo
         return "polygon", [(x - r, y - r), (x + r, y - r), (x + r, y + r), (x - r, y + r)]
     if obj.shape == "triangle":  # upright, base and height 2r, centred on its box
         return "polygon", [(x, y - r), (x + r, y + r), (x - r, y + r)]
+    if obj.shape == "star":
+        return "polygon", [(x + dx * r, y + dy * r) for dx, dy in STAR_OUTLINE]
+    if obj.shape == "heart":
+        return "polygon", [(x + dx * r, y + dy * r) for dx, dy in HEART_OUTLINE]
     raise ValueError(f"The shapes world cannot draw {obj.shape!r}.")
 
 
