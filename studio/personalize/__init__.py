@@ -1,0 +1,1 @@
+"""Personalization: teach a model new concepts (Textual Inversion, LoRA, DreamBooth, Custom Diffusion) and read users' concept files."""
