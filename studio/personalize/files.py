@@ -1,5 +1,12 @@
 """Personalization files: what a trained concept is on disk, in the layouts users' tools read and write.
 
+Readers (`read_concept`) take a studio trained folder or a file users have — LoRA in diffusers' or kohya's layout
+(SGM block names too), embeddings from diffusers, A1111, kohya (`emb_params`) and SDXL (`clip_l`/`clip_g`), Custom
+Diffusion, a DreamBooth `unet/` — and normalise it (diffusers' own converters) into one `ConceptFile`; `check_fits`
+says whether it belongs to a loaded model, naming both architectures when not. A layout the studio cannot apply
+(LyCORIS LoHA/LoKr, `lora_mid`, DoRA, unknown keys) is refused before conversion, naming its keys: diffusers itself
+fails on them with "keys have not been correctly renamed".
+
 Writers (called by studio.personalize.job at each checkpoint) save every method in the layout its community uses:
 - Textual Inversion (Gal et al. 2022, eq. 2: only the word's embedding v* is learned): diffusers'
   `learned_embeds.safetensors` ({word: (n, dim)}) and A1111's `<word>.pt` ({"string_to_param": {"*": (n, dim)}}).
@@ -18,13 +25,25 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.utils import convert_state_dict_to_kohya
+from diffusers.utils import (
+    convert_state_dict_to_kohya,
+    convert_state_dict_to_peft,
+    convert_unet_state_dict_to_peft,
+)
+from diffusers.utils.state_dict_utils import StateDictType
+from peft import LoraConfig
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from studio.errors import ModelLoadError
+from studio.single_file import read_pickled_weights
 
 CONCEPT_JSON = "concept.json"
 DIFFUSERS_EMBEDDINGS = "learned_embeds.safetensors"
@@ -190,3 +209,447 @@ def _split_projection(name: str) -> tuple[str, str, str]:
             module, parameter = name.rsplit(marker, 1)
             return module, projection, parameter
     raise ValueError(f"{name} is not an attention projection's parameter (to_q, to_k, to_v, to_out.0)")
+
+
+# ----- reading -----------------------------------------------------------------------------------------------------
+
+KIND_OF_METHOD = {"textual-inversion": "embedding", "lora": "lora", "dreambooth": "dreambooth",
+                  "custom-diffusion": "custom-diffusion"}
+KIND_LABELS = {"embedding": "embedding", "lora": "LoRA", "dreambooth": "DreamBooth UNet",
+               "custom-diffusion": "Custom Diffusion concept"}
+LORA_PARTS = ("unet", "text_encoder", "text_encoder_2")
+# Adapters the studio cannot apply, by a fragment of their key names
+UNSUPPORTED_MARKERS = {"hada_": "LyCORIS LoHA", "lokr_": "LyCORIS LoKr", "lora_mid": "LyCORIS LoCon with lora_mid",
+                       "dora_scale": "DoRA", "lora_magnitude_vector": "DoRA", "oft_": "OFT", "ia3_": "IA3"}
+KOHYA_LORA_KEY = re.compile(r"^lora_(unet|te|te1|te2)_\w+\.(lora_down\.weight|lora_up\.weight|alpha)$")
+DIFFUSERS_LORA_KEY = re.compile(r"^((unet|text_encoder|text_encoder_2)\.)?[\w.]+\.(lora_[AB]\.weight|"
+                                r"lora(_linear_layer)?\.(down|up)\.weight|to_(q|k|v|out)_lora\.(down|up)\.weight)$")
+SGM_BLOCK_NAMES = ("input_blocks", "middle_block", "output_blocks")
+# What diffusers' SGM → diffusers block renaming reads of a UNet config: every SD 1.x/2.x/XL UNet has 2 layers per block
+SGM_UNET_CONFIG = SimpleNamespace(layers_per_block=2)
+# Cross-attention width → model family (SDXL's is its two text encoders' 768 + 1280)
+FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+KEYS_NAMED = 4  # how many keys a refusal names
+
+
+@dataclass(frozen=True)
+class ConceptFile:
+    """A concept read from disk, in one form whatever its layout. `lora` has peft's names, prefixed by the model part
+    (`unet.<module>.lora_A.weight` / `lora_B`, `text_encoder.…`, `text_encoder_2.…`, module names as the installed
+    diffusers/transformers name them); `network_alphas` has every LoRA module's alpha (`unet.<module>` → alpha; rank
+    where the file gives none, as diffusers assumes); `parameters` are full replacement weights by parameter name
+    (UNet names; `text_encoder.<name>` for DreamBooth's text encoder)."""
+
+    kind: str  # "lora" | "embedding" | "custom-diffusion" | "dreambooth"
+    layout: str  # "diffusers", "kohya", "kohya (SGM names)", "a1111", "kohya-emb", "sdxl-emb", "studio folder", ...
+    words: tuple[str, ...]
+    path: Path
+    sha256: str  # 16 hex
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # {word: (n, dim)}, the (first) text encoder
+    embeddings_2: dict[str, torch.Tensor] = field(default_factory=dict)  # SDXL's second text encoder
+    lora: dict[str, torch.Tensor] | None = None
+    network_alphas: dict[str, float] | None = None
+    # The same ranks and alphas as diffusers' adapter metadata ({"unet.r", "unet.lora_alpha", "unet.target_modules",
+    # "unet.rank_pattern", "unet.alpha_pattern", "text_encoder.…"}) for every layout: pass it as `metadata=` (and
+    # no network_alphas) to diffusers' load_lora_into_unet / load_lora_into_text_encoder
+    lora_metadata: dict[str, Any] | None = None
+    parameters: dict[str, torch.Tensor] = field(default_factory=dict)
+    base: dict | None = None  # concept.json's {"name", "fingerprint"} for a studio folder
+    notes: tuple[str, ...] = ()  # what the user should know (e.g. the word a kohya embedding was given)
+
+
+def read_concept(path: Path, token: str | None = None) -> ConceptFile:
+    """A studio trained folder, a folder of diffusers files, or one LoRA / embedding / Custom Diffusion file.
+    `token` names the word of an embedding file that stores none (A1111, kohya, SDXL; default: the file's stem).
+    Raises ModelLoadError for a missing, unreadable or unknown file, naming what it could not read."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_folder(path, token)
+    if not path.is_file():
+        raise ModelLoadError(f"{path} does not exist.")
+    weights, metadata = _read_weights(path)
+    parts = _read_weights_as_concept(path, weights, metadata, token)
+    return ConceptFile(path=path, sha256=file_sha256(path), **parts)
+
+
+def check_fits(concept: ConceptFile, model) -> None:
+    """Every tensor of the concept against the loaded model's: LoRA layers' modules exist with the widths they were
+    trained on, embeddings are as wide as the text encoder(s) read, replacement weights have the same shapes.
+    Raises ModelLoadError naming both architectures (by cross-attention width) when they differ."""
+    differences = [*_lora_differences(concept, model), *_embedding_differences(concept, model),
+                   *_parameter_differences(concept, model)]
+    if not differences:
+        return
+    what = KIND_LABELS[concept.kind]
+    model_width = model.unet.config.cross_attention_dim
+    width = _concept_width(concept)
+    if width is not None and width != model_width:
+        raise ModelLoadError(f"{concept.path.name}: this {what} is for {_family(width)}; the loaded model, {model.name},"
+                             f" is {_family(model_width)}. Load a {what} made for {model.name}'s family.")
+    examples = "; ".join(differences[:KEYS_NAMED])
+    raise ModelLoadError(f"{concept.path.name}: this {what} does not fit {model.name} ({_family(model_width)}): "
+                         f"{len(differences)} of its tensors differ from the model's ({examples}).")
+
+
+def describe(path: Path, token: str | None = None) -> str:
+    """A few lines on what a concept file or folder is, for `studio concepts FILE`."""
+    concept = read_concept(path, token)
+    lines = [f"{concept.path.name}: {KIND_LABELS[concept.kind]}, {concept.layout} layout, sha256 {concept.sha256}"]
+    if concept.words:
+        lines.append("words: " + ", ".join(concept.words))
+    for word, vectors in concept.embeddings.items():
+        second = concept.embeddings_2.get(word)
+        widths = f"{vectors.shape[1]}" + (f" + {second.shape[1]}" if second is not None else "")
+        lines.append(f"embedding '{word}': {vectors.shape[0]} vector(s), {widths} wide")
+    if concept.lora:
+        for part in LORA_PARTS:
+            ranks = [value.shape[0] for key, value in concept.lora.items()
+                     if key.startswith(f"{part}.") and key.endswith("lora_A.weight")]
+            if ranks:
+                alphas = sorted({alpha for key, alpha in concept.network_alphas.items() if key.startswith(f"{part}.")})
+                lines.append(f"{part}: {len(ranks)} LoRA layers, rank {_span(ranks)}, alpha {_span(alphas)}")
+    if concept.parameters:
+        numbers = sum(value.numel() for value in concept.parameters.values())
+        lines.append(f"replaces {len(concept.parameters)} weights ({numbers:,} numbers)")
+    width = _concept_width(concept)
+    if width is not None:
+        lines.append(f"for {_family(width)}")
+    if concept.base:
+        lines.append(f"trained on {concept.base.get('name')} (fingerprint {concept.base.get('fingerprint')})")
+    return "\n".join([*lines, *concept.notes])
+
+
+def peft_adapter(concept: ConceptFile, part: str) -> tuple[LoraConfig, dict[str, torch.Tensor]] | None:
+    """The peft LoraConfig and state dict (names relative to the part) of a LoRA concept's layers on one model part
+    ("unet", "text_encoder", "text_encoder_2"), ranks and alphas per layer; None when it has none there. Apply with
+    `inject_adapter_in_model(config, module, adapter_name)` + `set_peft_model_state_dict(module, state, adapter_name)`."""
+    prefix = f"{part}."
+    state = {key[len(prefix):]: value for key, value in (concept.lora or {}).items() if key.startswith(prefix)}
+    if not state:
+        return None
+    return LoraConfig(**_lora_config_fields(concept.lora, concept.network_alphas, part)), state
+
+
+def _lora_config_fields(lora: Mapping[str, torch.Tensor], alphas: Mapping[str, float], part: str) -> dict[str, Any]:
+    """LoraConfig fields of one model part's layers: the commonest rank and alpha, the others as patterns."""
+    prefix = f"{part}."
+    modules = sorted({key[len(prefix):].rsplit(".lora_", 1)[0] for key in lora if key.startswith(prefix)})
+    ranks = {module: lora[f"{prefix}{module}.lora_A.weight"].shape[0] for module in modules}
+    module_alphas = {module: alphas[f"{prefix}{module}"] for module in modules}
+    rank = max(set(ranks.values()), key=list(ranks.values()).count)
+    alpha = max(set(module_alphas.values()), key=list(module_alphas.values()).count)
+    return {"r": rank, "lora_alpha": alpha, "target_modules": modules,
+            "rank_pattern": {module: value for module, value in ranks.items() if value != rank},
+            "alpha_pattern": {module: value for module, value in module_alphas.items() if value != alpha}}
+
+
+def _read_weights(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """A file's tensors (nested dicts kept, for A1111 embeddings) and safetensors metadata; no code runs."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(path, framework="pt") as stream:
+                metadata = stream.metadata() or {}
+                weights = {key: stream.get_tensor(key) for key in stream.keys()}  # noqa: SIM118 (not a dict)
+        except (SafetensorError, OSError) as error:
+            raise ModelLoadError(f"{path} is not a readable safetensors file: {error}. It may be truncated or corrupt;"
+                                 " download it again.") from error
+    else:
+        weights, metadata = read_pickled_weights(path), {}
+    if not weights:
+        raise ModelLoadError(f"{path} holds no tensors; it is not a LoRA, embedding or Custom Diffusion file.")
+    return weights, metadata
+
+
+def _read_weights_as_concept(path: Path, weights: dict, metadata: dict[str, str], token: str | None) -> dict:
+    """The ConceptFile fields (less path and hash) of one file's weights, by what its keys say it is."""
+    embedding = _embedding_parts(path, weights, token)
+    if embedding is not None:
+        return embedding
+    keys = list(weights)
+    if any("_custom_diffusion." in key for key in keys):
+        return {"kind": "custom-diffusion", "layout": "diffusers", "words": (),
+                "parameters": _custom_diffusion_parameters(path, weights)}
+    if any(marker in key for key in keys for marker in ("lora", *UNSUPPORTED_MARKERS)):
+        layout, lora, alphas = _lora_parts(path, weights, metadata)
+        lora_metadata = {f"{part}.{name}": value for part in LORA_PARTS if any(key.startswith(f"{part}.") for key in lora)
+                         for name, value in _lora_config_fields(lora, alphas, part).items()}
+        return {"kind": "lora", "layout": layout, "words": (), "lora": lora, "network_alphas": alphas,
+                "lora_metadata": lora_metadata}
+    raise ModelLoadError(f"{path} is not a LoRA, embedding or Custom Diffusion file the studio can read: its keys are "
+                         f"such as {_some(keys)}.")
+
+
+def _embedding_parts(path: Path, weights: dict, token: str | None) -> dict | None:
+    """Embedding layouts: diffusers {word: (n, dim)}, A1111 {"string_to_param": {"*": ...}}, kohya {"emb_params":
+    ...} and SDXL {"clip_l", "clip_g"}; None for weights that are none of them. Files that store no word get
+    `token`, else their file's stem (what A1111 and ComfyUI call them)."""
+    word = token or path.stem
+    unnamed_note = () if token else ((f"This file does not store its word: it is '{word}', the file's name "
+                                      f"(give a token to choose another)."),)
+    if isinstance(weights.get("string_to_param"), dict):
+        vectors = next(iter(weights["string_to_param"].values()), None)
+        return {"kind": "embedding", "layout": "a1111", "words": (word,),
+                "embeddings": {word: _embedding_vectors(path, vectors)}, "notes": unnamed_note}
+    if set(weights) == {"emb_params"}:
+        return {"kind": "embedding", "layout": "kohya-emb", "words": (word,),
+                "embeddings": {word: _embedding_vectors(path, weights["emb_params"])}, "notes": unnamed_note}
+    if set(weights) == {"clip_l", "clip_g"}:
+        return {"kind": "embedding", "layout": "sdxl-emb", "words": (word,),
+                "embeddings": {word: _embedding_vectors(path, weights["clip_l"])},
+                "embeddings_2": {word: _embedding_vectors(path, weights["clip_g"])}, "notes": unnamed_note}
+    if all("." not in key and isinstance(value, torch.Tensor) and value.dim() <= 2 for key, value in weights.items()):
+        if token and len(weights) == 1:  # diffusers' load_textual_inversion(token=...) renames a one-word file too
+            weights = {token: next(iter(weights.values()))}
+        return {"kind": "embedding", "layout": "diffusers", "words": tuple(weights),
+                "embeddings": {key: _embedding_vectors(path, value) for key, value in weights.items()}}
+    return None
+
+
+def _embedding_vectors(path: Path, vectors: Any) -> torch.Tensor:
+    if not isinstance(vectors, torch.Tensor) or vectors.dim() not in (1, 2):
+        raise ModelLoadError(f"{path} is not an embedding file: its vectors are a {type(vectors).__name__}"
+                             f"{tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else ''}.")
+    return _as_vectors(vectors)
+
+
+def _lora_parts(path: Path, weights: dict, metadata: dict[str, str]) -> tuple[str, dict, dict]:
+    """Layout check first (a layout diffusers would half-convert is refused naming its keys), then diffusers' own
+    conversion (`lora_state_dict`: kohya names, SGM block names) into peft names, and every layer's alpha."""
+    for marker, name in UNSUPPORTED_MARKERS.items():
+        marked = [key for key in weights if marker in key]
+        if marked:
+            raise ModelLoadError(f"{path} is a {name} file, which the studio cannot apply (keys such as {_some(marked)})."
+                                 " LoRA files in diffusers' or kohya's layout (lora_down / lora_up / alpha) load.")
+    kohya = [key for key in weights if KOHYA_LORA_KEY.match(key)]
+    unreadable = [key for key in weights if key not in set(kohya) and not DIFFUSERS_LORA_KEY.match(key)]
+    if unreadable or (kohya and len(kohya) < len(weights)):
+        raise ModelLoadError(f"{path} has keys the studio cannot read as a LoRA: {_some(unreadable or kohya)}.")
+    if not kohya and not any(key.startswith(tuple(f"{part}." for part in LORA_PARTS)) for key in weights):
+        weights = {f"unet.{key}": value for key, value in weights.items()}  # UNet-only attention-processor files
+    sgm = any(name in key for key in kohya for name in SGM_BLOCK_NAMES)
+    try:
+        state, kohya_alphas = StableDiffusionPipeline.lora_state_dict(dict(weights),
+                                                                      unet_config=SGM_UNET_CONFIG if sgm else None)
+    except (ValueError, KeyError) as error:
+        raise ModelLoadError(f"{path} is not a LoRA diffusers can convert: {error}") from error
+    lora = _peft_names(state)
+    modules = sorted({key.rsplit(".lora_", 1)[0] for key in lora})
+    for module in modules:
+        if f"{module}.lora_A.weight" not in lora or f"{module}.lora_B.weight" not in lora:
+            raise ModelLoadError(f"{path}: LoRA layer {module} lacks its down or up weight; the file is incomplete.")
+    if kohya:
+        given = {key.rsplit(".lora_A", 1)[0]: float(alpha) for key, alpha in _peft_names(kohya_alphas or {}).items()}
+    else:
+        given = _metadata_alphas(metadata, modules)
+    alphas = {module: given.get(module, float(lora[f"{module}.lora_A.weight"].shape[0])) for module in modules}
+    layout = ("kohya (SGM names)" if sgm else "kohya") if kohya else "diffusers"
+    return layout, lora, alphas
+
+
+def _peft_names(state: Mapping[str, Any]) -> dict[str, Any]:
+    """diffusers' LoRA names (old attention-processor ones, `lora.down`, `lora_linear_layer`, peft's) → peft's, per
+    model part. Text encoder names lose CLIP's `text_model.` root, which transformers 5's CLIPTextModel lacks
+    (SDXL's CLIPTextModelWithProjection keeps it)."""
+    named = {}
+    for part in LORA_PARTS:
+        prefix = f"{part}."
+        section = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        if part != "unet" and section:
+            section = convert_state_dict_to_peft(section, original_type=StateDictType.DIFFUSERS_OLD)
+        section = convert_unet_state_dict_to_peft(section)
+        for key, value in section.items():
+            if part == "text_encoder" and key.startswith(TEXT_MODEL_ROOT):
+                key = key[len(TEXT_MODEL_ROOT):]
+            named[prefix + key] = value
+    return named
+
+
+def _metadata_alphas(metadata: dict[str, str], modules: list[str]) -> dict[str, float]:
+    """Alphas from diffusers' adapter metadata (`save_lora_weights`: "unet.lora_alpha", "unet.alpha_pattern")."""
+    packed = metadata.get("lora_adapter_metadata")
+    if not packed:
+        return {}
+    try:
+        fields = json.loads(packed)
+    except json.JSONDecodeError:
+        return {}
+    alphas = {}
+    for module in modules:
+        part = module.split(".", 1)[0]
+        pattern = fields.get(f"{part}.alpha_pattern") or {}
+        relative = module[len(part) + 1:]
+        matched = [value for key, value in pattern.items() if re.fullmatch(rf"(.*\.)?{key}", relative)]
+        alpha = matched[0] if matched else fields.get(f"{part}.lora_alpha")
+        if alpha is not None:
+            alphas[module] = float(alpha)
+    return alphas
+
+
+def _custom_diffusion_parameters(path: Path, weights: dict) -> dict[str, torch.Tensor]:
+    """`<attention>.processor.to_k_custom_diffusion.weight` → the UNet's own `<attention>.to_k.weight`."""
+    by_trained_name = {trained: projection for projection, trained in CUSTOM_DIFFUSION_NAMES.items()}
+    parameters = {}
+    for key, value in weights.items():
+        match = re.fullmatch(r"(.+)\.processor\.(\w+_custom_diffusion(?:\.0)?)\.(weight|bias)", key)
+        if match is None or match.group(2) not in by_trained_name:
+            raise ModelLoadError(f"{path} has keys the studio cannot read as Custom Diffusion: {_some([key])}.")
+        module, trained, parameter = match.groups()
+        parameters[f"{module}.{by_trained_name[trained]}.{parameter}"] = value
+    return parameters
+
+
+def _read_folder(folder: Path, token: str | None) -> ConceptFile:
+    """A studio trained folder (concept.json names its method and words) or a folder of diffusers' files."""
+    record = _concept_record(folder)
+    method = record.get("method") if record else None
+    read: list[Path] = []
+    parts: dict[str, Any] = {}
+    if (folder / "unet").is_dir() and method in (None, "dreambooth"):
+        parts = {"kind": "dreambooth", "layout": "diffusers folder", "words": (),
+                 "parameters": _model_folder_weights(folder, read)}
+    elif (folder / CUSTOM_DIFFUSION_WEIGHTS).is_file() and method in (None, "custom-diffusion"):
+        weights, _ = _read_weights(folder / CUSTOM_DIFFUSION_WEIGHTS)
+        read.append(folder / CUSTOM_DIFFUSION_WEIGHTS)
+        parts = {"kind": "custom-diffusion", "layout": "diffusers", "words": (),
+                 "parameters": _custom_diffusion_parameters(folder / CUSTOM_DIFFUSION_WEIGHTS, weights)}
+        if (folder / DIFFUSERS_EMBEDDINGS).is_file():
+            words = read_concept(folder / DIFFUSERS_EMBEDDINGS)
+            read.append(folder / DIFFUSERS_EMBEDDINGS)
+            parts.update(words=words.words, embeddings=words.embeddings)
+    else:
+        for name in (DIFFUSERS_LORA, DIFFUSERS_EMBEDDINGS, "learned_embeds.bin", "pytorch_lora_weights.bin"):
+            if (folder / name).is_file():
+                single = read_concept(folder / name, token)
+                read.append(folder / name)
+                parts = {key: getattr(single, key) for key in ("kind", "layout", "words", "embeddings", "embeddings_2",
+                                                               "lora", "network_alphas", "lora_metadata", "parameters",
+                                                               "notes")}
+                break
+    if not parts:
+        raise ModelLoadError(f"{folder} holds no concept the studio can read: a trained folder has concept.json, or a "
+                             f"folder holds {DIFFUSERS_LORA}, {DIFFUSERS_EMBEDDINGS}, {CUSTOM_DIFFUSION_WEIGHTS} or unet/.")
+    if record:
+        parts.update(layout="studio folder", words=tuple(record.get("words", parts["words"])))
+    digest = hashlib.sha256("".join(f"{path.name}:{file_sha256(path)}" for path in read).encode()).hexdigest()[:16]
+    return ConceptFile(path=folder, sha256=digest, base=record.get("base") if record else None, **parts)
+
+
+def _concept_record(folder: Path) -> dict | None:
+    path = folder / CONCEPT_JSON
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelLoadError(f"{path} is not readable JSON ({error}); the trained folder is damaged.") from error
+    if not isinstance(record, dict) or record.get("method") not in KIND_OF_METHOD:
+        raise ModelLoadError(f"{path} names no training method the studio knows ({', '.join(KIND_OF_METHOD)}).")
+    return record
+
+
+def _model_folder_weights(folder: Path, read: list[Path]) -> dict[str, torch.Tensor]:
+    """DreamBooth's `unet/` (UNet parameter names) and `text_encoder/` (prefixed `text_encoder.`) weights."""
+    parameters = {}
+    for subfolder, prefix in (("unet", ""), ("text_encoder", "text_encoder.")):
+        files = sorted((folder / subfolder).glob("*.safetensors")) if (folder / subfolder).is_dir() else []
+        for path in files:
+            weights, _ = _read_weights(path)
+            read.append(path)
+            parameters.update({prefix + key: value for key, value in weights.items()})
+    if not parameters:
+        raise ModelLoadError(f"{folder / 'unet'} holds no .safetensors weights.")
+    return parameters
+
+
+def _lora_differences(concept: ConceptFile, model) -> list[str]:
+    differences = []
+    for key, value in (concept.lora or {}).items():
+        part, name = key.split(".", 1)
+        module_name, which = name.rsplit(".lora_", 1)
+        weight = _weight_of(getattr(model, part, None), module_name)
+        if weight is None:
+            differences.append(f"{part}.{module_name} is not in the model")
+        elif which.startswith("A") and value.shape[1] != weight.shape[1]:
+            differences.append(f"{key} reads {value.shape[1]} features, the model's layer {weight.shape[1]}")
+        elif which.startswith("B") and value.shape[0] != weight.shape[0]:
+            differences.append(f"{key} writes {value.shape[0]} features, the model's layer {weight.shape[0]}")
+    return list(dict.fromkeys(differences))
+
+
+def _embedding_differences(concept: ConceptFile, model) -> list[str]:
+    differences = []
+    for table, encoder_name in ((concept.embeddings, "text_encoder"), (concept.embeddings_2, "text_encoder_2")):
+        encoder = getattr(model, encoder_name, None)
+        width = encoder.get_input_embeddings().weight.shape[1] if encoder is not None else None
+        for word, vectors in table.items():
+            if width is None:
+                differences.append(f"'{word}' has vectors for a {encoder_name}, which the model lacks")
+            elif vectors.shape[1] != width:
+                differences.append(f"'{word}' is {vectors.shape[1]} wide, the model's {encoder_name} {width}")
+    if concept.kind == "embedding" and concept.embeddings and not concept.embeddings_2 \
+            and getattr(model, "text_encoder_2", None) is not None:
+        differences.append("the embedding has no vectors for the model's second text encoder")
+    return differences
+
+
+def _parameter_differences(concept: ConceptFile, model) -> list[str]:
+    differences = []
+    for name, value in concept.parameters.items():
+        part, name_in_part = ("text_encoder", name[len("text_encoder."):]) if name.startswith("text_encoder.") \
+            else ("unet", name)
+        module_name, parameter = name_in_part.rsplit(".", 1)
+        module = _module_of(getattr(model, part, None), module_name)
+        target = getattr(module, parameter, None) if module is not None else None
+        if not isinstance(target, torch.Tensor):
+            differences.append(f"{name} is not in the model")
+        elif tuple(target.shape) != tuple(value.shape):
+            differences.append(f"{name} is {tuple(value.shape)}, the model's {tuple(target.shape)}")
+    return differences
+
+
+def _module_of(root: torch.nn.Module | None, name: str) -> torch.nn.Module | None:
+    """A submodule by name, through peft's wrapper (`base_layer`) when the model already carries an adapter."""
+    if root is None:
+        return None
+    try:
+        module = root.get_submodule(name)
+    except AttributeError:
+        return None
+    return getattr(module, "base_layer", module)
+
+
+def _weight_of(root: torch.nn.Module | None, name: str) -> torch.Tensor | None:
+    module = _module_of(root, name)
+    weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) else None
+
+
+def _concept_width(concept: ConceptFile) -> int | None:
+    """The cross-attention width a concept was made for: from a LoRA's or Custom Diffusion's cross-attention K
+    projection (it reads the text), else from its word vectors (SDXL: both encoders')."""
+    for key, value in (concept.lora or {}).items():
+        if key.startswith("unet.") and key.endswith("attn2.to_k.lora_A.weight"):
+            return value.shape[1]
+    for key, value in concept.parameters.items():
+        if key.endswith("attn2.to_k.weight"):
+            return value.shape[1]
+    for word, vectors in concept.embeddings.items():
+        second = concept.embeddings_2.get(word)
+        return vectors.shape[1] + (second.shape[1] if second is not None else 0)
+    return None
+
+
+def _family(width: int) -> str:
+    family = FAMILIES.get(width)
+    return f"{family} ({width}-wide cross-attention)" if family else f"a model with {width}-wide cross-attention"
+
+
+def _span(values: list) -> str:
+    low, high = min(values), max(values)
+    return f"{low:g}" if low == high else f"{low:g}–{high:g}"
+
+
+def _some(keys: Iterable[str]) -> str:
+    keys = list(keys)
+    named = ", ".join(keys[:KEYS_NAMED])
+    return named + (f" and {len(keys) - KEYS_NAMED} more" if len(keys) > KEYS_NAMED else "")
