@@ -13,6 +13,9 @@
     studio edit p2p --source "a big red circle" --target "a big red square" --edit "word swap" --seed 3
     studio invert photo.png --prompt "a red circle on a blue background" --method null_text edict --out runs/inv
     studio edit p2p --inversion runs/inv/null_text.inversion.safetensors --target "a blue circle on a blue background"
+    studio generate "a red star on a blue background" --lora runs/star-lora:0.8 --embedding heart.pt
+    studio --model sd15 generate "a photo of <cat-toy>" --embedding emb_params.safetensors:<cat-toy>
+    studio concepts my_lora.safetensors  # what a LoRA / embedding file is: its layout, keys and base
 
 Each image is a PNG carrying its settings (A1111 `parameters` text and our JSON), exactly as the
 app writes them, so the app's "load settings from PNG" and other tools read them back. A
@@ -46,6 +49,7 @@ if TYPE_CHECKING:  # for annotations only: each command imports what it runs
     from studio.engine import Engine
     from studio.events import Event, Result
     from studio.inversion import Inversion
+    from studio.specs import ConceptUse
     from studio.structure.spec import StructureImages, StructureSpec
 
 
@@ -86,7 +90,7 @@ def generate_specs(args: argparse.Namespace) -> Iterator[GenerateSpec]:
             yield GenerateSpec(
                 prompt=prompt, negative_prompt=args.negative, seed=seed, steps=args.steps,
                 guidance_scale=args.guidance, scheduler=args.scheduler, width=args.size, height=args.size,
-                batch_size=args.batch, structure=structure,
+                batch_size=args.batch, structure=structure, concepts=args.concepts,
             )
 
 
@@ -164,6 +168,7 @@ def run_generate(engine: Engine, args: argparse.Namespace) -> int:
         raise StudioError("Nothing to generate: give a prompt, --prompts FILE or --from-png FILE.")
     for spec in specs:  # check every job before running any: a typo on line 40 should not waste 39 jobs
         spec.validate(engine.size_multiple)
+        engine.concepts.resolve(spec.concepts)
         engine.tokenize(spec.prompt)
     images = structure_images(args)
     output = Output(args.out)
@@ -207,7 +212,7 @@ def run_invert(engine: Engine, args: argparse.Namespace) -> int:
     output = Output(args.out)
     for method in args.method:
         spec = InversionSpec(prompt=args.prompt, method=method, steps=args.steps, guidance_scale=args.guidance,
-                             keep_size=args.keep_size, structure=structure)
+                             keep_size=args.keep_size, structure=structure, concepts=args.concepts)
         result = finish(engine.invert(spec, image, structure_images=images), method)
         output.save(result, [f"{method}-reconstruction"])
         save_inversion(result.inversion, output.folder / f"{method}{INVERSION_SUFFIX}")
@@ -230,7 +235,7 @@ def run_sdedit(engine: Engine, args: argparse.Namespace) -> int:
 
     spec = SDEditSpec(prompt=args.prompt, strengths=tuple(args.t0), repeats=args.repeats, seed=args.seed,
                       steps=args.steps, guidance_scale=args.guidance, noise_form=args.noise_form,
-                      keep_size=args.keep_size, structure=structure_spec(args))
+                      keep_size=args.keep_size, structure=structure_spec(args), concepts=args.concepts)
     original = read_image(args.original) if args.original else None
     result = finish(engine.sdedit(spec, read_image(args.guide), read_mask(args.mask), original,
                                   structure_images=structure_images(args)), "SDEdit")
@@ -246,7 +251,7 @@ def run_diffedit(engine: Engine, args: argparse.Namespace) -> int:
 
     spec = DiffEditSpec(source_prompt=args.source, target_prompt=args.target, steps=args.steps,
                         guidance_scale=args.guidance, threshold=args.threshold, edit_strength=args.strength,
-                        seed=args.seed, keep_size=args.keep_size, structure=structure_spec(args))
+                        seed=args.seed, keep_size=args.keep_size, structure=structure_spec(args), concepts=args.concepts)
     inversion = read_inversion(engine, args.inversion)
     image = read_image(args.image) if args.image else None
     if (image is None) == (inversion is None):
@@ -266,11 +271,59 @@ def run_p2p(engine: Engine, args: argparse.Namespace) -> int:
 
     spec = P2PSpec(source_prompt=args.source, target_prompt=args.target, edit=args.edit, seed=args.seed,
                    steps=args.steps, guidance_scale=args.guidance, blend_words=tuple(args.blend or ()),
-                   size=args.size, structure=structure_spec(args))
+                   size=args.size, structure=structure_spec(args), concepts=args.concepts)
     result = finish(engine.p2p(spec, read_inversion(engine, args.inversion), structure_images=structure_images(args)),
                     "Prompt-to-Prompt")
     Output(args.out).save(result, ["source", "edited"])
     return 0
+
+
+def run_concepts(args: argparse.Namespace) -> int:
+    """`studio concepts FILE...`: what each LoRA / embedding / trained folder is, without loading a model."""
+    from studio.personalize.files import describe
+
+    for path in args.files:
+        print(describe(Path(path)))
+    return 0
+
+
+def concept_file(text: str, option: str) -> tuple[Path, str | None]:
+    """`FILE` or `FILE:VALUE` of --lora / --embedding (a path that exists as written is a file, colons and all)."""
+    if Path(text).exists():
+        return Path(text), None
+    path, colon, value = text.rpartition(":")
+    if not colon or not Path(path).exists():
+        raise StudioError(f"{option} {text}: no such file or folder.")
+    return Path(path), value
+
+
+def load_concepts(engine: Engine, args: argparse.Namespace) -> tuple[ConceptUse, ...]:
+    """Load each --lora FILE[:SCALE] and --embedding FILE[:TOKEN] into the engine: the ConceptUses the command's
+    jobs run with (a LoRA at SCALE, default 1; TOKEN names the prompt word of an embedding file that does not)."""
+    from studio.specs import ConceptUse  # noqa: F811 (the TYPE_CHECKING import is for annotations only)
+
+    uses = []
+    for text in args.lora:
+        path, scale = concept_file(text, "--lora")
+        try:
+            weight = 1.0 if scale is None else float(scale)
+        except ValueError:
+            raise StudioError(f"--lora {text}: the scale after ':' must be a number, got {scale!r}.") from None
+        uses.append(ConceptUse(engine.concepts.load(path).name, weight))
+    for text in args.embedding:
+        path, token = concept_file(text, "--embedding")
+        uses.append(ConceptUse(engine.concepts.load(path, token=token).name))
+    return tuple(uses)
+
+
+def add_concept_options(command: argparse.ArgumentParser) -> None:
+    """--lora / --embedding: concept files loaded for this run and used by every job of it."""
+    group = command.add_argument_group("concepts (LoRA, embeddings, trained folders)")
+    group.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                       help="a LoRA file (diffusers or kohya) or a trained folder, at SCALE (default 1); repeatable")
+    group.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
+                       help="an embedding file (diffusers, A1111 .pt, kohya emb_params: give its TOKEN) or a trained "
+                            "folder; repeatable")
 
 
 def add_structure_options(command: argparse.ArgumentParser) -> None:
@@ -356,8 +409,13 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("train", add_help=False, help="train a structure control for the embedded model: "
                         "controlnet, t2i-adapter or ip-adapter (`studio train --help`)")
 
+    concepts = commands.add_parser("concepts", help="say what a LoRA / embedding file or trained folder is")
+    concepts.add_argument("files", nargs="+", metavar="FILE")
+    concepts.set_defaults(run=run_concepts, model_free=True)
+
     for command in (gen, inv, sdedit, diffedit, p2p):
         add_structure_options(command)
+        add_concept_options(command)
     for command in (inv, sdedit, diffedit):
         command.add_argument("--keep-size", action="store_true",
                              help="work at the image's own size (its shorter side down to a multiple of 8) "
@@ -390,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     quiet_libraries()
     try:
+        if getattr(args, "model_free", False):
+            return args.run(args)
         engine = open_engine(args)
+        args.concepts = load_concepts(engine, args)
         return args.run(engine, args)
     except StudioError as error:
         print(f"studio: error: {error}", file=sys.stderr)

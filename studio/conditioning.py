@@ -8,6 +8,7 @@ longer than the text encoder reads raise InvalidInputError -- never silently tru
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,17 +60,20 @@ class Cond:
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, prompt: str, model_name: str = "this model",
-             tokenizer_2: PreTrainedTokenizerBase | None = None) -> Tokens:
+             tokenizer_2: PreTrainedTokenizerBase | None = None, expansions: Mapping[str, str] | None = None) -> Tokens:
     """Token ids for `prompt` padded like StableDiffusionPipeline does, with each word's positions
-    (and SDXL's second tokenizer's ids when `tokenizer_2` is given)."""
+    (and SDXL's second tokenizer's ids when `tokenizer_2` is given). `expansions` spell a word as several tokens
+    (a multi-vector embedding's "<w>" as "<w> <w>_1 <w>_2", as diffusers' maybe_convert_prompt does): the word
+    keeps its one place in `words`, with all its tokens' positions."""
     max_length = tokenizer.model_max_length
-    encoded = tokenizer(prompt, return_offsets_mapping=True, return_special_tokens_mask=True)
+    words = [match.span() for match in WORD.finditer(prompt)]
+    text, spans = _expanded(prompt, words, expansions or {})
+    encoded = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
     if len(encoded.input_ids) > max_length:
         raise InvalidInputError(
             f"The prompt is {len(encoded.input_ids)} tokens long but {model_name} reads at most {max_length} "
             "(start and end tokens included): shorten it."
         )
-    spans = [match.span() for match in WORD.finditer(prompt)]
     word_tokens: dict[int, list[int]] = {}
     unknown: list[str] = []
     for position, (token_id, special, (start, _)) in enumerate(
@@ -83,21 +87,40 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompt: str, model_name: str = 
         word_tokens.setdefault(word_index, []).append(position)
         # CLIP's BPE never needs <unk> for text; a word-level vocabulary does for unseen words.
         if tokenizer.unk_token_id is not None and token_id == tokenizer.unk_token_id:
-            unknown.append(_word_text(prompt, spans[word_index]))
+            unknown.append(_word_text(prompt, words[word_index]))
     if unknown:
         raise UnknownWordError(list(dict.fromkeys(unknown)), model_name)
-    padded = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True)
+    padded = tokenizer(text, padding="max_length", max_length=max_length, truncation=True)
     ordered = sorted(word_tokens)
     ids_2 = None
     if tokenizer_2 is not None:
-        ids_2 = tokenizer_2(prompt, padding="max_length", max_length=tokenizer_2.model_max_length, truncation=True).input_ids
+        ids_2 = tokenizer_2(text, padding="max_length", max_length=tokenizer_2.model_max_length, truncation=True).input_ids
     return Tokens(
         ids=padded.input_ids,
         attention_mask=padded.attention_mask,
-        words=[_word_text(prompt, spans[i]) for i in ordered],
+        words=[_word_text(prompt, words[i]) for i in ordered],
         word_tokens=[word_tokens[i] for i in ordered],
         ids_2=ids_2,
     )
+
+
+def _expanded(prompt: str, spans: list[tuple[int, int]], expansions: Mapping[str, str]) -> tuple[str, list[tuple[int, int]]]:
+    """`prompt` with each word of `expansions` spelled out, and every word's span in that text."""
+    if not expansions:
+        return prompt, spans
+    pieces: list[str] = []
+    moved: list[tuple[int, int]] = []
+    end = 0
+    for lo, hi in spans:
+        pieces.append(prompt[end:lo])
+        start = sum(map(len, pieces))
+        word = prompt[lo:hi]
+        core = _word_text(prompt, (lo, hi))
+        pieces.append(word.replace(core, expansions[core], 1) if core in expansions else word)
+        moved.append((start, start + len(pieces[-1])))
+        end = hi
+    pieces.append(prompt[end:])
+    return "".join(pieces), moved
 
 
 def prompt_words(prompt: str) -> list[str]:

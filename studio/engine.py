@@ -6,7 +6,9 @@
 
 A thin facade: the model, the fair lock, tokenize/encode (and the null conditioning) and
 `exclusive(job)`. The jobs are modules (studio.generation, studio.editing.*, studio.inversion) that
-take the engine as their studio.jobs.ModelHost; the entry points below only forward to them.
+take the engine as their studio.jobs.ModelHost; the entry points below only forward to them, each through
+`_host(spec)`: the engine as that job sees it, with the spec's loaded concepts (engine.concepts, a LoRA or an
+embedding) applied while the job holds the model (studio.personalize.concepts).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,8 +34,12 @@ from studio.images import ImageInput
 from studio.inversion import Inversion, InversionSpec, invert
 from studio.model_limits import ModelLimits, model_limits
 from studio.models import EMBEDDED_MODEL_DIR, LoadedModel, load_model
-from studio.specs import GenerateSpec
+from studio.personalize.concepts import ConceptRegistry, JobHost
+from studio.specs import ConceptUse, GenerateSpec
 from studio.structure.spec import StructureImages
+
+if TYPE_CHECKING:  # training is imported when a personalization runs
+    from studio.personalize.spec import PersonalizeSpec
 
 
 class Engine:
@@ -46,6 +53,7 @@ class Engine:
         self.model: LoadedModel = load_model(source, device, dtype, offload=offload, compile_unet=compile_unet,
                                              controls=controls, ip_adapter=ip_adapter, image_encoder=image_encoder)
         self._lock = FairLock()
+        self.concepts = ConceptRegistry(self.model, self._lock.hold)
         # the model's folder, where its card is: the embedded model's, or a local diffusers folder (not a file or hub id)
         self.folder: Path | None = EMBEDDED_MODEL_DIR if source is None else (
             Path(source).expanduser() if Path(source).expanduser().is_dir() else None)
@@ -88,43 +96,63 @@ class Engine:
         """Per-step guidance weights of `spec`, without model work (studio.generation)."""
         return generation.guidance_plan(self, spec)
 
+    def _host(self, concepts: tuple[ConceptUse, ...]) -> Engine | JobHost:
+        """What a job runs on: with no concept loaded the engine itself (a job is exactly as before concepts
+        existed); else a JobHost applying `concepts` (checked here: InvalidInputError for an unknown name or a
+        scale out of range) during the job and refusing the words of loaded concepts it does not use."""
+        if not concepts and not self.concepts:
+            return self
+        return JobHost(self, self.concepts.resolve(concepts))
+
+    def concept_records(self) -> list[dict[str, Any]]:
+        """The concepts a job on the engine itself runs with: none (a JobHost's are its own)."""
+        return []
+
+    def personalize(self, spec: PersonalizeSpec, images: Sequence[ImageInput], out: Path,
+                    cancel: CancelToken | None = None) -> Iterator[Event]:
+        """Teach the model a concept from a few images (studio.personalize.job); the files land in `out`, loadable
+        with `concepts.load(out)`."""
+        from studio.personalize.job import personalize  # training pulls in accelerate: only when asked
+
+        return personalize(self, spec, images, out, cancel)
+
     def p2p(self, spec: P2PSpec, inversion: Inversion | None = None, structure_images: StructureImages | None = None,
             cancel: CancelToken | None = None) -> Iterator[Event]:
         """Prompt-to-Prompt edit of a generated image, or of `inversion` (studio.editing.p2p); `structure_images`
         carry the maps of `spec.structure` (an inversion made under structure brings its own)."""
-        return prompt_to_prompt(self, spec, inversion, structure_images, cancel)
+        return prompt_to_prompt(self._host(spec.concepts), spec, inversion, structure_images, cancel)
 
     def sdedit(self, spec: SDEditSpec, guide: ImageInput | None, mask: np.ndarray | None = None,
                original: ImageInput | None = None, structure_images: StructureImages | None = None,
                cancel: CancelToken | None = None) -> Iterator[Event]:
         """SDEdit of a stroke drawing or image, masked when `mask` is given (studio.editing.sdedit), steered by
         `spec.structure` with its maps in `structure_images`."""
-        return sdedit(self, spec, guide, mask, original, structure_images, cancel)
+        return sdedit(self._host(spec.concepts), spec, guide, mask, original, structure_images, cancel)
 
     def diffedit_mask(self, spec: DiffEditSpec, image: ImageInput | None = None, inversion: Inversion | None = None,
                       cancel: CancelToken | None = None) -> Iterator[Event]:
         """DiffEdit Stage I: the edit mask, streamed as it accumulates (studio.editing.diffedit)."""
-        return diffedit_mask(self, spec, image, inversion, cancel)
+        return diffedit_mask(self._host(spec.concepts), spec, image, inversion, cancel)
 
     def diffedit(self, spec: DiffEditSpec, image: ImageInput | None = None, mask: np.ndarray | None = None,
                  inversion: Inversion | None = None, structure_images: StructureImages | None = None,
                  cancel: CancelToken | None = None) -> Iterator[Event]:
         """DiffEdit: Stage II with `mask`, or Stages I and II without (studio.editing.diffedit); `spec.structure`
         (maps in `structure_images`) steers Stage II."""
-        return diffedit(self, spec, image, mask, inversion, structure_images, cancel)
+        return diffedit(self._host(spec.concepts), spec, image, mask, inversion, structure_images, cancel)
 
     def invert(self, spec: InversionSpec, image: ImageInput | None, structure_images: StructureImages | None = None,
                cancel: CancelToken | None = None) -> Iterator[Event]:
         """Map a real image into the model's latent trajectory, under `spec.structure` (maps in `structure_images`)
         when given; ends with an InversionResult (studio.inversion)."""
-        return invert(self, spec, image, structure_images, cancel)
+        return invert(self._host(spec.concepts), spec, image, structure_images, cancel)
 
     def generate(self, spec: GenerateSpec, structure_images: StructureImages | None = None,
                  cancel: CancelToken | None = None) -> Iterator[Event]:
         """Text to image (studio.generation), steered by `spec.structure` with its maps and reference image in
         `structure_images`. Bad input raises InvalidInputError here, before any model work; the returned generator
         waits for its turn on the model, then streams the job's events."""
-        return generation.generate(self, spec, structure_images, cancel)
+        return generation.generate(self._host(spec.concepts), spec, structure_images, cancel)
 
     def exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None,
                   workload: str) -> Iterator[Event]:
@@ -147,7 +175,8 @@ class Engine:
     def tokenize(self, prompt: str, label: str = "") -> Tokens:
         """Tokens of a prompt, checked (unknown words, length); `label` ("Target prompt") prefixes errors."""
         try:
-            return tokenize(self.model.tokenizer, prompt, self.model_name, self.model.tokenizer_2)
+            return tokenize(self.model.tokenizer, prompt, self.model_name, self.model.tokenizer_2,
+                            self.concepts.expansions())
         except UnknownWordError as error:
             raise UnknownWordError(error.words, self.model_name, label) from None
         except InvalidInputError as error:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # studio.inversion imports this module: the type only, to avo
 # Result.settings["job"]: which job made a result, and how the UI names it ("this PNG was made by DiffEdit")
 JOB_LABELS = {
     "generate": "Generate", "sdedit": "SDEdit", "diffedit_mask": "DiffEdit mask", "diffedit": "DiffEdit",
-    "p2p": "Prompt-to-Prompt", "invert": "Inversion",
+    "p2p": "Prompt-to-Prompt", "invert": "Inversion", "personalize": "Personalize",
 }
 JOBS = tuple(JOB_LABELS)
 
@@ -67,6 +67,8 @@ class ModelHost(Protocol):
 
     def exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None,
                   workload: str) -> Iterator[Event]: ...
+
+    def concept_records(self) -> list[dict[str, Any]]: ...
 
 
 def resolve_seed(seed: int | None, span: int = 1) -> int:
@@ -117,13 +119,16 @@ class Stopwatch:
 def reproduction_record(host: ModelHost, job: str, job_fields: dict[str, Any], timings: dict[str, float] | None,
                         unet_evaluations: int | None, **measured: Any) -> dict[str, Any]:
     """Result.settings: the model, which job made the result (one of JOBS), the job's parameters (`job_fields`,
-    usually asdict(spec)), what the job resolved or measured (`seed=` the seed used overrides a spec's None;
-    its inputs as image_record / mask_record / inversion_record), its timings and UNet evaluations.
-    Timings and UNet evaluations of None are left out: a record that is a recipe only (DiffEdit's mask)."""
+    usually asdict(spec)), the loaded concepts it ran with (name, kind, hash, scale: host.concept_records(), in
+    place of the spec's names and scales), what the job resolved or measured (`seed=` the
+    seed used overrides a spec's None; its inputs as image_record / mask_record / inversion_record), its timings
+    and UNet evaluations. Timings and UNet evaluations of None are left out: a record that is a recipe only
+    (DiffEdit's mask)."""
     if job not in JOBS:
         raise ValueError(f"Unknown job {job!r} for a reproduction record; one of {', '.join(JOBS)}.")
     cost = {"timings": timings, "unet_evaluations": unet_evaluations}
-    return {"model": host.model_name, "job": job, **job_fields, **measured,
+    concepts = {"concepts": records} if (records := host.concept_records()) else {}
+    return {"model": host.model_name, "job": job, **job_fields, **concepts, **measured,
             **{k: v for k, v in cost.items() if v is not None}}
 
 

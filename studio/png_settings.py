@@ -5,9 +5,13 @@ Two chunks are written:
 - ``parameters``: the AUTOMATIC1111 text format, which other tools (A1111, Forge, SD.Next, civitai,
   image viewers) read; only for images a prompt made (generation, and edits under a target prompt)::
 
-      <prompt>
+      <prompt> <lora:name:scale>
       Negative prompt: <negative prompt>
       Steps: 25, Sampler: DDIM, CFG scale: 5, Seed: 1, Size: 64x64, Model: shapes-sd, ...
+
+  A LoRA the image was made with is written as A1111 writes it, a `<lora:name:scale>` tag after the prompt with
+  its hash under "Lora hashes"; embeddings' hashes go under "TI hashes"; every concept (name, kind, hash, scale)
+  under "Concepts" as JSON, so reading the line back restores them (another tool's tags become LoRA concepts).
 
   Values containing ``,`` ``:`` or a newline are JSON-quoted (as A1111 does); the last line needs
   at least three ``key: value`` pairs to be recognised as the parameter line.
@@ -61,6 +65,8 @@ _LINE_KEYS = (
 
 # The parameter-line grammar, as in A1111's modules/infotext_utils.py (key: value or key: "quoted").
 _PARAM = re.compile(r'\s*(\w[\w \-/+]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# A1111's extra-network tag in a prompt: <lora:name:weight> (the weight optional, 1 by default)
+_LORA_TAG = re.compile(r"\s*<lora:([^:>]+)(?::([-+]?[\d.]+))?>")
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 # Records written before the "job" key: SDEdit and DiffEdit named themselves in "method"
@@ -140,7 +146,10 @@ def _seed_of(settings: dict[str, Any], batch_index: int | None) -> Any:
 
 def format_parameters(settings: dict[str, Any], batch_index: int | None = None) -> str:
     """The A1111 ``parameters`` text for image `batch_index` of a result made with `settings`."""
-    lines = [_prompt_of(settings, batch_index)]
+    concepts = settings.get("concepts") or []
+    loras = [c for c in concepts if c.get("kind") == "lora"]
+    lines = [" ".join([_prompt_of(settings, batch_index),
+                       *(f"<lora:{c['name']}:{_fmt_number(c.get('scale', 1.0))}>" for c in loras)])]
     negative = settings.get("negative_prompt") or ""
     if negative:
         lines.append(f"Negative prompt: {negative}")
@@ -169,6 +178,13 @@ def format_parameters(settings: dict[str, Any], batch_index: int | None = None) 
         pairs.append(f"Guidance rescale: {_fmt_number(settings['guidance_rescale'])}")
     if settings.get("classifier_guidance"):
         pairs.append(f"Classifier guidance: {_quote(json.dumps(settings['classifier_guidance']))}")
+    embeddings = [c for c in concepts if c.get("kind") == "embedding"]  # A1111's name for them: TI
+    for key, listed in (("Lora hashes", loras), ("TI hashes", embeddings)):
+        if listed:
+            hashes = ", ".join(f"{c['name']}: {c.get('hash')}" for c in listed)
+            pairs.append(f"{key}: {_quote(hashes)}")
+    if concepts:
+        pairs.append(f"Concepts: {_quote(json.dumps(concepts))}")
     pairs.append("Version: diffusion-control-studio")
     lines.append(", ".join(pairs))
     return "\n".join(lines)
@@ -204,7 +220,10 @@ def parse_parameters(text: str) -> dict[str, Any]:
         (negative if in_negative else prompt).append(line)
 
     raw = {key.strip(): _unquote(value.strip()) for key, value in _PARAM.findall(last)}
-    settings: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
+    prompt_text = "\n".join(prompt)
+    tags = [{"name": name, "kind": "lora", "scale": float(scale) if scale else 1.0}
+            for name, scale in _LORA_TAG.findall(prompt_text)]
+    settings: dict[str, Any] = {"prompt": _LORA_TAG.sub("", prompt_text).strip(), "negative_prompt": "\n".join(negative)}
     extra: dict[str, str] = {}
     known = dict(_LINE_KEYS)
     for key, value in raw.items():
@@ -233,7 +252,8 @@ def parse_parameters(text: str) -> dict[str, Any]:
         extra[key] = value
     if "Scheduler" in extra:  # ours, exact; A1111 >= 1.9 writes "Schedule type", not "Scheduler"
         settings["scheduler"] = extra.pop("Scheduler")
-    for key, name in (("Conditions", "conditions"), ("Classifier guidance", "classifier_guidance")):
+    for key, name in (("Conditions", "conditions"), ("Classifier guidance", "classifier_guidance"),
+                      ("Concepts", "concepts")):
         if key in extra:
             try:
                 settings[name] = json.loads(extra[key])
@@ -243,6 +263,8 @@ def parse_parameters(text: str) -> dict[str, Any]:
     if "Guidance rescale" in extra and (rescale := _number(extra["Guidance rescale"], float)) is not None:
         settings["guidance_rescale"] = rescale
         del extra["Guidance rescale"]
+    if tags and "concepts" not in settings:  # another tool's <lora:...> tags: names and weights, no hashes
+        settings["concepts"] = tags
     if extra:
         settings["extra"] = extra
     return settings

@@ -45,6 +45,8 @@ START = Range(0.0, 1.0, 0.01, "Start")  # fractions of the run (0 = first step, 
 STOP = Range(0.0, 1.0, 0.01, "Stop")
 GUIDANCE_RESCALE = Range(0.0, 1.0, 0.05, "Guidance rescale")
 CLASSIFIER_STRENGTH = Range(0.0, 100.0, 0.5, "Classifier strength")
+# A LoRA's or concept's weight, as A1111's <lora:name:weight> reads it: 0 turns it off, negative pushes away from it
+CONCEPT_SCALE = Range(-2.0, 2.0, 0.05, "Concept scale")
 MAX_CONDITIONS = 8  # each adds the batch of images to every UNet call
 
 
@@ -80,6 +82,43 @@ def check_field(where: str, bounds: Range, value: float) -> None:
         bounds.check(bounds.label, value)
     except InvalidInputError as error:
         raise InvalidInputError(f"{where}: {error}") from error
+
+
+@dataclass(frozen=True)
+class ConceptUse:
+    """A loaded concept (studio.personalize.concepts: a LoRA, an embedding, Custom Diffusion or DreamBooth weights)
+    that a job runs with, at `scale`: the LoRA update's multiplier (Hu et al. 2021 eq. 3, h = W0 x + scale (alpha/r) B A x),
+    or the interpolation W0 + scale (W1 - W0) of replaced weights; an embedding's rows are used as learned."""
+
+    name: str
+    scale: float = 1.0
+
+    @classmethod
+    def of(cls, value: ConceptUse | Mapping[str, Any]) -> ConceptUse:
+        """A use from a spec field or a settings record ({"name", "scale", and the record's "kind", "hash", ...})."""
+        if isinstance(value, ConceptUse):
+            return value
+        return cls(name=str(value["name"]), scale=float(value.get("scale", 1.0)))
+
+    def validate(self) -> None:
+        if not self.name.strip():
+            raise InvalidInputError("A concept without a name: choose a loaded concept or remove the row.")
+        check_field(f"Concept {self.name!r}", CONCEPT_SCALE, self.scale)
+
+
+def concept_uses(values: Any) -> tuple[ConceptUse, ...]:
+    """A spec's `concepts` field as ConceptUses (settings JSON holds them as dicts in a list)."""
+    return tuple(ConceptUse.of(value) for value in values or ())
+
+
+def check_concepts(concepts: tuple[ConceptUse, ...]) -> None:
+    """Each use's scale in range, and each concept used once."""
+    names = [use.name for use in concepts]
+    if len(set(names)) < len(names):
+        raise InvalidInputError(f"A concept is listed twice ({', '.join(sorted({n for n in names if names.count(n) > 1}))}): "
+                                "give it one scale.")
+    for use in concepts:
+        use.validate()
 
 
 @dataclass(frozen=True)
@@ -150,11 +189,14 @@ class GenerateSpec:
     # Structure control (issue #17): control maps and an image prompt, checked against the loaded controls by the
     # job (studio.generation); None or empty runs exactly as without.
     structure: StructureSpec | None = None
+    # Personalization (issue #18): loaded concepts the job runs with, applied while it holds the model (Engine)
+    concepts: tuple[ConceptUse, ...] = ()
 
     def __post_init__(self) -> None:
         # Settings (JSON, PNG chunks) hold conditions as dicts and lists; accept them as such.
         conditions = tuple(Condition(**c) if isinstance(c, dict) else c for c in self.conditions or ())
         object.__setattr__(self, "conditions", conditions)
+        object.__setattr__(self, "concepts", concept_uses(self.concepts))
         if isinstance(self.classifier_guidance, dict):
             object.__setattr__(self, "classifier_guidance", ClassifierGuidanceSpec(**self.classifier_guidance))
         if isinstance(self.structure, dict):
@@ -188,6 +230,7 @@ class GenerateSpec:
             condition.validate(row)
         if self.classifier_guidance is not None:
             self.classifier_guidance.validate()
+        check_concepts(self.concepts)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

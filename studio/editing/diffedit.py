@@ -122,10 +122,12 @@ class DiffEditSpec:
     # control maps / image prompt (studio.structure) for Stage II, checked by the job; None edits an inversion under
     # its own
     structure: StructureSpec | None = None
+    concepts: tuple[specs.ConceptUse, ...] = ()  # loaded concepts both stages run with (studio.personalize.concepts)
 
     def __post_init__(self) -> None:
         if isinstance(self.structure, dict):  # settings (JSON, PNG chunks) hold it as a dict
             object.__setattr__(self, "structure", StructureSpec(**self.structure))
+        object.__setattr__(self, "concepts", specs.concept_uses(self.concepts))
 
     def validate(self) -> None:
         specs.check_ranges(self, self.RANGES)

@@ -111,11 +111,13 @@ class P2PSpec:
     maps_every: int = 5  # stream attention maps and the blend mask every k steps (and at the last)
     # control maps / image prompt (studio.structure), checked by the job; None edits an inversion under its own
     structure: StructureSpec | None = None
+    concepts: tuple[specs.ConceptUse, ...] = ()  # loaded concepts both images run with (studio.personalize.concepts)
 
     def __post_init__(self) -> None:
         # Settings (JSON) hold the nested tuples as lists and dicts; accept them as such.
         if isinstance(self.structure, dict):
             object.__setattr__(self, "structure", StructureSpec(**self.structure))
+        object.__setattr__(self, "concepts", specs.concept_uses(self.concepts))
         windows = tuple(WordWindow(**w) if isinstance(w, dict) else w for w in self.word_windows)
         degrees = tuple(DegreeWord(**d) if isinstance(d, dict) else d for d in self.degree_words)
         object.__setattr__(self, "word_windows", windows)

@@ -82,10 +82,12 @@ class SDEditSpec:
     keep_size: bool = False  # work at the guide's own size (images.working_size) instead of the model's native one
     preview_every: int = 5
     structure: StructureSpec | None = None  # control maps / image prompt (studio.structure), checked by the job
+    concepts: tuple[specs.ConceptUse, ...] = ()  # loaded concepts the edit runs with (studio.personalize.concepts)
 
     def __post_init__(self) -> None:
         if isinstance(self.structure, dict):  # settings (JSON, PNG chunks) hold it as a dict
             object.__setattr__(self, "structure", StructureSpec(**self.structure))
+        object.__setattr__(self, "concepts", specs.concept_uses(self.concepts))
 
     def validate(self) -> None:
         if self.noise_form not in NOISE_FORMS:

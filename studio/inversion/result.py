@@ -80,10 +80,12 @@ class InversionSpec:
     # control maps / image prompt (studio.structure) the image is inverted and reconstructed under, so that edits
     # under the same control reconstruct it (lllyasviel/ControlNet#359); checked against the loaded controls by the job
     structure: StructureSpec | None = None
+    concepts: tuple[specs.ConceptUse, ...] = ()  # loaded concepts the inversion runs with (studio.personalize.concepts)
 
     def __post_init__(self) -> None:
         if isinstance(self.structure, dict):  # settings (JSON, PNG chunks) hold it as a dict
             object.__setattr__(self, "structure", StructureSpec(**self.structure))
+        object.__setattr__(self, "concepts", specs.concept_uses(self.concepts))
 
     def validate(self) -> None:
         if self.method not in METHODS:
