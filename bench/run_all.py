@@ -4,7 +4,7 @@ work, measured in the same run, with its target.
     python bench/run_all.py [--device cuda] [--only generate,attention] [--summary-only]
 
 Runs bench/generate_vs_diffusers.py, attention_overhead.py, sdedit_vs_img2img.py, diffedit.py, p2p.py,
-inversion.py and sd15_costs.py with their defaults (each writes its own bench/results/<name>.{json,md}), then writes
+inversion.py, sd15_costs.py and personalize.py with their defaults (each writes its own bench/results/<name>.{json,md}), then writes
 bench/results/summary.{json,md} from those JSON files. `--summary-only` rebuilds the summary from the
 results already there (e.g. after running one benchmark alone).
 """
@@ -98,6 +98,13 @@ def _inversion(report: dict) -> list[Line]:
     return lines
 
 
+def _personalize(report: dict) -> list[Line]:
+    return [{"measure": f"{goal['measure']}: training seconds vs the {report['goal_seconds'] // 60}-minute goal",
+             "model": report["model"], "ratio": goal["seconds"] / report["goal_seconds"], "target": 1.0,
+             "detail": f"judged a {goal['word']} in {goal['fidelity']:.0%} of pictures (untrained {goal['base_fidelity']:.0%})"}
+            for goal in report["goal"]]
+
+
 # benchmark script -> (its results files, the summary lines each contributes)
 BENCHMARKS: dict[str, tuple[tuple[str, ...], Callable[[dict], list[Line]]]] = {
     "generate_vs_diffusers": (("generate_vs_diffusers.json",), _generate),
@@ -108,6 +115,7 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], Callable[[dict], list[Line]]]] = {
     "inversion": (("inversion.json",), _inversion),
     # SD 1.5's architecture: the CPU row from run_all, the GPU row from a CUDA machine (--device cuda)
     "sd15_costs": (("sd15_costs_cuda.json", "sd15_costs_cpu.json"), _sd15_costs),
+    "personalize": (("personalize.json",), _personalize),
 }
 
 
