@@ -165,7 +165,13 @@ def test_embeddings_round_trip_diffusers_and_a1111(tmp_path):
     named = read_concept(written[1], token="<my-star>")
     assert named.words == ("<my-star>",) and not named.notes
     assert torch.equal(named.embeddings["<my-star>"], vectors["<my-star>"])
-    check_fits(diffusers_file, tiny_random_pipeline())
+    stock = tiny_random_pipeline()
+    check_fits(diffusers_file, stock)
+    # peer check: diffusers reads one word's A1111 file (its name inside; 2 vectors = 2 tokens); its own loader takes a
+    # learned_embeds file of one word only
+    stock.load_textual_inversion(written[1])
+    ids = stock.tokenizer.convert_tokens_to_ids(["<my-star>", "<my-star>_1"])
+    assert torch.equal(stock.text_encoder.get_input_embeddings().weight[ids].detach(), vectors["<my-star>"])
 
 
 def test_trained_folders_read_back_with_their_record(tmp_path):
@@ -178,16 +184,22 @@ def test_trained_folders_read_back_with_their_record(tmp_path):
     custom = tmp_path / "custom"
     record = {"method": "custom-diffusion", "words": ["<new1>"], "class_word": "shape",
               "base": {"name": "tiny", "fingerprint": fingerprint}, "steps": 12, "stopped": True}
-    write_concept_json(custom, files=write_custom_diffusion(custom, kv, {"<new1>": torch.randn(32)}), **record)
+    write_concept_json(custom, files=write_custom_diffusion(custom, kv, {"<new1>": torch.randn(32)}, unet=pipe.unet), **record)
     weights = load_file(custom / "pytorch_custom_diffusion_weights.safetensors")
     assert all(".processor.to_k_custom_diffusion.weight" in key or ".processor.to_v_custom_diffusion.weight" in key
-               for key in weights)
+               or (key.endswith("attn1.processor") and weights[key].numel() == 0) for key in weights)
     concept = read_concept(custom)
     assert (concept.kind, concept.layout, concept.words) == ("custom-diffusion", "studio folder", ("<new1>",))
     assert concept.base["fingerprint"] == fingerprint and set(concept.embeddings) == {"<new1>"}
     assert concept.parameters.keys() == kv.keys()
     assert all(torch.equal(concept.parameters[name], value) for name, value in kv.items())
     check_fits(concept, pipe)
+    stock = tiny_random_pipeline()  # peer check; diffusers 0.42 installs the processors only when given the pipeline
+    stock.unet.load_attn_procs(custom, weight_name="pytorch_custom_diffusion_weights.safetensors", _pipeline=stock)
+    trained = {f"{name.removesuffix('.processor')}.to_k.weight": processor.to_k_custom_diffusion.weight
+               for name, processor in stock.unet.attn_processors.items() if ".attn2." in name}
+    assert trained.keys() <= kv.keys() and all(torch.equal(value, kv[name]) for name, value in trained.items())
+    assert len(trained) == len(kv) // 2
 
     dreambooth = tmp_path / "dreambooth"
     record.update(method="dreambooth", words=["star"])

@@ -66,8 +66,8 @@ def file_stem(word: str) -> str:
 
 def write_embeddings(folder: Path, embeddings: Mapping[str, torch.Tensor], step: int | None = None) -> list[Path]:
     """Learned word embeddings {word: (n_vectors, dim)} in diffusers' layout (one `learned_embeds.safetensors` for
-    all words, read by `load_textual_inversion`) and A1111's (one `<word>.pt` per word; A1111 names the word after
-    the file)."""
+    all words; diffusers' `load_textual_inversion` reads it when it holds one word) and A1111's (one `<word>.pt` per
+    word, which A1111 names after the file and diffusers' `load_textual_inversion` after its "name")."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {word: _as_vectors(vectors) for word, vectors in embeddings.items()}
     diffusers_path = folder / DIFFUSERS_EMBEDDINGS
@@ -108,15 +108,21 @@ def write_lora(folder: Path, word: str, unet_lora: Mapping[str, torch.Tensor],
 
 
 def write_custom_diffusion(folder: Path, kv_parameters: Mapping[str, torch.Tensor],
-                           embeddings: Mapping[str, torch.Tensor]) -> list[Path]:
+                           embeddings: Mapping[str, torch.Tensor], unet: torch.nn.Module | None = None) -> list[Path]:
     """Custom Diffusion's trained cross-attention projections by UNet parameter name (`<attention>.to_k.weight`) in
     diffusers' layout (`<attention>.processor.to_k_custom_diffusion.weight`, what `unet.load_attn_procs` reads),
-    and its modifier words' embeddings (`learned_embeds.safetensors`)."""
+    and its modifier words' embeddings (`learned_embeds.safetensors`). Given the `unet`, its untrained attention
+    layers are listed too (an empty tensor each), as diffusers' `save_attn_procs` lists them: stock
+    `load_attn_procs` needs a processor for every layer."""
     folder.mkdir(parents=True, exist_ok=True)
     weights = {}
     for name, value in kv_parameters.items():
         module, projection, parameter = _split_projection(name)
         weights[f"{module}.processor.{CUSTOM_DIFFUSION_NAMES[projection]}.{parameter}"] = value.detach().contiguous()
+    trained = {key.split(".processor.", 1)[0] for key in weights}
+    for processor in (unet.attn_processors if unet is not None else {}):
+        if processor.removesuffix(".processor") not in trained:
+            weights[processor] = torch.empty(0)
     weights_path = folder / CUSTOM_DIFFUSION_WEIGHTS
     save_file(weights, weights_path)
     embeddings_path = folder / DIFFUSERS_EMBEDDINGS
@@ -421,9 +427,10 @@ def _lora_parts(path: Path, weights: dict, metadata: dict[str, str]) -> tuple[st
             raise ModelLoadError(f"{path} is a {name} file, which the studio cannot apply (keys such as {_some(marked)})."
                                  " LoRA files in diffusers' or kohya's layout (lora_down / lora_up / alpha) load.")
     kohya = [key for key in weights if KOHYA_LORA_KEY.match(key)]
-    unreadable = [key for key in weights if key not in set(kohya) and not DIFFUSERS_LORA_KEY.match(key)]
-    if unreadable or (kohya and len(kohya) < len(weights)):
-        raise ModelLoadError(f"{path} has keys the studio cannot read as a LoRA: {_some(unreadable or kohya)}.")
+    # one layout per file: in a kohya file every key is kohya's, else every key is one of diffusers' LoRA names
+    unreadable = [key for key in weights if not (key in set(kohya) if kohya else DIFFUSERS_LORA_KEY.match(key))]
+    if unreadable:
+        raise ModelLoadError(f"{path} has keys the studio cannot read as a LoRA: {_some(unreadable)}.")
     if not kohya and not any(key.startswith(tuple(f"{part}." for part in LORA_PARTS)) for key in weights):
         weights = {f"unet.{key}": value for key, value in weights.items()}  # UNet-only attention-processor files
     sgm = any(name in key for key in kohya for name in SGM_BLOCK_NAMES)
@@ -490,6 +497,8 @@ def _custom_diffusion_parameters(path: Path, weights: dict) -> dict[str, torch.T
     by_trained_name = {trained: projection for projection, trained in CUSTOM_DIFFUSION_NAMES.items()}
     parameters = {}
     for key, value in weights.items():
+        if key.endswith(".processor") and value.numel() == 0:  # an untrained layer, listed as save_attn_procs does
+            continue
         match = re.fullmatch(r"(.+)\.processor\.(\w+_custom_diffusion(?:\.0)?)\.(weight|bias)", key)
         if match is None or match.group(2) not in by_trained_name:
             raise ModelLoadError(f"{path} has keys the studio cannot read as Custom Diffusion: {_some([key])}.")
