@@ -55,7 +55,14 @@ def concept_json(engine: Engine, folder: Path, method: str, words: list[str], fi
 
 def lora_folder(engine: Engine, folder: Path, word: str, seed: int, text_encoder: bool = False) -> Path:
     """A rank-2 LoRA of random A and B (peft's init_lora_weights=False) on the UNet's attention projections."""
+    return lora_modules(engine, folder, word, seed, text_encoder)[0]
+
+
+def lora_modules(engine: Engine, folder: Path, word: str, seed: int,
+                 text_encoder: bool = False) -> tuple[Path, torch.nn.Module, torch.nn.Module | None]:
+    """lora_folder, and the UNet (and text encoder) copies whose LoRA layers it holds."""
     torch.manual_seed(seed)
+    encoder = None
     unet = copy.deepcopy(engine.model.unet)
     unet.add_adapter(LoraConfig(r=2, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                                 init_lora_weights=False))
@@ -66,7 +73,7 @@ def lora_folder(engine: Engine, folder: Path, word: str, seed: int, text_encoder
                                           copy.deepcopy(engine.model.text_encoder))
         text_lora = get_peft_model_state_dict(encoder)
     files = write_lora(folder, word, get_peft_model_state_dict(unet), text_lora, alpha=4)
-    return concept_json(engine, folder, "lora", [word], files)
+    return concept_json(engine, folder, "lora", [word], files), unet, encoder
 
 
 def embedding_folder(engine: Engine, folder: Path, word: str, vectors: int = 1) -> Path:
@@ -105,6 +112,26 @@ def test_a_job_without_concepts_is_bit_identical_and_each_use_is_restored(engine
             assert torch.equal(after[name][:vocabulary], value)
         else:
             assert torch.equal(after[name], value), name
+
+
+def test_a_loaded_lora_computes_what_it_was_trained_as(engine, tmp_path):
+    """alpha 4 over rank 2: the resident model under the concept gives the adapted copies' outputs (scale alpha/r kept)."""
+    folder, unet, encoder = lora_modules(engine, tmp_path / "star", "star", seed=1, text_encoder=True)
+    engine.concepts.load(folder)
+    ids = torch.tensor([engine.tokenize("a red star").ids])
+    latents = torch.randn(1, unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def forward(text_encoder, denoiser):
+        with torch.no_grad():
+            hidden = text_encoder(ids)[0]
+            yield hidden, denoiser(latents, 500, encoder_hidden_states=hidden).sample
+
+    hidden, noise = next(engine.concepts.running([ConceptUse("star")], forward(engine.model.text_encoder, engine.model.unet)))
+    expected_hidden, expected_noise = next(forward(encoder, unet))
+    torch.testing.assert_close(hidden, expected_hidden, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(noise, expected_noise, rtol=1e-5, atol=1e-5)
+    base_hidden, _ = next(forward(engine.model.text_encoder, engine.model.unet))  # after the job: the base again
+    assert (base_hidden - hidden).abs().max() > 1e-3
 
 
 def test_two_loras_with_their_own_weights_and_unloading_one(engine, tmp_path):

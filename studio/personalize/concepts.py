@@ -35,13 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.utils.peft_utils import (
-    delete_adapter_layers,
-    get_peft_kwargs,
-    set_adapter_layers,
-    set_weights_and_activate_adapters,
-)
-from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+from diffusers.utils.peft_utils import delete_adapter_layers, set_adapter_layers, set_weights_and_activate_adapters
+from peft import inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
@@ -70,6 +65,7 @@ class ConceptInfo:
     words: tuple[str, ...]
     hash: str
     path: Path
+    notes: tuple[str, ...] = ()  # what the reader wants the user to know ("this file does not store its word: ...")
 
 
 @dataclass
@@ -166,7 +162,7 @@ class ConceptRegistry:
             raise InvalidInputError(f"The word {taken[0]!r} belongs to the loaded concept {owners[taken[0]]!r}: unload "
                                     "it first, or train this concept with another word.")
         info = ConceptInfo(name, concept_file.kind, concept_file.layout, tuple(concept_file.words), concept_file.sha256,
-                           concept_file.path)
+                           concept_file.path, tuple(concept_file.notes))
         with self._hold(None):
             concept = _Concept(info)
             if concept_file.lora:
@@ -204,12 +200,12 @@ class ConceptRegistry:
             raise ModelLoadError(f"{concept_file.path.name}: LoRA keys for {', '.join(sorted(prefixes))}, but "
                                  f"{model.name} has unet, text_encoder{', text_encoder_2' if model.text_encoder_2 else ''}.")
         try:
-            if "unet" in prefixes:
-                StableDiffusionPipeline.load_lora_into_unet(state, concept_file.network_alphas, model.unet,
-                                                            adapter_name=adapter)
+            if "unet" in prefixes:  # rank and alpha per layer travel in the metadata (studio.personalize.files)
+                StableDiffusionPipeline.load_lora_into_unet(state, None, model.unet, adapter_name=adapter,
+                                                            metadata=concept_file.lora_metadata)
             for prefix in ("text_encoder", "text_encoder_2"):
                 if prefix in prefixes:
-                    _load_text_encoder_lora(getattr(model, prefix), prefix, state, concept_file.network_alphas, adapter)
+                    _load_text_encoder_lora(getattr(model, prefix), concept_file, prefix, adapter)
         except (ValueError, KeyError, RuntimeError) as error:
             raise ModelLoadError(f"{concept_file.path.name} does not fit {model.name}'s layers: {error}") from error
         for module in self._lora_modules():
@@ -339,20 +335,17 @@ def _undo_all(undo: list[Callable[[], None]]) -> None:
             step()
 
 
-def _load_text_encoder_lora(encoder: nn.Module, prefix: str, state: Mapping[str, torch.Tensor],
-                            network_alphas: Mapping[str, float] | None, adapter: str) -> None:
-    """A text encoder's LoRA layers (keys `<prefix>.<module>.lora_A.weight`) as a peft adapter. peft's own
-    inject_adapter_in_model, not diffusers' load_lora_into_text_encoder: that calls transformers' load_adapter, which
-    transformers 5 refuses below peft 0.22; the LoraConfig is diffusers' (get_peft_kwargs), as it builds it."""
-    layers = {key.removeprefix(f"{prefix}."): value for key, value in state.items() if key.startswith(f"{prefix}.")}
-    ranks = {key: value.shape[1] for key, value in layers.items() if "lora_B" in key}
-    alphas = {key.removeprefix(f"{prefix}."): alpha for key, alpha in (network_alphas or {}).items()
-              if key.startswith(f"{prefix}.")}
-    config = LoraConfig(**get_peft_kwargs(ranks, alphas, layers, is_unet=False))
+def _load_text_encoder_lora(encoder: nn.Module, concept_file: ConceptFile, part: str, adapter: str) -> None:
+    """A text encoder's LoRA layers as a peft adapter: peft's own inject_adapter_in_model with the file's per-layer
+    ranks and alphas (studio.personalize.files.peft_adapter), not diffusers' load_lora_into_text_encoder, which calls
+    transformers' load_adapter, and transformers 5 refuses that below peft 0.22."""
+    from studio.personalize.files import peft_adapter
+
+    config, layers = peft_adapter(concept_file, part)
     inject_adapter_in_model(config, encoder, adapter_name=adapter)
     loaded = set_peft_model_state_dict(encoder, layers, adapter_name=adapter)
     if unexpected := [key for key in loaded.unexpected_keys if "lora_" in key]:
-        raise ModelLoadError(f"LoRA layers for modules the {prefix} lacks: {', '.join(unexpected[:4])}")
+        raise ModelLoadError(f"LoRA layers for modules the {part} lacks: {', '.join(unexpected[:4])}")
 
 
 def _resolve_parameters(model: LoadedModel, shapes: Mapping[str, torch.Size]) -> dict[str, nn.Parameter]:
