@@ -208,6 +208,21 @@ def test_trained_folders_read_back_with_their_record(tmp_path):
     assert concept.kind == "dreambooth" and concept.parameters.keys() == pipe.unet.state_dict().keys()
     check_fits(concept, pipe)
     assert "trained on tiny" in describe(dreambooth)
+    with pytest.raises(ModelLoadError, match=r"DreamBooth UNet is for tiny \(32-wide cross-attention\); the loaded "
+                                             r"model, SD 1.5, is SD 1.x \(768-wide"):
+        check_fits(concept, meta_base("SD 1.5"))
+
+    lora = tmp_path / "lora"  # a LoRA that added its word to the tokenizer keeps the word's vectors beside it
+    trained = tiny_with_lora()
+    written = write_lora(lora, "<sks>", get_peft_model_state_dict(trained.unet), alpha=ALPHA)
+    written += write_embeddings(lora, {"<sks>": torch.randn(1, 32)}, step=12)
+    record.update(method="lora", words=["<sks>"])
+    write_concept_json(lora, files=written, **record)
+    concept = read_concept(lora)
+    assert (concept.kind, concept.layout, concept.words, set(concept.embeddings)) == ("lora", "studio folder",
+                                                                                      ("<sks>",), {"<sks>"})
+    assert concept.lora and concept.lora_metadata["unet.lora_alpha"] == ALPHA
+    check_fits(concept, pipe)
 
 
 # ----- files users have, on full-size architectures ----------------------------------------------------------------

@@ -236,6 +236,9 @@ SGM_UNET_CONFIG = SimpleNamespace(layers_per_block=2)
 # Cross-attention width → model family (SDXL's is its two text encoders' 768 + 1280)
 FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 KEYS_NAMED = 4  # how many keys a refusal names
+# A folder's file of each kind, in diffusers' names (safetensors first)
+FOLDER_FILES = {"lora": (DIFFUSERS_LORA, "pytorch_lora_weights.bin"),
+                "embedding": (DIFFUSERS_EMBEDDINGS, "learned_embeds.bin")}
 
 
 @dataclass(frozen=True)
@@ -290,7 +293,10 @@ def check_fits(concept: ConceptFile, model) -> None:
     model_width = model.unet.config.cross_attention_dim
     width = _concept_width(concept)
     if width is not None and width != model_width:
-        raise ModelLoadError(f"{concept.path.name}: this {what} is for {_family(width)}; the loaded model, {model.name},"
+        made_for = _family(width)
+        if width not in FAMILIES and concept.base and concept.base.get("name"):  # a studio folder knows its base
+            made_for = f"{concept.base['name']} ({width}-wide cross-attention)"
+        raise ModelLoadError(f"{concept.path.name}: this {what} is for {made_for}; the loaded model, {model.name},"
                              f" is {_family(model_width)}. Load a {what} made for {model.name}'s family.")
     examples = "; ".join(differences[:KEYS_NAMED])
     raise ModelLoadError(f"{concept.path.name}: this {what} does not fit {model.name} ({_family(model_width)}): "
@@ -511,22 +517,19 @@ def _read_folder(folder: Path, token: str | None) -> ConceptFile:
     """A studio trained folder (concept.json names its method and words) or a folder of diffusers' files."""
     record = _concept_record(folder)
     method = record.get("method") if record else None
+    wanted = KIND_OF_METHOD.get(method)
     read: list[Path] = []
     parts: dict[str, Any] = {}
-    if (folder / "unet").is_dir() and method in (None, "dreambooth"):
+    if (folder / "unet").is_dir() and wanted in (None, "dreambooth"):
         parts = {"kind": "dreambooth", "layout": "diffusers folder", "words": (),
                  "parameters": _model_folder_weights(folder, read)}
-    elif (folder / CUSTOM_DIFFUSION_WEIGHTS).is_file() and method in (None, "custom-diffusion"):
+    elif (folder / CUSTOM_DIFFUSION_WEIGHTS).is_file() and wanted in (None, "custom-diffusion"):
         weights, _ = _read_weights(folder / CUSTOM_DIFFUSION_WEIGHTS)
         read.append(folder / CUSTOM_DIFFUSION_WEIGHTS)
         parts = {"kind": "custom-diffusion", "layout": "diffusers", "words": (),
                  "parameters": _custom_diffusion_parameters(folder / CUSTOM_DIFFUSION_WEIGHTS, weights)}
-        if (folder / DIFFUSERS_EMBEDDINGS).is_file():
-            words = read_concept(folder / DIFFUSERS_EMBEDDINGS)
-            read.append(folder / DIFFUSERS_EMBEDDINGS)
-            parts.update(words=words.words, embeddings=words.embeddings)
     else:
-        for name in (DIFFUSERS_LORA, DIFFUSERS_EMBEDDINGS, "learned_embeds.bin", "pytorch_lora_weights.bin"):
+        for name in (name for kind, names in FOLDER_FILES.items() if wanted in (None, kind) for name in names):
             if (folder / name).is_file():
                 single = read_concept(folder / name, token)
                 read.append(folder / name)
@@ -534,6 +537,12 @@ def _read_folder(folder: Path, token: str | None) -> ConceptFile:
                                                                "lora", "network_alphas", "lora_metadata", "parameters",
                                                                "notes")}
                 break
+    embeddings_path = next((folder / name for name in FOLDER_FILES["embedding"] if (folder / name).is_file()), None)
+    if parts and parts["kind"] != "embedding" and embeddings_path is not None:
+        # the words a LoRA, DreamBooth or Custom Diffusion training added to the tokenizer, with their vectors
+        added = read_concept(embeddings_path)
+        read.append(embeddings_path)
+        parts.update(words=added.words, embeddings=added.embeddings, embeddings_2=added.embeddings_2)
     if not parts:
         raise ModelLoadError(f"{folder} holds no concept the studio can read: a trained folder has concept.json, or a "
                              f"folder holds {DIFFUSERS_LORA}, {DIFFUSERS_EMBEDDINGS}, {CUSTOM_DIFFUSION_WEIGHTS} or unet/.")
