@@ -35,7 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.utils.peft_utils import delete_adapter_layers, set_adapter_layers, set_weights_and_activate_adapters
+from diffusers.utils.peft_utils import (
+    delete_adapter_layers,
+    recurse_remove_peft_layers,
+    set_adapter_layers,
+    set_weights_and_activate_adapters,
+)
 from peft import inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
@@ -178,14 +183,21 @@ class ConceptRegistry:
         return info
 
     def unload(self, name: str) -> None:
-        """Remove a concept: its LoRA adapter is deleted, its weights dropped (its tokens stay in the tokenizer with
-        zero rows, unused: the tokenizer cannot forget a token; the same word loaded again reuses them)."""
+        """Remove a concept: its LoRA adapter is deleted (the last one's peft layers too, giving back the plain
+        modules), its weights dropped (its tokens stay in the tokenizer with zero rows, unused: the tokenizer cannot
+        forget a token; the same word loaded again reuses them)."""
         concept = self._concept(name)
         with self._hold(None):
             if concept.adapter is not None:
                 for module in self._lora_modules():
                     if _has_adapter(module, concept.adapter):
                         delete_adapter_layers(module, concept.adapter)
+                        getattr(module, "peft_config", {}).pop(concept.adapter, None)  # peft's own injection keeps it
+                    if _has_lora_layers(module) and not any(_has_adapter(module, c.adapter) for c in self._concepts.values()
+                                                            if c.adapter is not None and c is not concept):
+                        recurse_remove_peft_layers(module)
+                        if hasattr(module, "peft_config"):
+                            del module.peft_config
             del self._concepts[name]
 
     def _load_lora(self, concept_file: ConceptFile) -> str:
