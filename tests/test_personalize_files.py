@@ -250,7 +250,7 @@ def test_users_lora_layouts_read_for_full_size_architectures(tmp_path, arch):
         for key, value in diffusers_layout.items():
             assert torch.equal(concept.lora[key], value), (layout, key)
         check_fits(concept, base)
-        assert f"for {files._family(base.unet.config.cross_attention_dim)}" in describe(path)
+        assert f"made for {files._family(base.unet.config.cross_attention_dim)}" in describe(path)
         expected_alpha = float(RANK) if layout == "diffusers" else ALPHA  # no alpha stored: diffusers assumes rank
         assert set(concept.network_alphas.values()) == {expected_alpha}
 

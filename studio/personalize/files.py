@@ -90,9 +90,10 @@ def write_lora(folder: Path, word: str, unet_lora: Mapping[str, torch.Tensor],
     folder.mkdir(parents=True, exist_ok=True)
     unet_lora = _detached(unet_lora)
     text_encoder_lora = _detached(text_encoder_lora) if text_encoder_lora else None
+    unet_metadata = _lora_metadata(unet_lora, alpha)
     StableDiffusionPipeline.save_lora_weights(
         folder, unet_lora_layers=unet_lora, text_encoder_lora_layers=text_encoder_lora, weight_name=DIFFUSERS_LORA,
-        unet_lora_adapter_metadata=_lora_metadata(unet_lora, alpha),
+        unet_lora_adapter_metadata=unet_metadata,
         text_encoder_lora_adapter_metadata=_lora_metadata(text_encoder_lora, alpha) if text_encoder_lora else None)
     prefixed = {f"unet.{key}": value for key, value in unet_lora.items()}
     # kohya names CLIP's layers from its `text_model.` root, which transformers 5's CLIPTextModel no longer has
@@ -103,7 +104,7 @@ def write_lora(folder: Path, word: str, unet_lora: Mapping[str, torch.Tensor],
         kohya[key] = torch.tensor(float(alpha)) if key.endswith(".alpha") else value.contiguous()
     kohya_path = folder / f"{file_stem(word)}{KOHYA_LORA_SUFFIX}"
     save_file(kohya, kohya_path, metadata={"ss_network_module": "networks.lora", "ss_network_alpha": str(alpha),
-                                           "ss_network_dim": str(_lora_rank(unet_lora))})
+                                           "ss_network_dim": str(unet_metadata["r"])})
     return [folder / DIFFUSERS_LORA, kohya_path]
 
 
@@ -190,17 +191,10 @@ def _detached(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
 
 
-def _lora_rank(lora: Mapping[str, torch.Tensor]) -> int:
-    ranks = {value.shape[0] for key, value in lora.items() if key.endswith("lora_A.weight")}
-    if len(ranks) != 1:
-        raise ValueError(f"LoRA layers must share one rank to be saved; these have ranks {sorted(ranks)}")
-    return ranks.pop()
-
-
 def _lora_metadata(lora: Mapping[str, torch.Tensor], alpha: float) -> dict[str, Any]:
     """peft LoraConfig fields diffusers rebuilds the adapter from on load (else it assumes alpha = rank)."""
-    modules = sorted({key.rsplit(".lora_", 1)[0] for key in lora})
-    return {"r": _lora_rank(lora), "lora_alpha": alpha, "target_modules": modules}
+    prefixed = {f"part.{key}": value for key, value in lora.items()}
+    return _lora_config_fields(prefixed, {key.rsplit(".lora_", 1)[0]: alpha for key in prefixed}, "part")
 
 
 def _with_text_model_root(key: str) -> str:
@@ -325,7 +319,7 @@ def describe(path: Path, token: str | None = None) -> str:
         lines.append(f"replaces {len(concept.parameters)} weights ({numbers:,} numbers)")
     width = _concept_width(concept)
     if width is not None:
-        lines.append(f"for {_family(width)}")
+        lines.append(f"made for {_family(width)}")
     if concept.base:
         lines.append(f"trained on {concept.base.get('name')} (fingerprint {concept.base.get('fingerprint')})")
     return "\n".join([*lines, *concept.notes])
