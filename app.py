@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from studio.model_options import add_model_options, open_engine
-from studio.ui import diffedit, generate, history, inversion, p2p, parts, sdedit, send, stream, structure
+from studio.ui import (diffedit, generate, history, inversion, p2p, parts, personalize, sdedit, send, session_concepts,
+                       stream, structure)
 
 if TYPE_CHECKING:
     from studio.engine import Engine  # torch: imported at run time only by main()
@@ -24,8 +26,9 @@ QUEUE_MAX_SIZE = 16  # jobs waiting beyond this are refused with "queue full" in
 MAX_FILE_SIZE = "20mb"  # uploads (settings PNGs) are small
 
 
-def build_app(engine: Engine) -> gr.Blocks:
-    """The Blocks app for a loaded engine, queued (one model job at a time), not launched."""
+def build_app(engine: Engine, concepts_dir: Path = personalize.CONCEPTS_DIR) -> gr.Blocks:
+    """The Blocks app for a loaded engine, queued (one model job at a time), not launched; training writes each
+    run's concept files into a folder of its own under `concepts_dir`."""
     # Cached uploads and outputs are deleted after an hour (checked hourly).
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\nGenerate, invert and edit images with a diffusion model you can watch and steer. "
@@ -43,11 +46,14 @@ def build_app(engine: Engine) -> gr.Blocks:
                 diffediting = diffedit.DiffEditTab(engine, inversion_state=inverted.inversion_state)
             with gr.Tab("Prompt-to-Prompt", id="p2p"):
                 p2p_editing = p2p.P2PTab(engine, inversion_state=inverted.inversion_state)
+            with gr.Tab("Personalize", id="personalize"):
+                personalize.PersonalizeTab(engine, concepts_dir=concepts_dir)
             with gr.Tab("History", id="history") as history_page:
                 past = history.HistoryTab(engine)
         past.wire_page(history_page)
         send.connect(tabs, [generating, structuring, inverted, sdediting, diffediting, p2p_editing, past])
         demo.unload(history.forget_session)
+        demo.unload(session_concepts.session_forgetter(engine))
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
     return demo
 
@@ -77,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for every interface)")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument("--concepts-dir", type=Path, default=personalize.CONCEPTS_DIR,
+                        help="where the Personalize tab writes what it trains (a folder per run)")
     return parser.parse_args(argv)
 
 
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     except ModelLoadError as error:
         raise SystemExit(f"error: {error}") from error
     logging.getLogger("app").info("model %s on %s", engine.model_name, engine.device)
-    demo = build_app(engine)
+    demo = build_app(engine, concepts_dir=args.concepts_dir)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_settings())
 
 

@@ -13,6 +13,7 @@ prompts x 2 images, studio.shapes.judge): at 128 px 8 of 8 images show the one o
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,15 +66,16 @@ def model_limits(model_name: str, tokenizer: PreTrainedTokenizerBase, native_siz
     )
 
 
-def prompt_warnings(limits: ModelLimits, prompt: str) -> list[str]:
-    """Plain-words warnings for the words of `prompt` the model knows but was never trained to draw, once each.
+def prompt_warnings(limits: ModelLimits, prompt: str, taught: Collection[str] = ()) -> list[str]:
+    """Plain-words warnings for the words of `prompt` the model knows but was never trained to draw, once each;
+    `taught`: the words a concept the job uses teaches it (a trained star is no warning).
     Give the prompt as the tokenizer reads it (after any (word:1.3) weight syntax is taken out).
     (shapes-sd draws "a big red star on a blue background" as a red square in 4 of 4 seeds.)"""
     return [
         f'"{word}" is in {limits.model_name}\'s vocabulary but was never drawn in its training '
         f"({limits.reserved_words[word]}): expect another shape or none."
         for word in dict.fromkeys(word.lower() for word in prompt_words(prompt))
-        if word in limits.reserved_words
+        if word in limits.reserved_words and word not in taught
     ]
 
 

@@ -25,7 +25,7 @@ def launched_app(engine, temp_dir: Path) -> Iterator[str]:
     os.environ["GRADIO_TEMP_DIR"] = str(temp_dir)  # uploads and outputs land here, not in /tmp/gradio
     import app
 
-    demo = app.build_app(engine)
+    demo = app.build_app(engine, concepts_dir=temp_dir / "concepts")  # what the Personalize tab trains
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_settings())
     try:

@@ -67,6 +67,7 @@ from studio.ui.parts import (
     warn_about_limits,
     with_inversion,
 )
+from studio.ui.session_concepts import personalized
 from studio.ui.stream import (
     JOB_EVENT,
     KEYS_HELP,
@@ -298,8 +299,8 @@ class DiffEditTab(Tab):
 
         def start(cancel: CancelToken) -> Iterator[Event]:
             inversion = chosen_inversion(values, NO_INVERSION)
-            spec = spec_from_values(values, inversion)
-            warn_about_limits(self.engine, [spec.source_prompt, spec.target_prompt])  # uploads are resized
+            spec = personalized(spec_from_values(values, inversion), request)
+            warn_about_limits(self.engine, [spec.source_prompt, spec.target_prompt], concepts=spec.concepts)  # uploads are resized
             run["preview_settings"] = run_settings(spec)
             return self.engine.diffedit_mask(spec, None if inversion is not None else values.get("image"), inversion,
                                              cancel)
@@ -326,8 +327,8 @@ class DiffEditTab(Tab):
 
         def start(cancel: CancelToken) -> Iterator[Event]:
             inversion = chosen_inversion(values, NO_INVERSION)
-            spec = spec_from_values(values, inversion)
-            warn_about_limits(self.engine, [spec.source_prompt, spec.target_prompt])  # uploads are resized
+            spec = personalized(spec_from_values(values, inversion), request)
+            warn_about_limits(self.engine, [spec.source_prompt, spec.target_prompt], concepts=spec.concepts)  # uploads are resized
             mask, background = edited_mask(values.get("mask"))
             # A touched-up mask belongs to the image on the editor (the one Stage I worked on, at its size).
             picture = background if mask is not None and inversion is None else values.get("image")

@@ -78,6 +78,7 @@ from studio.ui.parts import (
     tagged,
     warn_about_limits,
 )
+from studio.ui.session_concepts import personalized
 from studio.ui.stream import (
     JOB_EVENT,
     KEYS_HELP,
@@ -652,11 +653,11 @@ class GenerateTab(Tab):
             nonlocal shown
             spec, rows = spec_and_rows(values)
             # the seed is drawn here, not in the engine, so a stopped run's partial images know theirs
-            spec = replace(spec, seed=resolve_seed(spec.seed, span=spec.batch_size))
+            spec = personalized(replace(spec, seed=resolve_seed(spec.seed, span=spec.batch_size)), request)
             size = spec.size_on(int(self.engine.native_size))
             images, notes = row_images(values, spec.structure, rows, size)
             warn_about_limits(self.engine, [spec.prompt, spec.negative_prompt, *(c.prompt for c in spec.conditions)],
-                              size=size)
+                              size=size, concepts=spec.concepts)
             for note in notes:
                 gr.Info(note)
             shown = Shown(run_settings(spec, str(self.engine.model_name), int(self.engine.native_size)),

@@ -35,6 +35,7 @@ from studio.plots import line_chart
 from studio.ui.form import Field, number, saved, slider, spec_values, text, textbox
 from studio.ui.parts import (DOWNLOADS, Sendable, Tab, downloads_box, instant, load_settings_box, model_line,
                              model_panel, rgb, send_row, settings_view, tagged, warn_about_limits)
+from studio.ui.session_concepts import personalized
 from studio.ui.stream import (JOB_EVENT, KEYS_HELP, Outputs, progress_html, run_and_stop, status_box, stop_button,
                               stream_job)
 from studio.ui.structure_panel import StructurePanel
@@ -349,8 +350,8 @@ class InversionTab(Tab):
             runs = specs_from_values(values)
             image = load_upload(values.get("upload"))
             structure, images = self.structure_panel.structure(values, rgb(image), int(self.engine.native_size))
-            shown.runs.extend(replace(spec, structure=structure) for spec in runs)
-            warn_about_limits(self.engine, [shown.runs[0].prompt])  # the upload is prepared to the model's size
+            shown.runs.extend(personalized(replace(spec, structure=structure), request) for spec in runs)
+            warn_about_limits(self.engine, [shown.runs[0].prompt], concepts=shown.runs[0].concepts)  # the upload is prepared to the model's size
             # every method's input is checked here, before the first one starts
             return run_progress([self.engine.invert(spec, image, structure_images=images, cancel=cancel)
                                  for spec in shown.runs])

@@ -50,6 +50,7 @@ from studio.ui.form import (Field, number, optional_whole, saved, seed_from_form
 from studio.ui.parts import (DIFFERENCE_GAIN, DOWNLOADS, Sendable, Tab, chosen_inversion, compare_view, difference,
                              downloads_box, instant, load_settings_box, mask_from_map, mask_row, model_panel, send_row,
                              settings_view, table_rows, tagged, warn_about_limits, with_inversion)
+from studio.ui.session_concepts import personalized
 from studio.ui.stream import (JOB_EVENT, KEYS_HELP, Outputs, done_html, run_and_stop, status_box, stop_button,
                               stream_job)
 from studio.ui.structure_panel import StructurePanel
@@ -429,10 +430,11 @@ class P2PTab(Tab):
             image = None if shown.inversion is None else np.asarray(shown.inversion.image.convert("RGB"))
             # no rows: an inversion made under structure edits under its own (the engine's rule)
             structure, images = self.structure_panel.structure(values, image, int(self.engine.native_size))
-            shown.spec = replace(shown.spec, structure=structure)
+            shown.spec = personalized(replace(shown.spec, structure=structure), request)
             shown.settings = run_settings(self.engine, shown.spec, shown.inversion)
             size = None if shown.inversion is not None else (shown.spec.size or self.engine.native_size,) * 2
-            warn_about_limits(self.engine, [shown.spec.source_prompt, shown.spec.target_prompt], size)
+            warn_about_limits(self.engine, [shown.spec.source_prompt, shown.spec.target_prompt], size,
+                              concepts=shown.spec.concepts)
             # checks input, no model work yet
             return self.engine.p2p(shown.spec, shown.inversion, structure_images=images, cancel=cancel)
 

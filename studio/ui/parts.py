@@ -31,13 +31,14 @@ if TYPE_CHECKING:
 
     from studio.engine import Engine
     from studio.inversion import Inversion
+    from studio.specs import ConceptUse
 
 
 # tab id -> its title (the ids app.py gives the tabs)
 TAB_TITLES = {"generate": "Generate", "structure": "Structure", "inversion": "Inversion", "sdedit": "SDEdit",
-              "diffedit": "DiffEdit", "p2p": "Prompt-to-Prompt", "history": "History"}
+              "diffedit": "DiffEdit", "p2p": "Prompt-to-Prompt", "personalize": "Personalize", "history": "History"}
 JOB_TABS = {"generate": "generate", "invert": "inversion", "sdedit": "sdedit", "diffedit_mask": "diffedit",
-            "diffedit": "diffedit", "p2p": "p2p"}  # a settings record's "job" -> the tab whose form it restores
+            "diffedit": "diffedit", "p2p": "p2p", "personalize": "personalize"}  # a settings record's "job" -> the tab whose form it restores
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,13 @@ def model_panel(engine: Engine, elem_id: str) -> None:
                 gr.Markdown(limits.card_text, elem_id=f"{elem_id}-card")
 
 
-def warn_about_limits(engine: Engine, prompts: Sequence[str], size: tuple[int, int] | None = None) -> None:
-    """gr.Warning for what the model was never trained to draw: reserved words in `prompts`, an off-native size."""
+def warn_about_limits(engine: Engine, prompts: Sequence[str], size: tuple[int, int] | None = None,
+                      concepts: Sequence[ConceptUse] = ()) -> None:
+    """gr.Warning for what the model was never trained to draw: reserved words in `prompts` (less the words the job's
+    `concepts` teach it), an off-native size."""
     limits = engine.model_limits
-    found = [warning for prompt in prompts for warning in model_limits.prompt_warnings(limits, prompt or "")]
+    taught = {word for use in concepts for word in engine.concepts.info(use.name).words}
+    found = [warning for prompt in prompts for warning in model_limits.prompt_warnings(limits, prompt or "", taught)]
     if size is not None and (warning := model_limits.size_warning(limits, *size)):
         found.append(warning)
     for warning in dict.fromkeys(found):

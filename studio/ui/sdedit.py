@@ -57,6 +57,7 @@ from studio.ui.parts import (
     tagged,
     warn_about_limits,
 )
+from studio.ui.session_concepts import personalized
 from studio.ui.stream import (
     JOB_EVENT,
     KEYS_HELP,
@@ -356,8 +357,8 @@ class SDEditTab(Tab):
             spec, native = spec_from_values(values), int(self.engine.native_size)
             guide, mask, original = canvas_inputs(values.get("canvas"), native)
             structure, images = self.structure_panel.structure(values, guide, native)  # the rows read the guide
-            spec = dataclasses.replace(spec, structure=structure)
-            warn_about_limits(self.engine, [spec.prompt])  # the guide is prepared to the model's size
+            spec = personalized(dataclasses.replace(spec, structure=structure), request)
+            warn_about_limits(self.engine, [spec.prompt], concepts=spec.concepts)  # the guide is prepared to the model's size
             # the result's record is only known at the end: previews carry the spec (what a Load settings needs)
             run.update(guide=guide, preview_settings={**dataclasses.asdict(spec), "job": "sdedit"})
             return self.engine.sdedit(spec, guide, mask=mask, original=original, structure_images=images,

@@ -58,6 +58,7 @@ from studio.ui.parts import (
     warn_about_limits,
 )
 from studio.ui.sdedit import BRUSH_COLOURS, STROKE_EXAMPLES, canvas_inputs
+from studio.ui.session_concepts import personalized
 from studio.ui.stream import (
     JOB_EVENT,
     KEYS_HELP,
@@ -297,8 +298,8 @@ class StructureTab(GenerateTab):
         def start(cancel: CancelToken) -> Iterator[Event]:
             nonlocal shown
             spec, images = structure_run(values, native)
-            spec = replace(spec, seed=resolve_seed(spec.seed, span=spec.batch_size))  # partial images know their seed
-            warn_about_limits(self.engine, [spec.prompt, spec.negative_prompt])
+            spec = personalized(replace(spec, seed=resolve_seed(spec.seed, span=spec.batch_size)), request)  # partial images know their seed
+            warn_about_limits(self.engine, [spec.prompt, spec.negative_prompt], concepts=spec.concepts)
             shown = Shown(run_settings(spec, str(self.engine.model_name), native), image=_blank(spec, native))
             return self.engine.generate(spec, structure_images=images, cancel=cancel)
 
