@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -93,6 +94,31 @@ class NullTextLoss:
     step: int  # outer steps done, 1..total
     total: int
     losses: list[float]  # L_rec at each inner iteration of this step (the last one is where it stopped)
+
+
+@dataclass(frozen=True)
+class TrainingLoss:
+    """A personalization run's loss after optimiser step `step` (1..), for the live loss plot."""
+
+    step: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class TrainingSamples:
+    """Preview samples of a personalization run after `step` steps: the same prompts and seeds every time."""
+
+    step: int
+    images: list[Image.Image]
+    prompts: list[str]
+
+
+@dataclass(frozen=True)
+class TrainingCheckpoint:
+    """The concept's files were written to `folder` after `step` steps (loadable as they are)."""
+
+    step: int
+    folder: Path
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +224,22 @@ class InversionResult(Result):
     inversion_seconds: float = 0.0
 
 
-Event = Progress | Notice | Preview | AttentionMaps | EditAttentionMaps | Mask | NullTextLoss | Result
+@dataclass(frozen=True)
+class PersonalizeResult(Result):
+    """A finished personalization run: images = the last preview samples; the trained concept's folder and files."""
+
+    folder: Path | None = None
+    files: list[Path] = field(default_factory=list)
+    method: str = ""
+    words: tuple[str, ...] = ()
+    steps: int = 0
+    seconds: float = 0.0
+    peak_memory_bytes: int = 0  # the device's peak allocation (CUDA), or the process's peak resident memory (CPU)
+    final_loss: float = float("nan")
+
+
+Event = (Progress | Notice | Preview | AttentionMaps | EditAttentionMaps | Mask | NullTextLoss | TrainingLoss | TrainingSamples
+         | TrainingCheckpoint | Result)
 
 
 class CancelToken:
