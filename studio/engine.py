@@ -109,12 +109,12 @@ class Engine:
         return []
 
     def personalize(self, spec: PersonalizeSpec, images: Sequence[ImageInput], out: Path,
-                    cancel: CancelToken | None = None) -> Iterator[Event]:
+                    cancel: CancelToken | None = None, second_images: Sequence[ImageInput] = ()) -> Iterator[Event]:
         """Teach the model a concept from a few images (studio.personalize.job); the files land in `out`, loadable
         with `concepts.load(out)`."""
         from studio.personalize.job import personalize  # training pulls in accelerate: only when asked
 
-        return personalize(self, spec, images, out, cancel)
+        return personalize(self, spec, images, out, cancel, second_images)
 
     def p2p(self, spec: P2PSpec, inversion: Inversion | None = None, structure_images: StructureImages | None = None,
             cancel: CancelToken | None = None) -> Iterator[Event]:
