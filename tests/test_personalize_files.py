@@ -309,6 +309,14 @@ def test_users_custom_diffusion_file_for_sd15(tmp_path):
     with pytest.raises(ModelLoadError, match=r"Custom Diffusion concept is for SD 1.x .* the loaded model, SD 2.1"):
         check_fits(concept, meta_base("SD 2.1"))
 
+    # as diffusers' Custom Diffusion script saves two concepts: one file per modifier word, no learned_embeds
+    (tmp_path / "learned_embeds.safetensors").unlink()
+    torch.save({"<new1>": torch.randn(1, 768)}, tmp_path / "<new1>.bin")
+    save_file({"<new2>": torch.randn(1, 768)}, tmp_path / "<new2>.safetensors")
+    concept = read_concept(tmp_path)
+    assert concept.words == ("<new1>", "<new2>") and set(concept.embeddings) == {"<new1>", "<new2>"}
+    check_fits(concept, sd15)
+
 
 # ----- what the studio cannot read: refused naming what it found ---------------------------------------------------
 

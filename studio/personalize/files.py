@@ -531,12 +531,16 @@ def _read_folder(folder: Path, token: str | None) -> ConceptFile:
                                                                "lora", "network_alphas", "lora_metadata", "parameters",
                                                                "notes")}
                 break
-    embeddings_path = next((folder / name for name in FOLDER_FILES["embedding"] if (folder / name).is_file()), None)
-    if parts and parts["kind"] != "embedding" and embeddings_path is not None:
-        # the words a LoRA, DreamBooth or Custom Diffusion training added to the tokenizer, with their vectors
-        added = read_concept(embeddings_path)
-        read.append(embeddings_path)
-        parts.update(words=added.words, embeddings=added.embeddings, embeddings_2=added.embeddings_2)
+    if parts and parts["kind"] != "embedding":
+        # the words a LoRA, DreamBooth or Custom Diffusion training added to the tokenizer, with their vectors: the
+        # studio's learned_embeds, or one file per modifier word (diffusers' Custom Diffusion script: `<new1>.bin`)
+        word_files = [folder / name for name in FOLDER_FILES["embedding"] if (folder / name).is_file()][:1] or \
+            sorted(path for path in folder.glob("<*>.*") if path.suffix in (".safetensors", ".bin"))
+        for path in word_files:
+            added = read_concept(path)
+            read.append(path)
+            parts.update(words=(*parts["words"], *added.words), embeddings={**parts.get("embeddings", {}),
+                                                                            **added.embeddings})
     if not parts:
         raise ModelLoadError(f"{folder} holds no concept the studio can read: a trained folder has concept.json, or a "
                              f"folder holds {DIFFUSERS_LORA}, {DIFFUSERS_EMBEDDINGS}, {CUSTOM_DIFFUSION_WEIGHTS} or unet/.")
