@@ -55,8 +55,8 @@ if TYPE_CHECKING:
     from studio.engine import Engine
     from studio.personalize.files import ConceptFile
 
-# ConceptFile.lora key prefixes (diffusers' lora_state_dict) -> the LoadedModel module they adapt
-_LORA_MODULES = {"unet": "unet", "text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2"}
+# ConceptFile.lora key prefixes: the LoadedModel parts a LoRA adapts
+LORA_PARTS = ("unet", "text_encoder", "text_encoder_2")
 
 
 @dataclass(frozen=True)
@@ -206,9 +206,8 @@ class ConceptRegistry:
         adapter = f"concept_{self._adapters}"  # peft names become module keys: the user's name may hold dots
         state = concept_file.lora
         prefixes = {key.split(".", 1)[0] for key in state}
-        unknown = prefixes - set(_LORA_MODULES)
         model = self._model
-        if unknown or any(getattr(model, _LORA_MODULES[p]) is None for p in prefixes):
+        if not prefixes <= set(LORA_PARTS) or any(getattr(model, part) is None for part in prefixes):
             raise ModelLoadError(f"{concept_file.path.name}: LoRA keys for {', '.join(sorted(prefixes))}, but "
                                  f"{model.name} has unet, text_encoder{', text_encoder_2' if model.text_encoder_2 else ''}.")
         try:
