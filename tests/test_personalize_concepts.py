@@ -269,3 +269,34 @@ def test_bad_concept_uses_are_refused_with_a_message(engine, tmp_path):
         engine.concepts.load(embedding_folder(engine, tmp_path / "other", "<other>"), name="star")
     with pytest.raises(InvalidInputError, match="belongs to the loaded concept 'star'"):
         engine.concepts.load(embedding_folder(engine, tmp_path / "star-embedding", "star"), name="star-embedding")
+
+
+def test_sdxl_embeddings_fill_both_text_encoders_and_a_lora_loads(tmp_path):
+    """SDXL's embedding files hold clip_l's and clip_g's vectors; both encoders' rows are written for the job only."""
+    from safetensors.torch import save_file
+    from test_sdxl import TINY_SDXL
+
+    from studio.architectures import random_pipeline
+
+    folder = tmp_path / "tiny-sdxl"
+    random_pipeline(TINY_SDXL, seed=0).save_pretrained(folder)
+    engine = Engine(str(folder), device="cpu")
+    prompt = "a photograph of an astronaut"
+    before = generate(engine, prompt)
+    widths = [encoder.get_input_embeddings().weight.shape[1]
+              for encoder in (engine.model.text_encoder, engine.model.text_encoder_2)]
+    generator = torch.Generator().manual_seed(1)
+    save_file({"clip_l": torch.randn(2, widths[0], generator=generator),
+               "clip_g": torch.randn(2, widths[1], generator=generator)}, tmp_path / "xl-word.safetensors")
+    info = engine.concepts.load(tmp_path / "xl-word.safetensors", token="<xl>")
+    assert (info.kind, info.words) == ("embedding", ("<xl>",))
+    tokens = engine.tokenize("a photograph of <xl>")
+    assert tokens.words[-1] == "<xl>" and len(tokens.word_tokens[-1]) == 2  # two vectors, one word
+    assert tokens.ids[1:6] == tokens.ids_2[1:6]  # the same new tokens in both tokenizers
+    used = generate(engine, "a photograph of <xl>", concepts=[ConceptUse("<xl>")])
+    with pytest.raises(InvalidInputError, match="'<xl>' is the word of concept '<xl>'"):
+        generate(engine, "a photograph of <xl>")
+    engine.concepts.load(lora_folder(engine, tmp_path / "lora", "<xl-lora>", seed=3))
+    assert np.abs(generate(engine, prompt, concepts=[ConceptUse("<xl-lora>")]) - before).max() > 1e-4
+    assert np.array_equal(generate(engine, prompt), before)
+    assert used.shape == before.shape
