@@ -59,8 +59,11 @@ def test_a_training_streams_its_loss_and_samples_and_its_files_join_the_session(
 
 def test_the_new_word_works_in_generate_for_its_session_only(tabs, trained):
     _, generating = tabs
-    used = finished(generating.run(session("artist"), **GENERATE))[generating.settings]
+    shown = finished(generating.run(session("artist"), **GENERATE))
+    used = shown[generating.settings]
     assert [(c["name"], c["kind"], c["scale"]) for c in used["concepts"]] == [("star", "embedding", 1.0)]
+    with pytest.warns(UserWarning, match=r"made with star \(embedding [0-9a-f]{16}, scale 1.0\): load the same files"):
+        generating.read_settings(shown[generating.downloads][0])  # Load settings says which weights it needs
     # another browser session never loaded it: its word belongs to a concept that session does not use
     with pytest.raises(gr.Error, match="star"):
         finished(generating.run(session("visitor"), **GENERATE))

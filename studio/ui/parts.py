@@ -109,6 +109,10 @@ class Tab:
         if made_by != self.name and made_by not in self.restores_records_of:
             gr.Warning(f"This PNG was made in the {TAB_TITLES[made_by]} tab: only the settings the two tabs share are "
                        f"restored here. Load it in {TAB_TITLES[made_by]} for all of them.")
+        if concepts := record.get("concepts"):  # weights, not settings: the session's concepts decide
+            named = ", ".join(f"{c.get('name')} ({c.get('kind', 'concept')} {c.get('hash', '')}, scale {c.get('scale')})"
+                              for c in concepts)
+            gr.Warning(f"This PNG was made with {named}: load the same files in the Personalize tab to make it again.")
         return self.form.restore(record)
 
 
