@@ -243,12 +243,22 @@ def test_users_lora_layouts_read_for_full_size_architectures(tmp_path, arch):
     save_file(diffusers_layout, tmp_path / "pytorch_lora_weights.safetensors")
     layouts["diffusers"] = tmp_path / "pytorch_lora_weights.safetensors"
 
-    for layout, path in layouts.items():
+    # diffusers' first LoRA files (save_attn_procs, UNet only, pickled): `<attention>.processor.to_q_lora.down.weight`
+    old_names = {".to_out.0.lora_A.": ".processor.to_out_lora.down.", ".to_out.0.lora_B.": ".processor.to_out_lora.up."}
+    old_names.update({f".{name}.lora_{ab}.": f".processor.{name}_lora.{updown}." for name in ("to_q", "to_k", "to_v")
+                      for ab, updown in (("A", "down"), ("B", "up"))})
+    attention_processors = {functools.reduce(lambda key, names: key.replace(*names), old_names.items(), key): value
+                            for key, value in unet_state.items()}
+    torch.save(attention_processors, tmp_path / "pytorch_lora_weights.bin")
+
+    for layout, path in [*layouts.items(), ("diffusers", tmp_path / "pytorch_lora_weights.bin")]:
         concept = read_concept(path)
         assert (concept.kind, concept.layout) == ("lora", layout)
-        assert len(concept.lora) == len(diffusers_layout), layout  # every layer found, none dropped
-        for key, value in diffusers_layout.items():
-            assert torch.equal(concept.lora[key], value), (layout, key)
+        expected = diffusers_layout if path.suffix == ".safetensors" else \
+            {key: value for key, value in diffusers_layout.items() if key.startswith("unet.")}
+        assert len(concept.lora) == len(expected), path.name  # every layer found, none dropped
+        for key, value in expected.items():
+            assert torch.equal(concept.lora[key], value), (path.name, key)
         check_fits(concept, base)
         assert f"made for {files._family(base.unet.config.cross_attention_dim)}" in describe(path)
         expected_alpha = float(RANK) if layout == "diffusers" else ALPHA  # no alpha stored: diffusers assumes rank
