@@ -283,6 +283,7 @@ def training_spec(row: MethodRow, concept: str, concepts: Sequence[str], args: a
 def train_child(args: argparse.Namespace) -> None:
     """The child process: train one row on one concept into --train-out and write its record beside it."""
     from studio.events import PersonalizeResult
+    from studio.personalize.job import personalize
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -290,9 +291,11 @@ def train_child(args: argparse.Namespace) -> None:
     loaded_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     row, concepts = ROWS[args.train], args.concepts.split(",")
     spec = training_spec(row, args.concept, concepts, args)
-    images = [picture for word in spec.words for picture in concept_images(word, args)]
+    first, *second = (concept_images(word, args) for word in spec.words)
     started = time.perf_counter()
-    result = [event for event in engine.personalize(spec, images, args.train_out) if isinstance(event, PersonalizeResult)][-1]
+    # the job Engine.personalize runs, called directly for Custom Diffusion's second concept's pictures
+    job = personalize(engine, spec, first, args.train_out, second_images=second[0] if second else ())
+    result = [event for event in job if isinstance(event, PersonalizeResult)][-1]
     record = {"seconds": time.perf_counter() - started, "job_seconds": result.seconds, "steps": result.steps,
               "words": list(result.words), "final_loss": result.final_loss, "rss_after_load_kib": loaded_kib,
               "job_peak_memory_bytes": result.peak_memory_bytes, "spec": {k: v for k, v in vars(spec).items()}}
@@ -357,25 +360,27 @@ def measure(args: argparse.Namespace, save) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-personalize-") as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        for row in (r for r in METHOD_ROWS[1:] if r.key in methods):
-            for concept in concepts[:1] if row.key == JOINT else concepts:
-                lap = time.perf_counter()
-                cost = train(row, concept, args, work)
-                taught = concepts if row.key == JOINT else [concept]
-                if "error" in cost:
-                    for word in taught:
-                        report["concepts"][word]["rows"][row.key] = {"cost": cost}
-                    save(report)
-                    continue
-                info = engine.concepts.load(cost["folder"], name=f"{row.key}-{concept}")
-                uses = (ConceptUse(info.name),)
-                preservation = judge_preservation(engine, args, uses)
+        # the first concept's whole table first (Custom Diffusion, joint, with it), so a run cut short has one
+        plan = [(row, concept) for concept in concepts for row in METHOD_ROWS[1:]
+                if row.key in methods and (row.key != JOINT or concept == concepts[0])]
+        for row, concept in plan:
+            lap = time.perf_counter()
+            cost = train(row, concept, args, work)
+            taught = concepts if row.key == JOINT else [concept]
+            if "error" in cost:
                 for word in taught:
-                    report["concepts"][word]["rows"][row.key] = {**judge_concept(engine, word, captions[word], args, uses),
-                                                                 "preservation": preservation, "cost": cost}
-                engine.concepts.unload(info.name)
-                report["seconds"][f"{row.key}-{concept}"] = time.perf_counter() - lap
+                    report["concepts"][word]["rows"][row.key] = {"cost": cost}
                 save(report)
+                continue
+            info = engine.concepts.load(cost["folder"], name=f"{row.key}-{concept}")
+            uses = (ConceptUse(info.name),)
+            preservation = judge_preservation(engine, args, uses)
+            for word in taught:
+                report["concepts"][word]["rows"][row.key] = {**judge_concept(engine, word, captions[word], args, uses),
+                                                             "preservation": preservation, "cost": cost}
+            engine.concepts.unload(info.name)
+            report["seconds"][f"{row.key}-{concept}"] = time.perf_counter() - lap
+            save(report)
     report["seconds"]["total"] = time.perf_counter() - started
     return report
 
@@ -397,7 +402,7 @@ def row_line(row: MethodRow, measured: dict | None, base: dict | None) -> str:
     fidelity, composition, kept = measured["fidelity"], measured["composition"], measured["preservation"]
     change = "–" if base is None or row.method is None else f"{100 * (kept['all'] - base['preservation']['all']):+.0f} pt"
     spent = ("–", "–", "–") if cost is None else (f"{cost['seconds']:.0f}", f"{cost['peak_rss_delta_mib']:.0f}",
-                                                   f"{cost['megabytes']:.2f}")
+                                                   f"{cost['megabytes']:.3g}")
     return (f"| {row.label} | **{_pct(fidelity['shape'])}** | {_pct(composition['shape'])} | {_pct(composition['all'])} | "
             f"**{_pct(kept['all'])}** | {change} | {_pct(kept['shape'])} / {_pct(kept['colour'])} / "
             f"{_pct(kept['position'])} | {spent[0]} | {spent[1]} | {spent[2]} |")
