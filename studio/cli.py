@@ -300,7 +300,7 @@ def concept_file(text: str, option: str) -> tuple[Path, str | None]:
 def load_concepts(engine: Engine, args: argparse.Namespace) -> tuple[ConceptUse, ...]:
     """Load each --lora FILE[:SCALE] and --embedding FILE[:TOKEN] into the engine: the ConceptUses the command's
     jobs run with (a LoRA at SCALE, default 1; TOKEN names the prompt word of an embedding file that does not)."""
-    from studio.specs import ConceptUse  # noqa: F811 (the TYPE_CHECKING import is for annotations only)
+    from studio.specs import ConceptUse
 
     uses = []
     for text in args.lora:

@@ -112,7 +112,8 @@ class Engine:
                     cancel: CancelToken | None = None, second_images: Sequence[ImageInput] = ()) -> Iterator[Event]:
         """Teach the model a concept from a few images (studio.personalize.job); the files land in `out`, loadable
         with `concepts.load(out)`."""
-        from studio.personalize.job import personalize  # training pulls in accelerate: only when asked
+        # training pulls in accelerate: imported only when asked
+        from studio.personalize.job import personalize
 
         return personalize(self, spec, images, out, cancel, second_images)
 

@@ -14,7 +14,12 @@ from PIL import Image
 
 from studio.cli import main
 from studio.models import load_model
-from studio.personalize.files import base_fingerprint, write_concept_json, write_embeddings, write_lora
+from studio.personalize.files import (
+    base_fingerprint,
+    write_concept_json,
+    write_embeddings,
+    write_lora,
+)
 from studio.png_settings import A1111_CHUNK, read_png_settings
 
 
