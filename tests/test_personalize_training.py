@@ -23,7 +23,7 @@ from studio.events import (
     TrainingLoss,
     TrainingSamples,
 )
-from studio.personalize.data import TrainingImage, render_concept_images
+from studio.personalize.data import TrainingImage, caption_variants, render_concept_images
 from studio.personalize.methods import copy_parts
 from studio.personalize.spec import PersonalizeSpec
 from studio.personalize.job import check_inputs
@@ -225,3 +225,11 @@ def test_rendered_concept_images_are_captioned_with_the_word():
     assert all(np.asarray(image).std() > 0 for image, _ in pictures)
     with pytest.raises(InvalidInputError, match="star, heart"):
         render_concept_images("hexagon", 3)
+
+
+def test_shapes_captions_train_with_the_base_models_attribute_dropout():
+    variants = dict(caption_variants("a big green <my-star> on the bottom left on a black background", "<my-star>"))
+    assert len(variants) == 16 and abs(sum(variants.values()) - 1) < 1e-9
+    assert variants["a big green <my-star> on the bottom left on a black background"] == pytest.approx(0.8**4)
+    assert "a green <my-star> on a black background" in variants and "a <my-star>" in variants
+    assert caption_variants("a photo of a <sks> dog", "<sks>") == [("a photo of a <sks> dog", 1.0)]

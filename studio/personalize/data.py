@@ -7,6 +7,9 @@ captioned "a <word>", as Textual Inversion and DreamBooth caption theirs.
 
 from __future__ import annotations
 
+import itertools
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,6 +82,38 @@ def training_images(images: Sequence[ImageInput | ImageWithCaption], word: str, 
             notices.append(f"Image {index} of {word!r}: {ready.note}.")
         prepared.append(TrainingImage(ready.image, text, word))
     return prepared
+
+
+CAPTION_KEEP = 0.8  # the base model's attribute dropout: each size/colour/position/background phrase kept with 0.8
+_SHAPES_CAPTION = re.compile(
+    r"^(?P<article>an?) (?:(?P<size>small|big) )?(?:(?P<colour>[a-z]+) )?(?P<word>\S+)"
+    r"(?: (?P<position>on the (?:top |bottom )?(?:left|right|top|bottom)|in the center))?"
+    r"(?: on (?:a|an) (?P<background>[a-z]+) background)?$"
+)
+
+
+def caption_variants(text: str, word: str) -> list[tuple[str, float]]:
+    """A one-object shapes-world caption of `word` with each of its size / colour / position / background phrases
+    kept or dropped, and each variant's probability when every phrase is kept with CAPTION_KEEP (the attribute
+    dropout the base model trained with, so "a red star on a blue background" reads as it did in training); any
+    other caption is its only variant."""
+    match = _SHAPES_CAPTION.match(text)
+    if match is None or match["word"] != word:
+        return [(text, 1.0)]
+    phrases = [name for name in ("size", "colour", "position", "background") if match[name]]
+    variants = []
+    for kept in itertools.product((True, False), repeat=len(phrases)):
+        keep = dict(zip(phrases, kept))
+        adjectives = [match[name] for name in ("size", "colour") if keep.get(name)]
+        words = [*adjectives, word]
+        variant = f"{'an' if words[0][0] in 'aeiou' else 'a'} {' '.join(words)}"
+        if keep.get("position"):
+            variant += f" {match['position']}"
+        if keep.get("background"):
+            background = match["background"]
+            variant += f" on {'an' if background[0] in 'aeiou' else 'a'} {background} background"
+        variants.append((variant, math.prod(CAPTION_KEEP if k else 1 - CAPTION_KEEP for k in kept)))
+    return variants
 
 
 def class_captions(instances: Sequence[TrainingImage], concept: str, class_word: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 Every method (studio.personalize.methods) trains with the base model's own loss (studio.shapes.train's
 v_prediction_loss: v-prediction at zero terminal SNR, min-SNR-5 weight; a plain eps-MSE for epsilon models) on the
-instance images' latents and captions; DreamBooth adds the class-prior term (Ruiz et al. 2023, eq. 2):
+instance images' latents and captions (a shapes-world caption with the base model's attribute dropout,
+studio.personalize.data.caption_variants); DreamBooth adds the class-prior term (Ruiz et al. 2023, eq. 2):
     L = E ||v - v_theta(x_t, t, c_instance)||^2 + lambda E ||v - v_theta(x'_t, t', c_class)||^2
 on class images the model draws itself from the class prompts before training (cached in the output folder).
 Accelerate gives mixed precision, gradient accumulation, several processes (`accelerate launch --num_processes N`)
@@ -32,7 +33,7 @@ from studio.errors import CancelledError
 from studio.events import CancelToken, Event, Progress, TrainingCheckpoint, TrainingLoss, TrainingSamples
 from studio.images import to_tensor
 from studio.personalize import files
-from studio.personalize.data import TrainingImage, class_captions
+from studio.personalize.data import TrainingImage, caption_variants, class_captions
 from studio.personalize.methods import METHOD_TRAINEES, TrainingParts
 from studio.personalize.spec import PersonalizeSpec, drawn_words
 from studio.shapes.judge import judge_pixels
@@ -129,7 +130,11 @@ def train(parts: TrainingParts, spec: PersonalizeSpec, instances: Sequence[Train
     for module in (parts.unet, parts.text_encoder):
         module.to(device)
     latents = encode_latents(parts, [i.image for i in instances], device)
-    ids = token_ids(parts, [i.caption for i in instances], device)
+    variants = [caption_variants(i.caption, i.word) for i in instances]
+    width = max(len(v) for v in variants)
+    ids = token_ids(parts, [v[min(k, len(v) - 1)][0] for v in variants for k in range(width)], device)
+    ids = ids.view(len(instances), width, -1)  # (N, variants, L): each image's captions under attribute dropout
+    variant_odds = torch.tensor([[p for _, p in v] + [0.0] * (width - len(v)) for v in variants], device=device)
     prior = spec.method == "dreambooth" and spec.prior_preservation
     if prior:
         yield Progress(0, spec.steps, f"Drawing {spec.class_images} class images of {spec.class_word!r}…")
@@ -187,7 +192,8 @@ def train(parts: TrainingParts, spec: PersonalizeSpec, instances: Sequence[Train
         for _ in range(spec.gradient_accumulation):
             with accelerator.accumulate(*prepared.values()):
                 pick = torch.randint(0, len(latents), (spec.batch_size,), device=device)
-                loss = denoising_loss(latents[pick], ids[pick])
+                variant = torch.multinomial(variant_odds[pick], 1).squeeze(1)
+                loss = denoising_loss(latents[pick], ids[pick, variant])
                 if prior:
                     pick = torch.randint(0, len(class_latents), (spec.batch_size,), device=device)
                     loss = loss + spec.prior_weight * denoising_loss(class_latents[pick], class_ids[pick])
