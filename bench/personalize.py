@@ -127,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "smoke run; the committed results use the recipes as they are)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the trained concepts (default: temporary)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for personalize.{json,md}")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of the personalize.json in --out (measured "
+                        "with the same settings) and run only the others")
     parser.add_argument("--train", default=None, help=argparse.SUPPRESS)  # child process: train one row
     parser.add_argument("--concept", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--train-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -325,6 +327,24 @@ def train(row: MethodRow, concept: str, args: argparse.Namespace, work: Path) ->
 
 # ---------------------------------------------------------------------------------------------- the run
 
+# the settings every number of a report depends on: a resumed run must share them with the rows it keeps
+RESUME_SETTINGS = ("model", "steps", "guidance", "seeds", "compose_prompts", "compose_seeds", "preserve_seeds", "batch",
+                   "images", "concepts", "recipe")
+
+
+def previous_report(args: argparse.Namespace) -> dict:
+    """--resume: the report in --out that this run continues ({} without one); refused when measured otherwise."""
+    path = args.out / "personalize.json"
+    if not args.resume or not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    differing = [name for name in RESUME_SETTINGS if previous["arguments"].get(name) != vars(args)[name]]
+    if differing:
+        theirs = ", ".join(f"{name}={previous['arguments'].get(name)!r}" for name in differing)
+        raise SystemExit(f"--resume: {path} was measured with other settings ({theirs}); give the same ones, or run "
+                         "without --resume to measure every row again.")
+    return previous
+
 
 def measure(args: argparse.Namespace, save) -> dict:
     """Every row of every concept; `save(report)` after each, so a run cut short keeps what ran."""
@@ -350,7 +370,18 @@ def measure(args: argparse.Namespace, save) -> dict:
                                               "composition": [a.prompt for a in composition_asks(word, captions[word], args.compose_prompts)]},
                                   "rows": {}} for word in concepts},
               "preservation_prompts": [a.prompt for a in preservation_asks()], "seconds": {}}
-    if "base" in methods:
+    previous = previous_report(args)
+    if previous:
+        report["resumed"] = previous.get("resumed", []) + [previous["command"]]
+        report["seconds"] = {name: value for name, value in previous["seconds"].items() if name != "total"}
+        for word in concepts:
+            report["concepts"][word]["rows"] = {key: row for key, row in previous["concepts"][word]["rows"].items()
+                                                if "error" not in row.get("cost", {})}
+
+    def done(key: str, words: Sequence[str]) -> bool:
+        return all(key in report["concepts"][word]["rows"] for word in words)
+
+    if "base" in methods and not done("base", concepts):
         preservation = judge_preservation(engine, args, ())
         for word in concepts:
             report["concepts"][word]["rows"]["base"] = {**judge_concept(engine, word, captions[word], args, ()),
@@ -364,9 +395,11 @@ def measure(args: argparse.Namespace, save) -> dict:
         plan = [(row, concept) for concept in concepts for row in METHOD_ROWS[1:]
                 if row.key in methods and (row.key != JOINT or concept == concepts[0])]
         for row, concept in plan:
+            taught = concepts if row.key == JOINT else [concept]
+            if done(row.key, taught):
+                continue
             lap = time.perf_counter()
             cost = train(row, concept, args, work)
-            taught = concepts if row.key == JOINT else [concept]
             if "error" in cost:
                 for word in taught:
                     report["concepts"][word]["rows"][row.key] = {"cost": cost}
@@ -381,7 +414,6 @@ def measure(args: argparse.Namespace, save) -> dict:
             engine.concepts.unload(info.name)
             report["seconds"][f"{row.key}-{concept}"] = time.perf_counter() - lap
             save(report)
-    report["seconds"]["total"] = time.perf_counter() - started
     return report
 
 
@@ -418,9 +450,10 @@ def table(report: dict) -> str:
          f"seeds (0..n-1), the concept loaded at scale 1. Each method trains once per concept with its recipe "
          f"(studio.personalize.spec.RECIPES{'' if arguments['recipe'] == '{}' else ', overridden by ' + arguments['recipe']}) "
          f"on {arguments['images']} rendered pictures (class word '{report['class_word']}', no preview samples), in a "
-         f"child process through Engine.personalize; Custom Diffusion trains both shapes jointly once and appears in "
-         f"both tables. Whole run: {report['seconds'].get('total', sum(report['seconds'].values())) / 60:.1f} min: "
-         f"`{report['command']}`."),
+         f"child process through the Personalize job (studio.personalize.job, what Engine.personalize runs); Custom "
+         f"Diffusion trains both shapes jointly once and appears in both tables. Measuring time: "
+         f"{sum(v for k, v in report['seconds'].items() if k != 'total') / 60:.1f} min: "
+         + " then ".join(f"`{command}`" for command in [*report.get("resumed", []), report["command"]]) + "."),
         "",
         ("Fidelity: the fidelity prompt's pictures judged the concept's shape by pixels (studio.shapes.judge."
          "judge_concept_shape: polygon vertices, solidity, convexity defects). Composition: prompts in colours and on "

@@ -5,6 +5,9 @@ The run itself trains every method and takes half an hour: bench/results/persona
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from bench_scripts import load
 
 from studio.shapes.render import Scene, make_object, render
@@ -82,3 +85,15 @@ def test_table_shows_measured_failed_and_not_run_rows_against_the_base_model(tmp
     assert "training failed: training exited with 1: out of memory" in lines["LoRA"]
     assert "| not run |" in lines["DreamBooth, no prior loss"]
     assert "Textual Inversion teaches a star: 120 s, fidelity 75% vs 0% untrained: yes" in text
+
+
+def test_resume_keeps_a_report_measured_alike_and_refuses_one_measured_otherwise(tmp_path):
+    args = bench.parse_args(["--resume", "--out", str(tmp_path)])
+    assert bench.previous_report(args) == {}  # nothing to continue: every row runs
+    measured = {"command": "python bench/personalize.py", "arguments": {name: vars(args)[name] for name in bench.RESUME_SETTINGS}}
+    (tmp_path / "personalize.json").write_text(json.dumps(measured))
+
+    assert bench.previous_report(args) == measured
+    assert bench.previous_report(bench.parse_args(["--out", str(tmp_path)])) == {}  # without --resume: all again
+    with pytest.raises(SystemExit, match=r"other settings \(steps=20\)"):
+        bench.previous_report(bench.parse_args(["--resume", "--steps", "10", "--out", str(tmp_path)]))
