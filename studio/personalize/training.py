@@ -134,7 +134,8 @@ def train(parts: TrainingParts, spec: PersonalizeSpec, instances: Sequence[Train
     width = max(len(v) for v in variants)
     ids = token_ids(parts, [v[min(k, len(v) - 1)][0] for v in variants for k in range(width)], device)
     ids = ids.view(len(instances), width, -1)  # (N, variants, L): each image's captions under attribute dropout
-    variant_odds = torch.tensor([[p for _, p in v] + [0.0] * (width - len(v)) for v in variants], device=device)
+    variant_odds = torch.tensor([[p for _, p in v] + [0.0] * (width - len(v)) for v in variants],
+                                device=device, dtype=torch.float32)  # multinomial takes float odds ("a <word>" has odds 1)
     prior = spec.method == "dreambooth" and spec.prior_preservation
     if prior:
         yield Progress(0, spec.steps, f"Drawing {spec.class_images} class images of {spec.class_word!r}…")
