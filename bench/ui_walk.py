@@ -185,6 +185,10 @@ def actions(inputs: WalkInputs, attention_maps: bool = True) -> list[Action]:
         fill(page, "#diffedit-target", DIFFEDIT_TARGET)
         page.locator("#diffedit-use-inversion input").check()
 
+    def personalize(page: Any) -> None:
+        page.click("#personalize-render")  # the shapes world's stars, with their captions
+        page.wait_for_function("() => document.querySelectorAll('#personalize-images img').length >= 6")
+
     find_mask = {"start": "#diffedit-mask-btn", "status": "#diffedit-status", "result": "#diffedit-mask-preview img"}
     edit = {"start": "#diffedit-edit-btn", "status": "#diffedit-status", "result": "#diffedit-result img"}
     p2p_edit = {"start": "#p2p-go", "status": "#p2p-status", "result": "#p2p-images img"}
@@ -209,6 +213,8 @@ def actions(inputs: WalkInputs, attention_maps: bool = True) -> list[Action]:
         Action("DiffEdit", "diffedit", "find mask on the inversion -> mask preview", **find_mask,
                prepare=diffedit_of_inversion, from_inversion=True),
         Action("DiffEdit", "diffedit", "edit of the inversion -> edited image", **edit, from_inversion=True),
+        Action("Personalize", "personalize", "rendered stars -> Textual Inversion -> samples", "#personalize-btn",
+               "#personalize-samples img", "#personalize-status", prepare=personalize),
         Action("History", "history", "open -> the session's results", None, "#history-gallery img"),
     ]
 

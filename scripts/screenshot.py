@@ -4,11 +4,12 @@ attention maps in headless chromium, and save the page; with --all, one page per
     python scripts/screenshot.py                       # -> docs/screenshot-generate.png
     python scripts/screenshot.py --model PATH --prompt "..." --out shot.png
     python scripts/screenshot.py --all                 # -> docs/screenshot-<tab>.png for every tab
-    python scripts/screenshot.py --structure           # -> docs/screenshot-structure.png only
+    python scripts/screenshot.py --tab personalize     # -> docs/screenshot-personalize.png only (any tab id)
 
 --all drives each tab as bench/ui_walk.py does (the same actions): Inversion after DDIM + null-text inversion of a
 rendered scene, SDEdit after its first stroke example, DiffEdit after Find mask + Edit, Prompt-to-Prompt after its
-first example; and Structure after a run on a rendered scene (its layout and outline maps derived from it).
+first example, Personalize after a Textual Inversion of rendered stars; and Structure after a run on a rendered
+scene (its layout and outline maps derived from it).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot-generate.png"), help="the Generate shot (without --all)")
     parser.add_argument("--all", action="store_true", help="one shot per tab: OUT_DIR/screenshot-<tab>.png")
-    parser.add_argument("--structure", action="store_true", help="the Structure tab's shot only (OUT_DIR)")
+    parser.add_argument("--tab", help="one tab's shot only, by its id (structure, personalize, ...), in OUT_DIR")
     parser.add_argument("--out-dir", default=str(ROOT / "docs"))
     args = parser.parse_args()
 
@@ -92,14 +93,16 @@ def main() -> None:
     from studio.engine import Engine
 
     def path_of(tab_id: str) -> Path:
-        return Path(args.out_dir) / f"screenshot-{tab_id}.png" if args.all or args.structure else Path(args.out)
+        return Path(args.out_dir) / f"screenshot-{tab_id}.png" if args.all or args.tab else Path(args.out)
 
     with tempfile.TemporaryDirectory(prefix="screenshots-") as folder:
-        steps = [structure_action(args, Path(folder))] if args.structure else [generate_action(args)]
-        if args.all:
-            steps.append(structure_action(args, Path(folder)))
-            steps += [action for action in ui_walk.actions(ui_walk.walk_inputs(Path(folder)))
-                      if action.tab_id != "generate" and not action.from_inversion]
+        steps = [generate_action(args), structure_action(args, Path(folder))]
+        steps += [action for action in ui_walk.actions(ui_walk.walk_inputs(Path(folder)))
+                  if action.tab_id not in ("generate", "structure") and not action.from_inversion]
+        if not args.all:
+            steps = [action for action in steps if action.tab_id == (args.tab or "generate")]
+            if not steps:
+                raise SystemExit(f"No tab {args.tab!r}: the tab ids are app.py's (generate, structure, personalize, ...).")
         last_of_tab = {action.tab_id: action for action in steps}
 
         def after(page, action: ui_walk.Action, timing: ui_walk.Timing) -> None:

@@ -101,3 +101,13 @@ def test_the_renderer_draws_only_the_reserved_shapes(tabs):
     assert len(tab.render_pictures("heart", 3, 1)) == 3
     with pytest.raises(gr.Error, match="draws star, heart"):
         tab.render_pictures("<my-star>", 3, 0)
+
+
+def test_uploaded_pictures_of_another_size_train_as_a_word_with_a_note(tabs, monkeypatch):
+    tab, _ = tabs
+    uploads = [image.resize((96, 96)).convert("RGBA") for image, _ in tab.render_pictures("heart", 3, 2)]  # no captions
+    notes: list[str] = []
+    monkeypatch.setattr(personalize.gr, "Info", notes.append)
+    shown = finished(tab.run(session("uploader"), images=uploads, **{**FAST, "concept": "heart", "steps": 2}))
+    assert any(path.endswith("heart.pt") for path in shown[tab.files])
+    assert len(notes) == 3 and all("96" in note for note in notes), notes

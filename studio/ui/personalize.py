@@ -57,12 +57,14 @@ CONCEPT_COLUMNS = ["concept", "kind", "words", "scale", "file"]
 # Pure helpers
 
 
-def gallery_images(value: Sequence[Any] | None) -> list[Image.Image]:
-    """A gallery's pictures (Gradio gives (image, caption) pairs; an API caller may give paths or images)."""
-    images = []
+def gallery_images(value: Sequence[Any] | None) -> list[Image.Image | tuple[Image.Image, str]]:
+    """A gallery's pictures, each with its caption when it has one (the rendered pictures' full captions; an upload
+    has none and trains as "a <word>"). Gradio gives (image, caption) pairs; an API caller may give paths or images."""
+    images: list[Image.Image | tuple[Image.Image, str]] = []
     for item in value or []:
-        picture = item[0] if isinstance(item, (list, tuple)) else item
-        images.append(picture if isinstance(picture, Image.Image) else Image.open(picture))
+        picture, caption = (item[0], item[1]) if isinstance(item, (list, tuple)) else (item, None)
+        picture = picture if isinstance(picture, Image.Image) else Image.open(picture)
+        images.append((picture, caption) if caption else picture)
     return images
 
 
@@ -93,8 +95,8 @@ def method_visibility(method: str) -> list[Any]:
 # The form
 
 
-def _range_slider(name: str, **options: Any) -> Any:
-    return slider(RANGES[name], getattr(DEFAULTS, name), elem_id=f"personalize-{name.replace('_', '-')}", **options)
+def _range_slider(name: str, elem_id: str, **options: Any) -> Any:
+    return slider(RANGES[name], getattr(DEFAULTS, name), elem_id=elem_id, **options)
 
 
 def _gallery(label: str, elem_id: str, visible: bool = True) -> Any:
@@ -123,7 +125,7 @@ FIELDS = (
           lambda value: text(value).strip() or None, saved("second_concept")),
     Field("second_images", _gallery("Pictures of the second concept", "personalize-second-images", visible=False),
           in_spec=False),
-    Field("steps", _range_slider("steps", maximum=1000), int, saved("steps", RANGES["steps"])),
+    Field("steps", _range_slider("steps", "personalize-steps", maximum=1000), int, saved("steps", RANGES["steps"])),
     Field("learning_rate", lambda engine: gr.Number(DEFAULTS.learning_rate, label="Learning rate",
                                                     minimum=RANGES["learning_rate"].low,
                                                     maximum=RANGES["learning_rate"].high,
@@ -139,11 +141,11 @@ FIELDS = (
                                                            value=DEFAULTS.prior_preservation, visible=False,
                                                            elem_id="personalize-prior"),
           bool, saved("prior_preservation")),
-    Field("prior_weight", _range_slider("prior_weight", visible=False), float,
+    Field("prior_weight", _range_slider("prior_weight", "personalize-prior-weight", visible=False), float,
           saved("prior_weight", RANGES["prior_weight"])),
-    Field("class_images", _range_slider("class_images", maximum=32, visible=False), int,
+    Field("class_images", _range_slider("class_images", "personalize-class-images", maximum=32, visible=False), int,
           saved("class_images", RANGES["class_images"])),
-    Field("sample_every", _range_slider("sample_every", maximum=200), int, saved("sample_every", RANGES["sample_every"])),
+    Field("sample_every", _range_slider("sample_every", "personalize-sample-every", maximum=200), int, saved("sample_every", RANGES["sample_every"])),
     Field("seed", seed_box("personalize-seed"), optional_whole, saved("seed", RANGES["seed"])),
 )
 
@@ -275,7 +277,7 @@ class PersonalizeTab(Tab):
 
         def render(event: Event) -> Outputs | None:
             if isinstance(event, Notice):
-                gr.Info(event.message)
+                gr.Info(event.text)
                 return None
             if isinstance(event, TrainingLoss):
                 losses[0].append(event.step)
