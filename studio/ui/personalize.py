@@ -102,7 +102,7 @@ def _range_slider(name: str, elem_id: str, **options: Any) -> Any:
 def _gallery(label: str, elem_id: str, visible: bool = True) -> Any:
     return lambda engine: gr.Gallery(label=label, type="pil", format="png", columns=5, height=180,
                                      interactive=True, file_types=["image"], object_fit="contain",
-                                     elem_id=elem_id, elem_classes=["dcs-gallery"], visible=visible)
+                                     elem_id=elem_id, visible=visible)  # captions on one line: the pictures show
 
 
 def _learning_rate(value: Any) -> float:
@@ -205,8 +205,7 @@ class PersonalizeTab(Tab):
                     self.loss_view = gr.Image(label="Training loss", format="png", interactive=False, buttons=[],
                                               elem_id="personalize-loss", height=220)
                     self.samples = gr.Gallery(label="Samples at fixed seeds", format="png", columns=4, height=220,
-                                              object_fit="contain", elem_id="personalize-samples",
-                                              elem_classes=["dcs-gallery"])
+                                              object_fit="contain", elem_id="personalize-samples")
                 with gr.Row(equal_height=False):
                     self.files = gr.File(label="Concept files", file_count="multiple", elem_id="personalize-files")
                     self.settings = settings_view("personalize-settings", "Settings of this training", height=200)
@@ -263,6 +262,7 @@ class PersonalizeTab(Tab):
         """
         session = session_id(request)
         losses: tuple[list[int], list[float]] = ([], [])
+        sample_prompts: list[str] = []
         out: dict[str, Path] = {}  # the run's folder, known once the form is checked
 
         def start(cancel: CancelToken) -> Iterator[Event]:
@@ -284,11 +284,14 @@ class PersonalizeTab(Tab):
                 losses[1].append(event.loss)
                 return {self.loss_view: loss_plot(*losses)}
             if isinstance(event, TrainingSamples):
+                sample_prompts[:] = event.prompts
                 return {self.samples: list(zip(event.images, event.prompts))}
             if isinstance(event, TrainingCheckpoint):
                 return {self.files: files_in(event.folder)}
-            if isinstance(event, PersonalizeResult):
-                return {self.files: [str(path) for path in event.files], self.settings: event.settings,
+            if isinstance(event, PersonalizeResult):  # the result writes every result component (their plain labels)
+                samples = list(zip(event.images, sample_prompts)) if event.images else gr.skip()
+                return {self.loss_view: loss_plot(*losses), self.samples: samples,
+                        self.files: [str(path) for path in event.files], self.settings: event.settings,
                         self.status: done_html(f"Taught {', '.join(event.words)} ({METHOD_TITLES[event.method]}) "
                                                f"in {event.seconds:.0f} s: it works in every tab now")}
             return None
