@@ -59,6 +59,7 @@ def test_rendered_pictures_teach_a_word_that_then_works_in_generate(browser, app
     page.close()
 
 
+@pytest.mark.slow  # a second training in the browser; tests/test_personalize_training.py stops one without it
 def test_stop_keeps_the_checkpoint_and_it_joins_the_sessions_concepts(browser, app_url):
     page = open_tab(browser, app_url, "Personalize", ready="#personalize-images")
     page.fill("#personalize-concept textarea, #personalize-concept input", "heart")
