@@ -72,6 +72,7 @@ def test_the_new_word_works_in_generate_for_its_session_only(tabs, trained):
 def test_a_concepts_scale_is_the_sessions_and_unload_lets_it_go(tabs, trained, engine):
     tab, generating = tabs
     tab.set_scale(session("artist"), "star", 0.5)
+    assert tab.picked_scale(session("artist"), "star") == 0.5  # the slider follows the picked concept
     used = finished(generating.run(session("artist"), **GENERATE))[generating.settings]
     assert used["concepts"][0]["scale"] == 0.5
     with pytest.raises(gr.Error, match="between -2 and 2"):

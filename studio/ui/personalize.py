@@ -377,6 +377,11 @@ class PersonalizeTab(Tab):
             raise gr.Error(str(error)) from error
         return {**self.concept_outputs(session_id(request)), self.concepts_note: f"'{concept}' at scale {scale:g}."}
 
+    def picked_scale(self, request: gr.Request, concept: str | None) -> Any:
+        """The scale slider shows the picked concept's scale in this session."""
+        scales = {use.name: use.scale for use in SESSION_CONCEPTS.uses(session_id(request))}
+        return scales.get(concept or "", gr.skip())
+
     def unload(self, request: gr.Request, concept: str | None) -> Outputs:
         """Stop using a concept in this session (the engine lets it go when no session uses it).
 
@@ -407,6 +412,7 @@ class PersonalizeTab(Tab):
                                  form["images"], api_name="personalize_render", concurrency_limit=None,
                                  concurrency_id="personalize-render", show_progress="hidden")
         concept_outputs = [self.concept_table, self.concept_pick, self.concepts_note]
+        self.concept_pick.change(self.picked_scale, self.concept_pick, self.concept_scale, **instant("personalize-view"))
         self.load_button.click(self.load_concept, [self.concept_file, self.concept_token], concept_outputs,
                                api_name="concepts_load", concurrency_id="concepts")
         self.scale_button.click(self.set_scale, [self.concept_pick, self.concept_scale], concept_outputs,
