@@ -406,8 +406,9 @@ def parser() -> argparse.ArgumentParser:
     p2p.set_defaults(run=run_p2p)
 
     # listed for `studio --help`; main() hands everything after `train` to studio.train, which has its own options
-    commands.add_parser("train", add_help=False, help="train a structure control for the embedded model: "
-                        "controlnet, t2i-adapter or ip-adapter (`studio train --help`)")
+    commands.add_parser("train", add_help=False, help="train a structure control (controlnet, t2i-adapter, "
+                        "ip-adapter) or a concept (textual-inversion, lora, dreambooth, custom-diffusion): "
+                        "`studio train METHOD --help`")
 
     concepts = commands.add_parser("concepts", help="say what a LoRA / embedding file or trained folder is")
     concepts.add_argument("files", nargs="+", metavar="FILE")
