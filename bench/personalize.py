@@ -318,7 +318,8 @@ def train(row: MethodRow, concept: str, args: argparse.Namespace, work: Path) ->
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
-        return {"error": f"training exited with {child.returncode}: " + " | ".join(log.read_text().splitlines()[-5:])}
+        errors = [line for line in log.read_text().splitlines() if "Error" in line]  # the log is mostly progress bars
+        return {"error": f"training exited with {child.returncode}" + (f": {errors[-1]}" if errors else "")}
     record = json.loads(folder.with_suffix(".json").read_text())
     return {**record, "folder": str(folder), "peak_rss_mib": usage.ru_maxrss / 1024,
             "peak_rss_delta_mib": (usage.ru_maxrss - record["rss_after_load_kib"]) / 1024,
@@ -430,10 +431,11 @@ def row_line(row: MethodRow, measured: dict | None, base: dict | None) -> str:
         return f"| {row.label} | not run |||||||||"
     cost = measured.get("cost")
     if cost is not None and "error" in cost:
-        return f"| {row.label} | training failed: {cost['error']} |||||||||"
+        return f"| {row.label} | {cost['error']} |||||||||"
     fidelity, composition, kept = measured["fidelity"], measured["composition"], measured["preservation"]
     change = "–" if base is None or row.method is None else f"{100 * (kept['all'] - base['preservation']['all']):+.0f} pt"
-    spent = ("–", "–", "–") if cost is None else (f"{cost['seconds']:.0f}", f"{cost['peak_rss_delta_mib']:.0f}",
+    spent = ("–", "–", "–") if cost is None else (f"{cost['seconds']:.0f} ({cost['steps']} steps)",
+                                                   f"{cost['peak_rss_delta_mib']:.0f}",
                                                    f"{cost['megabytes']:.3g}")
     return (f"| {row.label} | **{_pct(fidelity['shape'])}** | {_pct(composition['shape'])} | {_pct(composition['all'])} | "
             f"**{_pct(kept['all'])}** | {change} | {_pct(kept['shape'])} / {_pct(kept['colour'])} / "

@@ -58,7 +58,7 @@ def test_table_shows_measured_failed_and_not_run_rows_against_the_base_model(tmp
         return {"fidelity": {"shape": fidelity, "all": fidelity}, "composition": {"shape": fidelity, "all": fidelity / 2},
                 "preservation": {"shape": kept, "colour": 1.0, "position": 1.0, "all": kept}}
 
-    cost = {"seconds": 120.0, "peak_rss_delta_mib": 300.0, "megabytes": 0.01}
+    cost = {"seconds": 120.0, "steps": 150, "peak_rss_delta_mib": 300.0, "megabytes": 0.01}
     report = {
         "command": "python bench/personalize.py", "model": "shapes-sd", "device": "cpu", "device_name": "x86_64",
         "torch_threads": 2, "steps": 20, "guidance_scale": 5.0, "class_word": "circle",
@@ -81,8 +81,8 @@ def test_table_shows_measured_failed_and_not_run_rows_against_the_base_model(tmp
     lines = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
     assert "| **0%** |" in lines["base model (no training)"] and "| **90%** | – |" in lines["base model (no training)"]
     assert "| **75%** |" in lines["Textual Inversion"] and "| -10 pt |" in lines["Textual Inversion"]
-    assert "| 120 | 300 | 0.01 |" in lines["Textual Inversion"]
-    assert "training failed: training exited with 1: out of memory" in lines["LoRA"]
+    assert "| 120 (150 steps) | 300 | 0.01 |" in lines["Textual Inversion"]
+    assert "| training exited with 1: out of memory |" in lines["LoRA"]
     assert "| not run |" in lines["DreamBooth, no prior loss"]
     assert "Textual Inversion teaches a star: 120 s, fidelity 75% vs 0% untrained: yes" in text
 
