@@ -134,6 +134,7 @@ def test_a_loaded_lora_computes_what_it_was_trained_as(engine, tmp_path):
     assert (base_hidden - hidden).abs().max() > 1e-3
 
 
+@pytest.mark.slow  # about 10 s; .ci/run runs it
 def test_two_loras_with_their_own_weights_and_unloading_one(engine, tmp_path):
     before = generate(engine)
     star = engine.concepts.load(lora_folder(engine, tmp_path / "star", "star", seed=1))
@@ -178,6 +179,7 @@ def test_an_embedding_word_works_only_in_jobs_that_use_it(engine, tmp_path):
     assert np.array_equal(generate(engine, "a red heart on a blue background"), before)
 
 
+@pytest.mark.slow  # about 11 s; .ci/run runs it
 def test_replaced_weights_interpolate_and_are_restored(engine, tmp_path):
     """Custom Diffusion's K/V (and a DreamBooth UNet): W0 + scale (W1 - W0) during the job, W0 after."""
     before = generate(engine)

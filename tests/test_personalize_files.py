@@ -227,7 +227,7 @@ def test_trained_folders_read_back_with_their_record(tmp_path):
 
 # ----- files users have, on full-size architectures ----------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ["SD 1.5", "SD 2.1", "SDXL"])
+@pytest.mark.parametrize("arch", ["SD 1.5", "SD 2.1", pytest.param("SDXL", marks=pytest.mark.slow)])  # SDXL: 12 s
 def test_users_lora_layouts_read_for_full_size_architectures(tmp_path, arch):
     base = meta_base(arch)
     unet_state = lora_state(base.unet, UNET_TARGETS)

@@ -101,6 +101,7 @@ def test_lora_writes_diffusers_and_kohya_layouts(engine, tmp_path):
     assert not hasattr(engine.model.unet, "peft_config") or not engine.model.unet.peft_config
 
 
+@pytest.mark.slow  # draws class images first (about 12 s); .ci/run runs it
 def test_dreambooth_with_prior_preservation_draws_class_images(engine, tmp_path):
     spec = PersonalizeSpec.recipe("dreambooth", class_images=2, **QUICK)
     run(engine, spec, stars(), tmp_path)
@@ -181,6 +182,7 @@ def test_a_new_word_gets_its_own_token_initialised_from_the_class_word(engine, t
     assert "<my-star>" not in engine.model.tokenizer.get_vocab()  # the resident tokenizer is untouched
 
 
+@pytest.mark.slow  # two CLI trainings in fresh interpreters; .ci/run runs it
 def test_studio_train_cli_trains_and_resumes(tmp_path):
     from studio.train import main as train_main
 
