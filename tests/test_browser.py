@@ -271,12 +271,14 @@ def test_errors_of_several_tabs_leave_the_previews_uncovered(page):
 def test_preview_and_heat_map_downloads_carry_the_settings_and_load_back(browser, app_url, page, tmp_path):
     generate_and_wait(page, steps=2)
     page.wait_for_function("() => document.querySelector('#heatmap a.download-link')")
-    first_word = page.get_attribute("#heatmap a.download-link", "href")
     page.locator("#token-pick label", has_text="circle").click()
-    # the map of the first word is shown until the pick's map replaces it
-    page.wait_for_function("h => { const a = document.querySelector('#heatmap a.download-link');"
-                           " return a && a.getAttribute('href') !== h; }", arg=first_word)
-    heat = downloaded_settings(page, "#heatmap a.download-link", tmp_path)
+    # the map shown before the pick (the first word's, or the run's last) stays until the pick's map replaces it: a
+    # change of the link alone may be the run's last map landing, so read the PNG until it is the picked word's
+    for _ in range(40):
+        heat = downloaded_settings(page, "#heatmap a.download-link", tmp_path)
+        if heat["word"] == "circle":
+            break
+        page.wait_for_timeout(250)
     assert (heat["picture"], heat["word"], heat["prompt"], heat["steps"]) == ("heat map", "circle", PROMPT, 2)
     preview = downloaded_settings(page, "#preview a.download-link", tmp_path)
     assert preview["prompt"] == PROMPT and preview["seed"] == heat["seed"]
