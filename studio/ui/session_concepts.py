@@ -50,13 +50,16 @@ class SessionConcepts:
         """Drop `name` from the session; True when no session uses it any more (the engine may unload it)."""
         with self._lock:
             self._scales.get(session, {}).pop(name, None)
-            return not any(name in scales for scales in self._scales.values())
+            return self._unused(name)
 
     def forget(self, session: str) -> list[str]:
         """Drop a closed session; the names no session uses any more."""
         with self._lock:
-            names = list(self._scales.pop(session, {}))
-            return [name for name in names if not any(name in scales for scales in self._scales.values())]
+            return [name for name in self._scales.pop(session, {}) if self._unused(name)]
+
+    def _unused(self, name: str) -> bool:
+        """No session uses `name` (call with the lock held)."""
+        return not any(name in scales for scales in self._scales.values())
 
 
 SESSION_CONCEPTS = SessionConcepts()
