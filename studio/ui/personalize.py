@@ -105,10 +105,6 @@ def _gallery(label: str, elem_id: str, visible: bool = True) -> Any:
                                      elem_id=elem_id, visible=visible)  # captions on one line: the pictures show
 
 
-def _learning_rate(value: Any) -> float:
-    return float(value)
-
-
 FIELDS = (
     Field("images", _gallery("Pictures of the concept (3–10): upload, or render them", "personalize-images"),
           in_spec=False),
@@ -130,7 +126,7 @@ FIELDS = (
                                                     minimum=RANGES["learning_rate"].low,
                                                     maximum=RANGES["learning_rate"].high,
                                                     elem_id="personalize-learning-rate"),
-          _learning_rate, saved("learning_rate", RANGES["learning_rate"])),
+          float, saved("learning_rate", RANGES["learning_rate"])),
     Field("rank", lambda engine: gr.Slider(RANGES["rank"].low, 64, value=RECIPES["lora"]["rank"], step=1,
                                            label="LoRA rank", visible=False, elem_id="personalize-rank"),
           int, saved("rank", RANGES["rank"])),
