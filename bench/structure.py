@@ -99,6 +99,9 @@ CHANNEL_WEIGHT = 2.0  # the control channel's weight while the text weight and t
 SCHEDULES = ("constant", "ramp_down", "ramp_up", "snr")
 
 
+PARTS = ("cost", "fidelity", "sweep", "image_prompt")  # (e), (a, b), (c), (d): the report's keys
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model source (default: the embedded model and its controls)")
@@ -116,6 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--random-controls", action="store_true",
                         help="measure (a)-(d) on random-init stand-ins where trained controls are missing (smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for structure.{json,md,png}")
+    parser.add_argument("--only", action="append", choices=PARTS,
+                        help="rerun only this part (repeatable), keeping the others from --out's structure.json")
     return parser.parse_args(argv)
 
 
@@ -244,8 +249,21 @@ def card(row: ControlRow) -> dict | None:
     return {"steps": training.get("steps"), "iou_mean": training.get("fidelity", {}).get("iou_mean")}
 
 
+LAYOUT_FREE = ", layout from the control only"  # the family run on captions without sizes and positions
+
+
+def without_layout(rendering: Rendering) -> str:
+    """The caption with every size and position left out (colours, shapes and the background kept): where the
+    objects go and how big they are is the control's alone to say."""
+    objects = " and ".join(describe_object(obj, size=False, position=False) for obj in rendering.scene.objects)
+    return f"{objects} on a {rendering.scene.background} background"
+
+
 def sweep_settings() -> list[dict]:
-    """(c): every setting of the layout control, as (family, x, prompt weight, structure)."""
+    """(c): every setting of the layout control, as (family, x, prompt weight, structure). The scale, window and
+    schedule families run twice: on the full caption, whose size and position words already fix the coarse layout
+    (the control can only sharpen it), and on `without_layout`, where the layout is the control's alone, which is
+    what a window or schedule over the run is for."""
     name = SWEEP_CONTROL.control
     settings = [{"family": "control scale", "x": scale, "text": None, "structure": StructureSpec((ControlSpec(name, scale),))}
                 for scale in SCALES]
@@ -258,6 +276,8 @@ def sweep_settings() -> list[dict]:
     settings += [{"family": "channel schedule", "x": schedule, "text": None,
                   "structure": StructureSpec((ControlSpec(name, mode="channel", weight=CHANNEL_WEIGHT, schedule=schedule),))}
                  for schedule in SCHEDULES]
+    settings += [{**setting, "family": setting["family"] + LAYOUT_FREE, "prompt": without_layout}
+                 for setting in settings if setting["family"] in ("control scale", "window", "channel schedule")]
     return settings
 
 
@@ -267,12 +287,14 @@ def channel_sweep(engine: Engine, renderings: list[Rendering], args: argparse.Na
     rows = []
     for setting in sweep_settings():
         text = args.guidance if setting["text"] is None else setting["text"]
-        key = (text, setting["structure"])
+        prompt = setting.get("prompt", lambda rendering: caption(rendering.scene))
+        key = (text, setting["structure"], setting.get("prompt"))
         if key not in done:
             done[key] = run_scenes(engine, renderings, args, guidance=text, structure=setting["structure"],
-                                   map_kind=SWEEP_CONTROL.map_kind)
+                                   map_kind=SWEEP_CONTROL.map_kind, prompt=prompt)
         control = setting["structure"].controls[0]
         rows.append({"family": setting["family"], "x": setting["x"], "text_weight": text, "mode": control.mode,
+                     "caption": "no sizes or positions" if "prompt" in setting else "full",
                      "scale": control.scale, "start": control.start, "stop": control.stop,
                      "channel_weight": control.weight if control.mode == "channel" else None,
                      "schedule": control.schedule if control.mode == "channel" else None, **done[key]})
@@ -288,10 +310,14 @@ def channel_sweep(engine: Engine, renderings: list[Rendering], args: argparse.Na
             at("text weight", 0.0)["colour"] < at("text weight", TEXT_WEIGHTS[-1])["colour"],
         "text weight 0 -> the layout still follows the control (IoU within 0.1 of text 5)":
             abs(at("text weight", 0.0)["iou_mean"] - at("text weight", TEXT_WEIGHTS[-1])["iou_mean"]) <= 0.1,
-        "early window 0-0.5 beats late window 0.5-1 (IoU)": at("window", "0-0.5")["iou_mean"] > at("window", "0.5-1")["iou_mean"],
         "full window 0-1 at least the late window 0.5-1 (IoU)": at("window", full)["iou_mean"] >= at("window", "0.5-1")["iou_mean"],
-        "ramp_down (strong early) beats ramp_up (strong late) (IoU)":
-            at("channel schedule", "ramp_down")["iou_mean"] > at("channel schedule", "ramp_up")["iou_mean"],
+        "layout from the control only: the early window 0-0.5 beats the late window 0.5-1 (IoU)":
+            at("window" + LAYOUT_FREE, "0-0.5")["iou_mean"] > at("window" + LAYOUT_FREE, "0.5-1")["iou_mean"],
+        "layout from the control only: ramp_down (strong early) beats ramp_up (strong late) (IoU)":
+            at("channel schedule" + LAYOUT_FREE, "ramp_down")["iou_mean"]
+            > at("channel schedule" + LAYOUT_FREE, "ramp_up")["iou_mean"],
+        "layout from the control only: control scale 0 -> IoU drops (vs scale 1)":
+            at("control scale" + LAYOUT_FREE, 0.0)["iou_mean"] < at("control scale" + LAYOUT_FREE, 1.0)["iou_mean"],
     }
     return {"control": SWEEP_CONTROL.label, "scenes": len(renderings), "rows": rows, "checks": checks,
             "distinct_settings": len(done)}
@@ -414,31 +440,34 @@ def measure(args: argparse.Namespace) -> dict:
               "guidance_scale": args.guidance, "trained_controls": sorted(trained), "trained_image_prompt": trained_image, "cards": cards,
               "random_stand_ins": stand_ins, "goals": {"iou": GOAL_IOU, "text_obeyed": GOAL_TEXT, "time_ratio": TARGET_RATIO},
               "arguments": {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}}
-    # (e) first: its SD 1.5 engine is the likeliest to fail (memory), and it needs no trained control
+    measurers = {
+        "cost": lambda: cost_report(engine, scenes, args),
+        "fidelity": lambda: fidelity(engine, scenes[: args.scenes], args, measurable, cards),
+        "sweep": lambda: (channel_sweep(engine, scenes[: args.sweep_scenes], args)
+                          if SWEEP_CONTROL.control in measurable
+                          else {"skipped": f"the {SWEEP_CONTROL.label} is not trained yet"}),
+        "image_prompt": lambda: ({"rows": image_prompt(engine, scenes[: args.image_scenes], args)}
+                                 if trained_image or args.random_controls else {"skipped": "no IP-Adapter trained yet"}),
+    }
+    # in PARTS' order: (e) first, as its SD 1.5 engine is the likeliest to fail (memory) and needs no trained control
+    for part in PARTS:
+        if part in (args.only or PARTS):
+            report[part] = measurers[part]()
+            lap(part)
+    report["seconds"] = {**seconds, "total": time.perf_counter() - started}
+    return report
+
+
+def cost_report(engine: Engine, scenes: list[Rendering], args: argparse.Namespace) -> dict:
+    """(e) on the engine's model and, with --sd15-size, on SD 1.5's architecture at random init."""
     cost = [cost_and_parity(engine, caption(scenes[0].scene), engine.native_size, args.cost_steps, args.repeats, scenes[0])]
     if args.sd15_size:
         sd15 = sd15_engine(args.device)
         attach_stand_ins(sd15, (CONTROL_ROWS[0], CONTROL_ROWS[2]))
         cost.append(cost_and_parity(sd15, SD15_PROMPT, args.sd15_size, args.sd15_steps, args.repeats, scenes[0]))
-    report["cost"] = {"target_ratio": TARGET_RATIO, "models": cost,
-                      "parity": all(r["max_abs_pixel_difference"] <= 1e-4 for m in cost for r in m["rows"]
-                                    if m["dtype"] == "float32"),
-                      "meets_target": all(r["ratio"] <= TARGET_RATIO for m in cost for r in m["rows"])}
-    lap("cost")
-    report["fidelity"] = fidelity(engine, scenes[: args.scenes], args, measurable, cards)
-    lap("fidelity")
-    if SWEEP_CONTROL.control in measurable:
-        report["sweep"] = channel_sweep(engine, scenes[: args.sweep_scenes], args)
-    else:
-        report["sweep"] = {"skipped": f"the {SWEEP_CONTROL.label} is not trained yet"}
-    lap("sweep")
-    if trained_image or args.random_controls:
-        report["image_prompt"] = {"rows": image_prompt(engine, scenes[: args.image_scenes], args)}
-    else:
-        report["image_prompt"] = {"skipped": "no IP-Adapter trained yet"}
-    lap("image_prompt")
-    report["seconds"] = {**seconds, "total": time.perf_counter() - started}
-    return report
+    return {"target_ratio": TARGET_RATIO, "models": cost,
+            "parity": all(r["max_abs_pixel_difference"] <= 1e-4 for m in cost for r in m["rows"] if m["dtype"] == "float32"),
+            "meets_target": all(r["ratio"] <= TARGET_RATIO for m in cost for r in m["rows"])}
 
 
 def _trained(report: dict) -> str:
@@ -462,7 +491,10 @@ def table(report: dict) -> str:
          f"{_trained(report)}; image prompt trained: "
          f"{'yes' if report['trained_image_prompt'] else 'no'}"
          + (f"; random-init stand-ins: {', '.join(report['random_stand_ins'])}" if report["random_stand_ins"] else "")
-         + f". Whole run: {report['seconds']['total'] / 60:.1f} min: `{report['command']}`."),
+         + f". Whole run: {report['seconds']['total'] / 60:.1f} min: `{report['command']}`"
+         + "".join(f"; {part} rerun since: `{command}`" for part, command in report.get("part_commands", {}).items()
+                   if command != report["command"])
+         + "."),
         "",
         f"## (a, b) Control fidelity and the text under control (goals: layout IoU >= {GOAL_IOU:g}, text >= {GOAL_TEXT:.0%})",
         "",
@@ -490,16 +522,19 @@ def table(report: dict) -> str:
         lines += [
             (f"{sweep['scenes']} scenes per setting. 'channel': the control as its own guidance term w(t) (eps_k - eps_u), "
              "eps_k = the null text with this control only; 'text weight' is the prompt's CFG weight beside a channel "
-             f"weight of {CHANNEL_WEIGHT:g}. Windows are fractions of the run (diffusers' control_guidance_start/end)."),
+             f"weight of {CHANNEL_WEIGHT:g}. Windows are fractions of the run (diffusers' control_guidance_start/end). "
+             "Caption 'full' names each object's size and position, which already fixes the coarse layout (the "
+             "control only sharpens it); 'no sizes or positions' leaves the layout to the control alone, what a window "
+             "or a schedule over the run is measured on."),
             "",
-            ("| family | setting | text weight | mode | scale | window | channel weight | schedule | IoU mean | "
+            ("| family | caption | setting | text weight | mode | scale | window | channel weight | schedule | IoU mean | "
              "background | colour | shape |"),
-            "|---|---|---:|---|---:|---|---:|---|---:|---:|---:|---:|",
+            "|---|---|---|---:|---|---:|---|---:|---|---:|---:|---:|---:|",
         ]
         for row in sweep["rows"]:
             weight = "–" if row["channel_weight"] is None else f"{row['channel_weight']:g}"
-            lines.append(f"| {row['family']} | {row['x']} | {row['text_weight']:g} | {row['mode']} | {row['scale']:g} | "
-                         f"{row['start']:g}-{row['stop']:g} | {weight} | {row['schedule'] or '–'} | "
+            lines.append(f"| {row['family'].removesuffix(LAYOUT_FREE)} | {row['caption']} | {row['x']} | "
+                         f"{row['text_weight']:g} | {row['mode']} | {row['scale']:g} | {row['start']:g}-{row['stop']:g} | {weight} | {row['schedule'] or '–'} | "
                          f"**{row['iou_mean']:.3f}** | {_pct(row['background'])} | {_pct(row['colour'])} | {_pct(row['shape'])} |")
         lines += ["", "What each family should show:", ""]
         lines += [f"- {check}: {'yes' if ok else '**no**'}" for check, ok in sweep["checks"].items()]
@@ -548,12 +583,17 @@ def figure(report: dict) -> Image.Image:
         return {"IoU x100": (xs, [100 * row["iou_mean"] for row in chosen]),
                 "% colours right": (xs, [100 * row["colour"] for row in chosen])}
 
-    windows = [row for row in rows if row["family"] == "window"]
+    def ious(family: str, x_of=lambda row: row["x"]) -> dict:
+        """IoU on the full caption and on the caption without sizes and positions."""
+        return {f"IoU x100, {caption_kind}": series(family + suffix, x_of)["IoU x100"]
+                for caption_kind, suffix in (("full caption", ""), ("layout from the control", LAYOUT_FREE))}
+
+    windows = [row["x"] for row in rows if row["family"] == "window"]
     charts = [
-        line_chart(series("control scale"), "control scale", "IoU x100 / %", "control scale (balanced)",
+        line_chart(ious("control scale"), "control scale", "IoU x100", "control scale (balanced)",
                    size=(340, 220), markers=True, y_range=(0, 100)),
-        line_chart(series("window", lambda row: windows.index(row)), "window: " + ", ".join(
-            f"{i}={row['x']}" for i, row in enumerate(windows)), "IoU x100 / %", "window (start-stop)",
+        line_chart(ious("window", lambda row: windows.index(row["x"])), "window: " + ", ".join(
+            f"{i}={x}" for i, x in enumerate(windows)), "IoU x100", "window (start-stop)",
             size=(340, 220), markers=True, y_range=(0, 100)),
         line_chart(series("channel weight"), "control channel weight", "IoU x100 / %", "control as its own channel",
                    size=(340, 220), markers=True, y_range=(0, 100)),
@@ -566,7 +606,13 @@ def figure(report: dict) -> Image.Image:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    report = {"command": " ".join(["python bench/structure.py", *argv]), **measure(args)}
+    command = " ".join(["python bench/structure.py", *argv])
+    report = {"command": command, **measure(args)}
+    if args.only:  # the report being updated, with these parts remeasured and the command that measured each part
+        previous = json.loads((args.out / "structure.json").read_text())
+        commands = {**previous.get("part_commands", dict.fromkeys(PARTS, previous["command"])),
+                    **dict.fromkeys(args.only, command)}
+        report = {**previous, **{part: report[part] for part in args.only}, "part_commands": commands}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "structure.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "structure.md").write_text(table(report))
