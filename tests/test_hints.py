@@ -88,6 +88,12 @@ def test_diffedit_hints_read_an_erased_object_a_tinted_background_and_an_unchang
     assert hints.diffedit_hints(DIFFEDIT, diffedit_result(scene("blue", None)), inversion_at(3.0)) == [hints.DIFFEDIT_ERASED]
 
 
+def test_diffedit_hints_read_an_upload_of_another_size_as_the_engine_saw_it():
+    small_original = np.asarray(Image.fromarray(scene("blue", "red")).resize((SIZE // 2, SIZE // 2), Image.NEAREST))
+    erased = hints.diffedit_hints(DIFFEDIT, diffedit_result(scene("blue", None)), original=small_original)
+    assert erased == [hints.DIFFEDIT_ERASED]  # was an IndexError: the mask is at the model's size, the upload is not
+
+
 def test_diffedit_mask_fraction_out_of_range_comes_first():
     everywhere = np.ones((SIZE, SIZE), bool)
     everywhere[:2] = False

@@ -18,7 +18,7 @@ from studio.editing import masks
 from studio.editing.diffedit import DiffEditSpec
 from studio.editing.p2p import P2PSpec
 from studio.events import DiffEditResult, P2PResult
-from studio.images import ImageInput
+from studio.images import ImageInput, prepare_image
 from studio.inversion.result import Inversion
 
 # An edit of an inversion keeps the inversion's guidance w, which pushes the whole image along
@@ -192,6 +192,8 @@ def diffedit_hints(spec: DiffEditSpec, result: DiffEditResult, inversion: Invers
     edited = result.images[0]
     if original is None and inversion is not None:
         original = inversion.image
+    if original is not None and _pixels(original).shape[:2] != (edited.height, edited.width):
+        original = prepare_image(original, edited.width).image  # an upload of another size, as the engine saw it
     if original is not None and not spec.composite and frame_shift(original, edited) > BACKGROUND_SHIFT / 2:
         found.append(DIFFEDIT_COMPOSITE)
     if result.mask is None or not result.mask.any():
