@@ -1,13 +1,15 @@
 """Prompt -> token ids -> text embeddings, and the map between prompt words and token positions.
 
 Prompts are checked before any model work: words the tokenizer cannot represent (the shapes
-model's word-level tokenizer maps them to <|unk|>) raise UnknownWordError naming them, and prompts
-longer than the text encoder reads raise InvalidInputError -- never silently truncated.
+model's word-level tokenizer maps them to <|unk|>, or drops an emoji without a token) raise UnknownWordError
+naming them; prompts longer than the text encoder reads, or longer than specs.MAX_PROMPT_CHARS before any
+tokenizing, and prompts of punctuation only raise InvalidInputError -- never silently truncated or emptied.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ from torch import nn
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from studio.errors import InvalidInputError, UnknownWordError
+from studio.specs import MAX_PROMPT_CHARS, check_text
 
 if TYPE_CHECKING:  # a type only: conditioning does not import the structure runtime
     from studio.structure.runtime import ControlInput
@@ -65,8 +68,11 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompt: str, model_name: str = 
     (and SDXL's second tokenizer's ids when `tokenizer_2` is given). `expansions` spell a word as several tokens
     (a multi-vector embedding's "<w>" as "<w> <w>_1 <w>_2", as diffusers' maybe_convert_prompt does): the word
     keeps its one place in `words`, with all its tokens' positions."""
+    check_text("The prompt", prompt, MAX_PROMPT_CHARS)
     max_length = tokenizer.model_max_length
     words = [match.span() for match in WORD.finditer(prompt)]
+    if words and all(_punctuation_only(prompt[lo:hi]) for lo, hi in words):
+        raise InvalidInputError(f"The prompt {prompt.strip()[:40]!r} is only punctuation: describe the image in words.")
     text, spans = _expanded(prompt, words, expansions or {})
     encoded = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
     if len(encoded.input_ids) > max_length:
@@ -88,6 +94,9 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompt: str, model_name: str = 
         # CLIP's BPE never needs <unk> for text; a word-level vocabulary does for unseen words.
         if tokenizer.unk_token_id is not None and token_id == tokenizer.unk_token_id:
             unknown.append(_word_text(prompt, words[word_index]))
+    # a word-level vocabulary's pre-tokenizer drops what it has no token for (an emoji): unknown too, not ignored
+    unknown += [prompt[lo:hi] for index, (lo, hi) in enumerate(words)
+                if index not in word_tokens and not _punctuation_only(prompt[lo:hi])]
     if unknown:
         raise UnknownWordError(list(dict.fromkeys(unknown)), model_name)
     padded = tokenizer(text, padding="max_length", max_length=max_length, truncation=True)
@@ -102,6 +111,11 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompt: str, model_name: str = 
         word_tokens=[word_tokens[i] for i in ordered],
         ids_2=ids_2,
     )
+
+
+def _punctuation_only(text: str) -> bool:
+    """Whether a word is punctuation alone (",", "...", "--"): no letter, digit or symbol a model could read."""
+    return all(unicodedata.category(character).startswith("P") for character in text)
 
 
 def _expanded(prompt: str, spans: list[tuple[int, int]], expansions: Mapping[str, str]) -> tuple[str, list[tuple[int, int]]]:

@@ -7,18 +7,91 @@ way for every tab, and says in words what it changed so the UI can show it rathe
 
 from __future__ import annotations
 
+import re
+import struct
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from studio.errors import InvalidInputError
 from studio.specs import SIZE
 
 ImageInput = Image.Image | np.ndarray  # an upload: any PIL image, or (H, W[, C]) uint8/uint16 pixels
 MAX_INPUT_PIXELS = 4096 * 4096  # larger uploads are refused: decoding them alone costs ~200 MB
+_BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")  # how PIL's DecompressionBombError names the size
+
+
+def limit_decoding(max_pixels: int = MAX_INPUT_PIXELS) -> None:
+    """Make PIL refuse any image over `max_pixels` from its header, before a pixel is decoded (process-wide).
+
+    Gradio decodes an upload in full in the component's preprocess (gradio/image_utils.py preprocess_image), before
+    any handler could check its size: a 441 KB PNG of 12000x12000 cost 6.5 GB there. PIL.Image.open reads only the
+    header and raises DecompressionBombError above 2 x Image.MAX_IMAGE_PIXELS, but above MAX_IMAGE_PIXELS it only
+    warns. So the error is put at the studio's limit (MAX_IMAGE_PIXELS = max_pixels / 2), rather than turning the
+    warning into an error with a warnings filter: Gradio swaps the process's filters while it converts an image
+    (warnings.catch_warnings, not thread-safe), which would let another thread's warning band through. The warning
+    band now lies below the limit, among images we accept, so it is silenced."""
+    Image.MAX_IMAGE_PIXELS = max_pixels // 2
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # replaces an identical filter
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, read past PIL's size guard (to say how large a refused image
+    is); None for what no PIL format reads. As PIL.Image.open does, less the guard: no pixel is decoded."""
+    Image.init()
+    with open(path, "rb") as file:
+        prefix = file.read(16)
+        for format_id in Image.ID:
+            factory, accept = Image.OPEN[format_id]
+            if accept is not None and accept(prefix) is not True:
+                continue
+            file.seek(0)
+            try:
+                return factory(file, str(path)).size
+            except (SyntaxError, IndexError, TypeError, struct.error, OSError):  # what Image.open skips a format for
+                continue
+    return None
+
+
+def too_large_message(error: Exception, path: str | Path | None = None) -> str:
+    """The refusal of an image PIL's guard stopped (limit_decoding): its size, from the header when `path` is
+    known, and the studio's limit."""
+    size = header_size(path) if path is not None else None
+    if size is not None:
+        width, height = size
+        what = f"{width}x{height} ({width * height / 1e6:.1f} MP)"
+    elif match := _BOMB_PIXELS.search(str(error)):
+        what = f"{int(match.group(1)) / 1e6:.1f} MP"
+    else:
+        what = "too large"
+    limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else MAX_INPUT_PIXELS
+    return f"the image is {what}; the limit is {limit / 1e6:.1f} MP ({_side(limit)}): downscale it first."
+
+
+def _side(pixels: int) -> str:
+    side = int(pixels ** 0.5)
+    return f"{side}x{side}" if side * side == pixels else f"{pixels} pixels"
+
+
+def open_image(path: str | Path, what: str = "The upload") -> Image.Image:
+    """Open an image file (its pixels decoded, so a truncated file fails here), refusing with InvalidInputError
+    what is not an image, is damaged, or is over the limit (PIL's guard, set by limit_decoding, reads the header)."""
+    name = Path(path).name
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except Image.DecompressionBombError as error:
+        raise InvalidInputError(f"{what} ({name}): {too_large_message(error, path)}") from error
+    except UnidentifiedImageError as error:
+        raise InvalidInputError(f"{what} ({name}) is not an image this app can read: use PNG, JPEG, WebP or TIFF.") from error
+    except OSError as error:  # truncated or damaged data, or an unreadable file
+        raise InvalidInputError(f"{what} ({name}) is damaged or truncated and cannot be read; upload it again.") from error
 
 
 @dataclass(frozen=True)

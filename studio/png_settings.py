@@ -24,6 +24,7 @@ Everything here is a pure function of its inputs; the UI only calls them.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from studio.errors import InvalidInputError
+from studio.images import too_large_message
 from studio.jobs import JOB_LABELS, JOBS
 from studio.specs import GenerateSpec
 
@@ -63,8 +65,14 @@ _LINE_KEYS = (
     ("Batch pos", "batch_index"),
 )
 
-# The parameter-line grammar, as in A1111's modules/infotext_utils.py (key: value or key: "quoted").
-_PARAM = re.compile(r'\s*(\w[\w \-/+]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# The parameter-line grammar, as in A1111's modules/infotext_utils.py (key: value or key: "quoted"), with keys of at
+# most 64 characters: A1111's unbounded key makes findall quadratic (16 KB of words without a colon took 1.6 s).
+_PARAM = re.compile(r'\s*(\w[\w \-/+]{0,63}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# What a settings chunk may hold: far above any record this app writes (a few KB), and small enough that a hostile
+# chunk costs milliseconds to parse.
+MAX_SETTINGS_CHARS = 256 * 1024  # our JSON chunk
+MAX_PARAMETERS_CHARS = 64 * 1024  # the A1111 text, parsed by the regex above (about 80 ms at this size)
+MAX_SETTINGS_DEPTH = 16  # nesting of our JSON (records nest 4 deep: settings > structure > controls > control)
 # A1111's extra-network tag in a prompt: <lora:name:weight> (the weight optional, 1 by default)
 _LORA_TAG = re.compile(r"\s*<lora:([^:>]+)(?::([-+]?[\d.]+))?>")
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -191,10 +199,14 @@ def format_parameters(settings: dict[str, Any], batch_index: int | None = None) 
 
 
 def _number(text: str, kind: type) -> int | float | None:
+    """A finite number, or None (the key then stays under "extra"): "nan", "inf" and "1e999" are no setting."""
     try:
-        return kind(float(text)) if kind is int else kind(text)
+        value = float(text)
     except ValueError:
         return None
+    if not math.isfinite(value) or (kind is int and not value.is_integer()):
+        return None
+    return kind(value)
 
 
 def parse_parameters(text: str) -> dict[str, Any]:
@@ -315,29 +327,67 @@ def read_png_settings(source: str | Path | Image.Image) -> dict[str, Any]:
     if isinstance(source, Image.Image):
         text = _text_chunks(source)
     else:
+        name = Path(source).name
         try:
             with Image.open(source) as image:
                 text = _text_chunks(image)
+        except Image.DecompressionBombError as error:  # the header's size, refused before decoding (limit_decoding)
+            raise InvalidInputError(f"{name}: {too_large_message(error, source)}") from error
         except (UnidentifiedImageError, OSError) as error:
-            raise InvalidInputError(f"{Path(source).name} is not an image we can read ({error}).") from error
+            raise InvalidInputError(f"{name} is not an image we can read ({error}).") from error
+        except (ValueError, UnicodeError) as error:  # PIL: a text chunk over MAX_TEXT_CHUNK, or not UTF-8
+            raise InvalidInputError(f"{name}: its text chunks are too large or not valid text ({error}), so no "
+                                    "settings can be read from it.") from error
 
     if STUDIO_CHUNK in text:
-        try:
-            stored = json.loads(text[STUDIO_CHUNK])
-        except json.JSONDecodeError:
-            stored = None
-        if isinstance(stored, dict) and stored.get("format") == FORMAT_ID and isinstance(stored.get("settings"), dict):
-            return dict(stored["settings"])
-        raise InvalidInputError(
-            f"This image's {STUDIO_CHUNK!r} settings are damaged (not the JSON this app writes), so they cannot be "
-            "loaded: use the PNG as downloaded from the app, not one re-saved by another program."
-        )
+        return _studio_settings(text[STUDIO_CHUNK])
     if A1111_CHUNK in text:
-        return parse_parameters(text[A1111_CHUNK])
+        parameters = text[A1111_CHUNK]
+        if len(parameters) > MAX_PARAMETERS_CHARS:
+            raise InvalidInputError(f"This image's {A1111_CHUNK!r} text is {len(parameters)} characters long; settings "
+                                    f"are at most {MAX_PARAMETERS_CHARS}, so it is not read.")
+        return parse_parameters(parameters)
     raise InvalidInputError(
         "This image carries no generation settings. Load a PNG downloaded from this app "
         "(or one with A1111 'parameters'); image editors and most uploads strip them."
     )
+
+
+def _studio_settings(chunk: str) -> dict[str, Any]:
+    """The settings record of our JSON chunk; InvalidInputError for a chunk too large, too deep or not ours."""
+    damaged = (f"This image's {STUDIO_CHUNK!r} settings are damaged (not the JSON this app writes), so they cannot be "
+               "loaded: use the PNG as downloaded from the app, not one re-saved by another program.")
+    if len(chunk) > MAX_SETTINGS_CHARS:
+        raise InvalidInputError(f"This image's {STUDIO_CHUNK!r} settings are {len(chunk)} characters long; this app "
+                                f"writes at most {MAX_SETTINGS_CHARS}, so they are not read.")
+    try:
+        stored = json.loads(chunk)
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: thousands of nested brackets
+        raise InvalidInputError(damaged) from None
+    if _depth(stored) > MAX_SETTINGS_DEPTH:
+        raise InvalidInputError(f"This image's {STUDIO_CHUNK!r} settings nest deeper than {MAX_SETTINGS_DEPTH} levels; "
+                                "this app writes none so deep, so they are not read.")
+    if not (isinstance(stored, dict) and stored.get("format") == FORMAT_ID and isinstance(stored.get("settings"), dict)):
+        raise InvalidInputError(damaged)
+    settings = dict(stored["settings"])
+    concepts = settings.get("concepts")
+    if concepts is not None and not (isinstance(concepts, list) and all(isinstance(c, dict) for c in concepts)):
+        raise InvalidInputError(f"This image's settings list its concepts as {type(concepts).__name__}, not as this "
+                                "app writes them (a list of records), so they cannot be loaded.")
+    return settings
+
+
+def _depth(value: Any) -> int:
+    """How deeply a JSON value nests (a number or a string: 0). Iterative: a hostile chunk may nest thousands deep."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            pending += [(child, depth + 1) for child in item.values()]
+        elif isinstance(item, list):
+            pending += [(child, depth + 1) for child in item]
+    return deepest
 
 
 def _text_chunks(image: Image.Image) -> dict[str, str]:

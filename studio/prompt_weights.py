@@ -5,6 +5,9 @@
     "a (red) circle"            red x 1.1 (a bare parenthesis, the common default)
     "a (red:-1) circle"         negative weights are allowed (Hertz et al. 2022, "Attention Re-weighting")
 
+A weight is a finite number within specs.WORD_WEIGHT (+-10), as P2P's re-weight table is: NaN, inf or 1e9 would
+turn the attention softmax into NaN or saturate it, an all-black image reported as a success.
+
 The weights become Prompt-to-Prompt's attention re-weighting (the column scale of the target's
 cross-attention), not a change of the text embedding. Parentheses do not nest; anything else
 unbalanced is refused with a message, never silently dropped.
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 
 from studio.conditioning import WORD, prompt_words
 from studio.errors import InvalidInputError
+from studio.specs import MAX_PROMPT_CHARS, WORD_WEIGHT, check_text
 
 BARE_WEIGHT = 1.1  # "(word)" without a number, as in the common front ends
 WEIGHTED = re.compile(r"\(([^()]*?)(?::\s*([^()]*))?\)")
@@ -42,6 +46,7 @@ class WeightedPrompt:
 
 def parse_weighted_prompt(prompt: str, label: str = "Prompt") -> WeightedPrompt:
     """Strip `(text:weight)` / `(text)` and return the plain prompt with a weight per word."""
+    check_text(label, prompt, MAX_PROMPT_CHARS)  # before the regex scans it
     pieces: list[tuple[str, float]] = []
     position = 0
     for match in WEIGHTED.finditer(prompt):
@@ -66,6 +71,11 @@ def _weight(number: str | None, group: str, label: str) -> float:
     if number is None:
         return BARE_WEIGHT
     try:
-        return float(number)
+        weight = float(number)
     except ValueError:
         raise InvalidInputError(f"{label}: {group!r} has no number after the colon; write it as (word:1.3).") from None
+    try:
+        WORD_WEIGHT.check(group, weight)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{label}: the weight in {group!r}: {error}") from None
+    return weight

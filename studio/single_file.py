@@ -9,6 +9,8 @@ metadata, so `studio.models` can load it offline against a local config folder
 from __future__ import annotations
 
 import logging
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +38,21 @@ class CheckpointHeader:
 
 
 def read_pickled_weights(path: Path) -> dict:
-    """The (possibly nested) dict of weights of a pickled checkpoint (.ckpt, .pth, .bin), memory-mapped with
-    `weights_only=True`: no code runs. Raises ModelLoadError for a file that is not one."""
+    """The (possibly nested) dict of weights of a pickled checkpoint (.ckpt, .pth, .bin, .pt), read with
+    `weights_only=True`: PyTorch's restricted unpickler builds tensors, numbers, strings and containers only, so no
+    code a file carries runs (a pickle that asks for anything else is refused, never executed). torch.save's zip
+    archives are memory-mapped; the legacy format (a bare pickle) cannot be, and is read whole.
+    Raises ModelLoadError for a file that is not one."""
+    archive = zipfile.is_zipfile(path)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=archive)
+    except pickle.UnpicklingError as error:
+        if archive or _starts_as_pickle(path):  # the restricted unpickler met what it does not build: not opened
+            raise ModelLoadError(
+                f"{path} holds more than weights (a pickle that could run code when read), so it is not loaded: "
+                "use the file's .safetensors version."
+            ) from error
+        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint; it may be truncated or corrupt.") from error
     except (RuntimeError, OSError, ValueError, EOFError) as error:
         raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({error}); it may be truncated or corrupt.") from error
     while isinstance(loaded, dict) and "state_dict" in loaded:  # Lightning checkpoints nest the weights
@@ -47,6 +60,12 @@ def read_pickled_weights(path: Path) -> dict:
     if not isinstance(loaded, dict):
         raise ModelLoadError(f"{path} holds a {type(loaded).__name__}, not a state dict of weights.")
     return loaded
+
+
+def _starts_as_pickle(path: Path) -> bool:
+    """Whether a file begins as a pickle of protocol 2 or later does (its PROTO opcode)."""
+    with path.open("rb") as handle:
+        return handle.read(1) == pickle.PROTO
 
 
 def read_header(path: Path) -> CheckpointHeader:

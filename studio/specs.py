@@ -6,6 +6,8 @@ before touching the model, raising InvalidInputError with a message a user can a
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -29,9 +31,29 @@ class Range:
     step: float = 1
     label: str = ""
 
+    @property
+    def whole(self) -> bool:
+        """A count, a seed or a size in pixels: its bounds and step are written as ints."""
+        return all(isinstance(bound, int) for bound in (self.low, self.high, self.step))
+
     def check(self, name: str, value: float) -> None:
+        """Refuse what is not a finite number in [low, high] (a whole one for a `whole` range): settings files and
+        API callers can send strings, NaN and inf, which comparisons alone would let through or fail on."""
+        label = self.label or name
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InvalidInputError(f"{label} must be a number, got {shown(value)}.")
+        if not math.isfinite(value):
+            raise InvalidInputError(f"{label} must be a finite number between {self.low:g} and {self.high:g}, got {value}.")
         if not (self.low <= value <= self.high):
-            raise InvalidInputError(f"{self.label or name} must be between {self.low:g} and {self.high:g}, got {value:g}.")
+            raise InvalidInputError(f"{label} must be between {self.low:g} and {self.high:g}, got {value:g}.")
+        if self.whole and not float(value).is_integer():
+            raise InvalidInputError(f"{label} must be a whole number, got {value:g}.")
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A value's repr for a message, cut to `limit` characters (a hostile value may be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 STEPS = Range(1, 150, 1, "Steps")
@@ -48,6 +70,22 @@ CLASSIFIER_STRENGTH = Range(0.0, 100.0, 0.5, "Classifier strength")
 # A LoRA's or concept's weight, as A1111's <lora:name:weight> reads it: 0 turns it off, negative pushes away from it
 CONCEPT_SCALE = Range(-2.0, 2.0, 0.05, "Concept scale")
 MAX_CONDITIONS = 8  # each adds the batch of images to every UNet call
+# A prompt's re-weight, (word:w) in the prompt or a row of P2P's table: the column scale of its cross-attention
+# (Hertz et al. 2022 §3.2, "Attention Re-weighting"); beyond +-10 the softmax saturates into noise or black.
+WORD_WEIGHT = Range(-10.0, 10.0, 0.1, "Re-weight")
+# Text caps, checked before any tokenizing: a CLIP prompt is 77 tokens (some 300-400 characters of English), so a
+# prompt of MAX_PROMPT_CHARS is refused by length anyway; the cap keeps a megabyte of text from being tokenized.
+MAX_PROMPT_CHARS = 2000
+MAX_WORD_CHARS = 64  # a concept's word or a class word: one token's worth of text, with room
+MAX_NAME_CHARS = 128  # a concept's or file's name shown back in the UI
+
+
+def check_text(label: str, text: str, limit: int) -> None:
+    """Refuse text longer than `limit` characters, saying how long it is and what the cap is."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"{label} must be text, got {shown(text)}.")
+    if len(text) > limit:
+        raise InvalidInputError(f"{label} is {len(text)} characters long; the limit is {limit}: shorten it.")
 
 
 def check_ranges(spec: object, ranges: Mapping[str, Range]) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from studio.errors import InvalidInputError
-from studio.specs import Range
+from studio.specs import Range, shown
 
 if TYPE_CHECKING:
     from gradio.components import Component
@@ -44,9 +44,12 @@ def text(value: Any) -> str:
 
 
 def optional_whole(value: Any) -> int | None:
-    """A number box that may be empty (None, or NaN from a table cell)."""
+    """A number box that may be empty (None, or NaN from a table cell); inf or a fraction is refused, never
+    truncated (int() would raise OverflowError for inf and quietly turn 1.5 into 1)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{value} is not a whole number")
     return int(value)
 
 
@@ -79,8 +82,10 @@ def spec_values(fields: Iterable[Field], values: Mapping[str, Any]) -> dict[str,
         value = values[field.name]
         try:
             parsed[field.name] = field.parse(value)
-        except (TypeError, ValueError) as error:
-            raise InvalidInputError(f"{field.name.replace('_', ' ').capitalize()}: {value!r} is not valid here.") from error
+        except InvalidInputError:
+            raise
+        except (TypeError, ValueError, OverflowError) as error:  # OverflowError: int(inf)
+            raise InvalidInputError(f"{field.name.replace('_', ' ').capitalize()}: {shown(value)} is not valid here.") from error
     return parsed
 
 
@@ -188,6 +193,12 @@ class Form:
                     _check_offered(component, value)
             except InvalidInputError as error:
                 gr.Warning(f"Not restored: {error}")
+                value = None
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as error:
+                # a settings file is untrusted: a value of the wrong type (a string for the steps, a number for a
+                # list) fails the field's conversion, and only that field is left as it is
+                gr.Warning(f"Not restored: {name.replace('_', ' ')}: the saved value is not what this field takes "
+                           f"({type(error).__name__}).")
                 value = None
             updates[component] = gr.skip() if value is None else value
         return updates

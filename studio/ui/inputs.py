@@ -1,0 +1,133 @@
+"""Every input answered: what Gradio cannot read becomes a message naming the field, and no message shows a path.
+
+Gradio turns a request's values into a handler's arguments in `Blocks.preprocess_data`: it moves uploaded files
+into its cache (refusing paths that were not uploaded: InvalidPathError), validates the payload against the
+component's data model (pydantic), then calls the component's `preprocess`, which decodes images in full
+(gradio/image_utils.py preprocess_image) and wraps any failure in ComponentProcessingError. With
+`show_error=False` (launch_settings: tracebacks and server paths stay on the server) only a gr.Error's text reaches
+the caller, so every such failure answered `{"error": null}`: a corrupt, truncated or oversized image, a text file
+named .png, a NaN seed (`int(round(nan))`), a string where a file goes. `StudioBlocks` answers each with a gr.Error
+"<field>: <what is wrong>". Gradio has no hook for this (an event's `validator=` runs after the same preprocess),
+hence the subclass; it changes nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import gradio as gr
+import pydantic
+from gradio.exceptions import InvalidPathError
+from gradio.utils import get_upload_folder
+from PIL import Image, UnidentifiedImageError
+
+from studio.images import header_size, too_large_message
+
+log = logging.getLogger(__name__)
+
+# An absolute path (or a home-relative one) not inside a URL or a relative path: "/tmp/gradio/ab12/photo.png",
+# '~/models/x.ckpt'. The last part is kept; the folders (the Gradio temp dir, the repository, a home) are not.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])~?/(?:[^\s'\"`()\[\]{}<>,;:/]+/)*([^\s'\"`()\[\]{}<>,;:/]+)/?")
+_NOT_FINITE = re.compile(r"\b(nan|inf|infinity)\b", re.IGNORECASE)
+MAX_MESSAGE_CHARS = 600  # a message echoing a hostile value (a megabyte of prompt) is cut in the middle
+
+
+def public_message(text: str) -> str:
+    """`text` as a user may see it: every absolute path shortened to the file's name, and cut to
+    MAX_MESSAGE_CHARS. Server paths say where the app, its temp files and its user's home are; the name alone still
+    tells the user which of their files is meant."""
+    text = _ABSOLUTE_PATH.sub(lambda match: match.group(1), text)
+    if len(text) > MAX_MESSAGE_CHARS:
+        half = MAX_MESSAGE_CHARS // 2
+        text = f"{text[:half]} … {text[-half:]}"
+    return text
+
+
+class StudioBlocks(gr.Blocks):
+    """gr.Blocks whose inputs Gradio fails to read are refused with a gr.Error that names the field and says what
+    is wrong, in words and with no server path (see the module's docstring)."""
+
+    async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise  # Gradio's own messages (a number out of bounds, SVG refused) already reach the user
+        except Exception as error:  # any failure to read an input becomes its message
+            index, component = _failed_input(error.__traceback__)
+            payload = inputs[index] if index is not None and index < len(inputs) else None
+            message = f"{field_name(component)}: {input_problem(_original(error), payload)}"
+            log.info("input refused: %s (%s: %s)", message, type(_original(error)).__name__, _original(error))
+            raise gr.Error(public_message(message), print_exception=False) from error
+
+
+def field_name(component: Any) -> str:
+    """How the user knows a component: its label, else its kind ("Number")."""
+    if component is None:
+        return "The request"
+    label = getattr(component, "label", None)
+    return str(label) if label else type(component).__name__
+
+
+def input_problem(error: BaseException, payload: Any) -> str:
+    """What is wrong with an input Gradio could not read, in words a user can act on."""
+    if isinstance(error, Image.DecompressionBombError):
+        refused = (path for path in _uploaded_paths(payload) if _over_limit(path))  # an editor's layer, say
+        return too_large_message(error, next(refused, None))
+    if isinstance(error, UnidentifiedImageError):
+        return ("the file is not an image this app can read (damaged, or another kind of file named as an image): "
+                "use PNG, JPEG, WebP or TIFF.")
+    if isinstance(error, OSError):  # PIL: "image file is truncated", "broken PNG file", "unrecognized data stream"
+        return "the image is damaged or truncated and cannot be read: export it again and upload it."
+    if isinstance(error, InvalidPathError):
+        return ("only a file uploaded with this request is accepted, not a path on the server: upload the file "
+                "(with gradio_client: handle_file(path)).")
+    if isinstance(error, pydantic.ValidationError):
+        return "the value sent is not what this field takes (a file field takes an uploaded file; see the API page)."
+    if isinstance(error, (ValueError, TypeError, OverflowError)):
+        if _NOT_FINITE.search(str(error)):  # int(round(nan)) in gr.Number's preprocess
+            return "NaN and infinity are not numbers this field takes: enter a finite number."
+        return f"the value sent cannot be used here ({error})."
+    return f"the value sent could not be read ({type(error).__name__})."
+
+
+def _failed_input(traceback: TracebackType | None) -> tuple[int | None, Any]:
+    """(index, component) of the input Gradio was reading when it failed: `i` and `block` in the frame of
+    gr.Blocks.preprocess_data, the loop over the inputs. (None, None) when the failure came before that loop."""
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code is gr.Blocks.preprocess_data.__code__:
+            return frame.f_locals.get("i"), frame.f_locals.get("block")
+        traceback = traceback.tb_next
+    return None, None
+
+
+def _original(error: BaseException) -> BaseException:
+    """The error under Gradio's ComponentProcessingError wrapper (its __cause__)."""
+    while isinstance(error, gr.exceptions.ComponentProcessingError) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _over_limit(path: Path) -> bool:
+    size = header_size(path)
+    return size is not None and Image.MAX_IMAGE_PIXELS is not None and size[0] * size[1] > 2 * Image.MAX_IMAGE_PIXELS
+
+
+def _uploaded_paths(payload: Any) -> Iterator[Path]:
+    """The files of an input's payload ({"path": ...}, nested for an ImageEditor) that lie in Gradio's upload
+    folder: only files the request uploaded are opened, never a path a caller names."""
+    folder = Path(get_upload_folder()).resolve()
+    if isinstance(payload, dict):
+        path = payload.get("path")
+        if isinstance(path, str) and Path(path).resolve().is_relative_to(folder) and Path(path).is_file():
+            yield Path(path)
+        for value in payload.values():
+            yield from _uploaded_paths(value)
+    elif isinstance(payload, (list, tuple)):
+        for value in payload:
+            yield from _uploaded_paths(value)
