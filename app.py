@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from studio.images import limit_decoding
 from studio.model_options import add_model_options, open_engine
 from studio.ui import (diffedit, generate, history, inversion, p2p, parts, personalize, sdedit, send, session_concepts,
                        stream, structure)
+from studio.ui.inputs import StudioBlocks
 
 if TYPE_CHECKING:
     from studio.engine import Engine  # torch: imported at run time only by main()
@@ -30,7 +32,8 @@ def build_app(engine: Engine, concepts_dir: Path = personalize.CONCEPTS_DIR) -> 
     """The Blocks app for a loaded engine, queued (one model job at a time), not launched; training writes each
     run's concept files into a folder of its own under `concepts_dir`."""
     # Cached uploads and outputs are deleted after an hour (checked hourly).
-    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+    limit_decoding()  # PIL refuses images over the studio's limit from their header, before Gradio decodes them
+    with StudioBlocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\nGenerate, invert and edit images with a diffusion model you can watch and steer. "
                     f"{stream.KEYS_HELP}.", elem_id="header")
         with gr.Tabs() as tabs:

@@ -71,7 +71,7 @@ from studio.structure.spec import StructureImages, StructureSpec
 
 EDIT_TYPES = ("word swap", "refine", "style")  # re-weighting combines with any of them
 EDITABLE_INVERSIONS = ("null_text", "negative_prompt", "ddim")  # sampled by plain DDIM with (per-step) CFG
-WEIGHT = specs.Range(-10.0, 10.0, 0.1, "Re-weight")
+WEIGHT = specs.WORD_WEIGHT  # the table's re-weights and the prompt's (word:w) share one cap
 STYLE_ALPHA = specs.Range(0.0, 1.0, 0.05, "Style alpha")
 BLEND_THRESHOLD = specs.Range(0.0, 1.0, 0.05, "Local-blend threshold")
 SELF_LAYERS = specs.Range(0.0, 1.0, 0.125, "Self-attention layers (fraction of the latent side)")

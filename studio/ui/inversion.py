@@ -20,12 +20,12 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from studio import specs
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Event, InversionResult, NullTextLoss, Progress
-from studio.images import MAX_INPUT_PIXELS, prepare_image, working_size
+from studio.images import open_image, prepare_image, working_size
 from studio.inversion import METHOD_LABELS, METHODS, Inversion, InversionSpec
 from studio.inversion.file import INVERSION_SUFFIX, load_inversion, save_inversion
 from studio.inversion.result import (BDIA_GAMMA, EDICT_MIX, IMAGE_WEIGHT, INNER_STEPS, INVERSION_STEPS, LEARNING_RATE,
@@ -33,6 +33,7 @@ from studio.inversion.result import (BDIA_GAMMA, EDICT_MIX, IMAGE_WEIGHT, INNER_
 from studio.jobs import inversion_record
 from studio.plots import line_chart
 from studio.ui.form import Field, number, saved, slider, spec_values, text, textbox
+from studio.ui.inputs import public_message
 from studio.ui.parts import (DOWNLOADS, Sendable, Tab, downloads_box, instant, load_settings_box, model_line,
                              model_panel, rgb, send_row, settings_view, tagged, warn_about_limits)
 from studio.ui.session_concepts import personalized
@@ -65,16 +66,10 @@ CSS = """
 
 
 def load_upload(path: str | None) -> Image.Image:
-    """Open an uploaded file as an image, or say clearly why not. Size is checked before decoding."""
+    """Open an uploaded file as an image, or say clearly why not. Size is checked from the header, before decoding."""
     if not path:
         raise InvalidInputError("Upload an image to invert.")
-    try:
-        image = Image.open(path)
-    except Image.DecompressionBombError as error:
-        raise InvalidInputError(f"The image is too large; the limit is {MAX_INPUT_PIXELS / 1e6:.0f} MP.") from error
-    except (UnidentifiedImageError, OSError) as error:
-        raise InvalidInputError("The upload is not an image this app can read (use PNG, JPEG, WebP, TIFF, ...).") from error
-    return image
+    return open_image(path, "The upload")
 
 
 def comparison_rows(results: list[InversionResult]) -> list[list[Any]]:
@@ -402,7 +397,7 @@ class InversionTab(Tab):
         try:
             inversion = load_inversion(path, self.engine.device)
         except InvalidInputError as error:
-            raise gr.Error(str(error)) from error
+            raise gr.Error(public_message(str(error))) from error
         inversions = [*inversions, inversion]
         text = f"Loaded {inversion.label}: {inversion.steps} steps at w = {inversion.guidance_scale:g}, caption " \
                f"{inversion.prompt!r}"
@@ -423,7 +418,7 @@ class InversionTab(Tab):
             size = working_size(image, int(self.engine.native_size), self.engine.size_multiple, bool(keep_size))
             ready = prepare_image(image, size)
         except InvalidInputError as error:
-            raise gr.Error(str(error)) from error
+            raise gr.Error(public_message(str(error))) from error
         return ready.image, f"Prepared: {html.escape(ready.note)}."
 
     # 3. events ---------------------------------------------------------------------------

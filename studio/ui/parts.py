@@ -25,6 +25,7 @@ from PIL import Image
 from studio import model_limits, png_settings
 from studio.errors import InvalidInputError
 from studio.ui.form import Field, Form
+from studio.ui.inputs import public_message
 
 if TYPE_CHECKING:
     from gradio.components import Component
@@ -104,7 +105,7 @@ class Tab:
         try:
             record = png_settings.read_png_settings(file)
         except InvalidInputError as error:
-            raise gr.Error(str(error)) from error
+            raise gr.Error(public_message(str(error))) from error
         made_by = record_tab(record)
         if made_by != self.name and made_by not in self.restores_records_of:
             gr.Warning(f"This PNG was made in the {TAB_TITLES[made_by]} tab: only the settings the two tabs share are "

@@ -42,6 +42,7 @@ from studio.plots import line_chart
 from studio.shapes.vocabulary import RESERVED_SHAPES
 from studio.specs import CONCEPT_SCALE
 from studio.ui.form import Field, optional_whole, saved, seed_box, slider, spec_values, text, textbox
+from studio.ui.inputs import public_message
 from studio.ui.parts import Tab, instant, model_line, session_id, settings_view
 from studio.ui.session_concepts import SESSION_CONCEPTS, concept_rows
 from studio.ui.stream import JOB_EVENT, KEYS_HELP, Outputs, done_html, run_and_stop, status_box, stop_button, stream_job
@@ -352,7 +353,7 @@ class PersonalizeTab(Tab):
         try:
             info = self.engine.concepts.load(Path(file), token=(token or "").strip() or None)
         except StudioError as error:
-            raise gr.Error(str(error)) from error
+            raise gr.Error(public_message(str(error))) from error
         SESSION_CONCEPTS.add(session_id(request), info.name)
         words = f" (word {', '.join(info.words)})" if info.words else ""
         return {**self.concept_outputs(session_id(request)),
@@ -370,7 +371,7 @@ class PersonalizeTab(Tab):
         except KeyError:
             raise gr.Error("Pick a concept of this session first.") from None
         except InvalidInputError as error:
-            raise gr.Error(str(error)) from error
+            raise gr.Error(public_message(str(error))) from error
         return {**self.concept_outputs(session_id(request)), self.concepts_note: f"'{concept}' at scale {scale:g}."}
 
     def picked_scale(self, request: gr.Request, concept: str | None) -> Any:

@@ -16,6 +16,7 @@ import gradio as gr
 from studio.errors import CancelledError, StudioError
 from studio.events import CancelToken, Progress, Result
 from studio.ui.history import HISTORY
+from studio.ui.inputs import public_message
 from studio.ui.parts import session_id
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ def stream_job(tab: str, request: gr.Request | None, status: Component, start: C
         events = start(job.cancel)
     except StudioError as error:
         JOBS.finish(key, job)
-        raise gr.Error(str(error)) from error
+        raise gr.Error(public_message(str(error))) from error
     except Exception as error:
         JOBS.finish(key, job)
         raise gr.Error(_unexpected(what, error)) from error
@@ -145,8 +146,9 @@ def stream_job(tab: str, request: gr.Request | None, status: Component, start: C
     except CancelledError:
         yield _with_status(job.stopped(), status)
     except StudioError as error:
-        yield {status: progress_html(job.step, job.total, str(error), "failed")}
-        raise gr.Error(str(error)) from error
+        message = public_message(str(error))
+        yield {status: progress_html(job.step, job.total, message, "failed")}
+        raise gr.Error(message) from error
     except Exception as error:
         message = _unexpected(what, error)
         yield {status: progress_html(job.step, job.total, message, "failed")}
