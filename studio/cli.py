@@ -180,14 +180,9 @@ def run_generate(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def read_image(path: str) -> Image.Image:
-    from PIL import Image, UnidentifiedImageError
+    from studio.images import open_image
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except (OSError, UnidentifiedImageError) as error:
-        raise StudioError(f"{path} is not an image this tool can read ({error}).") from error
+    return open_image(path, "The image")  # an InvalidInputError (a StudioError) for what it cannot read
 
 
 def read_mask(path: str | None) -> np.ndarray | None:
@@ -448,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = parser().parse_args(argv)
     quiet_libraries()
+    from studio.images import limit_decoding
+
+    limit_decoding()  # images over the studio's limit are refused from their header, as in the app
     try:
         if getattr(args, "model_free", False):
             return args.run(args)
