@@ -23,6 +23,7 @@ import torch
 
 from studio import generation
 from studio.conditioning import Cond, Tokens, encode, tokenize, zeroed
+from studio.costs import JobCost
 from studio.editing.diffedit import DiffEditSpec, diffedit, diffedit_mask
 from studio.editing.p2p import P2PSpec, prompt_to_prompt
 from studio.editing.sdedit import SDEditSpec, sdedit
@@ -47,11 +48,14 @@ class Engine:
 
     def __init__(self, source: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
                  offload: bool = False, compile_unet: bool = False, controls: Sequence[str | Path] = (),
-                 ip_adapter: str | Path | None = None, image_encoder: str | Path | None = None):
+                 ip_adapter: str | Path | None = None, image_encoder: str | Path | None = None,
+                 max_job_cost: float | None = None):
         """controls / ip_adapter / image_encoder: structure control files for the model (studio.models.load_model);
-        the embedded model also loads the controls shipped with it."""
+        the embedded model also loads the controls shipped with it. max_job_cost: the most a job may cost, in
+        standard images (studio.costs); None lets any job run."""
         self.model: LoadedModel = load_model(source, device, dtype, offload=offload, compile_unet=compile_unet,
                                              controls=controls, ip_adapter=ip_adapter, image_encoder=image_encoder)
+        self.max_job_cost = max_job_cost
         self._lock = FairLock()
         self.concepts = ConceptRegistry(self.model, self._lock.hold)
         # the model's folder, where its card is: the embedded model's, or a local diffusers folder (not a file or hub id)
@@ -155,12 +159,18 @@ class Engine:
         waits for its turn on the model, then streams the job's events."""
         return generation.generate(self._host(spec.concepts), spec, structure_images, cancel)
 
-    def exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None,
-                  workload: str) -> Iterator[Event]:
-        """Run `job` (an un-started generator of events) with the model to itself: waits its turn
-        (announced by a Progress event), and turns a device out-of-memory error into
-        DeviceOutOfMemoryError naming `workload` ("512x512 with batch size 4"), leaving the engine usable.
-        Every engine job (generate, invert, edit) goes through here."""
+    def exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None, workload: str,
+                  cost: JobCost) -> Iterator[Event]:
+        """Run `job` (an un-started generator of events) with the model to itself. Raises JobTooCostlyError here,
+        before the job waits, when `cost` is over max_job_cost; the returned generator waits its turn (announced by
+        a Progress event) and turns a device out-of-memory error into DeviceOutOfMemoryError naming `workload`
+        ("512x512 with batch size 4"), leaving the engine usable. Every engine job (generate, invert, edit, train)
+        goes through here."""
+        cost.check(self.max_job_cost)
+        return self._run_exclusive(job, total_steps, cancel, workload)
+
+    def _run_exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None,
+                       workload: str) -> Iterator[Event]:
         if self._lock.busy:
             yield Progress(0, total_steps, "Waiting for the previous job to finish…")
         with self._lock.hold(cancel):

@@ -22,6 +22,10 @@ class UnknownWordError(InvalidInputError):
         )
 
 
+class JobTooCostlyError(InvalidInputError):
+    """A job would hold the model longer than this studio allows (studio.costs.JobCost over Engine.max_job_cost)."""
+
+
 class ModelLoadError(StudioError):
     """A model source does not exist or is not a diffusion model we can load."""
 

@@ -28,6 +28,7 @@ from studio import schedule, specs
 from studio.attention.maps import combined_maps, per_resolution_maps
 from studio.attention.processors import AttentionStore, capture_cross_attention
 from studio.conditioning import Cond, Tokens
+from studio.costs import JobCost, guidance_passes, structure_passes
 from studio.denoiser import Denoiser
 from studio.errors import InvalidInputError
 from studio.events import AttentionMaps, CancelToken, Event, GenerationResult, Notice
@@ -206,7 +207,17 @@ def generate(host: ModelHost, spec: GenerateSpec, structure_images: StructureIma
     width, height = spec.size_on(host.native_size)
     structure = prepare_structure(host, spec.structure, structure_images, width, height)
     job = _generate(host, spec, resolve_seed(spec.seed, span=spec.batch_size), prompts, structure, cancel)
-    return host.exclusive(job, spec.steps, cancel, f"{width}x{height} with batch size {spec.batch_size}")
+    return host.exclusive(job, spec.steps, cancel, f"{width}x{height} with batch size {spec.batch_size}",
+                          generation_cost(spec, width, height))
+
+
+def generation_cost(spec: GenerateSpec, width: int, height: int) -> JobCost:
+    """The UNet passes choose_guider's guider makes a step: plain CFG's, or the negative prompt, the prompt and
+    each condition; then structure's channel rows."""
+    passes = 2 + len(spec.conditions) if spec.uses_global_guidance else guidance_passes(spec.guidance_scale)
+    has_unconditional = spec.uses_global_guidance or spec.guidance_scale != 1
+    return JobCost(width, height, spec.steps, spec.batch_size,
+                   passes + structure_passes(spec.structure, has_unconditional))
 
 
 @torch.no_grad()

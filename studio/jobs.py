@@ -1,7 +1,8 @@
 """The skeleton every engine job shares, written once.
 
 A job (studio.generation, studio.editing.*, studio.inversion) is a module with an entry point that
-checks its inputs before any model work and returns `host.exclusive(job, ...)`, and a generator that
+checks its inputs before any model work and returns `host.exclusive(job, ..., cost)` (its studio.costs.JobCost,
+checked against the engine's cap before the job queues), and a generator that
 does the work and streams events. What they all need from the engine is `ModelHost`; what they all
 do around the maths is here: the seed, the step events with throttled previews, pixels to images, phase
 timings and the common part of the reproduction record. (The cancel check is studio.events.check_cancelled,
@@ -23,6 +24,7 @@ from PIL import Image
 
 from studio import specs
 from studio.conditioning import Cond, Tokens
+from studio.costs import JobCost
 from studio.events import CancelToken, Event, Preview, Progress
 from studio.images import to_uint8
 from studio.models import LoadedModel, decode_latents
@@ -65,8 +67,8 @@ class ModelHost(Protocol):
 
     def null_conditioning(self) -> Cond: ...
 
-    def exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None,
-                  workload: str) -> Iterator[Event]: ...
+    def exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None, workload: str,
+                  cost: JobCost) -> Iterator[Event]: ...
 
     def concept_records(self) -> list[dict[str, Any]]: ...
 

@@ -1,5 +1,5 @@
-"""The model options the app and the `studio` command share (--model, --device, --offload, --compile, and the
-structure controls --controlnet, --t2i-adapter, --ip-adapter, --image-encoder)."""
+"""The model options the app and the `studio` command share (--model, --device, --offload, --compile, --max-job-cost
+and the structure controls --controlnet, --t2i-adapter, --ip-adapter, --image-encoder)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                              "(GPUs too small for the whole model; slower)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet (the first job at each size compiles, then runs faster)")
+    parser.add_argument("--max-job-cost", type=float, default=None, metavar="UNITS",
+                        help="refuse a job costing more than this many standard images (one 512x512 image in 50 "
+                             "steps with guidance is 1; studio.costs); default: no cap")
     structure = parser.add_argument_group("structure control (the embedded model loads its own controls)")
     structure.add_argument("--controlnet", action="append", default=[], metavar="PATH",
                            help="a ControlNet folder (diffusers) or single file (original layout); repeatable")
@@ -44,4 +47,4 @@ def open_engine(args: argparse.Namespace) -> Engine:
                 raise ModelLoadError(f"{flags[kind]} {path} is a {found.replace('_', '-')}: pass it with {flags[found]}.")
     return Engine(args.model, device=args.device, offload=args.offload, compile_unet=args.compile,
                   controls=[*args.controlnet, *args.t2i_adapter], ip_adapter=args.ip_adapter,
-                  image_encoder=args.image_encoder)
+                  image_encoder=args.image_encoder, max_job_cost=args.max_job_cost)

@@ -51,6 +51,7 @@ from studio import schedule, specs
 from studio.denoiser import Denoiser
 from studio.editing import masks
 from studio.conditioning import Cond, Tokens
+from studio.costs import JobCost, guidance_passes, structure_passes
 from studio.editing.sdedit import start_index
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, DiffEditResult, Event, Mask, MaskResult, Notice, Progress, check_cancelled
@@ -227,6 +228,9 @@ def overlay(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] =
 # Jobs
 
 
+PROBE_PASSES = 3  # a Stage I probe predicts the unconditional, source and target noise in one UNet call
+
+
 def _check_prompts(engine: ModelHost, spec: DiffEditSpec) -> tuple[Tokens, Tokens]:
     spec.validate()
     return engine.tokenize(spec.source_prompt, "Source prompt"), engine.tokenize(spec.target_prompt, "Target prompt")
@@ -250,7 +254,8 @@ def diffedit_mask(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | Non
     tokens = _check_prompts(engine, spec)
     prepared = _image_of(engine, spec, image, inversion)
     job = _mask_job(engine, spec, prepared, inversion, tokens, resolve_seed(spec.seed), cancel)
-    return engine.exclusive(job, spec.probes, cancel, f"{spec.noise_samples} noise samples per probe")
+    return engine.exclusive(job, spec.probes, cancel, f"{spec.noise_samples} noise samples per probe",
+                            JobCost(prepared.width, prepared.height, spec.probes, spec.noise_samples, PROBE_PASSES))
 
 
 def diffedit(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | None = None, mask: np.ndarray | None = None,
@@ -269,7 +274,13 @@ def diffedit(engine: ModelHost, spec: DiffEditSpec, image: ImageInput | None = N
     inversion_steps = edit_steps if spec.start == "inversion" and inversion is None else 0
     total = edit_steps + inversion_steps + (spec.probes if mask is None else 0)
     job = _diffedit(engine, spec, prepared, mask, inversion, tokens, resolve_seed(spec.seed), total, structure, cancel)
-    return engine.exclusive(job, total, cancel, "one image")
+    edit_scale = inversion.guidance_scale if inversion is not None else spec.guidance_scale
+    passes = (  # Stage I's probes over its noise samples, the w = 1 inverted start, Stage II's edit
+        (spec.probes * spec.noise_samples * PROBE_PASSES if mask is None else 0)
+        + inversion_steps * (1 + structure_passes(spec.structure, has_unconditional=False))
+        + edit_steps * (guidance_passes(edit_scale) + structure_passes(spec.structure, edit_scale != 1)))
+    return engine.exclusive(job, total, cancel, "one image",
+                            JobCost(prepared.width, prepared.height, total, 1, passes / max(total, 1)))
 
 
 def _encode(engine: ModelHost, image: Image.Image, tokens: tuple[Tokens, Tokens]) -> tuple[Tensor, Cond, Cond, Cond]:

@@ -47,6 +47,7 @@ from studio.attention.controllers import (
 from studio.attention.maps import combined_maps
 from studio.attention.processors import control_attention
 from studio.conditioning import Cond, Tokens
+from studio.costs import JobCost, guidance_passes, structure_passes
 from studio.denoiser import Denoiser
 from studio.errors import InvalidInputError
 from studio.events import AttentionMaps, CancelToken, EditAttentionMaps, Event, Mask, Notice, P2PResult
@@ -253,7 +254,10 @@ def prompt_to_prompt(engine: ModelHost, spec: P2PSpec, inversion: Inversion | No
     size = inversion.image.width if inversion is not None else spec.size or engine.native_size
     structure = edit_structure(engine, spec.structure, structure_images, inversion, size, size)
     job = _edit(engine, spec, prepared, resolve_seed(spec.seed), inversion, structure, cancel)
-    return engine.exclusive(job, steps, cancel, f"Prompt-to-Prompt at {size}px (2 images)")
+    scale = inversion.guidance_scale if inversion is not None else spec.guidance_scale
+    passes = guidance_passes(scale) + structure_passes(spec.structure, scale != 1)
+    return engine.exclusive(job, steps, cancel, f"Prompt-to-Prompt at {size}px (2 images)",
+                            JobCost(size, size, steps, 2, passes))  # the source and the edit in one batch
 
 
 def stacked(source: Cond, target: Cond) -> Cond:

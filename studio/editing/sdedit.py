@@ -41,6 +41,7 @@ from studio.denoiser import Denoiser
 from studio.editing import masks
 from studio.errors import InvalidInputError
 from studio.conditioning import Tokens
+from studio.costs import JobCost, guidance_passes, structure_passes
 from studio.events import CancelToken, Event, Notice, SDEditResult, SDEditSample
 from studio.generation import PreparedStructure, prepare_structure, structure_attached
 from studio.guidance import ClassifierFreeGuidance
@@ -88,6 +89,11 @@ class SDEditSpec:
         if isinstance(self.structure, dict):  # settings (JSON, PNG chunks) hold it as a dict
             object.__setattr__(self, "structure", StructureSpec(**self.structure))
         object.__setattr__(self, "concepts", specs.concept_uses(self.concepts))
+
+    @property
+    def scale_used(self) -> float:
+        """The guidance scale the edit runs with: 1 (the unconditional prediction alone) without a prompt."""
+        return self.guidance_scale if self.prompt.strip() else 1.0
 
     def validate(self) -> None:
         if self.noise_form not in NOISE_FORMS:
@@ -217,7 +223,9 @@ def sdedit(engine: ModelHost, spec: SDEditSpec, guide: ImageInput | None, mask: 
     seed = resolve_seed(spec.seed, span=spec.repeats)
     total = sum(denoising_steps(spec.steps, s) for s in spec.strengths)
     job = _sdedit(engine, spec, inputs, tokens, seed, total, structure, cancel)
-    return engine.exclusive(job, total, cancel, f"{len(spec.strengths)} t0 values x {spec.repeats} repeats")
+    passes = guidance_passes(spec.scale_used) + structure_passes(spec.structure, spec.scale_used != 1)
+    return engine.exclusive(job, total, cancel, f"{len(spec.strengths)} t0 values x {spec.repeats} repeats",
+                            JobCost(size, size, total, spec.repeats, passes))
 
 
 @torch.no_grad()
@@ -232,9 +240,8 @@ def _sdedit(engine: ModelHost, spec: SDEditSpec, inputs: _Inputs, tokens: Tokens
     guide_latents = encode_image(model.vae, inputs.guide).to(model.dtype)  # (1, C, h, w)
     same_image = inputs.original is inputs.guide  # unmasked, or masked on the guide itself: encode once
     original_latents = guide_latents if same_image else encode_image(model.vae, inputs.original).to(model.dtype)
-    scale = spec.guidance_scale if spec.prompt.strip() else 1.0
     null = engine.null_conditioning()
-    guider = ClassifierFreeGuidance(cond=engine.encode_prompt(tokens), uncond=null, scale=scale)
+    guider = ClassifierFreeGuidance(cond=engine.encode_prompt(tokens), uncond=null, scale=spec.scale_used)
     latent_mask = None
     start_latents = guide_latents
     if inputs.mask is not None:
@@ -302,11 +309,11 @@ def _sdedit(engine: ModelHost, spec: SDEditSpec, inputs: _Inputs, tokens: Tokens
         inputs_used["structure_images"] = structure.record()
     settings = reproduction_record(
         engine, "sdedit", {"method": "sdedit", **asdict(spec)}, timings, unet_evaluations, seed=seed,
-        seeds=[sample.seed for sample in samples], masked=inputs.mask is not None, guidance_scale_used=scale,
+        seeds=[sample.seed for sample in samples], masked=inputs.mask is not None, guidance_scale_used=spec.scale_used,
         inputs=inputs.notes, results=[asdict(sample) for sample in samples], **inputs_used,
     )
     yield SDEditResult(images, settings, timings, unet_evaluations, pixels, seed=seed, samples=samples,
-                       masked=inputs.mask is not None, guidance_scale_used=scale, strip=strip, latents=latents,
+                       masked=inputs.mask is not None, guidance_scale_used=spec.scale_used, strip=strip, latents=latents,
                        original_latents=original_latents, latent_mask=latent_mask)
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from studio import metrics
 from studio.conditioning import Cond
+from studio.costs import ADAPTER_TRAINING_PASSES, JobCost, guidance_passes, structure_passes
 from studio.denoiser import Denoiser
 from studio.errors import InvalidInputError
 from studio.conditioning import Tokens
@@ -174,6 +175,26 @@ METHOD_SETTINGS = {
     "edict": ("edict_mix", "float64"),
     "bdia": ("bdia_gamma", "float64"),
 }
+
+
+def inversion_cost(spec: InversionSpec, size: int) -> JobCost:
+    """UNet passes a step over the inversion and its reconstruction (sampled back at guidance_scale): DDIM's
+    at inversion_guidance, the w = 1 pivot of NPI and NTI, NTI's prompt prediction and its inner_steps iterations
+    (a forward and a backward pass to the null embedding each, the most it runs: early stops spend fewer), EDICT's
+    two coupled sequences, BDIA's one; the structure's rows on every guided pass."""
+    sampled = guidance_passes(spec.guidance_scale)
+    inverting = {
+        "ddim": guidance_passes(spec.inversion_guidance),
+        "negative_prompt": 1,
+        "null_text": 1 + 1 + spec.inner_steps * ADAPTER_TRAINING_PASSES,
+        "edict": 2 * sampled,
+        "bdia": sampled,
+    }[spec.method]
+    reconstructing = 2 * sampled if spec.method == "edict" else sampled
+    structured = PHASES[spec.method] * structure_passes(spec.structure)
+    return JobCost(size, size, spec.steps, 1, inverting + reconstructing + structured)
+
+
 METHOD_RUNNERS: dict[str, Callable[[Context], Iterator[Event]]] = {
     "ddim": _ddim,
     "negative_prompt": _negative_prompt,
@@ -260,7 +281,8 @@ def invert(engine: ModelHost, spec: InversionSpec, image: ImageInput | None,
     prepared = prepare_image(image, size)
     structure = prepare_structure(engine, spec.structure, structure_images, size, size)
     job = _invert(engine, spec, prepared.image, prepared.note, tokens, structure, cancel)
-    return engine.exclusive(job, PHASES[spec.method] * spec.steps, cancel, f"one {size}px image")
+    return engine.exclusive(job, PHASES[spec.method] * spec.steps, cancel, f"one {size}px image",
+                            inversion_cost(spec, size))
 
 
 @torch.no_grad()

@@ -46,6 +46,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from studio.conditioning import Tokens
+from studio.costs import JobCost
 from studio.errors import InvalidInputError, ModelLoadError
 from studio.events import CancelToken, Event
 from studio.models import LoadedModel
@@ -335,9 +336,10 @@ class JobHost:
                 )
         return tokens
 
-    def exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None,
-                  workload: str) -> Iterator[Event]:
-        return self._engine.exclusive(self._engine.concepts.running(self._uses, job), total_steps, cancel, workload)
+    def exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None, workload: str,
+                  cost: JobCost) -> Iterator[Event]:
+        return self._engine.exclusive(self._engine.concepts.running(self._uses, job), total_steps, cancel, workload,
+                                      cost)
 
 
 def _undo_all(undo: list[Callable[[], None]]) -> None:

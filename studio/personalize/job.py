@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from studio.costs import ADAPTER_TRAINING_PASSES, FULL_TRAINING_PASSES, JobCost
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Event, Notice, PersonalizeResult, Progress
 from studio.images import ImageInput
@@ -47,7 +48,18 @@ def personalize(host: ModelHost, spec: PersonalizeSpec, images: Sequence[ImageIn
     ends with a PersonalizeResult. The resident model is never changed: the run trains copies of its modules."""
     instances, notices = check_inputs(host, spec, images, second_images)
     return host.exclusive(_run(host, spec, instances, notices, Path(out), cancel), spec.steps, cancel,
-                          f"{spec.method} training at batch size {spec.batch_size}")
+                          f"{spec.method} training at batch size {spec.batch_size}",
+                          training_cost(spec, host.native_size))
+
+
+def training_cost(spec: PersonalizeSpec, size: int) -> JobCost:
+    """A training step's passes over its batch (gradient accumulation's micro-batches included): a forward and a
+    backward pass (studio.costs), DreamBooth's class-prior batch beside the instances' doubling them. The class
+    images DreamBooth draws once a run are left out: a few short samplings beside hundreds of training steps."""
+    dreambooth = spec.method == "dreambooth"
+    passes = FULL_TRAINING_PASSES if dreambooth else ADAPTER_TRAINING_PASSES
+    prior = 2 if dreambooth and spec.prior_preservation else 1
+    return JobCost(size, size, spec.steps, spec.batch_size * spec.gradient_accumulation, passes * prior)
 
 
 def _run(host: ModelHost, spec: PersonalizeSpec, instances: list[TrainingImage], notices: list[str], out: Path,
