@@ -13,7 +13,7 @@ embedding) applied while the job holds the model (studio.personalize.concepts).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,22 @@ from studio.structure.spec import StructureImages
 
 if TYPE_CHECKING:  # training is imported when a personalization runs
     from studio.personalize.spec import PersonalizeSpec
+
+
+class CostedJob(Iterator[Event]):
+    """A job's event stream (what Engine.exclusive returns) carrying its cost: ZeroGPU sizes the GPU time it asks
+    for from it (studio.ui.gpu) before the job starts."""
+
+    def __init__(self, events: Generator[Event, None, None], cost: JobCost) -> None:
+        self._events = events
+        self.cost = cost
+
+    def __next__(self) -> Event:
+        return next(self._events)
+
+    def close(self) -> None:
+        """Unwind the job (its turn on the model, its attention processors): what a generator's close() does."""
+        self._events.close()
 
 
 class Engine:
@@ -167,7 +183,7 @@ class Engine:
         ("512x512 with batch size 4"), leaving the engine usable. Every engine job (generate, invert, edit, train)
         goes through here."""
         cost.check(self.max_job_cost)
-        return self._run_exclusive(job, total_steps, cancel, workload)
+        return CostedJob(self._run_exclusive(job, total_steps, cancel, workload), cost)
 
     def _run_exclusive(self, job: Iterator[Event], total_steps: int, cancel: CancelToken | None,
                        workload: str) -> Iterator[Event]:
