@@ -95,6 +95,109 @@ class SessionJobs:
 
 JOBS = SessionJobs()
 
+BUSY_MESSAGE = "You already have a job running or waiting: wait for it or press Stop."
+
+
+class Admission:
+    """At most `per_session` model jobs running or waiting per session (None: any), enforced when a job is pushed,
+    before it queues: the job events' `validator=` (Gradio runs it in Queue.push, with the session's gr.Request)
+    admits or refuses. A job leaves when its handler returns, when Stop drops it while it waits, and with its
+    session (demo.unload). A caller without a session (a bare /call POST) is its own session each time: it is
+    bounded by the queue's size and by the reader watch (`ReaderWatch`), not here."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.per_session: int | None = None
+        self._waiting: dict[str, list[str]] = {}  # session -> tabs of its admitted jobs not yet started
+        self._running: dict[str, list[str]] = {}  # session -> tabs of its running jobs
+
+    def admit(self, session: str | None, tab: str) -> bool:
+        """Take a place for `session`'s job in `tab`; False (nothing taken) when the session has no place left."""
+        if session is None or self.per_session is None:
+            return True
+        with self._lock:
+            held = len(self._waiting.get(session, ())) + len(self._running.get(session, ()))
+            if held >= self.per_session:
+                return False
+            self._waiting.setdefault(session, []).append(tab)
+            return True
+
+    def started(self, session: str, tab: str) -> None:
+        with self._lock:
+            if _take(self._waiting, session, tab):
+                self._running.setdefault(session, []).append(tab)
+
+    def finished(self, session: str, tab: str) -> None:
+        with self._lock:
+            _take(self._running, session, tab)
+
+    def dropped(self, session: str, tab: str) -> None:
+        """Stop in `tab` with nothing running there: Gradio drops the tab's waiting job (cancels=)."""
+        with self._lock:
+            while _take(self._waiting, session, tab):
+                pass
+
+    def forget(self, request: gr.Request) -> None:
+        """demo.unload: the session has gone, and its waiting jobs with it (Queue.clean_events)."""
+        with self._lock:
+            self._waiting.pop(request.session_hash, None)
+
+    def validator(self, tab: str, inputs: int) -> Callable[..., list[dict[str, Any]]]:
+        """The `validator=` of `tab`'s job events, called with the handler's `inputs` values: one gr.validate per
+        input, the first refused with BUSY_MESSAGE when the session has no place, which gradio_client raises as a
+        ValidationError with the message and the browser shows by the form (a gr.Error raised in a validator
+        reaches neither: Queue.push answers 400 without its text)."""
+
+        def admit(request: gr.Request, **values: Any) -> list[dict[str, Any]]:
+            admitted = self.admit(request.session_hash, tab)
+            return [gr.validate(admitted, "" if admitted else BUSY_MESSAGE), *[gr.validate(True, "")] * (inputs - 1)]
+
+        return admit
+
+
+def _take(held: dict[str, list[str]], session: str, tab: str) -> bool:
+    tabs = held.get(session, [])
+    if tab not in tabs:
+        return False
+    tabs.remove(tab)
+    if not tabs:
+        del held[session]
+    return True
+
+
+ADMISSION = Admission()
+
+READER_GONE_S = 4.0  # a job whose events nobody has read for this long has lost its client: it is stopped
+
+
+class ReaderWatch:
+    """Whether anyone still reads a job's events. A closed browser or a killed gradio_client closes its event
+    stream and Gradio stops the job itself (Queue.clean_events); a /call POST whose GET is never sent has no stream
+    to close, and Gradio would run the job to the end. Gradio has no public flag for a reader, so this looks at the
+    session's queue of undelivered messages (routes.py's readers empty it as they stream): never empty for
+    READER_GONE_S means nobody is reading."""
+
+    def __init__(self, request: gr.Request | None) -> None:
+        self.messages = _pending_messages(request)
+        self.read_at = time.monotonic()
+
+    def gone(self) -> bool:
+        if self.messages is None:  # not served by Gradio's queue (a direct call): nothing to watch
+            return False
+        now = time.monotonic()
+        if self.messages.empty():
+            self.read_at = now
+        return now - self.read_at > READER_GONE_S
+
+
+def _pending_messages(request: gr.Request | None) -> Any:
+    """The session's undelivered-message queue in Gradio's Queue (pending_messages_per_session), or None."""
+    app = getattr(getattr(request, "request", None), "app", None)
+    queue = getattr(app.get_blocks(), "_queue", None) if hasattr(app, "get_blocks") else None
+    if queue is None or request is None:
+        return None
+    return queue.pending_messages_per_session.get(request.session_hash)
+
 
 def stream_job(tab: str, request: gr.Request | None, status: Component, start: Callable[[CancelToken], Iterator[Any]],
                render: Callable[[Any], Outputs | None], what: str, *, results: Mapping[Component, str] | None = None,
@@ -116,18 +219,22 @@ def stream_job(tab: str, request: gr.Request | None, status: Component, start: C
     processors unwind before the next job (Gradio's cancel raises GeneratorExit at this generator's yield)."""
     key, results = (session_id(request), tab), dict(results or {})
     job = JOBS.start(key, results, partial)
+    ADMISSION.started(*key)
     try:
         events = start(job.cancel)
     except StudioError as error:
-        JOBS.finish(key, job)
+        _finish(key, job)
         raise gr.Error(public_message(str(error))) from error
     except Exception as error:
-        JOBS.finish(key, job)
+        _finish(key, job)
         raise gr.Error(_unexpected(what, error)) from error
-    labels = ResultLabels(results)
+    labels, reader = ResultLabels(results), ReaderWatch(request)
     try:
         yield {status: progress_html(0, 1, job.text), **labels.mark(results, "previous run")}
         for event in events:
+            if not job.cancel.cancelled and reader.gone():
+                log.info("%s: nobody reads its events for %.0f s; stopping it", what, READER_GONE_S)
+                job.cancel.cancel()  # the engine stops within a step: the model is free for the next job
             if isinstance(event, Progress):
                 if job.cancel.cancelled:
                     continue  # Stop has said where the run stopped: the counter stays where it said
@@ -157,7 +264,12 @@ def stream_job(tab: str, request: gr.Request | None, status: Component, start: C
         job.cancel.cancel()
         if hasattr(events, "close"):
             events.close()  # unwinds the engine job (its lock, its attention processors) when stopped mid-run
-        JOBS.finish(key, job)
+        _finish(key, job)
+
+
+def _finish(key: tuple[str, str], job: Job) -> None:
+    JOBS.finish(key, job)
+    ADMISSION.finished(*key)
 
 
 def remembering(render: Callable[[Any], Outputs | None], kept: Sequence[Any]) -> tuple[Callable, Callable]:
@@ -261,6 +373,22 @@ KEYBOARD_JS = f"""
 JOB_EVENT = dict(concurrency_id="model", show_progress="hidden")
 
 
+def apply_limits(demo: gr.Blocks, jobs_per_session: int | None, side_concurrency: int | None) -> None:
+    """Inside `demo`'s Blocks, once every event is wired: at most `jobs_per_session` model jobs per session
+    (ADMISSION, as each job event's validator; None: no validator, so no second preprocessing of the inputs), and
+    at most `side_concurrency` of each side handler at once (every event Gradio would run without a limit:
+    previews, maps, plots, renders; not Stop, which must run beside the job it stops)."""
+    ADMISSION.per_session = jobs_per_session
+    if jobs_per_session is not None:
+        demo.unload(ADMISSION.forget)
+    for fn in demo.fns.values():
+        if fn.concurrency_id == "model" and jobs_per_session is not None:
+            # the tab whose handler this is: the key of its Stop
+            fn.validator = ADMISSION.validator(fn.fn.__self__.name, len(fn.inputs))
+        elif fn.concurrency_limit is None and fn.concurrency_id != "stop":
+            fn.concurrency_limit = side_concurrency
+
+
 STOP_SETTLE_S = 10.0  # how long Stop waits for the run's last step to land before it repeats its final word
 
 
@@ -274,6 +402,7 @@ def stop_button(button: gr.Button, status: Component, runs: list[Any], tab: str,
     def stop(request: gr.Request) -> Iterator[Any]:
         job = JOBS.cancel((session_id(request), tab))
         if job is None:
+            ADMISSION.dropped(session_id(request), tab)  # a waiting run, which `cancels=` drops from the queue
             yield gr.skip()
             return
         yield _with_status(job.stopped(), status)
