@@ -44,6 +44,7 @@ from safetensors.torch import save_file
 
 from studio.errors import ModelLoadError
 from studio.single_file import read_pickled_weights
+from studio.specs import MAX_NAME_CHARS, MAX_WORD_CHARS, check_text
 
 CONCEPT_JSON = "concept.json"
 DIFFUSERS_EMBEDDINGS = "learned_embeds.safetensors"
@@ -266,13 +267,20 @@ def read_concept(path: Path, token: str | None = None) -> ConceptFile:
     `token` names the word of an embedding file that stores none (A1111, kohya, SDXL; default: the file's stem).
     Raises ModelLoadError for a missing, unreadable or unknown file, naming what it could not read."""
     path = Path(path)
+    # the name and the words are shown back and become prompt words: refused when longer than any real one
+    check_text("The file's name", path.name, MAX_NAME_CHARS)
+    if token is not None:
+        check_text("The token", token, MAX_WORD_CHARS)
     if path.is_dir():
-        return _read_folder(path, token)
-    if not path.is_file():
+        concept = _read_folder(path, token)
+    elif not path.is_file():
         raise ModelLoadError(f"{path} does not exist.")
-    weights, metadata = _read_weights(path)
-    parts = _read_weights_as_concept(path, weights, metadata, token)
-    return ConceptFile(path=path, sha256=file_sha256(path), **parts)
+    else:
+        weights, metadata = _read_weights(path)
+        concept = ConceptFile(path=path, sha256=file_sha256(path), **_read_weights_as_concept(path, weights, metadata, token))
+    for word in concept.words:
+        check_text(f"The concept's word {word[:20]!r}", word, MAX_WORD_CHARS)
+    return concept
 
 
 def check_fits(concept: ConceptFile, model) -> None:

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from studio.errors import InvalidInputError
 from studio.shapes.vocabulary import BOS, EOS, RESERVED_SHAPES, UNK, vocabulary
-from studio.specs import Range, check_ranges
+from studio.specs import MAX_WORD_CHARS, Range, check_ranges, check_text
 
 METHODS = ("textual-inversion", "lora", "dreambooth", "custom-diffusion")
 MIN_IMAGES, MAX_IMAGES = 3, 10
@@ -98,6 +98,10 @@ class PersonalizeSpec:
             raise InvalidInputError("Two concepts at once train with custom-diffusion only; leave the second concept empty.")
         if self.second_concept is not None and self.second_concept == self.concept:
             raise InvalidInputError(f"The two concepts must be different words, both are {self.concept!r}.")
+        for label, word in (("The concept word", self.concept), ("The second concept word", self.second_concept),
+                            ("The class word", self.class_word), ("The second class word", self.second_class_word)):
+            if word is not None:
+                check_text(label, word, MAX_WORD_CHARS)  # before it is echoed in a message or tokenized
         for word in self.words:
             if not word or word != word.strip() or " " in word:
                 raise InvalidInputError(f"A concept word is one word without spaces, got {word!r}.")

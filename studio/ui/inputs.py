@@ -27,13 +27,13 @@ from gradio.utils import get_upload_folder
 from PIL import Image, UnidentifiedImageError
 
 from studio.images import header_size, too_large_message
+from studio.specs import shown
 
 log = logging.getLogger(__name__)
 
 # An absolute path (or a home-relative one) not inside a URL or a relative path: "/tmp/gradio/ab12/photo.png",
 # '~/models/x.ckpt'. The last part is kept; the folders (the Gradio temp dir, the repository, a home) are not.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])~?/(?:[^\s'\"`()\[\]{}<>,;:/]+/)*([^\s'\"`()\[\]{}<>,;:/]+)/?")
-_NOT_FINITE = re.compile(r"\b(nan|inf|infinity)\b", re.IGNORECASE)
 MAX_MESSAGE_CHARS = 600  # a message echoing a hostile value (a megabyte of prompt) is cut in the middle
 
 
@@ -55,12 +55,15 @@ class StudioBlocks(gr.Blocks):
     async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
         try:
             return await super().preprocess_data(block_fn, inputs, state, explicit_call)
-        except gr.Error:
-            raise  # Gradio's own messages (a number out of bounds, SVG refused) already reach the user
+        except gr.Error as error:  # Gradio's own message (a number out of bounds, SVG refused): the field named first
+            _, component = _failed_input(error.__traceback__)
+            if component is None:
+                raise
+            raise gr.Error(public_message(f"{field_name(component)}: {error.message}"), print_exception=False) from error
         except Exception as error:  # any failure to read an input becomes its message
             index, component = _failed_input(error.__traceback__)
             payload = inputs[index] if index is not None and index < len(inputs) else None
-            message = f"{field_name(component)}: {input_problem(_original(error), payload)}"
+            message = f"{field_name(component)}: {input_problem(_original(error), payload, component)}"
             log.info("input refused: %s (%s: %s)", message, type(_original(error)).__name__, _original(error))
             raise gr.Error(public_message(message), print_exception=False) from error
 
@@ -69,12 +72,16 @@ def field_name(component: Any) -> str:
     """How the user knows a component: its label, else its kind ("Number")."""
     if component is None:
         return "The request"
-    label = getattr(component, "label", None)
-    return str(label) if label else type(component).__name__
+    label = str(getattr(component, "label", None) or "")
+    if len(label) > 40 and ":" in label:  # "Canvas: paint strokes; with ...": the label's help is not its name
+        label = label.split(":", 1)[0]
+    return label or type(component).__name__
 
 
-def input_problem(error: BaseException, payload: Any) -> str:
+def input_problem(error: BaseException, payload: Any, component: Any = None) -> str:
     """What is wrong with an input Gradio could not read, in words a user can act on."""
+    if isinstance(component, (gr.Number, gr.Slider)) and isinstance(error, (ValueError, TypeError, OverflowError)):
+        return f"a finite number is needed here, not {shown(payload)}."
     if isinstance(error, Image.DecompressionBombError):
         refused = (path for path in _uploaded_paths(payload) if _over_limit(path))  # an editor's layer, say
         return too_large_message(error, next(refused, None))
@@ -89,8 +96,6 @@ def input_problem(error: BaseException, payload: Any) -> str:
     if isinstance(error, pydantic.ValidationError):
         return "the value sent is not what this field takes (a file field takes an uploaded file; see the API page)."
     if isinstance(error, (ValueError, TypeError, OverflowError)):
-        if _NOT_FINITE.search(str(error)):  # int(round(nan)) in gr.Number's preprocess
-            return "NaN and infinity are not numbers this field takes: enter a finite number."
         return f"the value sent cannot be used here ({error})."
     return f"the value sent could not be read ({type(error).__name__})."
 
