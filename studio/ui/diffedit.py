@@ -48,6 +48,7 @@ from studio.ui.form import (
     text,
     textbox,
 )
+from studio.ui.gpu import engine_job
 from studio.ui.parts import (
     DOWNLOADS,
     Sendable,
@@ -302,8 +303,8 @@ class DiffEditTab(Tab):
             spec = personalized(spec_from_values(values, inversion), request)
             warn_about_limits(self.engine, [spec.source_prompt, spec.target_prompt], concepts=spec.concepts)  # uploads are resized
             run["preview_settings"] = run_settings(spec)
-            return self.engine.diffedit_mask(spec, None if inversion is not None else values.get("image"), inversion,
-                                             cancel)
+            return engine_job(self.engine, "diffedit_mask", spec, None if inversion is not None else values.get("image"),
+                              inversion, cancel=cancel)
 
         run: dict[str, Any] = {}  # the run's settings, for the previews
         render, partial = remembering(lambda event: self.render_mask(event, **run), [self.mask_preview])
@@ -338,8 +339,8 @@ class DiffEditTab(Tab):
             structure, images = self.structure_panel.structure(values, before, int(self.engine.native_size))
             spec = dataclasses.replace(spec, structure=structure)
             edit.update(spec=spec, inversion=inversion, before=before, preview_settings=run_settings(spec))
-            return self.engine.diffedit(spec, None if inversion is not None else picture, mask, inversion,
-                                        structure_images=images, cancel=cancel)
+            return engine_job(self.engine, "diffedit", spec, None if inversion is not None else picture, mask, inversion,
+                              structure_images=images, cancel=cancel)
 
         render, partial = remembering(lambda event: self.render(event, **edit), [self.mask_preview, self.result])
         yield from stream_job("diffedit", request, self.status, start, render, "DiffEdit",

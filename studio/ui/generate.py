@@ -61,6 +61,7 @@ from studio.ui.form import (
     text,
     textbox,
 )
+from studio.ui.gpu import engine_job
 from studio.ui.parts import (
     DOWNLOADS,
     Sendable,
@@ -662,7 +663,7 @@ class GenerateTab(Tab):
                 gr.Info(note)
             shown = Shown(run_settings(spec, str(self.engine.model_name), int(self.engine.native_size)),
                           image=_blank(spec, int(self.engine.native_size)))
-            return self.engine.generate(spec, structure_images=images, cancel=cancel)
+            return engine_job(self.engine, "generate", spec, structure_images=images, cancel=cancel)
 
         yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
                               "Generation", results=self.results, partial=lambda: self.partial(shown))

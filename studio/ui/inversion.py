@@ -33,6 +33,7 @@ from studio.inversion.result import (BDIA_GAMMA, EDICT_MIX, IMAGE_WEIGHT, INNER_
 from studio.jobs import inversion_record
 from studio.plots import line_chart
 from studio.ui.form import Field, number, saved, slider, spec_values, text, textbox
+from studio.ui.gpu import engine_job
 from studio.ui.inputs import public_message
 from studio.ui.parts import (DOWNLOADS, Sendable, Tab, downloads_box, instant, load_settings_box, model_line,
                              model_panel, rgb, send_row, settings_view, tagged, warn_about_limits)
@@ -348,7 +349,7 @@ class InversionTab(Tab):
             shown.runs.extend(personalized(replace(spec, structure=structure), request) for spec in runs)
             warn_about_limits(self.engine, [shown.runs[0].prompt], concepts=shown.runs[0].concepts)  # the upload is prepared to the model's size
             # every method's input is checked here, before the first one starts
-            return run_progress([self.engine.invert(spec, image, structure_images=images, cancel=cancel)
+            return run_progress([engine_job(self.engine, "invert", spec, image, structure_images=images, cancel=cancel)
                                  for spec in shown.runs])
 
         yield {self.losses: None}  # the previous run's loss plot is not this run's

@@ -47,6 +47,7 @@ from studio.jobs import inversion_record, reproduction_record
 from studio.prompt_weights import parse_weighted_prompt
 from studio.ui.form import (Field, number, optional_whole, saved, seed_from_form, seed_box, slider, spec_values, text,
                             textbox)
+from studio.ui.gpu import engine_job
 from studio.ui.parts import (DIFFERENCE_GAIN, DOWNLOADS, Sendable, Tab, chosen_inversion, compare_view, difference,
                              downloads_box, instant, load_settings_box, mask_from_map, mask_row, model_panel, send_row,
                              settings_view, table_rows, tagged, warn_about_limits, with_inversion)
@@ -436,7 +437,7 @@ class P2PTab(Tab):
             warn_about_limits(self.engine, [shown.spec.source_prompt, shown.spec.target_prompt], size,
                               concepts=shown.spec.concepts)
             # checks input, no model work yet
-            return self.engine.p2p(shown.spec, shown.inversion, structure_images=images, cancel=cancel)
+            return engine_job(self.engine, "p2p", shown.spec, shown.inversion, structure_images=images, cancel=cancel)
 
         yield {self.hint: ""}  # the last edit's hint is not this one's
         yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),

@@ -42,6 +42,7 @@ from studio.plots import line_chart
 from studio.shapes.vocabulary import RESERVED_SHAPES
 from studio.specs import CONCEPT_SCALE
 from studio.ui.form import Field, optional_whole, saved, seed_box, slider, spec_values, text, textbox
+from studio.ui.gpu import engine_job
 from studio.ui.inputs import public_message
 from studio.ui.parts import Tab, instant, model_line, session_id, settings_view
 from studio.ui.session_concepts import SESSION_CONCEPTS, concept_rows
@@ -269,8 +270,8 @@ class PersonalizeTab(Tab):
                 raise InvalidInputError(f"{taken[0]!r} is the word of the loaded concept {owners[taken[0]]!r}: unload it "
                                         "first (below) to train it again, or pick another word.")
             out["folder"] = run_folder(self.concepts_dir, spec)
-            return self.engine.personalize(spec, gallery_images(images), out["folder"], cancel=cancel,
-                                           second_images=gallery_images(second_images))
+            return engine_job(self.engine, "personalize", spec, gallery_images(images), out["folder"], cancel=cancel,
+                              second_images=gallery_images(second_images))
 
         def render(event: Event) -> Outputs | None:
             if isinstance(event, Notice):

@@ -40,6 +40,7 @@ from studio.ui.form import (
     text,
     textbox,
 )
+from studio.ui.gpu import engine_job
 from studio.ui.parts import (
     DOWNLOADS,
     Sendable,
@@ -361,8 +362,8 @@ class SDEditTab(Tab):
             warn_about_limits(self.engine, [spec.prompt], concepts=spec.concepts)  # the guide is prepared to the model's size
             # the result's record is only known at the end: previews carry the spec (what a Load settings needs)
             run.update(guide=guide, preview_settings={**dataclasses.asdict(spec), "job": "sdedit"})
-            return self.engine.sdedit(spec, guide, mask=mask, original=original, structure_images=images,
-                                      cancel=cancel)
+            return engine_job(self.engine, "sdedit", spec, guide, mask=mask, original=original,
+                              structure_images=images, cancel=cancel)
 
         render, partial = remembering(lambda event: self.render(event, **run), [self.preview])
         yield from stream_job("sdedit", request, self.status, start, render, "SDEdit", partial=partial,

@@ -45,6 +45,7 @@ from studio.ui.form import (
     textbox,
 )
 from studio.ui.generate import GenerateTab, Shown, _blank, pick_item, run_settings
+from studio.ui.gpu import engine_job
 from studio.ui.parts import (
     Sendable,
     instant,
@@ -301,7 +302,7 @@ class StructureTab(GenerateTab):
             spec = personalized(replace(spec, seed=resolve_seed(spec.seed, span=spec.batch_size)), request)  # partial images know their seed
             warn_about_limits(self.engine, [spec.prompt, spec.negative_prompt], concepts=spec.concepts)
             shown = Shown(run_settings(spec, str(self.engine.model_name), native), image=_blank(spec, native))
-            return self.engine.generate(spec, structure_images=images, cancel=cancel)
+            return engine_job(self.engine, "generate", spec, structure_images=images, cancel=cancel)
 
         yield from stream_job(self.name, request, self.status, start, lambda event: self.render(event, shown),
                               "Structure", results=self.results, partial=lambda: self.partial(shown))
