@@ -83,7 +83,12 @@ def generate_specs(args: argparse.Namespace) -> Iterator[GenerateSpec]:
     from studio.png_settings import read_png_settings, spec_fields
 
     for png in args.from_png or []:
-        yield GenerateSpec(**spec_fields(read_png_settings(png)))
+        saved = spec_fields(read_png_settings(png))
+        try:
+            spec = GenerateSpec(**saved)
+        except (TypeError, ValueError, KeyError) as error:  # a condition or guidance record of another shape
+            raise StudioError(f"{png}: its settings are not a generation this studio can run ({error}).") from error
+        yield spec
     structure = structure_spec(args)
     for prompt in _prompts(args):
         for seed in args.seeds:
