@@ -38,7 +38,9 @@ LOCAL = Limits(max_job_cost=None, jobs_per_session=None, queue_size=16, max_uplo
 # batch 4; a 128-px generation 0.03, null-text inversion 0.75, DreamBooth 2.25), while 2048x2048 at the default 25
 # steps costs 8 (it held the model 105 s on CPU) and batch 8 at 1024x1024 16 (86 s). Four is about a minute of
 # the model on a CPU Space. One job per session, and a short queue: a session waits behind at most 7 others.
-# Uploads: a settings PNG or an input image at the studio's 4096-px limit fits in 10 MB; ten minutes is long
-# enough to use what was uploaded; 2 GB of cache keeps a free Space's disk from filling.
+# Side handlers one of a kind at a time: 8 parallel control-map previews of a 4000x4000 upload beside a running job
+# took RSS up 5.7 GB and the job 4.0x as long unbounded, 1.1 GB one at a time (bench in the #19 report; the job
+# still shares the CPU with the one running). Uploads: a settings PNG or an input image at the studio's 4096-px limit
+# fits in 10 MB; ten minutes is long enough to use what was uploaded; 2 GB of cache keeps a Space's disk from filling.
 PUBLIC = Limits(max_job_cost=4.0, jobs_per_session=1, queue_size=8, max_upload_mb=10, upload_retention_s=600,
-                side_concurrency=2, max_cache_mb=2048)
+                side_concurrency=1, max_cache_mb=2048)
