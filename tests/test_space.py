@@ -2,8 +2,9 @@
 
 Protects: `python app.py` started with a Space's environment (SYSTEM=spaces, SPACE_ID, GRADIO_SERVER_NAME/PORT,
 STUDIO_PUBLIC=1, SPACES_ZERO_GPU=1 with a stand-in `spaces` package, tests/fake_spaces) serves one job of every tab,
-each run through spaces.GPU with its arguments and events pickled and a duration that grows with the job's cost, and
-a Stop there stops the stream; --auth / --auth-file / $STUDIO_AUTH reach Gradio's login (an endpoint and the file
+each run through spaces.GPU with its arguments and events pickled, and a Stop there stops the job (slow: the Space's
+start); in the web process, a ZeroGPU job is checked before any GPU is asked for, asks a duration that grows with its
+cost, brings a worker's error back as its message, and stops at Stop between steps; --auth / --auth-file / $STUDIO_AUTH reach Gradio's login (an endpoint and the file
 routes refused without it, a job run with it); a warning when the studio is reachable beyond loopback without a
 login; private events are not callable by name; analytics are off; README's front matter is the Space's.
 """
@@ -210,6 +211,14 @@ def test_on_zero_gpu_a_job_is_checked_here_and_its_events_come_back_pickled(engi
     assert [call["entry"] for call in zero_gpu.calls] == ["generate"]
 
 
+def test_on_zero_gpu_a_costlier_job_asks_for_more_gpu_time(engine, zero_gpu):
+    for steps in (2, 20):
+        list(gpu.engine_job(engine, "generate", GenerateSpec(PROMPT, steps=steps, width=64, height=64, seed=1)))
+    small, large = zero_gpu.calls
+    assert small["units"] is not None and large["units"] == pytest.approx(10 * small["units"])
+    assert [small["duration"], large["duration"]] == [gpu.gpu_seconds(small["units"]), gpu.gpu_seconds(large["units"])]
+
+
 def test_a_worker_error_comes_back_as_the_engines_message(engine, zero_gpu, monkeypatch):
     def running_out_of_memory(spec, cancel=None):
         raise DeviceOutOfMemoryError("The cuda device ran out of memory at 512x512: lower the size.")
@@ -263,32 +272,45 @@ def space(tmp_path_factory):
            "SPACES_ZERO_GPU": "true", "FAKE_SPACES_LOG": str(log), "GRADIO_TEMP_DIR": str(folder / "gradio"),
            "PYTHONPATH": os.pathsep.join([str(FAKE_SPACES), os.environ.get("PYTHONPATH", "")]),
            "STUDIO_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    output = folder / "app.log"
-    with open(output, "w") as sink:
-        process = subprocess.Popen([sys.executable, "app.py", "--device", "cpu", "--concepts-dir", str(folder / "c")],
-                                   cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    output, url = folder / "app.log", f"http://127.0.0.1:{port}/"
+    command = [sys.executable, "app.py", "--device", "cpu", "--concepts-dir", str(folder / "concepts")]
+    process = None
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, f"the Space exited: {output.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"the Space did not start: {output.read_text()[-3000:]}"
-            try:
-                if httpx.get(url + "config", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        for attempt in range(2):
+            with open(output, "w") as sink:
+                process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            if started(process, url, output) or attempt:
+                break
+            # Gradio's launch gives up when its own first request to the page takes over 3 s (networking.url_ok),
+            # which a loaded shared CPU can make happen: once more, then the failure is real
+            assert "localhost is not accessible" in output.read_text(), f"the Space exited: {output.read_text()[-3000:]}"
+        assert process.poll() is None, f"the Space exited: {output.read_text()[-3000:]}"
         yield url, log, output, folder
     finally:
-        process.terminate()
-        process.wait(30)
+        if process is not None:
+            process.terminate()
+            process.wait(30)
+
+
+def started(process: subprocess.Popen, url: str, output: Path) -> bool:
+    """Whether the app answers at `url` (False: it exited first); fails after three minutes."""
+    deadline = time.monotonic() + 180
+    while process.poll() is None:
+        assert time.monotonic() < deadline, f"the Space did not start: {output.read_text()[-3000:]}"
+        try:
+            if httpx.get(url + "config", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def gpu_calls(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
+@pytest.mark.slow  # about 1.5 minutes on 2 shared cores: the Space's start, then seven jobs (.ci/run runs it)
 def test_the_space_serves_one_job_of_every_tab_through_zero_gpu(space):
     url, log, output, folder = space
     client = Client(url, verbose=False)
@@ -301,16 +323,7 @@ def test_the_space_serves_one_job_of_every_tab_through_zero_gpu(space):
     assert "without a login" not in output.read_text()  # loopback here
 
 
-def test_the_space_asks_longer_gpu_time_for_a_costlier_job(space):
-    url, log, _, _ = space
-    client = Client(url, verbose=False)
-    for steps in (2, 20):
-        client.predict(api_name="/generate", prompt=PROMPT, steps=steps, width=64, height=64, seed=1)
-    small, large = [call for call in gpu_calls(log) if call["entry"] == "generate"][-2:]
-    assert small["units"] is not None and large["units"] == pytest.approx(10 * small["units"])
-    assert [small["duration"], large["duration"]] == [gpu.gpu_seconds(small["units"]), gpu.gpu_seconds(large["units"])]
-
-
+@pytest.mark.slow
 def test_stop_on_the_space_stops_the_job_and_the_next_one_runs(space):
     url, *_ = space
     client = Client(url, verbose=False)
