@@ -75,7 +75,7 @@ def build_app(engine: Engine, concepts_dir: Path = personalize.CONCEPTS_DIR, lim
         send.connect(tabs, [generating, structuring, inverted, sdediting, diffediting, p2p_editing, past])
         demo.unload(history.forget_session)
         demo.unload(session_concepts.session_forgetter(engine))
-        stream.apply_limits(demo, limits.jobs_per_session, limits.side_concurrency)
+        stream.apply_limits(demo, limits.jobs_per_session, limits.side_concurrency, limits.reader_timeout_s)
     # jobs waiting beyond max_size are refused with "queue full" instead of piling up
     demo.queue(default_concurrency_limit=1, max_size=limits.queue_size)
     return demo

@@ -20,7 +20,9 @@ class Limits:
     side_concurrency: how many side handlers (previews, maps, plots, Load settings: no model job) run at once,
     each kind apart (None: any).
     max_cache_mb: uploads are refused while Gradio's cache folder (uploads and outputs) holds more than this
-    (None: no cap)."""
+    (None: no cap).
+    reader_timeout_s: a job whose events nobody has read for this long is stopped (a /call POST whose stream is never
+    read; studio.ui.stream.ReaderWatch); None: never."""
 
     max_job_cost: float | None
     jobs_per_session: int | None
@@ -29,10 +31,11 @@ class Limits:
     upload_retention_s: int
     side_concurrency: int | None
     max_cache_mb: int | None
+    reader_timeout_s: float | None
 
 
 LOCAL = Limits(max_job_cost=None, jobs_per_session=None, queue_size=16, max_upload_mb=20, upload_retention_s=3600,
-               side_concurrency=None, max_cache_mb=None)
+               side_concurrency=None, max_cache_mb=None, reader_timeout_s=30.0)
 
 # The cap, 4 standard images: every tab's defaults on the embedded model cost at most 2.5 (LoRA's 500-step recipe at
 # batch 4; a 128-px generation 0.03, null-text inversion 0.75, DreamBooth 2.25), while 2048x2048 at the default 25
@@ -42,5 +45,7 @@ LOCAL = Limits(max_job_cost=None, jobs_per_session=None, queue_size=16, max_uplo
 # took RSS up 5.7 GB and the job 4.0x as long unbounded, 1.1 GB one at a time (bench in the #19 report; the job
 # still shares the CPU with the one running). Uploads: a settings PNG or an input image at the studio's 4096-px limit
 # fits in 10 MB; ten minutes is long enough to use what was uploaded; 2 GB of cache keeps a Space's disk from filling.
+# A job unread for 10 s is stopped (30 s locally): a live reader, even one lagging behind on a slow link, takes some
+# of its messages within that, and a fire-and-forget /call holds the model for no longer.
 PUBLIC = Limits(max_job_cost=4.0, jobs_per_session=1, queue_size=8, max_upload_mb=10, upload_retention_s=600,
-                side_concurrency=1, max_cache_mb=2048)
+                side_concurrency=1, max_cache_mb=2048, reader_timeout_s=10.0)

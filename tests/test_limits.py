@@ -27,7 +27,7 @@ from studio.inversion.result import METHOD_LABELS
 from studio.personalize.spec import METHODS, PersonalizeSpec
 from studio.specs import Condition, GenerateSpec
 from studio.structure.spec import ControlSpec, StructureSpec
-from studio.ui.stream import BUSY_MESSAGE, READER_GONE_S, Admission
+from studio.ui.stream import BUSY_MESSAGE, Admission, ReaderWatch
 from tests.app_harness import PROMPT, free_port
 
 IMAGE = np.full((128, 128, 3), 200, dtype=np.uint8)
@@ -112,6 +112,31 @@ def test_admission_keeps_one_place_per_session_and_gives_it_back():
     assert admission.admit("a", "p2p")
 
 
+class Unread:
+    """A session's undelivered messages as ReaderWatch sees them: `size` of them."""
+
+    def __init__(self, size: int = 0) -> None:
+        self.size = size
+
+    def qsize(self) -> int:
+        return self.size
+
+
+def test_a_reader_that_lags_behind_is_alive_and_one_that_reads_nothing_is_gone():
+    watch = ReaderWatch(None, timeout_s=0.2)
+    watch.messages = Unread(2)  # queued before the job ran
+    watch.last = 2
+    for _ in range(6):  # each look: two messages sent, two taken, one always left behind
+        watch.sent({}), watch.sent({})
+        time.sleep(0.05)
+        assert not watch.gone()
+    for _ in range(6):  # nobody takes any more
+        watch.sent({})
+        watch.messages.size += 1
+        time.sleep(0.05)
+    assert watch.gone()
+
+
 def launch(engine, tmp_path: Path, preset: limits.Limits):
     os.environ["GRADIO_TEMP_DIR"] = str(tmp_path)
     import app
@@ -165,13 +190,13 @@ def test_a_call_whose_stream_is_never_read_is_stopped_and_frees_the_model(public
     client = Client(url, verbose=False)
     parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["parameters"]
     values = {p["parameter_name"]: p.get("parameter_default") for p in parameters}
-    values.update(prompt=PROMPT, steps=150, random_seed=True)  # about 17 s of the model alone
+    values.update(prompt=PROMPT, steps=150, batch_size=2, random_seed=True)  # about 35 s of the model alone
     posted = httpx.post(f"{url}gradio_api/call/generate", json={"data": list(values.values())}, timeout=30)
     assert posted.status_code == 200, posted.text  # fire and forget: its GET is never sent
     time.sleep(1.0)  # it holds the model
     timings: dict[str, float] = {}
     timed_generate(client, 5, timings, "next")
-    assert timings["next"] < READER_GONE_S + 5.0
+    assert timings["next"] < limits.PUBLIC.reader_timeout_s + 6.0
 
 
 def test_public_limits_bound_side_handlers_and_uploads(public_app, tmp_path):
@@ -201,4 +226,5 @@ def test_uploads_are_refused_while_the_cache_holds_more_than_its_cap(engine, tmp
 
 def test_local_limits_are_the_studio_as_it_was():
     assert limits.LOCAL == limits.Limits(max_job_cost=None, jobs_per_session=None, queue_size=16, max_upload_mb=20,
-                                         upload_retention_s=3600, side_concurrency=None, max_cache_mb=None)
+                                         upload_retention_s=3600, side_concurrency=None, max_cache_mb=None,
+                                         reader_timeout_s=30.0)

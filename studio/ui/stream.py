@@ -15,6 +15,7 @@ import gradio as gr
 
 from studio.errors import CancelledError, StudioError
 from studio.events import CancelToken, Progress, Result
+from studio.limits import LOCAL
 from studio.ui.history import HISTORY
 from studio.ui.inputs import public_message
 from studio.ui.parts import session_id
@@ -71,6 +72,7 @@ class SessionJobs:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], Job] = {}
+        self.reader_timeout_s: float | None = LOCAL.reader_timeout_s  # a job unread this long is stopped (ReaderWatch)
 
     def start(self, key: tuple[str, str], results: Mapping[Component, str] | None = None,
               partial: Callable[[], Outputs] | None = None) -> Job:
@@ -167,27 +169,34 @@ def _take(held: dict[str, list[str]], session: str, tab: str) -> bool:
 
 ADMISSION = Admission()
 
-READER_GONE_S = 4.0  # a job whose events nobody has read for this long has lost its client: it is stopped
-
-
 class ReaderWatch:
     """Whether anyone still reads a job's events. A closed browser or a killed gradio_client closes its event
     stream and Gradio stops the job itself (Queue.clean_events); a /call POST whose GET is never sent has no stream
     to close, and Gradio would run the job to the end. Gradio has no public flag for a reader, so this looks at the
-    session's queue of undelivered messages (routes.py's readers empty it as they stream): never empty for
-    READER_GONE_S means nobody is reading."""
+    session's queue of undelivered messages (routes.py's readers take from it as they stream): a look that finds it
+    shorter than the last look plus the messages sent since (one per handler yield, `sent`) saw a reader take some,
+    so a reader that lags behind is alive; none taken for `timeout_s` means nobody is reading."""
 
-    def __init__(self, request: gr.Request | None) -> None:
-        self.messages = _pending_messages(request)
+    def __init__(self, request: gr.Request | None, timeout_s: float | None) -> None:
+        self.messages = _pending_messages(request) if timeout_s is not None else None
+        self.timeout_s = timeout_s
         self.read_at = time.monotonic()
+        self.last = self.messages.qsize() if self.messages is not None else 0  # what was queued before the job ran
+        self.since = 0  # messages sent since the last look
+
+    def sent(self, outputs: Outputs) -> Outputs:
+        """`outputs` as the handler yields them: each yield becomes one message for the reader."""
+        self.since += 1
+        return outputs
 
     def gone(self) -> bool:
-        if self.messages is None:  # not served by Gradio's queue (a direct call): nothing to watch
+        if self.messages is None:  # not served by Gradio's queue (a direct call), or no timeout: nothing to watch
             return False
-        now = time.monotonic()
-        if self.messages.empty():
+        now, unread = time.monotonic(), self.messages.qsize()
+        if unread < self.last + self.since:
             self.read_at = now
-        return now - self.read_at > READER_GONE_S
+        self.last, self.since = unread, 0
+        return now - self.read_at > self.timeout_s
 
 
 def _pending_messages(request: gr.Request | None) -> Any:
@@ -228,12 +237,12 @@ def stream_job(tab: str, request: gr.Request | None, status: Component, start: C
     except Exception as error:
         _finish(key, job)
         raise gr.Error(_unexpected(what, error)) from error
-    labels, reader = ResultLabels(results), ReaderWatch(request)
+    labels, reader = ResultLabels(results), ReaderWatch(request, JOBS.reader_timeout_s)
     try:
-        yield {status: progress_html(0, 1, job.text), **labels.mark(results, "previous run")}
+        yield reader.sent({status: progress_html(0, 1, job.text), **labels.mark(results, "previous run")})
         for event in events:
             if not job.cancel.cancelled and reader.gone():
-                log.info("%s: nobody reads its events for %.0f s; stopping it", what, READER_GONE_S)
+                log.info("%s: nobody has read its events for %.0f s; stopping it", what, reader.timeout_s)
                 job.cancel.cancel()  # the engine stops within a step: the model is free for the next job
             if isinstance(event, Progress):
                 if job.cancel.cancelled:
@@ -248,8 +257,8 @@ def stream_job(tab: str, request: gr.Request | None, status: Component, start: C
             if not outputs or job.cancel.cancelled:  # a stopped run shows nothing more: Stop said where it ended
                 continue
             if relabelled := labels.mark(outputs, None if isinstance(event, Result) else "live"):
-                yield relabelled
-            yield outputs
+                yield reader.sent(relabelled)
+            yield reader.sent(outputs)
     except CancelledError:
         yield _with_status(job.stopped(), status)
     except StudioError as error:
@@ -373,11 +382,14 @@ KEYBOARD_JS = f"""
 JOB_EVENT = dict(concurrency_id="model", show_progress="hidden")
 
 
-def apply_limits(demo: gr.Blocks, jobs_per_session: int | None, side_concurrency: int | None) -> None:
-    """Inside `demo`'s Blocks, once every event is wired: at most `jobs_per_session` model jobs per session
+def apply_limits(demo: gr.Blocks, jobs_per_session: int | None, side_concurrency: int | None,
+                 reader_timeout_s: float | None) -> None:
+    """Inside `demo`'s Blocks, once every event is wired: a job nobody has read for `reader_timeout_s` is stopped
+    (ReaderWatch; None: never), at most `jobs_per_session` model jobs per session
     (ADMISSION, as each job event's validator; None: no validator, so no second preprocessing of the inputs), and
     at most `side_concurrency` of each side handler at once (every event Gradio would run without a limit:
     previews, maps, plots, renders; not Stop, which must run beside the job it stops)."""
+    JOBS.reader_timeout_s = reader_timeout_s
     ADMISSION.per_session = jobs_per_session
     if jobs_per_session is not None:
         demo.unload(ADMISSION.forget)
