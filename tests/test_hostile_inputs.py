@@ -175,6 +175,12 @@ def test_a_seed_that_is_not_a_finite_number_is_answered(client, url, seed):
     assert "a finite number is needed here" in message or "inf is greater than maximum" in message  # Gradio's own
 
 
+@pytest.mark.parametrize("field", ["steps", "classifier_strength", "row1_scale"])  # the last two unused by this job
+def test_nan_in_any_number_field_is_refused_naming_it(client, url, field):
+    message = raw_call(client, url, "generate", prompt=PROMPT, steps=1, **{field: math.nan})
+    assert message is not None and message.endswith(": a finite number is needed here, not nan."), message
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, "7", True, None, 1.5])
 def test_range_check_refuses_what_is_not_a_finite_number_in_range(value):
     with pytest.raises(InvalidInputError, match="Steps must be"):

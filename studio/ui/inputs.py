@@ -7,13 +7,14 @@ component's data model (pydantic), then calls the component's `preprocess`, whic
 `show_error=False` (launch_settings: tracebacks and server paths stay on the server) only a gr.Error's text reaches
 the caller, so every such failure answered `{"error": null}`: a corrupt, truncated or oversized image, a text file
 named .png, a NaN seed (`int(round(nan))`), a string where a file goes. `StudioBlocks` answers each with a gr.Error
-"<field>: <what is wrong>". Gradio has no hook for this (an event's `validator=` runs after the same preprocess),
+"<field>: <what is wrong>", and NaN in any number box or slider (which passes Gradio's bounds) too. Gradio has no hook for this (an event's `validator=` runs after the same preprocess),
 hence the subclass; it changes nothing else.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +55,7 @@ class StudioBlocks(gr.Blocks):
 
     async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
         try:
-            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+            values = await super().preprocess_data(block_fn, inputs, state, explicit_call)
         except gr.Error as error:  # Gradio's own message (a number out of bounds, SVG refused): the field named first
             _, component = _failed_input(error.__traceback__)
             if component is None:
@@ -66,6 +67,13 @@ class StudioBlocks(gr.Blocks):
             message = f"{field_name(component)}: {input_problem(_original(error), payload, component)}"
             log.info("input refused: %s (%s: %s)", message, type(_original(error)).__name__, _original(error))
             raise gr.Error(public_message(message), print_exception=False) from error
+        # NaN passes Gradio's bounds (every comparison with it is False) and a browser never sends it (JSON has no
+        # NaN): refused in every number box and slider, also those a job ignores (a control row left unused)
+        for component, value in zip(block_fn.inputs, values, strict=False):
+            if isinstance(component, (gr.Number, gr.Slider)) and isinstance(value, float) and not math.isfinite(value):
+                raise gr.Error(f"{field_name(component)}: a finite number is needed here, not {value}.",
+                               print_exception=False)
+        return values
 
 
 def field_name(component: Any) -> str:
