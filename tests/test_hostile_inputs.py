@@ -177,7 +177,7 @@ def test_a_seed_that_is_not_a_finite_number_is_answered(client, url, seed):
 
 @pytest.mark.parametrize("field", ["steps", "classifier_strength", "row1_scale"])  # the last two unused by this job
 def test_nan_in_any_number_field_is_refused_naming_it(client, url, field):
-    message = raw_call(client, url, "generate", prompt=PROMPT, steps=1, **{field: math.nan})
+    message = raw_call(client, url, "generate", **{"prompt": PROMPT, "steps": 1, field: math.nan})
     assert message is not None and message.endswith(": a finite number is needed here, not nan."), message
 
 
