@@ -336,3 +336,18 @@ def test_public_message_keeps_file_names_and_drops_server_folders():
     kept = "https://huggingface.co/docs stays; so do 1/2, and/or and runs/inv/x.png"
     assert public_message(kept) == kept
     assert len(public_message("x" * 10_000)) < 700
+
+
+@pytest.mark.parametrize(("api_name", "data"), [
+    ("reuse_last_seed", [{"seed": "seven"}]),  # a string where the settings hold a seed
+    ("reuse_last_seed", ["not a settings record"]),
+])
+def test_a_ui_helper_given_what_the_browser_never_sends_answers_with_a_message(url, api_name, data):
+    from reliability_probes import Wire, by_name, discover  # Gradio's queue protocol: private events included
+
+    wire = Wire(url, timeout=30)
+    try:
+        outcome = wire.call(by_name(discover(url), api_name), data)
+    finally:
+        wire.close()
+    assert outcome.kind == "message" and "could not use the values sent" in outcome.text, outcome

@@ -75,6 +75,21 @@ class StudioBlocks(gr.Blocks):
                                print_exception=False)
         return values
 
+    async def call_function(self, block_fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Gradio's call of a handler (and of each step of a generator). A job's handler answers its own errors
+        (stream.stream_job); the small UI helpers (a gallery's select, an example's load, "reuse seed") do not, and
+        a caller that sends them what the browser never would (one argument too many, a string for the settings
+        they read) got `{"error": null}`: such a failure is logged and answered here."""
+        try:
+            return await super().call_function(block_fn, *args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as error:  # a helper's failure on values the UI never sends
+            name = getattr(block_fn, "api_name", None) or getattr(block_fn, "name", None) or "this action"
+            log.exception("%s failed", name)
+            raise gr.Error(f"{name} could not use the values sent ({type(error).__name__}); see the API page for "
+                           "what it takes.", print_exception=False) from error
+
 
 def field_name(component: Any) -> str:
     """How the user knows a component: its label, else its kind ("Number")."""
