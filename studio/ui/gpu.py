@@ -33,10 +33,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Seconds of ZeroGPU time per standard image (studio.costs: one SD 1.5 512-px 50-step CFG image). A full H200 made one
-# in 1.39 s (bench/results/sd15_costs_cuda.md, float16); a ZeroGPU slice is an H200 MIG 3g.71gb with 60 of its 132
-# SMs (spaces' own defaults, ZEROGPU_CUDA_DEVICE_NAME / _MULTI_PROCESSOR_COUNT), so about 2.2x that, rounded up to 4 s
-# for the first call's CUDA warm-up and the attention maps some jobs capture.
+# Seconds of ZeroGPU time per standard image (studio.costs: one SD 1.5 512-px 50-step CFG image). A whole H200 made one
+# in 1.39 s (bench/results/sd15_costs_cuda.md, float16). A ZeroGPU device is a slice of one: the `spaces` 0.51
+# package's own defaults (spaces/config.py: ZEROGPU_CUDA_DEVICE_NAME "NVIDIA H200 MIG 3g.71gb",
+# ZEROGPU_CUDA_MULTI_PROCESSOR_COUNT 60). 4 s, about 3x the whole GPU's time, leaves room for the slice, the first
+# call's CUDA warm-up and the attention maps some jobs capture; it is an allowance, not a ZeroGPU measurement.
 SECONDS_PER_UNIT = 4.0
 START_SECONDS = 10.0  # the worker's fork and its move of the model to the GPU, before the first step
 UNKNOWN_COST_SECONDS = 60.0  # spaces' own default, for a job that does not state its cost
