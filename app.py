@@ -93,6 +93,8 @@ def launch_settings(limits: Limits = LOCAL) -> dict[str, Any]:
     app_kwargs = endpoints.app_kwargs()  # private events are not callable by name (studio.ui.endpoints)
     if limits.max_cache_mb is not None:
         app_kwargs["middleware"].append(Middleware(UploadSpaceGuard, max_mb=limits.max_cache_mb))
+    if limits.jobs_per_session is not None:  # build_app(limits=) counts the places, this refuses a push without one
+        app_kwargs["middleware"].append(Middleware(stream.AdmissionGuard))
     return dict(
         max_file_size=f"{limits.max_upload_mb}mb",
         show_error=False,  # only gr.Error messages reach the browser, never tracebacks

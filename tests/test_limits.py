@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from gradio_client import Client
-from gradio_client.exceptions import ValidationError
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError, ValidationError
 
 from studio import limits
 from studio.costs import JobCost, structure_passes
@@ -183,6 +183,15 @@ def test_a_sessions_burst_is_refused_and_does_not_delay_another_session(public_a
     thread.join(60)
     assert timings["beside"] <= burst_job + timings["alone"] + 2.0  # behind at most the one job of the burst
     timed_generate(burster, 5, timings, "again")  # the place came back when the job ended
+
+
+def test_admission_reads_no_input_so_an_unreadable_upload_still_gets_its_message(public_app, tmp_path):
+    _, url = public_app
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    with pytest.raises(AppError, match="^Reference image: "):
+        Client(url, verbose=False).predict(api_name="/generate", prompt=PROMPT, image_prompt_on=True,
+                                           image_prompt_reference=handle_file(corrupt))
 
 
 def test_a_call_whose_stream_is_never_read_is_stopped_and_frees_the_model(public_app):

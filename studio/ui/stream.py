@@ -4,6 +4,7 @@ engine), the one start/stream/stop loop (`stream_job`) and the one Stop (`stop_b
 from __future__ import annotations
 
 import html
+import json
 import logging
 import threading
 import time
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from studio.errors import CancelledError, StudioError
 from studio.events import CancelToken, Progress, Result
@@ -102,14 +105,14 @@ BUSY_MESSAGE = "You already have a job running or waiting: wait for it or press 
 
 class Admission:
     """At most `per_session` model jobs running or waiting per session (None: any), enforced when a job is pushed,
-    before it queues: the job events' `validator=` (Gradio runs it in Queue.push, with the session's gr.Request)
-    admits or refuses. A job leaves when its handler returns, when Stop drops it while it waits, and with its
-    session (demo.unload). A caller without a session (a bare /call POST) is its own session each time: it is
-    bounded by the queue's size and by the reader watch (`ReaderWatch`), not here."""
+    before it queues (AdmissionGuard). A job leaves when its handler returns, when Gradio does not queue it, when
+    Stop drops it while it waits, and with its session (demo.unload). A caller without a session (a bare /call POST)
+    is its own session each time: it is bounded by the queue's size and by the reader watch (`ReaderWatch`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.per_session: int | None = None
+        self.tabs: dict[int, str] = {}  # fn_index of each model job event -> its tab (the key of its Stop)
         self._waiting: dict[str, list[str]] = {}  # session -> tabs of its admitted jobs not yet started
         self._running: dict[str, list[str]] = {}  # session -> tabs of its running jobs
 
@@ -139,22 +142,15 @@ class Admission:
             while _take(self._waiting, session, tab):
                 pass
 
+    def not_queued(self, session: str, tab: str) -> None:
+        """Gradio refused the admitted job (queue full, bad request): its place goes back."""
+        with self._lock:
+            _take(self._waiting, session, tab)
+
     def forget(self, request: gr.Request) -> None:
         """demo.unload: the session has gone, and its waiting jobs with it (Queue.clean_events)."""
         with self._lock:
             self._waiting.pop(request.session_hash, None)
-
-    def validator(self, tab: str, inputs: int) -> Callable[..., list[dict[str, Any]]]:
-        """The `validator=` of `tab`'s job events, called with the handler's `inputs` values: one gr.validate per
-        input, the first refused with BUSY_MESSAGE when the session has no place, which gradio_client raises as a
-        ValidationError with the message and the browser shows by the form (a gr.Error raised in a validator
-        reaches neither: Queue.push answers 400 without its text)."""
-
-        def admit(request: gr.Request, **values: Any) -> list[dict[str, Any]]:
-            admitted = self.admit(request.session_hash, tab)
-            return [gr.validate(admitted, "" if admitted else BUSY_MESSAGE), *[gr.validate(True, "")] * (inputs - 1)]
-
-        return admit
 
 
 def _take(held: dict[str, list[str]], session: str, tab: str) -> bool:
@@ -168,6 +164,58 @@ def _take(held: dict[str, list[str]], session: str, tab: str) -> bool:
 
 
 ADMISSION = Admission()
+QUEUE_JOIN = "/gradio_api/queue/join"  # where the browser and gradio_client push every event
+
+
+class AdmissionGuard:
+    """ASGI middleware: a model job pushed to Gradio's queue by a session with no place left (ADMISSION) is answered
+    422 with BUSY_MESSAGE in Gradio's validation shape, before Gradio reads its inputs: gradio_client raises it as a
+    ValidationError with the message, the browser shows it by the form. (An event's `validator=` would see the
+    session too, but Gradio then preprocesses every input once more at push time, and an unreadable upload there
+    comes back as a bare 400 without its message.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(QUEUE_JOIN)):
+            await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        try:
+            pushed = json.loads(body)
+        except ValueError:  # Gradio answers it
+            pushed = {}
+        session = pushed.get("session_hash") if isinstance(pushed, dict) else None
+        tab = ADMISSION.tabs.get(pushed.get("fn_index")) if isinstance(pushed, dict) else None
+        if tab is not None and not ADMISSION.admit(session, tab):
+            refusal = [{"__type__": "validate", "is_valid": False, "message": BUSY_MESSAGE, "parameter_name": "job"}]
+            await JSONResponse({"detail": refusal}, status_code=422)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        status: list[int] = []
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, replay, watch)
+        finally:
+            if tab is not None and session is not None and status[:1] != [200]:
+                ADMISSION.not_queued(session, tab)
 
 class ReaderWatch:
     """Whether anyone still reads a job's events. A closed browser or a killed gradio_client closes its event
@@ -385,19 +433,18 @@ JOB_EVENT = dict(concurrency_id="model", show_progress="hidden")
 def apply_limits(demo: gr.Blocks, jobs_per_session: int | None, side_concurrency: int | None,
                  reader_timeout_s: float | None) -> None:
     """Inside `demo`'s Blocks, once every event is wired: a job nobody has read for `reader_timeout_s` is stopped
-    (ReaderWatch; None: never), at most `jobs_per_session` model jobs per session
-    (ADMISSION, as each job event's validator; None: no validator, so no second preprocessing of the inputs), and
-    at most `side_concurrency` of each side handler at once (every event Gradio would run without a limit:
-    previews, maps, plots, renders; not Stop, which must run beside the job it stops)."""
+    (ReaderWatch; None: never), at most `jobs_per_session` model jobs per session (ADMISSION, enforced by
+    AdmissionGuard in the launched app's middleware), and at most `side_concurrency` of each side handler at once
+    (every event Gradio would run without a limit: previews, maps, plots, renders; not Stop, which must run beside
+    the job it stops)."""
     JOBS.reader_timeout_s = reader_timeout_s
     ADMISSION.per_session = jobs_per_session
+    # the tab whose handler each model event runs: the key of its Stop
+    ADMISSION.tabs = {index: fn.fn.__self__.name for index, fn in demo.fns.items() if fn.concurrency_id == "model"}
     if jobs_per_session is not None:
         demo.unload(ADMISSION.forget)
     for fn in demo.fns.values():
-        if fn.concurrency_id == "model" and jobs_per_session is not None:
-            # the tab whose handler this is: the key of its Stop
-            fn.validator = ADMISSION.validator(fn.fn.__self__.name, len(fn.inputs))
-        elif fn.concurrency_limit is None and fn.concurrency_id != "stop":
+        if fn.concurrency_limit is None and fn.concurrency_id not in ("stop", "model"):
             fn.concurrency_limit = side_concurrency
 
 
