@@ -132,6 +132,7 @@ def test_a_server_path_or_a_number_given_as_a_file_is_refused(client, url, sent)
     assert "/etc" not in message
 
 
+@pytest.mark.slow  # a fresh interpreter (torch's import, ~10 s); tests/test_reliability.py measures the app's RSS too
 def test_the_bomb_is_refused_from_its_header_without_decoding(files):
     code = f"""
 import resource, sys
