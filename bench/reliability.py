@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,6 +42,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT / "tests"))
 import reliability_probes as probes  # noqa: E402  (the probes the default test sends, shared)
 
+PARTS = ("fuzz", "load", "faults", "memory", "full_disk")  # the report's sections
 RSS_KILL_MB = 8000  # the watchdog stops a server past this: the machine is shared
 COLOURS = ("red", "blue", "green", "yellow")
 
@@ -131,8 +132,9 @@ def fuzz(server: Server, work: Path, full: bool, timeout: float) -> dict:
         for probe in (probes.probes_for(endpoint) if full else probes.sample(endpoint, index)):
             tried.append(probes.run_probe(probe, endpoint, files, wire, timeout))
         if endpoint.visibility != "private" or index == len(endpoints) - 1:
-            if probes.tiny_generate(endpoints, files, wire).kind != "success":
-                dead_after.append(endpoint.api_name)
+            alive = probes.tiny_generate(endpoints, files, wire)
+            if alive.kind != "success":
+                dead_after.append(f"{endpoint.api_name}: {alive.kind} {alive.text[:100]}")
     rows = [item.row() for item in tried]
     failing = [row for row in rows if row["outcome"] in probes.FAILING or row["leaks_path"]]
     return {"mode": "full" if full else "sample", "endpoints": {v: sum(e.visibility == v for e in endpoints)
@@ -220,6 +222,7 @@ def fairness(server: Server, work: Path, burst: int = 4) -> dict:
 STOPS = {"generate": "stop", "structure": "structure_stop", "invert": "inversion_stop", "sdedit": "sdedit_stop",
          "diffedit": "diffedit_stop", "p2p": "p2p_stop", "personalize": "personalize_stop"}
 LONG = {"steps": 60, "width": 128, "height": 128}
+STOP_WAIT_S = 15.0
 
 
 def long_call(endpoint, files, wire) -> list:
@@ -245,8 +248,9 @@ def faults(server: Server, work: Path) -> list[dict]:
         started = time.monotonic()
         session, event = wire.join(endpoint, long_call(endpoint, files, wire))
         time.sleep(2.0)
+        stopped_at = time.monotonic()
         wire.call(stop, [None] * len(stop.params))
-        outcome = wire.follow(session, event, started, 120)
+        outcome = wire.follow(session, event, stopped_at, STOP_WAIT_S)  # a cancelled event may send no completion
         after = next_job(endpoints, files, server)
         rows.append({"fault": f"Stop mid-job: {api_name}", "outcome": outcome.kind, "seconds": outcome.seconds,
                      "text": outcome.text[:160], "next_job": after["kind"], "next_job_s": after["seconds"]})
@@ -313,6 +317,40 @@ def corrupt_model_start() -> dict:
             "next_job_s": None}
 
 
+def full_disk(work: Path, server_args: list[str]) -> dict:
+    """A job whose outputs cannot be saved: the server's upload/output folder (GRADIO_TEMP_DIR) on an 8 MB tmpfs,
+    filled once the app is up; then the space is freed and the next job must run. Mounting needs root."""
+    mount = work / "small-disk"
+    mount.mkdir()
+    row = {"fault": "full disk when saving outputs (GRADIO_TEMP_DIR on a full 8 MB tmpfs)", "seconds": None, "text": "",
+           "next_job": "-", "next_job_s": None}
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode:
+        return {**row, "outcome": "not measured: mounting a tmpfs needs root"}
+    try:
+        server = Server(server_args, mount)
+        try:
+            endpoints, files = probes.discover(server.url), probes.Files(work)
+            wire = probes.Wire(server.url, 300)
+            files.upload(wire, "valid")
+            filler = mount / "filler"
+            with open(filler, "wb") as sink:
+                try:
+                    while True:
+                        sink.write(bytes(1 << 16))
+                        sink.flush()
+                except OSError:
+                    pass
+            outcome = probes.tiny_generate(endpoints, files, wire)
+            filler.unlink()
+            after = next_job(endpoints, files, server)
+        finally:
+            server.stop()
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+    return {**row, "outcome": outcome.kind, "seconds": outcome.seconds, "text": outcome.text[:200],
+            "next_job": after["kind"], "next_job_s": after["seconds"]}
+
+
 # ---------------------------------------------------------------------------------------------------- memory
 
 def memory(server: Server, work: Path, soak_jobs: int) -> dict:
@@ -332,6 +370,8 @@ def memory(server: Server, work: Path, soak_jobs: int) -> dict:
             rows.append({"input": f"{api_name} {key} ({len(files.content(key)[0]) // 1024} KB)",
                          "outcome": tried.outcome.kind, "text": tried.outcome.text[:140],
                          "rss_growth_mb": server.rss_mb() - before, "peak_growth_mb": server.peak_mb - before})
+    if not soak_jobs:
+        return {"uploads": rows}
     samples = []
     for job in range(soak_jobs):
         outcome = tiny_job(endpoints, files, wire, job, COLOURS[job % 4])
@@ -350,6 +390,9 @@ def markdown(report: dict) -> str:
     lines = [f"# Reliability (issue #19): fuzz, load, faults, memory", "",
              f"Commit measured: `{report['commit']}` · {report['when']} · `{report['command']}` · server: "
              f"`python app.py {' '.join(report['server_args'])}` on loopback, CPU ({os.cpu_count()} cores, shared)", ""]
+    if report.get("kept_from_earlier_run"):
+        lines += [f"Sections from the earlier run (`{report.get('earlier', {}).get('command', '?')}`, commit "
+                  f"`{report.get('earlier', {}).get('commit', '?')}`): {', '.join(report['kept_from_earlier_run'])}", ""]
     if "fuzz" in report:
         f = report["fuzz"]
         lines += [f"## Fuzz ({f['mode']}: {f['tried']} probes; endpoints {f['endpoints']})", "",
@@ -381,14 +424,19 @@ def markdown(report: dict) -> str:
         lines += ["## Faults", "", "| fault | outcome | s | message | next job | next job s |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['fault']} | {r['outcome']} | {_n(r['seconds'])} | {r['text'][:110].replace('|', '/')} | "
                   f"{r['next_job']} | {_n(r['next_job_s'])} |" for r in report["faults"]]
-        lines += ["", "Out of memory: not provoked on this CPU; the cost cap's refusal stands in (a full disk when saving "
-                      "outputs was not measured here).", ""]
+        lines += ["", "Out of memory: not provoked on this CPU; the cost cap's refusal stands in (tests/test_engine_jobs.py "
+                      "raises OutOfMemoryError in-process).", ""]
+    if "full_disk" in report:
+        r = report["full_disk"]
+        lines += ["## Full disk", "", "| fault | outcome | s | message | next job | next job s |", "|---|---|---|---|---|---|",
+                  f"| {r['fault']} | {r['outcome']} | {_n(r['seconds'])} | {r['text'][:110].replace('|', '/')} | "
+                  f"{r['next_job']} | {_n(r['next_job_s'])} |", ""]
     if "memory" in report:
         m = report["memory"]
         lines += ["## Memory", "", "| input | outcome | RSS growth MB | peak growth MB | message |", "|---|---|---|---|---|"]
         lines += [f"| {r['input']} | {r['outcome']} | {r['rss_growth_mb']:.1f} | {r['peak_growth_mb']:.1f} | "
                   f"{r['text'][:100].replace('|', '/')} |" for r in m["uploads"]]
-        s = m["soak"]
+        s = m.get("soak") or m.get("soak_earlier")
         lines += ["", f"Soak: {s['jobs']} tiny jobs, RSS {s['first_mb']:.0f} MB first -> {s['last_mb']:.0f} MB last, "
                       f"slope {s['slope_mb_per_100_jobs']:.1f} MB per 100 jobs; failed samples {s['failed']}", ""]
     return "\n".join(lines)
@@ -400,7 +448,7 @@ def _n(value: Any) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="fuzz,load,faults,memory")
+    parser.add_argument("--only", default="fuzz,load,faults,memory,disk")
     parser.add_argument("--fuzz", choices=["full", "sample"], default="full")
     parser.add_argument("--clients", default="4,8,16")
     parser.add_argument("--jobs-each", type=int, default=2)
@@ -420,23 +468,33 @@ def main(argv: list[str] | None = None) -> dict:
                               "server_args": server_args}
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
-        with served(server_args) as server:
+        with served(server_args) if parts & {"fuzz", "memory", "load", "faults"} else nullcontext() as server:
             if "fuzz" in parts:
                 report["fuzz"] = fuzz(server, work, args.fuzz == "full", args.probe_timeout)
-                print("fuzz", json.dumps(report["fuzz"]["classes"]), flush=True)
+                print("fuzz", json.dumps(report["fuzz"]), flush=True)
             if "memory" in parts:
                 report["memory"] = memory(server, work, args.soak)
-                print("memory", json.dumps(report["memory"]["soak"]), flush=True)
+                print("memory", json.dumps(report["memory"]), flush=True)
             if "load" in parts:
                 rows = [load(server, work, int(n), args.jobs_each) for n in args.clients.split(",")]
                 report["load"] = {"rows": rows, "fairness": fairness(server, work)}
                 print("load", json.dumps(report["load"]), flush=True)
             if "faults" in parts:
                 report["faults"] = faults(server, work)
-            report["server_killed_by_watchdog"] = server.killed
+                print("faults", json.dumps(report["faults"]), flush=True)
+            report["server_killed_by_watchdog"] = server is not None and server.killed
         if "faults" in parts:
             report["faults"].append(corrupt_model_start())
+        if "disk" in parts:
+            report["full_disk"] = full_disk(work, server_args)
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / "reliability.json"
+    if previous.is_file():  # --only reruns some parts: the others stay as they were measured (and say when)
+        earlier = json.loads(previous.read_text())
+        kept = {key: value for key, value in earlier.items() if key in PARTS and key not in report}
+        if kept:
+            report = {**report, **kept, "kept_from_earlier_run": sorted(kept),
+                      "earlier": {key: earlier.get(key) for key in ("commit", "command", "when")}}
     (args.out / "reliability.json").write_text(json.dumps(report, indent=1, default=str))
     (args.out / "reliability.md").write_text(markdown(report))
     print(markdown(report))
