@@ -436,8 +436,8 @@ def markdown(report: dict) -> str:
         lines += ["## Memory", "", "| input | outcome | RSS growth MB | peak growth MB | message |", "|---|---|---|---|---|"]
         lines += [f"| {r['input']} | {r['outcome']} | {r['rss_growth_mb']:.1f} | {r['peak_growth_mb']:.1f} | "
                   f"{r['text'][:100].replace('|', '/')} |" for r in m["uploads"]]
-        s = m.get("soak") or m.get("soak_earlier")
-        lines += ["", f"Soak: {s['jobs']} tiny jobs, RSS {s['first_mb']:.0f} MB first -> {s['last_mb']:.0f} MB last, "
+        s = m.get("soak")
+        lines += [] if s is None else ["", f"Soak: {s['jobs']} tiny jobs, RSS {s['first_mb']:.0f} MB first -> {s['last_mb']:.0f} MB last, "
                       f"slope {s['slope_mb_per_100_jobs']:.1f} MB per 100 jobs; failed samples {s['failed']}", ""]
     return "\n".join(lines)
 
