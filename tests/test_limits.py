@@ -189,9 +189,12 @@ def test_admission_reads_no_input_so_an_unreadable_upload_still_gets_its_message
     _, url = public_app
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    client = Client(url, verbose=False)
     with pytest.raises(AppError, match="^Reference image: "):
-        Client(url, verbose=False).predict(api_name="/generate", prompt=PROMPT, image_prompt_on=True,
-                                           image_prompt_reference=handle_file(corrupt))
+        client.predict(api_name="/generate", prompt=PROMPT, image_prompt_on=True,
+                       image_prompt_reference=handle_file(corrupt))
+    # the refused job gave its place back: the session's next job runs (it was refused as "already running")
+    assert client.predict(api_name="/generate", prompt=PROMPT, steps=2, random_seed=True) is not None
 
 
 def test_a_call_whose_stream_is_never_read_is_stopped_and_frees_the_model(public_app):

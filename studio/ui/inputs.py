@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -52,6 +52,21 @@ def public_message(text: str) -> str:
 class StudioBlocks(gr.Blocks):
     """gr.Blocks whose inputs Gradio fails to read are refused with a gr.Error that names the field and says what
     is wrong, in words and with no server path (see the module's docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # called with (the event's BlockFunction, its session) when an event fails before its handler ran (an input
+        # refused): whoever counted the event as waiting (stream.ADMISSION) gives its place back
+        self.failed_before_start: list[Callable[[Any, str | None], None]] = []
+
+    async def process_api(self, block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().process_api(block_fn, inputs, *args, **kwargs)
+        except Exception:
+            if kwargs.get("iterator") is None:  # the first call: inputs read, handler started (or not)
+                for hook in self.failed_before_start:
+                    hook(block_fn, kwargs.get("session_hash"))
+            raise
 
     async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
         try:

@@ -20,7 +20,7 @@ from studio.errors import CancelledError, StudioError
 from studio.events import CancelToken, Progress, Result
 from studio.limits import LOCAL
 from studio.ui.history import HISTORY
-from studio.ui.inputs import public_message
+from studio.ui.inputs import StudioBlocks, public_message
 from studio.ui.parts import session_id
 
 if TYPE_CHECKING:
@@ -146,6 +146,12 @@ class Admission:
         """Gradio refused the admitted job (queue full, bad request): its place goes back."""
         with self._lock:
             _take(self._waiting, session, tab)
+
+    def failed_before_start(self, block_fn: Any, session: str | None) -> None:
+        """StudioBlocks: an admitted job failed before its handler ran (an input refused): its place goes back."""
+        tab = self.tabs.get(getattr(block_fn, "_id", block_fn))
+        if tab is not None and session is not None:
+            self.not_queued(session, tab)
 
     def forget(self, request: gr.Request) -> None:
         """demo.unload: the session has gone, and its waiting jobs with it (Queue.clean_events)."""
@@ -430,7 +436,7 @@ KEYBOARD_JS = f"""
 JOB_EVENT = dict(concurrency_id="model", show_progress="hidden")
 
 
-def apply_limits(demo: gr.Blocks, jobs_per_session: int | None, side_concurrency: int | None,
+def apply_limits(demo: StudioBlocks, jobs_per_session: int | None, side_concurrency: int | None,
                  reader_timeout_s: float | None) -> None:
     """Inside `demo`'s Blocks, once every event is wired: a job nobody has read for `reader_timeout_s` is stopped
     (ReaderWatch; None: never), at most `jobs_per_session` model jobs per session (ADMISSION, enforced by
@@ -443,6 +449,7 @@ def apply_limits(demo: gr.Blocks, jobs_per_session: int | None, side_concurrency
     ADMISSION.tabs = {index: fn.fn.__self__.name for index, fn in demo.fns.items() if fn.concurrency_id == "model"}
     if jobs_per_session is not None:
         demo.unload(ADMISSION.forget)
+        demo.failed_before_start.append(ADMISSION.failed_before_start)
     for fn in demo.fns.values():
         if fn.concurrency_limit is None and fn.concurrency_id not in ("stop", "model"):
             fn.concurrency_limit = side_concurrency
