@@ -14,6 +14,7 @@ Protects, over the API of the launched app (embedded model) and at the readers t
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import numpy as np
 import pytest
 import torch
 from app_harness import PROMPT, launched_app
+from gradio import processing_utils
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image, PngImagePlugin
@@ -352,3 +354,14 @@ def test_a_ui_helper_given_what_the_browser_never_sends_answers_with_a_message(u
     finally:
         wire.close()
     assert outcome.kind == "message" and "could not use the values sent" in outcome.text, outcome
+
+
+def test_a_full_disk_when_saving_the_result_is_a_message_and_the_next_job_runs(client, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(processing_utils, "save_pil_to_cache", full_disk)  # where Gradio writes every result image
+        message = refusal(client, "/generate", prompt=PROMPT, steps=2, random_seed=True)
+    assert "disk is full" in message and "try again later" in message
+    assert client.predict(api_name="/generate", prompt=PROMPT, steps=2, random_seed=True) is not None

@@ -13,6 +13,7 @@ hence the subclass; it changes nothing else.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import re
@@ -89,6 +90,23 @@ class StudioBlocks(gr.Blocks):
                 raise gr.Error(f"{field_name(component)}: a finite number is needed here, not {value}.",
                                print_exception=False)
         return values
+
+    async def postprocess_data(self, block_fn: Any, predictions: Any, state: Any) -> Any:
+        """Gradio writes every image and file a handler returns into its cache folder; when that fails (a full disk)
+        the user got `{"error": null}`. The failure is logged and answered."""
+        try:
+            return await super().postprocess_data(block_fn, predictions, state)
+        except gr.Error:
+            raise
+        except Exception as error:
+            original = _original(error)
+            log.error("could not send a result: %s: %s", type(original).__name__, original)
+            if isinstance(original, OSError) and original.errno == errno.ENOSPC:
+                raise gr.Error("The server's disk is full, so the result could not be saved and sent: try again "
+                               "later (whoever runs the studio must free space in its temporary folder).",
+                               print_exception=False) from error
+            raise gr.Error(f"The result could not be sent ({type(original).__name__}); see the server log.",
+                           print_exception=False) from error
 
     async def call_function(self, block_fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Gradio's call of a handler (and of each step of a generator). A job's handler answers its own errors
