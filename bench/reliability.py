@@ -19,8 +19,10 @@ The server runs with --public (the Space's limits) unless --local is given.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -222,7 +224,6 @@ def fairness(server: Server, work: Path, burst: int = 4) -> dict:
 STOPS = {"generate": "stop", "structure": "structure_stop", "invert": "inversion_stop", "sdedit": "sdedit_stop",
          "diffedit": "diffedit_stop", "p2p": "p2p_stop", "personalize": "personalize_stop"}
 LONG = {"steps": 60, "width": 128, "height": 128}
-STOP_WAIT_S = 15.0
 
 
 def long_call(endpoint, files, wire) -> list:
@@ -238,6 +239,14 @@ def next_job(endpoints, files, server: Server) -> dict:
     return tiny_job(endpoints, files, probes.Wire(server.url, 300), 7, "yellow")
 
 
+def stop_answer(outcome: probes.Outcome) -> dict:
+    """A Stop call's outcome: "stopped" when its status line says where the run stopped."""
+    status = re.search(r'dcs-text">([^<]*)', str(outcome.output or ""))
+    said = html.unescape(status.group(1)) if status else outcome.text
+    stopped = outcome.kind == "success" and said.startswith("Stopped")
+    return {"kind": "stopped" if stopped else outcome.kind, "seconds": outcome.seconds, "text": said[:160]}
+
+
 def faults(server: Server, work: Path) -> list[dict]:
     endpoints = probes.discover(server.url)
     files = probes.Files(work)
@@ -245,15 +254,14 @@ def faults(server: Server, work: Path) -> list[dict]:
     for api_name, stop_name in STOPS.items():  # Stop mid-job, each tab
         wire = probes.Wire(server.url, 300)
         endpoint, stop = probes.by_name(endpoints, api_name), probes.by_name(endpoints, stop_name)
-        started = time.monotonic()
         session, event = wire.join(endpoint, long_call(endpoint, files, wire))
         time.sleep(2.0)
-        stopped_at = time.monotonic()
-        wire.call(stop, [None] * len(stop.params))
-        outcome = wire.follow(session, event, stopped_at, STOP_WAIT_S)  # a cancelled event may send no completion
+        # What the user sees is Stop's own answer (the status line: "Stopped after step k / n ..."): Gradio cancels
+        # the run's task, which then sends no completion of its own (the browser drops it; so does gradio_client)
+        answer = stop_answer(wire.call(stop, [None] * len(stop.params)))
         after = next_job(endpoints, files, server)
-        rows.append({"fault": f"Stop mid-job: {api_name}", "outcome": outcome.kind, "seconds": outcome.seconds,
-                     "text": outcome.text[:160], "next_job": after["kind"], "next_job_s": after["seconds"]})
+        rows.append({"fault": f"Stop mid-job: {api_name}", "outcome": answer["kind"], "seconds": answer["seconds"],
+                     "text": answer["text"], "next_job": after["kind"], "next_job_s": after["seconds"]})
     rows.append(killed_client(server, endpoints, files))
     rows.append(fire_and_forget(server, endpoints, files))
     wire = probes.Wire(server.url, 300)
@@ -390,9 +398,9 @@ def markdown(report: dict) -> str:
     lines = [f"# Reliability (issue #19): fuzz, load, faults, memory", "",
              f"Commit measured: `{report['commit']}` · {report['when']} · `{report['command']}` · server: "
              f"`python app.py {' '.join(report['server_args'])}` on loopback, CPU ({os.cpu_count()} cores, shared)", ""]
-    if report.get("kept_from_earlier_run"):
-        lines += [f"Sections from the earlier run (`{report.get('earlier', {}).get('command', '?')}`, commit "
-                  f"`{report.get('earlier', {}).get('commit', '?')}`): {', '.join(report['kept_from_earlier_run'])}", ""]
+    for part, source in report.get("part_sources", {}).items():
+        lines += [f"Section {part} from an earlier run: `{source.get('command', '?')}`, commit `{source.get('commit', '?')}`"
+                  f", {source.get('when', '?')}", ""]
     if "fuzz" in report:
         f = report["fuzz"]
         lines += [f"## Fuzz ({f['mode']}: {f['tried']} probes; endpoints {f['endpoints']})", "",
@@ -493,8 +501,10 @@ def main(argv: list[str] | None = None) -> dict:
         earlier = json.loads(previous.read_text())
         kept = {key: value for key, value in earlier.items() if key in PARTS and key not in report}
         if kept:
-            report = {**report, **kept, "kept_from_earlier_run": sorted(kept),
-                      "earlier": {key: earlier.get(key) for key in ("commit", "command", "when")}}
+            # where each kept part was measured: its own record, else the run that wrote the earlier report
+            source = {key: earlier.get(key) for key in ("commit", "command", "when")}
+            sources = {part: earlier.get("part_sources", {}).get(part, source) for part in kept}
+            report = {**report, **kept, "kept_from_earlier_run": sorted(kept), "part_sources": sources}
     (args.out / "reliability.json").write_text(json.dumps(report, indent=1, default=str))
     (args.out / "reliability.md").write_text(markdown(report))
     print(markdown(report))
