@@ -77,7 +77,9 @@ def build_app(engine: Engine, concepts_dir: Path = personalize.CONCEPTS_DIR, lim
         demo.unload(session_concepts.session_forgetter(engine))
         stream.apply_limits(demo, limits.jobs_per_session, limits.side_concurrency, limits.reader_timeout_s)
     # jobs waiting beyond max_size are refused with "queue full" instead of piling up
-    demo.queue(default_concurrency_limit=1, max_size=limits.queue_size)
+    # api_open=False: Gradio's /run routes would otherwise call a handler outside the queue (off a Space Gradio opens
+    # them), past its concurrency limits and the admission; gradio_client and the browser use the queue
+    demo.queue(default_concurrency_limit=1, max_size=limits.queue_size, api_open=False)
     return demo
 
 
@@ -163,9 +165,9 @@ def credentials(flags: list[str], auth_file: Path | None, environment: str) -> l
     return pairs
 
 
-def exposure_warning(host: str, share: bool, authenticated: bool) -> str | None:
+def exposure_warning(host: str, share: bool, authenticated: bool, public: bool = False) -> str | None:
     """What the log should say when the studio is reachable beyond this machine with no login: None when it is not
-    (loopback only, or a login asked)."""
+    (loopback only, or a login asked); it advises public mode's limits where they are not on."""
     if authenticated:
         return None
     try:
@@ -176,7 +178,8 @@ def exposure_warning(host: str, share: bool, authenticated: bool) -> str | None:
     if not reach:
         return None
     return (f"The studio {' and '.join(reach)} without a login: anyone who reaches it can run jobs on this machine. "
-            "Add --auth USER:PASSWORD (or --auth-file, $STUDIO_AUTH), and --public for a public demo's limits.")
+            "Add --auth USER:PASSWORD (or --auth-file, $STUDIO_AUTH)"
+            + ("." if public else ", and --public for a public demo's limits."))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("model %s on %s%s", engine.model_name, engine.device, " (ZeroGPU)" if on_zero_gpu else "")
     limits = PUBLIC if args.public else LOCAL
     demo = build_app(engine, concepts_dir=args.concepts_dir, limits=limits)
-    if warning := exposure_warning(args.host, args.share, bool(args.credentials)):
+    if warning := exposure_warning(args.host, args.share, bool(args.credentials), args.public):
         log.warning(warning)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=args.credentials or None,
                 **launch_settings(limits))

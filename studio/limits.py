@@ -1,7 +1,7 @@
 """How much of the one model (and the disk) a client may take: the app's limits, in two presets.
 
-`LOCAL` is the studio as a person runs it on their own machine (no cost cap, no per-session limit: the behaviour
-before limits existed); `PUBLIC` is the studio open to anyone (`app.py --public`, a Hugging Face Space).
+`LOCAL` is the studio as a person runs it on their own machine (no cost cap, no per-session limit, the queue and
+uploads as they were; only a job nobody has read for 30 s is stopped); `PUBLIC` is the studio open to anyone (`app.py --public`, a Hugging Face Space).
 `app.build_app(engine, limits=...)` applies them (`launch_settings(limits)` the launch-time ones).
 """
 

@@ -365,3 +365,10 @@ def test_a_full_disk_when_saving_the_result_is_a_message_and_the_next_job_runs(c
         message = refusal(client, "/generate", prompt=PROMPT, steps=2, random_seed=True)
     assert "disk is full" in message and "try again later" in message
     assert client.predict(api_name="/generate", prompt=PROMPT, steps=2, random_seed=True) is not None
+
+
+def test_an_upload_the_cache_has_deleted_is_called_expired_not_damaged():
+    from studio.ui.inputs import input_problem
+
+    problem = input_problem(FileNotFoundError(2, "No such file or directory"), None)
+    assert "expired" in problem and "upload it again" in problem and "damaged" not in problem

@@ -228,10 +228,13 @@ def test_public_limits_bound_side_handlers_and_uploads(public_app, tmp_path):
 def test_uploads_are_refused_while_the_cache_holds_more_than_its_cap(engine, tmp_path):
     demo, url = launch(engine, tmp_path, dataclasses.replace(limits.LOCAL, max_cache_mb=1))
     try:
-        statuses = [httpx.post(f"{url}gradio_api/upload", files={"files": ("x.bin", os.urandom(700 * 1024))},
-                               timeout=30) for _ in range(3)]  # each its own bytes: Gradio keeps one copy of equal files
-        assert [s.status_code for s in statuses] == [200, 200, 507]
-        assert "upload space (1 MB) is full" in statuses[2].json()["detail"]
+        def upload(count: int) -> httpx.Response:  # each file its own bytes: Gradio keeps one copy of equal files
+            files = [("files", (f"x{i}.bin", os.urandom(600 * 1024))) for i in range(count)]
+            return httpx.post(f"{url}gradio_api/upload", files=files, timeout=30)
+
+        many = upload(2)  # one request of 1.2 MB: what it carries counts, not only what the cache holds already
+        assert many.status_code == 507 and "upload space (1 MB) is full" in many.json()["detail"]
+        assert [upload(1).status_code for _ in range(2)] == [200, 507]
     finally:
         demo.close()
 
@@ -240,3 +243,11 @@ def test_local_limits_are_the_studio_as_it_was():
     assert limits.LOCAL == limits.Limits(max_job_cost=None, jobs_per_session=None, queue_size=16, max_upload_mb=20,
                                          upload_retention_s=3600, side_concurrency=None, max_cache_mb=None,
                                          reader_timeout_s=30.0)
+
+
+def test_the_rest_routes_that_would_skip_the_queue_are_closed(public_app):
+    """Gradio's /run routes call a handler outside the queue (past its concurrency limit and the admission);
+    the app is queued with api_open=False, so they are refused and only the queue runs jobs."""
+    _, url = public_app
+    answer = httpx.post(f"{url}gradio_api/run/generate", json={"data": [PROMPT]}, timeout=30)
+    assert answer.status_code != 200

@@ -71,6 +71,7 @@ def test_reaching_beyond_loopback_without_a_login_is_warned_about(host, share, a
     assert (warning is not None) == warned
     if warned:
         assert "--auth" in warning and (host in warning or "gradio.live" in warning)
+        assert "--public" in warning and "--public" not in app.exposure_warning(host, share, authenticated, public=True)
 
 
 def test_a_space_environment_sets_the_model_the_limits_and_gradios_address(monkeypatch):

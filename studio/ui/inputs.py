@@ -50,6 +50,10 @@ def public_message(text: str) -> str:
     return text
 
 
+class InputRefused(gr.Error):
+    """An input of an event refused before its handler ran (what StudioBlocks.preprocess_data raises)."""
+
+
 class StudioBlocks(gr.Blocks):
     """gr.Blocks whose inputs Gradio fails to read are refused with a gr.Error that names the field and says what
     is wrong, in words and with no server path (see the module's docstring)."""
@@ -63,10 +67,9 @@ class StudioBlocks(gr.Blocks):
     async def process_api(self, block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return await super().process_api(block_fn, inputs, *args, **kwargs)
-        except Exception:
-            if kwargs.get("iterator") is None:  # the first call: inputs read, handler started (or not)
-                for hook in self.failed_before_start:
-                    hook(block_fn, kwargs.get("session_hash"))
+        except InputRefused:  # the handler never ran
+            for hook in self.failed_before_start:
+                hook(block_fn, kwargs.get("session_hash"))
             raise
 
     async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
@@ -74,20 +77,19 @@ class StudioBlocks(gr.Blocks):
             values = await super().preprocess_data(block_fn, inputs, state, explicit_call)
         except gr.Error as error:  # Gradio's own message (a number out of bounds, SVG refused): the field named first
             _, component = _failed_input(error.__traceback__)
-            if component is None:
-                raise
-            raise gr.Error(public_message(f"{field_name(component)}: {error.message}"), print_exception=False) from error
+            named = error.message if component is None else f"{field_name(component)}: {error.message}"
+            raise InputRefused(public_message(named), print_exception=False) from error
         except Exception as error:  # any failure to read an input becomes its message
             index, component = _failed_input(error.__traceback__)
             payload = inputs[index] if index is not None and index < len(inputs) else None
             message = f"{field_name(component)}: {input_problem(_original(error), payload, component)}"
             log.info("input refused: %s (%s: %s)", message, type(_original(error)).__name__, _original(error))
-            raise gr.Error(public_message(message), print_exception=False) from error
+            raise InputRefused(public_message(message), print_exception=False) from error
         # NaN passes Gradio's bounds (every comparison with it is False) and a browser never sends it (JSON has no
         # NaN): refused in every number box and slider, also those a job ignores (a control row left unused)
         for component, value in zip(block_fn.inputs, values, strict=False):
             if isinstance(component, (gr.Number, gr.Slider)) and isinstance(value, float) and not math.isfinite(value):
-                raise gr.Error(f"{field_name(component)}: a finite number is needed here, not {value}.",
+                raise InputRefused(f"{field_name(component)}: a finite number is needed here, not {value}.",
                                print_exception=False)
         return values
 
@@ -144,6 +146,8 @@ def input_problem(error: BaseException, payload: Any, component: Any = None) -> 
     if isinstance(error, UnidentifiedImageError):
         return ("the file is not an image this app can read (damaged, or another kind of file named as an image): "
                 "use PNG, JPEG, WebP or TIFF.")
+    if isinstance(error, FileNotFoundError):  # the cache's sweep deleted the upload (delete_cache)
+        return "the upload has expired (uploads are kept for a while, then deleted): upload it again."
     if isinstance(error, OSError):  # PIL: "image file is truncated", "broken PNG file", "unrecognized data stream"
         return "the image is damaged or truncated and cannot be read: export it again and upload it."
     if isinstance(error, InvalidPathError):

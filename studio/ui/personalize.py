@@ -312,10 +312,10 @@ class PersonalizeTab(Tab):
         try:
             info = self.engine.concepts.load(folder)
         except StudioError as error:
-            return {self.concepts_note: f"The files in {folder} did not load: {error}"}
+            return {self.concepts_note: public_message(f"The files in {folder.name} did not load: {error}")}
         SESSION_CONCEPTS.add(session, info.name)
         return {**self.concept_outputs(session), self.files: files_in(folder),
-                self.concepts_note: f"'{info.name}' ({info.kind}, {folder}) is in this session's concepts: "
+                self.concepts_note: f"'{info.name}' ({info.kind}, {folder.name}) is in this session's concepts: "
                                     f"{', '.join(info.words)} works in every tab now."}
 
     @property

@@ -196,7 +196,7 @@ class AdmissionGuard:
         except ValueError:  # Gradio answers it
             pushed = {}
         session = pushed.get("session_hash") if isinstance(pushed, dict) else None
-        tab = ADMISSION.tabs.get(pushed.get("fn_index")) if isinstance(pushed, dict) else None
+        tab = ADMISSION.tabs.get(_index(pushed.get("fn_index"))) if isinstance(pushed, dict) else None
         if tab is not None and not ADMISSION.admit(session, tab):
             refusal = [{"__type__": "validate", "is_valid": False, "message": BUSY_MESSAGE, "parameter_name": "job"}]
             await JSONResponse({"detail": refusal}, status_code=422)(scope, receive, send)
@@ -222,6 +222,14 @@ class AdmissionGuard:
         finally:
             if tab is not None and session is not None and status[:1] != [200]:
                 ADMISSION.not_queued(session, tab)
+
+def _index(value: Any) -> int | None:
+    """An event's fn_index as Gradio reads it (its pydantic model takes "3" for 3 too)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
 
 class ReaderWatch:
     """Whether anyone still reads a job's events. A closed browser or a killed gradio_client closes its event
