@@ -185,6 +185,21 @@ def test_a_sessions_burst_is_refused_and_does_not_delay_another_session(public_a
     timed_generate(burster, 5, timings, "again")  # the place came back when the job ended
 
 
+def test_a_waiting_job_cancelled_by_its_client_gives_the_sessions_place_back(public_app):
+    _, url = public_app
+    runner, waiter = Client(url, verbose=False), Client(url, verbose=False)
+    running = runner.submit(api_name="/generate", prompt=PROMPT, steps=40, random_seed=True)
+    deadline = time.monotonic() + 60
+    while not running.outputs():  # started: the waiter's job queues behind it
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    waiting = waiter.submit(api_name="/generate", prompt=PROMPT, steps=5, random_seed=True)
+    time.sleep(1.0)
+    waiting.cancel()  # Gradio's /cancel drops it without running its handler or Stop
+    running.result()
+    assert waiter.predict(api_name="/generate", prompt=PROMPT, steps=2, random_seed=True) is not None
+
+
 def test_admission_reads_no_input_so_an_unreadable_upload_still_gets_its_message(public_app, tmp_path):
     _, url = public_app
     corrupt = tmp_path / "corrupt.png"

@@ -171,6 +171,7 @@ def _take(held: dict[str, list[str]], session: str, tab: str) -> bool:
 
 ADMISSION = Admission()
 QUEUE_JOIN = "/gradio_api/queue/join"  # where the browser and gradio_client push every event
+CANCEL = "/gradio_api/cancel"  # where gradio_client's Job.cancel asks Gradio to drop or stop an event
 
 
 class AdmissionGuard:
@@ -178,13 +179,15 @@ class AdmissionGuard:
     422 with BUSY_MESSAGE in Gradio's validation shape, before Gradio reads its inputs: gradio_client raises it as a
     ValidationError with the message, the browser shows it by the form. (An event's `validator=` would see the
     session too, but Gradio then preprocesses every input once more at push time, and an unreadable upload there
-    comes back as a bare 400 without its message.)"""
+    comes back as a bare 400 without its message.) A cancel of a waiting job (gradio_client's Job.cancel, which
+    Gradio's /cancel answers without running the handler or Stop) gives its place back."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(QUEUE_JOIN)):
+        watched = scope["type"] == "http" and scope["method"] == "POST"
+        if not (watched and scope["path"].endswith((QUEUE_JOIN, CANCEL))):
             await self.app(scope, receive, send)
             return
         body, more = b"", True
@@ -197,7 +200,8 @@ class AdmissionGuard:
             pushed = {}
         session = pushed.get("session_hash") if isinstance(pushed, dict) else None
         tab = ADMISSION.tabs.get(_index(pushed.get("fn_index"))) if isinstance(pushed, dict) else None
-        if tab is not None and not ADMISSION.admit(session, tab):
+        cancel = scope["path"].endswith(CANCEL)  # gradio_client's Job.cancel: Gradio drops a waiting job unstarted
+        if not cancel and tab is not None and not ADMISSION.admit(session, tab):
             refusal = [{"__type__": "validate", "is_valid": False, "message": BUSY_MESSAGE, "parameter_name": "job"}]
             await JSONResponse({"detail": refusal}, status_code=422)(scope, receive, send)
             return
@@ -220,8 +224,9 @@ class AdmissionGuard:
         try:
             await self.app(scope, replay, watch)
         finally:
-            if tab is not None and session is not None and status[:1] != [200]:
-                ADMISSION.not_queued(session, tab)
+            if tab is not None and session is not None and (cancel or status[:1] != [200]):
+                ADMISSION.not_queued(session, tab)  # a running job's own end gives its place back (finished)
+
 
 def _index(value: Any) -> int | None:
     """An event's fn_index as Gradio reads it (its pydantic model takes "3" for 3 too)."""
