@@ -97,6 +97,18 @@ def test_the_public_cap_refuses_the_requests_that_held_the_model_for_minutes(cap
         capped.generate(GenerateSpec(PROMPT, **size))
 
 
+def test_a_training_runs_samples_count_in_its_cost():
+    from studio.personalize.job import training_cost
+
+    lora = PersonalizeSpec.recipe("lora", concept="star", class_word="shape")
+    previews_each_step = dataclasses.replace(lora, sample_every=1)
+    assert training_cost(previews_each_step, 128).units > 4 * training_cost(lora, 128).units > 0
+    assert training_cost(previews_each_step, 128).units > limits.PUBLIC.max_job_cost  # refused in public mode
+    dreambooth = PersonalizeSpec.recipe("dreambooth", concept="star", class_word="shape", prior_preservation=True)
+    many_class_images = dataclasses.replace(dreambooth, class_images=200)
+    assert training_cost(many_class_images, 128).units > training_cost(dreambooth, 128).units + 1
+
+
 def test_admission_keeps_one_place_per_session_and_gives_it_back():
     admission = Admission()
     admission.per_session = 1

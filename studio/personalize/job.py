@@ -18,7 +18,7 @@ from studio.personalize import files
 from studio.personalize.data import ImageWithCaption, TrainingImage, training_images
 from studio.personalize.methods import copy_parts
 from studio.personalize.spec import PersonalizeSpec, check_concept_word
-from studio.personalize.training import train
+from studio.personalize.training import SAMPLE_SEEDS, SAMPLE_STEPS, train
 
 
 def check_inputs(host: ModelHost, spec: PersonalizeSpec, images: Sequence[ImageInput | ImageWithCaption],
@@ -54,12 +54,18 @@ def personalize(host: ModelHost, spec: PersonalizeSpec, images: Sequence[ImageIn
 
 def training_cost(spec: PersonalizeSpec, size: int) -> JobCost:
     """A training step's passes over its batch (gradient accumulation's micro-batches included): a forward and a
-    backward pass (studio.costs), DreamBooth's class-prior batch beside the instances' doubling them. The class
-    images DreamBooth draws once a run are left out: a few short samplings beside hundreds of training steps."""
+    backward pass (studio.costs), DreamBooth's class-prior batch beside the instances' doubling them; plus what the
+    run samples, as passes spread over its steps: the previews every `sample_every` steps (each word at each fixed
+    seed) and DreamBooth's class images, each SAMPLE_STEPS steps of CFG (2 passes) -- at sample_every=1 or 200
+    class images these are most of the run."""
     dreambooth = spec.method == "dreambooth"
     passes = FULL_TRAINING_PASSES if dreambooth else ADAPTER_TRAINING_PASSES
     prior = 2 if dreambooth and spec.prior_preservation else 1
-    return JobCost(size, size, spec.steps, spec.batch_size * spec.gradient_accumulation, passes * prior)
+    batch = spec.batch_size * spec.gradient_accumulation
+    previews = (spec.steps // spec.sample_every + 1) * len(spec.words) * len(SAMPLE_SEEDS) if spec.sample_every else 0
+    drawn = previews + (spec.class_images if dreambooth and spec.prior_preservation else 0)
+    sampling = drawn * SAMPLE_STEPS * 2 / (spec.steps * batch)  # per step and image of the training batch
+    return JobCost(size, size, spec.steps, batch, passes * prior + sampling)
 
 
 def _run(host: ModelHost, spec: PersonalizeSpec, instances: list[TrainingImage], notices: list[str], out: Path,
