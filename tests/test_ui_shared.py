@@ -128,3 +128,22 @@ def test_downloads_and_shown_images_carry_their_settings(tmp_path):
 def test_a_run_stopped_before_its_first_step_says_so():
     job = stream.Job(CancelToken())
     assert text_of(job.stopped()[stream.STATUS_KEY]) == "Stopped before the first step"
+
+
+def test_download_folders_survive_another_process_pruning_the_same_folder(tmp_path, monkeypatch):
+    """Every studio on a machine writes its downloads under one temporary folder and prunes the expired ones: a
+    folder another process removed between the listing and its check must not fail this job (a soak beside a test
+    run got 'Generation failed unexpectedly (FileNotFoundError)')."""
+    downloads = parts.DownloadFolder(keep_s=0)
+    downloads.root = tmp_path
+    expired = tmp_path / "expired"
+    expired.mkdir()
+    (expired / "a.png").write_bytes(b"x")
+    gone = tmp_path / "pruned-by-another-process"
+    listing = type(tmp_path).iterdir
+    monkeypatch.setattr(type(tmp_path), "iterdir", lambda self: iter([gone, *listing(self)]) if self == tmp_path
+                        else listing(self))
+
+    folder = downloads.folder()
+
+    assert folder.is_dir() and not expired.exists()

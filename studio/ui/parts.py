@@ -7,6 +7,7 @@ inversion as an input of the editing tabs, and what every result offers: a send 
 from __future__ import annotations
 
 import html
+import shutil
 import tempfile
 import threading
 import time
@@ -275,10 +276,12 @@ class DownloadFolder:
             self.root.mkdir(exist_ok=True)
             now = time.time()
             for old in self.root.iterdir():
-                if now - old.stat().st_mtime > self.keep_s:
-                    for file in old.iterdir():
-                        file.unlink(missing_ok=True)
-                    old.rmdir()
+                try:
+                    expired = now - old.stat().st_mtime > self.keep_s
+                except FileNotFoundError:  # another studio process on this machine (same folder) pruned it first
+                    continue
+                if expired:
+                    shutil.rmtree(old, ignore_errors=True)
             folder = self.root / uuid.uuid4().hex
             folder.mkdir()
             return folder
