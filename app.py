@@ -32,7 +32,7 @@ from studio.ui.inputs import StudioBlocks
 from studio.ui.uploads import UploadSpaceGuard
 
 if TYPE_CHECKING:
-    from studio.engine import Engine  # torch: imported at run time only by main()
+    from studio.engine import Engine  # the type only (the engine is built by main(), or by a test's fixture)
 
 # Gradio's telemetry (a version check and usage reports, gradio/analytics.py) is off for every Blocks this process
 # builds: a public demo does not report its visitors' use. gr.Blocks() reads it, so it is set before any is built.
