@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT / "tests"))
 import reliability_probes as probes  # noqa: E402  (the probes the default test sends, shared)
+from app_harness import free_port  # noqa: E402
 
 PARTS = ("fuzz", "load", "faults", "memory", "full_disk")  # the report's sections
 RSS_KILL_MB = 8000  # the watchdog stops a server past this: the machine is shared
@@ -55,7 +56,7 @@ class Server:
     """`python app.py` on a free port, its peak RSS sampled every 50 ms (and killed past RSS_KILL_MB)."""
 
     def __init__(self, args: list[str], temp: Path) -> None:
-        self.port = probes_free_port()
+        self.port = free_port()
         env = {**os.environ, "GRADIO_TEMP_DIR": str(temp), "GRADIO_ANALYTICS_ENABLED": "False"}
         self.process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(self.port), "--device",
                                          "cpu", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -104,14 +105,6 @@ class Server:
             self.process.wait(20)
         except subprocess.TimeoutExpired:
             self.process.kill()
-
-
-def probes_free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -318,7 +311,7 @@ def corrupt_model_start() -> dict:
         (Path(folder) / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(os.urandom(1024))
         started = time.monotonic()
         finished = subprocess.run([sys.executable, str(ROOT / "app.py"), "--model", folder, "--device", "cpu", "--port",
-                                   str(probes_free_port())], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                                   str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=300)
     last = (finished.stderr.strip().splitlines() or [""])[-1]
     return {"fault": "corrupt model folder at start", "outcome": f"exit {finished.returncode}",
             "seconds": time.monotonic() - started, "text": last[:200].replace(folder, "<folder>"), "next_job": "-",
