@@ -9,7 +9,9 @@ from the same initial latent, by the one sampling loop; attention control
 real image is edited from its inversion (studio.inversion): its x_T, its timesteps and its guidance,
 with null-text inversion's per-step unconditional embeddings or negative-prompt inversion's source
 prompt as the negative branch (Miyake et al. 2023), so the unedited source branch reproduces the inversion's
-reconstruction. Local blend is the loop's post-step hook: after every step the target keeps the
+reconstruction; a Direct Inversion's source is put back on its trajectory after every step (Ju et al. 2023, Alg. 1)
+and an edit-friendly DDPM inversion's per-step corrections complete both images' steps (Huberman-Spiegelglas et
+al. 2024): the inversion says how it is sampled (studio.inversion.sampling_rule, source_hook). Local blend is the loop's post-step hook: after every step the target keeps the
 source's latents outside the blend mask (prompt-to-prompt's LocalBlend).
 
 Structure (studio.structure): `spec.structure`, its maps in `structure_images`, wraps the guider
@@ -53,7 +55,7 @@ from studio.errors import InvalidInputError
 from studio.events import AttentionMaps, CancelToken, EditAttentionMaps, Event, Mask, Notice, P2PResult
 from studio.generation import PreparedStructure, structure_attached
 from studio.guidance import ClassifierFreeGuidance
-from studio.inversion import METHOD_LABELS, Inversion, edit_structure, sampling_guider
+from studio.inversion import METHOD_LABELS, Inversion, edit_structure, sampling_guider, sampling_rule, source_hook
 from studio.jobs import (
     ModelHost,
     Stopwatch,
@@ -67,11 +69,13 @@ from studio.jobs import (
 )
 from studio.models import decode_latents
 from studio.prompt_weights import parse_weighted_prompt
-from studio.sampling import make_scheduler, sample_steps
+from studio.sampling import StepHook, make_scheduler, sample_steps
 from studio.structure.spec import StructureImages, StructureSpec
 
 EDIT_TYPES = ("word swap", "refine", "style")  # re-weighting combines with any of them
-EDITABLE_INVERSIONS = ("null_text", "negative_prompt", "ddim")  # sampled by plain DDIM with (per-step) CFG
+# sampled through the one loop: plain DDIM with (per-step) CFG, the source kept on the trajectory (direct), or the
+# eta = 1 DDIM mean plus per-step corrections (ddpm) -- studio.inversion.sampling_rule and source_hook
+EDITABLE_INVERSIONS = ("null_text", "negative_prompt", "ddim", "fixed_point", "direct", "ddpm")
 WEIGHT = specs.WORD_WEIGHT  # the table's re-weights and the prompt's (word:w) share one cap
 STYLE_ALPHA = specs.Range(0.0, 1.0, 0.05, "Style alpha")
 BLEND_THRESHOLD = specs.Range(0.0, 1.0, 0.05, "Local-blend threshold")
@@ -260,6 +264,20 @@ def prompt_to_prompt(engine: ModelHost, spec: P2PSpec, inversion: Inversion | No
                             JobCost(size, size, steps, 2, passes))  # the source and the edit in one batch
 
 
+def chained(*hooks: StepHook | None) -> StepHook | None:
+    """The after-step hooks given (None: absent) run in order, each on the state the one before returned."""
+    present = [hook for hook in hooks if hook is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def run(i: int, x: Tensor) -> Tensor:
+        for hook in present:
+            x = hook(i, x)
+        return x
+
+    return run
+
+
 def stacked(source: Cond, target: Cond) -> Cond:
     """One condition holding both prompts: embeddings (2, T, D), so the batch is [source, target]."""
     pooled = None if source.pooled is None else torch.cat([source.pooled, target.pooled])
@@ -305,6 +323,11 @@ def _edit(engine: ModelHost, spec: P2PSpec, prepared: PreparedEdit, seed: int, i
     if spec.blend_words:
         first_step = int(np.ceil(spec.blend_start * (steps - 1) - 1e-9))
         blend = LocalBlend(controller, prepared.blend_columns.to(latents.device), spec.blend_threshold, first_step)
+    # an inversion's own step rule (edit-friendly DDPM's corrections, for both images) and its source hook (Direct
+    # Inversion: the source, batch item 0, back on the trajectory), before local blend so the target's kept
+    # latents are the source's corrected ones
+    rule = scheduler if inversion is None else sampling_rule(inversion, scheduler, model.prediction_type)
+    after_step = chained(None if inversion is None else source_hook(inversion, source=0), blend)
     clock.lap("encode")
 
     # 5. the one loop, streaming progress, both images' previews, maps and the blend mask
@@ -313,8 +336,8 @@ def _edit(engine: ModelHost, spec: P2PSpec, prepared: PreparedEdit, seed: int, i
     mask = None  # the blend mask at image size, as last streamed (the last step always streams)
     # the image prompt's attention, when there is one, wraps the editing processors
     with control_attention(model.unet, controller), structure_attached(guider, model.unet, denoiser):
-        for state in sample_steps(denoiser, guider, scheduler, timesteps, latents, cancel,
-                                  on_step_begin=controller.begin_step, after_step=blend):
+        for state in sample_steps(denoiser, guider, rule, timesteps, latents, cancel,
+                                  on_step_begin=controller.begin_step, after_step=after_step):
             latents = state["x"]
             yield from step_events(state, steps, model.vae, spec.maps_every)
             # the blend mask streams with the maps: bringing it to the host every step would make each step wait

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from torch import Tensor
 
@@ -35,14 +36,17 @@ from studio.guidance import ClassifierFreeGuidance, Guider
 from studio.images import ImageInput, encode_image, prepare_image, working_size
 from studio.inversion.bdia import bdia_inversion_steps, bdia_sampling_steps
 from studio.inversion.ddim import ddim_inversion_steps
+from studio.inversion.ddpm import CorrectedDDIM, NoiseSpaceInversion, noisy_states
+from studio.inversion.direct import SourceOnPath
 from studio.inversion.edict import edict_inversion_steps, edict_sampling_steps
+from studio.inversion.fixed_point import fixed_point_inversion_steps
 from studio.inversion.guider import PerStepUncondGuidance
 from studio.inversion.null_text import null_text_optimisation
 from studio.inversion.result import METHOD_LABELS, Inversion, InversionSpec
 from studio.inversion.steps import StepGrid
 from studio.jobs import ModelHost, Stopwatch, image_record, reproduction_record, to_images
 from studio.models import LoadedModel, decode_latents
-from studio.sampling import StepState, make_scheduler, sample_steps
+from studio.sampling import StepHook, StepRule, StepState, make_scheduler, sample_steps
 from studio.structure.spec import StructureImages, StructureSpec
 
 
@@ -93,6 +97,7 @@ class Inverted:
     coupled: list[Tensor] | None = None
     losses: list[list[float]] = field(default_factory=list)
     dtype: torch.dtype = torch.float32
+    corrections: list[Tensor] | None = None  # edit-friendly DDPM inversion's c_i (sampling order)
 
 
 def _ddim(ctx: Context) -> Iterator[Event]:
@@ -110,11 +115,46 @@ def _negative_prompt(ctx: Context) -> Iterator[Event]:
 
 def _streamed_ddim(ctx: Context, guider: Guider) -> Iterator[Event]:
     """DDIM inversion with a Progress event per step; returns the trajectory (sampling order)."""
+    return (yield from _streamed(ctx, ddim_inversion_steps(ctx.denoiser, guider, ctx.grid, ctx.latents, ctx.cancel)))
+
+
+def _streamed(ctx: Context, steps: Iterator[StepState]) -> Iterator[Event]:
+    """An inversion's states (x_0's side first) with a Progress event per step; returns them in sampling order."""
     states = [ctx.latents]
-    for state in ddim_inversion_steps(ctx.denoiser, guider, ctx.grid, ctx.latents, ctx.cancel):
+    for state in steps:
         states.append(state["x"])
         yield ctx.progress(0, state["i"] + 1, "inverting")
     return states[::-1]
+
+
+def _fixed_point(ctx: Context) -> Iterator[Event]:
+    """Fixed-point inversion (fixed_point.py) at the sampling guidance w, so plain DDIM sampling at w reconstructs;
+    each step's iteration moves are kept in `losses`."""
+    stepper, steps = fixed_point_inversion_steps(
+        ctx.denoiser, ctx.guidance(ctx.spec.guidance_scale), ctx.grid, ctx.latents, ctx.spec.fixed_point_iterations,
+        ctx.spec.fixed_point_tolerance, ctx.cancel)
+    trajectory = yield from _streamed(ctx, steps)
+    return Inverted(trajectory, losses=stepper.updates)
+
+
+def _direct(ctx: Context) -> Iterator[Event]:
+    """Direct Inversion (direct.py; Ju et al. 2023, Alg. 1): the w = 1 DDIM trajectory, which sampling and edits put
+    the source image back on after every step."""
+    trajectory = yield from _streamed_ddim(ctx, ctx.guidance(1.0))
+    return Inverted(trajectory)
+
+
+def _ddpm(ctx: Context) -> Iterator[Event]:
+    """Edit-friendly DDPM inversion (ddpm.py; Huberman-Spiegelglas et al. 2024, Alg. 1): independent noisy states
+    from `seed`, then per step the correction of the eta = 1 step under the caption at the sampling guidance w, walked
+    in sampling order through the one loop."""
+    states = noisy_states(ctx.latents, ctx.grid, torch.Generator("cpu").manual_seed(ctx.spec.seed))
+    stepper = NoiseSpaceInversion(ctx.grid, states)
+    timesteps = ctx.grid.timesteps.to(ctx.latents.device)
+    for state in sample_steps(ctx.denoiser, ctx.guidance(ctx.spec.guidance_scale), stepper, timesteps, states[0],
+                              ctx.cancel):
+        yield ctx.progress(0, state["i"] + 1, "inverting")
+    return Inverted(states, corrections=stepper.corrections)
 
 
 def _with_progress(ctx: Context, events: Iterator[NullTextLoss], phase: int, label: str) -> Iterator[Event]:
@@ -164,7 +204,8 @@ def _bdia(ctx: Context) -> Iterator[Event]:
     return Inverted(states[::-1], dtype=latents.dtype)
 
 
-PHASES = {"ddim": 2, "negative_prompt": 2, "null_text": 3, "edict": 2, "bdia": 2}  # passes over the steps
+PHASES = {"ddim": 2, "negative_prompt": 2, "null_text": 3, "edict": 2, "bdia": 2, "fixed_point": 2, "direct": 2,
+          "ddpm": 2}  # passes over the steps
 # The InversionSpec fields each method reads beyond prompt, steps and guidance_scale: what an edit of its
 # inversion records about it (Inversion.method_settings, studio.jobs.inversion_record)
 METHOD_SETTINGS = {
@@ -174,6 +215,9 @@ METHOD_SETTINGS = {
                   "smoothness", "image_weight"),
     "edict": ("edict_mix", "float64"),
     "bdia": ("bdia_gamma", "float64"),
+    "fixed_point": ("fixed_point_iterations", "fixed_point_tolerance"),
+    "direct": (),
+    "ddpm": ("seed",),
 }
 
 
@@ -181,7 +225,9 @@ def inversion_cost(spec: InversionSpec, size: int) -> JobCost:
     """UNet passes a step over the inversion and its reconstruction (sampled back at guidance_scale): DDIM's
     at inversion_guidance, the w = 1 pivot of NPI and NTI, NTI's prompt prediction and its inner_steps iterations
     (a forward and a backward pass to the null embedding each, the most it runs: early stops spend fewer), EDICT's
-    two coupled sequences, BDIA's one; the structure's rows on every guided pass."""
+    two coupled sequences, BDIA's one; fixed-point inversion's guess and its iterations at w (the most it runs: early
+    stops spend fewer), Direct Inversion's w = 1 pass, edit-friendly DDPM's one guided pass; the structure's rows on
+    every guided pass."""
     sampled = guidance_passes(spec.guidance_scale)
     inverting = {
         "ddim": guidance_passes(spec.inversion_guidance),
@@ -189,6 +235,9 @@ def inversion_cost(spec: InversionSpec, size: int) -> JobCost:
         "null_text": 1 + 1 + spec.inner_steps * ADAPTER_TRAINING_PASSES,
         "edict": 2 * sampled,
         "bdia": sampled,
+        "fixed_point": (1 + spec.fixed_point_iterations) * sampled,
+        "direct": 1,
+        "ddpm": sampled,
     }[spec.method]
     reconstructing = 2 * sampled if spec.method == "edict" else sampled
     structured = PHASES[spec.method] * structure_passes(spec.structure)
@@ -201,6 +250,9 @@ METHOD_RUNNERS: dict[str, Callable[[Context], Iterator[Event]]] = {
     "null_text": _null_text,
     "edict": _edict,
     "bdia": _bdia,
+    "fixed_point": _fixed_point,
+    "direct": _direct,
+    "ddpm": _ddpm,
 }
 
 
@@ -242,15 +294,38 @@ def edit_structure(host: ModelHost, structure: StructureSpec | None, images: Str
     return prepare_structure(host, made.spec, StructureImages(tuple(made.maps), made.reference), width, height)
 
 
+def sampling_rule(inversion: Inversion, scheduler: SchedulerMixin, prediction_type: str,
+                  first_step: int = 0) -> SchedulerMixin | StepRule:
+    """The step rule that samples `inversion` from sampling step `first_step` on: `scheduler` (a DDIMScheduler set to
+    the inversion's steps) for the methods sampled by plain DDIM, or, for an inversion with per-step corrections
+    (edit-friendly DDPM), the eta = 1 DDIM mean plus the stored correction (ddpm.CorrectedDDIM) on the same grid.
+    Every image of the batch gets the corrections (Prompt-to-Prompt's source and target; DiffEdit's edit)."""
+    if inversion.corrections is None:
+        return scheduler
+    return CorrectedDDIM(StepGrid.of(scheduler, prediction_type), inversion.corrections, first_step)
+
+
+def source_hook(inversion: Inversion, source: int = 0, first_step: int = 0) -> StepHook | None:
+    """The after-step hook that keeps batch item `source` on the inversion's trajectory from sampling step
+    `first_step` on (Direct Inversion, direct.py: its reconstruction is exact by construction); None for the other
+    methods, whose source follows from the sampler alone."""
+    if inversion.method != "direct":
+        return None
+    return SourceOnPath(inversion.trajectory[first_step + 1:], source)
+
+
 def reconstruction_steps(denoiser: Denoiser, inversion: Inversion, cond: Cond, null: Cond, scheduler_config: dict,
                          cancel: CancelToken | None = None, model: LoadedModel | None = None) -> Iterator[StepState]:
-    """Sample the inversion back from x_T with its own sampler, yielding the sampler's states; an inversion made under
-    structure is sampled under it, with the controls of `model`."""
+    """Sample the inversion back from x_T with its own sampler (sampling_guider, sampling_rule, source_hook: what an
+    edit of it samples with), yielding the sampler's states; an inversion made under structure is sampled under it,
+    with the controls of `model`."""
     scheduler = make_scheduler("ddim", scheduler_config)
     scheduler.set_timesteps(inversion.steps, device=inversion.latents.device)
     guider = with_structure(sampling_guider(inversion, cond, null), inversion.structure, model, null,
                             scheduler.timesteps, scheduler.alphas_cumprod)
-    steps = sample_steps(denoiser, guider, scheduler, scheduler.timesteps, inversion.noise_latents, cancel)
+    rule = sampling_rule(inversion, scheduler, denoiser.prediction_type)
+    steps = sample_steps(denoiser, guider, rule, scheduler.timesteps, inversion.noise_latents, cancel,
+                         after_step=source_hook(inversion))
     return attached_steps(guider, denoiser, steps)
 
 
@@ -318,7 +393,7 @@ def _invert(engine: ModelHost, spec: InversionSpec, image: Image.Image, note: st
         uncond_embeddings=inverted.uncond_embeddings, coupled=inverted.coupled,
         edict_mix=spec.edict_mix if spec.method == "edict" else None,
         bdia_gamma=spec.bdia_gamma if spec.method == "bdia" else None,
-        dtype=inverted.dtype, preparation=note, losses=inverted.losses,
+        dtype=inverted.dtype, preparation=note, losses=inverted.losses, corrections=inverted.corrections,
         method_settings={name: getattr(spec, name) for name in METHOD_SETTINGS[spec.method]},
         structure=structure,
     )

@@ -15,13 +15,16 @@ from studio.structure.spec import StructureSpec
 if TYPE_CHECKING:  # studio.generation imports the job layer, which imports this module: the type only
     from studio.generation import PreparedStructure
 
-METHODS = ("ddim", "null_text", "negative_prompt", "edict", "bdia")
+METHODS = ("ddim", "null_text", "negative_prompt", "edict", "bdia", "fixed_point", "direct", "ddpm")
 METHOD_LABELS = {
     "ddim": "DDIM inversion",
     "null_text": "Null-text inversion",
     "negative_prompt": "Negative-prompt inversion",
     "edict": "EDICT",
     "bdia": "BDIA",
+    "fixed_point": "Fixed-point inversion",
+    "direct": "Direct inversion",
+    "ddpm": "Edit-friendly DDPM inversion",
 }
 
 INNER_STEPS = specs.Range(1, 50, 1, "NTI inner iterations")
@@ -35,6 +38,8 @@ EDICT_MIX = specs.Range(0.5, 1.0, 0.01, "EDICT mixing p")
 BDIA_GAMMA = specs.Range(0.0, 0.95, 0.05, "BDIA gamma")  # 1 would be plain DDIM, not invertible
 LR_DECAY = specs.Range(0.0, 1.0, 0.05, "NTI learning-rate decay")
 MIN_IMPROVEMENT = specs.Range(0.0, 1.0, 0.01, "NTI minimum improvement")
+FIXED_POINT_ITERATIONS = specs.Range(1, 20, 1, "Fixed-point iterations per step")
+FIXED_POINT_TOLERANCE = specs.Range(0.0, 1e-2, 1e-6, "Fixed-point early-stop tolerance")
 INVERSION_STEPS = specs.Range(2, 150, 1, "Steps")  # specs.STEPS from 2: the range the Inversion tab offers
 
 
@@ -46,7 +51,8 @@ class InversionSpec:
         "steps": INVERSION_STEPS, "guidance_scale": specs.GUIDANCE, "inversion_guidance": specs.GUIDANCE,
         "inner_steps": INNER_STEPS, "learning_rate": LEARNING_RATE, "lr_decay": LR_DECAY, "tolerance": TOLERANCE,
         "min_improvement": MIN_IMPROVEMENT, "smoothness": SMOOTHNESS, "image_weight": IMAGE_WEIGHT,
-        "edict_mix": EDICT_MIX, "bdia_gamma": BDIA_GAMMA,
+        "edict_mix": EDICT_MIX, "bdia_gamma": BDIA_GAMMA, "fixed_point_iterations": FIXED_POINT_ITERATIONS,
+        "fixed_point_tolerance": FIXED_POINT_TOLERANCE, "seed": specs.SEED,
     }
 
     prompt: str = ""  # the caption; "" inverts with the null prompt
@@ -77,6 +83,11 @@ class InversionSpec:
     edict_mix: float = 0.93
     float64: bool = False  # EDICT/BDIA in float64 (CPU only)
     bdia_gamma: float = 0.0  # the symmetric scheme; inversion divides by 1 - gamma per step (bdia.py)
+    # Fixed-point inversion (fixed_point.py; Pan et al. 2023, Garibi et al. 2024): iterations of each inverse step at
+    # guidance_scale, stopping early once an update moves the state by less than the tolerance (mean squared)
+    fixed_point_iterations: int = 3
+    fixed_point_tolerance: float = 1e-5
+    seed: int = 0  # edit-friendly DDPM inversion (ddpm.py): the seed of its independent noise per step
     # control maps / image prompt (studio.structure) the image is inverted and reconstructed under, so that edits
     # under the same control reconstruct it (lllyasviel/ControlNet#359); checked against the loaded controls by the job
     structure: StructureSpec | None = None
@@ -121,6 +132,9 @@ class Inversion:
     unconditional embedding uncond_embeddings[i] at step i (None: the empty prompt's).
     EDICT samples the pair (trajectory, coupled) with its own coupled steps; BDIA starts from the
     pair (trajectory[0], trajectory[1]) (its first step is given, every later one uses two states).
+    Direct inversion samples as DDIM does and puts the source image back on the trajectory after every step;
+    edit-friendly DDPM inversion samples with the eta = 1 DDIM mean plus `corrections[i]` at step i
+    (methods.sampling_rule and methods.source_hook say how any inversion is sampled).
     """
 
     method: str
@@ -136,11 +150,15 @@ class Inversion:
     bdia_gamma: float | None = None
     dtype: torch.dtype = torch.float32  # what the method computed in (EDICT/BDIA may use float64)
     preparation: str = ""  # what was done to the upload ("centre-cropped 640x480 to 480x480; ...")
-    losses: list[list[float]] = field(default_factory=list)  # NTI: L_rec per inner iteration, per step
+    # NTI: L_rec per inner iteration, per step; fixed-point inversion: each iteration's mean squared move, per step
+    losses: list[list[float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)  # psnr, ssim, latent_mse, unet passes, seconds, ...
     # the InversionSpec fields its method read (NTI's learning rate, EDICT's p, ...), for the records of edits made
     # from it (studio.jobs.inversion_record); empty for an inversion made elsewhere
     method_settings: dict[str, object] = field(default_factory=dict)
+    # edit-friendly DDPM inversion: per sampling step i the additive correction c_i (1, 4, h, w) that the stochastic
+    # DDIM step's mean (eta = 1) is completed with, x_{i+1} = A x_i + B out + c_i, for every image sampled (ddpm.py)
+    corrections: list[torch.Tensor] | None = None
     # the structure (checked spec, maps at this image's size) it was inverted and reconstructed under; its edits
     # sample under it unless they bring their own; None: no control
     structure: PreparedStructure | None = None

@@ -29,27 +29,41 @@ def _roots(alpha_bar: float | Tensor) -> tuple[Tensor, Tensor]:
     return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
 
 
-def ddim_coefficients(alpha_bar_t: float | Tensor, alpha_bar_prev: float | Tensor,
-                      prediction_type: str) -> tuple[float, float]:
-    """(A, B) of the DDIM step x_prev = A x_t + B out, for a network output `out` of `prediction_type`.
+def ddim_sigma(alpha_bar_t: float | Tensor, alpha_bar_prev: float | Tensor, eta: float) -> float:
+    """sigma_t of the DDIM step with stochasticity `eta` (Song et al. 2021, eq. 16):
+    eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev); eta = 1 is DDPM's posterior (Ho et al. 2020).
+    Finite at zero terminal SNR (ab_t = 0: eta sqrt(1 - ab_prev)). Computed in float64."""
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
+    alpha_bar_prev = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
+    variance = (1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)
+    return float(eta * variance.clamp(min=0).sqrt())  # clamp: rounding below 0 where ab_t ~ ab_prev
 
-    From x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev) eps with (schedule.py's conversions)
-      epsilon:      x0 = (x_t - s_t eps) / a_t                      -> A = a_p / a_t,           B = s_p - a_p s_t / a_t
-      v_prediction: x0 = a_t x_t - s_t v,  eps = a_t v + s_t x_t   -> A = a_p a_t + s_p s_t,   B = s_p a_t - a_p s_t
-      sample:       eps = (x_t - a_t x0) / s_t                      -> A = s_p / s_t,           B = a_p - s_p a_t / s_t
-    where a = sqrt(ab), s = sqrt(1 - ab). Computed in float64.
+
+def ddim_coefficients(alpha_bar_t: float | Tensor, alpha_bar_prev: float | Tensor,
+                      prediction_type: str, eta: float = 0.0) -> tuple[float, float]:
+    """(A, B) of the DDIM step x_prev = A x_t + B out (+ sigma z), for a network output `out` of `prediction_type`.
+
+    Song et al. 2021, eq. 12: x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z, sigma =
+    ddim_sigma(ab_t, ab_prev, eta); with x0 = p x_t + q out and eps = r x_t + u out (schedule.py's conversions)
+      epsilon:      x0 = (x_t - s_t eps) / a_t                      p, q, r, u = 1/a_t, -s_t/a_t, 0, 1
+      v_prediction: x0 = a_t x_t - s_t v,  eps = a_t v + s_t x_t   p, q, r, u = a_t, -s_t, s_t, a_t
+      sample:       eps = (x_t - a_t x0) / s_t                      p, q, r, u = 0, 1, 1/s_t, -a_t/s_t
+    A = a_p p + d r, B = a_p q + d u with d = sqrt(1 - ab_prev - sigma^2) (d = s_p at eta = 0: the deterministic
+    step), where a = sqrt(ab), s = sqrt(1 - ab). The noise term sigma z is not part of (A, B): a caller adds it.
+    Computed in float64.
     """
     a_t, s_t = _roots(alpha_bar_t)
     a_p, s_p = _roots(alpha_bar_prev)
     if prediction_type == "epsilon":
-        a, b = a_p / a_t, s_p - a_p * s_t / a_t
+        p, q, r, u = 1 / a_t, -s_t / a_t, 0.0, 1.0
     elif prediction_type == "v_prediction":
-        a, b = a_p * a_t + s_p * s_t, s_p * a_t - a_p * s_t
+        p, q, r, u = a_t, -s_t, s_t, a_t
     elif prediction_type == "sample":
-        a, b = s_p / s_t, a_p - s_p * a_t / s_t
+        p, q, r, u = 0.0, 1.0, 1 / s_t, -a_t / s_t
     else:
         raise ValueError(f"unknown prediction type {prediction_type!r}")
-    return float(a), float(b)
+    d = s_p if eta == 0 else (s_p ** 2 - ddim_sigma(alpha_bar_t, alpha_bar_prev, eta) ** 2).clamp(min=0).sqrt()
+    return float(a_p * p + d * r), float(a_p * q + d * u)
 
 
 def affine_step(out: Tensor, x: Tensor, coefficients: tuple[float, float]) -> Tensor:
@@ -88,6 +102,10 @@ class StepGrid:
     def __len__(self) -> int:
         return len(self.timesteps)
 
-    def coefficients(self, i: int) -> tuple[float, float]:
-        """(A, B) of sampling step i."""
-        return ddim_coefficients(self.alpha_bar[i], self.alpha_bar_prev[i], self.prediction_type)
+    def coefficients(self, i: int, eta: float = 0.0) -> tuple[float, float]:
+        """(A, B) of sampling step i (with stochasticity eta: its mean, the sigma z term apart)."""
+        return ddim_coefficients(self.alpha_bar[i], self.alpha_bar_prev[i], self.prediction_type, eta)
+
+    def sigma(self, i: int, eta: float) -> float:
+        """sigma of sampling step i at stochasticity eta (ddim_sigma)."""
+        return ddim_sigma(self.alpha_bar[i], self.alpha_bar_prev[i], eta)
