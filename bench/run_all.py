@@ -4,7 +4,7 @@ work, measured in the same run, with its target.
     python bench/run_all.py [--device cuda] [--only generate,attention] [--summary-only]
 
 Runs bench/generate_vs_diffusers.py, attention_overhead.py, sdedit_vs_img2img.py, diffedit.py, p2p.py,
-inversion.py, sd15_costs.py and personalize.py with their defaults (each writes its own bench/results/<name>.{json,md}), then writes
+inversion.py, sd15_costs.py, personalize.py and edit_bench.py with their defaults (each writes its own bench/results/<name>.{json,md}), then writes
 bench/results/summary.{json,md} from those JSON files. `--summary-only` rebuilds the summary from the
 results already there (e.g. after running one benchmark alone).
 """
@@ -98,6 +98,20 @@ def _inversion(report: dict) -> list[Line]:
     return lines
 
 
+def _edit_bench(report: dict) -> list[Line]:
+    peer = "P2P · DDIM inversion"  # the plain baseline every PIE-Bench table starts from
+    base, lines = report["summary"][peer]["overall"], []
+    for tab, best in report["best"].items():
+        if best["overall"] is None:
+            continue
+        cell = report["summary"][best["overall"]]["overall"]
+        lines.append({"measure": f"edit bench, {tab}'s best row ({best['overall']}): seconds per edit vs {peer}",
+                      "model": report["model"], "ratio": cell["seconds"] / base["seconds"], "target": None,
+                      "detail": f"{len(report['records'])} edits: success {cell['success']:.2f} vs {base['success']:.2f}, "
+                                f"background PSNR {cell['background_psnr']:.2f} vs {base['background_psnr']:.2f} dB"})
+    return lines
+
+
 def _personalize(report: dict) -> list[Line]:
     return [{"measure": f"{goal['measure']}: training seconds vs the {report['goal_seconds'] // 60}-minute goal",
              "model": report["model"], "ratio": goal["seconds"] / report["goal_seconds"], "target": 1.0,
@@ -116,6 +130,7 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], Callable[[dict], list[Line]]]] = {
     # SD 1.5's architecture: the CPU row from run_all, the GPU row from a CUDA machine (--device cuda)
     "sd15_costs": (("sd15_costs_cuda.json", "sd15_costs_cpu.json"), _sd15_costs),
     "personalize": (("personalize.json",), _personalize),
+    "edit_bench": (("edit_bench.json",), _edit_bench),
 }
 
 
