@@ -25,6 +25,11 @@ x_prev = M x_prev + (1 - M) x_inv(t_prev). Re-noising x_0 off the mask instead (
 the target prompt's guided prediction, off the mask, which the inversion never had there; on the embedded model that made 4 of 8 colour edits of bench/diffedit.py come out
 as noise inside the mask, against 1 of 8 following the trajectory.
 
+Decoding (ours): the latents off the mask end equal to the image's, but the embedded model's VAE decoder (as SD's)
+is global -- self-attention over every latent cell in its mid-block, GroupNorm over the whole map -- so a changed
+object still moves pixels far from the mask. Only the masked change is decoded (`decode_masked_change`): pixels of
+latent cells off the mask are the decoding of the image's own latents, decoded in the same batch.
+
 Structure (studio.structure): `spec.structure`, its maps in `structure_images`, steers Stage II and the DDIM
 inversion it starts from (studio.structure.runtime.StructuredGuidance; a window is a fraction of the steps from
 t_edit, as diffusers' ControlNet inpaint pipeline counts it); an inversion made under structure is edited under
@@ -114,6 +119,12 @@ class DiffEditSpec:
     # benchmark's scenes) keeps the background: "any pixel" (0) regenerated 1.4 dB more of it for the same success.
     cell_coverage: float = 0.25
     start: str = "inversion"
+    # Decode only the masked change: the embedded VAE's decoder is global (mid-block self-attention over every latent
+    # cell, GroupNorm over the whole map), so latents equal to the image's off the mask still decode to a moved
+    # background once the object changes (pasting the true edited scene's own latents into the mask left 10-26 dB
+    # outside it on bench/diffedit.py's scenes). On, the pixels of latent cells off the mask are the decoding of the
+    # image's own latents (masks.decode_masked_change; one more decode in the same batch).
+    decode_masked_change: bool = True
     # original pixels outside the mask after decoding (see masks.composite), as SDEdit: the decoder lets a big edit
     # shift pixels far from the mask (bench/results/first_edits.md)
     composite: bool = True
@@ -407,8 +418,12 @@ def _diffedit(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, mask: n
             yield from step_events(state, len(timesteps), model.vae, spec.preview_every, done, total, "Edit: ")
     clock.lap("edit")
 
-    # 5. decode (optionally pasting the original pixels back outside the mask)
-    pixels = decode_latents(model.vae, x)  # (1, H, W, 3)
+    # 5. decode (only the masked change, and optionally pasting the original pixels back outside the mask)
+    if spec.decode_masked_change:
+        edited, unedited = decode_latents(model.vae, torch.cat([x, original]))  # (H, W, 3) each, one decoder call
+        pixels = masks.decode_masked_change(edited, unedited, latent_mask)[None]
+    else:
+        pixels = decode_latents(model.vae, x)  # (1, H, W, 3)
     if spec.composite:
         pixels = masks.composite(pixels[0], np.asarray(image, dtype=np.float32) / 255, mask)[None]
     clock.lap("decode")

@@ -119,6 +119,15 @@ def follow_off_mask(mask: Tensor, path: Sequence[Tensor]) -> Callable[[int, Tens
     return lambda i, x: mask * x + (1 - mask) * path[i]
 
 
+def decode_masked_change(edited: np.ndarray, unedited: np.ndarray, latent_mask: Tensor) -> np.ndarray:
+    """The decoded edit on the latent cells of `latent_mask` ((1, 1, h, w)) and the decoding of the unedited latents
+    elsewhere ((H, W, 3) arrays): only the masked change is decoded. The latents off the mask are the image's own,
+    but a VAE decoder with self-attention and GroupNorm over the whole latent map (SD's, the embedded model's) lets a
+    changed object move every pixel; this keeps the decoder's own reconstruction of the image there (the VAE's
+    round trip, not the original pixels: `composite` pastes those)."""
+    return np.where(to_pixel_mask(latent_mask, edited.shape[:2])[..., None], edited, unedited)
+
+
 def composite(edited: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Original pixels outside the mask, edited ones inside ((H, W, 3) arrays of one dtype), as SD inpainting
     UIs do after decoding: the VAE spreads each latent cell over its neighbours, so without this the pixels just

@@ -200,6 +200,10 @@ FIELDS = (
     Field("guidance_scale", slider(specs.GUIDANCE, DEFAULTS.guidance_scale, elem_id="diffedit-guidance"), float,
           restore=saved("guidance_scale", specs.GUIDANCE)),
     Field("seed", seed_box("diffedit-seed"), optional_whole, restore=saved("seed", specs.SEED)),
+    Field("decode_masked_change", lambda engine: gr.Checkbox(
+        label="Decode only the masked change", value=DEFAULTS.decode_masked_change,
+        info="off the mask, the decoding of the image's own latents (the decoder is global)",
+        elem_id="diffedit-decode-change"), bool, restore=saved("decode_masked_change")),
     Field("composite", lambda engine: gr.Checkbox(label="Paste original pixels outside the mask",
                                                   value=DEFAULTS.composite, elem_id="diffedit-composite"), bool,
           restore=saved("composite")),
@@ -224,7 +228,7 @@ def spec_from_values(values: Mapping[str, Any], inversion: Inversion | None = No
 
 STAGES = (  # the two accordions' rows of fields
     ("Stage I: mask", (("deviation", "threshold"), ("probes", "noise_samples"), ("mask_strength", "clean_pixels"))),
-    ("Stage II: edit", (("edit_strength", "start"), ("steps", "guidance_scale"), ("seed", "composite"))),
+    ("Stage II: edit", (("edit_strength", "start"), ("steps", "guidance_scale"), ("seed", "composite"), ("decode_masked_change",))),
 )
 
 
