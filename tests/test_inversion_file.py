@@ -6,6 +6,7 @@ file must be data only, so pickles are refused before they are opened.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from dataclasses import fields, replace
@@ -14,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from studio.errors import InvalidInputError
 from studio.inversion import Inversion, InversionSpec
-from studio.inversion.file import load_inversion, save_inversion
+from studio.inversion.file import FORMAT_KEY, load_inversion, save_inversion
 
 
 def invert(engine, method: str) -> Inversion:
@@ -40,7 +42,7 @@ def assert_same(value, expected) -> None:
         assert value == expected
 
 
-@pytest.mark.parametrize("method", ["null_text", "edict", "ddim"])
+@pytest.mark.parametrize("method", ["null_text", "edict", "ddim", "ddpm", "direct", "fixed_point"])
 def test_a_saved_inversion_loads_back_field_for_field(tiny_engine, tmp_path, method):
     inversion = invert(tiny_engine, method)
     path = save_inversion(inversion, tmp_path / f"{method}.inversion.safetensors")
@@ -48,6 +50,17 @@ def test_a_saved_inversion_loads_back_field_for_field(tiny_engine, tmp_path, met
     for field in fields(Inversion):
         assert_same(getattr(loaded, field.name), getattr(inversion, field.name))
     assert loaded.steps == inversion.steps and loaded.noise_latents.shape == inversion.noise_latents.shape
+
+
+def test_a_file_written_before_corrections_existed_still_loads(tiny_engine, tmp_path):
+    """Files of the studio before edit-friendly DDPM inversion have no `corrections` field: they load as None."""
+    path = save_inversion(invert(tiny_engine, "ddim"), tmp_path / "old.inversion.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        header = json.loads(handle.metadata()[FORMAT_KEY])
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    del header["fields"]["corrections"]
+    save_file(tensors, str(path), metadata={FORMAT_KEY: json.dumps(header)})
+    assert load_inversion(path).corrections is None
 
 
 def test_a_file_whose_header_length_begins_like_a_pickle_still_loads(tmp_path):

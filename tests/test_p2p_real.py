@@ -1,7 +1,9 @@
 """Prompt-to-Prompt on real images (embedded model): an inversion's unedited source branch equals the
 inversion's own reconstruction (same x_T, timesteps and per-step null embeddings), for negative-prompt
-inversion and for null-text inversion (per-step optimised null embeddings); a colour swap edits
-the inverted image and keeps its shape; inversions P2P cannot drive are refused by name."""
+inversion and for null-text inversion (per-step optimised null embeddings), and for fixed-point, Direct and
+edit-friendly DDPM inversion (their own step rule and source hook); a colour swap edits the inverted image and keeps
+its shape (and, for the new methods, the background outside the true object); inversions P2P cannot drive are refused
+by name."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from studio import metrics
 from studio.denoiser import Denoiser
 from studio.editing.p2p import P2PSpec
 from studio.errors import InvalidInputError
@@ -85,3 +88,51 @@ def test_inversions_p2p_cannot_drive_are_refused(engine, npi):
         engine.p2p(P2PSpec("", TARGET, edit="word swap"), replace(npi, method="edict"))
     with pytest.raises(InvalidInputError, match="must be that prompt"):
         engine.p2p(P2PSpec("a big blue circle", TARGET, edit="word swap"), npi)
+
+
+# --------------------------------------------------------------------------------------------
+# Fixed-point, Direct and edit-friendly DDPM inversion: P2P samples them as they reconstruct
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return render(Scene("blue", (make_object("circle", "red", "big", "left"),)))
+
+
+@pytest.fixture(scope="module")
+def inversions(engine, scene):
+    """method -> its inversion of the scene at the edit guidance (10 steps)."""
+    done = {}
+
+    def invert(method: str):
+        if method not in done:
+            *_, result = engine.invert(InversionSpec(CAPTION, method, steps=STEPS, guidance_scale=GUIDANCE), scene.image)
+            done[method] = result.inversion
+        return done[method]
+
+    return invert
+
+
+NEW_METHODS = ["fixed_point", "direct", "ddpm"]
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_unedited_source_branch_of_the_new_methods_is_their_reconstruction(engine, inversions, method):
+    """Direct: the source back on the trajectory after every step; DDPM: its corrections; fixed-point: plain DDIM."""
+    inversion = inversions(method)
+    result = edit(engine, inversion)
+    expected = reconstruction(engine, inversion)
+    assert float((result.latents[:1] - expected).abs().max()) < 1e-3
+    if method == "direct":  # exact by construction: the encoded latents themselves
+        assert torch.equal(result.latents[:1].cpu(), inversion.latents.cpu())
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_colour_swap_of_the_new_methods_changes_the_colour_and_keeps_the_background(engine, inversions, scene, method):
+    result = edit(engine, inversions(method), target_prompt="a big yellow circle on a blue background",
+                  cross_stop=0.4, self_stop=0.2)
+    edited = judge_pixels(np.asarray(result.images[1]))
+    assert (edited.background, edited.objects[0].colour, edited.objects[0].shape) == ("blue", "yellow", "circle")
+    outside = ~scene.masks[0]  # the true object's pixels are the edit's; everything else should stay
+    background_psnr = metrics.psnr(scene.image, np.asarray(result.images[1]), mask=outside)
+    assert background_psnr > 20, f"{method}: background PSNR {background_psnr:.1f} dB"

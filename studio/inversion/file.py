@@ -3,11 +3,11 @@
     save_inversion(result.inversion, "runs/inv/null_text.inversion.safetensors")
     inversion = load_inversion("runs/inv/null_text.inversion.safetensors")   # an Inversion, ready to edit
 
-The tensors (trajectory, null-text embeddings, EDICT's coupled states, the prepared image as uint8 pixels, the
-control maps and reference image of the structure it was made under) are safetensors entries; every other field of `Inversion` is JSON in the same file's header metadata.
+The tensors (trajectory, null-text embeddings, EDICT's coupled states, edit-friendly DDPM inversion's corrections,
+the prepared image as uint8 pixels, the control maps and reference image of the structure it was made under) are safetensors entries; every other field of `Inversion` is JSON in the same file's header metadata.
 One file rather than tensors plus a JSON sidecar: the user shares and passes one path, and the two halves
 cannot be separated or mismatched. Pickles (`torch.save`, the old `.inversion.pt`) are refused: reading one
-can run any code it carries.
+can run any code it carries. A field added since a file was written (`corrections`) takes its default when read.
 """
 
 from __future__ import annotations
