@@ -4,15 +4,22 @@
     0..8 -> fraction of images whose judged background is blue (expected to rise monotonically);
 (b) negative condition: prompt "a big circle on a white background" (no colour) with the condition
     "red" at weight 0 and below -> fraction of images whose largest object is red (expected to fall);
-(c) classifier guidance: prompt "a big circle on a blue background" with target "red object" at
-    strengths 0.. -> fraction of red objects, same seeds, and the cost per step of the classifier
-    gradient beside the UNet's (CFG) cost.
+(c) classifier guidance, every target the model's classifier offers (issue #20): each colour, shape and background
+    target on prompts that leave that attribute open, from two disjoint sets of prompt attributes -- "tuning" (the
+    shapes, positions, backgrounds and object colours a default may be chosen on) and "held-out" (the others) -- at
+    each strength (0 is plain CFG on the same seeds); per target: the fraction of images showing it (pixel judge and
+    classifier judge) and the fraction that keep the rest of the prompt (pixel judge: its stated colour, shape and
+    background, and one object); and the cost per step of the classifier gradient beside plain CFG's.
 
 Each setting generates the same samples (same seeds, batches of up to 8); every image is judged by
 the pixel check and, when the model ships a classifier, by the noisy-latent classifier at t = 0 on
 its VAE re-encoding. Writes bench/results/guidance_sweep.{json,md,png}.
 
     python bench/guidance_sweep.py [--samples 32] [--steps 25] [--model DIR] [--device cuda]
+        [--only a,b,c] [--target-samples 8] [--strengths 0,2] [--resume]
+
+--resume keeps the rows of (c) already in the results JSON (same model, steps and images per prompt): a long run
+stopped part-way continues where it stopped.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +40,22 @@ from studio.engine import Engine  # noqa: E402
 from studio.events import Result  # noqa: E402
 from studio.plots import line_chart, side_by_side  # noqa: E402
 from studio.shapes.judge import Judgement, judge_latents, judge_pixels  # noqa: E402
+from studio.shapes.vocabulary import SHAPES  # noqa: E402
 from studio.specs import BATCH, ClassifierGuidanceSpec, Condition, GenerateSpec  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SWEEP_PROMPT, SWEEP_CONDITION, SWEEP_BACKGROUND = "a big red circle", "a blue background", "blue"
 NEGATIVE_PROMPT, NEGATIVE_CONDITION, NEGATIVE_COLOUR = "a big circle on a white background", "red", "red"
-CLASSIFIER_PROMPT, CLASSIFIER_TARGET, CLASSIFIER_COLOUR = "a big circle on a blue background", "red object", "red"
+# (c) The prompt attributes of each split: a target is measured on prompts built from one split only, so "held-out"
+# prompts share no shape, position, background or object colour with the "tuning" ones (the targets are all 8 colours,
+# 3 shapes and 8 backgrounds in both).
+SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
+    "tuning": {"shapes": ("circle", "square"), "positions": ("center", "left"),
+               "backgrounds": ("blue", "white", "black", "green"), "colours": ("red", "yellow", "blue", "white")},
+    "held-out": {"shapes": ("triangle",), "positions": ("right", "top left"),
+                 "backgrounds": ("purple", "orange", "yellow", "red"), "colours": ("orange", "green", "purple", "black")},
+}
+PROMPTS_PER_TARGET = 2  # one big and one small object
 
 
 def _floats(text: str) -> list[float]:
@@ -55,7 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance-scale", type=float, default=5.0, help="the prompt's own weight")
     parser.add_argument("--weights", type=_floats, default=_floats("0,1,2,4,6,8"), help="(a) condition weights")
     parser.add_argument("--negative-weights", type=_floats, default=_floats("0,-2,-4,-6"), help="(b) weights of 'red'")
-    parser.add_argument("--strengths", type=_floats, default=_floats("0,2,5,10,20"), help="(c) classifier strengths")
+    parser.add_argument("--strengths", type=_floats, default=[0.0, ClassifierGuidanceSpec("x").strength],
+                        help="(c) classifier strengths, each with the spec's other defaults (0: plain CFG); default 0 "
+                             "and the Generate tab's default")
+    parser.add_argument("--target-steps", type=int, default=20, help="(c) sampling steps")
+    parser.add_argument("--target-samples", type=int, default=8, help="(c) images per prompt (2 prompts per target and split)")
+    parser.add_argument("--targets", default=None, help="(c) comma-separated targets (default: every target)")
+    parser.add_argument("--only", default="a,b,c", help="parts to run: a, b, c (the others are kept from --out's JSON)")
+    parser.add_argument("--resume", action="store_true", help="(c) keep the rows already in --out's JSON")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for guidance_sweep.{json,md,png}")
     return parser.parse_args(argv)
 
@@ -111,51 +134,142 @@ def monotone(values: list[float], rising: bool) -> bool:
     return all(b >= a for a, b in pairs) if rising else all(b <= a for a, b in pairs)
 
 
-def sweep(engine: Engine, args: argparse.Namespace) -> dict:
+def _place(position: str) -> str:
+    return "in the center" if position == "center" else f"on the {position}"
+
+
+def target_prompts(target: str, split: str) -> list[dict]:
+    """PROMPTS_PER_TARGET prompts for `target` from `split`'s attributes, each leaving the target's attribute open
+    (the model was trained with colour, size, position and background phrases dropped; a shape target's prompt
+    drops the shape word, which training never did); `stated` is what the prompt asks for besides."""
+    attributes = SPLITS[split]
+    value, kind = target.rsplit(" ", 1)
+    kind = "background" if kind == "background" else ("shape" if value in SHAPES else "colour")
+    prompts = []
+    for k, size in enumerate(("big", "small")[:PROMPTS_PER_TARGET]):
+        shape = attributes["shapes"][k % len(attributes["shapes"])]
+        place = _place(attributes["positions"][k % len(attributes["positions"])])
+        background = [c for c in attributes["backgrounds"] if c != value][k]
+        colour = [c for c in attributes["colours"] if c not in (value, background)][k]
+        if kind == "colour":
+            prompt, stated = f"a {size} {shape} {place} on a {background} background", {"shape": shape, "background": background}
+        elif kind == "shape":
+            prompt, stated = f"a {size} {colour} {place} on a {background} background", {"colour": colour, "background": background}
+        else:
+            prompt, stated = f"a {size} {colour} {shape} {place}", {"colour": colour, "shape": shape}
+        prompts.append({"prompt": prompt, "kind": kind, "value": value, "stated": stated})
+    return prompts
+
+
+def shows(judgement: Judgement, kind: str, value: str) -> bool:
+    """The image shows the target: its background, or its largest object's colour or shape."""
+    if kind == "background":
+        return judgement.background == value
+    first = judgement.objects[0] if judgement.objects else None
+    return first is not None and getattr(first, kind) == value
+
+
+def keeps(judgement: Judgement, stated: dict[str, str]) -> bool:
+    """The rest of the prompt is kept: one object, with the stated colour / shape, on the stated background."""
+    return len(judgement.objects) == 1 and all(shows(judgement, kind, value) for kind, value in stated.items())
+
+
+def classifier_sweep(engine: Engine, judge: Judge, args: argparse.Namespace, base: dict, previous: dict) -> list[dict]:
+    """One row per strength, split, target and prompt; rows of `previous` with the same settings are kept (--resume)."""
+    same_run = (args.resume and previous.get("target_steps") == args.target_steps
+                and previous.get("target_samples") == args.target_samples)
+    base = {**base, "steps": args.target_steps, "preview_every": args.target_steps}
+    done = {(r["strength"], r["split"], r["target"], r["prompt"]): r
+            for r in (previous.get("classifier_guidance", {}).get("rows", []) if same_run else [])}
+    targets = args.targets.split(",") if args.targets else list(engine.classifier_targets)
+    rows = []
+    for strength in args.strengths:
+        for split in SPLITS:
+            for target in targets:
+                for case in target_prompts(target, split):
+                    key = (strength, split, target, case["prompt"])
+                    if key in done:
+                        rows.append(done[key])
+                        continue
+                    guidance = ClassifierGuidanceSpec(target, strength) if strength else None
+                    judged, settings = run_setting(engine, judge, args.target_samples, prompt=case["prompt"],
+                                                   classifier_guidance=guidance, **base)
+                    steps = sum(s["steps"] for s in settings)
+                    rows.append({
+                        "strength": strength, "split": split, "target": target, "prompt": case["prompt"],
+                        "kind": case["kind"], "images": len(judged["pixels"]),
+                        "shows": {name: sum(shows(j, case["kind"], case["value"]) for j in js) / len(js) for name, js in judged.items()},
+                        "keeps": sum(keeps(j, case["stated"]) for j in judged["pixels"]) / len(judged["pixels"]),
+                        "sampling_seconds_per_step": sum(s["timings"]["sampling"] for s in settings) / steps,
+                        "classifier_seconds_per_step": sum(s["timings"].get("classifier_gradient", 0.0) for s in settings) / steps,
+                    })
+                    if args.resume:  # a partial run is never lost
+                        _write_json(args.out, {**previous, "target_steps": args.target_steps, "target_samples": args.target_samples,
+                                               "classifier_guidance": {"rows": rows + [r for k, r in done.items() if r not in rows]}})
+    return rows
+
+
+def _write_json(folder: Path, report: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "guidance_sweep.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per strength, split and target: mean of its prompts' rates (each prompt has the same number of images)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["strength"], row["split"], row["target"]), []).append(row)
+    summary = []
+    for (strength, split, target), group in groups.items():
+        judges = group[0]["shows"]
+        summary.append({
+            "strength": strength, "split": split, "target": target, "kind": group[0]["kind"],
+            "images": sum(r["images"] for r in group),
+            "shows": {j: float(np.mean([r["shows"][j] for r in group])) for j in judges},
+            "keeps": float(np.mean([r["keeps"] for r in group])),
+        })
+    return summary
+
+
+def cost(rows: list[dict]) -> list[dict]:
+    """Seconds per step per strength (mean over its runs) and the ratio to plain CFG (strength 0) of the same run."""
+    by_strength: dict[float, list[dict]] = {}
+    for row in rows:
+        by_strength.setdefault(row["strength"], []).append(row)
+    cfg_only = np.mean([r["sampling_seconds_per_step"] for r in by_strength[0.0]]) if 0.0 in by_strength else None
+    return [{
+        "strength": strength,
+        "sampling_seconds_per_step": float(np.mean([r["sampling_seconds_per_step"] for r in group])),
+        "classifier_seconds_per_step": float(np.mean([r["classifier_seconds_per_step"] for r in group])),
+        "sampling_time_vs_cfg_only": float(np.mean([r["sampling_seconds_per_step"] for r in group]) / cfg_only) if cfg_only else None,
+    } for strength, group in by_strength.items()]
+
+
+def sweep(engine: Engine, args: argparse.Namespace, previous: dict) -> dict:
     judge = Judge(engine)
+    parts = set(args.only.split(","))
     # previews only at the last step: sampling time is then (almost) all UNet, guidance and scheduler
     base = dict(steps=args.steps, guidance_scale=args.guidance_scale, preview_every=args.steps)
 
     # (a) a condition's weight -> fidelity of its attribute
-    weight_sweep = []
-    for weight in args.weights:
+    weight_sweep = [] if "a" in parts else previous.get("weight_sweep", {}).get("rows", [])
+    for weight in args.weights if "a" in parts else ():
         conditions = (Condition(SWEEP_CONDITION, weight),) if weight else ()
         judged, _ = run_setting(engine, judge, args.samples, prompt=SWEEP_PROMPT, conditions=conditions, **base)
         weight_sweep.append({"weight": weight, "blue_background": _rates(judged, background_rate, SWEEP_BACKGROUND)})
 
     # (b) a negative condition -> frequency of its attribute
-    negative_sweep = []
-    for weight in args.negative_weights:
+    negative_sweep = [] if "b" in parts else previous.get("negative_condition", {}).get("rows", [])
+    for weight in args.negative_weights if "b" in parts else ():
         conditions = (Condition(NEGATIVE_CONDITION, weight),) if weight else ()
         judged, _ = run_setting(engine, judge, args.samples, prompt=NEGATIVE_PROMPT, conditions=conditions, **base)
         negative_sweep.append({"weight": weight, "red_object": _rates(judged, object_rate, NEGATIVE_COLOUR)})
 
-    # (c) classifier guidance -> accuracy of the targeted attribute, and its cost per step
-    classifier_sweep = []
-    if engine.model.classifier is not None:
-        for strength in args.strengths:
-            guidance = ClassifierGuidanceSpec(CLASSIFIER_TARGET, strength) if strength else None
-            started = time.perf_counter()
-            judged, settings = run_setting(
-                engine, judge, args.samples, prompt=CLASSIFIER_PROMPT, classifier_guidance=guidance, **base
-            )
-            elapsed = time.perf_counter() - started
-            steps = sum(s["steps"] for s in settings)
-            sampling = sum(s["timings"]["sampling"] for s in settings)
-            gradient = sum(s["timings"].get("classifier_gradient", 0.0) for s in settings)
-            classifier_sweep.append({
-                "strength": strength,
-                "red_object": _rates(judged, object_rate, CLASSIFIER_COLOUR),
-                "sampling_seconds_per_step": sampling / steps,  # UNet (CFG batch) + guidance + scheduler
-                "classifier_seconds_per_step": gradient / steps,
-                "gradient_evaluations": sum(s.get("classifier_gradient_evaluations", 0) for s in settings),
-                "wall_seconds": elapsed,
-            })
-        cfg_only = classifier_sweep[0]["sampling_seconds_per_step"] if not args.strengths[0] else None
-        for row in classifier_sweep:  # the cost beside plain CFG (strength 0, same seeds, same run)
-            row["sampling_time_vs_cfg_only"] = row["sampling_seconds_per_step"] / cfg_only if cfg_only else None
-
-    judges = sorted(weight_sweep[0]["blue_background"]) if weight_sweep else ["pixels"]
+    # (c) classifier guidance -> every target, on tuning and held-out prompts, and its cost per step
+    classifier_rows = []
+    if "c" in parts and engine.model.classifier is not None:
+        classifier_rows = classifier_sweep(engine, judge, args, base, previous)
+    judges = ["classifier", "pixels"] if engine.model.classifier is not None else ["pixels"]
     return {
         "model": engine.model_name,
         "device": str(engine.device),
@@ -166,13 +280,18 @@ def sweep(engine: Engine, args: argparse.Namespace) -> dict:
         "guidance_scale": args.guidance_scale,
         "scheduler": GenerateSpec("x").scheduler,
         "judges": judges,
+        "target_samples": args.target_samples,
+        "target_steps": args.target_steps,
         "weight_sweep": {"prompt": SWEEP_PROMPT, "condition": SWEEP_CONDITION, "rows": weight_sweep,
                          "monotone": {j: monotone([r["blue_background"][j] for r in weight_sweep], rising=True) for j in judges},
                          "rises": {j: weight_sweep[-1]["blue_background"][j] > weight_sweep[0]["blue_background"][j] for j in judges}},
         "negative_condition": {"prompt": NEGATIVE_PROMPT, "condition": NEGATIVE_CONDITION, "rows": negative_sweep,
                                "rarer_than_without": {j: all(r["red_object"][j] < negative_sweep[0]["red_object"][j] for r in negative_sweep[1:]) for j in judges}},
-        "classifier_guidance": {"prompt": CLASSIFIER_PROMPT, "target": CLASSIFIER_TARGET, "rows": classifier_sweep,
-                                "skipped": None if classifier_sweep else "the model has no classifier/ folder"},
+        "classifier_guidance": {
+            "splits": SPLITS, "images_per_prompt": args.target_samples, "rows": classifier_rows,
+            "summary": summarise(classifier_rows), "cost": cost(classifier_rows),
+            "skipped": None if classifier_rows else "the model has no classifier/ folder",
+        },
     }
 
 
@@ -206,20 +325,37 @@ def table(report: dict) -> str:
         lines.append(f"| {row['weight']:g} | " + " | ".join(f"{row['red_object'][j]:.0%}" for j in judges) + " |")
     lines += ["", "Rarer than without at every negative weight: " + ", ".join(f"{j} {'yes' if ok else 'no'}" for j, ok in negative["rarer_than_without"].items()), ""]
     classifier = report["classifier_guidance"]
-    lines += [f"## (c) Classifier guidance: '{classifier['prompt']}' + target '{classifier['target']}'", ""]
+    lines += [f"## (c) Classifier guidance, every target: {report['scheduler']} {report['target_steps']} steps, "
+              f"{report['target_samples']} images per prompt, "
+              f"{PROMPTS_PER_TARGET} prompts per target and split", ""]
     if classifier["rows"]:
-        lines += [
-            "| strength | " + " | ".join(f"red objects ({j})" for j in judges)
-            + " | classifier gradient s/step | sampling s/step | sampling time vs CFG only |",
-            "|---:|" + "---:|" * len(judges) + "---:|---:|---:|",
-        ]
-        for row in classifier["rows"]:
+        for split, attributes in classifier["splits"].items():
+            lines.append(f"- {split} prompts: " + "; ".join(f"{k} {', '.join(v)}" for k, v in attributes.items()))
+        strengths = sorted({row["strength"] for row in classifier["summary"]})
+        cell = {(r["strength"], r["split"], r["target"]): r for r in classifier["summary"]}
+        for split in classifier["splits"]:
+            lines += ["", f"### {split} prompts: images showing the target (pixels / classifier), and keeping the rest of "
+                      "the prompt (pixels: its colour, shape, background, one object)", "",
+                      "| target | " + " | ".join(f"strength {s:g}: shows | keeps" for s in strengths) + " |",
+                      "|---|" + "---:|" * len(strengths)]
+            targets = list(dict.fromkeys(r["target"] for r in classifier["summary"] if r["split"] == split))
+            for target in targets:
+                row = [cell.get((s, split, target)) for s in strengths]
+                lines.append(f"| {target} | " + " | ".join(
+                    f"{r['shows']['pixels']:.0%} / {r['shows'].get('classifier', float('nan')):.0%} | {r['keeps']:.0%}" if r else "– | –"
+                    for r in row) + " |")
+            for s in strengths:
+                rows = [r for r in classifier["summary"] if r["split"] == split and r["strength"] == s]
+                weakest = min(rows, key=lambda r: r["shows"]["pixels"])
+                reached = sum(r["shows"]["pixels"] >= 0.9 for r in rows)
+                lines.append(f"\nStrength {s:g}: {reached} of {len(rows)} targets at >= 90% (pixels); weakest "
+                             f"'{weakest['target']}' {weakest['shows']['pixels']:.0%}; mean keeps {np.mean([r['keeps'] for r in rows]):.0%}.")
+        lines += ["", "| strength | classifier gradient s/step | sampling s/step | sampling time vs CFG only |",
+                  "|---:|---:|---:|---:|"]
+        for row in classifier["cost"]:
             ratio = row["sampling_time_vs_cfg_only"]
-            lines.append(
-                f"| {row['strength']:g} | " + " | ".join(f"{row['red_object'][j]:.0%}" for j in judges)
-                + f" | {row['classifier_seconds_per_step']:.4f} | {row['sampling_seconds_per_step']:.4f} | "
-                + (f"{ratio:.2f}x |" if ratio is not None else "– |")
-            )
+            lines.append(f"| {row['strength']:g} | {row['classifier_seconds_per_step']:.4f} | {row['sampling_seconds_per_step']:.4f} | "
+                         + (f"{ratio:.2f}x |" if ratio is not None else "– |"))
         lines += ["", "Strength 0 is plain CFG on the same seeds; sampling time per step includes the UNet's "
                   "batched CFG call, the classifier gradient and the scheduler step."]
     else:
@@ -240,9 +376,15 @@ def figure(report: dict) -> Image.Image:
         line_chart(series(report["negative_condition"]["rows"], "weight", "red_object"), "weight of 'red'",
                    "% red objects", "(b) negative condition", size=(340, 220), markers=True, y_range=(0, 100)),
     ]
-    if report["classifier_guidance"]["rows"]:
-        charts.append(line_chart(series(report["classifier_guidance"]["rows"], "strength", "red_object"),
-                                 "classifier strength", "% red objects", "(c) classifier: red object",
+    summary = report["classifier_guidance"]["summary"]
+    if summary:  # held-out prompts: the mean over each kind of target, and the weakest target, per strength
+        strengths = sorted({r["strength"] for r in summary})
+        held_out = [r for r in summary if r["split"] == "held-out"]
+        kinds = {kind: [[r["shows"]["pixels"] for r in held_out if r["kind"] == kind and r["strength"] == s] for s in strengths]
+                 for kind in dict.fromkeys(r["kind"] for r in held_out)}
+        lines = {f"{kind} targets": (strengths, [100 * float(np.mean(v)) for v in values]) for kind, values in kinds.items()}
+        lines["weakest target"] = (strengths, [100 * min(r["shows"]["pixels"] for r in held_out if r["strength"] == s) for s in strengths])
+        charts.append(line_chart(lines, "classifier strength", "% showing the target", "(c) held-out prompts",
                                  size=(340, 220), markers=True, y_range=(0, 100)))
     return side_by_side(charts)
 
@@ -250,9 +392,10 @@ def figure(report: dict) -> Image.Image:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     engine = Engine(args.model, device=args.device)
-    report = sweep(engine, args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "guidance_sweep.json").write_text(json.dumps(report, indent=2) + "\n")
+    saved = args.out / "guidance_sweep.json"
+    previous = json.loads(saved.read_text()) if saved.exists() else {}
+    report = sweep(engine, args, previous)
+    _write_json(args.out, report)
     (args.out / "guidance_sweep.md").write_text(table(report))
     figure(report).save(args.out / "guidance_sweep.png")
     print(table(report))

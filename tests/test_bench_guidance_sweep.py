@@ -1,5 +1,6 @@
 """Protects: bench/guidance_sweep.py runs end to end (tiny model with a classifier, tiny settings) and
-writes its table, figure and JSON with every part of the issue #4 measurement."""
+writes its table, figure and JSON with every part of the issue #4 measurement and the per-target classifier table of
+issue #20 (tuning and held-out prompts, both judges, the prompt kept), resuming a stopped run from its JSON."""
 
 from __future__ import annotations
 
@@ -9,21 +10,42 @@ from PIL import Image
 
 from bench_scripts import load
 
+TARGETS = "red object,circle object,blue background"
+
 
 def test_guidance_sweep_runs_and_writes_json_table_and_figure(tiny_classifier_model_dir, tmp_path):
     sweep = load("guidance_sweep")
+    argv = ["--model", str(tiny_classifier_model_dir), "--device", "cpu", "--samples", "2", "--steps", "2",
+            "--weights", "0,4", "--negative-weights", "0,-4", "--strengths", "0,5", "--target-samples", "1", "--target-steps", "2",
+            "--targets", TARGETS, "--out", str(tmp_path)]
 
-    report = sweep.main([
-        "--model", str(tiny_classifier_model_dir), "--device", "cpu", "--samples", "2", "--steps", "2",
-        "--weights", "0,4", "--negative-weights", "0,-4", "--strengths", "0,5", "--out", str(tmp_path),
-    ])
+    report = sweep.main(argv)
 
     assert json.loads((tmp_path / "guidance_sweep.json").read_text())["samples_per_setting"] == 2
     assert report["judges"] == ["classifier", "pixels"]
     assert [row["weight"] for row in report["weight_sweep"]["rows"]] == [0, 4]
     assert len(report["negative_condition"]["rows"]) == 2
-    guided = report["classifier_guidance"]["rows"][1]
-    assert guided["gradient_evaluations"] == 1 and guided["classifier_seconds_per_step"] > 0  # step 1 is at zero SNR
-    assert "(c) Classifier guidance" in (tmp_path / "guidance_sweep.md").read_text()
+    classifier = report["classifier_guidance"]
+    # 2 strengths x 2 splits x 3 targets x 2 prompts; every target on both splits, judged twice
+    assert len(classifier["rows"]) == 24 and len(classifier["summary"]) == 12
+    assert {r["split"] for r in classifier["summary"]} == {"tuning", "held-out"}
+    assert set(classifier["summary"][0]["shows"]) == {"classifier", "pixels"}
+    guided = [row for row in classifier["cost"] if row["strength"] == 5][0]
+    assert guided["classifier_seconds_per_step"] > 0 and guided["sampling_time_vs_cfg_only"] > 0
+    table = (tmp_path / "guidance_sweep.md").read_text()
+    assert "### held-out prompts" in table and "| blue background |" in table
     with Image.open(tmp_path / "guidance_sweep.png") as figure:
         assert figure.width == 3 * 340
+
+    resumed = sweep.main([*argv, "--only", "c", "--resume"])  # every row kept: nothing is generated again
+    assert resumed["classifier_guidance"]["rows"] == classifier["rows"]
+    assert resumed["weight_sweep"]["rows"] == report["weight_sweep"]["rows"]
+
+
+def test_held_out_prompts_share_no_attribute_with_the_tuning_prompts():
+    sweep = load("guidance_sweep")
+    tuning, held_out = sweep.SPLITS["tuning"], sweep.SPLITS["held-out"]
+    assert all(not set(tuning[k]) & set(held_out[k]) for k in tuning)
+    for target in ("red object", "triangle object", "purple background"):
+        for case in sweep.target_prompts(target, "held-out"):
+            assert target.split()[0] not in case["prompt"].split()  # the target's attribute is left open
