@@ -134,6 +134,10 @@ def monotone(values: list[float], rising: bool) -> bool:
     return all(b >= a for a, b in pairs) if rising else all(b <= a for a, b in pairs)
 
 
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
 def _place(position: str) -> str:
     return "in the center" if position == "center" else f"on the {position}"
 
@@ -152,9 +156,9 @@ def target_prompts(target: str, split: str) -> list[dict]:
         background = [c for c in attributes["backgrounds"] if c != value][k]
         colour = [c for c in attributes["colours"] if c not in (value, background)][k]
         if kind == "colour":
-            prompt, stated = f"a {size} {shape} {place} on a {background} background", {"shape": shape, "background": background}
+            prompt, stated = f"a {size} {shape} {place} on {_a(background)} background", {"shape": shape, "background": background}
         elif kind == "shape":
-            prompt, stated = f"a {size} {colour} {place} on a {background} background", {"colour": colour, "background": background}
+            prompt, stated = f"a {size} {colour} {place} on {_a(background)} background", {"colour": colour, "background": background}
         else:
             prompt, stated = f"a {size} {colour} {shape} {place}", {"colour": colour, "shape": shape}
         prompts.append({"prompt": prompt, "kind": kind, "value": value, "stated": stated})
