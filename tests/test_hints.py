@@ -1,7 +1,7 @@
 """Protects: studio.editing.hints picks what to tell the user beside an edit from what the result measured:
 a P2P background that changed colour (the inversion's w named when it is above 4, local blend otherwise), a P2P
 edit with no visible change, a DiffEdit mask under 2% or over 60% of the image, a tinted background without
-compositing, an erased object, an object left unchanged; no hint for an edit that worked."""
+compositing, an erased object (or a ghost of the new colour over the background), an object left unchanged; no hint for an edit that worked."""
 
 from __future__ import annotations
 
@@ -86,6 +86,19 @@ def test_diffedit_hints_read_an_erased_object_a_tinted_background_and_an_unchang
     assert hints.DIFFEDIT_COMPOSITE in hints.diffedit_hints(without_composite, diffedit_result(tinted), original=original)
     # the inversion's image is the original when none is given
     assert hints.diffedit_hints(DIFFEDIT, diffedit_result(scene("blue", None)), inversion_at(3.0)) == [hints.DIFFEDIT_ERASED]
+
+
+def test_a_ghost_of_the_new_colour_over_the_background_is_read_as_erased_and_a_spilling_mask_is_not():
+    """The issue's "DiffEdit of a null-text inversion erases the circle and leaves a green ghost": half the object
+    painted over with the background, half the new colour (the mean colour alone still stood out)."""
+    original = scene("blue", "red")
+    ghost = scene("blue", "green")
+    ghost[20:44, 20:32] = COLOURS["blue"]
+    assert hints.diffedit_hints(DIFFEDIT, diffedit_result(ghost), inversion_at(3.0)) == [hints.DIFFEDIT_ERASED]
+    assert "untick the inversion" in hints.DIFFEDIT_ERASED.change
+    spilling = np.zeros((SIZE, SIZE), bool)
+    spilling[10:54, 10:54] = True  # twice the object's area: half the mask is background before and after
+    assert hints.diffedit_hints(DIFFEDIT, diffedit_result(scene("blue", "yellow"), spilling), original=original) == []
 
 
 def test_diffedit_hints_read_an_upload_of_another_size_as_the_engine_saw_it():

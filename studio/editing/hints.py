@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from studio.editing import masks
 from studio.editing.diffedit import DiffEditSpec
 from studio.editing.p2p import P2PSpec
 from studio.events import DiffEditResult, P2PResult
@@ -35,11 +34,15 @@ MASK_TOO_LARGE = 0.60
 # Colour shifts, as the RMS of mean-RGB differences on 0..255: the shapes world's nearest palette colours
 # (blue and purple) are 118 apart, the VAE's round trip moves a flat background by under 5.
 BACKGROUND_SHIFT = 30.0  # the frame of the image changed colour by more than this: the background changed
-ERASED_DISTANCE = 30.0  # the masked region's colour is this close to its surroundings': the object was painted over
+ERASED_DISTANCE = 30.0  # a pixel this close to the background's colour is background
+# The object was (partly) painted over with the background: the share of the mask's pixels of the background's colour
+# grew by more than this. A red -> green edit of a null-text inversion (w = 3) of a big red circle on blue left a
+# blue-and-green ghost with 0.31 of the mask blue, where the edits that worked left 0.00-0.04 (DiffEdit's defaults,
+# the embedded model); the original's share is subtracted, so a mask spilling onto the background is not counted.
+ERASED_SHARE = 0.15
 UNCHANGED_DISTANCE = 20.0  # the masked region's colour moved less than this: the edit did not take
 UNCHANGED_PIXELS = 2.0  # P2P: source and edited differ by less than this per pixel on average: no visible edit
 FRAME_PIXELS = 4  # the border read as "the background" (objects of the shapes world keep off it)
-RING_PIXELS = 8  # the band around a mask read as "its surroundings": one latent cell of SD-style VAEs
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,10 @@ DIFFEDIT_COMPOSITE = Hint(
     "composite",
 )
 DIFFEDIT_ERASED = Hint(
-    "Object erased (the mask took the background's colour)?",
+    "Object erased, or a ghost of the new colour over the background's?",
     "Lower t_edit (the edit starts from less noise, so the object's outline survives) or raise the mask "
-    "threshold; for an inversion, invert at a lower w.",
+    "threshold; for an inversion, edit the image itself instead (untick the inversion: DiffEdit inverts it at w = 1 "
+    "and edits at its own guidance), or invert at a lower w.",
     "edit_strength",
 )
 DIFFEDIT_UNCHANGED = Hint(
@@ -132,14 +136,15 @@ def frame_shift(before: ImageInput, after: ImageInput, pixels: int = FRAME_PIXEL
     return _colour_distance(_pixels(before)[frame].mean(0), _pixels(after)[frame].mean(0))
 
 
-def mask_contrast(image: ImageInput, mask: np.ndarray, ring: int = RING_PIXELS) -> float | None:
-    """Distance between the mean colour inside `mask` and in the band of `ring` pixels around it; None when the
-    mask or its band is empty."""
-    band = masks.dilate(mask, ring) & ~mask
-    if not mask.any() or not band.any():
-        return None
-    pixels = _pixels(image)
-    return _colour_distance(pixels[mask].mean(0), pixels[band].mean(0))
+def background_share(image: ImageInput, mask: np.ndarray, pixels: int = FRAME_PIXELS) -> float:
+    """The share of `mask`'s pixels within ERASED_DISTANCE of the background's colour (the mean of the image's
+    border, its outer `pixels`); 0 for an empty mask."""
+    if not mask.any():
+        return 0.0
+    image = _pixels(image)
+    frame = np.ones(image.shape[:2], bool)
+    frame[pixels:-pixels, pixels:-pixels] = False
+    return float((np.linalg.norm(image[mask] - image[frame].mean(0), axis=1) < ERASED_DISTANCE).mean())
 
 
 def pixel_change(before: ImageInput, after: ImageInput) -> float:
@@ -198,10 +203,9 @@ def diffedit_hints(spec: DiffEditSpec, result: DiffEditResult, inversion: Invers
         found.append(DIFFEDIT_COMPOSITE)
     if result.mask is None or not result.mask.any():
         return found
-    before = mask_contrast(original, result.mask) if original is not None else None
-    after = mask_contrast(edited, result.mask)
-    # erased: the object stood out from its surroundings and no longer does
-    if after is not None and after < ERASED_DISTANCE and (before is None or before >= ERASED_DISTANCE):
+    before = background_share(original, result.mask) if original is not None else 0.0
+    # erased: part of the mask that held the object took the background's colour
+    if background_share(edited, result.mask) - before > ERASED_SHARE:
         found.append(DIFFEDIT_ERASED)
     elif original is not None and (mask_change(original, edited, result.mask) or 0.0) < UNCHANGED_DISTANCE:
         found.append(DIFFEDIT_UNCHANGED)
