@@ -99,6 +99,17 @@ REMOVED_SHARE = 0.1  # a removed object is gone when no judged object covers mor
 PSNR_CAP = 10 * math.log10(255**2 * 12)  # 58.9 dB: the PSNR of 8-bit rounding noise (MSE 1/12)
 TABS = ("P2P", "DiffEdit", "SDEdit")
 RANKING = "highest success rate, then highest background PSNR, then fewest seconds per edit"
+# How to read the rows (printed under the tables)
+READING = (
+    "- *SDEdit · true mask* is an oracle: the mask a user would paint perfectly, with the original pixels pasted "
+    "back outside it (SDEditSpec's composite), so its background is exact by construction; *DiffEdit's mask* is "
+    "the same edit with the mask DiffEdit's Stage I finds (the own-start row's).",
+    "- DiffEdit of an inversion starts Stage II from the inversion's trajectory and follows it off the mask; it "
+    "takes neither Direct Inversion's source hook nor DDPM inversion's corrections, and Direct Inversion's "
+    "trajectory is DDIM inversion's at w = 1, so those two rows are the same edit.",
+    "- A refused edit (DiffEdit's Stage I: every pixel deviates, as on background edits) counts as a failure and "
+    "has no background or structure figure.",
+)
 # Ju et al. 2024, Table 1: Prompt-to-Prompt editing, background PSNR (dB) on PIE-Bench, per inversion
 PUBLISHED_P2P_PSNR = {"ddim": 17.87, "null_text": 27.03, "negative_prompt": 26.21, "direct": 27.22}
 
@@ -437,7 +448,7 @@ def markdown(report: dict) -> list[str]:
         lines.append(f"| {name} | " + " | ".join(
             f"{_number(c['success'], '.2f')} / {_number(c['background_psnr'], '.1f')} / "
             f"{_number(c['structure_iou'], '.2f')}" for c in cells) + " |")
-    lines += ["", f"Not rowed: {report['not_editable']}", "",
+    lines += ["", f"Not rowed: {report['not_editable']}", "", *READING, "",
               "## Best-ranked row per tab and kind of edit", "", f"Ranking rule: {RANKING}.", "",
               "| tab | " + " | ".join((*KINDS, "overall")) + " |", "|---|" + "---|" * (len(KINDS) + 1)]
     for tab, best in report["best"].items():
