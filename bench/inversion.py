@@ -12,6 +12,10 @@ and the photographs under assets/examples/ -- every method inverts and reconstru
     Null-text inversion (ours, empty)      the same from the empty prompt: what the start contributes
     Reference cut to 1, 2, 3, 5 iterations the reference's PSNR-vs-iterations curve: its cost at our PSNR
     EDICT, BDIA (fp32, fp64 states)        exact up to float rounding
+    Fixed-point inversion                  each inverse step iterated to its fixed point at w (AIDI, ReNoise)
+    Direct Inversion                       w = 1 DDIM, the source put back on it every step: exact by construction
+    Edit-friendly DDPM inversion           independent noisy states, per-step corrections: exact up to rounding
+and an under-described caption ("", "a circle") on the first render at 10 and 50 steps: DDIM vs fixed-point.
 
 Columns: PSNR and SSIM of the reconstruction vs the image (pixels), latent MSE vs VAE.encode(image), UNet
 passes (inversion; backward passes of NTI; reconstruction), inversion seconds, and those seconds as a
@@ -20,6 +24,7 @@ machine). NTI's cost is also given in passes, which a busy shared CPU cannot dis
 
     python bench/inversion.py [--steps 50] [--guidance 7.5] [--renders 2] [--photos 3] [--device cpu]
                               [--recipes 3,4,6]   (recipe numbers; DDIM inversion is always added)
+                              [--keep]            (keep the earlier run's rows not rerun) [--underdescribed 0]
 Writes bench/results/inversion.{json,md}.
 """
 
@@ -71,7 +76,16 @@ RECIPES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("EDICT (fp64 states)", {"method": "edict", "float64": True}),
     ("BDIA (fp32)", {"method": "bdia"}),
     ("BDIA (fp64 states)", {"method": "bdia", "float64": True}),
+    ("Fixed-point inversion (3 iterations, at w)", {"method": "fixed_point"}),
+    ("Direct Inversion (exact by construction)", {"method": "direct"}),
+    ("Edit-friendly DDPM inversion (seed 0)", {"method": "ddpm"}),
 )
+# An image the caption under-describes: the embedded model settles colours and layout near t ~ 800, where DDIM
+# inversion's out(x_prev) ~ out(x_t) fails with few steps (issue #20: 4 dB at 10 steps)
+UNDER_CAPTIONS = ("", "a circle")
+UNDER_STEPS = (10, 50)
+UNDER_METHODS = (("DDIM inversion (w=1 inversion)", {"method": "ddim"}),
+                 ("Fixed-point inversion (3 iterations, at w)", {"method": "fixed_point"}))
 REFERENCE, OURS = RECIPES[3][0], RECIPES[4][0]
 CURVE = (*(cut(k) for k in TRUNCATED), REFERENCE)  # the reference's PSNR-vs-iterations curve, cheapest first
 SAME_RECONSTRUCTION_DB = 0.1  # "at the same reconstruction": ours at most this far below the reference's PSNR
@@ -87,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--photos", type=int, default=3, help="photographs from assets/examples")
     parser.add_argument("--recipes", default="", help="comma-separated recipe numbers (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the rows of the existing results not rerun (same steps and guidance): a partial rerun")
+    parser.add_argument("--underdescribed", type=int, default=1, help="1: measure the under-described caption case")
     return parser.parse_args(argv)
 
 
@@ -135,6 +152,57 @@ def measure_image(engine: Engine, image: Any, caption: str, args: argparse.Names
         print(f"  {label}: {rows[-1]['psnr']:.2f} dB, latent MSE {rows[-1]['latent_mse']:.3g}, "
               f"{rows[-1]['seconds']:.1f} s", flush=True)
     return {"caption": caption, "ceiling": ceiling, "rows": rows}
+
+
+def underdescribed(engine: Engine, image: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """DDIM vs fixed-point inversion of `image` under captions that do not describe it, at UNDER_STEPS steps."""
+    rows = []
+    for caption in UNDER_CAPTIONS:
+        for steps in UNDER_STEPS:
+            ddim_seconds = None
+            for label, overrides in UNDER_METHODS:
+                result = run(engine, InversionSpec(caption, steps=steps, guidance_scale=args.guidance, **overrides), image)
+                ddim_seconds = ddim_seconds or result.settings["inversion_seconds"]
+                rows.append({"caption": caption, "steps": steps, "ceiling": result.settings["vae_psnr"],
+                             **row(label, result, ddim_seconds)})
+                print(f"  under-described {caption!r}, {steps} steps, {label}: {rows[-1]['psnr']:.2f} dB", flush=True)
+    return rows
+
+
+def underdescribed_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## An under-described caption: DDIM vs fixed-point inversion", "",
+             "The first render inverted under a caption that does not describe it, sampled back at w (on \"\" CFG is "
+             "neutral). DDIM inversion evaluates the network at the state it has (out(x_prev) ~ out(x_t)), which fails "
+             "where the model settles colours and layout (t ~ 800) with few steps; fixed-point inversion iterates each "
+             "step to the state the sampler really maps onto x_prev.", "",
+             "| caption | steps | method | PSNR (dB) | ceiling (dB) | SSIM | UNet passes (inv.) | seconds | × DDIM |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| \"{r['caption']}\" | {r['steps']} | {r['method']} | {r['psnr']:.2f} | {r['ceiling']:.2f} | "
+                     f"{r['ssim']:.4f} | {r['inversion_unet_passes']} | {r['seconds']:.2f} | {r['seconds_vs_ddim']:.2f} |")
+    return [*lines, ""]
+
+
+def merged(previous: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """`report` with the rows of `previous` (an earlier run at the same steps and guidance) it did not rerun."""
+    if (previous.get("steps"), previous.get("guidance")) != (report["steps"], report["guidance"]):
+        return report
+    for name, measured in previous.get("images", {}).items():
+        if name not in report["images"]:
+            report["images"][name] = measured
+            continue
+        rerun = {r["method"] for r in report["images"][name]["rows"]}
+        kept = [r for r in measured["rows"] if r["method"] not in rerun]
+        # rows in the order of RECIPES; each row's × DDIM is against the DDIM row of its own run
+        order = {label: index for index, (label, _) in enumerate(RECIPES)}
+        rows = [*kept, *report["images"][name]["rows"]]
+        report["images"][name]["rows"] = sorted(rows, key=lambda r: order.get(r["method"], len(order)))
+    if not report.get("underdescribed"):
+        report["underdescribed"] = previous.get("underdescribed", [])
+    report["nti_cost"] = nti_cost(report["images"])
+    return report
 
 
 def work(r: dict) -> float:
@@ -220,11 +288,18 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{r['inversion_unet_passes']} | {r['backward_passes']} | {r['reconstruction_unet_passes']} | "
                          f"{r['seconds']:.2f} | {r['seconds_vs_ddim']:.2f} |")
         lines.append("")
-    lines += targets_markdown(report["images"]) + nti_cost_markdown(report["nti_cost"])
+    lines += (targets_markdown(report["images"]) + nti_cost_markdown(report["nti_cost"])
+              + underdescribed_markdown(report.get("underdescribed", [])) + [NEW_METHODS_NOTE, ""])
     return "\n".join(lines)
 
 
 DDIM, NPI = RECIPES[0][0], RECIPES[2][0]
+NEW_METHODS_NOTE = (
+    "Fixed-point, Direct and DDPM inversion (issue #20): fixed-point inversion is reconstructed by the plain DDIM "
+    "sampler at w, so its PSNR measures the inversion; Direct Inversion's reconstruction is exact by construction (the "
+    "source is put back on its w = 1 trajectory after every step: latent MSE 0, PSNR = the ceiling), so its row "
+    "measures nothing but its cost, and what it is worth shows in edits (bench/edit_bench.py); edit-friendly DDPM "
+    "inversion's corrections make its reconstruction exact up to float rounding, whatever the seed.")
 
 
 def targets_markdown(per_image: dict[str, dict]) -> list[str]:
@@ -304,7 +379,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(name, flush=True)
         per_image[name] = measure_image(engine, image, caption, args, recipes)
     report = {"model": engine.model_name, "device": device_description(engine.device), "steps": args.steps,
-              "guidance": args.guidance, "images": per_image, "nti_cost": nti_cost(per_image)}
+              "guidance": args.guidance, "images": per_image, "nti_cost": nti_cost(per_image),
+              "underdescribed": underdescribed(engine, chosen[0][1], args) if args.underdescribed else []}
+    if args.keep and (args.out / "inversion.json").exists():
+        report = merged(json.loads((args.out / "inversion.json").read_text()), report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "inversion.json").write_text(json.dumps(report, indent=2))
     (args.out / "inversion.md").write_text(markdown(report))
