@@ -80,7 +80,7 @@ from studio.shapes.render import (  # noqa: E402
     HALF_EXTENT,
     Rendering,
     Scene,
-    _boxes_overlap,
+    boxes_overlap,
     caption,
     is_held_out,
     make_object,
@@ -161,7 +161,7 @@ def _propose(kind: str, rng: np.random.Generator) -> tuple[Scene, Scene, int] | 
     if kind == "size":
         new = "small" if obj.size == "big" else "big"
         target, _ = _swap(source, k, size=new, half_extent=obj.half_extent * HALF_EXTENT[new] / HALF_EXTENT[obj.size])
-        return None if any(_boxes_overlap(target.objects[k], o) for o in others) else (source, target, k)
+        return None if any(boxes_overlap(target.objects[k], o) for o in others) else (source, target, k)
     if kind == "background":
         new = _pick(rng, [c for c in COLOURS if c not in {source.background, *(o.colour for o in source.objects)}])
         return None if new is None else (source, Scene(new, source.objects), -1)
@@ -169,7 +169,7 @@ def _propose(kind: str, rng: np.random.Generator) -> tuple[Scene, Scene, int] | 
         colour = _pick(rng, [c for c in COLOURS if c not in {source.background, obj.colour}])
         position = _pick(rng, [p for p in POSITIONS if p != obj.position])
         added = make_object(_pick(rng, list(SHAPES)), colour, _pick(rng, ["small", "big"]), position, rng)
-        if _boxes_overlap(added, obj):
+        if boxes_overlap(added, obj):
             return None
         return source, Scene(source.background, (obj, added)), 1
     return source, Scene(source.background, tuple(others)), k  # remove

@@ -92,6 +92,20 @@ class SchedulerSteps:
 StepHook = Callable[[int, Tensor], Tensor]  # after_step(i, x) -> x: post-step work (masked updates, local blend)
 
 
+def chained(*hooks: StepHook | None) -> StepHook | None:
+    """The after-step hooks given (None: absent) run in order, each on the state the one before returned."""
+    present = [hook for hook in hooks if hook is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def run(i: int, x: Tensor) -> Tensor:
+        for hook in present:
+            x = hook(i, x)
+        return x
+
+    return run
+
+
 def sample_steps(
     denoiser: Denoiser,
     guider: Guider,

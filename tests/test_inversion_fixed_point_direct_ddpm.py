@@ -1,20 +1,25 @@
 """Fixed-point, Direct and edit-friendly DDPM inversion on the embedded model: the stochastic DDIM step they build on
 is diffusers' step; each reconstructs a rendered scene at the VAE's ceiling; fixed-point inversion recovers an
 under-described image ('' caption, 10 steps) that DDIM inversion reconstructs at about 4 dB; DDPM inversion's noise is
-the seed's and recorded; settings out of range are refused with a message naming them."""
+the seed's and recorded, and DiffEdit edits with its corrections; settings out of range are refused with a message naming them."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from studio.editing.diffedit import DiffEditSpec
+from studio.editing.masks import dilate
 from studio.errors import InvalidInputError
 from studio.events import InversionResult
 from studio.inversion import InversionSpec, StepGrid
 from studio.inversion.steps import affine_step
 from studio.jobs import inversion_record
+from studio.shapes.judge import judge_pixels
 from studio.shapes.render import Scene, make_object, render
 
 CAPTION = "a big red circle on a blue background"
@@ -98,3 +103,18 @@ def test_ddpm_inversion_reconstructs_at_the_ceiling_and_its_noise_is_the_seeds(e
 def test_settings_out_of_range_are_refused_naming_them(engine, image, options, named):
     with pytest.raises(InvalidInputError, match=named):
         engine.invert(InversionSpec(CAPTION, steps=10, **options), image)
+
+
+def test_diffedit_of_a_ddpm_inversion_edits_with_its_corrections(engine, image):
+    """Inside the mask DiffEdit samples a DDPM inversion with its own corrected step (the corrections carry the image's
+    layout): circle -> square lands as a square; the masked DDIM step from the same trajectory leaves a circle."""
+    inversion = run(engine, image, method="ddpm", seed=0).inversion
+    region = dilate(render(Scene("blue", (make_object("circle", "red", "big", "left"),))).masks[0], 4)
+    spec = DiffEditSpec(CAPTION, CAPTION.replace("circle", "square"), seed=0)
+    shapes = []
+    for edited in (inversion, dataclasses.replace(inversion, corrections=None)):
+        *_, result = engine.diffedit(spec, mask=region, inversion=edited)
+        out = np.asarray(result.images[0])
+        assert np.array_equal(out[~region], image[~region])  # the original pixels outside the mask
+        shapes.append(judge_pixels(out).objects[0].shape)
+    assert shapes == ["square", "circle"]

@@ -23,7 +23,9 @@ t_edit. Where it starts from an inversion, the latents off the mask follow that 
 Couairon et al. do (their Step 3, y_t = M y_t + (1 - M) x_t; diffusers' pipeline too):
 x_prev = M x_prev + (1 - M) x_inv(t_prev). Re-noising x_0 off the mask instead (x0_mix alone) puts eps_hat,
 the target prompt's guided prediction, off the mask, which the inversion never had there; on the embedded model that made 4 of 8 colour edits of bench/diffedit.py come out
-as noise inside the mask, against 1 of 8 following the trajectory.
+as noise inside the mask, against 1 of 8 following the trajectory. An inversion with per-step corrections
+(edit-friendly DDPM, Huberman-Spiegelglas et al. 2024) is edited with its own step inside the mask, the eta = 1
+DDIM mean plus its stored correction (studio.inversion.sampling_rule), as that paper edits.
 
 Decoding (ours): the latents off the mask end equal to the image's, but the embedded model's VAE decoder (as SD's)
 is global -- self-attention over every latent cell in its mid-block, GroupNorm over the whole map -- so a changed
@@ -76,7 +78,7 @@ from studio.jobs import (
     to_images,
 )
 from studio.inversion.ddim import ddim_inversion_steps
-from studio.inversion.methods import edit_structure, sampling_guider
+from studio.inversion.methods import edit_structure, sampling_guider, sampling_rule
 from studio.inversion.steps import StepGrid
 from studio.models import decode_latents
 from studio.sampling import make_scheduler, sample_steps
@@ -386,6 +388,7 @@ def _diffedit(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, mask: n
     denoiser = Denoiser(model, scheduler.alphas_cumprod)  # counts the inverted start's passes and the edit's
     done = spec.probes if soft is not None else 0
     if inversion is not None:
+        scheduler.set_timesteps(inversion.steps, device=engine.device)  # the grid its corrections (if any) were made on
         first = start_index(inversion.steps, spec.edit_strength)
         timesteps = inversion.timesteps[first:].to(engine.device)
     else:
@@ -410,8 +413,13 @@ def _diffedit(engine: ModelHost, spec: DiffEditSpec, image: Image.Image, mask: n
             x = _noised_start(engine, original, schedule.alpha_bar_at(scheduler.alphas_cumprod, timesteps[0]), seed)
         clock.lap("start")
 
-        # 4. Stage II: masked DDIM under the target prompt, through the one sampling loop
-        stepper = MaskedDDIM(timesteps, scheduler.alphas_cumprod, model.prediction_type, latent_mask, original)
+        # 4. Stage II under the target prompt, through the one sampling loop: the masked DDIM step, or an inversion's
+        #    own corrected step where it has corrections (edit-friendly DDPM: they carry the image, and
+        #    Huberman-Spiegelglas et al. 2024 edit with them); off the mask `path` overrides either
+        if inversion is not None and inversion.corrections is not None:
+            stepper = sampling_rule(inversion, scheduler, model.prediction_type, first)
+        else:
+            stepper = MaskedDDIM(timesteps, scheduler.alphas_cumprod, model.prediction_type, latent_mask, original)
         off_mask = masks.follow_off_mask(latent_mask, path[1:]) if path is not None else None
         for state in sample_steps(denoiser, guider, stepper, timesteps, x, cancel, after_step=off_mask):
             x = state["x"]

@@ -69,7 +69,7 @@ from studio.jobs import (
 )
 from studio.models import decode_latents
 from studio.prompt_weights import parse_weighted_prompt
-from studio.sampling import StepHook, make_scheduler, sample_steps
+from studio.sampling import chained, make_scheduler, sample_steps
 from studio.structure.spec import StructureImages, StructureSpec
 
 EDIT_TYPES = ("word swap", "refine", "style")  # re-weighting combines with any of them
@@ -262,20 +262,6 @@ def prompt_to_prompt(engine: ModelHost, spec: P2PSpec, inversion: Inversion | No
     passes = guidance_passes(scale) + structure_passes(spec.structure, scale != 1)
     return engine.exclusive(job, steps, cancel, f"Prompt-to-Prompt at {size}px (2 images)",
                             JobCost(size, size, steps, 2, passes))  # the source and the edit in one batch
-
-
-def chained(*hooks: StepHook | None) -> StepHook | None:
-    """The after-step hooks given (None: absent) run in order, each on the state the one before returned."""
-    present = [hook for hook in hooks if hook is not None]
-    if len(present) <= 1:
-        return present[0] if present else None
-
-    def run(i: int, x: Tensor) -> Tensor:
-        for hook in present:
-            x = hook(i, x)
-        return x
-
-    return run
 
 
 def stacked(source: Cond, target: Cond) -> Cond:

@@ -118,12 +118,13 @@ def _streamed_ddim(ctx: Context, guider: Guider) -> Iterator[Event]:
     return (yield from _streamed(ctx, ddim_inversion_steps(ctx.denoiser, guider, ctx.grid, ctx.latents, ctx.cancel)))
 
 
-def _streamed(ctx: Context, steps: Iterator[StepState]) -> Iterator[Event]:
-    """An inversion's states (x_0's side first) with a Progress event per step; returns them in sampling order."""
-    states = [ctx.latents]
-    for state in steps:
+def _streamed(ctx: Context, steps: Iterator[StepState], start: Tensor | None = None) -> Iterator[Event]:
+    """An inversion's states from `start` (the image's latents unless given) with a Progress event per step; returns
+    them in sampling order."""
+    states = [ctx.latents if start is None else start]
+    for done, state in enumerate(steps, start=1):  # BDIA's states count i down: count them here
         states.append(state["x"])
-        yield ctx.progress(0, state["i"] + 1, "inverting")
+        yield ctx.progress(0, done, "inverting")
     return states[::-1]
 
 
@@ -195,13 +196,9 @@ def _edict(ctx: Context) -> Iterator[Event]:
 def _bdia(ctx: Context) -> Iterator[Event]:
     """BDIA-DDIM (bdia.py): exact after its first DDIM inversion step; float64 states on request."""
     latents = ctx.latents.double() if ctx.spec.float64 else ctx.latents
-    states = [latents]
     guider = ctx.guidance(ctx.spec.guidance_scale)
     steps = bdia_inversion_steps(ctx.denoiser, guider, ctx.grid, latents, ctx.spec.bdia_gamma, ctx.cancel)
-    for done, state in enumerate(steps, start=1):
-        states.append(state["x"])
-        yield ctx.progress(0, done, "inverting")
-    return Inverted(states[::-1], dtype=latents.dtype)
+    return Inverted((yield from _streamed(ctx, steps, latents)), dtype=latents.dtype)
 
 
 PHASES = {"ddim": 2, "negative_prompt": 2, "null_text": 3, "edict": 2, "bdia": 2, "fixed_point": 2, "direct": 2,

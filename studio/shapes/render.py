@@ -72,7 +72,7 @@ def make_object(shape: str, colour: str, size: str, position: str, rng: np.rando
     return ShapeObject(shape, colour, size, position, (fx * IMAGE_SIZE, fy * IMAGE_SIZE), half * IMAGE_SIZE)
 
 
-def _boxes_overlap(a: ShapeObject, b: ShapeObject, margin: float = 2.0) -> bool:
+def boxes_overlap(a: ShapeObject, b: ShapeObject, margin: float = 2.0) -> bool:
     (ax, ay), (bx, by) = a.center, b.center
     reach = a.half_extent + b.half_extent + margin
     return abs(ax - bx) < reach and abs(ay - by) < reach
@@ -99,7 +99,7 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 2, allow_held_out:
                 SHAPES[rng.integers(len(SHAPES))], colour, SIZES[rng.integers(len(SIZES))],
                 positions[rng.integers(len(positions))], rng,
             )
-            if all(candidate.position != o.position and not _boxes_overlap(candidate, o) for o in objects):
+            if all(candidate.position != o.position and not boxes_overlap(candidate, o) for o in objects):
                 objects.append(candidate)
         scene = Scene(background, tuple(objects))
         if len(objects) == n_objects and (allow_held_out or not is_held_out(scene)):
