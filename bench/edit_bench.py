@@ -42,7 +42,8 @@ Ranking (the defaults the tabs should take): within a tab and a kind of edit, th
 rate; ties broken by the higher background PSNR, then the fewer seconds (RANKING).
 
 Results go to bench/results/edit_bench.{json,md,png} after every edit, so a stopped run is a valid (smaller)
-table; `--resume` continues it, running only the (edit, row) pairs it lacks (rows of a method added since).
+table; `--resume` continues it, running only the (edit, row) pairs it lacks (rows of a method added since), and
+`--resume --redo --rows R` runs the rows named R again (a method changed since); the table keeps every row that ran.
 
     python bench/edit_bench.py [--edits 18] [--steps 25] [--threads 1] [--methods ddim,null_text] [--rows P2P,SDEdit]
                                [--resume]
@@ -504,6 +505,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default="", help=f"comma-separated subset of {', '.join(METHODS)} (default all)")
     parser.add_argument("--rows", default="", help="comma-separated parts of row names: run only those rows")
     parser.add_argument("--resume", action="store_true", help="keep the (edit, row) results already in --out")
+    parser.add_argument("--redo", action="store_true",
+                        help="with --resume and --rows: run those rows again (a method changed since), keeping the rest")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not 1 <= args.edits <= EDIT_SET:
@@ -523,7 +526,16 @@ def main(argv: list[str] | None = None) -> dict:
         args.out / "edit_bench.json").is_file() else {}
     if previous and previous["steps"] != args.steps:
         parser.error(f"--resume: the results in {args.out} ran {previous['steps']} steps, not {args.steps}")
+    if args.redo and not (args.resume and args.rows):
+        parser.error("--redo reruns the --rows rows of a --resume'd run: give both")
     done = {r["index"]: r for r in previous.get("records", [])}
+    named = [row.name for row in rows if any(name in row.name for name in args.rows.split(",") if name)]
+    for record in done.values() if args.redo else ():
+        for name in named:  # not the own-start row --rows adds for its mask alone
+            record["rows"].pop(name, None)
+    # the table: every row of these methods that ran before or runs now (--rows runs some, reports all)
+    reported = [row for row in rows_for(methods)
+                if row in rows or any(row.name in r["rows"] for r in done.values())]
     not_editable = [METHOD_LABELS[m] for m in methods if m not in EDITABLE_INVERSIONS]
     report = {
         "model": engine.model_name, **device_description(engine.device), "steps": args.steps, "edit_set": EDIT_SET,
@@ -533,7 +545,7 @@ def main(argv: list[str] | None = None) -> dict:
         "not_editable": (", ".join(not_editable) + ": Prompt-to-Prompt does not sample them (their own coupled "
                          "steps; the engine refuses), so no P2P or DiffEdit-of-the-inversion rows.")
                         if not_editable else "none (every method is edited).",
-        "row_names": [row.name for row in rows], "ranking": RANKING,
+        "row_names": [row.name for row in reported], "ranking": RANKING,
         "wall_seconds": previous.get("wall_seconds", 0.0), "records": [],
     }
     for index in range(args.edits):
@@ -544,8 +556,8 @@ def main(argv: list[str] | None = None) -> dict:
         run_case(engine, case, rows, record, args.steps)
         report["wall_seconds"] += time.perf_counter() - started
         report["records"].append(record)
-        report["summary"] = summarise(report["records"], rows)
-        report["best"] = best_rows(report["summary"], rows)
+        report["summary"] = summarise(report["records"], reported)
+        report["best"] = best_rows(report["summary"], reported)
         report["published_ordering"] = published_ordering(report["summary"])
         write(args.out, report)
         print(f"edit {index + 1}/{args.edits} ({case.kind}) done, {report['wall_seconds'] / 60:.1f} min", flush=True)

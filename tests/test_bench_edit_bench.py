@@ -63,3 +63,14 @@ def test_bench_tables_the_rows_and_ranks_them_per_tab(tmp_path):
 
     assert resumed["records"] == json.loads((tmp_path / "edit_bench.json").read_text())["records"]
     assert resumed["records"][0]["rows"] == report["records"][0]["rows"]
+
+    # --redo: a changed row runs again (its stale result, marked here, is replaced); the others stay in the table
+    stored = json.loads((tmp_path / "edit_bench.json").read_text())
+    stored["records"][0]["rows"]["SDEdit · true mask · t0 0.7"] = {"success": False, "stale": True}
+    (tmp_path / "edit_bench.json").write_text(json.dumps(stored))
+    redone = bench.main([*argv[:6], "--rows", "true mask · t0 0.7", "--resume", "--redo", "--out", str(tmp_path)])
+
+    assert redone["row_names"] == rows
+    again = redone["records"][0]["rows"]["SDEdit · true mask · t0 0.7"]
+    assert again["success"] and "stale" not in again
+    assert redone["records"][0]["rows"]["P2P · DDIM inversion"] == report["records"][0]["rows"]["P2P · DDIM inversion"]
