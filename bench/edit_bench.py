@@ -34,8 +34,10 @@ Rows: every inversion method of studio.inversion.METHODS that Prompt-to-Prompt s
 x P2P (Hertz et al. 2023: word swap where the word count is kept, refine for add and remove, which insert or
 delete words) and x DiffEdit of that inversion (Couairon et al. 2023, Stage II from its trajectory); DiffEdit of
 the image from its own DDIM inversion start and from the noised start; SDEdit (Meng et al. 2022) masked with the
-true region and with DiffEdit's found mask (the own-start row's), at each of SDEditSpec's default t0 values, one
-sample. Every other setting is the spec's default; all run `--steps` steps (25) and invert at InversionSpec's w.
+true region and with DiffEdit's found mask (the own-start row's), at each of SDEditSpec's default t0 values and
+0.85, one sample; and P2P of the tabs' default inversion (p2p.EDIT_PREFERENCE[0]) made at other w (GUIDANCE_SWEEP).
+Every other setting is the spec's default; all run `--steps` steps (25) and invert at InversionSpec's w (3) unless
+the row names its w.
 Methods P2P does not sample (EDICT, BDIA: their own coupled steps) get no rows; the table says so.
 
 Ranking (the defaults the tabs should take): within a tab and a kind of edit, the row with the highest success
@@ -69,7 +71,7 @@ from bench.common import device_description  # noqa: E402
 from studio import metrics  # noqa: E402
 from studio.editing import masks  # noqa: E402
 from studio.editing.diffedit import DiffEditSpec  # noqa: E402
-from studio.editing.p2p import EDITABLE_INVERSIONS, P2PSpec  # noqa: E402
+from studio.editing.p2p import EDIT_PREFERENCE, EDITABLE_INVERSIONS, P2PSpec  # noqa: E402
 from studio.editing.sdedit import SDEditSpec  # noqa: E402
 from studio.engine import Engine  # noqa: E402
 from studio.errors import InvalidInputError  # noqa: E402
@@ -99,15 +101,19 @@ MATCH_IOU = 0.5  # a judged object is the target object when their masks overlap
 REMOVED_SHARE = 0.1  # a removed object is gone when no judged object covers more of its mask than this
 PSNR_CAP = 10 * math.log10(255**2 * 12)  # 58.9 dB: the PSNR of 8-bit rounding noise (MSE 1/12)
 TABS = ("P2P", "DiffEdit", "SDEdit")
+# Beyond the tabs' defaults: the default inversion (EDIT_PREFERENCE[0]) at other w, for its edits' w (SD's 7.5
+# included); SDEdit from more noise than its default strip's last t0
+GUIDANCE_SWEEP = (2.0, 5.0, 7.5)
+SDEDIT_T0 = (*SDEditSpec().strengths, 0.85)
 RANKING = "highest success rate, then highest background PSNR, then fewest seconds per edit"
 # How to read the rows (printed under the tables)
 READING = (
     "- *SDEdit · true mask* is an oracle: the mask a user would paint perfectly, with the original pixels pasted "
     "back outside it (SDEditSpec's composite), so its background is exact by construction; *DiffEdit's mask* is "
     "the same edit with the mask DiffEdit's Stage I finds (the own-start row's).",
-    "- DiffEdit of an inversion starts Stage II from the inversion's trajectory and follows it off the mask; it "
-    "takes neither Direct Inversion's source hook nor DDPM inversion's corrections, and Direct Inversion's "
-    "trajectory is DDIM inversion's at w = 1, so those two rows are the same edit.",
+    "- DiffEdit of an inversion starts Stage II from the inversion's trajectory and follows it off the mask; inside "
+    "it, DDPM inversion's rows step with its corrections, the others with the masked DDIM step. DiffEdit takes no "
+    "source hook, and Direct Inversion's trajectory is DDIM inversion's at w = 1, so those two rows are the same edit.",
     "- A refused edit (DiffEdit's Stage I: every pixel deviates, as on background edits) counts as a failure and "
     "has no background or structure figure.",
 )
@@ -259,6 +265,12 @@ class Row(NamedTuple):
     start: str = "inversion"  # DiffEdit of the image: Stage II's start
     mask: str = ""  # SDEdit: "true" (the true region) or "found" (DiffEdit's own-start mask)
     t0: float = 0.0  # SDEdit's strength
+    inversion_guidance: float | None = None  # the w the inversion is made (and edited) at; None: InversionSpec's
+
+    @property
+    def inversion(self) -> str:
+        """The key of the inversion it edits: the method, and the w when not InversionSpec's."""
+        return self.method if self.inversion_guidance is None else f"{self.method} · w {self.inversion_guidance:g}"
 
 
 OWN_START = "DiffEdit · own inversion start"  # its mask is the SDEdit "found" rows' mask
@@ -268,14 +280,16 @@ def rows_for(methods: list[str], names: tuple[str, ...] = ()) -> list[Row]:
     """The rows the bench runs for these inversion methods (the module docstring), in running order; with `names`,
     only the rows whose name contains one of them (and the own-start DiffEdit whose mask SDEdit's "found" rows use)."""
     editable = [m for m in methods if m in EDITABLE_INVERSIONS]
-    strengths = SDEditSpec().strengths
+    swept = [m for m in editable if m == EDIT_PREFERENCE[0]]  # the tabs' default inversion, at other w
     rows = [
         *(Row(f"P2P · {METHOD_LABELS[m]}", "P2P", method=m) for m in editable),
+        *(Row(f"P2P · {METHOD_LABELS[m]} · w {w:g}", "P2P", method=m, inversion_guidance=w)
+          for m in swept for w in GUIDANCE_SWEEP),
         Row(OWN_START, "DiffEdit", start="inversion"),
         Row("DiffEdit · noised start", "DiffEdit", start="noise"),
         *(Row(f"DiffEdit · {METHOD_LABELS[m]}", "DiffEdit", method=m) for m in editable),
         *(Row(f"SDEdit · {label} · t0 {t0:g}", "SDEdit", mask=mask, t0=t0)
-          for mask, label in (("true", "true mask"), ("found", "DiffEdit's mask")) for t0 in strengths),
+          for mask, label in (("true", "true mask"), ("found", "DiffEdit's mask")) for t0 in SDEDIT_T0),
     ]
     if not names:
         return rows
@@ -289,9 +303,12 @@ def last(events) -> Result:
     return result
 
 
-def invert(engine: Engine, case: EditCase, method: str, steps: int) -> tuple[Inversion, dict]:
+def invert(engine: Engine, case: EditCase, method: str, steps: int, guidance: float | None = None
+           ) -> tuple[Inversion, dict]:
     started = time.perf_counter()
-    result = last(engine.invert(InversionSpec(case.source_caption, method, steps=steps), case.source.image))
+    spec = InversionSpec(case.source_caption, method, steps=steps)
+    spec = spec if guidance is None else replace(spec, guidance_scale=guidance)
+    result = last(engine.invert(spec, case.source.image))
     assert isinstance(result, InversionResult)
     return result.inversion, {"seconds": time.perf_counter() - started, "unet_passes": result.unet_evaluations,
                               "reconstruction_psnr": result.psnr}
@@ -302,7 +319,7 @@ def run_row(engine: Engine, row: Row, case: EditCase, inversions: dict[str, Inve
     """The edited image (H, W, 3) uint8 and the job's result."""
     if row.tab == "P2P":
         edit = "word swap" if len(case.source_caption.split()) == len(case.target_caption.split()) else "refine"
-        result = last(engine.p2p(P2PSpec("", case.target_caption, edit=edit), inversions[row.method]))
+        result = last(engine.p2p(P2PSpec("", case.target_caption, edit=edit), inversions[row.inversion]))
         assert isinstance(result, P2PResult)
         return np.asarray(result.images[1]), result
     if row.tab == "DiffEdit":
@@ -310,7 +327,7 @@ def run_row(engine: Engine, row: Row, case: EditCase, inversions: dict[str, Inve
         if row.method is None:
             result = last(engine.diffedit(spec, case.source.image))
         else:  # Stage I found the same mask on the same image in the own-start row: given, not searched again
-            result = last(engine.diffedit(spec, mask=found, inversion=inversions[row.method]))
+            result = last(engine.diffedit(spec, mask=found, inversion=inversions[row.inversion]))
         assert isinstance(result, DiffEditResult)
         return np.asarray(result.images[0]), result
     mask = case.region if row.mask == "true" else found
@@ -326,8 +343,9 @@ def run_case(engine: Engine, case: EditCase, rows: list[Row], record: dict, step
     if any(row.mask == "found" for row in todo) and OWN_START not in [row.name for row in todo]:
         todo.insert(0, next(row for row in rows if row.name == OWN_START))  # its mask is not stored: find it again
     inversions = {}
-    for method in dict.fromkeys(row.method for row in todo if row.method is not None):
-        inversions[method], record["inversions"][method] = invert(engine, case, method, steps)
+    for row in {row.inversion: row for row in todo if row.method is not None}.values():
+        inversions[row.inversion], record["inversions"][row.inversion] = invert(
+            engine, case, row.method, steps, row.inversion_guidance)
     found = None
     for row in todo:
         if row.mask == "found" and found is None:
@@ -362,8 +380,8 @@ def summarise(records: list[dict], rows: list[Row]) -> dict:
         for kind in (*KINDS, "overall"):
             cells = [r["rows"][row.name] for r in records
                      if row.name in r["rows"] and kind in (r["kind"], "overall")]
-            inversion = [r["inversions"][row.method]["seconds"] for r in records
-                         if row.method in r["inversions"] and kind in (r["kind"], "overall")]
+            inversion = [r["inversions"][row.inversion]["seconds"] for r in records
+                         if row.inversion in r["inversions"] and kind in (r["kind"], "overall")]
             summary[row.name][kind] = {
                 "edits": len(cells), "refused": sum("error" in c for c in cells),
                 "success": _mean([float(c["success"]) for c in cells]),

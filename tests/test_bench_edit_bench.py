@@ -35,7 +35,10 @@ def test_every_inversion_method_p2p_samples_gets_its_rows_and_the_found_mask_its
 
     assert "P2P · DDIM inversion" in rows and "DiffEdit · DDIM inversion" in rows and "DiffEdit · noised start" in rows
     assert not any("EDICT" in name for name in rows)  # not sampled by P2P: no rows
-    assert sum(name.startswith("SDEdit") for name in rows) == 2 * len(bench.SDEditSpec().strengths)
+    assert sum(name.startswith("SDEdit") for name in rows) == 2 * len(bench.SDEditSpec().strengths + (0.85,))
+    swept = [row.name for row in bench.rows_for(list(bench.EDITABLE_INVERSIONS), ("· w ",))]
+    preferred = bench.METHOD_LABELS[bench.EDIT_PREFERENCE[0]]  # the tabs' default inversion, at other w
+    assert swept == [f"P2P · {preferred} · w {w:g}" for w in bench.GUIDANCE_SWEEP] and 7.5 in bench.GUIDANCE_SWEEP
     assert [row.name for row in bench.rows_for(["ddim"], ("DiffEdit's mask · t0 0.5",))] == [
         bench.OWN_START, "SDEdit · DiffEdit's mask · t0 0.5"]
 
@@ -46,7 +49,7 @@ def test_bench_tables_the_rows_and_ranks_them_per_tab(tmp_path):
     report = bench.main(argv)
 
     rows = report["row_names"]
-    assert rows == ["P2P · DDIM inversion", *(f"SDEdit · true mask · t0 {t0:g}" for t0 in bench.SDEditSpec().strengths)]
+    assert rows == ["P2P · DDIM inversion", *(f"SDEdit · true mask · t0 {t0:g}" for t0 in bench.SDEDIT_T0)]
     overall = report["summary"]["P2P · DDIM inversion"]["overall"]
     assert set(overall) >= {"success", "background_psnr", "background_ssim", "structure_iou", "seconds",
                             "unet_passes", "inversion_seconds"}
