@@ -268,6 +268,11 @@ class Row(NamedTuple):
     inversion_guidance: float | None = None  # the w the inversion is made (and edited) at; None: InversionSpec's
 
     @property
+    def uses_found_mask(self) -> bool:
+        """SDEdit with DiffEdit's mask, and DiffEdit of an inversion: both take the own-start row's mask."""
+        return self.mask == "found" or (self.tab == "DiffEdit" and self.method is not None)
+
+    @property
     def inversion(self) -> str:
         """The key of the inversion it edits: the method, and the w when not InversionSpec's."""
         return self.method if self.inversion_guidance is None else f"{self.method} · w {self.inversion_guidance:g}"
@@ -294,7 +299,7 @@ def rows_for(methods: list[str], names: tuple[str, ...] = ()) -> list[Row]:
     if not names:
         return rows
     chosen = [row for row in rows if any(name in row.name for name in names)]
-    needs_mask = any(row.mask == "found" for row in chosen)
+    needs_mask = any(row.uses_found_mask for row in chosen)
     return [row for row in rows if row in chosen or (needs_mask and row.name == OWN_START)]
 
 
@@ -340,7 +345,7 @@ def run_row(engine: Engine, row: Row, case: EditCase, inversions: dict[str, Inve
 def run_case(engine: Engine, case: EditCase, rows: list[Row], record: dict, steps: int) -> None:
     """Fill `record` with the rows it lacks: one inversion per method those rows edit, then each row."""
     todo = [row for row in rows if row.name not in record["rows"]]
-    if any(row.mask == "found" for row in todo) and OWN_START not in [row.name for row in todo]:
+    if any(row.uses_found_mask for row in todo) and OWN_START not in [row.name for row in todo]:
         todo.insert(0, next(row for row in rows if row.name == OWN_START))  # its mask is not stored: find it again
     inversions = {}
     for row in {row.inversion: row for row in todo if row.method is not None}.values():
@@ -348,7 +353,7 @@ def run_case(engine: Engine, case: EditCase, rows: list[Row], record: dict, step
             engine, case, row.method, steps, row.inversion_guidance)
     found = None
     for row in todo:
-        if row.mask == "found" and found is None:
+        if row.uses_found_mask and found is None:
             record["rows"][row.name] = {"error": "DiffEdit's own-start row found no mask", "success": False}
             continue
         started = time.perf_counter()

@@ -41,6 +41,8 @@ def test_every_inversion_method_p2p_samples_gets_its_rows_and_the_found_mask_its
     assert swept == [f"P2P · {preferred} · w {w:g}" for w in bench.GUIDANCE_SWEEP] and 7.5 in bench.GUIDANCE_SWEEP
     assert [row.name for row in bench.rows_for(["ddim"], ("DiffEdit's mask · t0 0.5",))] == [
         bench.OWN_START, "SDEdit · DiffEdit's mask · t0 0.5"]
+    assert [row.name for row in bench.rows_for(["ddim"], ("DiffEdit · DDIM",))] == [  # edits the same found mask
+        bench.OWN_START, "DiffEdit · DDIM inversion"]
 
 
 def test_bench_tables_the_rows_and_ranks_them_per_tab(tmp_path):
