@@ -1,5 +1,6 @@
 """Protects: studio.editing.hints picks what to tell the user beside an edit from what the result measured:
-a P2P background that changed colour (the inversion's w named when it is above 4, local blend otherwise), a P2P
+a P2P background that changed colour (the inversion's w named when it is above 4, the preferred inversion when
+another was edited, local blend otherwise), a P2P
 edit with no visible change, a DiffEdit mask under 2% or over 60% of the image, a tinted background without
 compositing, an erased object (or a ghost of the new colour over the background), an object left unchanged; no hint for an edit that worked."""
 
@@ -32,9 +33,9 @@ OBJECT = np.zeros((SIZE, SIZE), bool)
 OBJECT[18:46, 18:46] = True  # a Stage I mask a little larger than the object, as found
 
 
-def inversion_at(guidance_scale: float) -> Inversion:
+def inversion_at(guidance_scale: float, method: str = "null_text") -> Inversion:
     latents = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
-    return Inversion("null_text", Image.fromarray(scene("blue", "red")), "a big red square on a blue background",
+    return Inversion(method, Image.fromarray(scene("blue", "red")), "a big red square on a blue background",
                      guidance_scale, torch.tensor([999, 499]), latents, [latents] * 3)
 
 
@@ -53,12 +54,16 @@ DIFFEDIT = DiffEditSpec("a big red square on a blue background", "a big yellow s
 def test_p2p_background_turned_purple_names_the_inversions_w_above_four_and_local_blend():
     result = p2p_result(scene("blue", "red"), scene("purple", "yellow"))
     found = hints.p2p_hints(P2P, result, inversion_at(7.5))
-    assert found == [hints.P2P_INVERSION_GUIDANCE, hints.P2P_BACKGROUND]
+    assert found == [hints.P2P_INVERSION_GUIDANCE, hints.P2P_INVERSION_METHOD, hints.P2P_BACKGROUND]
     assert "w" in found[0].change and found[0].field == "inversion guidance_scale"
-    # at w = 3 the w is not the cause to name; with local blend set, blend is not the advice either
-    assert hints.p2p_hints(P2P, result, inversion_at(3.0)) == [hints.P2P_BACKGROUND]
+    assert "Edit-friendly DDPM inversion" in found[1].change and found[1].field == "inversion method"
+    # at w = 3 the w is not the cause to name; of the preferred inversion, its method is not either; with local
+    # blend set, blend is not the advice
+    preferred = hints.EDIT_PREFERENCE[0]
+    assert hints.p2p_hints(P2P, result, inversion_at(3.0)) == [hints.P2P_INVERSION_METHOD, hints.P2P_BACKGROUND]
+    assert hints.p2p_hints(P2P, result, inversion_at(3.0, preferred)) == [hints.P2P_BACKGROUND]
     blended = P2PSpec("", P2P.target_prompt, blend_words=("square",))
-    assert hints.p2p_hints(blended, result, inversion_at(3.0)) == []
+    assert hints.p2p_hints(blended, result, inversion_at(3.0, preferred)) == []
 
 
 def test_p2p_edit_that_worked_gets_no_hint_and_one_with_no_visible_change_gets_one():
