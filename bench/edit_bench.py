@@ -35,17 +35,20 @@ x P2P (Hertz et al. 2023: word swap where the word count is kept, refine for add
 delete words) and x DiffEdit of that inversion (Couairon et al. 2023, Stage II from its trajectory); DiffEdit of
 the image from its own DDIM inversion start and from the noised start; SDEdit (Meng et al. 2022) masked with the
 true region and with DiffEdit's found mask (the own-start row's), at each of SDEditSpec's default t0 values and
-0.85, one sample; and P2P of the tabs' default inversion (p2p.EDIT_PREFERENCE[0]) made at other w (GUIDANCE_SWEEP).
-Every other setting is the spec's default; all run `--steps` steps (25) and invert at InversionSpec's w (3) unless
-the row names its w.
+0.3, 0.5, 0.7 and 0.85 (SDEDIT_T0), one sample; and P2P of the tabs' default inversion (p2p.EDIT_PREFERENCE[0]) made
+at other w (GUIDANCE_SWEEP). Every other setting is the spec's default; all run `--steps` steps (25); a row that
+edits an inversion names the w it is made (and edited) at, InversionSpec's default unless swept.
 Methods P2P does not sample (EDICT, BDIA: their own coupled steps) get no rows; the table says so.
 
-Ranking (the defaults the tabs should take): within a tab and a kind of edit, the row with the highest success
-rate; ties broken by the higher background PSNR, then the fewer seconds (RANKING).
+Ranking (the defaults the tabs should take): within a tab and a kind of edit, the rows whose success rate is within
+one standard error of the best (sqrt(p (1 - p) / n): on 60 edits 0.67 and 0.72 are 3 edits apart, which that
+many edits cannot tell apart), and of those the one with the highest background PSNR, then the fewest seconds
+(RANKING, best_row).
 
 Results go to bench/results/edit_bench.{json,md,png} after every edit, so a stopped run is a valid (smaller)
 table; `--resume` continues it, running only the (edit, row) pairs it lacks (rows of a method added since), and
-`--resume --redo --rows R` runs the rows named R again (a method changed since); the table keeps every row that ran.
+`--resume --redo --rows R` runs the rows named R again (a method changed since); the table keeps every row of
+the current row set that ran.
 
     python bench/edit_bench.py [--edits 18] [--steps 25] [--threads 1] [--methods ddim,null_text] [--rows P2P,SDEdit]
                                [--resume]
@@ -101,11 +104,12 @@ MATCH_IOU = 0.5  # a judged object is the target object when their masks overlap
 REMOVED_SHARE = 0.1  # a removed object is gone when no judged object covers more of its mask than this
 PSNR_CAP = 10 * math.log10(255**2 * 12)  # 58.9 dB: the PSNR of 8-bit rounding noise (MSE 1/12)
 TABS = ("P2P", "DiffEdit", "SDEdit")
-# Beyond the tabs' defaults: the default inversion (EDIT_PREFERENCE[0]) at other w, for its edits' w (SD's 7.5
-# included); SDEdit from more noise than its default strip's last t0
-GUIDANCE_SWEEP = (2.0, 5.0, 7.5)
-SDEDIT_T0 = (*SDEditSpec().strengths, 0.85)
-RANKING = "highest success rate, then highest background PSNR, then fewest seconds per edit"
+# The w the default inversion (EDIT_PREFERENCE[0]) is made and edited at, InversionSpec's among them (SD's 7.5
+# included); the t0 SDEdit runs from (Meng et al. 2022's [0.3, 0.6] and beyond)
+GUIDANCE_SWEEP = (2.0, 3.0, 5.0, 7.5)
+SDEDIT_T0 = (0.3, 0.5, 0.7, 0.85)
+RANKING = ("of the rows within one standard error of the best success rate, the highest background PSNR, then the "
+           "fewest seconds per edit")
 # How to read the rows (printed under the tables)
 READING = (
     "- *SDEdit · true mask* is an oracle: the mask a user would paint perfectly, with the original pixels pasted "
@@ -265,7 +269,7 @@ class Row(NamedTuple):
     start: str = "inversion"  # DiffEdit of the image: Stage II's start
     mask: str = ""  # SDEdit: "true" (the true region) or "found" (DiffEdit's own-start mask)
     t0: float = 0.0  # SDEdit's strength
-    inversion_guidance: float | None = None  # the w the inversion is made (and edited) at; None: InversionSpec's
+    inversion_guidance: float = 0.0  # the w the inversion is made (and edited) at
 
     @property
     def uses_found_mask(self) -> bool:
@@ -274,25 +278,32 @@ class Row(NamedTuple):
 
     @property
     def inversion(self) -> str:
-        """The key of the inversion it edits: the method, and the w when not InversionSpec's."""
-        return self.method if self.inversion_guidance is None else f"{self.method} · w {self.inversion_guidance:g}"
+        """The key of the inversion it edits: the method and its w."""
+        return f"{self.method} · w {self.inversion_guidance:g}"
 
 
 OWN_START = "DiffEdit · own inversion start"  # its mask is the SDEdit "found" rows' mask
+
+
+def p2p_row(method: str, guidance: float) -> str:
+    """The name of the row that edits `method`'s inversion made at w = `guidance` with Prompt-to-Prompt."""
+    return f"P2P · {METHOD_LABELS[method]} · w {guidance:g}"
 
 
 def rows_for(methods: list[str], names: tuple[str, ...] = ()) -> list[Row]:
     """The rows the bench runs for these inversion methods (the module docstring), in running order; with `names`,
     only the rows whose name contains one of them (and the own-start DiffEdit whose mask SDEdit's "found" rows use)."""
     editable = [m for m in methods if m in EDITABLE_INVERSIONS]
+    default = InversionSpec().guidance_scale
     swept = [m for m in editable if m == EDIT_PREFERENCE[0]]  # the tabs' default inversion, at other w
     rows = [
-        *(Row(f"P2P · {METHOD_LABELS[m]}", "P2P", method=m) for m in editable),
-        *(Row(f"P2P · {METHOD_LABELS[m]} · w {w:g}", "P2P", method=m, inversion_guidance=w)
-          for m in swept for w in GUIDANCE_SWEEP),
+        *(Row(p2p_row(m, default), "P2P", method=m, inversion_guidance=default) for m in editable),
+        *(Row(p2p_row(m, w), "P2P", method=m, inversion_guidance=w)
+          for m in swept for w in GUIDANCE_SWEEP if w != default),
         Row(OWN_START, "DiffEdit", start="inversion"),
         Row("DiffEdit · noised start", "DiffEdit", start="noise"),
-        *(Row(f"DiffEdit · {METHOD_LABELS[m]}", "DiffEdit", method=m) for m in editable),
+        *(Row(f"DiffEdit · {METHOD_LABELS[m]} · w {default:g}", "DiffEdit", method=m, inversion_guidance=default)
+          for m in editable),
         *(Row(f"SDEdit · {label} · t0 {t0:g}", "SDEdit", mask=mask, t0=t0)
           for mask, label in (("true", "true mask"), ("found", "DiffEdit's mask")) for t0 in SDEDIT_T0),
     ]
@@ -308,11 +319,9 @@ def last(events) -> Result:
     return result
 
 
-def invert(engine: Engine, case: EditCase, method: str, steps: int, guidance: float | None = None
-           ) -> tuple[Inversion, dict]:
+def invert(engine: Engine, case: EditCase, method: str, steps: int, guidance: float) -> tuple[Inversion, dict]:
     started = time.perf_counter()
-    spec = InversionSpec(case.source_caption, method, steps=steps)
-    spec = spec if guidance is None else replace(spec, guidance_scale=guidance)
+    spec = InversionSpec(case.source_caption, method, steps=steps, guidance_scale=guidance)
     result = last(engine.invert(spec, case.source.image))
     assert isinstance(result, InversionResult)
     return result.inversion, {"seconds": time.perf_counter() - started, "unet_passes": result.unet_evaluations,
@@ -397,23 +406,38 @@ def summarise(records: list[dict], rows: list[Row]) -> dict:
     return summary
 
 
-def rank_key(cell: dict) -> tuple[float, float, float]:
-    """RANKING as a sort key (smaller sorts first)."""
-    return (-(cell["success"] or 0.0), -(cell["background_psnr"] or 0.0), cell["seconds"] or math.inf)
+def best_row(cells: dict) -> object | None:
+    """RANKING: the key of the best of these cells (summary cells of one kind), None when none ran an edit."""
+    cells = {key: cell for key, cell in cells.items() if cell["edits"]}
+    if not cells:
+        return None
+    top = max(cells.values(), key=lambda cell: cell["success"] or 0.0)
+    p = top["success"] or 0.0
+    tied = [key for key, cell in cells.items()
+            if (cell["success"] or 0.0) >= p - math.sqrt(p * (1 - p) / top["edits"]) - 1e-9]
+    return max(tied, key=lambda key: (cells[key]["background_psnr"] or 0.0, -(cells[key]["seconds"] or math.inf)))
+
+
+def ranked(cells: dict) -> list:
+    """The keys of these cells best first: RANKING's best, then the best of the rest, and so on."""
+    order, rest = [], dict(cells)
+    while rest and (key := best_row(rest)) is not None:
+        order.append(key)
+        del rest[key]
+    return order
 
 
 def best_rows(summary: dict, rows: list[Row]) -> dict:
     """Per tab and kind (and overall): the row RANKING puts first."""
-    return {tab: {kind: min((r.name for r in rows if r.tab == tab and summary[r.name][kind]["edits"]),
-                            key=lambda name: rank_key(summary[name][kind]), default=None)
+    return {tab: {kind: best_row({r.name: summary[r.name][kind] for r in rows if r.tab == tab})
                   for kind in (*KINDS, "overall")}
             for tab in TABS}
 
 
 def published_ordering(summary: dict) -> dict:
     """Our P2P background PSNR per inversion beside Ju et al.'s, both orderings, and the pairs they agree on."""
-    ours = {m: summary[f"P2P · {METHOD_LABELS[m]}"]["overall"]["background_psnr"] for m in PUBLISHED_P2P_PSNR
-            if f"P2P · {METHOD_LABELS[m]}" in summary and summary[f"P2P · {METHOD_LABELS[m]}"]["overall"]["edits"]}
+    rows = {m: summary.get(p2p_row(m, InversionSpec().guidance_scale), {}).get("overall") for m in PUBLISHED_P2P_PSNR}
+    ours = {m: cell["background_psnr"] for m, cell in rows.items() if cell and cell["edits"]}
     shared = list(ours)
     pairs = [(a, b) for i, a in enumerate(shared) for b in shared[i + 1:]]
     agree = [(a, b) for a, b in pairs
@@ -439,8 +463,9 @@ def markdown(report: dict) -> list[str]:
         f"# Edit bench: a PIE-Bench for the shapes world on {report['model']}",
         "",
         f"**{len(report['records'])} edits ran** of the {EDIT_SET}-edit set ("
-        + ", ".join(f"{counts[k]} {k}" for k in KINDS) + f"), {report['steps']} steps everywhere, inversions at "
-        f"InversionSpec's w = {report['inversion_guidance']:g}, every other setting the spec's default. Device: "
+        + ", ".join(f"{counts[k]} {k}" for k in KINDS) + f"), {report['steps']} steps everywhere, inversions at the w "
+        f"their rows name (InversionSpec's default w = {report['inversion_guidance']:g}), every other setting the "
+        "spec's default. Device: "
         f"{report['device']} ({report['device_name']}, {report['torch_threads']} thread(s)); "
         f"{report['wall_seconds'] / 60:.1f} minutes of edits and inversions. Made by: "
         + "; then ".join(f"`{command}`" for command in report["commands"]) + ".",
@@ -479,6 +504,7 @@ def markdown(report: dict) -> list[str]:
         lines.append(f"| {tab} | " + " | ".join(best[k] or "–" for k in (*KINDS, "overall")) + " |")
     ordering = report["published_ordering"]
     lines += ["", "## Beside the published PIE-Bench ordering (Ju et al. 2024, Table 1, P2P background PSNR)", "",
+              f"Ours at InversionSpec's default w = {report['inversion_guidance']:g}; PIE-Bench's at SD's 7.5.", "",
               "| inversion | ours (dB) | PIE-Bench (dB) |", "|---|---|---|"]
     for method in ordering["published_order"]:
         lines.append(f"| {METHOD_LABELS[method]} | {ordering['ours'][method]:.2f} | {ordering['published'][method]:.2f} |")

@@ -10,6 +10,8 @@ import pytest
 from bench_scripts import load
 
 bench = load("edit_bench")
+W = bench.InversionSpec().guidance_scale  # the w an inversion row is made at unless swept
+DDIM_P2P = bench.p2p_row("ddim", W)
 
 
 @pytest.mark.parametrize("index", range(len(bench.KINDS) * 2))
@@ -33,16 +35,36 @@ def test_the_set_is_fixed_by_its_seed():
 def test_every_inversion_method_p2p_samples_gets_its_rows_and_the_found_mask_its_diffedit():
     rows = [row.name for row in bench.rows_for(["ddim", "edict"])]
 
-    assert "P2P · DDIM inversion" in rows and "DiffEdit · DDIM inversion" in rows and "DiffEdit · noised start" in rows
+    assert DDIM_P2P in rows and f"DiffEdit · DDIM inversion · w {W:g}" in rows and "DiffEdit · noised start" in rows
     assert not any("EDICT" in name for name in rows)  # not sampled by P2P: no rows
-    assert sum(name.startswith("SDEdit") for name in rows) == 2 * len(bench.SDEditSpec().strengths + (0.85,))
-    swept = [row.name for row in bench.rows_for(list(bench.EDITABLE_INVERSIONS), ("· w ",))]
-    preferred = bench.METHOD_LABELS[bench.EDIT_PREFERENCE[0]]  # the tabs' default inversion, at other w
-    assert swept == [f"P2P · {preferred} · w {w:g}" for w in bench.GUIDANCE_SWEEP] and 7.5 in bench.GUIDANCE_SWEEP
+    assert sum(name.startswith("SDEdit") for name in rows) == 2 * len(bench.SDEDIT_T0)
+    assert set(bench.SDEditSpec().strengths) <= set(bench.SDEDIT_T0)
+    preferred = bench.EDIT_PREFERENCE[0]  # the tabs' default inversion, also at other w
+    swept = [row.name for row in bench.rows_for(list(bench.EDITABLE_INVERSIONS))
+             if row.tab == "P2P" and row.method == preferred]
+    assert sorted(swept) == sorted(bench.p2p_row(preferred, w) for w in bench.GUIDANCE_SWEEP)
+    assert W in bench.GUIDANCE_SWEEP and 7.5 in bench.GUIDANCE_SWEEP
     assert [row.name for row in bench.rows_for(["ddim"], ("DiffEdit's mask · t0 0.5",))] == [
         bench.OWN_START, "SDEdit · DiffEdit's mask · t0 0.5"]
     assert [row.name for row in bench.rows_for(["ddim"], ("DiffEdit · DDIM",))] == [  # edits the same found mask
-        bench.OWN_START, "DiffEdit · DDIM inversion"]
+        bench.OWN_START, f"DiffEdit · DDIM inversion · w {W:g}"]
+
+
+def cell(success: float, psnr: float, seconds: float = 1.0, edits: int = 60) -> dict:
+    return {"edits": edits, "success": success, "background_psnr": psnr, "seconds": seconds}
+
+
+def test_the_ranking_takes_success_rates_within_a_standard_error_as_tied_and_then_the_background():
+    # 0.72 vs 0.67 on 60 edits: 3 edits, under one standard error (0.058): the better background wins
+    assert bench.best_row({"w 5": cell(0.72, 25.2), "w 2": cell(0.67, 29.3)}) == "w 2"
+    # 0.72 vs 0.55: 10 edits, three standard errors: success wins whatever the background
+    assert bench.best_row({"w 5": cell(0.72, 25.2), "NTI": cell(0.55, 40.0)}) == "w 5"
+    # the error shrinks with the edits: 0.8 vs 0.65 are tied on 5 (standard error 0.18), not on 60 (0.05)
+    assert bench.best_row({"a": cell(0.8, 20.0, edits=5), "b": cell(0.65, 30.0, edits=5)}) == "b"
+    assert bench.best_row({"a": cell(0.8, 20.0), "b": cell(0.65, 30.0)}) == "a"
+    assert bench.ranked({"a": cell(0.5, 20.0), "b": cell(0.9, 10.0), "c": cell(0.88, 30.0), "none": cell(0, 0, edits=0)}
+                        ) == ["c", "b", "a"]
+    assert bench.best_row({"none": cell(0.0, 0.0, edits=0)}) is None
 
 
 def test_bench_tables_the_rows_and_ranks_them_per_tab(tmp_path):
@@ -51,8 +73,8 @@ def test_bench_tables_the_rows_and_ranks_them_per_tab(tmp_path):
     report = bench.main(argv)
 
     rows = report["row_names"]
-    assert rows == ["P2P · DDIM inversion", *(f"SDEdit · true mask · t0 {t0:g}" for t0 in bench.SDEDIT_T0)]
-    overall = report["summary"]["P2P · DDIM inversion"]["overall"]
+    assert rows == [DDIM_P2P, *(f"SDEdit · true mask · t0 {t0:g}" for t0 in bench.SDEDIT_T0)]
+    overall = report["summary"][DDIM_P2P]["overall"]
     assert set(overall) >= {"success", "background_psnr", "background_ssim", "structure_iou", "seconds",
                             "unet_passes", "inversion_seconds"}
     assert overall["edits"] == 1 and overall["unet_passes"] == 10  # one batched call per step
@@ -61,7 +83,7 @@ def test_bench_tables_the_rows_and_ranks_them_per_tab(tmp_path):
     assert good["success"] == 1.0 and good["background_psnr"] == bench.PSNR_CAP
     assert report["best"]["SDEdit"]["colour"] is not None
     markdown = (tmp_path / "edit_bench.md").read_text()
-    assert "**1 edits ran**" in markdown and "| P2P · DDIM inversion | 1 |" in markdown
+    assert "**1 edits ran**" in markdown and f"| {DDIM_P2P} | 1 |" in markdown
     assert (tmp_path / "edit_bench.png").stat().st_size > 0
 
     resumed = bench.main([*argv, "--resume"])  # nothing left to run: the same records, written again
@@ -78,4 +100,4 @@ def test_bench_tables_the_rows_and_ranks_them_per_tab(tmp_path):
     assert redone["row_names"] == rows
     again = redone["records"][0]["rows"]["SDEdit · true mask · t0 0.7"]
     assert again["success"] and "stale" not in again
-    assert redone["records"][0]["rows"]["P2P · DDIM inversion"] == report["records"][0]["rows"]["P2P · DDIM inversion"]
+    assert redone["records"][0]["rows"][DDIM_P2P] == report["records"][0]["rows"][DDIM_P2P]

@@ -18,14 +18,14 @@ from studio.editing.diffedit import DiffEditSpec
 from studio.editing.p2p import EDIT_PREFERENCE, P2PSpec
 from studio.events import DiffEditResult, P2PResult
 from studio.images import ImageInput, prepare_image
-from studio.inversion.result import METHOD_LABELS, Inversion
+from studio.inversion.result import METHOD_LABELS, Inversion, InversionSpec
 
 # An edit of an inversion keeps the inversion's guidance w, which pushes the whole image along
 # (target - source prompt) x (w - 1) (Hertz et al. 2023 edit real images through Mokady et al. 2023's null-text
 # inversion at w = 7.5 on SD; on the embedded model a red -> yellow swap turns the blue background purple at
-# w >= 5 and keeps it blue at w = 3).
+# w >= 5 and keeps it blue at w = 3; InversionSpec's default is the w the edit bench ranks best).
 INVERSION_GUIDANCE_LIMIT = 4.0
-SUGGESTED_INVERSION_GUIDANCE = 3.0
+SUGGESTED_INVERSION_GUIDANCE = InversionSpec().guidance_scale
 # Stage I masks outside this share of the image are almost always wrong (Couairon et al. 2023 threshold a map
 # normalised to [0, 1]: a few stray cells pass a low threshold, or a prompt pair that differs in more than the
 # object makes the whole map light up).

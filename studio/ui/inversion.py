@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from studio import specs
+from studio.editing.p2p import EDIT_PREFERENCE
 from studio.errors import InvalidInputError
 from studio.events import CancelToken, Event, InversionResult, NullTextLoss, Progress
 from studio.images import open_image, prepare_image, working_size
@@ -50,9 +51,11 @@ TABLE_HEADERS = ["method", "PSNR dB", "SSIM", "latent MSE", "UNet inverting", "U
 TABLE_WIDTHS = ["16%", "10%", "9%", "11%", "11%", "11%", "12%", "10%", "10%"]
 TABLE_LABEL = ("Comparison (UNet passes while inverting, backward through it, redrawing; seconds: inversion only, "
                "same run)")
-DEFAULT_METHODS = ["ddim", "null_text"]
-GUIDANCE_INFO = ("3, not 7.5: P2P and DiffEdit edits of this inversion keep its w, and at 7.5 a colour edit tints "
-                 "the background too (kept at 3 on shapes-sd)")
+# DDIM inversion as the baseline beside the inversion edits prefer (the edit bench's best P2P row)
+DEFAULT_METHODS = list(dict.fromkeys(["ddim", EDIT_PREFERENCE[0]]))
+GUIDANCE_INFO = (f"{InversionSpec().guidance_scale:g}, not 7.5: P2P and DiffEdit edits of this inversion keep its w, "
+                 "and the higher it is the more an edit moves the background (the edit bench's best P2P w on "
+                 "shapes-sd)")
 GALLERY_COLUMNS = 3  # original + up to five reconstructions: two rows of three (Gradio narrows to fewer)
 
 CSS = """
@@ -159,12 +162,11 @@ def choices(inversions: list[Inversion]) -> list[tuple[str, int]]:
 
 
 def default_choice(inversions: list[Inversion]) -> int | None:
-    """Editing prefers an inversion that reconstructs under guidance: null-text, then negative-prompt."""
-    for method in ("null_text", "negative_prompt"):
-        for index, inversion in enumerate(inversions):
-            if inversion.method == method:
-                return index
-    return 0 if inversions else None
+    """The inversion edits start from: the one of the methods edits prefer (p2p.EDIT_PREFERENCE) that ranks first."""
+    if not inversions:
+        return None
+    rank = {method: i for i, method in enumerate(EDIT_PREFERENCE)}
+    return min(range(len(inversions)), key=lambda i: rank.get(inversions[i].method, len(rank)))
 
 
 def chosen(index: int | None, inversions: list[Inversion]) -> Inversion | None:
