@@ -233,7 +233,7 @@ def read_inversion(engine: Engine, path: str | None) -> Inversion | None:
 def run_sdedit(engine: Engine, args: argparse.Namespace) -> int:
     from studio.editing.sdedit import SDEditSpec
 
-    spec = SDEditSpec(prompt=args.prompt, strengths=tuple(args.t0), repeats=args.repeats, seed=args.seed,
+    spec = SDEditSpec(prompt=args.prompt, strengths=tuple(args.t0 or SDEditSpec().strengths), repeats=args.repeats, seed=args.seed,
                       steps=args.steps, guidance_scale=args.guidance, noise_form=args.noise_form,
                       keep_size=args.keep_size, structure=structure_spec(args), concepts=args.concepts)
     original = read_image(args.original) if args.original else None
@@ -379,8 +379,8 @@ def parser() -> argparse.ArgumentParser:
     sdedit.add_argument("--prompt", default="")
     sdedit.add_argument("--mask", help="editable region: white (or opaque) pixels; the rest stays as --original")
     sdedit.add_argument("--original", help="the image the frozen region keeps (default: the guide)")
-    sdedit.add_argument("--t0", type=lambda text: [float(v) for v in text.split(",")], default=[0.3, 0.5, 0.7],
-                        help="noise levels as fractions of T, e.g. 0.3,0.5")
+    sdedit.add_argument("--t0", type=lambda text: [float(v) for v in text.split(",")], default=None,
+                        help="noise levels as fractions of T, e.g. 0.3,0.5 (default: the SDEdit tab's)")
     sdedit.add_argument("--repeats", type=int, default=2)
     sdedit.add_argument("--noise-form", choices=["vp", "ve"], default="vp")
     sdedit.set_defaults(run=run_sdedit)
