@@ -204,15 +204,18 @@ def read_mask(path: str | None) -> np.ndarray | None:
 def run_invert(engine: Engine, args: argparse.Namespace) -> int:
     """Reconstruction PNG(s), and `<method>.inversion.safetensors` for `studio edit ... --inversion`
     (data only: studio.inversion.file)."""
+    from studio.editing.p2p import EDIT_PREFERENCE
     from studio.inversion import InversionSpec
     from studio.inversion.file import INVERSION_SUFFIX, save_inversion
 
     image = read_image(args.image)
     structure, images = structure_spec(args), structure_images(args)
     output = Output(args.out)
-    for method in args.method:
-        spec = InversionSpec(prompt=args.prompt, method=method, steps=args.steps, guidance_scale=args.guidance,
-                             keep_size=args.keep_size, structure=structure, concepts=args.concepts)
+    given = {"steps": args.steps, "guidance_scale": args.guidance, "fixed_point_iterations": args.fixed_point_iterations,
+             "fixed_point_tolerance": args.fixed_point_tolerance, "seed": args.seed}  # None: the spec's default
+    for method in args.method or [EDIT_PREFERENCE[0]]:
+        spec = InversionSpec(prompt=args.prompt, method=method, keep_size=args.keep_size, structure=structure,
+                             concepts=args.concepts, **{k: v for k, v in given.items() if v is not None})
         result = finish(engine.invert(spec, image, structure_images=images), method)
         output.save(result, [f"{method}-reconstruction"])
         save_inversion(result.inversion, output.folder / f"{method}{INVERSION_SUFFIX}")
@@ -367,9 +370,14 @@ def parser() -> argparse.ArgumentParser:
     inv = commands.add_parser("invert", help="map a real image into the model's trajectory, to reconstruct or edit it")
     inv.add_argument("image")
     inv.add_argument("--prompt", default="", help="a caption of the image (empty: the null prompt)")
-    inv.add_argument("--method", nargs="+", default=["null_text"], choices=list(INVERSION_METHODS))
-    inv.add_argument("--steps", type=int, default=50)
-    inv.add_argument("--guidance", type=float, default=7.5)
+    inv.add_argument("--method", nargs="+", choices=list(INVERSION_METHODS),
+                     help="default: the inversion edits prefer (studio.editing.p2p.EDIT_PREFERENCE)")
+    # defaults None: InversionSpec's own (the Inversion tab's), so the two never disagree
+    inv.add_argument("--steps", type=int, help="default: the Inversion tab's")
+    inv.add_argument("--guidance", type=float, help="w it is sampled and edited with (default: the Inversion tab's)")
+    inv.add_argument("--fixed-point-iterations", type=int, help="fixed_point: iterations per inversion step")
+    inv.add_argument("--fixed-point-tolerance", type=float, help="fixed_point: stop a step's iterations below this")
+    inv.add_argument("--seed", type=int, help="ddpm: the seed of its independent noisy states")
     inv.add_argument("--out", default="studio-output")
     inv.set_defaults(run=run_invert)
 
@@ -397,7 +405,7 @@ def parser() -> argparse.ArgumentParser:
 
     p2p = edit.add_parser("p2p", help="Prompt-to-Prompt: generate the source and its edit with shared attention")
     p2p.add_argument("--source", default="", help="the source prompt (with --inversion: its caption, or empty)")
-    p2p.add_argument("--inversion", help="edit a real image inverted by `studio invert` (null_text or negative_prompt)")
+    p2p.add_argument("--inversion", help="edit a real image inverted by `studio invert` (any method but edict and bdia)")
     p2p.add_argument("--target", default="", help="the edited prompt; (word:1.5) re-weights a word")
     p2p.add_argument("--edit", default="refine", choices=["word swap", "refine", "style"],
                      help="re-weighting ((word:1.5) in --target) combines with any of them")

@@ -7,7 +7,7 @@ size" inverts at the upload's own size, without resampling it; a file that is
 not an image shows a clear error. Stop says where the run stopped within a second and keeps saying it, the
 stopped run leaves the inversion the editing tabs use alone and the last run's loss plot is gone; six images
 show whole in the gallery with full captions, the table's headers are readable, its last column inside its box,
-the plots carry no label chip and the guidance slider says why it starts at 3; the picked inversion downloads as a file that a fresh page loads and Prompt-to-Prompt edits, showing the
+the plots carry no label chip and the guidance slider says why it starts low; the picked inversion downloads as a file that a fresh page loads and Prompt-to-Prompt edits, showing the
 inversion's caption, steps and guidance greyed; a PNG's settings restore the form.
 """
 
@@ -21,6 +21,7 @@ from playwright.sync_api import expect
 from test_browser import app_url, browser, image_loaded, open_tab  # noqa: F401  (the shared app and chromium fixtures)
 
 from studio import png_settings
+from studio.inversion import METHOD_LABELS
 
 pytestmark = pytest.mark.browser
 
@@ -99,7 +100,7 @@ def set_steps(page, steps: int) -> None:
 
 
 def tick_only(page, *methods: str) -> None:
-    for label in ("DDIM inversion", "Null-text inversion", "Negative-prompt inversion", "EDICT", "BDIA"):
+    for label in METHOD_LABELS.values():
         box = page.get_by_label(label, exact=True)
         box.check() if label in methods else box.uncheck()
 
@@ -179,8 +180,8 @@ def test_six_images_whole_with_full_captions_readable_table_and_plots_without_ch
         return {right: last.getBoundingClientRect().right, edge: block.right, text: last.innerText.trim()};
     }""")
     assert last_column["right"] <= last_column["edge"] + 1, last_column
-    # the guidance slider says why it starts at 3
-    expect(page.locator("#inversion-guidance")).to_contain_text("at 7.5 a colour edit tints the background")
+    # the guidance slider says why it starts low
+    expect(page.locator("#inversion-guidance")).to_contain_text("the more an edit moves the background")
     for plot in ("#inversion-errors", "#inversion-loss"):  # no label chip over the plot's own title
         chip = page.locator(f"{plot} [data-testid=block-label]").evaluate_all(
             "chips => chips.map(c => c.getBoundingClientRect().width)")
@@ -234,3 +235,31 @@ def test_loading_a_reconstructions_png_restores_the_form(page, tmp_path):
     expect(page.locator("#inversion-steps input[type=number]")).to_have_value("7")
     assert page.get_by_label("EDICT", exact=True).is_checked()
     assert not page.get_by_label("DDIM inversion", exact=True).is_checked()
+
+
+def test_fixed_point_and_ddpm_settings_reach_their_reconstructions_and_a_bad_tolerance_is_refused(page, tmp_path):
+    from test_browser import downloaded_settings
+
+    upload(page, tmp_path)
+    page.locator("#inversion-prompt textarea").fill(CAPTION)
+    set_steps(page, 2)
+    tick_only(page, "Fixed-point inversion", "Edit-friendly DDPM inversion")
+    page.get_by_text("Method settings").click()
+    for elem_id, value in (("inversion-fixed-point-iterations", "2"), ("inversion-ddpm-seed", "5")):
+        box = page.locator(f"#{elem_id} input[type=number]")
+        box.fill(value)
+        box.press("Enter")
+    expect(page.locator("#inversion-ddpm-seed")).to_contain_text("Direct inversion has no settings")
+    invert(page)
+    links = page.locator("#inversion-downloads a")
+    expect(links).to_have_count(2)
+    settings = {s["method"]: s for s in (downloaded_settings(page, f"#inversion-downloads a >> nth={i}", tmp_path)
+                                         for i in range(2))}
+    assert settings["fixed_point"]["fixed_point_iterations"] == 2 and settings["ddpm"]["seed"] == 5, settings
+
+    tolerance = page.locator("#inversion-fixed-point-tolerance input[type=number]")
+    tolerance.fill("5")  # above the range's 0.01
+    tolerance.press("Enter")
+    page.locator("#inversion-btn").click()
+    # Gradio refuses a number past its box's maximum before the job runs, saying so in a toast
+    expect(page.locator(".toast-body").first).to_contain_text("maximum value", timeout=10_000)

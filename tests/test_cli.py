@@ -116,6 +116,27 @@ def test_keep_size_works_at_the_images_own_size(tiny_model_dir, tmp_path):
     assert Image.open(tmp_path / "diffedit" / "0000-edited.png").size == (88, 88)
 
 
+def test_invert_takes_the_tabs_defaults_and_the_newer_methods_settings(tiny_model_dir, tmp_path, capsys):
+    from studio.editing.p2p import EDIT_PREFERENCE
+    from studio.inversion import InversionSpec
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (220, 30, 30)).save(photo)
+    assert studio(tiny_model_dir, "invert", photo, "--prompt", "a red circle", "--steps", 2, "--seed", 5,
+                  "--out", tmp_path / "default") == 0
+    default = read_png_settings(next((tmp_path / "default").glob("*.png")))
+    assert default["method"] == EDIT_PREFERENCE[0] and default["guidance_scale"] == InversionSpec().guidance_scale
+    assert default["seed"] == 5
+    assert studio(tiny_model_dir, "invert", photo, "--method", "fixed_point", "--fixed-point-iterations", 2,
+                  "--fixed-point-tolerance", 0.001, "--steps", 2, "--out", tmp_path / "fixed") == 0
+    fixed = read_png_settings(tmp_path / "fixed" / "0000-fixed_point-reconstruction.png")
+    assert (fixed["fixed_point_iterations"], fixed["fixed_point_tolerance"]) == (2, 0.001)
+
+    assert studio(tiny_model_dir, "invert", photo, "--method", "fixed_point", "--fixed-point-iterations", 0,
+                  "--steps", 2, "--out", tmp_path / "refused") == 2
+    assert "Fixed-point iterations" in capsys.readouterr().err
+
+
 def test_an_inversion_file_that_is_not_one_is_refused(tiny_model_dir, tmp_path, capsys):
     bogus = tmp_path / "bogus.inversion.pt"
     bogus.write_bytes(b"no pickle here")

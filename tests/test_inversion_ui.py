@@ -109,3 +109,13 @@ def test_every_parameter_and_output_is_named(client, endpoint):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"][endpoint]
     names = [p["parameter_name"] for p in api["parameters"]] + [r["label"] for r in api["returns"]]
     assert names and not [name for name in names if name.startswith(("param_", "value_"))], names
+
+
+def test_the_newer_methods_settings_are_fields_that_reach_the_spec_and_restore_from_a_record(tab):
+    form = tab.form
+    assert (form["fixed_point_iterations"].value, form["seed"].value) == (3, 0)  # InversionSpec's defaults
+    values = {"fixed_point_iterations": 2.0, "fixed_point_tolerance": 0.001, "seed": 5.0}  # as the browser sends them
+    spec = InversionSpec("a red circle", "fixed_point", **inversion.spec_values(inversion.FIELDS, values))
+    assert (spec.fixed_point_iterations, spec.fixed_point_tolerance, spec.seed) == (2, 0.001, 5)
+    restored = form.restore({"job": "invert", "fixed_point_iterations": 2, "seed": 5})
+    assert restored[form["fixed_point_iterations"]] == 2 and restored[form["seed"]] == 5

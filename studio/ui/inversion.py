@@ -29,8 +29,9 @@ from studio.events import CancelToken, Event, InversionResult, NullTextLoss, Pro
 from studio.images import open_image, prepare_image, working_size
 from studio.inversion import METHOD_LABELS, METHODS, Inversion, InversionSpec
 from studio.inversion.file import INVERSION_SUFFIX, load_inversion, save_inversion
-from studio.inversion.result import (BDIA_GAMMA, EDICT_MIX, IMAGE_WEIGHT, INNER_STEPS, INVERSION_STEPS, LEARNING_RATE,
-                                     LR_DECAY, MIN_IMPROVEMENT, SMOOTHNESS, TOLERANCE)
+from studio.inversion.result import (BDIA_GAMMA, EDICT_MIX, FIXED_POINT_ITERATIONS, FIXED_POINT_TOLERANCE, IMAGE_WEIGHT,
+                                     INNER_STEPS, INVERSION_STEPS, LEARNING_RATE, LR_DECAY, MIN_IMPROVEMENT, SMOOTHNESS,
+                                     TOLERANCE)
 from studio.jobs import inversion_record
 from studio.plots import line_chart
 from studio.ui.form import Field, number, saved, slider, spec_values, text, textbox
@@ -228,6 +229,15 @@ FIELDS = with_restore((
     Field("bdia_gamma", slider(BDIA_GAMMA, DEFAULTS.bdia_gamma, label="BDIA γ", elem_id="inversion-bdia-gamma"), float),
     Field("float64", lambda engine: gr.Checkbox(False, label="EDICT/BDIA in float64 (CPU)", elem_id="inversion-float64"),
           bool),
+    Field("fixed_point_iterations", slider(FIXED_POINT_ITERATIONS, DEFAULTS.fixed_point_iterations,
+                                           label="Fixed-point: iterations per step",
+                                           elem_id="inversion-fixed-point-iterations"), int),
+    Field("fixed_point_tolerance", number(FIXED_POINT_TOLERANCE, DEFAULTS.fixed_point_tolerance,
+                                          label="Fixed-point: stop a step's iterations below (mean squared change)",
+                                          elem_id="inversion-fixed-point-tolerance"), float),
+    Field("seed", number(specs.SEED, DEFAULTS.seed, label="DDPM inversion: noise seed", precision=0,
+                         info="Direct inversion has no settings: exact by construction (Ju et al. 2024)",
+                         elem_id="inversion-ddpm-seed"), int),
     Field("null_start", lambda engine: gr.Radio(
         [("the caption's embedding (fast: where NPI lands)", "prompt"), ("the empty prompt's (Mokady et al.)", "empty")],
         value=DEFAULTS.null_start, label="NTI starts its null embedding from", elem_id="inversion-null-start"), str),
@@ -282,7 +292,8 @@ class InversionTab(Tab):
                     form.place("inversion_guidance")
                     for row in (("inner_steps", "learning_rate", "lr_decay"),
                                 ("tolerance", "min_improvement", "smoothness", "image_weight"),
-                                ("edict_mix", "bdia_gamma", "float64")):
+                                ("edict_mix", "bdia_gamma", "float64"),
+                                ("fixed_point_iterations", "fixed_point_tolerance", "seed")):
                         with gr.Row():
                             form.place(*row)
                     form.place("null_start")
