@@ -247,8 +247,11 @@ def test_fixed_point_and_ddpm_settings_reach_their_reconstructions_and_a_bad_tol
     page.get_by_text("Method settings").click()
     for elem_id, value in (("inversion-fixed-point-iterations", "2"), ("inversion-ddpm-seed", "5")):
         box = page.locator(f"#{elem_id} input[type=number]")
+        box.wait_for(state="visible")  # the accordion has opened
         box.fill(value)
-        box.press("Enter")
+        box.press("Tab")  # committed on blur
+        expect(box).to_have_value(value)
+    time.sleep(0.5)  # the last change event reaches the server before the click
     expect(page.locator("#inversion-ddpm-seed")).to_contain_text("Direct inversion has no settings")
     invert(page)
     links = page.locator("#inversion-downloads a")
