@@ -589,6 +589,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "model": engine.model_name, **device_description(engine.device), "steps": args.steps, "edit_set": EDIT_SET,
         "inversion_guidance": InversionSpec().guidance_scale, "methods": methods,
+        # the plain baseline every PIE-Bench table starts from (bench/run_all.py reads it as the peer)
+        "peer_row": p2p_row("ddim", InversionSpec().guidance_scale),
         "commands": [*previous.get("commands", []),  # a resumed run: every part's command
                      "python bench/edit_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])],
         "not_editable": (", ".join(not_editable) + ": Prompt-to-Prompt does not sample them (their own coupled "

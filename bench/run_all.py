@@ -99,8 +99,7 @@ def _inversion(report: dict) -> list[Line]:
 
 
 def _edit_bench(report: dict) -> list[Line]:
-    # the plain baseline every PIE-Bench table starts from, at the w the methods are compared at
-    peer = f"P2P · DDIM inversion · w {report['inversion_guidance']:g}"
+    peer = report["peer_row"]
     base, lines = report["summary"][peer]["overall"], []
     for tab, best in report["best"].items():
         if best["overall"] is None:
