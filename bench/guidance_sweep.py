@@ -395,9 +395,15 @@ def figure(report: dict) -> Image.Image:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    engine = Engine(args.model, device=args.device)
     saved = args.out / "guidance_sweep.json"
     previous = json.loads(saved.read_text()) if saved.exists() else {}
+    kept = {"a": "weight_sweep", "b": "negative_condition"}
+    missing = [part for part, key in kept.items()
+               if part not in args.only.split(",") and not previous.get(key, {}).get("rows")]
+    if missing:
+        raise SystemExit(f"--only {args.only}: part(s) {', '.join(missing)} are kept from {saved}, which has none; "
+                         "run them too, or give an --out whose JSON has them")
+    engine = Engine(args.model, device=args.device)
     report = sweep(engine, args, previous)
     _write_json(args.out, report)
     (args.out / "guidance_sweep.md").write_text(table(report))

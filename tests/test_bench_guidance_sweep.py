@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
 from bench_scripts import load
@@ -49,3 +50,10 @@ def test_held_out_prompts_share_no_attribute_with_the_tuning_prompts():
     for target in ("red object", "triangle object", "purple background"):
         for case in sweep.target_prompts(target, "held-out"):
             assert target.split()[0] not in case["prompt"].split()  # the target's attribute is left open
+
+
+def test_a_part_left_out_of_only_must_be_in_the_results_it_is_kept_from(tmp_path):
+    sweep = load("guidance_sweep")
+    with pytest.raises(SystemExit, match="part\\(s\\) a, b are kept from .*which has none"):
+        sweep.main(["--only", "c", "--out", str(tmp_path)])
+    assert not (tmp_path / "guidance_sweep.md").exists()  # refused before any sampling, nothing half-written
