@@ -346,7 +346,7 @@ def choose_guider(host: ModelHost, spec: GenerateSpec, prompt: Cond, uncond: Con
     if spec.classifier_guidance is not None:
         guider = ClassifierGuidance(
             inner=guider, log_prob=host.model.classifier.log_prob(spec.classifier_guidance.target),
-            strengths=plan.classifier_strengths, **shared,
+            strengths=plan.classifier_strengths, normalise=spec.classifier_guidance.normalise, **shared,
         )
     return guider
 

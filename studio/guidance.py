@@ -12,6 +12,7 @@ eps respectively) and back, so every prediction type gets the same result -- no 
     multi_condition_cfg      eps_u + sum_k w_k(t) (eps_k - eps_u), w_k < 0 negative  (Liu et al. 2022, AND/NOT)
     rescale_noise_cfg        std-matching of the guided x0 to the prompt's x0    (Lin et al. 2023 §3.4; diffusers')
     classifier_guided_eps    eps - sqrt(1-ab) s(t) grad log p(c | x_t)           (Dhariwal & Nichol 2021 eq. 14)
+    normalised_classifier_eps  eps - s(t) c |eps| grad / |grad|, per image       (ours: one step size for every target)
     schedule_factors         f(t) of w_k(t) = w_k f(t): constant, SNR^alpha, sigma^-beta, ramps, windows
 """
 
@@ -54,6 +55,21 @@ def classifier_guided_eps(eps: Tensor, gradient: Tensor, alpha_bar: float | Tens
     of the conditional reverse SDE (Song et al. 2021, score SDE, eq. 14), scaled by s."""
     noise_scale = torch.as_tensor(1 - alpha_bar, dtype=torch.float64).sqrt().to(eps)
     return eps - noise_scale * strength * gradient
+
+
+NORMALISED_STEP = 0.075  # c, the unit of strength: 2 moves eps by 15% of its norm (bench/guidance_sweep.py ranks strengths)
+
+
+def normalised_classifier_eps(eps: Tensor, gradient: Tensor, strength: float) -> Tensor:
+    """eps - s c |eps| g / |g| per image, g = grad_x log p(c | x_t): eq. 14's direction with a step of fixed size
+    relative to eps (our own normalisation, from no paper). The raw gradient's norm spans orders of magnitude
+    across targets, noise levels and images (a confident classifier's log p is flat, a doubtful one's steep), so
+    one strength of eq. 14 overshoots some targets and barely moves others; here a strength means the same
+    push for every target. A zero gradient (a classifier already certain) moves nothing."""
+    def norm(x: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
+    direction = gradient / norm(gradient).clamp_min(torch.finfo(gradient.dtype).tiny)
+    return eps - strength * NORMALISED_STEP * norm(eps) * direction
 
 
 def snr(alpha_bar: Tensor) -> Tensor:
@@ -217,6 +233,7 @@ class ClassifierGuidance:
     strengths: Tensor  # (N,) s(t_i): strength times its schedule factor
     alphas_cumprod: Tensor
     prediction_type: str
+    normalise: bool = False  # normalised_classifier_eps instead of eq. 14's raw gradient
     gradient_evaluations: int = field(default=0, init=False)
     gradient_seconds: float = field(default=0.0, init=False)
 
@@ -246,5 +263,8 @@ class ClassifierGuidance:
         self.gradient_evaluations += 1
         # A shift of the score: convert to eps, shift, convert back (no per-type formulas).
         eps = schedule.to_eps(guided, x_t, alpha_bar, self.prediction_type)
-        eps = classifier_guided_eps(eps, gradient, alpha_bar, strength)
+        if self.normalise:
+            eps = normalised_classifier_eps(eps, gradient, strength)
+        else:
+            eps = classifier_guided_eps(eps, gradient, alpha_bar, strength)
         return schedule.from_eps(eps, x_t, alpha_bar, self.prediction_type)

@@ -185,11 +185,19 @@ class ClassifierGuidanceSpec:
     noisy-latent classifier. `target` is one of the engine's `classifier_targets` ("red object", ...)."""
 
     target: str
-    strength: float = 2.0  # bench/results/guidance_sweep.md: best target accuracy on shapes-sd
+    strength: float = 2.0  # with normalise: first of bench/results/guidance_sweep.md's ranking on its tuning prompts
     schedule: str = "constant"
     exponent: float = 0.5
     start: float = 0.0
     stop: float = 1.0
+    # step along the gradient's direction by a share of |eps| (studio.guidance.normalised_classifier_eps) instead of
+    # eq. 14's raw gradient: one strength then suits every target (bench/results/guidance_sweep.md)
+    normalise: bool = True
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ClassifierGuidanceSpec:
+        """The spec a settings record (PNG, JSON) holds; records from before `normalise` existed ran eq. 14."""
+        return cls(**{"normalise": False, **record})
 
     def validate(self) -> None:
         where = "Classifier guidance"
@@ -236,7 +244,7 @@ class GenerateSpec:
         object.__setattr__(self, "conditions", conditions)
         object.__setattr__(self, "concepts", concept_uses(self.concepts))
         if isinstance(self.classifier_guidance, dict):
-            object.__setattr__(self, "classifier_guidance", ClassifierGuidanceSpec(**self.classifier_guidance))
+            object.__setattr__(self, "classifier_guidance", ClassifierGuidanceSpec.from_record(self.classifier_guidance))
         if isinstance(self.structure, dict):
             from studio.structure.spec import StructureSpec
 

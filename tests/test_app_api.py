@@ -113,7 +113,8 @@ def test_read_settings_restores_every_field_from_a_downloaded_png(client, engine
     assert tuple(restored[:10]) == (PROMPT, *fields.values())
     assert restored[10]["data"] == rows
     assert tuple(restored[11:18]) == (guidance["guidance_rescale"], *classifier_panel)
-    assert restored[18] == "none"  # the structure rows come last (no control in this PNG)
+    assert restored[18] == "none"  # the structure rows follow (no control in this PNG)
+    assert restored[-1] is default.normalise  # the classifier panel's last field comes last (API positions kept)
 
 
 def test_read_settings_of_an_image_without_settings_says_so(client, tmp_path):

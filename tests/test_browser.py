@@ -315,6 +315,25 @@ def test_the_classifier_schedule_reads_in_full(browser, classifier_app_url):
         page.close()
 
 
+def test_classifier_guidance_with_the_raw_gradient_runs_and_its_png_says_so(browser, classifier_app_url, tmp_path):
+    page = open_tab(browser, classifier_app_url, ready="#prompt textarea")
+    try:
+        page.fill("#prompt textarea", PROMPT)
+        set_slider(page, "steps", 2)
+        page.locator("#global-guidance").get_by_text("Global guidance").click()
+        page.locator("#classifier-target input").click()
+        page.get_by_role("option", name="red object").click()
+        normalise = page.locator("#classifier-normalise input[type=checkbox]")
+        assert normalise.is_checked()  # the default: the normalised gradient
+        normalise.uncheck()
+        page.click("#generate-btn")
+        page.wait_for_selector("#status [data-state=done]")
+        guidance = downloaded_settings(page, "#downloads a", tmp_path)["classifier_guidance"]
+        assert (guidance["target"], guidance["normalise"]) == ("red object", False)
+    finally:
+        page.close()
+
+
 def test_the_model_panel_shows_the_words_and_sizes_it_draws_and_running_warns_outside_them(page):
     page.locator("#generate-model").get_by_text("128×128 px").click()
     words = page.locator("#generate-model-words")

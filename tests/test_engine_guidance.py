@@ -98,17 +98,22 @@ def test_classifier_guidance_combines_with_cfg_and_reports_its_cost(tiny_classif
     assert result.timings["classifier_gradient"] > 0
     assert 0 < settings["classifier_seconds_per_step"] < settings["sampling_seconds_per_step"]
     assert GenerateSpec.from_settings(settings).classifier_guidance == guidance
+    # a record from before normalisation (no "normalise") ran, and remakes, eq. 14's raw gradient
+    record = {k: v for k, v in settings["classifier_guidance"].items() if k != "normalise"}
+    assert GenerateSpec.from_settings({**settings, "classifier_guidance": record}).classifier_guidance.normalise is False
     plain = _result(tiny_classifier_engine, GenerateSpec(PROMPT, seed=4, steps=4, conditions=COMPOSE[:1]))
     assert np.abs(plain.pixels - result.pixels).max() > 1e-4
 
 
-def test_classifier_guidance_raises_log_p_of_the_target_on_the_tiny_model(tiny_classifier_engine, monkeypatch):
+@pytest.mark.parametrize(("normalise", "strength"), [(True, 4.0), (False, 20.0)], ids=["normalised", "eq14"])
+def test_classifier_guidance_raises_log_p_of_the_target_on_the_tiny_model(tiny_classifier_engine, monkeypatch,
+                                                                          normalise, strength):
     """Same seed, same steps: the guided run ends where the classifier finds its target likelier."""
     engine = tiny_classifier_engine
     target = classifier_targets()["blue background"]
     latents = {}
-    for strength in (0.0, 20.0):
-        guidance = ClassifierGuidanceSpec(target.name, strength=strength)
+    for strength in (0.0, strength):
+        guidance = ClassifierGuidanceSpec(target.name, strength=strength, normalise=normalise)
         spec = GenerateSpec(PROMPT, seed=5, steps=3, classifier_guidance=guidance)
         captured = []
         # the last latents the engine decodes are the run's final ones
@@ -119,7 +124,7 @@ def test_classifier_guidance_raises_log_p_of_the_target_on_the_tiny_model(tiny_c
     t = torch.tensor([1])
     with torch.no_grad():
         log_p = {s: target_log_prob(engine.model.classifier.network(x, t), target).item() for s, x in latents.items()}
-    assert log_p[20.0] > log_p[0.0]
+    assert log_p[strength] > log_p[0.0]
 
 
 def test_a_classifier_of_another_world_plugs_in_by_its_targets_and_log_prob(tiny_engine, monkeypatch):

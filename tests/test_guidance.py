@@ -12,12 +12,14 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 from studio import schedule
 from studio.conditioning import Cond
 from studio.guidance import (
+    NORMALISED_STEP,
     ClassifierGuidance,
     MultiConditionGuidance,
     cfg,
     classifier_gradient,
     classifier_guided_eps,
     multi_condition_cfg,
+    normalised_classifier_eps,
     schedule_factors,
 )
 from studio.shapes.classifier import LatentClassifier, classifier_targets, target_log_prob, target_log_prob_fn
@@ -75,6 +77,15 @@ def test_classifier_guidance_shifts_the_noise_along_the_gradient():
     assert torch.allclose(shifted, _tensor(-1.0, 5.0))
 
 
+def test_normalised_classifier_guidance_steps_a_share_of_eps_along_the_gradient_per_image():
+    eps = torch.tensor([[3.0, 4.0], [0.6, 0.8]])  # norms 5 and 1
+    gradient = torch.tensor([[0.0, -2.0], [300.0, 0.0]])  # sizes 2 and 300: only the direction counts
+    shifted = normalised_classifier_eps(eps, gradient, 2.0)
+    step = 2.0 * NORMALISED_STEP
+    assert torch.allclose(shifted, torch.tensor([[3.0, 4.0 + 5 * step], [0.6 - step, 0.8]]))
+    assert torch.equal(normalised_classifier_eps(eps, torch.zeros_like(eps), 2.0), eps)  # certain classifier: no push
+
+
 # --------------------------------------------------------------------------------------------
 # The same rule for eps-, v- and x0-prediction models
 
@@ -93,8 +104,9 @@ def _tiny_classifier(seed: int = 0) -> LatentClassifier:
     return LatentClassifier(channels=16, time_dim=32, dilations=(1, 2)).eval().requires_grad_(False)
 
 
-@pytest.mark.parametrize("with_classifier", [False, True], ids=["cfg-rescale", "cfg-rescale-classifier"])
-def test_guidance_gives_the_same_result_for_eps_v_and_x0_predictions(with_classifier):
+@pytest.mark.parametrize(("with_classifier", "normalise"), [(False, False), (True, False), (True, True)],
+                         ids=["cfg-rescale", "cfg-rescale-classifier", "cfg-rescale-normalised-classifier"])
+def test_guidance_gives_the_same_result_for_eps_v_and_x0_predictions(with_classifier, normalise):
     alphas_cumprod = _alphas_cumprod()
     timesteps = torch.tensor([700, 400, 100])
     t = timesteps[1]
@@ -105,7 +117,7 @@ def test_guidance_gives_the_same_result_for_eps_v_and_x0_predictions(with_classi
     weights = torch.tensor([[5.0, 2.0, -1.5]] * 3, dtype=torch.float64)
     classifier = _tiny_classifier()
 
-    results = {}
+    results, guiders = {}, {}
     for prediction_type in PREDICTION_TYPES:
         as_model = [schedule.from_eps(e, x_t, alpha_bar, prediction_type) for e in eps_predictions]
         guider = MultiConditionGuidance(
@@ -116,12 +128,18 @@ def test_guidance_gives_the_same_result_for_eps_v_and_x0_predictions(with_classi
             guider = ClassifierGuidance(
                 inner=guider, log_prob=target_log_prob_fn(classifier, classifier_targets()["red object"]),
                 strengths=torch.full((3,), 3.0), alphas_cumprod=alphas_cumprod,
-                prediction_type=prediction_type,
+                prediction_type=prediction_type, normalise=normalise,
             )
         guided = guider.combine(as_model, 1, t, x_t)
+        guiders[prediction_type] = guider
         results[prediction_type] = schedule.to_eps(guided, x_t, alpha_bar, prediction_type)
 
     assert not torch.allclose(results["epsilon"], eps_predictions[0])  # guidance did something
+    if normalise:  # eps of the guided CFG, moved by the normalised rule along the classifier's gradient
+        guider = guiders["epsilon"]
+        gradient = classifier_gradient(guider.log_prob, x_t, t)
+        torch.testing.assert_close(results["epsilon"], normalised_classifier_eps(
+            guider.inner.combine(eps_predictions, 1, t, x_t), gradient, 3.0), rtol=1e-6, atol=1e-6)
     for prediction_type in ("v_prediction", "sample"):
         torch.testing.assert_close(results[prediction_type], results["epsilon"], rtol=1e-6, atol=1e-6)
 

@@ -114,6 +114,20 @@ def test_form_with_conditions_and_classifier_guidance_becomes_a_spec():
     assert len(spec.conditions) == 2 and spec.guidance_rescale == 0.7
     assert spec.classifier_guidance.target == "red object" and spec.classifier_guidance.strength == 8.0
     assert generate.spec_from_values({**FORM, "classifier_target": generate.NO_CLASSIFIER}).classifier_guidance is None
+    assert spec.classifier_guidance.normalise is True  # the spec's default when the form leaves it out
+    raw = generate.spec_from_values({**FORM, "classifier_target": "red object", "classifier_normalise": False})
+    assert raw.classifier_guidance.normalise is False
+
+
+def test_a_png_restores_the_classifier_gradient_rule_it_ran_with(tiny_classifier_engine):
+    with gr.Blocks():
+        tab = generate.GenerateTab(tiny_classifier_engine)
+    box = tab.form["classifier_normalise"]
+    guided = {"prompt": "a red circle", "classifier_guidance": {"target": "red object", "strength": 4, "normalise": True}}
+    assert tab.form.restore(guided)[box] is True
+    before = {"prompt": "a red circle", "classifier_guidance": {"target": "red object", "strength": 2}}
+    assert tab.form.restore(before)[box] is False  # made before normalisation: eq. 14's raw gradient
+    assert tab.form.restore({"prompt": "a red circle", "classifier_guidance": None})[box] is box.value  # off: defaults
 
 
 def test_weight_plot_draws_every_condition_and_the_classifier_strength():

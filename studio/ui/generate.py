@@ -366,8 +366,9 @@ def _saved_classifier(name: str) -> Callable[[Mapping[str, Any]], Any]:
     def restore(settings: Mapping[str, Any]) -> Any:
         if "classifier_guidance" not in settings:
             return None
-        found = settings["classifier_guidance"] or asdict(CLASSIFIER_DEFAULTS)
-        return (found.get("target") or NO_CLASSIFIER) if name == "target" else found.get(name)
+        record = settings["classifier_guidance"]
+        found = asdict(ClassifierGuidanceSpec.from_record(record) if record else CLASSIFIER_DEFAULTS)
+        return (found["target"] or NO_CLASSIFIER) if name == "target" else found[name]
 
     return restore
 
@@ -442,7 +443,14 @@ FIELDS = (
           float, _saved_classifier("start")),
     Field("classifier_stop", number(specs.STOP, CLASSIFIER_DEFAULTS.stop, elem_id="classifier-stop", min_width=80),
           float, _saved_classifier("stop")),
-    *STRUCTURE_FIELDS,  # last: the endpoints' earlier parameters and outputs keep their places for API callers
+    *STRUCTURE_FIELDS,
+    # after the structure rows, which came before it: the endpoints' earlier parameters keep their places
+    Field("classifier_normalise", lambda engine: gr.Checkbox(
+        label="Normalise the gradient", value=CLASSIFIER_DEFAULTS.normalise, elem_id="classifier-normalise",
+        info="Step along the classifier's gradient by a fixed share of the noise estimate (7.5% per unit of "
+             "strength), the same for every target; off: Dhariwal & Nichol's raw gradient (eq. 14), whose right "
+             "strength differs from target to target."),
+        bool, _saved_classifier("normalise")),
 )
 PLAN_FIELDS = ("steps", "guidance_scale", "scheduler", "conditions", "guidance_rescale",
                *(name for name in (f.name for f in FIELDS) if name.startswith(CLASSIFIER_PREFIX)),
@@ -563,6 +571,7 @@ class GenerateTab(Tab):
                     form.place("classifier_target", "classifier_strength")
                 with gr.Row():
                     form.place("classifier_schedule", "classifier_exponent", "classifier_start", "classifier_stop")
+                form.place("classifier_normalise")
 
     def structure_rows(self) -> None:
         """The condition table's structure rows: control rows when the model has controls, the image-prompt row
