@@ -7,7 +7,7 @@
 (c) classifier guidance, every target the model's classifier offers (issue #20): each colour, shape and background
     target on prompts that leave that attribute open, from two disjoint sets of prompt attributes -- "tuning" (the
     shapes, positions, backgrounds and object colours a default may be chosen on) and "held-out" (the others) -- at
-    each strength (0 is plain CFG on the same seeds); per target: the fraction of images showing it (pixel judge and
+    each classifier setting (off is plain CFG on the same seeds); per target: the fraction of images showing it (pixel judge and
     classifier judge) and the fraction that keep the rest of the prompt (pixel judge: its stated colour, shape and
     background, and one object); and the cost per step of the classifier gradient beside plain CFG's.
 
@@ -16,7 +16,7 @@ the pixel check and, when the model ships a classifier, by the noisy-latent clas
 its VAE re-encoding. Writes bench/results/guidance_sweep.{json,md,png}.
 
     python bench/guidance_sweep.py [--samples 32] [--steps 25] [--model DIR] [--device cuda]
-        [--only a,b,c] [--target-samples 8] [--strengths 0,2] [--resume]
+        [--only a,b,c] [--target-samples 8] [--settings "strength=0; strength=3,stop=0.5"] [--resume]
 
 --resume keeps the rows of (c) already in the results JSON (same model, steps and images per prompt): a long run
 stopped part-way continues where it stopped.
@@ -28,7 +28,9 @@ import argparse
 import json
 import platform
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from studio.engine import Engine  # noqa: E402
 from studio.events import Result  # noqa: E402
+from studio.guidance import NORMALISED_STEP  # noqa: E402
 from studio.plots import line_chart, side_by_side  # noqa: E402
 from studio.shapes.judge import Judgement, judge_latents, judge_pixels  # noqa: E402
 from studio.shapes.vocabulary import SHAPES  # noqa: E402
@@ -56,10 +59,37 @@ SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
                  "backgrounds": ("purple", "orange", "yellow", "red"), "colours": ("orange", "green", "purple", "black")},
 }
 PROMPTS_PER_TARGET = 2  # one big and one small object
+DEFAULT = ClassifierGuidanceSpec("x")
+RAW_BASELINE = 2.0  # the default strength of eq. 14 before normalisation (issue #20 measured it on every target)
+DEFAULT_SETTINGS = f"strength=0; strength={DEFAULT.strength:g}; strength={RAW_BASELINE:g},normalise=false"
 
 
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
+
+
+Setting = dict[str, Any] | None  # (c) a ClassifierGuidanceSpec's fields but its target; None: plain CFG
+
+
+def parse_setting(text: str) -> Setting:
+    """"strength=3,stop=0.5" -> the spec's defaults with those fields (None for strength 0: plain CFG)."""
+    values = {name: value for name, value in asdict(DEFAULT).items() if name != "target"}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in values or not value:
+            raise argparse.ArgumentTypeError(f"{part!r}: give name=value with a name of {', '.join(values)}")
+        kind = type(values[name])
+        values[name] = value.lower() in ("1", "true", "yes", "on") if kind is bool else kind(value)
+    return values if values["strength"] else None
+
+
+def _settings(text: str) -> list[Setting]:
+    parsed = [parse_setting(part) for part in text.split(";") if part.strip()]
+    return list({key(setting): setting for setting in parsed}.values())  # no repeats, first order kept
+
+
+def key(setting: Setting) -> tuple:
+    return tuple(sorted(setting.items())) if setting else ()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,9 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance-scale", type=float, default=5.0, help="the prompt's own weight")
     parser.add_argument("--weights", type=_floats, default=_floats("0,1,2,4,6,8"), help="(a) condition weights")
     parser.add_argument("--negative-weights", type=_floats, default=_floats("0,-2,-4,-6"), help="(b) weights of 'red'")
-    parser.add_argument("--strengths", type=_floats, default=[0.0, ClassifierGuidanceSpec("x").strength],
-                        help="(c) classifier strengths, each with the spec's other defaults (0: plain CFG); default 0 "
-                             "and the Generate tab's default")
+    parser.add_argument("--settings", type=_settings, default=_settings(DEFAULT_SETTINGS),
+                        help="(c) classifier settings separated by ';', each the spec's defaults but for the fields it "
+                             "names (strength=3,stop=0.5; strength=0 is plain CFG); default: off, the spec's default "
+                             f"and eq. 14 as published at {RAW_BASELINE:g}, the default before normalisation")
     parser.add_argument("--target-steps", type=int, default=20, help="(c) sampling steps")
     parser.add_argument("--target-samples", type=int, default=8, help="(c) images per prompt (2 prompts per target and split)")
     parser.add_argument("--targets", default=None, help="(c) comma-separated targets (default: every target)")
@@ -178,29 +209,45 @@ def keeps(judgement: Judgement, stated: dict[str, str]) -> bool:
     return len(judgement.objects) == 1 and all(shows(judgement, kind, value) for kind, value in stated.items())
 
 
+def label(setting: Setting) -> str:
+    """"off", "strength 3", "strength 2, eq. 14", "strength 3, stop 0.5": what differs from the spec's default."""
+    if not setting:
+        return "off"
+    named = [f"strength {setting['strength']:g}"]
+    for name, value in setting.items():
+        if name != "strength" and value != getattr(DEFAULT, name):
+            named.append("eq. 14" if name == "normalise" and not value else f"{name} {value:g}" if isinstance(value, float)
+                         else f"{name} {value}")
+    return ", ".join(named)
+
+
+def varies_by_strength_only(setting: Setting) -> bool:
+    return setting is None or all(value == getattr(DEFAULT, name) for name, value in setting.items() if name != "strength")
+
+
 def classifier_sweep(engine: Engine, judge: Judge, args: argparse.Namespace, base: dict, previous: dict) -> list[dict]:
-    """One row per strength, split, target and prompt; rows of `previous` with the same settings are kept (--resume)."""
+    """One row per setting, split, target and prompt; rows of `previous` with the same settings are kept (--resume)."""
     same_run = (args.resume and previous.get("target_steps") == args.target_steps
                 and previous.get("target_samples") == args.target_samples)
     base = {**base, "steps": args.target_steps, "preview_every": args.target_steps}
-    done = {(r["strength"], r["split"], r["target"], r["prompt"]): r
+    done = {(key(r["guidance"]), r["split"], r["target"], r["prompt"]): r
             for r in (previous.get("classifier_guidance", {}).get("rows", []) if same_run else [])}
     targets = args.targets.split(",") if args.targets else list(engine.classifier_targets)
     rows = []
-    for strength in args.strengths:
+    for setting in args.settings:
         for split in SPLITS:
             for target in targets:
                 for case in target_prompts(target, split):
-                    key = (strength, split, target, case["prompt"])
-                    if key in done:
-                        rows.append(done[key])
+                    row_key = (key(setting), split, target, case["prompt"])
+                    if row_key in done:
+                        rows.append(done[row_key])
                         continue
-                    guidance = ClassifierGuidanceSpec(target, strength) if strength else None
+                    guidance = ClassifierGuidanceSpec(target, **setting) if setting else None
                     judged, settings = run_setting(engine, judge, args.target_samples, prompt=case["prompt"],
                                                    classifier_guidance=guidance, **base)
                     steps = sum(s["steps"] for s in settings)
                     rows.append({
-                        "strength": strength, "split": split, "target": target, "prompt": case["prompt"],
+                        "guidance": setting, "split": split, "target": target, "prompt": case["prompt"],
                         "kind": case["kind"], "images": len(judged["pixels"]),
                         "shows": {name: sum(shows(j, case["kind"], case["value"]) for j in js) / len(js) for name, js in judged.items()},
                         "keeps": sum(keeps(j, case["stated"]) for j in judged["pixels"]) / len(judged["pixels"]),
@@ -219,15 +266,15 @@ def _write_json(folder: Path, report: dict) -> None:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per strength, split and target: mean of its prompts' rates (each prompt has the same number of images)."""
+    """Per setting, split and target: mean of its prompts' rates (each prompt has the same number of images)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["strength"], row["split"], row["target"]), []).append(row)
+        groups.setdefault((key(row["guidance"]), row["split"], row["target"]), []).append(row)
     summary = []
-    for (strength, split, target), group in groups.items():
+    for (_, split, target), group in groups.items():
         judges = group[0]["shows"]
         summary.append({
-            "strength": strength, "split": split, "target": target, "kind": group[0]["kind"],
+            "guidance": group[0]["guidance"], "split": split, "target": target, "kind": group[0]["kind"],
             "images": sum(r["images"] for r in group),
             "shows": {j: float(np.mean([r["shows"][j] for r in group])) for j in judges},
             "keeps": float(np.mean([r["keeps"] for r in group])),
@@ -235,18 +282,40 @@ def summarise(rows: list[dict]) -> list[dict]:
     return summary
 
 
+SHOWS_MET, KEEPS_LOST = 0.9, 0.25  # a target is met when >= 90% of images show it and keeps falls <= 25 points
+
+
+def ranking(summary: list[dict], split: str = "tuning") -> list[dict]:
+    """The guided settings on `split`'s prompts, best first: most targets met (shows >= SHOWS_MET and keeps within
+    KEEPS_LOST of plain CFG's on the same prompts), then the most images showing their target (the aim; keeps is the
+    constraint "met" holds), then the highest mean keeps. The spec's default is the first (tests/test_defaults.py);
+    the held-out prompts then say whether it generalises."""
+    rows = [r for r in summary if r["split"] == split]
+    plain = {r["target"]: r["keeps"] for r in rows if r["guidance"] is None}
+    ranked = []
+    for setting in {key(r["guidance"]): r["guidance"] for r in rows if r["guidance"]}.values():
+        own = [r for r in rows if r["guidance"] == setting]
+        met = [r["target"] for r in own
+               if r["shows"]["pixels"] >= SHOWS_MET and r["keeps"] >= plain.get(r["target"], 1.0) - KEEPS_LOST]
+        ranked.append({"guidance": setting, "split": split, "targets": len(own),
+                       "met": len(met), "mean_shows": float(np.mean([r["shows"]["pixels"] for r in own])),
+                       "mean_keeps": float(np.mean([r["keeps"] for r in own]))})
+    return sorted(ranked, key=lambda r: (-r["met"], -r["mean_shows"], -r["mean_keeps"]))
+
+
 def cost(rows: list[dict]) -> list[dict]:
-    """Seconds per step per strength (mean over its runs) and the ratio to plain CFG (strength 0) of the same run."""
-    by_strength: dict[float, list[dict]] = {}
+    """Seconds per step per setting (mean over its runs) and the ratio to plain CFG (off) of the same run."""
+    by_setting: dict[tuple, list[dict]] = {}
     for row in rows:
-        by_strength.setdefault(row["strength"], []).append(row)
-    cfg_only = np.mean([r["sampling_seconds_per_step"] for r in by_strength[0.0]]) if 0.0 in by_strength else None
+        by_setting.setdefault(key(row["guidance"]), []).append(row)
+    off = by_setting.get(key(None))
+    cfg_only = np.mean([r["sampling_seconds_per_step"] for r in off]) if off else None
     return [{
-        "strength": strength,
+        "guidance": group[0]["guidance"],
         "sampling_seconds_per_step": float(np.mean([r["sampling_seconds_per_step"] for r in group])),
         "classifier_seconds_per_step": float(np.mean([r["classifier_seconds_per_step"] for r in group])),
         "sampling_time_vs_cfg_only": float(np.mean([r["sampling_seconds_per_step"] for r in group]) / cfg_only) if cfg_only else None,
-    } for strength, group in by_strength.items()]
+    } for group in by_setting.values()]
 
 
 def sweep(engine: Engine, args: argparse.Namespace, previous: dict) -> dict:
@@ -293,7 +362,8 @@ def sweep(engine: Engine, args: argparse.Namespace, previous: dict) -> dict:
                                "rarer_than_without": {j: all(r["red_object"][j] < negative_sweep[0]["red_object"][j] for r in negative_sweep[1:]) for j in judges}},
         "classifier_guidance": {
             "splits": SPLITS, "images_per_prompt": args.target_samples, "rows": classifier_rows,
-            "summary": summarise(classifier_rows), "cost": cost(classifier_rows),
+            "summary": summarise(classifier_rows), "ranking": ranking(summarise(classifier_rows)),
+            "ranking_held_out": ranking(summarise(classifier_rows), "held-out"), "cost": cost(classifier_rows),
             "skipped": None if classifier_rows else "the model has no classifier/ folder",
         },
     }
@@ -335,36 +405,51 @@ def table(report: dict) -> str:
     if classifier["rows"]:
         for split, attributes in classifier["splits"].items():
             lines.append(f"- {split} prompts: " + "; ".join(f"{k} {', '.join(v)}" for k, v in attributes.items()))
-        strengths = sorted({row["strength"] for row in classifier["summary"]})
-        cell = {(r["strength"], r["split"], r["target"]): r for r in classifier["summary"]}
+        settings = list({key(r["guidance"]): r["guidance"] for r in classifier["summary"]}.values())  # as run
+        cell = {(key(r["guidance"]), r["split"], r["target"]): r for r in classifier["summary"]}
         for split in classifier["splits"]:
             lines += ["", f"### {split} prompts: images showing the target (pixels / classifier), and keeping the rest of "
                       "the prompt (pixels: its colour, shape, background, one object)", "",
-                      "| target | " + " | ".join(f"strength {s:g}: shows | keeps" for s in strengths) + " |",
-                      "|---|" + "---:|" * len(strengths)]
+                      "| target | " + " | ".join(f"{label(s)}: shows | keeps" for s in settings) + " |",
+                      "|---|" + "---:|---:|" * len(settings)]
             targets = list(dict.fromkeys(r["target"] for r in classifier["summary"] if r["split"] == split))
             for target in targets:
-                row = [cell.get((s, split, target)) for s in strengths]
+                row = [cell.get((key(s), split, target)) for s in settings]
                 lines.append(f"| {target} | " + " | ".join(
                     f"{r['shows']['pixels']:.0%} / {r['shows'].get('classifier', float('nan')):.0%} | {r['keeps']:.0%}" if r else "– | –"
                     for r in row) + " |")
-            for s in strengths:
-                rows = [r for r in classifier["summary"] if r["split"] == split and r["strength"] == s]
-                weakest = min(rows, key=lambda r: r["shows"]["pixels"])
-                reached = sum(r["shows"]["pixels"] >= 0.9 for r in rows)
-                lines.append(f"\nStrength {s:g}: {reached} of {len(rows)} targets at >= 90% (pixels); weakest "
-                             f"'{weakest['target']}' {weakest['shows']['pixels']:.0%}; mean keeps {np.mean([r['keeps'] for r in rows]):.0%}.")
-        lines += ["", "| strength | classifier gradient s/step | sampling s/step | sampling time vs CFG only |",
-                  "|---:|---:|---:|---:|"]
+            lines.append("")
+            for s in settings:
+                lines.append(f"- {label(s)}: {reached_line(classifier['summary'], s, split)}")
+        lines += ["", f"Ranked on the tuning prompts (a target is met when >= {SHOWS_MET:.0%} of images show it and keeps "
+                  f"falls at most {KEEPS_LOST * 100:g} points below plain CFG's; ties go to the most images showing their target; "
+                  "the spec's default is the first):", ""]
+        lines += [f"{place}. {label(r['guidance'])}: {r['met']} of {r['targets']} targets met, mean shows "
+                  f"{r['mean_shows']:.0%}, mean keeps {r['mean_keeps']:.0%}"
+                  for place, r in enumerate(classifier["ranking"], 1)]
+        lines += ["", "The same rule on the held-out prompts (whether the choice generalises): " + "; ".join(
+            f"{label(r['guidance'])} {r['met']} met" for r in classifier["ranking_held_out"]) + "."]
+        lines += ["", "| setting | classifier gradient s/step | sampling s/step | sampling time vs CFG only |",
+                  "|---|---:|---:|---:|"]
         for row in classifier["cost"]:
             ratio = row["sampling_time_vs_cfg_only"]
-            lines.append(f"| {row['strength']:g} | {row['classifier_seconds_per_step']:.4f} | {row['sampling_seconds_per_step']:.4f} | "
+            lines.append(f"| {label(row['guidance'])} | {row['classifier_seconds_per_step']:.4f} | {row['sampling_seconds_per_step']:.4f} | "
                          + (f"{ratio:.2f}x |" if ratio is not None else "– |"))
-        lines += ["", "Strength 0 is plain CFG on the same seeds; sampling time per step includes the UNet's "
-                  "batched CFG call, the classifier gradient and the scheduler step."]
+        lines += ["", "Off is plain CFG on the same seeds; sampling time per step includes the UNet's "
+                  "batched CFG call, the classifier gradient and the scheduler step. Eq. 14 is Dhariwal & Nichol's "
+                  "shift sqrt(1 - ab) s grad log p; normalised (studio.guidance.normalised_classifier_eps) keeps its "
+                  f"direction and moves eps by s x {NORMALISED_STEP:g} of its own norm, so one strength suits every target."]
     else:
         lines.append(f"Skipped: {classifier['skipped']}.")
     return "\n".join(lines) + "\n"
+
+
+def reached_line(summary: list[dict], setting: Setting, split: str) -> str:
+    rows = [r for r in summary if r["split"] == split and r["guidance"] == setting]
+    weakest = min(rows, key=lambda r: r["shows"]["pixels"])
+    reached = sum(r["shows"]["pixels"] >= 0.9 for r in rows)
+    return (f"{reached} of {len(rows)} targets at >= 90% (pixels); weakest '{weakest['target']}' "
+            f"{weakest['shows']['pixels']:.0%}; mean keeps {np.mean([r['keeps'] for r in rows]):.0%}")
 
 
 def figure(report: dict) -> Image.Image:
@@ -381,9 +466,10 @@ def figure(report: dict) -> Image.Image:
                    "% red objects", "(b) negative condition", size=(340, 220), markers=True, y_range=(0, 100)),
     ]
     summary = report["classifier_guidance"]["summary"]
-    if summary:  # held-out prompts: the mean over each kind of target, and the weakest target, per strength
-        strengths = sorted({r["strength"] for r in summary})
-        held_out = [r for r in summary if r["split"] == "held-out"]
+    if summary:  # held-out prompts at the default's normalisation: the mean over each kind of target, and the weakest
+        held_out = [{**r, "strength": (r["guidance"] or {"strength": 0.0})["strength"]} for r in summary
+                    if r["split"] == "held-out" and varies_by_strength_only(r["guidance"])]
+        strengths = sorted({r["strength"] for r in held_out})
         kinds = {kind: [[r["shows"]["pixels"] for r in held_out if r["kind"] == kind and r["strength"] == s] for s in strengths]
                  for kind in dict.fromkeys(r["kind"] for r in held_out)}
         lines = {f"{kind} targets": (strengths, [100 * float(np.mean(v)) for v in values]) for kind, values in kinds.items()}

@@ -5,11 +5,13 @@ yellow P2P edit of a null-text inversion turns the blue background purple at 7.5
 DiffEdit composites the original pixels outside its mask (the same bench: background 26-29 dB -> 38-42 dB);
 the Inversion tab starts at that w and says why; Generate shows attention maps unless asked not to; and the editing
 defaults are the ones bench/edit_bench.py ranks best in its committed results (the preferred inversion and its w,
-SDEdit's strip of t0), which the Inversion tab makes and picks for editing."""
+SDEdit's strip of t0), which the Inversion tab makes and picks for editing; classifier guidance's default is the
+setting bench/guidance_sweep.py ranks first on its tuning prompts."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import gradio as gr
 import torch
@@ -20,6 +22,7 @@ from studio.editing.diffedit import DiffEditSpec
 from studio.editing.p2p import EDIT_PREFERENCE, EDITABLE_INVERSIONS
 from studio.editing.sdedit import SDEditSpec
 from studio.inversion import Inversion, InversionSpec
+from studio.specs import ClassifierGuidanceSpec
 from studio.ui import generate, inversion
 
 edit_bench = load("edit_bench")
@@ -75,3 +78,11 @@ def test_the_inversion_tab_makes_and_picks_the_preferred_inversion_for_editing()
     made = [Inversion(method, Image.new("RGB", (64, 64)), "a red circle", 3.0, torch.tensor([999]), latents,
                       [latents] * 2) for method in ("edict", *reversed(EDIT_PREFERENCE))]
     assert made[inversion.default_choice(made)].method == EDIT_PREFERENCE[0]
+
+
+def test_classifier_guidance_defaults_to_the_setting_the_guidance_sweep_ranks_first_on_its_tuning_prompts():
+    swept = json.loads((BENCH / "results" / "guidance_sweep.json").read_text())["classifier_guidance"]
+    default = {name: value for name, value in asdict(ClassifierGuidanceSpec("x")).items() if name != "target"}
+    ranked = [entry["guidance"] for entry in swept["ranking"]]
+    assert ranked[0] == default
+    assert {setting["normalise"] for setting in ranked} == {True, False}  # chosen against eq. 14 as published too
