@@ -191,7 +191,7 @@ class ClassifierGuidanceSpec:
     start: float = 0.0
     stop: float = 1.0
     # step along the gradient's direction by a share of |eps| (studio.guidance.normalised_classifier_eps) instead of
-    # eq. 14's raw gradient: one strength then suits every target (bench/results/guidance_sweep.md)
+    # eq. 14's raw gradient: a strength then gives every target the same push (bench/results/guidance_sweep.md)
     normalise: bool = True
 
     @classmethod
