@@ -13,6 +13,7 @@
     studio edit p2p --source "a big red circle" --target "a big red square" --edit "word swap" --seed 3
     studio invert photo.png --prompt "a red circle on a blue background" --method null_text edict --out runs/inv
     studio edit p2p --inversion runs/inv/null_text.inversion.safetensors --target "a blue circle on a blue background"
+    studio generate "a big circle" --classifier "red object:2" --seeds 0-3  # classifier guidance toward a target
     studio generate "a red star on a blue background" --lora runs/star-lora:0.8 --embedding heart.pt
     studio --model sd15 generate "a photo of <cat-toy>" --embedding emb_params.safetensors:<cat-toy>
     studio concepts my_lora.safetensors  # what a LoRA / embedding file is: its layout, keys and base
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 from studio.errors import StudioError  # noqa: E402
 from studio.inversion.result import METHODS as INVERSION_METHODS  # noqa: E402
 from studio.model_options import add_model_options, open_engine  # noqa: E402
-from studio.specs import SCHEDULERS, GenerateSpec  # noqa: E402
+from studio.specs import SCHEDULERS, ClassifierGuidanceSpec, GenerateSpec  # noqa: E402
 from studio.structure.spec import CONTROL_MODES  # noqa: E402
 
 if TYPE_CHECKING:  # for annotations only: each command imports what it runs
@@ -90,13 +91,31 @@ def generate_specs(args: argparse.Namespace) -> Iterator[GenerateSpec]:
             raise StudioError(f"{png}: its settings are not a generation this studio can run ({error}).") from error
         yield spec
     structure = structure_spec(args)
+    classifier = classifier_spec(args)
     for prompt in _prompts(args):
         for seed in args.seeds:
             yield GenerateSpec(
                 prompt=prompt, negative_prompt=args.negative, seed=seed, steps=args.steps,
                 guidance_scale=args.guidance, scheduler=args.scheduler, width=args.size, height=args.size,
-                batch_size=args.batch, structure=structure, concepts=args.concepts,
+                batch_size=args.batch, structure=structure, concepts=args.concepts, classifier_guidance=classifier,
             )
+
+
+def classifier_spec(args: argparse.Namespace) -> ClassifierGuidanceSpec | None:
+    """--classifier TARGET[:STRENGTH] (and --raw-gradient) as the spec; None without --classifier. The engine checks the
+    target against the model's classifier and the strength's range."""
+    if args.classifier is None:
+        if args.raw_gradient:
+            raise StudioError("--raw-gradient changes classifier guidance: give --classifier TARGET[:STRENGTH] too.")
+        return None
+    target, colon, strength = args.classifier.rpartition(":")
+    if not colon:
+        target, strength = args.classifier, ""
+    try:
+        fields = {"strength": float(strength)} if strength else {}
+    except ValueError as error:
+        raise StudioError(f"--classifier {args.classifier!r}: the strength after ':' must be a number.") from error
+    return ClassifierGuidanceSpec(target.strip(), normalise=not args.raw_gradient, **fields)
 
 
 def structure_spec(args: argparse.Namespace) -> StructureSpec | None:
@@ -364,6 +383,11 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--size", type=int, default=None, help="width and height in pixels (default: the model's)")
     gen.add_argument("--batch", type=int, default=1,
                      help="images per seed, in one batch; image i uses seed + i (as AUTOMATIC1111)")
+    gen.add_argument("--classifier", metavar="TARGET[:STRENGTH]",
+                     help="classifier guidance toward a target of the model's noisy classifier, e.g. 'red object:2' "
+                          f"(default strength {ClassifierGuidanceSpec('x').strength:g}; the embedded model has one)")
+    gen.add_argument("--raw-gradient", action="store_true",
+                     help="with --classifier: Dhariwal & Nichol's raw gradient (eq. 14) instead of the normalised one")
     gen.add_argument("--out", default="studio-output", help="folder for the PNGs and results.jsonl")
     gen.set_defaults(run=run_generate)
 

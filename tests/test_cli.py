@@ -58,6 +58,28 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, tmp_path, caps
     assert not out.exists()
 
 
+def test_classifier_guidance_from_the_command_line_is_recorded_in_the_png(tiny_classifier_model_dir, tmp_path):
+    assert studio(tiny_classifier_model_dir, "generate", "a big circle", "--classifier", "red object:3", "--steps", 2,
+                  "--out", tmp_path / "normalised") == 0
+    assert studio(tiny_classifier_model_dir, "generate", "a big circle", "--classifier", "red object", "--raw-gradient",
+                  "--steps", 2, "--out", tmp_path / "raw") == 0
+    normalised, raw = (read_png_settings(tmp_path / run / "0000-seed0.png")["classifier_guidance"] for run in ("normalised", "raw"))
+    assert (normalised["target"], normalised["strength"], normalised["normalise"]) == ("red object", 3.0, True)
+    assert (raw["strength"], raw["normalise"]) == (2.0, False)  # the spec's default strength
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--classifier", "red object:lots"], "the strength after ':' must be a number"),
+    (["--classifier", "pink object"], "unknown target 'pink object'"),
+    (["--raw-gradient"], "give --classifier TARGET[:STRENGTH] too"),
+])
+def test_bad_classifier_flags_are_one_line_and_write_nothing(tiny_classifier_model_dir, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert studio(tiny_classifier_model_dir, "generate", "a big circle", *args, "--steps", 1, "--out", out) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_edit_commands_write_their_images_with_settings(tiny_model_dir, tmp_path):
     guide = tmp_path / "guide.png"
     Image.new("RGB", (128, 128), (30, 70, 220)).save(guide)
