@@ -198,6 +198,19 @@ def test_object_log_prob_weights_cells_by_objectness():
     assert log_p.item() == pytest.approx(torch.log(torch.tensor(0.5)).item(), abs=1e-4)
 
 
+def test_a_background_targets_gradient_reaches_cells_as_much_as_the_classifier_holds_them_background():
+    classifier = _tiny_classifier()
+    blue = classifier_targets()["blue background"]
+    x_t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([400])
+    gradient = classifier_gradient(target_log_prob_fn(classifier, blue), x_t, t)
+    whole = classifier_gradient(lambda x, t: target_log_prob(classifier(x, t), blue), x_t, t)  # the head's own gradient
+    with torch.no_grad():
+        background = classifier(x_t, t)["cell_colour"].softmax(dim=1)[:, :1]  # p(none) per cell
+    torch.testing.assert_close(gradient, whole * background)
+    assert background.min() < 0.9 * background.max()  # the cells differ, so the weighting is seen
+
+
 def test_targets_name_every_colour_shape_and_background():
     names = classifier_targets()
     assert {"red object", "circle object", "triangle object", "blue background"} <= set(names)

@@ -162,9 +162,21 @@ def target_log_prob_fn(classifier: LatentClassifier, target: ClassifierTarget) -
 
     def log_prob(x_t: Tensor, t: Tensor) -> Tensor:
         timestep = torch.as_tensor(t, device=x_t.device).double().round().long().reshape(1)
+        if target.head == "background":
+            x_t = through_background_cells(classifier, x_t, timestep)
         return target_log_prob(classifier(x_t, timestep), target)
 
     return log_prob
+
+
+def through_background_cells(classifier: LatentClassifier, x_t: Tensor, timestep: Tensor) -> Tensor:
+    """x_t, unchanged in value, whose gradient reaches each latent cell in proportion to the classifier's belief
+    that it is background, p(none) (held fixed). The background head reads the mean feature of the whole image, so
+    its plain gradient recolours the object too (bench/results/guidance_sweep.md: a background target kept the
+    prompt's object in few images)."""
+    with torch.no_grad():
+        background = classifier(x_t, timestep)["cell_colour"].softmax(dim=1)[:, NONE:NONE + 1]  # (B, 1, h, w)
+    return x_t * background + x_t.detach() * (1 - background)
 
 
 def realism(classifier: LatentClassifier, latents: Tensor) -> Tensor:
