@@ -438,9 +438,9 @@ def table(report: dict) -> str:
         lines += ["", "Off is plain CFG on the same seeds; sampling time per step includes the UNet's "
                   "batched CFG call, the classifier gradient and the scheduler step. Eq. 14 is Dhariwal & Nichol's "
                   "shift sqrt(1 - ab) s grad log p; normalised (studio.guidance.normalised_classifier_eps) keeps its "
-                  f"direction and moves eps by s x {NORMALISED_STEP:g} of its own norm, so a strength gives every target the same push. A background target's gradient reaches each latent cell as much as "
-                  "the classifier holds it background (studio.shapes.classifier.through_background_cells), so it "
-                  "recolours the object less."]
+                  f"direction and moves eps by s x {NORMALISED_STEP:g} of its own norm, so a strength gives every target the same push; there a background target's gradient reaches each latent cell as "
+                  "much as the classifier holds it background (studio.shapes.classifier.target_region_fn), so it "
+                  "repaints the object less."]
     else:
         lines.append(f"Skipped: {classifier['skipped']}.")
     return "\n".join(lines) + "\n"

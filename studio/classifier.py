@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from studio.guidance import LogProb
+from studio.guidance import LogProb, Region
 
 
 @dataclass(frozen=True)
@@ -22,3 +22,6 @@ class NoisyClassifier:
     targets: tuple[str, ...]  # what guidance can steer towards, by name ("red object", ...)
     log_prob: Callable[[str], LogProb]  # target name -> log_prob(x_t, t) -> (B,) log p(target | x_t)
     realism: Callable[[Tensor], Tensor] | None = None  # clean latents (B, C, h, w) -> (B,) score in [0, 1]
+    # target name -> where it lives in x_t (studio.guidance.Region), or None for the whole image; the normalised
+    # guidance weights the gradient by it
+    region: Callable[[str], Region | None] = lambda name: None

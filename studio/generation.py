@@ -344,9 +344,10 @@ def choose_guider(host: ModelHost, spec: GenerateSpec, prompt: Cond, uncond: Con
         **shared,
     )
     if spec.classifier_guidance is not None:
+        classifier, target = host.model.classifier, spec.classifier_guidance.target
         guider = ClassifierGuidance(
-            inner=guider, log_prob=host.model.classifier.log_prob(spec.classifier_guidance.target),
-            strengths=plan.classifier_strengths, normalise=spec.classifier_guidance.normalise, **shared,
+            inner=guider, log_prob=classifier.log_prob(target), strengths=plan.classifier_strengths,
+            normalise=spec.classifier_guidance.normalise, region=classifier.region(target), **shared,
         )
     return guider
 

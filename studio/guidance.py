@@ -110,6 +110,7 @@ def schedule_factors(kind: str, exponent: float, start: float, stop: float, alph
 
 
 LogProb = Callable[[Tensor, Tensor], Tensor]  # log_prob(x_t, t) -> (B,) log p(c | x_t) of a noisy-latent classifier
+Region = Callable[[Tensor, Tensor], Tensor]  # region(x_t, t) -> (B, 1, h, w) weights in [0, 1]: where a target lives
 
 
 def classifier_gradient(log_prob: LogProb, x_t: Tensor, t: Tensor) -> Tensor:
@@ -234,6 +235,9 @@ class ClassifierGuidance:
     alphas_cumprod: Tensor
     prediction_type: str
     normalise: bool = False  # normalised_classifier_eps instead of eq. 14's raw gradient
+    # with normalise: the gradient weighted by where the target lives before it is normalised (eq. 14 stays as
+    # published). A background classifier reads the whole image, so its gradient alone repaints the object too.
+    region: Region | None = None
     gradient_evaluations: int = field(default=0, init=False)
     gradient_seconds: float = field(default=0.0, init=False)
 
@@ -264,6 +268,9 @@ class ClassifierGuidance:
         # A shift of the score: convert to eps, shift, convert back (no per-type formulas).
         eps = schedule.to_eps(guided, x_t, alpha_bar, self.prediction_type)
         if self.normalise:
+            if self.region is not None:
+                with torch.no_grad():
+                    gradient = gradient * self.region(x_t, t)
             eps = normalised_classifier_eps(eps, gradient, strength)
         else:
             eps = classifier_guided_eps(eps, gradient, alpha_bar, strength)

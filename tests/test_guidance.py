@@ -22,7 +22,13 @@ from studio.guidance import (
     normalised_classifier_eps,
     schedule_factors,
 )
-from studio.shapes.classifier import LatentClassifier, classifier_targets, target_log_prob, target_log_prob_fn
+from studio.shapes.classifier import (
+    LatentClassifier,
+    classifier_targets,
+    target_log_prob,
+    target_log_prob_fn,
+    target_region_fn,
+)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -198,17 +204,32 @@ def test_object_log_prob_weights_cells_by_objectness():
     assert log_p.item() == pytest.approx(torch.log(torch.tensor(0.5)).item(), abs=1e-4)
 
 
-def test_a_background_targets_gradient_reaches_cells_as_much_as_the_classifier_holds_them_background():
+@pytest.mark.parametrize("normalise", [True, False], ids=["normalised", "eq14"])
+def test_the_normalised_guidance_moves_only_where_the_targets_region_lies(normalise):
+    alphas_cumprod, t = _alphas_cumprod(), torch.tensor(400)
+    generator = torch.Generator().manual_seed(5)
+    x_t = torch.randn(1, 4, 16, 16, generator=generator, dtype=torch.float64)
+    eps = torch.randn(1, 4, 16, 16, generator=generator, dtype=torch.float64)
+    right_half = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
+    right_half[..., 8:] = 1
+    guider = ClassifierGuidance(
+        inner=MultiConditionGuidance(uncond=_cond(), conditions=[_cond()], weights=torch.ones(1, 1, dtype=torch.float64),
+                                     alphas_cumprod=alphas_cumprod, prediction_type="epsilon"),
+        log_prob=lambda x, t: (x ** 2).sum(dim=(1, 2, 3)), strengths=torch.full((1,), 2.0),
+        alphas_cumprod=alphas_cumprod, prediction_type="epsilon", normalise=normalise,
+        region=lambda x, t: right_half)
+    moved = (guider.combine([eps, eps], 0, t, x_t) - eps).abs().amax(dim=(0, 1, 2))  # (w,) per column
+    assert (moved[8:] > 0).all()
+    assert bool((moved[:8] == 0).all()) is normalise  # eq. 14 stays as published: the region is not applied
+
+
+def test_a_background_targets_region_is_where_the_classifier_sees_background_and_an_objects_is_everywhere():
     classifier = _tiny_classifier()
-    blue = classifier_targets()["blue background"]
-    x_t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
-    t = torch.tensor([400])
-    gradient = classifier_gradient(target_log_prob_fn(classifier, blue), x_t, t)
-    whole = classifier_gradient(lambda x, t: target_log_prob(classifier(x, t), blue), x_t, t)  # the head's own gradient
+    x_t, t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4)), torch.tensor([400])
+    region = target_region_fn(classifier, classifier_targets()["blue background"])(x_t, t)
     with torch.no_grad():
-        background = classifier(x_t, t)["cell_colour"].softmax(dim=1)[:, :1]  # p(none) per cell
-    torch.testing.assert_close(gradient, whole * background)
-    assert background.min() < 0.9 * background.max()  # the cells differ, so the weighting is seen
+        assert torch.equal(region, classifier(x_t, t)["cell_colour"].softmax(dim=1)[:, :1])  # p(none) per cell
+    assert target_region_fn(classifier, classifier_targets()["red object"]) is None
 
 
 def test_targets_name_every_colour_shape_and_background():

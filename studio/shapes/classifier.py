@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from studio.classifier import NoisyClassifier
+from studio.classifier import NoisyClassifier, Region
 from studio.shapes.vocabulary import COLOURS, SHAPES
 
 CELL = 8  # pixels per latent cell (the VAE's down-sampling factor)
@@ -161,22 +161,28 @@ def target_log_prob_fn(classifier: LatentClassifier, target: ClassifierTarget) -
     scaled VP latents x_t at timestep t (float timesteps, Euler's, are rounded to the trained ones)."""
 
     def log_prob(x_t: Tensor, t: Tensor) -> Tensor:
-        timestep = torch.as_tensor(t, device=x_t.device).double().round().long().reshape(1)
-        if target.head == "background":
-            x_t = through_background_cells(classifier, x_t, timestep)
-        return target_log_prob(classifier(x_t, timestep), target)
+        return target_log_prob(classifier(x_t, _timestep(t, x_t)), target)
 
     return log_prob
 
 
-def through_background_cells(classifier: LatentClassifier, x_t: Tensor, timestep: Tensor) -> Tensor:
-    """x_t, unchanged in value, whose gradient reaches each latent cell in proportion to the classifier's belief
-    that it is background, p(none) (held fixed). The background head reads the mean feature of the whole image, so
-    its plain gradient recolours the object too (bench/results/guidance_sweep.md: a background target kept the
-    prompt's object in few images)."""
-    with torch.no_grad():
-        background = classifier(x_t, timestep)["cell_colour"].softmax(dim=1)[:, NONE:NONE + 1]  # (B, 1, h, w)
-    return x_t * background + x_t.detach() * (1 - background)
+def _timestep(t: Tensor, x_t: Tensor) -> Tensor:
+    return torch.as_tensor(t, device=x_t.device).double().round().long().reshape(1)
+
+
+def target_region_fn(classifier: LatentClassifier, target: ClassifierTarget) -> Region | None:
+    """Where a target lives in the latent (studio.classifier.Region): for a background, each cell's probability of
+    being background, p(none). The background head reads the mean feature of the whole image, so its gradient alone
+    recolours or erases the object too (bench/results/guidance_sweep.md). None for object targets: their log p
+    already weights cells by objectness."""
+    if target.head != "background":
+        return None
+
+    def region(x_t: Tensor, t: Tensor) -> Tensor:
+        logits = classifier(x_t.float(), _timestep(t, x_t))["cell_colour"]
+        return logits.softmax(dim=1)[:, NONE:NONE + 1].to(x_t.dtype)  # (B, 1, h, w)
+
+    return region
 
 
 def realism(classifier: LatentClassifier, latents: Tensor) -> Tensor:
@@ -198,5 +204,6 @@ def noisy_classifier(classifier: LatentClassifier) -> NoisyClassifier:
         network=classifier,
         targets=tuple(targets),
         log_prob=lambda name: target_log_prob_fn(classifier, targets[name]),
+        region=lambda name: target_region_fn(classifier, targets[name]),
         realism=lambda latents: realism(classifier, latents),
     )
