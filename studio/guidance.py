@@ -261,6 +261,9 @@ class ClassifierGuidance:
             return guided
         started = time.perf_counter()
         gradient = classifier_gradient(self.log_prob, x_t, t)
+        if self.normalise and self.region is not None:  # timed with the gradient: it is the classifier's cost too
+            with torch.no_grad():
+                gradient = gradient * self.region(x_t, t)
         if gradient.is_cuda:
             torch.cuda.synchronize()
         self.gradient_seconds += time.perf_counter() - started
@@ -268,9 +271,6 @@ class ClassifierGuidance:
         # A shift of the score: convert to eps, shift, convert back (no per-type formulas).
         eps = schedule.to_eps(guided, x_t, alpha_bar, self.prediction_type)
         if self.normalise:
-            if self.region is not None:
-                with torch.no_grad():
-                    gradient = gradient * self.region(x_t, t)
             eps = normalised_classifier_eps(eps, gradient, strength)
         else:
             eps = classifier_guided_eps(eps, gradient, alpha_bar, strength)
