@@ -28,6 +28,7 @@ import argparse
 import json
 import platform
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,12 @@ def parse_setting(text: str) -> Setting:
 
 
 def _settings(text: str) -> list[Setting]:
-    parsed = [parse_setting(part) for part in text.split(";") if part.strip()]
-    return list({key(setting): setting for setting in parsed}.values())  # no repeats, first order kept
+    return distinct(parse_setting(part) for part in text.split(";") if part.strip())
+
+
+def distinct(settings: Iterable[Setting]) -> list[Setting]:
+    """Each setting once, in the order first seen."""
+    return list({key(setting): setting for setting in settings}.values())
 
 
 def key(setting: Setting) -> tuple:
@@ -293,7 +298,7 @@ def ranking(summary: list[dict], split: str = "tuning") -> list[dict]:
     rows = [r for r in summary if r["split"] == split]
     plain = {r["target"]: r["keeps"] for r in rows if r["guidance"] is None}
     ranked = []
-    for setting in {key(r["guidance"]): r["guidance"] for r in rows if r["guidance"]}.values():
+    for setting in distinct(r["guidance"] for r in rows if r["guidance"]):
         own = [r for r in rows if r["guidance"] == setting]
         met = [r["target"] for r in own
                if r["shows"]["pixels"] >= SHOWS_MET and r["keeps"] >= plain.get(r["target"], 1.0) - KEEPS_LOST]
@@ -405,7 +410,7 @@ def table(report: dict) -> str:
     if classifier["rows"]:
         for split, attributes in classifier["splits"].items():
             lines.append(f"- {split} prompts: " + "; ".join(f"{k} {', '.join(v)}" for k, v in attributes.items()))
-        settings = list({key(r["guidance"]): r["guidance"] for r in classifier["summary"]}.values())  # as run
+        settings = distinct(r["guidance"] for r in classifier["summary"])  # as run
         cell = {(key(r["guidance"]), r["split"], r["target"]): r for r in classifier["summary"]}
         for split in classifier["splits"]:
             lines += ["", f"### {split} prompts: images showing the target (pixels / classifier), and keeping the rest of "
