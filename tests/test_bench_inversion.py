@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench_scripts import load
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_inversion_bench_runs_and_writes_json_and_table(tiny_model_dir, tmp_path):
     bench = load("inversion")
 

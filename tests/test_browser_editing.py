@@ -123,6 +123,7 @@ def test_diffedit_previews_the_mask_then_edits(browser, app_url, pictures):
     page.close()
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_a_stroke_example_fills_the_canvas_and_runs(browser, app_url):
     page = open_tab(browser, app_url, "SDEdit")
     page.locator("#sdedit-examples button, #sdedit-examples td").first.click()
@@ -312,6 +313,7 @@ def test_diffedit_shows_the_inversion_it_edits_greyed(browser, app_url, pictures
     page.close()
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_an_sdedit_result_sent_to_diffedit_is_the_image_to_edit(browser, app_url, pictures):
     page = open_tab(browser, app_url, "SDEdit")
     page.fill("#sdedit-prompt textarea, #sdedit-prompt input", "a red square on a blue background")

@@ -188,6 +188,7 @@ def test_six_images_whole_with_full_captions_readable_table_and_plots_without_ch
         assert all(width <= 1 for width in chip), (plot, chip)  # screen-reader only
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_the_picked_inversion_downloads_loads_in_a_fresh_page_and_p2p_edits_it(page, browser, app_url, tmp_path):  # noqa: F811
     upload(page, tmp_path)
     page.locator("#inversion-prompt textarea").fill(CAPTION)

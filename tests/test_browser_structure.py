@@ -39,6 +39,7 @@ def picture(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_an_uploaded_picture_shows_its_maps_then_runs_and_stops(browser, app_url, picture, tmp_path):
     page = open_tab(browser, app_url, "Structure", ready="#structure-canvas")
     page.fill("#structure-prompt textarea", PROMPT)
@@ -92,6 +93,7 @@ def test_a_drawing_on_the_empty_canvas_is_a_rows_map_at_once(browser, app_url):
     page.close()
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 def test_sdedit_strokes_plus_an_outline_of_them_run_under_a_control(browser, app_url, picture, tmp_path):
     page = open_tab(browser, app_url, "SDEdit", ready="#sdedit-canvas")
     page.fill("#sdedit-t0 textarea, #sdedit-t0 input", "0.5")

@@ -37,6 +37,7 @@ def null_text(engine, image):
     return run(engine, image, method="null_text")
 
 
+@pytest.mark.slow  # run by .ci/run after the default suite (scripts/test.sh -m slow ...)
 @pytest.mark.parametrize("method", ["edict", "bdia"])
 def test_exact_methods_reconstruct_the_latent_to_float_precision_at_w75(engine, image, method):
     _, fp32 = run(engine, image, method=method)
