@@ -1,7 +1,8 @@
 """Protects: bench/personalize.py's pieces (issue #18's measurement): its composition prompts really hold out what
 the training pictures showed, its pixel checks score the renderer's own pictures right and a wrong shape wrong, and
 its table shows every method row (measured, failed or not run) with the base model's preservation as the baseline.
-The run itself trains every method and takes about 20 minutes on 2 cores: bench/results/personalize.md is its committed output."""
+The run itself trains every method and takes about 20 minutes on 2 cores: bench/results/personalize.md is its
+committed output."""
 
 from __future__ import annotations
 
