@@ -241,11 +241,13 @@ def test_loading_a_reconstructions_png_restores_the_form(page, tmp_path):
 def test_fixed_point_and_ddpm_settings_reach_their_reconstructions_and_a_bad_tolerance_is_refused(page, tmp_path):
     from test_browser import downloaded_settings
 
+    # the accordion opens first: its boxes mount on opening, and a value typed while they mount can be lost
+    # (fresh-clone CI once read the default 3 back after typing 2)
+    page.get_by_text("Method settings").click()
     upload(page, tmp_path)
     page.locator("#inversion-prompt textarea").fill(CAPTION)
     set_steps(page, 2)
     tick_only(page, "Fixed-point inversion", "Edit-friendly DDPM inversion")
-    page.get_by_text("Method settings").click()
     for elem_id, value in (("inversion-fixed-point-iterations", "2"), ("inversion-ddpm-seed", "5")):
         box = page.locator(f"#{elem_id} input[type=number]")
         box.wait_for(state="visible")  # the accordion has opened
