@@ -1,10 +1,11 @@
-"""Personalization files (studio.personalize.files): what the studio writes reads back, stock diffusers reads it too,
-and every layout users have — LoRA in diffusers' and kohya's layout (SGM block names too), embeddings from diffusers,
-A1111, kohya and SDXL, Custom Diffusion, DreamBooth — written here for SD 1.5, SD 2.1 and SDXL's full-size
-architectures, is read and checked against them. Full-size bases are built on the meta device (only their shapes
-are compared) and the files hold small random LoRA / embedding tensors of the right shapes, so this is fast. Layouts
-the studio cannot apply (LyCORIS LoHA, LoKr, lora_mid, DoRA, unknown keys), a file for another architecture and a
-truncated file are refused with messages that name the keys or both architectures.
+"""Personalization files (studio.personalize.files): what the studio writes reads back, stock diffusers reads it too, and
+every layout users have — LoRA in diffusers' and kohya's layout (SGM block names too; kohya's default layers and
+conv_dim's convolutions, each at its alpha), embeddings from diffusers, A1111, kohya and SDXL, Custom Diffusion,
+DreamBooth — written here for SD 1.5, SD 2.1 and SDXL's full-size architectures, is read and checked against them.
+Full-size bases are built on the meta device (only their shapes are compared) and the files hold small random LoRA /
+embedding tensors of the right shapes, so this is fast. Layouts the studio cannot apply (LyCORIS LoHA, LoKr, lora_mid,
+DoRA, unknown keys), a file for another architecture and a truncated file are refused with messages that name the keys
+or both architectures.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import copy
 import functools
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from accelerate import init_empty_weights
@@ -24,7 +26,9 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from studio.architectures import SD15, SD21, SDXL
+from studio.engine import Engine
 from studio.errors import ModelLoadError
+from studio.events import Result
 from studio.export_single_file import rename_modules, unet_module_names
 from studio.models import tiny_random_pipeline
 from studio.personalize import files
@@ -40,6 +44,7 @@ from studio.personalize.files import (
     write_embeddings,
     write_lora,
 )
+from studio.specs import ConceptUse, GenerateSpec
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -58,14 +63,29 @@ def meta_base(arch_name: str) -> SimpleNamespace:
     return SimpleNamespace(name=arch.name, unet=unet, text_encoder=text_encoder, text_encoder_2=text_encoder_2)
 
 
-def lora_state(module: torch.nn.Module, targets: tuple[str, ...], seed: int = 0) -> dict[str, torch.Tensor]:
-    """peft-named LoRA layers (what get_peft_model_state_dict returns) with the shapes of `module`'s Linear layers."""
+# what kohya's sd-scripts trains by default (networks.lora: every Linear of the transformer blocks, and SD 1.x's 1x1
+# proj_in / proj_out convolutions) and with --network_args conv_dim (the ResNets' 3x3 convolutions): most users' files
+KOHYA_UNET_TARGETS = (*UNET_TARGETS, "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out", "conv1", "conv2")
+KOHYA_TEXT_TARGETS = (*TEXT_TARGETS, "fc1", "fc2")  # CLIP's attention and MLP
+
+
+def lora_state(module: torch.nn.Module, targets: tuple[str, ...], seed: int = 0,
+               scale: float = 0.01) -> dict[str, torch.Tensor]:
+    """peft-named LoRA layers (what get_peft_model_state_dict returns) with the shapes of `module`'s Linear and Conv2d
+    layers named `targets` (a convolution's down weight has its kernel, its up weight is 1x1, as in peft and kohya)."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for name, layer in module.named_modules():
-        if isinstance(layer, torch.nn.Linear) and name.endswith(targets):
-            state[f"{name}.lora_A.weight"] = torch.randn(RANK, layer.in_features, generator=generator)
-            state[f"{name}.lora_B.weight"] = torch.randn(layer.out_features, RANK, generator=generator) * 0.01
+        if not name.endswith(targets):
+            continue
+        if isinstance(layer, torch.nn.Linear):
+            down, up = (RANK, layer.in_features), (layer.out_features, RANK)
+        elif isinstance(layer, torch.nn.Conv2d):
+            down, up = (RANK, layer.in_channels, *layer.kernel_size), (layer.out_channels, RANK, 1, 1)
+        else:
+            continue
+        state[f"{name}.lora_A.weight"] = torch.randn(*down, generator=generator)
+        state[f"{name}.lora_B.weight"] = torch.randn(*up, generator=generator) * scale
     return state
 
 
@@ -263,6 +283,54 @@ def test_users_lora_layouts_read_for_full_size_architectures(tmp_path, arch):
         assert f"made for {files._family(base.unet.config.cross_attention_dim)}" in describe(path)
         expected_alpha = float(RANK) if layout == "diffusers" else ALPHA  # no alpha stored: diffusers assumes rank
         assert set(concept.network_alphas.values()) == {expected_alpha}
+
+
+@pytest.mark.parametrize("arch", ["SD 1.5", "SD 2.1"])
+def test_kohya_lora_with_convolutions_reads_for_full_size_architectures(tmp_path, arch):
+    """SD 1.x's proj_in / proj_out are 1x1 convolutions, SD 2.x's Linear; conv_dim adds the ResNets' 3x3 ones."""
+    base = meta_base(arch)
+    unet_state = lora_state(base.unet, KOHYA_UNET_TARGETS)
+    kernels = {tuple(value.shape[2:]) for key, value in unet_state.items() if key.endswith("lora_A.weight")}
+    assert kernels == ({(), (1, 1), (3, 3)} if arch == "SD 1.5" else {(), (3, 3)})
+    text_state = lora_state(base.text_encoder, KOHYA_TEXT_TARGETS, seed=1)
+    concept = read_concept(kohya_file(tmp_path / "locon.safetensors", unet_state, {"text_encoder": text_state}))
+    assert concept.layout == "kohya"
+    expected = {**{f"unet.{key}": value for key, value in unet_state.items()},
+                **{f"text_encoder.{key}": value for key, value in text_state.items()}}
+    assert concept.lora.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(concept.lora[key], value), key
+    assert set(concept.network_alphas.values()) == {ALPHA}  # every layer's own alpha, not the rank diffusers assumes
+    check_fits(concept, base)
+
+
+def test_kohya_lora_with_convolutions_draws_what_its_merged_weights_draw(tmp_path):
+    """A kohya file over the embedded model's attention, feed-forward and ResNet convolution layers and its text
+    encoder's attention and MLP, loaded as a concept, makes the picture of a model whose weights were merged by hand:
+    W + (alpha/r) B A, for a convolution the 1x1 up weight over the down weight's kernel (alpha 8 at rank 4, so a layer
+    read at diffusers' default alpha = rank would be half as strong)."""
+    loaded, merged = Engine(device="cpu"), Engine(device="cpu")
+    states = {"unet": lora_state(loaded.model.unet, KOHYA_UNET_TARGETS, scale=0.02),
+              "text_encoder": lora_state(loaded.model.text_encoder, KOHYA_TEXT_TARGETS, seed=1, scale=0.02)}
+    assert any(value.dim() == 4 for value in states["unet"].values())
+    path = kohya_file(tmp_path / "locon.safetensors", states["unet"], {"text_encoder": states["text_encoder"]})
+    assert loaded.concepts.load(path, name="locon").layout == "kohya"
+    with torch.no_grad():
+        for part, state in states.items():
+            layers = dict(getattr(merged.model, part).named_modules())
+            for key, down in state.items():
+                if key.endswith("lora_A.weight"):
+                    name = key.removesuffix(".lora_A.weight")
+                    up = state[f"{name}.lora_B.weight"]
+                    layers[name].weight += ALPHA / RANK * torch.einsum("or,ri...->oi...", up.flatten(1), down)
+
+    def picture(engine: Engine, concepts: tuple[ConceptUse, ...] = ()) -> np.ndarray:
+        spec = GenerateSpec("a red circle on a blue background", seed=2, steps=3, concepts=concepts)
+        return next(event for event in engine.generate(spec) if isinstance(event, Result)).pixels
+
+    by_hand, with_concept, without = picture(merged), picture(loaded, (ConceptUse("locon"),)), picture(loaded)
+    assert np.abs(by_hand - without).max() > 0.05  # the LoRA changes the picture
+    np.testing.assert_allclose(with_concept, by_hand, atol=2e-3)
 
 
 @pytest.mark.parametrize(("lora_for", "loaded", "message"), [

@@ -1,11 +1,11 @@
 """Personalization files: what a trained concept is on disk, in the layouts users' tools read and write.
 
-Readers (`read_concept`) take a studio trained folder or a file users have — LoRA in diffusers' or kohya's layout
-(SGM block names too), embeddings from diffusers, A1111, kohya (`emb_params`) and SDXL (`clip_l`/`clip_g`), Custom
-Diffusion, a DreamBooth `unet/` — and normalise it (diffusers' own converters) into one `ConceptFile`; `check_fits`
-says whether it belongs to a loaded model, naming both architectures when not. A layout the studio cannot apply
-(LyCORIS LoHA/LoKr, `lora_mid`, DoRA, unknown keys) is refused before conversion, naming its keys: diffusers itself
-fails on them with "keys have not been correctly renamed".
+Readers (`read_concept`) take a studio trained folder or a file users have — LoRA in diffusers' or kohya's layout (SGM
+block names too; Linear and convolution layers, each at its own alpha), embeddings from diffusers, A1111, kohya
+(`emb_params`) and SDXL (`clip_l`/`clip_g`), Custom Diffusion, a DreamBooth `unet/` — and normalise it (diffusers' own
+converters) into one `ConceptFile`; `check_fits` says whether it belongs to a loaded model, naming both architectures
+when not. A layout the studio cannot apply (LyCORIS LoHA/LoKr, `lora_mid`, DoRA, unknown keys) is refused before
+conversion, naming its keys: diffusers itself fails on them with "keys have not been correctly renamed".
 
 Writers (called by studio.personalize.job at each checkpoint) save every method in the layout its community uses:
 - Textual Inversion (Gal et al. 2022, eq. 2: only the word's embedding v* is learned): diffusers'
@@ -453,7 +453,10 @@ def _lora_parts(path: Path, weights: dict, metadata: dict[str, str]) -> tuple[st
         if f"{module}.lora_A.weight" not in lora or f"{module}.lora_B.weight" not in lora:
             raise ModelLoadError(f"{path}: LoRA layer {module} lacks its down or up weight; the file is incomplete.")
     if kohya:
-        given = {key.rsplit(".lora_A", 1)[0]: float(alpha) for key, alpha in _peft_names(kohya_alphas or {}).items()}
+        # diffusers names an attention projection's alpha after its down weight (`….to_q.lora_A.weight.alpha` once in
+        # peft's names), every other layer's (feed-forward, proj_in/out, convolutions, CLIP's MLP) `<layer>.alpha`
+        given = {key.removesuffix(".alpha").split(".lora_A", 1)[0]: float(alpha)
+                 for key, alpha in _peft_names(kohya_alphas or {}).items()}
     else:
         given = _metadata_alphas(metadata, modules)
     alphas = {module: given.get(module, float(lora[f"{module}.lora_A.weight"].shape[0])) for module in modules}
