@@ -67,14 +67,34 @@ def classify_shape(mask: np.ndarray) -> str:
     return max(SHAPES, key=iou)
 
 
-STAR_MAX_SOLIDITY = 0.8  # a drawn star fills ~55% of its convex hull; the convex shapes fill > 90%
 HEART_MAX_SOLIDITY = 0.97
 DEEP_DEFECT = 0.08  # a concavity deeper than this fraction of the blob's extent is a notch, not a ragged edge
+# A star's outline swings in and out five times around its centre. Measured amplitude of that fifth harmonic (relative
+# to the mean radius): the renderer's stars 0.25-0.30, big ones after the VAE's round trip 0.22-0.24, fat generated stars
+# with rounded points 0.12-0.18; every circle, square, triangle and heart, rendered or VAE-decoded, at most 0.06, and the
+# base model's pictures and blobs of an untaught "star" at most 0.07.
+STAR_MIN_FIVEFOLD = 0.1
+OUTLINE_SAMPLES = 256  # points along the outline, evenly spaced by arc length
+HARMONICS = 8
+
+
+def outline_harmonics(contour: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
+    """Amplitudes of harmonics 1..HARMONICS of the outline's distance from its centre, sampled evenly along the
+    outline, each relative to the mean distance: the centroid-distance Fourier descriptor (Zhang & Lu 2002), invariant
+    to rotation, scale and the outline's starting point. A regular n-gon or n-pointed star peaks at harmonic n."""
+    points = np.vstack([contour.reshape(-1, 2), contour.reshape(-1, 2)[:1]]).astype(np.float64)
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+    along = np.linspace(0.0, arc[-1], OUTLINE_SAMPLES, endpoint=False)
+    sampled = np.stack([np.interp(along, arc, points[:, 0]), np.interp(along, arc, points[:, 1])], axis=1)
+    distance = np.linalg.norm(sampled - np.asarray(centre), axis=1)
+    spectrum = np.abs(np.fft.rfft(distance - distance.mean())) * 2 / OUTLINE_SAMPLES / max(distance.mean(), 1e-6)
+    return spectrum[1:HARMONICS + 1]
 
 
 def shape_features(mask: np.ndarray) -> dict[str, float]:
     """Geometry of a blob's outline: vertices of its approxPolyDP polygon (epsilon 4% of the perimeter), solidity
-    (area / convex hull area) and the number of deep convexity defects (notches between points or lobes)."""
+    (area / convex hull area), the number of deep convexity defects (notches between points or lobes), its strongest
+    outline harmonic and the fifth harmonic's amplitude (outline_harmonics)."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     contour = max(contours, key=cv2.contourArea)
     hull_area = cv2.contourArea(cv2.convexHull(contour))
@@ -83,15 +103,21 @@ def shape_features(mask: np.ndarray) -> dict[str, float]:
     defects = cv2.convexityDefects(contour, cv2.convexHull(contour, returnPoints=False)) if len(contour) > 3 else None
     depths = np.zeros(0) if defects is None else defects.reshape(-1, 4)[:, 3] / 256.0  # fixed point, 8 fraction bits
     deep = int((depths > DEEP_DEFECT * extent).sum())
-    return {"vertices": vertices, "solidity": cv2.contourArea(contour) / max(hull_area, 1.0), "deep_defects": deep}
+    moments = cv2.moments(contour)
+    centre = (moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]) if moments["m00"] else \
+        tuple(contour.reshape(-1, 2).mean(0))
+    harmonics = outline_harmonics(contour, centre)
+    return {"vertices": vertices, "solidity": cv2.contourArea(contour) / max(hull_area, 1.0), "deep_defects": deep,
+            "harmonic": int(harmonics.argmax()) + 1, "fivefold": float(harmonics[4])}
 
 
 def judge_concept_shape(mask: np.ndarray) -> str:
-    """circle / square / triangle / star / heart from pixels: a star is a low-solidity outline with several deep
-    notches (or about ten polygon vertices), a heart a nearly convex one with one or two notches (between its lobes,
-    and where its sides meet the point); anything convex is one of the base shapes, told apart by classify_shape."""
+    """circle / square / triangle / star / heart from pixels: a star is an outline whose strongest harmonic is the
+    fifth, at STAR_MIN_FIVEFOLD or more (five points, however rounded: a star's concavity measures fail on fat stars
+    with rounded points, which fill over 80% of their hull); a heart a nearly convex outline with one or two notches
+    (between its lobes, and where its sides meet the point); anything else one of the base shapes (classify_shape)."""
     features = shape_features(mask)
-    if features["solidity"] < STAR_MAX_SOLIDITY and (features["deep_defects"] >= 3 or features["vertices"] >= 8):
+    if features["harmonic"] == 5 and features["fivefold"] >= STAR_MIN_FIVEFOLD:
         return "star"
     if features["solidity"] < HEART_MAX_SOLIDITY and 1 <= features["deep_defects"] <= 2:
         return "heart"
