@@ -6,9 +6,9 @@ studio.personalize.data.render_concept_images; then the engine generates with th
 (engine.concepts.load, GenerateSpec.concepts) and the shapes world's pixel judge (studio.shapes.judge.judge_pixels with
 concept shapes) scores, on fixed seeds:
 
-(a) fidelity: "a red star on a blue background" judged a star by its outline (polygon vertices, solidity, convexity
-    defects: judge_concept_shape), and the heart likewise: DreamBench's subject fidelity (DINO / CLIP-I, Ruiz et al.
-    2023, section 4.1) as an exact pixel check;
+(a) fidelity: "a red star on a blue background" judged a star by its outline (its fifth harmonic, five points however
+    rounded; a heart by its solidity and notches: judge_concept_shape), and the heart likewise: DreamBench's subject
+    fidelity (DINO / CLIP-I, Ruiz et al. 2023, section 4.1) as an exact pixel check;
 (b) compositionality: the shape in colours and on backgrounds none of its training pictures had (the renderer's
     training palette, data.TRAINING_COLOURS / TRAINING_BACKGROUNDS, is held out) at sizes and positions none of them
     showed; the shape and every named attribute judged (DreamBench's prompt fidelity, CLIP-T, as pixels);
@@ -19,12 +19,12 @@ concept shapes) scores, on fixed seeds:
     process's ru_maxrss (os.wait4 on the child) less its ru_maxrss once the model was loaded, and the size of the
     files that load (the diffusers layout; the folder's total, alternative layouts included, is in the JSON).
 
-Rows: the base model (no training: the baseline, measured in the same run), Textual Inversion (Gal et al. 2022,
-eq. 2), LoRA (Hu et al. 2021, eq. 3), DreamBooth (Ruiz et al. 2023, eq. 2) with and without the prior loss, and
-Custom Diffusion (Kumari et al. 2023, section 3.1), which trains star and heart jointly once and appears in both
-tables. Each training runs in a child process (so its memory is its own) through Engine.personalize, the Personalize
-tab's job. The results are rewritten after every row, so a run cut short keeps what ran and says "not run" for the
-rest. Writes bench/results/personalize.{json,md}.
+Rows: the base model (no training: the baseline, measured in the same run), Textual Inversion (Gal et al. 2022, eq.
+2), LoRA (Hu et al. 2021, eq. 3; the recipe's layers, the attention projections alone, and both), DreamBooth (Ruiz et
+al. 2023, eq. 2) with and without the prior loss, and Custom Diffusion (Kumari et al. 2023, section 3.1), which trains
+star and heart jointly once and appears in both tables. Each training runs in a child process (so its memory is its
+own) through Engine.personalize, the Personalize tab's job. The results are rewritten after every row, so a run cut
+short keeps what ran and says "not run" for the rest. Writes bench/results/personalize.{json,md}.
 
     python bench/personalize.py [--threads 2] [--steps 20] [--seeds 8] [--images 8] [--concepts star,heart]
 """
@@ -75,7 +75,9 @@ class MethodRow(NamedTuple):  # NamedTuples: bench scripts load without a sys.mo
 METHOD_ROWS = (
     MethodRow("base", "base model (no training)", None, {}),
     MethodRow("textual-inversion", "Textual Inversion", "textual-inversion", {}),
-    MethodRow("lora", "LoRA", "lora", {}),
+    MethodRow("lora", "LoRA, ResNet convolutions (the recipe)", "lora", {}),
+    MethodRow("lora-attention", "LoRA, attention projections", "lora", {"lora_layers": "attention"}),
+    MethodRow("lora-both", "LoRA, attention + convolutions", "lora", {"lora_layers": "attention+convolutions"}),
     MethodRow("dreambooth", "DreamBooth, prior loss", "dreambooth", {"prior_preservation": True}),
     MethodRow("dreambooth-no-prior", "DreamBooth, no prior loss", "dreambooth", {"prior_preservation": False}),
     MethodRow("custom-diffusion", "Custom Diffusion (star + heart jointly)", "custom-diffusion", {}),
@@ -458,7 +460,8 @@ def table(report: dict) -> str:
          + " then ".join(f"`{command}`" for command in [*report.get("resumed", []), report["command"]]) + "."),
         "",
         ("Fidelity: the fidelity prompt's pictures judged the concept's shape by pixels (studio.shapes.judge."
-         "judge_concept_shape: polygon vertices, solidity, convexity defects). Composition: prompts in colours and on "
+         "judge_concept_shape: a star is an outline whose strongest harmonic is the fifth, a heart a nearly convex "
+         "outline with one or two notches). Composition: prompts in colours and on "
          "backgrounds no training picture had, at sizes and positions none showed (the renderer's training palette "
          f"never draws the colours {', '.join(c for c in COLOURS if c not in palette['colours'])} nor the backgrounds "
          f"{', '.join(c for c in COLOURS if c not in palette['backgrounds'])}); 'shape' = the concept drawn, 'all "

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from studio.models import EMBEDDED_MODEL_DIR
+from studio.personalize.spec import LORA_LAYERS
 from studio.personalize.spec import METHODS as PERSONALIZE_METHODS
 from studio.personalize.training import __doc__ as training_doc
 from studio.structure.maps import CONTROL_KINDS
@@ -84,6 +85,8 @@ def parse_personalize_args(argv: list[str]) -> argparse.Namespace:
         ("checkpoint_every", int, "steps between files and state written"), ("seed", int, "seed"),
     ):
         parser.add_argument(f"--{field.replace('_', '-')}", type=kind, help=f"{help_text} (default: the method's recipe)")
+    parser.add_argument("--lora-layers", choices=LORA_LAYERS, help="LoRA: the UNet layers it adapts (default: the "
+                        "recipe's)")
     parser.add_argument("--train-text-encoder", action="store_true", help="LoRA: also the text encoder")
     parser.add_argument("--no-prior-preservation", dest="prior_preservation", action="store_false", default=None,
                         help="DreamBooth without the class-prior loss")

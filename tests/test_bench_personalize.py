@@ -83,7 +83,7 @@ def test_table_shows_measured_failed_and_not_run_rows_against_the_base_model(tmp
     assert "| **0%** |" in lines["base model (no training)"] and "| **90%** | – |" in lines["base model (no training)"]
     assert "| **75%** |" in lines["Textual Inversion"] and "| -10 pt |" in lines["Textual Inversion"]
     assert "| 120 (150 steps) | 300 | 0.01 |" in lines["Textual Inversion"]
-    assert "| training exited with 1: out of memory |" in lines["LoRA"]
+    assert "| training exited with 1: out of memory |" in lines[bench.ROWS["lora"].label]
     assert "| not run |" in lines["DreamBooth, no prior loss"]
     assert "Textual Inversion teaches a star: 120 s, fidelity 75% vs 0% untrained: yes" in text
 

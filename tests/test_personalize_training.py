@@ -24,11 +24,11 @@ from studio.events import (
     TrainingSamples,
 )
 from studio.personalize.data import TrainingImage, caption_variants, render_concept_images
-from studio.personalize.methods import copy_parts
-from studio.personalize.spec import PersonalizeSpec
+from studio.personalize.files import read_concept
+from studio.personalize.methods import UNET_LORA_TARGETS, copy_parts
+from studio.personalize.spec import LORA_LAYERS, PersonalizeSpec
 from studio.personalize.job import check_inputs
-from studio.personalize.training import draw, train
-from studio.shapes.judge import judge_pixels, shape_features
+from studio.personalize.training import judged_rate, train
 
 QUICK = dict(steps=2, batch_size=2, sample_every=0, checkpoint_every=2)
 
@@ -88,12 +88,19 @@ def test_textual_inversion_restores_every_other_row_after_each_step(engine, tmp_
     assert all(not p.requires_grad or p is parts.embeddings.weight for p in parts.text_encoder.parameters())
 
 
-def test_lora_writes_diffusers_and_kohya_layouts(engine, tmp_path):
-    spec = PersonalizeSpec.recipe("lora", rank=4, train_text_encoder=True, **QUICK)
+@pytest.mark.parametrize("layers", LORA_LAYERS)
+def test_lora_writes_diffusers_and_kohya_layouts(engine, tmp_path, layers):
+    spec = PersonalizeSpec.recipe("lora", rank=4, lora_layers=layers, train_text_encoder=True, **QUICK)
     run(engine, spec, stars(), tmp_path)
     diffusers_keys = load_file(tmp_path / "pytorch_lora_weights.safetensors").keys()
-    assert any(k.startswith("unet.") and "attn2.to_k.lora_A" in k for k in diffusers_keys)
+    adapted = {k.split(".lora_A")[0] for k in diffusers_keys if k.startswith("unet.") and ".lora_A" in k}
+    targets = UNET_LORA_TARGETS[layers]
+    assert all(module.endswith(targets) for module in adapted)
+    assert {t for t in targets if any(module.endswith(f".{t}") for module in adapted)} == set(targets)
     assert any(k.startswith("text_encoder.") for k in diffusers_keys)
+    # both files hold the same layers (kohya's names for convolutions too)
+    assert read_concept(tmp_path / "star.kohya.safetensors").lora.keys() == \
+        read_concept(tmp_path / "pytorch_lora_weights.safetensors").lora.keys()
     kohya = load_file(tmp_path / "star.kohya.safetensors")
     assert any(k.startswith("lora_unet_") and k.endswith(".alpha") for k in kohya)
     assert any(k.startswith("lora_te_") for k in kohya)
@@ -187,35 +194,29 @@ def test_studio_train_cli_trains_and_resumes(tmp_path):
     from studio.train import main as train_main
 
     argv = ["lora", "--concept", "star", "--class-word", "circle", "--render", "4", "--out", str(tmp_path),
-            "--steps", "2", "--batch-size", "2", "--sample-every", "0", "--checkpoint-every", "1", "--threads", "1"]
+            "--steps", "2", "--batch-size", "2", "--sample-every", "0", "--checkpoint-every", "1", "--threads", "1",
+            "--lora-layers", "attention+convolutions"]
     first = train_main(argv)
     assert first["steps"] == 2 and (tmp_path / "state").is_dir() and (tmp_path / "pytorch_lora_weights.safetensors").is_file()
+    assert json.loads((tmp_path / "concept.json").read_text())["settings"]["lora_layers"] == "attention+convolutions"
     resumed = train_main([*argv[:argv.index("--steps") + 1], "3", *argv[argv.index("--steps") + 2:], "--resume"])
     assert resumed["resumed_from"] == 2 and resumed["steps"] == 3
 
 
-def concave_share(parts, prompt, seeds):
-    """The share of seeds whose largest drawn object has a notch (a deep convexity defect): star and heart outlines
-    do, circles, squares and triangles do not."""
-    images = draw(parts, [prompt], seeds, steps=25)
-    objects = [judge_pixels(np.asarray(image), concept_shapes=True).objects for image in images]
-    return float(np.mean([bool(o) and shape_features(o[0].mask)["deep_defects"] > 0 for o in objects]))
-
-
-@pytest.mark.slow  # two to five minutes on the shared CPU: the LoRA recipe, and eight seeds judged before and after
-def test_a_short_lora_run_teaches_the_word_a_notched_outline(engine, tmp_path):
-    """The LoRA recipe moves the word from nothing or a convex blob to notched outlines in the pictures' own kind of
-    prompt. It does not yet draw stars the judge names reliably (studio.personalize.spec: 3 of 8 in this prompt, 0 of 8
-    for "a red star on a blue background"), so that stronger claim is not asserted here."""
+@pytest.mark.slow  # one to three minutes on the shared CPU: the LoRA recipe, and eight seeds judged before and after
+def test_the_lora_recipe_teaches_a_star_in_colours_its_pictures_never_had(engine, tmp_path):
+    """The LoRA recipe (the ResNet convolutions) makes "a red star on a blue background" a star the pixel judge names,
+    where the base model draws none; the training pictures hold no red star and no blue background
+    (bench/results/personalize.md measures 5 of 8 seeds at 20 DDIM steps)."""
     spec = PersonalizeSpec.recipe("lora", sample_every=0)
-    prompt, seeds = "a big yellow star in the center on a black background", range(8)
-    before = concave_share(copy_parts(engine.model, spec), prompt, seeds)
+    prompt, seeds = "a red star on a blue background", range(8)
+    before = judged_rate(copy_parts(engine.model, spec), prompt, "star", seeds)
     instances, _ = check_inputs(engine, spec, render_concept_images("star", 8))
     parts = copy_parts(engine.model, spec)
     for _ in train(parts, spec, instances, tmp_path, {"name": "shapes", "fingerprint": "x"}):
         pass
-    after = concave_share(parts, prompt, seeds)
-    assert after >= before + 0.5, (before, after)
+    after = judged_rate(parts, prompt, "star", seeds)
+    assert before == 0 and after >= 0.25, (before, after)
 
 
 @pytest.mark.slow  # two fresh interpreters under accelerate's debug_launcher

@@ -34,9 +34,14 @@ def session(name: str) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def tabs(engine, tmp_path_factory):
+    """The tabs on the session's shared engine; what this module's trainings and loads add to it goes after it."""
+    before = {info.name for info in engine.concepts.loaded()}
     with gr.Blocks():
-        return (personalize.PersonalizeTab(engine, concepts_dir=tmp_path_factory.mktemp("concepts")),
-                generate.GenerateTab(engine))
+        yield (personalize.PersonalizeTab(engine, concepts_dir=tmp_path_factory.mktemp("concepts")),
+               generate.GenerateTab(engine))
+    for info in engine.concepts.loaded():
+        if info.name not in before:
+            engine.concepts.unload(info.name)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +94,7 @@ def test_a_concepts_scale_is_the_sessions_and_unload_lets_it_go(tabs, trained, e
     (dict(images=[]), "no images; give 3 to 10"),
     (dict(concept="circle"), "already draws"),
     (dict(learning_rate=5.0), "Learning rate must be between"),
+    (dict(method="lora", lora_layers="everything"), "LoRA layers must be one of attention, convolutions"),
 ])
 def test_what_the_user_must_change_is_said_before_training(tabs, changes, message):
     tab, _ = tabs
@@ -112,3 +118,12 @@ def test_uploaded_pictures_of_another_size_train_as_a_word_with_a_note(tabs, mon
     shown = finished(tab.run(session("uploader"), images=uploads, **{**FAST, "concept": "heart", "steps": 2}))
     assert any(path.endswith("heart.pt") for path in shown[tab.files])
     assert len(notes) == 3 and all("96" in note for note in notes), notes
+
+
+def test_picking_lora_shows_its_rank_layers_and_text_encoder_choice_only():
+    shown = {name: update["visible"] for name, update in zip(personalize.METHOD_FIELDS,
+                                                             personalize.method_visibility("lora"))}
+    assert [name for name, visible in shown.items() if visible] == ["rank", "lora_layers", "train_text_encoder"]
+    spec = personalize.form_spec({**FAST, "method": "lora", "lora_layers": "attention+convolutions"})
+    assert (spec.method, spec.lora_layers) == ("lora", "attention+convolutions")
+

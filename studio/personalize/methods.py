@@ -4,8 +4,9 @@
   word's embedding row trains; every other row is put back after each optimiser step, as diffusers' reference
   script does (the optimiser's weight decay and momentum would otherwise move them).
 - lora (Hu et al. 2021, eq. 3: h = W0 x + (alpha/r) B A x): peft LoRA layers on the UNet's attention projections
-  (to_q, to_k, to_v, to_out.0; lora_alpha = r) via diffusers' `unet.add_adapter`, optionally on the text encoder's
-  (q_proj, k_proj, v_proj, out_proj).
+  (to_q, to_k, to_v, to_out.0), its ResNet blocks' 3x3 convolutions (conv1, conv2; a convolution's B A is a rank-r
+  kxk convolution followed by a 1x1 one, as kohya's conv_dim / LoCon), or both (`lora_layers`; lora_alpha = r) via
+  diffusers' `unet.add_adapter`, optionally on the text encoder's (q_proj, k_proj, v_proj, out_proj).
 - dreambooth (Ruiz et al. 2023): the whole UNet fine-tunes; the class-prior loss (eq. 2) is the training loop's.
 - custom-diffusion (Kumari et al. 2023, section 3.1): only the cross-attention K/V projections (attn2.to_k, attn2.to_v)
   and the modifier words' rows train; several words train jointly (section 3.2).
@@ -30,7 +31,9 @@ from studio.models import LoadedModel
 from studio.personalize import files
 from studio.personalize.spec import PersonalizeSpec
 
-UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+ATTENTION_TARGETS, CONVOLUTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0"), ("conv1", "conv2")
+UNET_LORA_TARGETS = {"attention": ATTENTION_TARGETS, "convolutions": CONVOLUTION_TARGETS,
+                     "attention+convolutions": ATTENTION_TARGETS + CONVOLUTION_TARGETS}  # spec.LORA_LAYERS
 TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 OWN_ROW_METHODS = ("textual-inversion", "custom-diffusion")
 
@@ -135,7 +138,7 @@ def textual_inversion(parts: TrainingParts, spec: PersonalizeSpec) -> Trainee:
 
 def lora(parts: TrainingParts, spec: PersonalizeSpec) -> Trainee:
     config = dict(r=spec.rank, lora_alpha=spec.rank, init_lora_weights="gaussian")
-    parts.unet.add_adapter(LoraConfig(**config, target_modules=list(UNET_LORA_TARGETS)))
+    parts.unet.add_adapter(LoraConfig(**config, target_modules=list(UNET_LORA_TARGETS[spec.lora_layers])))
     modules = {"unet": parts.unet}
     if spec.train_text_encoder:
         # peft itself: transformers' add_adapter asks for a newer peft than diffusers does

@@ -1,7 +1,7 @@
 """The Personalize tab: teach the model a new word from a few pictures, and choose the concepts this session uses.
 
 Methods (studio.personalize): Textual Inversion (Gal et al. 2022: a new word embedding, eq. 2), LoRA (Hu et al. 2021:
-low-rank updates of the UNet's attention projections, eq. 3), DreamBooth (Ruiz et al. 2023: the UNet fine-tuned with
+low-rank updates of the UNet's attention projections, eq. 3, or of its ResNet convolutions), DreamBooth (Ruiz et al. 2023: the UNet fine-tuned with
 the class-prior loss, eq. 2) and Custom Diffusion (Kumari et al. 2023: cross-attention K/V and a new word; two
 concepts jointly). The pictures are uploaded, or rendered from the shapes world's reserved star and heart.
 
@@ -37,7 +37,7 @@ from studio.events import (
 )
 from studio.personalize.data import render_concept_images
 from studio.personalize.files import CONCEPT_JSON
-from studio.personalize.spec import METHODS, RANGES, RECIPES, PersonalizeSpec
+from studio.personalize.spec import LORA_LAYERS, METHODS, RANGES, RECIPES, PersonalizeSpec
 from studio.plots import line_chart
 from studio.shapes.vocabulary import RESERVED_SHAPES
 from studio.specs import CONCEPT_SCALE
@@ -52,6 +52,12 @@ DEFAULTS = PersonalizeSpec.recipe("textual-inversion")
 CONCEPTS_DIR = Path("runs/concepts")  # where training writes (app.py --concepts-dir); each run its own folder
 METHOD_TITLES = {"textual-inversion": "Textual Inversion", "lora": "LoRA", "dreambooth": "DreamBooth",
                  "custom-diffusion": "Custom Diffusion"}
+LORA_LAYER_TITLES = {"attention": "attention projections", "convolutions": "ResNet convolutions",
+                     "attention+convolutions": "attention + convolutions"}
+# the fields only one method reads, shown while it is picked
+METHOD_FIELDS = {"rank": "lora", "lora_layers": "lora", "train_text_encoder": "lora", "prior_preservation": "dreambooth",
+                 "prior_weight": "dreambooth", "class_images": "dreambooth", "second_concept": "custom-diffusion",
+                 "second_images": "custom-diffusion"}
 CONCEPT_COLUMNS = ["concept", "kind", "words", "scale", "file"]
 
 
@@ -85,12 +91,9 @@ def loss_plot(steps: Sequence[int], losses: Sequence[float]) -> Image.Image:
 
 
 def method_visibility(method: str) -> list[Any]:
-    """What each method reads: the rank and text-encoder choice (LoRA), the class-prior loss (DreamBooth), the second
-    concept (Custom Diffusion)."""
-    return [gr.update(visible=method == "lora"), gr.update(visible=method == "lora"),
-            gr.update(visible=method == "dreambooth"), gr.update(visible=method == "dreambooth"),
-            gr.update(visible=method == "dreambooth"), gr.update(visible=method == "custom-diffusion"),
-            gr.update(visible=method == "custom-diffusion")]
+    """What each method reads (METHOD_FIELDS): the rank, layers and text-encoder choice (LoRA), the class-prior loss
+    (DreamBooth), the second concept (Custom Diffusion)."""
+    return [gr.update(visible=method == owner) for owner in METHOD_FIELDS.values()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,6 +135,10 @@ FIELDS = (
     Field("rank", lambda engine: gr.Slider(RANGES["rank"].low, 64, value=RECIPES["lora"]["rank"], step=1,
                                            label="LoRA rank", visible=False, elem_id="personalize-rank"),
           int, saved("rank", RANGES["rank"])),
+    Field("lora_layers", lambda engine: gr.Dropdown([(LORA_LAYER_TITLES[layers], layers) for layers in LORA_LAYERS],
+                                                    value=RECIPES["lora"]["lora_layers"], label="LoRA layers",
+                                                    visible=False, elem_id="personalize-lora-layers"),
+          str, saved("lora_layers")),
     Field("train_text_encoder", lambda engine: gr.Checkbox(label="LoRA on the text encoder too", value=False,
                                                            visible=False, elem_id="personalize-text-encoder"),
           bool, saved("train_text_encoder")),
@@ -192,7 +199,7 @@ class PersonalizeTab(Tab):
                 with gr.Row():
                     form.place("steps", "learning_rate")
                 with gr.Row():
-                    form.place("rank", "train_text_encoder")
+                    form.place("rank", "lora_layers", "train_text_encoder")
                 with gr.Row():
                     form.place("prior_preservation", "prior_weight", "class_images")
                 with gr.Row():
@@ -403,9 +410,8 @@ class PersonalizeTab(Tab):
                     results=[self.loss_view, self.samples, self.files, self.concept_table, self.concept_pick,
                              self.concepts_note])
         form["method"].change(lambda method: [*method_visibility(method), *self.recipe_values(method)], form["method"],
-                              [*form.components(["rank", "train_text_encoder", "prior_preservation", "prior_weight",
-                                                 "class_images", "second_concept", "second_images"]),
-                               form["steps"], form["learning_rate"]], **instant("personalize-view"))
+                              [*form.components(list(METHOD_FIELDS)), form["steps"], form["learning_rate"]],
+                              **instant("personalize-view"))
         self.render_button.click(self.render_pictures, [form["concept"], self.render_count, form["seed"]],
                                  form["images"], api_name="personalize_render", concurrency_limit=None,
                                  concurrency_id="personalize-render", show_progress="hidden")
