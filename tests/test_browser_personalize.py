@@ -38,6 +38,11 @@ def test_rendered_pictures_teach_a_word_that_then_works_in_generate(browser, app
     page = open_tab(browser, app_url, "Personalize", ready="#personalize-images")
     page.click("#personalize-btn")  # no pictures: the error says what to do
     page.locator(".toast-body", has_text="no images").wait_for()
+    page.get_by_label("LoRA", exact=True).check()  # LoRA's own fields show, with its recipe's layers
+    page.wait_for_selector("#personalize-lora-layers", state="visible")
+    assert page.input_value("#personalize-lora-layers input") == "ResNet convolutions"
+    page.get_by_label("Textual Inversion", exact=True).check()
+    page.wait_for_selector("#personalize-lora-layers", state="hidden")
 
     rendered(page)
     set_slider(page, "personalize-steps", 6)
