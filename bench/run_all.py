@@ -113,9 +113,12 @@ def _edit_bench(report: dict) -> list[Line]:
 
 
 def _personalize(report: dict) -> list[Line]:
+    """The goal is a judged concept in time: fast training that teaches nothing misses it (meets_target from the goal)."""
     return [{"measure": f"{goal['measure']}: training seconds vs the {report['goal_seconds'] // 60}-minute goal",
              "model": report["model"], "ratio": goal["seconds"] / report["goal_seconds"], "target": 1.0,
-             "detail": f"judged a {goal['word']} in {goal['fidelity']:.0%} of pictures (untrained {goal['base_fidelity']:.0%})"}
+             "meets_target": goal["met"],
+             "detail": f"judged a {goal['word']} in {goal['fidelity']:.0%} of pictures (untrained {goal['base_fidelity']:.0%}"
+                       f"{'' if goal['met'] else ': not above the untrained model'})"}
             for goal in report["goal"]]
 
 
@@ -153,7 +156,8 @@ def summarise(results: Path) -> dict:
         device = report.get("device")
         devices[name] = device.get("device_name", device) if isinstance(device, dict) else report.get("device_name", device)
         for line in extract(report):
-            line["meets_target"] = None if line["target"] is None else line["ratio"] <= line["target"]
+            if "meets_target" not in line:  # a line may judge itself on more than its ratio
+                line["meets_target"] = None if line["target"] is None else line["ratio"] <= line["target"]
             lines.append({"benchmark": name, **line})
     summary = {"devices": devices, "lines": lines}
     (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -23,6 +23,12 @@ def test_summary_has_a_line_per_comparison_of_every_benchmark(tmp_path):
     assert {line["benchmark"] for line in summary["lines"]} == {Path(f).stem for f in committed}
     for line in summary["lines"]:
         assert line["ratio"] > 0
-        assert line["meets_target"] is None or line["meets_target"] == (line["ratio"] <= line["target"])
+        if line["benchmark"] != "personalize":
+            assert line["meets_target"] is None or line["meets_target"] == (line["ratio"] <= line["target"])
+    # a personalization goal is met by a judged concept in time: Textual Inversion is quick and teaches no star
+    goals = {line["measure"].split(":")[0]: line for line in summary["lines"] if line["benchmark"] == "personalize"}
+    quick_but_no_star = goals["Textual Inversion teaches a star"]
+    assert quick_but_no_star["ratio"] < 1 and quick_but_no_star["meets_target"] is False
+    assert "not above the untrained model" in quick_but_no_star["detail"]
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert "| plain generation vs StableDiffusionPipeline |" in (tmp_path / "summary.md").read_text()
