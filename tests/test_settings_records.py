@@ -181,7 +181,9 @@ def test_batch_item_i_is_remade_alone_with_seed_plus_i(tiny_engine, scheduler):
     assert batch.settings["seeds"] == [11, 12, 13] and batch.seed == 11
     for item in (0, 2):
         alone = _last(tiny_engine.generate(GenerateSpec(PROMPT, seed=11 + item, steps=STEPS, scheduler=scheduler)))
-        assert np.abs(batch.pixels[item] - alone.pixels[0]).max() <= 1e-5
+        # the same picture to float rounding: a batch of 3 and of 1 take different matmul kernels (CI measured
+        # 1.06e-5 with euler_ancestral); 1e-4 is 40x under one 8-bit level, a wrong seed differs by > 1e-2
+        assert np.abs(batch.pixels[item] - alone.pixels[0]).max() <= 1e-4
     assert np.abs(batch.pixels[0] - batch.pixels[1]).max() > 1e-2  # the items differ
 
 
