@@ -1,9 +1,10 @@
 """The Personalize tab: teach the model a new word from a few pictures, and choose the concepts this session uses.
 
 Methods (studio.personalize): Textual Inversion (Gal et al. 2022: a new word embedding, eq. 2), LoRA (Hu et al. 2021:
-low-rank updates of the UNet's attention projections, eq. 3, or of its ResNet convolutions), DreamBooth (Ruiz et al. 2023: the UNet fine-tuned with
-the class-prior loss, eq. 2) and Custom Diffusion (Kumari et al. 2023: cross-attention K/V and a new word; two
-concepts jointly). The pictures are uploaded, or rendered from the shapes world's reserved star and heart.
+low-rank updates of the UNet's attention projections, eq. 3, or of its ResNet convolutions), DreamBooth (Ruiz et al.
+2023: the UNet fine-tuned with the class-prior loss, eq. 2) and Custom Diffusion (Kumari et al. 2023: cross-attention
+K/V and a new word; two concepts jointly). The pictures are uploaded, or rendered from the shapes world's reserved
+star and heart.
 
 While training the tab streams a progress bar with time left, the loss curve and sample pictures at fixed seeds;
 Stop keeps the last checkpoint (the job saves it and loads it). What training writes is loaded into the engine and
