@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_description
@@ -244,11 +245,20 @@ def score(engine: Engine, asks: Sequence[Ask], seeds: int, args: argparse.Namesp
 
 
 def judge_concept(engine: Engine, word: str, captions: Sequence[str], args: argparse.Namespace,
-                  concepts: tuple[ConceptUse, ...]) -> dict:
-    """(a) and (b) for one concept word."""
-    return {"fidelity": score(engine, [fidelity_ask(word)], args.seeds, args, concepts),
+                  concepts: tuple[ConceptUse, ...], strip: Path) -> dict:
+    """(a) and (b) for one concept word; the fidelity pictures side by side in `strip` (a PNG), to be looked at."""
+    wanted = fidelity_ask(word)
+    drawn = pictures(engine, wanted.prompt, args.seeds, args, concepts)
+    strip.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(drawn, axis=1)).save(strip)
+    return {"fidelity": rates([check(picture, wanted) for picture in drawn]),
             "composition": score(engine, composition_asks(word, captions, args.compose_prompts), args.compose_seeds,
                                  args, concepts)}
+
+
+def strip_path(out: Path, word: str, key: str) -> Path:
+    """Where a row's fidelity pictures of `word` are kept (beside personalize.md, kept by --resume with its row)."""
+    return out / "personalize" / f"{word}-{key}.png"
 
 
 def judge_preservation(engine: Engine, args: argparse.Namespace, concepts: tuple[ConceptUse, ...]) -> dict:
@@ -387,7 +397,8 @@ def measure(args: argparse.Namespace, save) -> dict:
     if "base" in methods and not done("base", concepts):
         preservation = judge_preservation(engine, args, ())
         for word in concepts:
-            report["concepts"][word]["rows"]["base"] = {**judge_concept(engine, word, captions[word], args, ()),
+            report["concepts"][word]["rows"]["base"] = {**judge_concept(engine, word, captions[word], args, (),
+                                                                       strip_path(args.out, word, "base")),
                                                         "preservation": preservation}
         report["seconds"]["base"] = time.perf_counter() - started
         save(report)
@@ -412,7 +423,8 @@ def measure(args: argparse.Namespace, save) -> dict:
             uses = (ConceptUse(info.name),)
             preservation = judge_preservation(engine, args, uses)
             for word in taught:
-                report["concepts"][word]["rows"][row.key] = {**judge_concept(engine, word, captions[word], args, uses),
+                report["concepts"][word]["rows"][row.key] = {**judge_concept(engine, word, captions[word], args, uses,
+                                                                             strip_path(args.out, word, row.key)),
                                                              "preservation": preservation, "cost": cost}
             engine.concepts.unload(info.name)
             report["seconds"][f"{row.key}-{concept}"] = time.perf_counter() - lap
@@ -488,6 +500,12 @@ def table(report: dict) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [row_line(row, measured.get(row.key), base) for row in METHOD_ROWS]
+        shown = [row for row in METHOD_ROWS if "fidelity" in measured.get(row.key, {})]
+        if shown:
+            lines += ["", f"The fidelity pictures, seeds 0..{arguments['seeds'] - 1} from the left:", ""]
+            for row in shown:
+                lines += [f"{row.label}  \n![{row.label}: '{prompts['fidelity']}']"
+                          f"({strip_path(Path('.'), word, row.key).as_posix()})", ""]
     lines += ["", (f"Preservation prompts ({arguments['preserve_seeds']} seeds each): "
                    + "; ".join(f"'{p}'" for p in report["preservation_prompts"]) + ".")]
     goals = report["goal"]

@@ -85,6 +85,9 @@ def test_table_shows_measured_failed_and_not_run_rows_against_the_base_model(tmp
     assert "| 120 (150 steps) | 300 | 0.01 |" in lines["Textual Inversion"]
     assert "| training exited with 1: out of memory |" in lines[bench.ROWS["lora"].label]
     assert "| not run |" in lines["DreamBooth, no prior loss"]
+    # the measured rows' fidelity pictures are shown, the failed and unrun ones have none
+    assert "![Textual Inversion: 'a red star on a blue background'](personalize/star-textual-inversion.png)" in text
+    assert "personalize/star-lora.png" not in text and "personalize/star-dreambooth-no-prior.png" not in text
     assert "Textual Inversion teaches a star: 120 s, fidelity 75% vs 0% untrained: yes" in text
 
 

@@ -3,9 +3,9 @@
 The defaults are each method's recipe for the embedded shapes model on a 2-core CPU, measured by bench/personalize.py
 (bench/results/personalize.md: 8 rendered big pictures, "a red star on a blue background" over 8 seeds, the pixel
 judge): the LoRA recipe adapts the ResNet convolutions (lora_layers "convolutions"), 500 steps at 5e-3, and draws a
-judged star in 5 of 8 seeds after 50 s of training, where the base model draws none; on the attention projections alone
-(Hu et al.'s form, the first recipe) the same budget gave 0 of 8 (red blobs), on both 1 of 8. Textual Inversion, 300
-steps at 5e-2 (13 s), 0 of 8: an embedding alone does not make a UNet that never drew five points draw them. The
+judged star in 5 of 8 seeds after 32-50 s of training, where the base model draws none; on the attention projections
+alone (Hu et al.'s form, the first recipe) the same budget gave 0 of 8 (red blobs), on both 1 of 8. Textual Inversion,
+300 steps at 5e-2 (13 s), 0 of 8: an embedding alone does not make a UNet that never drew five points draw them. The
 issue's goal (a star in under 3 minutes) is met by LoRA, not by Textual Inversion.
 """
 
