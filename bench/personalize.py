@@ -256,9 +256,9 @@ def judge_concept(engine: Engine, word: str, captions: Sequence[str], args: argp
                                  args, concepts)}
 
 
-def strip_path(out: Path, word: str, key: str) -> Path:
-    """Where a row's fidelity pictures of `word` are kept (beside personalize.md, kept by --resume with its row)."""
-    return out / "personalize" / f"{word}-{key}.png"
+def strip_name(word: str, key: str) -> str:
+    """Where a row's fidelity pictures of `word` are kept, relative to personalize.md (kept by --resume with its row)."""
+    return f"personalize/{word}-{key}.png"
 
 
 def judge_preservation(engine: Engine, args: argparse.Namespace, concepts: tuple[ConceptUse, ...]) -> dict:
@@ -398,7 +398,7 @@ def measure(args: argparse.Namespace, save) -> dict:
         preservation = judge_preservation(engine, args, ())
         for word in concepts:
             report["concepts"][word]["rows"]["base"] = {**judge_concept(engine, word, captions[word], args, (),
-                                                                       strip_path(args.out, word, "base")),
+                                                                       args.out / strip_name(word, "base")),
                                                         "preservation": preservation}
         report["seconds"]["base"] = time.perf_counter() - started
         save(report)
@@ -424,7 +424,7 @@ def measure(args: argparse.Namespace, save) -> dict:
             preservation = judge_preservation(engine, args, uses)
             for word in taught:
                 report["concepts"][word]["rows"][row.key] = {**judge_concept(engine, word, captions[word], args, uses,
-                                                                             strip_path(args.out, word, row.key)),
+                                                                             args.out / strip_name(word, row.key)),
                                                              "preservation": preservation, "cost": cost}
             engine.concepts.unload(info.name)
             report["seconds"][f"{row.key}-{concept}"] = time.perf_counter() - lap
@@ -505,7 +505,7 @@ def table(report: dict) -> str:
             lines += ["", f"The fidelity pictures, seeds 0..{arguments['seeds'] - 1} from the left:", ""]
             for row in shown:
                 lines += [f"{row.label}  \n![{row.label}: '{prompts['fidelity']}']"
-                          f"({strip_path(Path('.'), word, row.key).as_posix()})", ""]
+                          f"({strip_name(word, row.key)})", ""]
     lines += ["", (f"Preservation prompts ({arguments['preserve_seeds']} seeds each): "
                    + "; ".join(f"'{p}'" for p in report["preservation_prompts"]) + ".")]
     goals = report["goal"]
